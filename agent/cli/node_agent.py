@@ -1,0 +1,140 @@
+"""``node-agent``: run the node daemon (``run``), check the host (``doctor``), print the version.
+
+Imports stay inside the subcommands so ``node-agent version`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from agent import __version__
+
+EXIT_CONFIG = 2
+EXIT_FAILED = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    from agent.config import add_config_flags
+
+    parser = argparse.ArgumentParser(prog="node-agent", description="node agent daemon")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run the agent in the foreground (systemd: Type=notify)")
+    run.add_argument(
+        "--config", metavar="FILE", help="TOML config (default /etc/node-agent/agent.toml)"
+    )
+    add_config_flags(run)
+    doctor = sub.add_parser("doctor", help="check that this host can run the agent")
+    doctor.add_argument("--config", metavar="FILE")
+    add_config_flags(doctor)
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> object:
+    from pathlib import Path
+
+    from agent.config import load_agent_config, overrides_from_args
+
+    path = Path(args.config) if args.config else None
+    return load_agent_config(path, overrides_from_args(args), path_required=path is not None)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from agent.aio.logs import setup_logging
+    from agent.config import AgentConfig
+    from agent.errors import ConfigError
+
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        print(f"node-agent: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    assert isinstance(config, AgentConfig)
+    listener = setup_logging(config.log_format, config.log_level)
+    try:
+        return _serve(config)
+    finally:
+        listener.stop()
+
+
+def _serve(config: object) -> int:
+    import logging
+
+    import uvloop
+
+    from agent.aio.logs import kv
+    from agent.config import AgentConfig
+    from agent.node.app import NodeAgent
+
+    assert isinstance(config, AgentConfig)
+    log = logging.getLogger("agent.cli")
+    if os.environ.get("NODE_AGENT_BLOCKBUSTER") == "1":
+        # Test hook: fail any blocking call made on the event loop (see tests/README.md).
+        from blockbuster import blockbuster_ctx
+
+        guard = blockbuster_ctx()
+        guard.__enter__()
+    agent = NodeAgent(config)
+    try:
+        uvloop.run(agent.run())
+    except Exception as exc:
+        causes = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
+        for cause in causes:
+            log.error("agent failed", extra=kv(error=f"{type(cause).__name__}: {cause}"))
+        return EXIT_FAILED
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    import docker
+
+    from agent.config import AgentConfig
+    from agent.errors import ConfigError
+
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        print(f"config: FAIL {exc}")
+        return EXIT_CONFIG
+    assert isinstance(config, AgentConfig)
+    print(f"config: ok (node {config.node_name})")
+    ok = True
+    try:
+        client = (
+            docker.DockerClient(base_url=config.docker_host)
+            if config.docker_host
+            else docker.from_env()
+        )
+        print(f"docker: ok (engine {client.version().get('Version')})")
+    except docker.errors.DockerException as exc:
+        print(f"docker: FAIL {exc}")
+        ok = False
+    try:
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        probe = config.state_dir / ".doctor-probe"
+        probe.write_text("ok")
+        probe.unlink()
+        print(f"state dir: ok ({config.state_dir})")
+    except OSError as exc:
+        print(f"state dir: FAIL {exc}")
+        ok = False
+    if config.manifest_dir is not None and not config.manifest_dir.is_dir():
+        print(f"manifest dir: WARN {config.manifest_dir} does not exist (no static pods)")
+    return 0 if ok else EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        print(f"node-agent {__version__}")
+        return 0
+    if args.command == "doctor":
+        return _doctor(args)
+    return _run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

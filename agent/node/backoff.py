@@ -1,0 +1,54 @@
+"""Crash-loop back-off for container restarts (pure).
+
+kubelet's schedule: the first restart waits ``initial``, each further crash doubles the wait up
+to ``max``; a container that ran cleanly for at least ``reset`` seconds starts over at
+``initial``. State is a plain value so it can be checkpointed and restored across agent restarts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class BackoffPolicy:
+    initial_s: float = 10.0
+    max_s: float = 300.0
+    reset_s: float = 600.0
+
+    def next_delay(self, previous_delay_s: float | None, ran_for_s: float) -> float:
+        """The wait before restarting a container that just exited after ``ran_for_s``."""
+        if previous_delay_s is None or ran_for_s >= self.reset_s:
+            return min(self.initial_s, self.max_s)
+        return min(max(previous_delay_s * 2, self.initial_s), self.max_s)
+
+
+@dataclass(frozen=True, slots=True)
+class RestartState:
+    """Back-off bookkeeping for one container of one pod.
+
+    ``handled_attempt`` is the attempt whose exit the delay was computed for, so the same exit
+    observed twice (events and relist) is not counted twice.
+    """
+
+    delay_s: float
+    not_before: float
+    handled_attempt: int
+
+    def to_json(self) -> dict[str, float | int]:
+        return {
+            "delay_s": self.delay_s,
+            "not_before": self.not_before,
+            "handled_attempt": self.handled_attempt,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> RestartState:
+        delay = data.get("delay_s")
+        not_before = data.get("not_before")
+        handled = data.get("handled_attempt")
+        if not isinstance(delay, (int, float)) or not isinstance(not_before, (int, float)):
+            raise ValueError("restart state needs numeric delay_s and not_before")
+        if not isinstance(handled, int):
+            raise ValueError("restart state needs an integer handled_attempt")
+        return cls(delay_s=float(delay), not_before=float(not_before), handled_attempt=handled)

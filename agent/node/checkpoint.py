@@ -1,0 +1,101 @@
+"""The atomic on-disk checkpoint (blocking code: callers go through the thread bridge).
+
+Write temp, fsync, rename, fsync the directory: a crash at any instant leaves the old or the new
+checkpoint, never a torn one. A checksum inside the envelope catches a file that parses as JSON
+but was damaged or edited. A corrupt file is moved aside, never deleted, so it can be examined.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent.errors import CheckpointCorruptError, CheckpointError
+
+CHECKPOINT_VERSION = 1
+
+
+def _canonical(data: Any) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _checksum(data: Any) -> str:
+    return "sha256:" + hashlib.sha256(_canonical(data)).hexdigest()
+
+
+class CheckpointStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, Any] | None:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CheckpointError(f"{self.path}: cannot read: {exc}") from exc
+        problem = ""
+        data: Any = None
+        try:
+            envelope = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            problem = f"not valid JSON ({exc})"
+        else:
+            if not isinstance(envelope, dict) or "data" not in envelope:
+                problem = "not a checkpoint envelope"
+            elif envelope.get("version") != CHECKPOINT_VERSION:
+                problem = f"unknown version {envelope.get('version')!r}"
+            elif envelope.get("checksum") != _checksum(envelope["data"]):
+                problem = "checksum mismatch"
+            elif not isinstance(envelope["data"], dict):
+                problem = "data is not an object"
+            else:
+                data = envelope["data"]
+        if problem:
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+            try:
+                os.replace(self.path, aside)
+            except OSError as exc:
+                raise CheckpointCorruptError(
+                    f"{self.path}: corrupt ({problem}) and could not be moved aside: {exc}"
+                ) from exc
+            raise CheckpointCorruptError(f"{self.path}: corrupt ({problem}); moved to {aside}")
+        result: dict[str, Any] = data
+        return result
+
+    def save(self, data: Mapping[str, Any]) -> None:
+        body = dict(data)
+        envelope = {"version": CHECKPOINT_VERSION, "checksum": _checksum(body), "data": body}
+        directory = self.path.parent
+        tmp = directory / f".{self.path.name}.tmp-{os.getpid()}"
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                payload = _canonical(envelope)
+                view = memoryview(payload)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            name = errno.errorcode.get(exc.errno or 0, "EIO")
+            raise CheckpointError(f"{self.path}: write failed: {name}: {exc.strerror or exc}") from exc

@@ -1,0 +1,303 @@
+"""The pod manager: desired pods by source, their workers, adoption and the checkpoint.
+
+Sources (the manifest directory now, the master later) hand over their complete set of pods;
+the manager diffs it against what it runs, starts a worker per new pod, replaces changed ones,
+terminates removed ones, and writes desired state plus worker bookkeeping to the checkpoint.
+On start it restores from the checkpoint and adopts what the runtime already runs: containers
+of desired pods are left alone, containers of any other pod of this node are removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from agent.aio.bridge import ThreadBridge
+from agent.aio.logs import kv
+from agent.aio.tasks import guarded
+from agent.errors import CheckpointError, ManifestError
+from agent.manifest import parse_pod
+from agent.node.checkpoint import CheckpointStore
+from agent.node.metrics import NodeMetrics
+from agent.node.podworkers import PodWorker, WorkerBook, WorkerDeps
+from agent.node.runtime.base import ContainerRecord
+from agent.types import (
+    LABEL_POD_MANIFEST,
+    LABEL_POD_SOURCE,
+    ObjectMeta,
+    Pod,
+    PodSpec,
+)
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_MIN_INTERVAL_S = 0.2
+CHECKPOINT_RETRY_S = 5.0
+CHECKPOINT_FORMAT = 1
+
+
+class PodManager:
+    def __init__(
+        self,
+        *,
+        node_name: str,
+        make_deps: Callable[[PodManager], WorkerDeps],
+        checkpoint: CheckpointStore,
+        bridge: ThreadBridge,
+        metrics: NodeMetrics,
+    ) -> None:
+        self.node_name = node_name
+        self._checkpoint = checkpoint
+        self._bridge = bridge
+        self._metrics = metrics
+        self._deps = make_deps(self)
+        self.workers: dict[str, PodWorker] = {}
+        self._group: asyncio.TaskGroup | None = None
+        self._dirty = asyncio.Event()
+        self._saved = asyncio.Event()
+        self.checkpoint_error = ""
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def attach(self, group: asyncio.TaskGroup) -> None:
+        self._group = group
+
+    def _spawn(self, worker: PodWorker) -> None:
+        if self._group is None:
+            raise RuntimeError("PodManager.attach() must be called before pods are added")
+        self.workers[worker.uid] = worker
+        self._group.create_task(
+            guarded(f"pod-worker:{worker.pod.full_name}", lambda: self._run_worker(worker)),
+            name=f"pod-worker:{worker.uid}",
+        )
+
+    async def _run_worker(self, worker: PodWorker) -> None:
+        try:
+            await worker.run()
+        finally:
+            if worker.terminating and self.workers.get(worker.uid) is worker:
+                del self.workers[worker.uid]
+                self.mark_dirty()
+
+    # -- restore and adopt -----------------------------------------------------------------
+
+    async def load_checkpoint(self) -> tuple[list[Pod], dict[str, WorkerBook]] | None:
+        """Desired pods and bookkeeping from disk; None when absent or corrupt."""
+        try:
+            data = await self._bridge.run(self._checkpoint.load)
+        except CheckpointError as exc:
+            log.error(
+                "checkpoint unusable, rebuilding desired state from the runtime",
+                extra=kv(error=str(exc)),
+            )
+            return None
+        if data is None:
+            return None
+        pods: list[Pod] = []
+        books: dict[str, WorkerBook] = {}
+        for uid, entry in dict(data.get("pods") or {}).items():
+            try:
+                pod = parse_pod(entry["manifest"], source=str(entry.get("source", "api")))
+                books[uid] = WorkerBook.from_json(entry.get("book") or {})
+            except (ManifestError, KeyError, TypeError, ValueError) as exc:
+                log.error("checkpointed pod skipped", extra=kv(uid=uid, error=str(exc)))
+                continue
+            pods.append(pod)
+        return pods, books
+
+    @staticmethod
+    def pods_from_runtime(records: Iterable[ContainerRecord]) -> list[Pod]:
+        """Desired pods rebuilt from the manifests our sandboxes carry (checkpoint lost)."""
+        pods: dict[str, Pod] = {}
+        for record in records:
+            raw = record.labels.get(LABEL_POD_MANIFEST)
+            if not record.is_sandbox or not raw or record.pod_uid in pods:
+                continue
+            try:
+                source = record.labels.get(LABEL_POD_SOURCE, "api")
+                pods[record.pod_uid] = parse_pod(json.loads(raw), source=source)
+            except (ManifestError, ValueError) as exc:
+                log.warning(
+                    "sandbox manifest unusable", extra=kv(container=record.name, error=str(exc))
+                )
+        return list(pods.values())
+
+    def restore(self, pods: Iterable[Pod], books: dict[str, WorkerBook]) -> None:
+        for pod in pods:
+            if pod.uid not in self.workers:
+                self._spawn(PodWorker(pod, self._deps, books.get(pod.uid)))
+
+    def adopt(self, records: Iterable[ContainerRecord]) -> None:
+        """Start teardown workers for containers of pods that are not desired."""
+        strays: dict[str, ContainerRecord] = {}
+        for record in records:
+            if record.pod_uid not in self.workers:
+                strays.setdefault(record.pod_uid, record)
+        for uid, record in strays.items():
+            log.info(
+                "removing containers of a pod that is no longer desired",
+                extra=kv(pod=f"{record.pod_namespace}/{record.pod_name}", uid=uid),
+            )
+            worker = PodWorker(_placeholder_pod(record), self._deps)
+            worker.terminating = True
+            self._spawn(worker)
+
+    # -- sources ---------------------------------------------------------------------------
+
+    def pods_of_source(self, prefix: str) -> dict[str, Pod]:
+        return {
+            uid: w.pod
+            for uid, w in self.workers.items()
+            if not w.terminating and w.pod.source.startswith(prefix)
+        }
+
+    def apply_source(self, prefix: str, pods: Iterable[Pod]) -> None:
+        """Make the pods whose source starts with ``prefix`` exactly ``pods``."""
+        wanted = {p.uid: p for p in pods}
+        current = self.pods_of_source(prefix)
+        for uid in current.keys() - wanted.keys():
+            self.workers[uid].terminate()
+            log.info("pod deleted by its source", extra=kv(pod=current[uid].full_name, uid=uid))
+        for uid, pod in wanted.items():
+            existing = self.workers.get(uid)
+            if existing is not None and not existing.terminating:
+                if existing.pod.spec_hash != pod.spec_hash or existing.pod.source != pod.source:
+                    log.info("pod changed, replacing", extra=kv(pod=pod.full_name, uid=uid))
+                    existing.update(pod)
+                continue
+            # A pod replacing another of the same name (a changed static manifest gets a new
+            # uid) starts only once the old one is gone, so they never hold ports together.
+            before = [
+                w.done
+                for w in self.workers.values()
+                if w.pod.full_name == pod.full_name and w.uid != uid
+            ]
+            if existing is not None:
+                before.append(existing.done)
+            after = _all_set(before) if before else None
+            log.info("pod added", extra=kv(pod=pod.full_name, uid=uid, source=pod.source))
+            self._spawn(PodWorker(pod, self._deps, after=after))
+        self.mark_dirty()
+
+    # -- wake-ups from the runtime ---------------------------------------------------------
+
+    def wake(self, uid: str) -> bool:
+        worker = self.workers.get(uid)
+        if worker is None:
+            return False
+        worker.wake()
+        return True
+
+    def wake_all(self) -> None:
+        for worker in self.workers.values():
+            worker.wake()
+
+    async def wait_synced(self) -> None:
+        await asyncio.gather(*(w.synced_once.wait() for w in list(self.workers.values())))
+
+    # -- checkpoint ------------------------------------------------------------------------
+
+    def mark_dirty(self) -> None:
+        self._dirty.set()
+
+    def checkpoint_data(self) -> dict[str, Any]:
+        pods = {
+            uid: {
+                "manifest": dict(w.pod.manifest),
+                "source": w.pod.source,
+                "book": w.book.to_json(),
+            }
+            for uid, w in self.workers.items()
+            if not w.terminating
+        }
+        return {"format": CHECKPOINT_FORMAT, "node_name": self.node_name, "pods": pods}
+
+    async def save_now(self) -> bool:
+        self._dirty.clear()
+        data = self.checkpoint_data()
+        started = time.monotonic()
+        try:
+            await self._bridge.run(self._checkpoint.save, data)
+        except CheckpointError as exc:
+            if self.checkpoint_error != str(exc):
+                log.error(
+                    "checkpoint write failed; previous checkpoint kept", extra=kv(error=str(exc))
+                )
+            self.checkpoint_error = str(exc)
+            self._metrics.checkpoint_errors += 1
+            self._dirty.set()
+            return False
+        if self.checkpoint_error:
+            log.info("checkpoint writable again")
+        self.checkpoint_error = ""
+        self._metrics.checkpoint_seconds.observe(time.monotonic() - started)
+        return True
+
+    async def checkpoint_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(CHECKPOINT_MIN_INTERVAL_S)  # coalesce bursts into one write
+            if not await self.save_now():
+                await asyncio.sleep(CHECKPOINT_RETRY_S)
+
+    # -- reporting -------------------------------------------------------------------------
+
+    def on_synced(self, worker: PodWorker, seconds: float) -> None:
+        self._metrics.reconcile_seconds.observe(seconds)
+
+    def pod_list(self) -> list[dict[str, Any]]:
+        items = []
+        for worker in sorted(self.workers.values(), key=lambda w: w.pod.full_name):
+            manifest = worker.pod.manifest
+            item = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": dict(manifest.get("metadata", {})),
+                "spec": manifest.get("spec", {}),
+                "status": worker.status or {"phase": "Pending"},
+            }
+            if worker.terminating:
+                item["metadata"]["deletionTimestamp"] = "pending"
+            item["metadata"].setdefault("annotations", {})
+            item["metadata"]["annotations"] = {
+                **item["metadata"]["annotations"],
+                "node-agent.io/source": worker.pod.source,
+            }
+            items.append(item)
+        return items
+
+
+def _placeholder_pod(record: ContainerRecord) -> Pod:
+    """Enough of a pod to tear down containers whose manifest we no longer have."""
+    meta = ObjectMeta(
+        name=record.pod_name or "unknown",
+        namespace=record.pod_namespace or "default",
+        uid=record.pod_uid,
+    )
+    return Pod(
+        metadata=meta,
+        spec=PodSpec(containers=()),
+        manifest={"metadata": {"name": meta.name, "namespace": meta.namespace, "uid": meta.uid}},
+        source="orphan",
+    )
+
+
+def _all_set(events: list[asyncio.Event]) -> asyncio.Event:
+    """An event set once every one of ``events`` is set."""
+    combined = asyncio.Event()
+
+    async def wait_all() -> None:
+        await asyncio.gather(*(e.wait() for e in events))
+        combined.set()
+
+    task = asyncio.get_running_loop().create_task(wait_all())
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+    return combined
+
+
+_BACKGROUND: set[asyncio.Task[None]] = set()

@@ -1,0 +1,543 @@
+"""Pod workers: one serialized worker per pod reconciling desired state with the runtime.
+
+A worker never trusts its memory over the runtime: every sync lists the pod's containers by
+label and decides from what is there. Container names are deterministic per attempt, so a sync
+repeated after a crash (``kill -9`` of the agent at any point) creates nothing twice. The
+worker's own bookkeeping (attempt numbers, back-off) is exported to the checkpoint so that an
+agent restart neither resets back-off nor restarts running containers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from agent.aio.bridge import ThreadBridge
+from agent.aio.logs import kv
+from agent.errors import (
+    AgentError,
+    ContainerConflictError,
+    ImageUnavailableError,
+    RuntimeUnavailableError,
+)
+from agent.node.backoff import BackoffPolicy, RestartState
+from agent.node.events import EventRecorder
+from agent.node.podspecs import SpecContext, app_spec, pod_volume_dir, sandbox_spec
+from agent.node.runtime.base import ContainerRecord, ContainerState, Runtime
+from agent.node.status import ContainerView, pod_status
+from agent.types import Container, Pod, PullPolicy, RestartPolicy
+
+log = logging.getLogger(__name__)
+
+SYNC_RETRY_INITIAL_S = 1.0
+SYNC_RETRY_MAX_S = 30.0
+RECORDS_KEPT_PER_CONTAINER = 2  # the current one and the previous one (``logs --previous``)
+SANDBOX_GRACE_S = 0
+
+
+class Clock(Protocol):
+    def time(self) -> float:
+        """Wall-clock seconds; back-off deadlines survive agent restarts, so not monotonic."""
+        ...
+
+
+class SystemClock:
+    def time(self) -> float:
+        return time.time()
+
+
+@dataclass(slots=True)
+class WorkerBook:
+    """Per-pod bookkeeping that must survive an agent restart (checkpointed)."""
+
+    attempts: dict[str, int] = field(default_factory=dict)
+    restarts: dict[str, RestartState] = field(default_factory=dict)
+    sandbox_attempt: int = -1
+    start_time: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "attempts": dict(self.attempts),
+            "restarts": {name: rs.to_json() for name, rs in self.restarts.items()},
+            "sandbox_attempt": self.sandbox_attempt,
+            "start_time": self.start_time,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> WorkerBook:
+        attempts = {str(k): int(v) for k, v in dict(data.get("attempts") or {}).items()}
+        restarts = {
+            str(k): RestartState.from_json(dict(v))
+            for k, v in dict(data.get("restarts") or {}).items()
+        }
+        start = data.get("start_time")
+        return cls(
+            attempts=attempts,
+            restarts=restarts,
+            sandbox_attempt=int(data.get("sandbox_attempt", -1)),
+            start_time=float(start) if isinstance(start, (int, float)) else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerDeps:
+    runtime: Runtime
+    bridge: ThreadBridge
+    ctx: SpecContext
+    backoff: BackoffPolicy
+    clock: Clock
+    events: EventRecorder
+    on_book_changed: Callable[[], None]
+    on_synced: Callable[[PodWorker, float], None]
+
+
+@dataclass(slots=True)
+class _Waiting:
+    reason: str
+    message: str = ""
+    retry_at: float = 0.0
+    delay_s: float = 0.0
+
+
+def should_restart(policy: RestartPolicy, exit_code: int | None) -> bool:
+    if policy is RestartPolicy.ALWAYS:
+        return True
+    if policy is RestartPolicy.ON_FAILURE:
+        return exit_code != 0
+    return False
+
+
+def _ran_for_s(record: ContainerRecord) -> float:
+    if record.started_at is None or record.finished_at is None:
+        return 0.0
+    return max(0.0, (record.finished_at - record.started_at).total_seconds())
+
+
+class PodWorker:
+    """Owns one pod: its sandbox, its app containers, their restarts and its status."""
+
+    def __init__(
+        self,
+        pod: Pod,
+        deps: WorkerDeps,
+        book: WorkerBook | None = None,
+        *,
+        after: asyncio.Event | None = None,
+    ) -> None:
+        self.pod = pod
+        self.deps = deps
+        self.book = book or WorkerBook()
+        self.terminating = False
+        self.status: dict[str, Any] = {}
+        self.synced_once = asyncio.Event()
+        self.done = asyncio.Event()
+        self.last_error = ""
+        self._after = after
+        self._wake = asyncio.Event()
+        self._waiting: dict[str, _Waiting] = {}
+        self._records: list[ContainerRecord] = []
+        self._sandbox_moved: set[str] = set()
+
+    @property
+    def uid(self) -> str:
+        return self.pod.uid
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def update(self, pod: Pod) -> None:
+        self.pod = pod
+        self.wake()
+
+    def terminate(self) -> None:
+        self.terminating = True
+        self.wake()
+
+    async def run(self) -> None:
+        """Sync until terminated; runtime errors are retried with back-off, never fatal."""
+        if self._after is not None:
+            await self._after.wait()
+        retry_s = SYNC_RETRY_INITIAL_S
+        try:
+            while True:
+                self._wake.clear()
+                started = time.monotonic()
+                try:
+                    next_wake_s = await self._sync()
+                    self.last_error = ""
+                    retry_s = SYNC_RETRY_INITIAL_S
+                except AgentError as exc:
+                    self.last_error = str(exc)
+                    log.warning(
+                        "pod sync failed, will retry",
+                        extra=kv(
+                            pod=self.pod.full_name, uid=self.uid, error=str(exc), retry_s=retry_s
+                        ),
+                    )
+                    next_wake_s = retry_s
+                    retry_s = min(retry_s * 2, SYNC_RETRY_MAX_S)
+                self.deps.on_synced(self, time.monotonic() - started)
+                if self.terminating and next_wake_s is None and not self.last_error:
+                    return
+                self.synced_once.set()
+                if next_wake_s is None:
+                    await self._wake.wait()
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout=max(next_wake_s, 0.01))
+        finally:
+            self.synced_once.set()
+            if self.terminating:
+                self.done.set()
+
+    # -- one sync --------------------------------------------------------------------------
+
+    async def _sync(self) -> float | None:
+        """One reconcile pass; returns seconds until a timer-driven resync, or None."""
+        runtime = self.deps.runtime
+        records = await runtime.list_containers(self.uid)
+        self._learn_attempts(records)
+        if self.terminating:
+            await self._teardown(records)
+            return None
+
+        pod = self.pod
+        stale = [r for r in records if r.pod_hash != pod.spec_hash]
+        if stale:
+            log.info(
+                "pod spec changed, replacing its containers",
+                extra=kv(pod=pod.full_name, uid=self.uid),
+            )
+            await self._stop_and_remove(stale)
+            records = [r for r in records if r.pod_hash == pod.spec_hash]
+
+        sandbox, records = await self._ensure_sandbox(records)
+        now = self.deps.clock.time()
+        if self.book.start_time is None:
+            self.book.start_time = now
+            self.deps.on_book_changed()
+        pod_ip = self.deps.ctx.host_ip if pod.spec.host_network else sandbox.ip_address
+        await self._ensure_volumes()
+
+        wanted = {c.name for c in pod.spec.containers}
+        unknown = [r for r in records if not r.is_sandbox and r.container_name not in wanted]
+        if unknown:
+            await self._stop_and_remove(unknown)
+
+        next_wake: float | None = None
+        for container in pod.spec.containers:
+            mine = sorted(
+                (r for r in records if not r.is_sandbox and r.container_name == container.name),
+                key=lambda r: r.attempt,
+            )
+            wait_s = await self._sync_container(container, mine, sandbox, pod_ip, now)
+            if wait_s is not None:
+                next_wake = wait_s if next_wake is None else min(next_wake, wait_s)
+            if len(mine) > RECORDS_KEPT_PER_CONTAINER:
+                await self._stop_and_remove(mine[:-RECORDS_KEPT_PER_CONTAINER])
+
+        self._records = await runtime.list_containers(self.uid)
+        self._refresh_status(pod_ip)
+        return next_wake
+
+    def _learn_attempts(self, records: list[ContainerRecord]) -> None:
+        changed = False
+        for record in records:
+            if record.is_sandbox:
+                if record.attempt > self.book.sandbox_attempt:
+                    self.book.sandbox_attempt = record.attempt
+                    changed = True
+            elif record.attempt > self.book.attempts.get(record.container_name, -1):
+                self.book.attempts[record.container_name] = record.attempt
+                changed = True
+        if changed:
+            self.deps.on_book_changed()
+
+    async def _ensure_sandbox(
+        self, records: list[ContainerRecord]
+    ) -> tuple[ContainerRecord, list[ContainerRecord]]:
+        runtime = self.deps.runtime
+        sandboxes = sorted((r for r in records if r.is_sandbox), key=lambda r: r.attempt)
+        running = [s for s in sandboxes if s.running]
+        sandbox = running[-1] if running else None
+        extra = [s for s in sandboxes if s is not sandbox]
+        for record in extra:
+            await runtime.remove_container(record.id)
+        records = [r for r in records if r not in extra]
+        if sandbox is not None:
+            return sandbox, records
+
+        # The pod's network namespace is gone: containers still running inside it are cut
+        # off, so they are stopped and started again in the new sandbox without back-off.
+        apps = [r for r in records if not r.is_sandbox]
+        orphaned = [r for r in apps if r.running or r.state is ContainerState.CREATED]
+        if orphaned:
+            await self._stop_and_remove(orphaned)
+            records = [r for r in records if r not in orphaned]
+            for record in orphaned:
+                self._waiting.pop(record.container_name, None)
+        self._sandbox_moved = {r.container_name for r in orphaned}
+        attempt = self.book.sandbox_attempt + 1
+        await runtime.ensure_sandbox_image(self.deps.ctx.sandbox_image)
+        spec = sandbox_spec(self.deps.ctx, self.pod, attempt)
+        self.book.sandbox_attempt = attempt
+        self.deps.on_book_changed()
+        try:
+            sandbox_id = await runtime.create_container(spec)
+        except ContainerConflictError:
+            # Created by an earlier incarnation that died before it could record it.
+            found = [r for r in await runtime.list_containers(self.uid) if r.name == spec.name]
+            if not found:
+                raise
+            sandbox_id = found[0].id
+        await runtime.start_container(sandbox_id)
+        fresh = [r for r in await runtime.list_containers(self.uid) if r.id == sandbox_id]
+        if not fresh or not fresh[0].running:
+            raise RuntimeUnavailableError(f"sandbox {spec.name} did not stay running")
+        log.info("sandbox started", extra=kv(pod=self.pod.full_name, uid=self.uid, attempt=attempt))
+        self.deps.events.record(
+            kind="Pod",
+            name=self.pod.metadata.name,
+            namespace=self.pod.metadata.namespace,
+            uid=self.uid,
+            reason="SandboxStarted",
+            message=f"pod sandbox {spec.name} started",
+        )
+        return fresh[0], records
+
+    async def _ensure_volumes(self) -> None:
+        empty_dirs = [v.name for v in self.pod.spec.volumes if v.empty_dir is not None]
+        host_dirs = [
+            v.host_path.path
+            for v in self.pod.spec.volumes
+            if v.host_path is not None and v.host_path.type == "DirectoryOrCreate"
+        ]
+        if not empty_dirs and not host_dirs:
+            return
+        base = pod_volume_dir(self.deps.ctx, self.uid)
+
+        def make() -> None:
+            for name in empty_dirs:
+                (base / name).mkdir(parents=True, exist_ok=True, mode=0o777)
+            for path in host_dirs:
+                Path(path).mkdir(parents=True, exist_ok=True, mode=0o755)
+
+        try:
+            await self.deps.bridge.run(make)
+        except OSError as exc:
+            raise AgentError(f"cannot prepare volumes of {self.pod.full_name}: {exc}") from exc
+
+    async def _sync_container(
+        self,
+        container: Container,
+        mine: list[ContainerRecord],
+        sandbox: ContainerRecord,
+        pod_ip: str,
+        now: float,
+    ) -> float | None:
+        latest = mine[-1] if mine else None
+        name = container.name
+        moved = name in self._sandbox_moved
+        if latest is not None and latest.running:
+            self._waiting.pop(name, None)
+            return None
+        if latest is not None and latest.state is ContainerState.CREATED and not latest.error:
+            # Created by an incarnation that died before starting it: start it now.
+            return await self._start(container, latest.id, latest.attempt, now)
+
+        if latest is not None and not moved:
+            exit_code = latest.exit_code if latest.exit_code is not None else 128
+            if not should_restart(self.pod.spec.restart_policy, exit_code):
+                self._waiting.pop(name, None)
+                return None
+            restart = self.book.restarts.get(name)
+            if restart is None or restart.handled_attempt != latest.attempt:
+                finished = latest.finished_at.timestamp() if latest.finished_at else now
+                delay = self.deps.backoff.next_delay(
+                    restart.delay_s if restart else None, _ran_for_s(latest)
+                )
+                restart = RestartState(delay, finished + delay, latest.attempt)
+                self.book.restarts[name] = restart
+                self.deps.on_book_changed()
+                log.info(
+                    "container exited",
+                    extra=kv(
+                        pod=self.pod.full_name,
+                        container=name,
+                        exit_code=exit_code,
+                        attempt=latest.attempt,
+                        restart_in_s=round(max(0.0, restart.not_before - now), 3),
+                    ),
+                )
+            if now < restart.not_before:
+                self._waiting[name] = _Waiting(
+                    "CrashLoopBackOff",
+                    f"back-off {restart.delay_s:g}s restarting failed container={name} "
+                    f"pod={self.pod.metadata.name}",
+                )
+                return restart.not_before - now
+        waiting = self._waiting.get(name)
+        if waiting is not None and now < waiting.retry_at:
+            return waiting.retry_at - now
+        if latest is not None and moved:
+            self._sandbox_moved.discard(name)
+        return await self._create_and_start(container, sandbox, pod_ip, now)
+
+    async def _create_and_start(
+        self, container: Container, sandbox: ContainerRecord, pod_ip: str, now: float
+    ) -> float | None:
+        runtime = self.deps.runtime
+        name = container.name
+        attempt = self.book.attempts.get(name, -1) + 1
+        try:
+            await runtime.ensure_image(container.image, container.image_pull_policy.value)
+        except ImageUnavailableError as exc:
+            reason = (
+                "ErrImageNeverPull"
+                if container.image_pull_policy is PullPolicy.NEVER
+                else "ImagePullBackOff"
+            )
+            return self._retry_later(name, reason, str(exc), now)
+        spec = app_spec(self.deps.ctx, self.pod, container, attempt, sandbox.id, pod_ip)
+        self.book.attempts[name] = attempt
+        self.deps.on_book_changed()
+        try:
+            container_id = await runtime.create_container(spec)
+        except ContainerConflictError:
+            self.wake()  # an earlier incarnation created it: the next sync sees and adopts it
+            return None
+        except RuntimeUnavailableError:
+            raise
+        except AgentError as exc:
+            return self._retry_later(name, "CreateContainerError", str(exc), now)
+        return await self._start(container, container_id, attempt, now)
+
+    async def _start(
+        self, container: Container, container_id: str, attempt: int, now: float
+    ) -> float | None:
+        try:
+            await self.deps.runtime.start_container(container_id)
+        except RuntimeUnavailableError:
+            raise
+        except AgentError as exc:
+            # Counted like a crash (kubelet's RunContainerError): back-off, then a new attempt.
+            await self.deps.runtime.remove_container(container_id)
+            return self._retry_later(container.name, "RunContainerError", str(exc), now)
+        self._waiting.pop(container.name, None)
+        log.info(
+            "container started",
+            extra=kv(pod=self.pod.full_name, container=container.name, attempt=attempt),
+        )
+        self.deps.events.record(
+            kind="Pod",
+            name=self.pod.metadata.name,
+            namespace=self.pod.metadata.namespace,
+            uid=self.uid,
+            reason="Started" if attempt == 0 else "Restarted",
+            message=f"container {container.name} started (attempt {attempt})",
+        )
+        return None
+
+    def _retry_later(self, name: str, reason: str, message: str, now: float) -> float:
+        previous = self._waiting.get(name)
+        delay = self.deps.backoff.next_delay(previous.delay_s if previous else None, 0.0)
+        self._waiting[name] = _Waiting(reason, message, retry_at=now + delay, delay_s=delay)
+        log.warning(
+            "container cannot start",
+            extra=kv(
+                pod=self.pod.full_name, container=name, reason=reason, error=message, retry_s=delay
+            ),
+        )
+        self.deps.events.record(
+            kind="Pod",
+            name=self.pod.metadata.name,
+            namespace=self.pod.metadata.namespace,
+            uid=self.uid,
+            reason=reason,
+            message=message,
+            warning=True,
+        )
+        return delay
+
+    async def _stop_and_remove(self, records: list[ContainerRecord]) -> None:
+        runtime = self.deps.runtime
+        grace_s = self.pod.spec.termination_grace_period_s
+        apps = [r for r in records if not r.is_sandbox]
+        sandboxes = [r for r in records if r.is_sandbox]
+        await asyncio.gather(*(runtime.stop_container(r.id, grace_s) for r in apps if r.running))
+        await asyncio.gather(*(runtime.remove_container(r.id) for r in apps))
+        for record in sandboxes:
+            await runtime.remove_container(record.id)
+
+    async def _teardown(self, records: list[ContainerRecord]) -> None:
+        await self._stop_and_remove(records)
+        base = pod_volume_dir(self.deps.ctx, self.uid).parent
+        await self.deps.bridge.run(shutil.rmtree, base, True)
+        self._records = []
+        log.info("pod removed", extra=kv(pod=self.pod.full_name, uid=self.uid))
+        self.deps.events.record(
+            kind="Pod",
+            name=self.pod.metadata.name,
+            namespace=self.pod.metadata.namespace,
+            uid=self.uid,
+            reason="Killed",
+            message=f"pod {self.pod.full_name} removed from the node",
+        )
+
+    # -- status ----------------------------------------------------------------------------
+
+    def _refresh_status(self, pod_ip: str) -> None:
+        views = []
+        for container in self.pod.spec.containers:
+            mine = sorted(
+                (
+                    r
+                    for r in self._records
+                    if not r.is_sandbox and r.container_name == container.name
+                ),
+                key=lambda r: r.attempt,
+            )
+            current = mine[-1] if mine else None
+            previous = mine[-2] if len(mine) > 1 else None
+            waiting = self._waiting.get(container.name)
+            will_restart = (
+                current is None
+                or current.running
+                or should_restart(
+                    self.pod.spec.restart_policy,
+                    current.exit_code if current.exit_code is not None else 128,
+                )
+            )
+            views.append(
+                ContainerView(
+                    name=container.name,
+                    image=container.image,
+                    current=current,
+                    previous=previous,
+                    restart_count=max(0, current.attempt) if current is not None else 0,
+                    waiting_reason=waiting.reason if waiting else None,
+                    waiting_message=waiting.message if waiting else "",
+                    will_restart=will_restart,
+                )
+            )
+        start = self.book.start_time
+        self.status = pod_status(
+            self.pod,
+            views,
+            host_ip=self.deps.ctx.host_ip,
+            pod_ip=pod_ip,
+            start_time=datetime.fromtimestamp(start, UTC) if start is not None else None,
+            previous=self.status,
+            now=datetime.fromtimestamp(self.deps.clock.time(), UTC),
+        )
+
+    def restart_counts(self) -> dict[str, int]:
+        return {s["name"]: int(s["restartCount"]) for s in self.status.get("containerStatuses", [])}

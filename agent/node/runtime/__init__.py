@@ -1,0 +1,3 @@
+"""Container runtime: the Runtime protocol and its Docker Engine implementation."""
+
+from __future__ import annotations

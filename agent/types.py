@@ -1,0 +1,193 @@
+"""Identifiers and wire types shared by the node and the master: the typed pod model.
+
+The model is the supported subset of Kubernetes ``v1 Pod`` (see ``docs/manifests.md``); it is
+built only by :mod:`agent.manifest`, which rejects everything outside the subset. All value
+objects are frozen; collections are tuples or read-only mappings so a pod can be shared between
+tasks without copying.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+LABEL_PREFIX = "io.node-agent."
+LABEL_NODE = LABEL_PREFIX + "node"
+LABEL_POD_UID = LABEL_PREFIX + "pod.uid"
+LABEL_POD_NAME = LABEL_PREFIX + "pod.name"
+LABEL_POD_NAMESPACE = LABEL_PREFIX + "pod.namespace"
+LABEL_CONTAINER = LABEL_PREFIX + "container"
+LABEL_ATTEMPT = LABEL_PREFIX + "attempt"
+LABEL_KIND = LABEL_PREFIX + "kind"
+LABEL_POD_HASH = LABEL_PREFIX + "pod.hash"
+LABEL_POD_SOURCE = LABEL_PREFIX + "pod.source"
+LABEL_POD_MANIFEST = LABEL_PREFIX + "pod.manifest"
+
+KIND_SANDBOX = "sandbox"
+KIND_APP = "app"
+SANDBOX_CONTAINER_NAME = "POD"
+
+
+def _frozen_map(values: Mapping[str, str] | None = None) -> Mapping[str, str]:
+    return MappingProxyType(dict(values or {}))
+
+
+class RestartPolicy(StrEnum):
+    ALWAYS = "Always"
+    ON_FAILURE = "OnFailure"
+    NEVER = "Never"
+
+
+class PullPolicy(StrEnum):
+    ALWAYS = "Always"
+    IF_NOT_PRESENT = "IfNotPresent"
+    NEVER = "Never"
+
+
+class FieldRef(StrEnum):
+    """Downward-API fields an env var may reference (``valueFrom.fieldRef.fieldPath``)."""
+
+    POD_NAME = "metadata.name"
+    POD_NAMESPACE = "metadata.namespace"
+    POD_UID = "metadata.uid"
+    NODE_NAME = "spec.nodeName"
+    POD_IP = "status.podIP"
+    HOST_IP = "status.hostIP"
+
+
+@dataclass(frozen=True, slots=True)
+class EnvVar:
+    name: str
+    value: str = ""
+    field_ref: FieldRef | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerPort:
+    container_port: int
+    protocol: str = "TCP"
+    name: str | None = None
+    host_port: int | None = None
+    host_ip: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """CPU in millicores, memory in bytes; ``None`` when not given."""
+
+    cpu_request_millis: int | None = None
+    cpu_limit_millis: int | None = None
+    memory_request_bytes: int | None = None
+    memory_limit_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeMount:
+    name: str
+    mount_path: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Container:
+    name: str
+    image: str
+    image_pull_policy: PullPolicy = PullPolicy.IF_NOT_PRESENT
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    env: tuple[EnvVar, ...] = ()
+    ports: tuple[ContainerPort, ...] = ()
+    resources: Resources = field(default_factory=Resources)
+    working_dir: str | None = None
+    volume_mounts: tuple[VolumeMount, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HostPathVolume:
+    path: str
+    type: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EmptyDirVolume:
+    size_limit_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Volume:
+    name: str
+    host_path: HostPathVolume | None = None
+    empty_dir: EmptyDirVolume | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectMeta:
+    name: str
+    namespace: str = "default"
+    uid: str = ""
+    labels: Mapping[str, str] = field(default_factory=_frozen_map)
+    annotations: Mapping[str, str] = field(default_factory=_frozen_map)
+
+
+@dataclass(frozen=True, slots=True)
+class PodSpec:
+    containers: tuple[Container, ...]
+    volumes: tuple[Volume, ...] = ()
+    restart_policy: RestartPolicy = RestartPolicy.ALWAYS
+    termination_grace_period_s: int = 30
+    host_network: bool = False
+    node_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pod:
+    """A desired pod.
+
+    ``manifest`` is the normalised manifest (what we parsed, with defaults and uid filled in),
+    kept so the API can echo it and the checkpoint can restore the pod byte-for-byte.
+    ``source`` says where the pod came from: ``file:<path>`` for a static manifest, ``api``
+    for a pod assigned by the master.
+    """
+
+    metadata: ObjectMeta
+    spec: PodSpec
+    manifest: Mapping[str, Any]
+    source: str = "api"
+
+    @property
+    def uid(self) -> str:
+        return self.metadata.uid
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.metadata.namespace}/{self.metadata.name}"
+
+    @property
+    def spec_hash(self) -> str:
+        """Hash of the manifest; a changed hash means the pod must be replaced."""
+        return manifest_hash(self.manifest)
+
+    def container(self, name: str) -> Container | None:
+        for c in self.spec.containers:
+            if c.name == name:
+                return c
+        return None
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, MappingProxyType):
+        return dict(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def manifest_hash(manifest: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(manifest).encode()).hexdigest()[:16]

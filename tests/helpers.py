@@ -1,0 +1,276 @@
+"""Shared test helpers: waiting on conditions, running a real agent process, test images."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+
+T = TypeVar("T")
+
+TEST_IMAGE = "node-agent-test/busybox:latest"
+LABEL_NODE = "io.node-agent.node"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(
+    condition: Callable[[], T | None],
+    *,
+    timeout_s: float = 30.0,
+    interval_s: float = 0.1,
+    what: str = "condition",
+) -> T:
+    """Poll ``condition`` until it returns a truthy value; fail with ``what`` on time-out."""
+    deadline = time.monotonic() + timeout_s
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+        except Exception as exc:  # the condition may race with the system under test
+            last_exc = exc
+            value = None
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(
+        f"timed out after {timeout_s}s waiting for {what} (last error: {last_exc!r})"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ensure_test_image(client: docker.DockerClient) -> str:
+    """Build the busybox test image from the host's static busybox if it is absent."""
+    try:
+        client.images.get(TEST_IMAGE)
+        return TEST_IMAGE
+    except docker.errors.ImageNotFound:
+        pass
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    applets = subprocess.run(
+        [busybox, "--list"], check=True, capture_output=True, text=True
+    ).stdout.split()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for d in ("bin", "etc", "tmp", "proc", "sys", "dev", "var", "var/www", "root"):
+            info = tarfile.TarInfo(d)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o1777 if d == "tmp" else 0o755
+            tar.addfile(info)
+        tar.add(busybox, arcname="bin/busybox")
+        for applet in applets:
+            if applet == "busybox":
+                continue
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type = tarfile.SYMTYPE
+            link.linkname = "busybox"
+            tar.addfile(link)
+        passwd = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
+        info = tarfile.TarInfo("etc/passwd")
+        info.size = len(passwd)
+        tar.addfile(info, io.BytesIO(passwd))
+    client.api.import_image_from_data(
+        buf.getvalue(),
+        repository=TEST_IMAGE.split(":", maxsplit=1)[0],
+        tag="latest",
+        changes=["ENV PATH=/bin", 'CMD ["/bin/sh"]'],
+    )
+    return TEST_IMAGE
+
+
+def pod_manifest(
+    name: str,
+    containers: list[dict[str, Any]],
+    *,
+    namespace: str = "default",
+    restart_policy: str = "Always",
+    grace_s: int = 1,
+    **spec: Any,
+) -> dict[str, Any]:
+    for c in containers:
+        c.setdefault("image", TEST_IMAGE)
+        c.setdefault("imagePullPolicy", "Never")
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "restartPolicy": restart_policy,
+            "terminationGracePeriodSeconds": grace_s,
+            "containers": containers,
+            **spec,
+        },
+    }
+
+
+def sleeper(name: str = "main", seconds: int = 3600) -> dict[str, Any]:
+    return {"name": name, "command": ["sh", "-c", f"trap 'exit 0' TERM; sleep {seconds} & wait"]}
+
+
+class AgentProcess:
+    """A real ``node-agent run`` process with its own node name, state and manifest dirs."""
+
+    def __init__(self, root: Path, node_name: str, **config: Any) -> None:
+        self.root = root
+        self.node_name = node_name
+        self.state_dir = root / "state"
+        self.manifest_dir = root / "manifests"
+        self.manifest_dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.log_path = root / "agent.log"
+        self.config_path = root / "agent.toml"
+        values: dict[str, Any] = {
+            "node_name": node_name,
+            "state_dir": str(self.state_dir),
+            "manifest_dir": str(self.manifest_dir),
+            "health_addr": f"127.0.0.1:{self.port}",
+            "log_format": "json",
+            "log_level": "debug",
+            "backoff_initial_s": 1.0,
+            "backoff_max_s": 8.0,
+            "backoff_reset_s": 60.0,
+            "relist_interval_s": 2.0,
+            "manifest_poll_interval_s": 0.5,
+        }
+        values.update(config)
+        lines = [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+        self.config_path.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *, wait_ready: bool = True, blockbuster: bool = True) -> AgentProcess:
+        """Start the agent; tests run it under blockbuster so a blocking call on the loop
+        fails the agent (and so the test); benchmarks turn that off."""
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        env["NODE_AGENT_BLOCKBUSTER"] = "1" if blockbuster else "0"
+        env.pop("NOTIFY_SOCKET", None)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "agent.cli.node_agent",
+                "run",
+                "--config",
+                str(self.config_path),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO_ROOT,
+        )
+        log.close()
+        if wait_ready:
+            self.wait_healthy()
+        return self
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def wait_healthy(self, timeout_s: float = 60.0) -> None:
+        def healthy() -> bool:
+            self.assert_alive()
+            return self.get("/healthz") == (200, "ok")
+
+        wait_for(healthy, timeout_s=timeout_s, what=f"agent {self.node_name} healthy")
+
+    def assert_alive(self) -> None:
+        assert self.proc is not None
+        code = self.proc.poll()
+        if code is not None:
+            raise AssertionError(f"agent exited with {code}; log:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 60) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def pods(self) -> dict[str, dict[str, Any]]:
+        status, body = self.get("/v1/pods")
+        assert status == 200, body
+        return {
+            f"{p['metadata']['namespace']}/{p['metadata']['name']}": p
+            for p in json.loads(body)["items"]
+        }
+
+    def pod(self, name: str, namespace: str = "default") -> dict[str, Any] | None:
+        return self.pods().get(f"{namespace}/{name}")
+
+    def events(self) -> list[dict[str, Any]]:
+        status, body = self.get("/v1/events")
+        assert status == 200, body
+        items: list[dict[str, Any]] = json.loads(body)["items"]
+        return items
+
+    def write_manifest(self, filename: str, *manifests: dict[str, Any]) -> Path:
+        path = self.manifest_dir / filename
+        tmp = path.with_name("." + filename + ".tmp")
+        tmp.write_text("\n---\n".join(json.dumps(m) for m in manifests))
+        tmp.rename(path)
+        return path
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def running_phase(
+    agent: AgentProcess, name: str, namespace: str = "default"
+) -> dict[str, Any] | None:
+    pod = agent.pod(name, namespace)
+    if (
+        pod
+        and pod["status"].get("phase") == "Running"
+        and all(c["ready"] for c in pod["status"].get("containerStatuses", []))
+        and pod["status"].get("containerStatuses")
+    ):
+        return pod
+    return None
+
+
+def node_containers(client: docker.DockerClient, node_name: str) -> list[Any]:
+    return list(client.containers.list(all=True, filters={"label": f"{LABEL_NODE}={node_name}"}))
+
+
+def remove_node_containers(client: docker.DockerClient, node_name: str) -> None:
+    for container in node_containers(client, node_name):
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)

@@ -1,0 +1,45 @@
+"""Integration fixtures: a real dockerd (the bootstrap starts it), the local busybox test image,
+and agent processes that are killed and whose containers are removed after each test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from tests.helpers import AgentProcess, ensure_test_image, remove_node_containers
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(f"integration tests need a running dockerd (run scripts/bootstrap.sh): {exc}")
+    ensure_test_image(client)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make_agent(
+    tmp_path: Path, docker_client: docker.DockerClient
+) -> Iterator[Callable[..., AgentProcess]]:
+    agents: list[AgentProcess] = []
+
+    def make(name: str | None = None, **config: Any) -> AgentProcess:
+        node = name or f"it-{uuid.uuid4().hex[:10]}"
+        agent = AgentProcess(tmp_path / node, node, **config)
+        agents.append(agent)
+        return agent
+
+    yield make
+    for agent in agents:
+        if agent.proc is not None and agent.proc.poll() is None:
+            agent.kill9()
+        remove_node_containers(docker_client, agent.node_name)
