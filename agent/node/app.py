@@ -33,7 +33,7 @@ from agent.node.events import EventRecorder
 from agent.node.metrics import NodeMetrics
 from agent.node.pods import PodManager
 from agent.node.podspecs import SpecContext
-from agent.node.podworkers import Clock, SystemClock, WorkerDeps
+from agent.node.podworkers import Clock, SystemClock, WorkerBook, WorkerDeps
 from agent.node.runtime.base import Runtime
 from agent.node.runtime.docker import DockerRuntime
 from agent.node.sources import ManifestDirSource
@@ -205,8 +205,9 @@ class NodeAgent:
         await self.runtime.ensure_sandbox_image(cfg.sandbox_image)
         restored = await self.pods.load_checkpoint()
         records = await self.runtime.list_containers()
+        books: dict[str, WorkerBook] = {}
         if restored is None:
-            pods, books = self.pods.pods_from_runtime(records), {}
+            pods = self.pods.pods_from_runtime(records)
             log.info("desired state rebuilt from the runtime", extra=kv(pods=len(pods)))
         else:
             pods, books = restored

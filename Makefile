@@ -1,0 +1,43 @@
+# node-agent: `make run` (master-less demo for now: agent + a demo pod), `make test`.
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: bootstrap test test-unit lint fmt run bench clean
+
+bootstrap:
+	bash scripts/bootstrap.sh
+
+test: bootstrap
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-unit:
+	bash scripts/bootstrap.sh --no-images
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+lint:
+	bash scripts/bootstrap.sh --no-images
+	$(VENV)/bin/ruff format --check agent tests bench
+	$(VENV)/bin/ruff check agent tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+fmt:
+	$(VENV)/bin/ruff format agent tests bench
+	$(VENV)/bin/ruff check --fix agent tests bench
+
+run: bootstrap
+	@echo "node-agent demo: agent 'demo-node' with the pod in examples/manifests/. In another shell:"
+	@echo "  curl -s http://127.0.0.1:10248/healthz"
+	@echo "  curl -s http://127.0.0.1:10248/v1/pods | python3 -m json.tool"
+	@echo "  docker ps --filter label=io.node-agent.node=demo-node"
+	@echo "  docker logs -f \$$(docker ps -q --filter label=io.node-agent.container=fetcher)"
+	@echo "Ctrl-C stops the agent and leaves the pod running; 'make clean' removes it."
+	$(VENV)/bin/node-agent run --config examples/agent-demo.toml
+
+bench: bootstrap
+	$(PY) bench/pod_start.py
+
+clean:
+	-docker rm -f $$(docker ps -aq --filter label=io.node-agent.node=demo-node) 2>/dev/null
+	rm -rf $(VENV) build dist *.egg-info /tmp/node-agent-demo
