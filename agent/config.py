@@ -21,7 +21,9 @@ from typing import Any
 from agent.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/node-agent/agent.toml")
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS1123_SUBDOMAIN = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
 LOG_FORMATS = ("kv", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -120,11 +122,11 @@ def _coerce(key: Key, value: object, where: str) -> object:
     if expected is Path and isinstance(value, str):
         value = Path(value)
     if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
-        raise ConfigError(
-            f"{where}: key {key.name!r} must be {expected.__name__}, got {value!r}"
-        )
+        raise ConfigError(f"{where}: key {key.name!r} must be {expected.__name__}, got {value!r}")
     if key.choices and value not in key.choices:
-        raise ConfigError(f"{where}: key {key.name!r} must be one of {', '.join(key.choices)}, got {value!r}")
+        raise ConfigError(
+            f"{where}: key {key.name!r} must be one of {', '.join(key.choices)}, got {value!r}"
+        )
     return value
 
 
@@ -139,7 +141,12 @@ def _validate(cfg: AgentConfig, where: str) -> None:
             raise ConfigError(f"{where}: node_ip {cfg.node_ip!r} is not an IP address") from exc
     if cfg.backoff_initial_s <= 0 or cfg.backoff_initial_s > cfg.backoff_max_s:
         raise ConfigError(f"{where}: need 0 < backoff_initial_s <= backoff_max_s")
-    for name in ("relist_interval_s", "manifest_poll_interval_s", "runtime_timeout_s", "watchdog_interval_s"):
+    for name in (
+        "relist_interval_s",
+        "manifest_poll_interval_s",
+        "runtime_timeout_s",
+        "watchdog_interval_s",
+    ):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{where}: {name} must be > 0")
     for name in ("runtime_threads", "container_log_max_files", "max_pods"):

@@ -58,16 +58,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(_fields(record), default=str, separators=(",", ":"))
 
 
-_listener: logging.handlers.QueueListener | None = None
+_active: dict[str, logging.handlers.QueueListener] = {}
 
 
 def setup_logging(
     fmt: str, level: str, stream: TextIO | None = None
 ) -> logging.handlers.QueueListener:
     """Route the root logger through a queue to ``stream`` in format ``kv`` or ``json``."""
-    global _listener
-    if _listener is not None:
-        _listener.stop()
+    previous = _active.pop("root", None)
+    if previous is not None:
+        previous.stop()
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter())
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
@@ -76,6 +76,7 @@ def setup_logging(
         root.removeHandler(old)
     root.addHandler(logging.handlers.QueueHandler(records))
     root.setLevel(level.upper())
-    _listener = logging.handlers.QueueListener(records, handler, respect_handler_level=False)
-    _listener.start()
-    return _listener
+    listener = logging.handlers.QueueListener(records, handler, respect_handler_level=False)
+    listener.start()
+    _active["root"] = listener
+    return listener

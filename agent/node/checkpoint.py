@@ -98,4 +98,6 @@ class CheckpointStore:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             name = errno.errorcode.get(exc.errno or 0, "EIO")
-            raise CheckpointError(f"{self.path}: write failed: {name}: {exc.strerror or exc}") from exc
+            raise CheckpointError(
+                f"{self.path}: write failed: {name}: {exc.strerror or exc}"
+            ) from exc
