@@ -133,7 +133,10 @@ def _coerce(key: Key, value: object, where: str) -> object:
 def _validate(cfg: AgentConfig, where: str) -> None:
     if not cfg.node_name or len(cfg.node_name) > 253 or not _DNS1123_SUBDOMAIN.match(cfg.node_name):
         raise ConfigError(f"{where}: node_name {cfg.node_name!r} is not a DNS-1123 subdomain")
-    split_host_port(cfg.health_addr, "health_addr")
+    try:
+        split_host_port(cfg.health_addr, "health_addr")
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     if cfg.node_ip is not None:
         try:
             ipaddress.ip_address(cfg.node_ip)

@@ -6,6 +6,7 @@ slow or blocked stderr (a full journald pipe) never stalls the event loop.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import logging.handlers
@@ -36,7 +37,22 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
             out[key if key not in _RESERVED else f"field_{key}"] = value
     if record.exc_info:
         out["exc"] = logging.Formatter().formatException(record.exc_info)
+    elif record.exc_text:
+        out["exc"] = record.exc_text
     return out
+
+
+class _StructuredQueueHandler(logging.handlers.QueueHandler):
+    """Like QueueHandler, but keeps the traceback out of ``msg`` so it becomes a field."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        prepared = copy.copy(record)
+        if record.exc_info:
+            prepared.exc_text = logging.Formatter().formatException(record.exc_info)
+        prepared.msg = record.getMessage()
+        prepared.args = None
+        prepared.exc_info = None
+        return prepared
 
 
 def _kv_value(value: object) -> str:
@@ -74,9 +90,16 @@ def setup_logging(
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    root.addHandler(logging.handlers.QueueHandler(records))
+    root.addHandler(_StructuredQueueHandler(records))
     root.setLevel(level.upper())
     listener = logging.handlers.QueueListener(records, handler, respect_handler_level=False)
     listener.start()
     _active["root"] = listener
     return listener
+
+
+def shutdown_logging() -> None:
+    """Flush and stop the listener thread (at exit)."""
+    listener = _active.pop("root", None)
+    if listener is not None:
+        listener.stop()

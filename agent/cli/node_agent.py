@@ -43,7 +43,7 @@ def _load(args: argparse.Namespace) -> object:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent.aio.logs import setup_logging
+    from agent.aio.logs import setup_logging, shutdown_logging
     from agent.config import AgentConfig
     from agent.errors import ConfigError
 
@@ -53,11 +53,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"node-agent: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     assert isinstance(config, AgentConfig)
-    listener = setup_logging(config.log_format, config.log_level)
+    setup_logging(config.log_format, config.log_level)
     try:
         return _serve(config)
     finally:
-        listener.stop()
+        shutdown_logging()
 
 
 def _serve(config: object) -> int:

@@ -1,0 +1,128 @@
+"""Checkpoint atomicity: a crash at any point leaves the old or the new file, never a torn one."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from agent.errors import CheckpointCorruptError, CheckpointError
+from agent.node.checkpoint import CheckpointStore
+
+
+class SimulatedCrash(BaseException):
+    """Stands for SIGKILL: nothing after it runs, not even except-Exception handlers."""
+
+
+def test_round_trip_and_absent(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "state" / "checkpoint.json")
+    assert store.load() is None
+    store.save({"pods": {"u": {"x": 1}}})
+    assert store.load() == {"pods": {"u": {"x": 1}}}
+    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+    assert oct(store.path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_crash_between_write_and_rename_keeps_old(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = CheckpointStore(tmp_path / "checkpoint.json")
+    store.save({"generation": 1})
+
+    def crash(src: object, dst: object) -> None:
+        raise SimulatedCrash
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(SimulatedCrash):
+        store.save({"generation": 2})
+    monkeypatch.undo()
+    assert store.load() == {"generation": 1}
+    # The torn temp file of the crashed write is ignored, and the next save overwrites it.
+    store.save({"generation": 3})
+    assert store.load() == {"generation": 3}
+
+
+def test_disk_full_keeps_old_and_cleans_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = CheckpointStore(tmp_path / "checkpoint.json")
+    store.save({"generation": 1})
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(CheckpointError, match="ENOSPC"):
+        store.save({"generation": 2})
+    monkeypatch.undo()
+    assert store.load() == {"generation": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.json"]
+
+
+def test_read_only_filesystem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = CheckpointStore(tmp_path / "checkpoint.json")
+    store.save({"generation": 1})
+    real_open = os.open
+
+    def read_only(path: object, flags: int, *args: object) -> int:
+        if flags & os.O_WRONLY:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(CheckpointError, match="EROFS"):
+        store.save({"generation": 2})
+    monkeypatch.undo()
+    assert store.load() == {"generation": 1}
+
+
+def test_file_and_directory_are_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def record(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    CheckpointStore(tmp_path / "checkpoint.json").save({"a": 1})
+    assert len(synced) == 2
+    assert ".checkpoint.json.tmp-" in synced[0]
+    assert synced[1] == str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"{trunc", "not valid JSON"),
+        (b"[1, 2]", "not a checkpoint envelope"),
+        (json.dumps({"version": 9, "checksum": "", "data": {}}).encode(), "unknown version"),
+        (
+            json.dumps({"version": 1, "checksum": "sha256:00", "data": {"a": 1}}).encode(),
+            "checksum mismatch",
+        ),
+        (b"\xff\xfe", "not valid JSON"),
+    ],
+)
+def test_corrupt_file_is_moved_aside(tmp_path: Path, content: bytes, problem: str) -> None:
+    store = CheckpointStore(tmp_path / "checkpoint.json")
+    store.path.write_bytes(content)
+    with pytest.raises(CheckpointCorruptError, match=problem) as info:
+        store.load()
+    [aside] = tmp_path.glob("checkpoint.json.corrupt-*")
+    assert aside.read_bytes() == content
+    assert str(aside) in str(info.value)
+    assert store.load() is None
+
+
+def test_edited_data_detected(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "checkpoint.json")
+    store.save({"pods": {"a": 1}})
+    envelope = json.loads(store.path.read_text())
+    envelope["data"]["pods"]["a"] = 2
+    store.path.write_text(json.dumps(envelope))
+    with pytest.raises(CheckpointCorruptError, match="checksum mismatch"):
+        store.load()
