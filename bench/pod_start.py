@@ -131,6 +131,7 @@ def main() -> int:
     parser.add_argument("--idle-pods", type=int, default=50)
     parser.add_argument("--idle-s", type=float, default=30.0)
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
 
     client = docker.from_env()
     ensure_test_image(client)
@@ -148,6 +149,10 @@ def main() -> int:
             for r in range(args.rounds):
                 results[n]["agent"].append(our_path(agent, client, n, f"r{r}n{n}"))
                 results[n]["docker run"].append(baseline(client, n, f"r{r}n{n}"))
+                print(
+                    f"  round {r} n={n}: agent {results[n]['agent'][-1]:.2f}s "
+                    f"docker run {results[n]['docker run'][-1]:.2f}s"
+                )
         print(f"pod start ({args.rounds} rounds, alternating; {env_note})")
         print(f"{'pods':>5} {'agent median s':>15} {'docker run median s':>20} {'ratio':>7}")
         summary = {}

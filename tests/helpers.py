@@ -160,12 +160,19 @@ class AgentProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, *, wait_ready: bool = True, blockbuster: bool = True) -> AgentProcess:
+    def start(
+        self,
+        *,
+        wait_ready: bool = True,
+        blockbuster: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> AgentProcess:
         """Start the agent; tests run it under blockbuster so a blocking call on the loop
         fails the agent (and so the test); benchmarks turn that off."""
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-        env["NODE_AGENT_BLOCKBUSTER"] = "1" if blockbuster else "0"
-        env.pop("NOTIFY_SOCKET", None)
+        base = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        base["NODE_AGENT_BLOCKBUSTER"] = "1" if blockbuster else "0"
+        base.pop("NOTIFY_SOCKET", None)
+        env = {**base, **(env or {})}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [

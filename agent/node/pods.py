@@ -133,16 +133,20 @@ class PodManager:
 
     def adopt(self, records: Iterable[ContainerRecord]) -> None:
         """Start teardown workers for containers of pods that are not desired."""
-        strays: dict[str, ContainerRecord] = {}
+        strays: dict[str, list[ContainerRecord]] = {}
         for record in records:
             if record.pod_uid not in self.workers:
-                strays.setdefault(record.pod_uid, record)
-        for uid, record in strays.items():
+                strays.setdefault(record.pod_uid, []).append(record)
+        for uid, found in strays.items():
+            record = found[0]
             log.info(
                 "removing containers of a pod that is no longer desired",
                 extra=kv(pod=f"{record.pod_namespace}/{record.pod_name}", uid=uid),
             )
-            worker = PodWorker(_placeholder_pod(record), self._deps)
+            # The sandbox's manifest gives the pod's own grace period for the teardown.
+            known = self.pods_from_runtime(found)
+            pod = known[0] if known else _placeholder_pod(record)
+            worker = PodWorker(pod, self._deps)
             worker.terminating = True
             self._spawn(worker)
 

@@ -145,6 +145,9 @@ class PodWorker:
         self._waiting: dict[str, _Waiting] = {}
         self._records: list[ContainerRecord] = []
         self._sandbox_moved: set[str] = set()
+        # Set only by a completed teardown: terminate() may arrive in the middle of a normal
+        # sync, and the worker must then sync once more to actually remove the pod.
+        self._torn_down = False
 
     @property
     def uid(self) -> str:
@@ -185,7 +188,7 @@ class PodWorker:
                     next_wake_s = retry_s
                     retry_s = min(retry_s * 2, SYNC_RETRY_MAX_S)
                 self.deps.on_synced(self, time.monotonic() - started)
-                if self.terminating and next_wake_s is None and not self.last_error:
+                if self._torn_down:
                     return
                 self.synced_once.set()
                 if next_wake_s is None:
@@ -482,6 +485,7 @@ class PodWorker:
         base = pod_volume_dir(self.deps.ctx, self.uid).parent
         await self.deps.bridge.run(shutil.rmtree, base, True)
         self._records = []
+        self._torn_down = True
         log.info("pod removed", extra=kv(pod=self.pod.full_name, uid=self.uid))
         self.deps.events.record(
             kind="Pod",

@@ -419,3 +419,68 @@ def test_health_and_metrics(make_agent: MakeAgent) -> None:
     assert "node_agent_runtime_up 1" in text
     status, body = agent.get("/v1/pods")
     assert json.loads(body)["kind"] == "PodList"
+
+
+def test_kill9_during_pod_churn_converges_exactly(
+    make_agent: MakeAgent, docker_client: docker.DockerClient
+) -> None:
+    """Kill the agent while it is creating pods, twice; after each restart every desired pod
+    has exactly one sandbox and one container per spec, and nothing else exists."""
+    agent = make_agent().start()
+    for round_ in range(2):
+        for i in range(8):
+            agent.write_manifest(
+                f"churn{round_}-{i}.yaml", pod_manifest(f"churn{round_}-{i}", [sleeper()])
+            )
+        created_before = 2 * 8 * round_
+        wait_for(
+            lambda floor=created_before: (
+                len(node_containers(docker_client, agent.node_name)) >= floor + 3
+            ),
+            interval_s=0.02,
+            what="agent mid-way through creating pods",
+        )
+        agent.kill9()
+        agent.start()
+        expected = {f"churn{r}-{i}" for r in range(round_ + 1) for i in range(8)}
+
+        def converged(want: set[str] = expected) -> bool:
+            containers = node_containers(docker_client, agent.node_name)
+            by_pod: dict[str, list[str]] = {}
+            for c in containers:
+                by_pod.setdefault(c.labels["io.node-agent.pod.name"], []).append(
+                    c.labels["io.node-agent.container"]
+                )
+            return (
+                set(by_pod) == want
+                and all(sorted(v) == ["POD", "main"] for v in by_pod.values())
+                and all(c.status == "running" for c in containers)
+            )
+
+        wait_for(
+            converged, timeout_s=120, what=f"exactly the desired containers after crash {round_}"
+        )
+
+
+def test_pods_deleted_while_being_created_are_removed(
+    make_agent: MakeAgent, docker_client: docker.DockerClient
+) -> None:
+    """A delete that arrives in the middle of a pod's first sync still removes the pod."""
+    agent = make_agent().start()
+    paths = [
+        agent.write_manifest(f"brief-{i}.yaml", pod_manifest(f"brief-{i}", [sleeper()]))
+        for i in range(10)
+    ]
+    wait_for(
+        lambda: len(node_containers(docker_client, agent.node_name)) >= 3,
+        interval_s=0.02,
+        what="creation under way",
+    )
+    for path in paths:
+        path.unlink()
+    wait_for(
+        lambda: not node_containers(docker_client, agent.node_name),
+        timeout_s=60,
+        what="every container removed",
+    )
+    wait_for(lambda: not agent.pods(), what="no pods left in the API")
