@@ -28,6 +28,10 @@ LABEL_NODE = "io.node-agent.node"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+class AgentDied(AssertionError):
+    """The agent process exited while a test waited on it: no point waiting longer."""
+
+
 def wait_for(
     condition: Callable[[], T | None],
     *,
@@ -41,6 +45,8 @@ def wait_for(
     while time.monotonic() < deadline:
         try:
             value = condition()
+        except AgentDied:
+            raise
         except Exception as exc:  # the condition may race with the system under test
             last_exc = exc
             value = None
@@ -211,7 +217,7 @@ class AgentProcess:
         assert self.proc is not None
         code = self.proc.poll()
         if code is not None:
-            raise AssertionError(f"agent exited with {code}; log:\n{self.log_tail()}")
+            raise AgentDied(f"agent exited with {code}; log:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 60) -> str:
         if not self.log_path.exists():

@@ -181,7 +181,8 @@ class NodeAgent:
                 self.pods.attach(group)
                 start_guarded(group, "heartbeat", self._heartbeat)
                 start_guarded(group, "boot", lambda: self._boot(group))
-                start_guarded(group, "shutdown-watch", self._wait_stop)
+                # Not guarded: its exception is the shutdown mechanism, not a failure.
+                group.create_task(self._wait_stop(), name="shutdown-watch")
         except* _ShutdownRequested:
             pass
         finally:

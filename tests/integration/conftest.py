@@ -39,7 +39,17 @@ def make_agent(
         return agent
 
     yield make
+    problems = []
     for agent in agents:
         if agent.proc is not None and agent.proc.poll() is None:
             agent.kill9()
         remove_node_containers(docker_client, agent.node_name)
+        log = agent.log_path.read_text(errors="replace") if agent.log_path.exists() else ""
+        # blockbuster (NODE_AGENT_BLOCKBUSTER=1) turns a blocking call on the loop into an
+        # exception; wherever it surfaced, the test fails.
+        for marker in ("BlockingError", "task died unexpectedly", "Traceback"):
+            if marker in log:
+                problems.append(
+                    f"{agent.node_name}: {marker!r} in the agent log:\n{agent.log_tail(40)}"
+                )
+    assert not problems, "\n".join(problems)
