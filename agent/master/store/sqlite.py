@@ -1,0 +1,252 @@
+"""SQLite backend of the master store (embedded, zero set-up), in WAL mode.
+
+Every change is one transaction that updates the ``kv`` table and appends to the ``log`` table
+under a new revision, so a watcher resumes from any kept revision without missing or replaying
+changes. The log is compacted to the last ``history`` revisions; a watch from before that
+gets :class:`CompactedError` (HTTP 410, like Kubernetes' "too old resource version") and
+relists. All sqlite calls run in the thread bridge under one lock (one connection, serialized
+writes, which is what SQLite does anyway); ``synchronous=FULL`` so an acknowledged change
+survives a power cut, not only a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TypeVar
+
+from agent.aio.bridge import ThreadBridge
+from agent.master.store.base import CompactedError, EventType, KeyValue, StoreError, WatchEvent
+
+T = TypeVar("T")
+HISTORY_REVISIONS = 10_000
+WATCH_BATCH_ROWS = 500
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    create_rev INTEGER NOT NULL,
+    mod_rev INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS log (
+    rev INTEGER PRIMARY KEY,
+    key TEXT NOT NULL,
+    type TEXT NOT NULL,
+    value BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+def _prefix_end(prefix: str) -> str:
+    """The smallest string greater than every string starting with ``prefix``."""
+    return prefix + "\U0010ffff"
+
+
+class SqliteStore:
+    def __init__(
+        self, path: Path, bridge: ThreadBridge, *, history: int = HISTORY_REVISIONS
+    ) -> None:
+        self._path = path
+        self._bridge = bridge
+        self._history = history
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._changed = asyncio.Event()
+        self.revision = 0
+
+    @classmethod
+    async def open(
+        cls, path: Path, bridge: ThreadBridge, *, history: int = HISTORY_REVISIONS
+    ) -> SqliteStore:
+        store = cls(path, bridge, history=history)
+        await store._run(store._open)
+        return store
+
+    def _open(self, db: sqlite3.Connection | None) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(_SCHEMA)
+        row = conn.execute("SELECT value FROM meta WHERE name='revision'").fetchone()
+        self.revision = int(row[0]) if row else 0
+        self._db = conn
+
+    async def _run(self, func: Callable[[sqlite3.Connection | None], T]) -> T:
+        def locked() -> T:
+            with self._lock:
+                return func(self._db)
+
+        try:
+            return await self._bridge.run(locked)
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {self._path}: {exc}") from exc
+
+    def _conn(self, db: sqlite3.Connection | None) -> sqlite3.Connection:
+        if db is None:
+            raise StoreError("store is closed")
+        return db
+
+    def _write(
+        self,
+        db: sqlite3.Connection,
+        key: str,
+        value: bytes,
+        kind: EventType,
+        create_rev: int | None,
+    ) -> int:
+        rev = self.revision + 1
+        if kind is EventType.PUT:
+            db.execute(
+                "INSERT INTO kv(key, value, create_rev, mod_rev) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value, mod_rev=excluded.mod_rev",
+                (key, value, create_rev or rev, rev),
+            )
+        else:
+            db.execute("DELETE FROM kv WHERE key=?", (key,))
+        db.execute(
+            "INSERT INTO log(rev, key, type, value) VALUES (?, ?, ?, ?)",
+            (rev, key, kind.value, value),
+        )
+        db.execute(
+            "INSERT INTO meta(name, value) VALUES ('revision', ?) "
+            "ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+            (rev,),
+        )
+        if rev % 1000 == 0:
+            db.execute("DELETE FROM log WHERE rev <= ?", (rev - self._history,))
+        return rev
+
+    def _transaction(
+        self, db: sqlite3.Connection | None, body: Callable[[sqlite3.Connection], int | None]
+    ) -> int | None:
+        conn = self._conn(db)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = body(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        if result is not None:
+            self.revision = result
+        return result
+
+    def _notify(self) -> None:
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    async def get(self, key: str) -> KeyValue | None:
+        def read(db: sqlite3.Connection | None) -> KeyValue | None:
+            row = (
+                self._conn(db)
+                .execute("SELECT key, value, create_rev, mod_rev FROM kv WHERE key=?", (key,))
+                .fetchone()
+            )
+            return KeyValue(row[0], row[1], row[2], row[3]) if row else None
+
+        return await self._run(read)
+
+    async def put(self, key: str, value: bytes) -> int:
+        def body(db: sqlite3.Connection) -> int:
+            row = db.execute("SELECT create_rev FROM kv WHERE key=?", (key,)).fetchone()
+            return self._write(db, key, value, EventType.PUT, row[0] if row else None)
+
+        rev = await self._run(lambda db: self._transaction(db, body))
+        assert rev is not None
+        self._notify()
+        return rev
+
+    async def compare_and_swap(
+        self, key: str, value: bytes, expected_mod_revision: int
+    ) -> int | None:
+        def body(db: sqlite3.Connection) -> int | None:
+            row = db.execute("SELECT create_rev, mod_rev FROM kv WHERE key=?", (key,)).fetchone()
+            current = row[1] if row else 0
+            if current != expected_mod_revision:
+                return None
+            return self._write(db, key, value, EventType.PUT, row[0] if row else None)
+
+        rev = await self._run(lambda db: self._transaction(db, body))
+        if rev is not None:
+            self._notify()
+        return rev
+
+    async def delete(self, key: str, expected_mod_revision: int | None = None) -> int | None:
+        def body(db: sqlite3.Connection) -> int | None:
+            row = db.execute("SELECT value, mod_rev FROM kv WHERE key=?", (key,)).fetchone()
+            if row is None or (
+                expected_mod_revision is not None and row[1] != expected_mod_revision
+            ):
+                return None
+            return self._write(db, key, row[0], EventType.DELETE, None)
+
+        rev = await self._run(lambda db: self._transaction(db, body))
+        if rev is not None:
+            self._notify()
+        return rev
+
+    async def list_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
+        def read(db: sqlite3.Connection | None) -> tuple[list[KeyValue], int]:
+            rows = (
+                self._conn(db)
+                .execute(
+                    "SELECT key, value, create_rev, mod_rev FROM kv "
+                    "WHERE key >= ? AND key < ? ORDER BY key",
+                    (prefix, _prefix_end(prefix)),
+                )
+                .fetchall()
+            )
+            return [KeyValue(*row) for row in rows], self.revision
+
+        return await self._run(read)
+
+    def _history_after(
+        self, db: sqlite3.Connection | None, *, prefix: str, after: int
+    ) -> list[WatchEvent]:
+        conn = self._conn(db)
+        if after > self.revision:
+            raise CompactedError(
+                f"revision {after} is newer than the store ({self.revision}); relist"
+            )
+        oldest = conn.execute("SELECT MIN(rev) FROM log").fetchone()[0]
+        if after < self.revision and oldest is not None and after + 1 < oldest:
+            raise CompactedError(
+                f"revision {after} is compacted (oldest kept: {oldest - 1}); relist"
+            )
+        rows = conn.execute(
+            "SELECT rev, key, type, value FROM log "
+            "WHERE rev > ? AND key >= ? AND key < ? ORDER BY rev LIMIT ?",
+            (after, prefix, _prefix_end(prefix), WATCH_BATCH_ROWS),
+        ).fetchall()
+        return [WatchEvent(EventType(r[2]), r[1], r[3], r[0]) for r in rows]
+
+    async def watch(self, prefix: str, after_revision: int) -> AsyncIterator[WatchEvent]:
+        last = after_revision
+        while True:
+            changed = self._changed
+            scanned_to = self.revision
+            events = await self._run(
+                functools.partial(self._history_after, prefix=prefix, after=last)
+            )
+            for event in events:
+                last = event.revision
+                yield event
+            if len(events) == WATCH_BATCH_ROWS:
+                continue
+            last = max(last, scanned_to)
+            if self.revision == scanned_to:
+                await changed.wait()
+
+    async def close(self) -> None:
+        def close(db: sqlite3.Connection | None) -> None:
+            if db is not None:
+                db.close()
+            self._db = None
+
+        await self._run(close)

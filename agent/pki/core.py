@@ -1,0 +1,321 @@
+"""Keys, CSRs, the cluster CA, certificate issuing, pins and chain checks (``cryptography``).
+
+Everything here is synchronous and CPU-bound (a P-256 signature is well under a millisecond);
+file writes are done by the callers through the thread bridge. Private keys are written 0600
+and never leave the host that generated them: nodes send CSRs, the master signs them.
+
+Identities follow Kubernetes so operators can read them: nodes are
+``CN=system:node:<name>, O=system:nodes``, admins carry ``O=system:masters``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import os
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from agent.errors import AgentError
+
+NODE_CN_PREFIX = "system:node:"
+NODES_GROUP = "system:nodes"
+MASTERS_GROUP = "system:masters"
+CA_LIFETIME_DAYS = 3650
+SERVING_LIFETIME_DAYS = 825
+ADMIN_LIFETIME_DAYS = 365
+NODE_LIFETIME_S = 30 * 24 * 3600
+CLOCK_SKEW_S = 300  # certificates start a little in the past so skewed clocks accept them
+PIN_PREFIX = "sha256:"
+
+PrivateKey = ec.EllipticCurvePrivateKey
+
+
+class PkiError(AgentError):
+    """A key, CSR or certificate is invalid, or a chain or pin does not verify."""
+
+    http_status = 400
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a certificate says its holder is."""
+
+    common_name: str
+    groups: tuple[str, ...]
+
+    @property
+    def node_name(self) -> str | None:
+        if NODES_GROUP in self.groups and self.common_name.startswith(NODE_CN_PREFIX):
+            return self.common_name.removeprefix(NODE_CN_PREFIX)
+        return None
+
+    @property
+    def is_admin(self) -> bool:
+        return MASTERS_GROUP in self.groups
+
+
+def generate_key() -> PrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def key_to_pem(key: PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def key_from_pem(data: bytes) -> PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise PkiError(f"not a PEM private key: {exc}") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise PkiError("private key is not an EC key")
+    return key
+
+
+def cert_to_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def certs_from_pem(data: bytes) -> list[x509.Certificate]:
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise PkiError(f"not PEM certificates: {exc}") from exc
+    return certs
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` readable by the owner only, atomically (blocking)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def spki_pin(cert: x509.Certificate) -> str:
+    """``sha256:<hex>`` of the SubjectPublicKeyInfo, as ``kubeadm join`` pins the CA."""
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return PIN_PREFIX + hashlib.sha256(spki).hexdigest()
+
+
+def public_key_id(key: ec.EllipticCurvePublicKey) -> str:
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
+
+
+def check_pins(bundle: Sequence[x509.Certificate], pins: Iterable[str]) -> x509.Certificate:
+    """The CA in ``bundle`` that matches one of ``pins``; PkiError when none does."""
+    wanted = {p.strip().lower() for p in pins}
+    for pin in wanted:
+        if not pin.startswith(PIN_PREFIX) or len(pin) != len(PIN_PREFIX) + 64:
+            raise PkiError(f"pin {pin!r} is not sha256:<64 hex digits>")
+    for cert in bundle:
+        if spki_pin(cert) in wanted:
+            return cert
+    seen = ", ".join(spki_pin(c) for c in bundle) or "no certificate"
+    raise PkiError(f"the master's CA does not match any pinned hash (it presented {seen})")
+
+
+def _name(common_name: str, groups: Sequence[str] = ()) -> x509.Name:
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    attributes += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups]
+    return x509.Name(attributes)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def create_ca(common_name: str = "node-agent cluster CA") -> tuple[PrivateKey, x509.Certificate]:
+    key = generate_key()
+    now = _now()
+    name = _name(common_name)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(seconds=CLOCK_SKEW_S))
+        .not_valid_after(now + dt.timedelta(days=CA_LIFETIME_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def _san(names: Iterable[str]) -> x509.SubjectAlternativeName:
+    entries: list[x509.GeneralName] = []
+    for name in dict.fromkeys(names):  # de-duplicated, order kept
+        try:
+            entries.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            entries.append(x509.DNSName(name))
+    return x509.SubjectAlternativeName(entries)
+
+
+def build_csr(
+    key: PrivateKey, common_name: str, groups: Sequence[str], sans: Iterable[str]
+) -> bytes:
+    names = list(sans)
+    builder = x509.CertificateSigningRequestBuilder().subject_name(_name(common_name, groups))
+    if names:
+        builder = builder.add_extension(_san(names), critical=False)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def load_csr(pem: bytes) -> x509.CertificateSigningRequest:
+    try:
+        csr = x509.load_pem_x509_csr(pem)
+    except ValueError as exc:
+        raise PkiError(f"not a PEM certificate signing request: {exc}") from exc
+    if not csr.is_signature_valid:
+        raise PkiError("the CSR's signature does not verify")
+    if not isinstance(csr.public_key(), ec.EllipticCurvePublicKey):
+        raise PkiError("the CSR's key must be an EC key (P-256)")
+    return csr
+
+
+def csr_sans(csr: x509.CertificateSigningRequest) -> list[str]:
+    try:
+        ext = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(v) for v in ext.get_values_for_type(x509.IPAddress)] + list(
+        ext.get_values_for_type(x509.DNSName)
+    )
+
+
+def issue(
+    ca_key: PrivateKey,
+    ca_cert: x509.Certificate,
+    public_key: ec.EllipticCurvePublicKey,
+    *,
+    common_name: str,
+    groups: Sequence[str],
+    sans: Iterable[str] = (),
+    lifetime_s: float,
+    client: bool = True,
+    server: bool = False,
+) -> x509.Certificate:
+    """Sign a leaf certificate. The subject comes from the caller (never from a CSR as is:
+    the master decides the identity, the node only proves possession of its key)."""
+    now = _now()
+    usages = []
+    if client:
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+    if server:
+        usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name, groups))
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        # Backdated a little for skewed clocks, but never by a large share of a short lifetime.
+        .not_valid_before(now - dt.timedelta(seconds=min(CLOCK_SKEW_S, lifetime_s / 10)))
+        .not_valid_after(now + dt.timedelta(seconds=lifetime_s))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+    )
+    names = list(sans)
+    if names:
+        builder = builder.add_extension(_san(names), critical=False)
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+def identity_of(cert: x509.Certificate) -> Identity:
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    return Identity(
+        common_name=str(cns[0].value) if cns else "",
+        groups=tuple(str(o.value) for o in orgs),
+    )
+
+
+def verify_issued_by(
+    cert: x509.Certificate, cas: Sequence[x509.Certificate], at: dt.datetime | None = None
+) -> x509.Certificate:
+    """The CA of ``cas`` that signed ``cert`` (valid at ``at``); PkiError otherwise."""
+    moment = at or _now()
+    if not cert.not_valid_before_utc <= moment <= cert.not_valid_after_utc:
+        raise PkiError(
+            f"certificate {identity_of(cert).common_name!r} is not valid now "
+            f"(valid {cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} to "
+            f"{cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ})"
+        )
+    for ca in cas:
+        if ca.subject != cert.issuer:
+            continue
+        public = ca.public_key()
+        if not isinstance(public, ec.EllipticCurvePublicKey):
+            continue
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return ca
+    raise PkiError(f"certificate {identity_of(cert).common_name!r} is not signed by a trusted CA")
+
+
+def rotation_due_at(cert: x509.Certificate, *, low: float = 0.7, high: float = 0.9) -> dt.datetime:
+    """When to renew: a jittered 70-90 % of the lifetime, so a fleet never renews at once."""
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    fraction = low + (high - low) * (secrets.randbelow(10_000) / 10_000)
+    return start + (end - start) * fraction
