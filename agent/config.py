@@ -62,6 +62,10 @@ AGENT_KEYS: tuple[Key, ...] = (
     Key("container_log_max_files", int, "json-file log driver max-file per container"),
     Key("max_pods", int, "most pods this node accepts"),
     Key("watchdog_interval_s", float, "WATCHDOG=1 interval when systemd sets none, seconds"),
+    Key("master", str, "master URL (https://HOST:6443); unset: static pods only", True),
+    Key("ca_cert_hash", list, "pins of the master's CA (sha256:<hex>); unset: trust on first use"),
+    Key("node_labels", list, "labels reported at registration, KEY=VALUE"),
+    Key("master_backoff_max_s", float, "cap of the reconnect back-off to the master, seconds"),
 )
 _KEYS = {k.name: k for k in AGENT_KEYS}
 
@@ -92,6 +96,10 @@ class AgentConfig:
     container_log_max_files: int = 3
     max_pods: int = 110
     watchdog_interval_s: float = 10.0
+    master: str | None = None
+    ca_cert_hash: tuple[str, ...] = ()
+    node_labels: tuple[str, ...] = ()
+    master_backoff_max_s: float = 30.0
 
     @property
     def health_host(self) -> str:
@@ -111,12 +119,26 @@ def split_host_port(value: str, key: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _coerce(key: Key, value: object, where: str) -> object:
+def coerce_value(key: Key, value: object, where: str) -> object:
+    """Check (and lightly convert) one value against its key; ConfigError naming both."""
     if value is None or (key.optional and value == ""):
         if key.optional:
             return None
         raise ConfigError(f"{where}: key {key.name!r} must be set")
     expected = key.type
+    if expected is list:
+        if isinstance(value, str):  # from a flag: comma-separated
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{where}: key {key.name!r} must be a list of strings, got {value!r}")
+        if key.choices:
+            for item in value:
+                if item not in key.choices:
+                    allowed = ", ".join(key.choices)
+                    raise ConfigError(
+                        f"{where}: key {key.name!r}: {item!r} is not one of {allowed}"
+                    )
+        return tuple(value)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if expected is Path and isinstance(value, str):
@@ -152,9 +174,33 @@ def _validate(cfg: AgentConfig, where: str) -> None:
     ):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{where}: {name} must be > 0")
+    if cfg.master is not None and not cfg.master.startswith("https://"):
+        raise ConfigError(f"{where}: master {cfg.master!r} must be an https:// URL")
+    for label in cfg.node_labels:
+        if "=" not in label:
+            raise ConfigError(f"{where}: node_labels entry {label!r} is not KEY=VALUE")
     for name in ("runtime_threads", "container_log_max_files", "max_pods"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{where}: {name} must be >= 1")
+
+
+def unknown_key(path: Path | str, name: str, known: Mapping[str, object]) -> ConfigError:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    hint = f' (did you mean "{close[0]}"?)' if close else ""
+    return ConfigError(f'{path}: unknown key "{name}"{hint}')
+
+
+def read_toml(path: Path, *, required: bool) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        if required:
+            raise ConfigError(f"{path}: config file not found") from exc
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
 
 
 def load_agent_config(
@@ -167,29 +213,18 @@ def load_agent_config(
         path = DEFAULT_CONFIG_PATH
     if path is not None:
         where = str(path)
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            if path_required:
-                raise ConfigError(f"{path}: config file not found") from exc
-            raw = {}
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read: {exc}") from exc
+        raw = read_toml(path, required=path_required)
         for name, value in raw.items():
             key = _KEYS.get(name)
             if key is None:
-                close = difflib.get_close_matches(name, _KEYS, n=1)
-                hint = f' (did you mean "{close[0]}"?)' if close else ""
-                raise ConfigError(f'{path}: unknown key "{name}"{hint}')
-            values[name] = _coerce(key, value, where)
+                raise unknown_key(path, name, _KEYS)
+            values[name] = coerce_value(key, value, where)
     for name, value in overrides.items():
         if value is None:
             continue
         if name not in _KEYS:
             raise ConfigError(f"unknown override {name!r}")
-        values[name] = _coerce(_KEYS[name], value, f"flag {_KEYS[name].flag}")
+        values[name] = coerce_value(_KEYS[name], value, f"flag {_KEYS[name].flag}")
     values.setdefault("node_name", _default_node_name())
     cfg = AgentConfig(**values)  # type: ignore[arg-type]
     _validate(cfg, where)
@@ -201,7 +236,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         kwargs: dict[str, Any] = {"default": None, "help": key.help, "dest": key.name}
         if key.choices:
             kwargs["choices"] = key.choices
-        kwargs["type"] = str if key.type is Path else key.type
+        kwargs["type"] = str if key.type in (Path, list) else key.type
+        if key.type is list:
+            kwargs.pop("choices", None)
         parser.add_argument(key.flag, **kwargs)
 
 

@@ -1,23 +1,108 @@
-"""`node-master`: entry point reserved for the master/registration issue; not implemented yet."""
+"""``node-master``: ``init`` a cluster (CA, serving cert, admin credentials, config), ``run`` the
+master, print the ``version``."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from agent import __version__
 
+EXIT_CONFIG = 2
+EXIT_FAILED = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="node-master", description="node-agent master")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    init = sub.add_parser("init", help="create the cluster CA, certificates and master.toml")
+    init.add_argument("--data-dir", required=True, type=Path, metavar="DIR")
+    init.add_argument(
+        "--server-name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="DNS name or IP of the master (repeatable); the first one goes in admin.conf",
+    )
+    init.add_argument("--listen", default="0.0.0.0:6443", metavar="HOST:PORT")
+    init.add_argument("--force", action="store_true", help="replace an existing cluster CA")
+    run = sub.add_parser("run", help="run the master in the foreground")
+    run.add_argument("--config", required=True, type=Path, metavar="FILE")
+    run.add_argument("--listen", metavar="HOST:PORT", help="override [master] listen")
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def _init(args: argparse.Namespace) -> int:
+    from agent.config import split_host_port
+    from agent.errors import ConfigError
+    from agent.master.config import render_master_toml
+    from agent.master.pki_files import init_cluster
+
+    try:
+        split_host_port(args.listen, "--listen")
+        data_dir = args.data_dir.resolve()
+        result = init_cluster(
+            data_dir,
+            server_names=args.server_name,
+            listen=args.listen,
+            force=args.force,
+            render_config=render_master_toml(data_dir, args.listen),
+        )
+    except ConfigError as exc:
+        print(f"node-master: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"cluster initialised in {data_dir}")
+    print(f"  CA pin:   {result.pin}")
+    print(f"  config:   {result.config_path}")
+    print(f"  admin:    {result.admin_conf}  (nodectl --config {result.admin_conf} get nodes)")
+    print("join a node with:")
+    print(f"  node-agent run --master {result.server_url} --ca-cert-hash {result.pin}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvloop
+
+    from agent.aio.logs import kv, setup_logging, shutdown_logging
+    from agent.errors import ConfigError
+    from agent.master.app import Master
+    from agent.master.config import load_master_config
+
+    try:
+        config = load_master_config(args.config, {"listen": args.listen})
+    except ConfigError as exc:
+        print(f"node-master: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(config.log_format, config.log_level)
+    log = logging.getLogger("agent.cli")
+    try:
+        uvloop.run(Master(config).run())
+    except ConfigError as exc:
+        log.error("master cannot start", extra=kv(error=str(exc)))
+        return EXIT_CONFIG
+    except Exception as exc:
+        causes = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
+        for cause in causes:
+            log.error("master failed", extra=kv(error=f"{type(cause).__name__}: {cause}"))
+        return EXIT_FAILED
+    finally:
+        shutdown_logging()
+    return 0
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["version"]:
+    args = _parser().parse_args(argv)
+    if args.command == "version":
         print(f"node-master {__version__}")
         return 0
-    print(
-        "node-master: not implemented yet (comes with the master and registration issue)",
-        file=sys.stderr,
-    )
-    return 2
+    if args.command == "init":
+        return _init(args)
+    return _run(args)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,358 @@
-"""`nodectl`: entry point reserved for the master/registration issue; not implemented yet."""
+"""``nodectl``: the admin CLI (kubectl-like verbs) against the master's API.
+
+Synchronous and stdlib-only on purpose (``http.client`` + ``ssl``): it starts in a few tens of
+milliseconds and imports nothing a command does not need. Config from ``--config``,
+``$NODECTL_CONFIG`` or ``~/.config/nodectl/config`` (the ``admin.conf`` that ``node-master init``
+writes). Every error goes to stderr with a non-zero exit status.
+"""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import ssl
 import sys
-from collections.abc import Sequence
+import tempfile
+import tomllib
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from agent import __version__
 
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+DEFAULT_CONFIG = Path("~/.config/nodectl/config")
+TIMEOUT_S = 30.0
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    server: str
+    ca: str
+    client_cert: str
+    client_key: str
+
+
+def load_config(explicit: str | None) -> ClientConfig:
+    path = Path(explicit or os.environ.get("NODECTL_CONFIG") or DEFAULT_CONFIG).expanduser()
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise CliError(
+            f"{path}: no nodectl config (use --config, $NODECTL_CONFIG or {DEFAULT_CONFIG})",
+            EXIT_USAGE,
+        ) from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CliError(f"{path}: {exc}", EXIT_USAGE) from exc
+    missing = [
+        k for k in ("server", "ca", "client_cert", "client_key") if not isinstance(raw.get(k), str)
+    ]
+    if missing:
+        raise CliError(f"{path}: missing {', '.join(missing)}", EXIT_USAGE)
+    return ClientConfig(raw["server"], raw["ca"], raw["client_cert"], raw["client_key"])
+
+
+@contextlib.contextmanager
+def _credential_files(config: ClientConfig) -> Iterator[tuple[str, str]]:
+    # ssl loads client credentials only from files: write them 0600 for the load, then delete.
+    with tempfile.TemporaryDirectory(prefix="nodectl-") as tmp:
+        cert, key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+        for path, data in ((cert, config.client_cert), (key, config.client_key)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(data)
+        yield str(cert), str(key)
+
+
+class Client:
+    def __init__(self, config: ClientConfig) -> None:
+        url = urllib.parse.urlsplit(config.server)
+        if url.scheme != "https" or not url.hostname:
+            raise CliError(f"server {config.server!r} must be an https:// URL", EXIT_USAGE)
+        ctx = ssl.create_default_context(cadata=config.ca)
+        with _credential_files(config) as (cert, key):
+            ctx.load_cert_chain(cert, key)
+        self._conn = http.client.HTTPSConnection(
+            url.hostname, url.port or 6443, context=ctx, timeout=TIMEOUT_S
+        )
+
+    def call(self, method: str, path: str, body: object | None = None) -> Any:
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        try:
+            self._conn.request(method, path, body=payload, headers=headers)
+            response = self._conn.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise CliError(f"cannot reach the master: {exc}") from exc
+        try:
+            decoded = json.loads(data) if data else {}
+        except json.JSONDecodeError:
+            decoded = {"raw": data.decode(errors="replace")}
+        if response.status >= 400:
+            error = decoded.get("error", {}) if isinstance(decoded, dict) else {}
+            message = error.get("message") or data.decode(errors="replace")
+            raise CliError(f"Error from server ({response.status}): {message}")
+        return decoded
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def _node_row(node: dict[str, Any], wide: bool) -> list[str]:
+    ready: dict[str, Any] = next(
+        (c for c in node["status"]["conditions"] if c["type"] == "Ready"), {}
+    )
+    status = {"True": "Ready", "False": "NotReady"}.get(ready.get("status", ""), "Unknown")
+    if node["spec"].get("unschedulable"):
+        status += ",SchedulingDisabled"
+    reg = node["status"]["registration"]
+    row = [
+        node["metadata"]["name"],
+        status,
+        reg["phase"],
+        reg.get("admittedBy") or "-",
+        node["status"]["nodeInfo"].get("agentVersion") or "-",
+    ]
+    if wide:
+        addresses = ",".join(
+            a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"
+        )
+        row += [addresses or "-", reg.get("certificateExpiry") or "-"]
+    return row
+
+
+def _pod_row(pod: dict[str, Any], wide: bool, all_namespaces: bool) -> list[str]:
+    statuses = pod["status"].get("containerStatuses", [])
+    ready = f"{sum(1 for c in statuses if c.get('ready'))}/{len(pod['spec'].get('containers', []))}"
+    restarts = str(sum(int(c.get("restartCount", 0)) for c in statuses))
+    row = [pod["metadata"]["name"], ready, pod["status"].get("phase", "Pending"), restarts]
+    if all_namespaces:
+        row.insert(0, pod["metadata"]["namespace"])
+    if wide:
+        row += [pod["status"].get("podIP") or "-", pod["spec"].get("nodeName") or "<none>"]
+    return row
+
+
+def _emit(
+    objects: list[dict[str, Any]], kind: str, output: str | None, all_namespaces: bool
+) -> None:
+    if output == "json":
+        print(
+            json.dumps(
+                {"apiVersion": "v1", "kind": "List", "items": objects}
+                if len(objects) != 1
+                else objects[0],
+                indent=2,
+            )
+        )
+        return
+    if output == "yaml":
+        import yaml
+
+        print(
+            yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": objects}, sort_keys=False),
+            end="",
+        )
+        return
+    if output not in (None, "wide"):
+        raise CliError(f"unknown output format {output!r} (json, yaml, wide)", EXIT_USAGE)
+    wide = output == "wide"
+    if not objects:
+        print(f"No {kind} found.", file=sys.stderr)
+        return
+    if kind == "nodes":
+        header = ["NAME", "STATUS", "REGISTRATION", "TRUST", "VERSION"] + (
+            ["INTERNAL-IP", "CERT-EXPIRY"] if wide else []
+        )
+        rows = [_node_row(n, wide) for n in objects]
+    else:
+        header = ["NAME", "READY", "STATUS", "RESTARTS"] + (["IP", "NODE"] if wide else [])
+        if all_namespaces:
+            header.insert(0, "NAMESPACE")
+        rows = [_pod_row(p, wide, all_namespaces) for p in objects]
+    print(_table([header, *rows]))
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def _kinds(spec: str) -> list[str]:
+    aliases = {
+        "node": "nodes",
+        "nodes": "nodes",
+        "no": "nodes",
+        "pod": "pods",
+        "pods": "pods",
+        "po": "pods",
+    }
+    kinds = []
+    for item in spec.split(","):
+        if item not in aliases:
+            raise CliError(f"unknown resource type {item!r} (nodes, pods)", EXIT_USAGE)
+        kinds.append(aliases[item])
+    return kinds
+
+
+def cmd_get(client: Client, args: argparse.Namespace) -> None:
+    for kind in _kinds(args.kind):
+        if kind == "nodes":
+            items = client.call("GET", "/v1/nodes")["items"]
+            if args.name:
+                items = [n for n in items if n["metadata"]["name"] == args.name]
+                if not items:
+                    raise CliError(f'Error from server (NotFound): node "{args.name}" not found')
+        else:
+            query = (
+                "" if args.all_namespaces else "?namespace=" + urllib.parse.quote(args.namespace)
+            )
+            items = client.call("GET", "/v1/pods" + query)["items"]
+            if args.name:
+                items = [p for p in items if p["metadata"]["name"] == args.name]
+                if not items:
+                    raise CliError(f'Error from server (NotFound): pod "{args.name}" not found')
+        _emit(items, kind, args.output, args.all_namespaces)
+
+
+def cmd_describe(client: Client, args: argparse.Namespace) -> None:
+    [kind] = _kinds(args.kind)
+    if kind == "nodes":
+        obj = client.call("GET", f"/v1/nodes/{urllib.parse.quote(args.name)}")
+    else:
+        obj = client.call(
+            "GET",
+            f"/v1/namespaces/{urllib.parse.quote(args.namespace)}/pods/{urllib.parse.quote(args.name)}",
+        )
+    import yaml
+
+    print(yaml.safe_dump(obj, sort_keys=False), end="")
+
+
+def _documents(path: str) -> list[dict[str, Any]]:
+    import yaml
+
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except OSError as exc:
+        raise CliError(f"{path}: {exc}", EXIT_USAGE) from exc
+    except yaml.YAMLError as exc:
+        raise CliError(f"{path}: invalid YAML: {exc}", EXIT_USAGE) from exc
+    out: list[dict[str, Any]] = []
+    for doc in docs:
+        if isinstance(doc, dict) and doc.get("kind") == "List":
+            out.extend(doc.get("items") or [])
+        else:
+            out.append(doc)
+    return out
+
+
+def cmd_apply(client: Client, args: argparse.Namespace) -> None:
+    for doc in _documents(args.filename):
+        obj = client.call("POST", "/v1/pods", doc)
+        print(f"pod/{obj['metadata']['name']} applied")
+
+
+def cmd_delete(client: Client, args: argparse.Namespace) -> None:
+    [kind] = _kinds(args.kind)
+    if kind == "nodes":
+        client.call("DELETE", f"/v1/nodes/{urllib.parse.quote(args.name)}")
+        print(f'node "{args.name}" deleted')
+    else:
+        client.call(
+            "DELETE",
+            f"/v1/namespaces/{urllib.parse.quote(args.namespace)}/pods/{urllib.parse.quote(args.name)}",
+        )
+        print(f'pod "{args.name}" deleted')
+
+
+def cmd_node_action(client: Client, args: argparse.Namespace) -> None:
+    body = {"reason": args.reason} if getattr(args, "reason", None) else None
+    client.call("POST", f"/v1/nodes/{urllib.parse.quote(args.name)}/{args.command}", body)
+    past = {
+        "approve": "approved",
+        "deny": "denied",
+        "cordon": "cordoned",
+        "uncordon": "uncordoned",
+    }[args.command]
+    print(f"node/{args.name} {past}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nodectl", description="administer a node-agent cluster")
+    parser.add_argument(
+        "--config", help="nodectl config (default: $NODECTL_CONFIG or ~/.config/nodectl/config)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    get = sub.add_parser("get", help="list nodes or pods")
+    get.add_argument("kind", help="nodes, pods, or nodes,pods")
+    get.add_argument("name", nargs="?")
+    get.add_argument("-o", "--output", choices=("wide", "json", "yaml"))
+    get.add_argument("-n", "--namespace", default="default")
+    get.add_argument("-A", "--all-namespaces", action="store_true")
+    describe = sub.add_parser("describe", help="show one node or pod in full")
+    describe.add_argument("kind")
+    describe.add_argument("name")
+    describe.add_argument("-n", "--namespace", default="default")
+    apply = sub.add_parser("apply", help="create or update pods from a manifest")
+    apply.add_argument("-f", "--filename", required=True, help="FILE or - for stdin")
+    delete = sub.add_parser("delete", help="delete a pod or a node")
+    delete.add_argument("kind")
+    delete.add_argument("name")
+    delete.add_argument("-n", "--namespace", default="default")
+    for verb in ("approve", "deny", "cordon", "uncordon"):
+        action = sub.add_parser(verb, help=f"{verb} a node")
+        action.add_argument("name")
+        if verb == "deny":
+            action.add_argument("--reason", default="")
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+COMMANDS = {
+    "get": cmd_get,
+    "describe": cmd_describe,
+    "apply": cmd_apply,
+    "delete": cmd_delete,
+    "approve": cmd_node_action,
+    "deny": cmd_node_action,
+    "cordon": cmd_node_action,
+    "uncordon": cmd_node_action,
+}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["version"]:
+    args = _parser().parse_args(argv)
+    if args.command == "version":
         print(f"nodectl {__version__}")
         return 0
-    print(
-        "nodectl: not implemented yet (comes with the master and registration issue)",
-        file=sys.stderr,
-    )
-    return 2
+    try:
+        client = Client(load_config(args.config))
+        COMMANDS[args.command](client, args)
+    except CliError as exc:
+        print(f"nodectl: {exc}", file=sys.stderr)
+        return exc.code
+    return 0
 
 
 if __name__ == "__main__":

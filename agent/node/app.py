@@ -34,6 +34,7 @@ from agent.node.metrics import NodeMetrics
 from agent.node.pods import PodManager
 from agent.node.podspecs import SpecContext
 from agent.node.podworkers import Clock, SystemClock, WorkerBook, WorkerDeps
+from agent.node.registration import LinkState, MasterLink
 from agent.node.runtime.base import Runtime
 from agent.node.runtime.docker import DockerRuntime
 from agent.node.sources import ManifestDirSource
@@ -74,9 +75,15 @@ class HealthState:
     ready: bool = False
     last_heartbeat: float = 0.0
     checkpoint_error: str = ""
+    link: LinkState | None = None
 
     def problems(self) -> list[str]:
         found = []
+        # An unreachable master is not a problem of the node (it coasts); a refusal is.
+        if self.link is not None and self.link.problem.startswith(
+            ("registration:", "master: the master's CA")
+        ):
+            found.append(self.link.problem)
         if not self.runtime_up:
             found.append(self.runtime_error)
         if not self.ready:
@@ -135,6 +142,7 @@ class NodeAgent:
             node_name=config.node_name,
         )
         self.source: ManifestDirSource | None = None
+        self.link: MasterLink | None = None
         self._stop = asyncio.Event()
         self._relist_now = asyncio.Event()
 
@@ -225,6 +233,11 @@ class NodeAgent:
             )
             await self.source.scan()
             start_guarded(group, "manifest-dir", self.source.run)
+        if cfg.master is not None:
+            # Runs beside the pods, never before them: the agent does not wait for the master.
+            self.link = MasterLink(cfg, self.pods, self.bridge)
+            self.state.link = self.link.state
+            start_guarded(group, "master-link", self.link.run)
         self.pods.adopt(records)
         start_guarded(group, "checkpoint", self._checkpoint_loop)
         start_guarded(group, "runtime-events", self._events_loop)

@@ -40,7 +40,32 @@ def test_bad_flag_node_name_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "not a DNS-1123 subdomain" in capsys.readouterr().err
 
 
-def test_placeholders_say_not_implemented(capsys: pytest.CaptureFixture[str]) -> None:
-    assert node_master.main(["run"]) == 2
-    assert nodectl.main(["get", "pods"]) == 2
-    assert "not implemented yet" in capsys.readouterr().err
+def test_master_and_nodectl_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert node_master.main(["version"]) == 0
+    assert node_master.main(["run", "--config", str(tmp_path / "none.toml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    bad = tmp_path / "master.toml"
+    bad.write_text('[registration]\ntrust = ["opne"]\n')
+    assert node_master.main(["run", "--config", str(bad)]) == 2
+    assert (
+        "'opne' is not one of open, ip-allowlist, client-cert, approval" in capsys.readouterr().err
+    )
+    assert nodectl.main(["--config", str(tmp_path / "none"), "get", "pods"]) == 2
+    assert "no nodectl config" in capsys.readouterr().err
+
+
+def test_master_init_refuses_to_replace_the_ca(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        node_master.main(["init", "--data-dir", str(tmp_path), "--server-name", "127.0.0.1"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "CA pin:   sha256:" in out and "node-agent run --master https://127.0.0.1:6443" in out
+    assert (tmp_path / "pki" / "ca.key").stat().st_mode & 0o777 == 0o600
+    before = (tmp_path / "pki" / "ca.crt").read_bytes()
+    assert node_master.main(["init", "--data-dir", str(tmp_path)]) == 2
+    assert "refusing to replace the cluster CA" in capsys.readouterr().err
+    assert (tmp_path / "pki" / "ca.crt").read_bytes() == before

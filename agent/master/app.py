@@ -1,0 +1,155 @@
+"""The master daemon's composition root: store, PKI, registry, pods, API, under one TaskGroup.
+
+SIGHUP reloads ``master.toml``: a valid file replaces the registration policy without dropping a
+connection; a bad one is logged and the running policy stays. SIGTERM/SIGINT stop gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from agent import __version__
+from agent.aio.bridge import ThreadBridge
+from agent.aio.logs import kv
+from agent.aio.sdnotify import SystemdNotifier
+from agent.aio.tasks import start_guarded
+from agent.aio.tls import server_context
+from agent.errors import ConfigError
+from agent.master.api import MasterApi
+from agent.master.config import MasterConfig, load_master_config
+from agent.master.pki_files import ClusterPki
+from agent.master.pods import PodStore
+from agent.master.registry import NodeRegistry
+from agent.master.store.sqlite import SqliteStore
+from agent.pki.core import certs_from_pem
+
+log = logging.getLogger(__name__)
+
+STORE_FILE = "store.db"
+SCHEDULE_INTERVAL_S = 5.0
+STORE_THREADS = 4
+
+
+class _ShutdownRequested(Exception):
+    pass
+
+
+def read_client_cas(config: MasterConfig) -> list[x509.Certificate]:
+    """The external fleet CAs of the client-cert rule (blocking read)."""
+    path = config.registration.client_ca_file
+    if path is None:
+        return []
+    try:
+        return certs_from_pem(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"client_ca_file {path}: {exc}") from exc
+
+
+class Master:
+    def __init__(self, config: MasterConfig) -> None:
+        self.config = config
+        self.bridge = ThreadBridge(STORE_THREADS, name="store")
+        self.notifier = SystemdNotifier.from_env()
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        cfg = self.config
+        pki = await self.bridge.run(ClusterPki.load, cfg.pki_dir)
+        client_cas = await self.bridge.run(read_client_cas, cfg)
+        store = await SqliteStore.open(cfg.data_dir / STORE_FILE, self.bridge)
+        self.registry = NodeRegistry(store, pki, cfg, client_cas)
+        self.pods = PodStore(store, self.registry)
+        self.api = MasterApi(self.registry, self.pods, cfg.registration.trusted_proxies)
+        ca_pems = [await self.bridge.run(pki.ca_cert_path.read_bytes)] + [
+            c.public_bytes(Encoding.PEM) for c in client_cas
+        ]
+        self.tls = await self.bridge.run(
+            functools.partial(
+                server_context,
+                pki.serving_cert_path,
+                pki.serving_key_path,
+                client_ca_pems=ca_pems,
+                require_client_cert=False,
+                alpn=("http/1.1",),
+            )
+        )
+        runner = web.AppRunner(self.api.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, cfg.host, cfg.port, ssl_context=self.tls, reuse_address=True)
+        await site.start()
+        log.info(
+            "node master serving",
+            extra=kv(
+                version=__version__,
+                listen=cfg.listen,
+                pin=pki.pin,
+                trust=",".join(cfg.registration.trust),
+            ),
+        )
+        self.notifier.ready("serving")
+        try:
+            async with asyncio.TaskGroup() as group:
+                start_guarded(group, "scheduler", self._schedule_loop)
+                start_guarded(group, "reload", self._reload_loop)
+                start_guarded(group, "watchdog", self._watchdog_loop)
+                group.create_task(self._wait_stop(), name="shutdown-watch")
+        except* _ShutdownRequested:
+            pass
+        finally:
+            self.notifier.stopping()
+            await runner.cleanup()
+            await store.close()
+            self.bridge.close()
+            log.info("node master stopped")
+
+    async def _wait_stop(self) -> None:
+        await self._stop.wait()
+        raise _ShutdownRequested
+
+    async def _schedule_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SCHEDULE_INTERVAL_S)
+            await self.pods.schedule_pending()
+
+    async def _watchdog_loop(self) -> None:
+        interval = self.notifier.watchdog_interval_s() or 10.0
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._reload.wait()
+            self._reload.clear()
+            path = self.config.path
+            if path is None:
+                continue
+            try:
+                fresh = await self.bridge.run(load_master_config, path)
+                client_cas = await self.bridge.run(read_client_cas, fresh)
+            except ConfigError as exc:
+                log.error(
+                    "policy reload rejected; the running policy stays", extra=kv(error=str(exc))
+                )
+                continue
+            for ca in client_cas:
+                # New fleet CAs are added to the live TLS context; removing one needs a restart.
+                with contextlib.suppress(ValueError):
+                    self.tls.load_verify_locations(cadata=ca.public_bytes(Encoding.PEM).decode())
+            self.registry.config = fresh
+            self.registry.client_cas = client_cas
+            self.config = fresh
+            log.info("policy reloaded", extra=kv(trust=",".join(fresh.registration.trust)))

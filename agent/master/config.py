@@ -1,0 +1,161 @@
+"""The master's configuration (``master.toml``): sections ``[master]`` and ``[registration]``.
+
+Same rules as the agent's: every key typed and documented in one table, unknown keys and bad
+values are errors naming file, section and key. ``load_master_config`` is also what a SIGHUP
+reload uses: a bad file raises and the running policy stays.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.config import Key, coerce_value, read_toml, split_host_port, unknown_key
+from agent.errors import ConfigError
+
+TRUST_RULES = ("open", "ip-allowlist", "client-cert", "approval")
+DEFAULT_NODE_CERT_LIFETIME_S = 30 * 24 * 3600
+
+MASTER_KEYS: tuple[Key, ...] = (
+    Key("listen", str, "HOST:PORT of the HTTPS API"),
+    Key("data_dir", Path, "state: pki/, store.db"),
+    Key("node_cert_lifetime_s", float, "lifetime of issued node certificates, seconds"),
+    Key("lease_renew_s", float, "how often nodes renew their lease, seconds"),
+    Key("lease_grace_s", float, "a node whose lease is older than this is NotReady, seconds"),
+    Key("log_format", str, "log line format", choices=("kv", "json")),
+    Key("log_level", str, "log level", choices=("debug", "info", "warning", "error")),
+)
+REGISTRATION_KEYS: tuple[Key, ...] = (
+    Key("trust", list, "ordered trust rules; the first that admits wins", choices=TRUST_RULES),
+    Key("allowed_cidrs", list, "source CIDRs admitted by the ip-allowlist rule"),
+    Key("trusted_proxies", list, "peers whose X-Forwarded-For is believed"),
+    Key("client_ca_file", Path, "CA bundle for the client-cert rule", optional=True),
+    Key("client_cert_name_must_match", bool, "client-cert: CN or a SAN must equal the node name"),
+)
+SECTIONS = {"master": MASTER_KEYS, "registration": REGISTRATION_KEYS}
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationPolicy:
+    trust: tuple[str, ...] = ("open",)
+    allowed_cidrs: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    client_ca_file: Path | None = None
+    client_cert_name_must_match: bool = True
+
+    def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(c, strict=False) for c in self.allowed_cidrs]
+
+
+@dataclass(frozen=True, slots=True)
+class MasterConfig:
+    data_dir: Path
+    listen: str = "0.0.0.0:6443"
+    node_cert_lifetime_s: float = DEFAULT_NODE_CERT_LIFETIME_S
+    lease_renew_s: float = 10.0
+    lease_grace_s: float = 40.0
+    log_format: str = "kv"
+    log_level: str = "info"
+    registration: RegistrationPolicy = field(default_factory=RegistrationPolicy)
+    path: Path | None = None
+
+    @property
+    def host(self) -> str:
+        return split_host_port(self.listen, "listen")[0]
+
+    @property
+    def port(self) -> int:
+        return split_host_port(self.listen, "listen")[1]
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.data_dir / "pki"
+
+
+def _section(
+    raw: Mapping[str, Any], name: str, keys: tuple[Key, ...], where: str
+) -> dict[str, Any]:
+    table = raw.get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: [{name}] must be a table")
+    known = {k.name: k for k in keys}
+    values: dict[str, Any] = {}
+    for key_name, value in table.items():
+        key = known.get(key_name)
+        if key is None:
+            raise unknown_key(f"{where} [{name}]", key_name, known)
+        values[key_name] = coerce_value(key, value, f"{where} [{name}]")
+    return values
+
+
+def load_master_config(path: Path, overrides: Mapping[str, object] | None = None) -> MasterConfig:
+    raw = read_toml(path, required=True)
+    where = str(path)
+    for section in raw:
+        if section not in SECTIONS:
+            raise unknown_key(where, section, SECTIONS)
+    master = _section(raw, "master", MASTER_KEYS, where)
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            key = {k.name: k for k in MASTER_KEYS}[name]
+            master[name] = coerce_value(key, value, f"flag {key.flag}")
+    registration = RegistrationPolicy(**_section(raw, "registration", REGISTRATION_KEYS, where))
+    if "data_dir" not in master:
+        master["data_dir"] = path.parent
+    config = MasterConfig(registration=registration, path=path, **master)
+    validate(config, where)
+    return config
+
+
+def validate(config: MasterConfig, where: str) -> None:
+    try:
+        split_host_port(config.listen, "listen")
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    policy = config.registration
+    if not policy.trust:
+        raise ConfigError(f"{where} [registration]: trust must list at least one rule")
+    for cidr in (*policy.allowed_cidrs, *policy.trusted_proxies):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"{where} [registration]: {cidr!r} is not a CIDR") from None
+    if "ip-allowlist" in policy.trust and not policy.allowed_cidrs:
+        raise ConfigError(f"{where} [registration]: ip-allowlist needs allowed_cidrs")
+    if "client-cert" in policy.trust:
+        if policy.client_ca_file is None:
+            raise ConfigError(f"{where} [registration]: client-cert needs client_ca_file")
+        if not policy.client_ca_file.is_file():
+            raise ConfigError(
+                f"{where} [registration]: client_ca_file {policy.client_ca_file} does not exist"
+            )
+    if config.lease_renew_s <= 0 or config.lease_grace_s <= config.lease_renew_s:
+        raise ConfigError(f"{where} [master]: need 0 < lease_renew_s < lease_grace_s")
+    if config.node_cert_lifetime_s < 2:
+        raise ConfigError(f"{where} [master]: node_cert_lifetime_s must be at least 2")
+
+
+def render_master_toml(data_dir: Path, listen: str) -> str:
+    return f"""# node-master configuration. Every key is documented in docs/master.md.
+[master]
+listen = "{listen}"
+data_dir = "{data_dir}"
+# node_cert_lifetime_s = {DEFAULT_NODE_CERT_LIFETIME_S}   # 30 days; nodes renew at 70-90 %
+# lease_renew_s = 10.0
+# lease_grace_s = 40.0
+# log_format = "kv"          # or "json"
+# log_level = "info"
+
+[registration]
+# Ordered trust rules; the first that admits a node wins, "approval" queues it for an admin,
+# no rule admitting means 403. Rules: open, ip-allowlist, client-cert, approval.
+# Nodes already holding a certificate from this cluster stay trusted whatever this says.
+trust = ["open"]
+# allowed_cidrs = ["10.0.0.0/8", "fd00::/8"]      # for ip-allowlist
+# trusted_proxies = []                            # peers whose X-Forwarded-For is believed
+# client_ca_file = "/etc/node-master/fleet-ca.pem" # for client-cert
+# client_cert_name_must_match = true
+"""

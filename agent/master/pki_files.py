@@ -1,0 +1,153 @@
+"""The master's PKI on disk: the cluster CA, the serving certificate, the admin credentials.
+
+``init_cluster`` runs once (``node-master init``); ``ClusterPki.load`` at every start. Blocking
+file I/O: called before the event loop runs or through the thread bridge.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+
+from agent.errors import ConfigError
+from agent.pki.core import (
+    ADMIN_LIFETIME_DAYS,
+    MASTERS_GROUP,
+    SERVING_LIFETIME_DAYS,
+    PrivateKey,
+    cert_to_pem,
+    certs_from_pem,
+    create_ca,
+    generate_key,
+    issue,
+    key_from_pem,
+    key_to_pem,
+    spki_pin,
+    write_private,
+)
+
+DAY_S = 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterPki:
+    ca_key: PrivateKey
+    ca_cert: x509.Certificate
+    serving_key_path: Path
+    serving_cert_path: Path
+    ca_cert_path: Path
+
+    @property
+    def pin(self) -> str:
+        return spki_pin(self.ca_cert)
+
+    @classmethod
+    def load(cls, pki_dir: Path) -> ClusterPki:
+        try:
+            ca_key = key_from_pem((pki_dir / "ca.key").read_bytes())
+            ca_cert = certs_from_pem((pki_dir / "ca.crt").read_bytes())[0]
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{exc.filename}: missing; run `node-master init` first") from exc
+        return cls(
+            ca_key=ca_key,
+            ca_cert=ca_cert,
+            serving_key_path=pki_dir / "master.key",
+            serving_cert_path=pki_dir / "master.crt",
+            ca_cert_path=pki_dir / "ca.crt",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class InitResult:
+    pin: str
+    server_url: str
+    admin_conf: Path
+    config_path: Path
+
+
+def _serving_names(server_names: list[str], listen_host: str) -> list[str]:
+    names = list(server_names) or [socket.gethostname().lower(), "localhost", "127.0.0.1", "::1"]
+    if listen_host not in ("0.0.0.0", "::", ""):
+        names.append(listen_host)
+    return names
+
+
+def write_admin_conf(
+    path: Path, server: str, ca: x509.Certificate, key: PrivateKey, cert: x509.Certificate
+) -> None:
+    text = (
+        "# nodectl configuration: the master's URL, its CA, and an admin client certificate.\n"
+        "# Keep it secret: it grants full control of the cluster.\n"
+        f'server = "{server}"\n'
+        f'ca = """\n{cert_to_pem(ca).decode()}"""\n'
+        f'client_cert = """\n{cert_to_pem(cert).decode()}"""\n'
+        f'client_key = """\n{key_to_pem(key).decode()}"""\n'
+    )
+    write_private(path, text.encode())
+
+
+def issue_admin(
+    ca_key: PrivateKey, ca_cert: x509.Certificate, name: str = "admin"
+) -> tuple[PrivateKey, x509.Certificate]:
+    key = generate_key()
+    cert = issue(
+        ca_key,
+        ca_cert,
+        key.public_key(),
+        common_name=name,
+        groups=[MASTERS_GROUP],
+        lifetime_s=ADMIN_LIFETIME_DAYS * DAY_S,
+        client=True,
+    )
+    return key, cert
+
+
+def init_cluster(
+    data_dir: Path, *, server_names: list[str], listen: str, force: bool, render_config: str
+) -> InitResult:
+    pki_dir = data_dir / "pki"
+    if (pki_dir / "ca.key").exists() and not force:
+        raise ConfigError(
+            f"{pki_dir / 'ca.key'} exists: refusing to replace the cluster CA (use --force)"
+        )
+    ca_key, ca_cert = create_ca()
+    write_private(pki_dir / "ca.key", key_to_pem(ca_key))
+    (pki_dir / "ca.crt").write_bytes(cert_to_pem(ca_cert))
+    host = listen.rpartition(":")[0].strip("[]")
+    names = _serving_names(server_names, host)
+    serving_key = generate_key()
+    serving = issue(
+        ca_key,
+        ca_cert,
+        serving_key.public_key(),
+        common_name="node-master",
+        groups=[],
+        sans=names,
+        lifetime_s=SERVING_LIFETIME_DAYS * DAY_S,
+        client=False,
+        server=True,
+    )
+    write_private(pki_dir / "master.key", key_to_pem(serving_key))
+    (pki_dir / "master.crt").write_bytes(cert_to_pem(serving))
+    port = listen.rpartition(":")[2]
+    first = names[0]
+    url_host = f"[{first}]" if _is_ipv6(first) else first
+    server_url = f"https://{url_host}:{port}"
+    admin_key, admin_cert = issue_admin(ca_key, ca_cert)
+    admin_conf = data_dir / "admin.conf"
+    write_admin_conf(admin_conf, server_url, ca_cert, admin_key, admin_cert)
+    config_path = data_dir / "master.toml"
+    if force or not config_path.exists():
+        config_path.write_text(render_config)
+    return InitResult(spki_pin(ca_cert), server_url, admin_conf, config_path)
+
+
+def _is_ipv6(name: str) -> bool:
+    try:
+        return ipaddress.ip_address(name).version == 6
+    except ValueError:
+        return False

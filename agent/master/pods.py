@@ -1,0 +1,258 @@
+"""Pods on the master: apply, delete, bind to a node, report status, watch per node.
+
+A pod is stored under ``/pods/<namespace>/<name>`` as ``{"manifest", "nodeName", "status"}``.
+Binding is decided once (as in Kubernetes, a pod never moves): ``spec.nodeName`` when given,
+otherwise the scheduler picks an Approved, Ready, schedulable node whose free cpu, memory and
+pod slots fit the pod's requests, least allocated first. A pod that fits nowhere stays Pending
+with the reason, and is retried whenever the scheduler runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from agent.aio.logs import kv
+from agent.errors import ManifestError, NotFoundError
+from agent.manifest import parse_pod
+from agent.master.registry import APPROVED, NodeRegistry
+from agent.master.store.base import EventType, Store
+from agent.quantity import parse_cpu_millis, parse_memory_bytes
+from agent.types import Pod
+
+log = logging.getLogger(__name__)
+
+PODS_PREFIX = "/pods/"
+DEFAULT_MAX_PODS = 110
+
+
+def pod_key(namespace: str, name: str) -> str:
+    return f"{PODS_PREFIX}{namespace}/{name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Fit:
+    node: str
+    free_fraction: float
+
+
+def _requests(pod: Pod) -> tuple[int, int]:
+    cpu = sum(c.resources.cpu_request_millis or 0 for c in pod.spec.containers)
+    memory = sum(c.resources.memory_request_bytes or 0 for c in pod.spec.containers)
+    return cpu, memory
+
+
+def _capacity(record: dict[str, Any]) -> tuple[int, int, int]:
+    cap = record.get("capacity") or {}
+    try:
+        cpu = parse_cpu_millis(cap.get("cpu", 0), "capacity.cpu")
+        memory = parse_memory_bytes(cap.get("memory", 0), "capacity.memory")
+        pods = int(cap.get("pods", DEFAULT_MAX_PODS))
+    except (ManifestError, ValueError, TypeError):
+        return 0, 0, 0
+    return cpu, memory, pods
+
+
+class PodStore:
+    def __init__(self, store: Store, registry: NodeRegistry) -> None:
+        self.store = store
+        self.registry = registry
+
+    async def apply(self, manifest: object) -> tuple[dict[str, Any], bool]:
+        """Create or update a pod; returns the stored object and whether it was created."""
+        pod = parse_pod(manifest, source="api")
+        given = manifest.get("metadata", {}).get("uid") if isinstance(manifest, dict) else None
+        key = pod_key(pod.metadata.namespace, pod.metadata.name)
+        while True:
+            existing = await self.store.get(key)
+            if existing is None:
+                normalised = dict(pod.manifest)
+                normalised["metadata"] = {
+                    **pod.manifest["metadata"],
+                    # Like the API server: a new pod object gets a fresh uid unless one is
+                    # given, so a pod re-created with the same content is a new pod.
+                    "uid": given or str(uuid.uuid4()),
+                }
+                obj: dict[str, Any] = {
+                    "manifest": normalised,
+                    "nodeName": pod.spec.node_name or "",
+                    "status": {"phase": "Pending"},
+                }
+                if not obj["nodeName"]:
+                    await self._schedule(obj)
+                if await self.store.compare_and_swap(key, json.dumps(obj).encode(), 0) is not None:
+                    return obj, True
+                continue
+            obj = json.loads(existing.value)
+            uid = obj["manifest"]["metadata"]["uid"]
+            normalised = dict(pod.manifest)
+            normalised["metadata"] = {**pod.manifest["metadata"], "uid": uid}
+            if obj["nodeName"] and pod.spec.node_name and pod.spec.node_name != obj["nodeName"]:
+                raise ManifestError(
+                    "spec.nodeName",
+                    f"pod is bound to {obj['nodeName']}; a pod never moves (delete it first)",
+                )
+            if obj["nodeName"]:
+                normalised["spec"] = {**normalised["spec"], "nodeName": obj["nodeName"]}
+            obj["manifest"] = normalised
+            if (
+                await self.store.compare_and_swap(
+                    key, json.dumps(obj).encode(), existing.mod_revision
+                )
+                is not None
+            ):
+                return obj, False
+
+    async def _schedule(self, obj: dict[str, Any]) -> None:
+        pod = parse_pod(obj["manifest"], source="api")
+        cpu, memory = _requests(pod)
+        records = [r for r in await self.registry.records() if r["registration"] == APPROVED]
+        allocated: dict[str, list[int]] = {}
+        items, _ = await self.store.list_prefix(PODS_PREFIX)
+        for item in items:
+            other = json.loads(item.value)
+            if other["nodeName"]:
+                used = allocated.setdefault(other["nodeName"], [0, 0, 0])
+                ocpu, omem = _requests(parse_pod(other["manifest"], source="api"))
+                used[0] += ocpu
+                used[1] += omem
+                used[2] += 1
+        fits: list[Fit] = []
+        reasons: dict[str, int] = {}
+        for record in records:
+            name = record["name"]
+            if record.get("unschedulable"):
+                reasons["cordoned"] = reasons.get("cordoned", 0) + 1
+                continue
+            if self.registry.readiness(name)[0] != "True":
+                reasons["not Ready"] = reasons.get("not Ready", 0) + 1
+                continue
+            cap_cpu, cap_mem, cap_pods = _capacity(record)
+            used = allocated.get(name, [0, 0, 0])
+            if used[2] + 1 > cap_pods:
+                reasons["too many pods"] = reasons.get("too many pods", 0) + 1
+                continue
+            if used[0] + cpu > cap_cpu:
+                reasons["insufficient cpu"] = reasons.get("insufficient cpu", 0) + 1
+                continue
+            if used[1] + memory > cap_mem:
+                reasons["insufficient memory"] = reasons.get("insufficient memory", 0) + 1
+                continue
+            free = (
+                (cap_cpu - used[0] - cpu) / max(cap_cpu, 1)
+                + (cap_mem - used[1] - memory) / max(cap_mem, 1)
+            ) / 2
+            fits.append(Fit(name, free))
+        if fits:
+            best = max(fits, key=lambda f: (f.free_fraction, f.node))
+            obj["nodeName"] = best.node
+            obj["manifest"]["spec"] = {**obj["manifest"]["spec"], "nodeName": best.node}
+            obj["status"] = {
+                "phase": "Pending",
+                "conditions": [{"type": "PodScheduled", "status": "True"}],
+            }
+            log.info("pod scheduled", extra=kv(pod=pod.full_name, node=best.node))
+            return
+        detail = (
+            ", ".join(f"{n} {why}" for why, n in sorted(reasons.items())) or "no Approved nodes"
+        )
+        message = f"0/{len(records)} nodes are available: {detail}"
+        obj["status"] = {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": message,
+                }
+            ],
+        }
+
+    async def schedule_pending(self) -> int:
+        """Retry binding every unbound pod; returns how many were bound."""
+        bound = 0
+        items, _ = await self.store.list_prefix(PODS_PREFIX)
+        for item in items:
+            obj = json.loads(item.value)
+            if obj["nodeName"]:
+                continue
+            await self._schedule(obj)
+            if obj["nodeName"] or obj["status"] != json.loads(item.value)["status"]:
+                done = await self.store.compare_and_swap(
+                    item.key, json.dumps(obj).encode(), item.mod_revision
+                )
+                bound += int(done is not None and bool(obj["nodeName"]))
+        return bound
+
+    async def delete(self, namespace: str, name: str) -> None:
+        if await self.store.delete(pod_key(namespace, name)) is None:
+            raise NotFoundError(f"pod {namespace}/{name} not found")
+
+    async def get(self, namespace: str, name: str) -> dict[str, Any]:
+        item = await self.store.get(pod_key(namespace, name))
+        if item is None:
+            raise NotFoundError(f"pod {namespace}/{name} not found")
+        obj: dict[str, Any] = json.loads(item.value)
+        return obj
+
+    async def list(self, node: str | None = None) -> tuple[list[dict[str, Any]], int]:
+        items, rev = await self.store.list_prefix(PODS_PREFIX)
+        objs = [json.loads(i.value) for i in items]
+        if node is not None:
+            objs = [o for o in objs if o["nodeName"] == node]
+        return objs, rev
+
+    async def set_status(
+        self, namespace: str, name: str, status: dict[str, Any], node: str
+    ) -> None:
+        key = pod_key(namespace, name)
+        while True:
+            item = await self.store.get(key)
+            if item is None:
+                raise NotFoundError(f"pod {namespace}/{name} not found")
+            obj = json.loads(item.value)
+            if obj["nodeName"] != node:
+                raise NotFoundError(f"pod {namespace}/{name} is not bound to {node}")
+            if obj["status"] == status:
+                return
+            obj["status"] = status
+            if (
+                await self.store.compare_and_swap(key, json.dumps(obj).encode(), item.mod_revision)
+                is not None
+            ):
+                return
+
+    async def watch_node(self, node: str, after: int) -> AsyncIterator[dict[str, Any]]:
+        """Kubernetes-style watch events for pods bound to ``node`` after revision ``after``."""
+        known: set[str] = {
+            f"{o['manifest']['metadata']['namespace']}/{o['manifest']['metadata']['name']}"
+            for o in (await self.list(node))[0]
+        }
+        async for event in self.store.watch(PODS_PREFIX, after):
+            obj = json.loads(event.value)
+            ident = event.key.removeprefix(PODS_PREFIX)
+            if obj["nodeName"] != node:
+                continue
+            if event.type is EventType.DELETE:
+                known.discard(ident)
+                kind = "DELETED"
+            else:
+                kind = "MODIFIED" if ident in known else "ADDED"
+                known.add(ident)
+            yield {"type": kind, "object": pod_object(obj), "resourceVersion": event.revision}
+
+
+def pod_object(obj: dict[str, Any]) -> dict[str, Any]:
+    manifest = obj["manifest"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": manifest["metadata"],
+        "spec": manifest["spec"],
+        "status": obj.get("status", {}),
+    }

@@ -1,0 +1,396 @@
+"""The node registry: registration requests, node records, certificates, leases, readiness.
+
+Four separate facts per node, each shown to operators: registration (Pending / Approved /
+Denied), trust (the rule that admitted it, certificate expiry), readiness (from leases), and
+schedulability (cordon). Records live in the store under ``/nodes/<name>`` and survive master
+restarts; leases are kept in memory only (they are renewed every few seconds and judged only
+after the master has been up for a full grace period, so losing them on restart costs nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from agent.aio.logs import kv
+from agent.errors import AgentError, NotFoundError
+from agent.master.config import MasterConfig
+from agent.master.pki_files import ClusterPki
+from agent.master.policy import Caller, Decision, Verdict, evaluate
+from agent.master.store.base import Store
+from agent.pki.core import (
+    NODE_CN_PREFIX,
+    NODES_GROUP,
+    cert_to_pem,
+    identity_of,
+    issue,
+    load_csr,
+    public_key_id,
+)
+
+log = logging.getLogger(__name__)
+
+NODES_PREFIX = "/nodes/"
+PENDING = "Pending"
+APPROVED = "Approved"
+DENIED = "Denied"
+MAX_POLL_S = 60.0
+
+
+class RegistrationRefused(AgentError):
+    http_status = 403
+
+
+class NameConflict(AgentError):
+    http_status = 409
+
+
+class BadRequest(AgentError):
+    http_status = 400
+
+
+def request_id(name: str, key_id: str) -> str:
+    """Deterministic per (name, key): retries of one node never pile up requests."""
+    return hashlib.sha256(f"{name}\n{key_id}".encode()).hexdigest()[:32]
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationResult:
+    status: int
+    body: dict[str, Any]
+
+
+class NodeRegistry:
+    def __init__(
+        self,
+        store: Store,
+        pki: ClusterPki,
+        config: MasterConfig,
+        client_cas: Sequence[x509.Certificate],
+    ) -> None:
+        self.store = store
+        self.pki = pki
+        self.config = config
+        self.client_cas = list(client_cas)
+        self.started = time.monotonic()
+        self.leases: dict[str, float] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+
+    # -- records ---------------------------------------------------------------------------
+
+    async def get_record(self, name: str) -> tuple[dict[str, Any], int] | None:
+        kv_ = await self.store.get(NODES_PREFIX + name)
+        if kv_ is None:
+            return None
+        return json.loads(kv_.value), kv_.mod_revision
+
+    async def _save(self, record: dict[str, Any], expected_rev: int) -> bool:
+        record["updatedAt"] = _now_iso()
+        data = json.dumps(record, sort_keys=True).encode()
+        ok = await self.store.compare_and_swap(NODES_PREFIX + record["name"], data, expected_rev)
+        if ok is not None:
+            self._changed.pop(record["name"], asyncio.Event()).set()
+        return ok is not None
+
+    async def records(self) -> list[dict[str, Any]]:
+        items, _ = await self.store.list_prefix(NODES_PREFIX)
+        return [json.loads(i.value) for i in items]
+
+    # -- registration ----------------------------------------------------------------------
+
+    def _issue_for(self, record: dict[str, Any], public_key: ec.EllipticCurvePublicKey) -> str:
+        names = [record["name"], *record.get("addresses", [])]
+        if record.get("hostname"):
+            names.append(record["hostname"])
+        cert = issue(
+            self.pki.ca_key,
+            self.pki.ca_cert,
+            public_key,
+            common_name=NODE_CN_PREFIX + record["name"],
+            groups=[NODES_GROUP],
+            sans=names,
+            lifetime_s=self.config.node_cert_lifetime_s,
+            client=True,
+            server=True,
+        )
+        record["certExpiry"] = cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return cert_to_pem(cert).decode()
+
+    def _answer(self, record: dict[str, Any]) -> RegistrationResult:
+        phase = record["registration"]
+        if phase == APPROVED and record.get("certificate"):
+            return RegistrationResult(
+                200,
+                {
+                    "status": APPROVED,
+                    "certificate": record["certificate"],
+                    "caBundle": cert_to_pem(self.pki.ca_cert).decode(),
+                    "admittedBy": record.get("admittedBy", ""),
+                    "leaseRenewSeconds": self.config.lease_renew_s,
+                },
+            )
+        if phase == DENIED:
+            return RegistrationResult(403, {"status": DENIED, "reason": record.get("reason", "")})
+        return RegistrationResult(202, {"status": PENDING, "requestId": record["requestId"]})
+
+    async def register(
+        self,
+        body: dict[str, Any],
+        caller_ip: str,
+        peer_cert: x509.Certificate | None,
+        trusted_node: str | None,
+    ) -> RegistrationResult:
+        """Handle one registration (or re-registration) request."""
+        name = body.get("nodeName")
+        csr_pem = body.get("csr")
+        if not isinstance(name, str) or not isinstance(csr_pem, str):
+            raise BadRequest("nodeName and csr (PEM) are required strings")
+        csr = load_csr(csr_pem.encode())
+        ident = csr.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        if not ident or ident[0].value != NODE_CN_PREFIX + name:
+            raise BadRequest(f"the CSR's CN must be {NODE_CN_PREFIX}{name}")
+        public_key = csr.public_key()
+        assert isinstance(public_key, ec.EllipticCurvePublicKey)
+        key_id = public_key_id(public_key)
+        rid = request_id(name, key_id)
+        facts = {
+            "addresses": [a for a in body.get("addresses", []) if isinstance(a, str)],
+            "hostname": str(body.get("hostname", "")),
+            "capacity": dict(body.get("capacity") or {}),
+            "labels": dict(body.get("labels") or {}),
+            "agentVersion": str(body.get("agentVersion", "")),
+        }
+        for _ in range(5):  # compare-and-swap retries against concurrent admin actions
+            found = await self.get_record(name)
+            if found is not None:
+                record, rev = found
+                if record["publicKeyId"] != key_id:
+                    raise NameConflict(
+                        f"node {name!r} is registered with a different key; an administrator "
+                        f"must run `nodectl delete node {name}` before it can join again"
+                    )
+                record.update(facts)
+                if trusted_node == name:
+                    # Trusted nodes stay trusted whatever the policy says now.
+                    record["registration"] = APPROVED
+                    record["certificate"] = self._issue_for(record, public_key)
+                elif record["registration"] == APPROVED:
+                    decision = self._decide(name, caller_ip, peer_cert)
+                    if decision.verdict is not Verdict.ADMIT:
+                        # Approved once, certificate lost or expired: back through the policy.
+                        record["registration"] = (
+                            PENDING if decision.verdict is Verdict.QUEUE else DENIED
+                        )
+                        record["reason"] = decision.reason
+                        record["csr"] = csr_pem
+                        record.pop("certificate", None)
+                    else:
+                        record["certificate"] = self._issue_for(record, public_key)
+                elif record["registration"] == PENDING:
+                    record["csr"] = csr_pem
+                if await self._save(record, rev):
+                    return self._answer(record)
+                continue
+            decision = self._decide(name, caller_ip, peer_cert)
+            if decision.verdict is Verdict.REFUSE:
+                log.info(
+                    "registration refused",
+                    extra=kv(node=name, peer=caller_ip, reason=decision.reason),
+                )
+                raise RegistrationRefused(decision.reason)
+            record = {
+                "name": name,
+                "publicKeyId": key_id,
+                "requestId": rid,
+                "registration": APPROVED if decision.verdict is Verdict.ADMIT else PENDING,
+                "admittedBy": decision.rule,
+                "reason": decision.reason,
+                "unschedulable": False,
+                "createdAt": _now_iso(),
+                **facts,
+            }
+            if decision.verdict is Verdict.ADMIT:
+                record["certificate"] = self._issue_for(record, public_key)
+            else:
+                record["csr"] = csr_pem
+            if await self._save(record, 0):
+                log.info(
+                    "node registered"
+                    if decision.verdict is Verdict.ADMIT
+                    else "registration queued for approval",
+                    extra=kv(node=name, rule=decision.rule, peer=caller_ip),
+                )
+                return self._answer(record)
+        raise AgentError("registration kept conflicting with concurrent changes; retry")
+
+    def _decide(self, name: str, caller_ip: str, peer_cert: x509.Certificate | None) -> Decision:
+        return evaluate(
+            self.config.registration, Caller(name, caller_ip, peer_cert), self.client_cas
+        )
+
+    async def poll(self, rid: str, timeout_s: float) -> RegistrationResult:
+        """Long-poll a pending request until it is decided or ``timeout_s`` passes."""
+        deadline = time.monotonic() + min(timeout_s, MAX_POLL_S)
+        while True:
+            record = next((r for r in await self.records() if r.get("requestId") == rid), None)
+            if record is None:
+                raise NotFoundError(f"registration request {rid} not found")
+            result = self._answer(record)
+            remaining = deadline - time.monotonic()
+            if result.status != 202 or remaining <= 0:
+                return result
+            event = self._changed.setdefault(record["name"], asyncio.Event())
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except TimeoutError:
+                return self._answer(record)
+
+    # -- admin actions ---------------------------------------------------------------------
+
+    async def _mutate(self, name: str, change: Any) -> dict[str, Any]:
+        for _ in range(5):
+            found = await self.get_record(name)
+            if found is None:
+                raise NotFoundError(f"node {name!r} not found")
+            record, rev = found
+            change(record)
+            if await self._save(record, rev):
+                return record
+        raise AgentError(f"node {name!r} kept changing; retry")
+
+    async def approve(self, name: str) -> dict[str, Any]:
+        def change(record: dict[str, Any]) -> None:
+            if record["registration"] == APPROVED and record.get("certificate"):
+                return
+            csr_pem = record.get("csr")
+            if not csr_pem:
+                raise BadRequest(f"node {name!r} has no pending certificate request")
+            csr = load_csr(csr_pem.encode())
+            public_key = csr.public_key()
+            assert isinstance(public_key, ec.EllipticCurvePublicKey)
+            record["registration"] = APPROVED
+            record["admittedBy"] = "approval"
+            record["reason"] = "approved by an administrator"
+            record["certificate"] = self._issue_for(record, public_key)
+            record.pop("csr", None)
+
+        return await self._mutate(name, change)
+
+    async def deny(self, name: str, reason: str) -> dict[str, Any]:
+        def change(record: dict[str, Any]) -> None:
+            record["registration"] = DENIED
+            record["reason"] = reason or "denied by an administrator"
+            record.pop("certificate", None)
+
+        return await self._mutate(name, change)
+
+    async def set_unschedulable(self, name: str, value: bool) -> dict[str, Any]:
+        def change(record: dict[str, Any]) -> None:
+            record["unschedulable"] = value
+
+        return await self._mutate(name, change)
+
+    async def delete(self, name: str) -> None:
+        if await self.store.delete(NODES_PREFIX + name) is None:
+            raise NotFoundError(f"node {name!r} not found")
+        self.leases.pop(name, None)
+
+    async def rotate(self, name: str, csr_pem: str) -> str:
+        """A trusted node renews over its mTLS session: same name, any new key, no approval."""
+        csr = load_csr(csr_pem.encode())
+        ident = csr.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        if not ident or ident[0].value != NODE_CN_PREFIX + name:
+            raise BadRequest(f"the CSR's CN must be {NODE_CN_PREFIX}{name}")
+        public_key = csr.public_key()
+        assert isinstance(public_key, ec.EllipticCurvePublicKey)
+        issued: list[str] = []
+
+        def change(record: dict[str, Any]) -> None:
+            if record["registration"] != APPROVED:
+                raise RegistrationRefused(f"node {name!r} is {record['registration']}")
+            record["publicKeyId"] = public_key_id(public_key)
+            record["requestId"] = request_id(name, record["publicKeyId"])
+            record["certificate"] = self._issue_for(record, public_key)
+            issued.append(record["certificate"])
+
+        await self._mutate(name, change)
+        return issued[-1]
+
+    # -- leases and readiness --------------------------------------------------------------
+
+    def renew_lease(self, name: str) -> None:
+        self.leases[name] = time.monotonic()
+
+    def readiness(self, name: str) -> tuple[str, str]:
+        now = time.monotonic()
+        seen = self.leases.get(name)
+        grace = self.config.lease_grace_s
+        if seen is not None and now - seen <= grace:
+            return "True", "NodeLeaseCurrent"
+        if now - self.started < grace:
+            # Just restarted: not enough time to judge; never mark every node NotReady at once.
+            return "Unknown", "MasterStarting"
+        return "False", "NodeLeaseExpired"
+
+    def node_object(self, record: dict[str, Any]) -> dict[str, Any]:
+        status, reason = self.readiness(record["name"])
+        seen = self.leases.get(record["name"])
+        heartbeat = None
+        if seen is not None:
+            heartbeat = datetime.fromtimestamp(
+                time.time() - (time.monotonic() - seen), UTC
+            ).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": record["name"],
+                "labels": record.get("labels", {}),
+                "creationTimestamp": record.get("createdAt"),
+            },
+            "spec": {"unschedulable": bool(record.get("unschedulable"))},
+            "status": {
+                "registration": {
+                    "phase": record["registration"],
+                    "admittedBy": record.get("admittedBy", ""),
+                    "reason": record.get("reason", ""),
+                    "certificateExpiry": record.get("certExpiry"),
+                },
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": status,
+                        "reason": reason,
+                        "lastHeartbeatTime": heartbeat,
+                    }
+                ],
+                "addresses": [
+                    {"type": "InternalIP", "address": a} for a in record.get("addresses", [])
+                ]
+                + (
+                    [{"type": "Hostname", "address": record["hostname"]}]
+                    if record.get("hostname")
+                    else []
+                ),
+                "capacity": record.get("capacity", {}),
+                "nodeInfo": {"agentVersion": record.get("agentVersion", "")},
+            },
+        }
+
+
+def identity_node(cert: x509.Certificate | None) -> str | None:
+    return identity_of(cert).node_name if cert is not None else None

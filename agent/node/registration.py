@@ -1,0 +1,466 @@
+"""The node's link to the master: identity, registration, leases, pod watch, status reports,
+certificate rotation.
+
+The agent never blocks on the master: this manager runs beside the pod workers and only ever
+*adds* information (desired pods from the master); when the master is unreachable the pods it
+last assigned keep running from the checkpoint. Identity lives in ``<state_dir>/pki``: the key
+(0600, generated once), the node certificate and the pinned CA. Reconnects back off
+exponentially with full jitter (capped by ``master_backoff_max_s``) so a fleet reconnecting
+after a master restart spreads out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import random
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+
+from agent import __version__
+from agent.aio.bridge import ThreadBridge
+from agent.aio.logs import kv
+from agent.aio.tls import client_context
+from agent.config import AgentConfig
+from agent.errors import AgentError, ManifestError
+from agent.manifest import parse_pod
+from agent.node.pods import PodManager
+from agent.pki.core import (
+    NODE_CN_PREFIX,
+    NODES_GROUP,
+    PkiError,
+    build_csr,
+    certs_from_pem,
+    check_pins,
+    generate_key,
+    key_from_pem,
+    key_to_pem,
+    rotation_due_at,
+    spki_pin,
+    verify_issued_by,
+    write_private,
+)
+from agent.types import Pod
+
+log = logging.getLogger(__name__)
+
+SOURCE_API = "api"
+REQUEST_TIMEOUT_S = 30.0
+POLL_WAIT_S = 30.0
+DENIED_RETRY_S = 60.0
+STATUS_REPORT_S = 2.0
+BACKOFF_INITIAL_S = 0.5
+_VIRTUAL_IFACES = ("lo", "docker", "veth", "br-", "virbr", "cni", "flannel", "cali")
+
+
+class MasterUnavailable(AgentError):
+    http_status = 503
+
+
+class IdentityRejected(AgentError):
+    """The master no longer accepts our certificate: register again."""
+
+    http_status = 401
+
+
+@dataclass(slots=True)
+class LinkState:
+    registered: bool = False
+    problem: str = "master: not contacted yet"
+    connected: bool = False
+
+
+def node_addresses() -> list[str]:
+    """Global addresses of physical-looking interfaces, via netlink (blocking: bridge it)."""
+    from pyroute2 import IPRoute
+
+    found: list[str] = []
+    with IPRoute() as ipr:
+        links = {link["index"]: link.get("IFLA_IFNAME") or "" for link in ipr.get_links()}
+        for msg in ipr.get_addr():
+            if msg["scope"] != 0:  # 0 = RT_SCOPE_UNIVERSE: skip host and link scope
+                continue
+            if links.get(msg["index"], "").startswith(_VIRTUAL_IFACES):
+                continue
+            address = msg.get("IFA_ADDRESS")
+            if address:
+                found.append(str(address))
+    return found
+
+
+def node_capacity(state_dir: Path, max_pods: int) -> dict[str, str]:
+    disk = psutil.disk_usage(str(state_dir if state_dir.exists() else state_dir.parent))
+    return {
+        "cpu": str(psutil.cpu_count() or 1),
+        "memory": f"{psutil.virtual_memory().total // 1024}Ki",
+        "ephemeral-storage": f"{disk.total // 1024}Ki",
+        "pods": str(max_pods),
+    }
+
+
+class MasterLink:
+    def __init__(self, config: AgentConfig, pods: PodManager, bridge: ThreadBridge) -> None:
+        assert config.master is not None
+        self.config = config
+        self.pods = pods
+        self.bridge = bridge
+        self.state = LinkState()
+        self.pki_dir = config.state_dir / "pki"
+        self.master = config.master.rstrip("/")
+        self._api_pods: dict[str, Pod] = {}
+        self._reported: dict[str, str] = {}
+        self._lease_renew_s = 10.0
+
+    # -- identity --------------------------------------------------------------------------
+
+    def _load_or_create_key(self) -> bytes:
+        path = self.pki_dir / "node.key"
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            pem = key_to_pem(generate_key())
+            write_private(path, pem)
+            return pem
+
+    def _read(self, name: str) -> bytes | None:
+        try:
+            return (self.pki_dir / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _write(self, name: str, data: bytes) -> None:
+        write_private(self.pki_dir / name, data)
+
+    async def _pinned_ca(
+        self, session_factory: Callable[[ssl.SSLContext], aiohttp.ClientSession]
+    ) -> bytes:
+        """The master's CA: from disk if pinned before, else fetched and checked against pins."""
+        stored = await self.bridge.run(self._read, "ca.crt")
+        if stored is not None:
+            return stored
+        async with session_factory(client_context(None)) as session:
+            try:
+                async with session.get(f"{self.master}/v1/ca") as resp:
+                    if resp.status != 200:
+                        raise MasterUnavailable(f"GET /v1/ca answered {resp.status}")
+                    pem = await resp.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise MasterUnavailable(f"cannot reach {self.master}: {exc}") from exc
+        bundle = certs_from_pem(pem)
+        if self.config.ca_cert_hash:
+            check_pins(bundle, self.config.ca_cert_hash)  # PkiError: refuse, nothing sent
+        else:
+            log.warning(
+                "NO CA PIN CONFIGURED: trusting the master's CA on first use; "
+                "pin it with --ca-cert-hash",
+                extra=kv(master=self.master, pin=spki_pin(bundle[0])),
+            )
+        await self.bridge.run(self._write, "ca.crt", pem)
+        return pem
+
+    def _cert_valid(self, ca_pem: bytes) -> bool:
+        cert_pem = self._read("node.crt")
+        if cert_pem is None:
+            return False
+        try:
+            verify_issued_by(certs_from_pem(cert_pem)[0], certs_from_pem(ca_pem))
+        except PkiError:
+            return False
+        return True
+
+    # -- main loop -------------------------------------------------------------------------
+
+    def _session(self, ctx: ssl.SSLContext) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=ctx),
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=REQUEST_TIMEOUT_S, sock_read=None
+            ),
+        )
+
+    async def run(self) -> None:
+        await self.bridge.run(self._load_or_create_key)
+        delay = BACKOFF_INITIAL_S
+        while True:
+            try:
+                ca_pem = await self._pinned_ca(self._session)
+                if not await self.bridge.run(self._cert_valid, ca_pem):
+                    await self._register(ca_pem)
+                delay = BACKOFF_INITIAL_S
+                await self._connected(ca_pem)
+            except PkiError as exc:
+                self.state.problem = f"master: {exc}"
+                log.error(
+                    "refusing to register with this master",
+                    extra=kv(master=self.master, error=str(exc)),
+                )
+                wait = DENIED_RETRY_S
+            except IdentityRejected as exc:
+                self.state.problem = f"master: {exc}"
+                log.warning(
+                    "master rejected our certificate; registering again", extra=kv(error=str(exc))
+                )
+                await self.bridge.run(self._forget_cert)
+                wait = BACKOFF_INITIAL_S
+            except _Denied as exc:
+                self.state.problem = f"registration: {exc}"
+                log.error(
+                    "registration refused by the master",
+                    extra=kv(master=self.master, reason=str(exc)),
+                )
+                wait = DENIED_RETRY_S
+            except (AgentError, aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+                self.state.connected = False
+                self.state.problem = f"master: unreachable: {exc}"
+                log.warning(
+                    "master unreachable; pods keep running",
+                    extra=kv(master=self.master, error=str(exc)),
+                )
+                wait = delay
+                delay = min(delay * 2, self.config.master_backoff_max_s)
+            # Full jitter: a fleet that lost the master together comes back spread out.
+            await asyncio.sleep(random.uniform(0, wait))
+
+    def _forget_cert(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.pki_dir / "node.crt").unlink()
+
+    async def _register(self, ca_pem: bytes) -> None:
+        key = key_from_pem(await self.bridge.run(self._read_key))
+        name = self.config.node_name
+        addresses = await self.bridge.run(node_addresses)
+        hostname = socket.gethostname().lower()
+        csr = build_csr(key, NODE_CN_PREFIX + name, [NODES_GROUP], [name, hostname, *addresses])
+        capacity = await self.bridge.run(node_capacity, self.config.state_dir, self.config.max_pods)
+        body = {
+            "nodeName": name,
+            "csr": csr.decode(),
+            "addresses": addresses,
+            "hostname": hostname,
+            "capacity": capacity,
+            "labels": dict(item.split("=", 1) for item in self.config.node_labels),
+            "agentVersion": __version__,
+        }
+        async with self._session(client_context(ca_pem)) as session:
+            try:
+                async with session.post(f"{self.master}/v1/registrations", json=body) as resp:
+                    answer = await resp.json(content_type=None)
+                    status = resp.status
+                while status == 202:
+                    self.state.problem = "registration: pending approval by an administrator"
+                    log.info(
+                        "registration pending approval", extra=kv(request=answer.get("requestId"))
+                    )
+                    rid = answer["requestId"]
+                    url = f"{self.master}/v1/registrations/{rid}?timeoutSeconds={POLL_WAIT_S:g}"
+                    async with session.get(url) as resp:
+                        answer = await resp.json(content_type=None)
+                        status = resp.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise MasterUnavailable(f"registration failed: {exc}") from exc
+        if status in (403, 409):
+            reason = answer.get("reason") or answer.get("error", {}).get("message", "")
+            raise _Denied(f"{status}: {reason}")
+        if status != 200 or "certificate" not in answer:
+            raise MasterUnavailable(f"registration answered {status}: {answer}")
+        await self.bridge.run(self._write, "node.crt", answer["certificate"].encode())
+        log.info(
+            "registered with the master",
+            extra=kv(master=self.master, admitted_by=answer.get("admittedBy")),
+        )
+
+    def _read_key(self) -> bytes:
+        return (self.pki_dir / "node.key").read_bytes()
+
+    def _mtls(self, ca_pem: bytes) -> ssl.SSLContext:
+        return client_context(
+            ca_pem, cert_file=self.pki_dir / "node.crt", key_file=self.pki_dir / "node.key"
+        )
+
+    async def _connected(self, ca_pem: bytes) -> None:
+        ctx = await self.bridge.run(self._mtls, ca_pem)
+        async with self._session(ctx) as session:
+            await self._renew_lease(session)  # proves the certificate works before going on
+            self.state.registered = True
+            self.state.connected = True
+            self.state.problem = ""
+            log.info("connected to the master", extra=kv(master=self.master))
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._lease_loop(session))
+                    group.create_task(self._watch_pods(session))
+                    group.create_task(self._report_status(session))
+                    group.create_task(self._rotate_when_due(session, ca_pem))
+            except BaseExceptionGroup as failed:
+                raise _most_telling(failed) from None
+
+    async def _call(
+        self, session: aiohttp.ClientSession, method: str, path: str, body: Any = None
+    ) -> Any:
+        try:
+            async with session.request(
+                method,
+                f"{self.master}{path}",
+                json=body,
+                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
+            ) as resp:
+                data = await resp.json(content_type=None)
+                if resp.status in (401, 403):
+                    raise IdentityRejected(
+                        f"{method} {path}: {resp.status} {data.get('error', {}).get('message', '')}"
+                    )
+                if resp.status >= 500:
+                    raise MasterUnavailable(f"{method} {path}: {resp.status}")
+                if resp.status >= 400:
+                    raise AgentError(f"{method} {path}: {resp.status} {data}")
+                return data
+        except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as exc:
+            raise MasterUnavailable(f"{method} {path}: {exc}") from exc
+
+    async def _renew_lease(self, session: aiohttp.ClientSession) -> None:
+        answer = await self._call(session, "PUT", f"/v1/nodes/{self.config.node_name}/lease", {})
+        self._lease_renew_s = float(answer.get("leaseRenewSeconds", self._lease_renew_s))
+
+    async def _lease_loop(self, session: aiohttp.ClientSession) -> None:
+        while True:
+            await asyncio.sleep(self._lease_renew_s)
+            await self._renew_lease(session)
+
+    # -- pods ------------------------------------------------------------------------------
+
+    def _apply(self) -> None:
+        self.pods.apply_source(SOURCE_API, list(self._api_pods.values()))
+
+    def _accept(self, obj: dict[str, Any]) -> Pod | None:
+        try:
+            return parse_pod(
+                {k: obj[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in obj},
+                source=SOURCE_API,
+            )
+        except ManifestError as exc:
+            log.error("pod from the master rejected", extra=kv(error=str(exc)))
+            return None
+
+    async def _watch_pods(self, session: aiohttp.ClientSession) -> None:
+        node = self.config.node_name
+        listing = await self._call(session, "GET", f"/v1/nodes/{node}/pods")
+        self._api_pods = {}
+        for obj in listing["items"]:
+            pod = self._accept(obj)
+            if pod is not None:
+                self._api_pods[pod.full_name] = pod
+        self._apply()
+        revision = int(listing["resourceVersion"])
+        url = f"{self.master}/v1/nodes/{node}/pods?watch=1&resourceVersion={revision}"
+        try:
+            async with session.get(url) as resp:
+                if resp.status in (401, 403):
+                    raise IdentityRejected(f"pod watch: {resp.status}")
+                async for line in resp.content:
+                    event = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        raise MasterUnavailable(f"pod watch: {event['object']['error']['message']}")
+                    obj = event["object"]
+                    full = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
+                    if event["type"] == "DELETED":
+                        self._api_pods.pop(full, None)
+                    else:
+                        pod = self._accept(obj)
+                        if pod is None:
+                            continue
+                        known = self._api_pods.get(full)
+                        if (
+                            known is not None
+                            and known.uid == pod.uid
+                            and known.spec_hash == pod.spec_hash
+                        ):
+                            continue  # a status echo, nothing to do
+                        self._api_pods[full] = pod
+                    self._apply()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise MasterUnavailable(f"pod watch: {exc}") from exc
+        raise MasterUnavailable("pod watch ended")
+
+    async def _report_status(self, session: aiohttp.ClientSession) -> None:
+        """Send each master pod's latest status when it changed; only the latest is kept."""
+        while True:
+            await asyncio.sleep(STATUS_REPORT_S)
+            for item in self.pods.pod_list():
+                meta = item["metadata"]
+                if (
+                    item["metadata"].get("annotations", {}).get("node-agent.io/source")
+                    != SOURCE_API
+                ):
+                    continue
+                full = f"{meta['namespace']}/{meta['name']}"
+                encoded = json.dumps(item["status"], sort_keys=True)
+                if self._reported.get(full) == encoded:
+                    continue
+                try:
+                    await self._call(
+                        session,
+                        "PUT",
+                        f"/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status",
+                        item["status"],
+                    )
+                except IdentityRejected:
+                    raise
+                except AgentError as exc:
+                    log.debug("status report skipped", extra=kv(pod=full, error=str(exc)))
+                    continue
+                self._reported[full] = encoded
+
+    async def _rotate_when_due(self, session: aiohttp.ClientSession, ca_pem: bytes) -> None:
+        current: bytes | None = await self.bridge.run(self._read, "node.crt")
+        if current is None:
+            raise IdentityRejected("node certificate disappeared")
+        cert = certs_from_pem(current)[0]
+        due = rotation_due_at(cert)
+        wait = (due - dt.datetime.now(dt.UTC)).total_seconds()
+        await asyncio.sleep(max(wait, 0.0))
+        key = generate_key()
+        csr = build_csr(key, NODE_CN_PREFIX + self.config.node_name, [NODES_GROUP], [])
+        answer = await self._call(
+            session, "POST", f"/v1/nodes/{self.config.node_name}/certificate", {"csr": csr.decode()}
+        )
+        await self.bridge.run(self._write, "node.key", key_to_pem(key))
+        await self.bridge.run(self._write, "node.crt", answer["certificate"].encode())
+        log.info(
+            "node certificate rotated",
+            extra=kv(
+                expires=str(certs_from_pem(answer["certificate"].encode())[0].not_valid_after_utc)
+            ),
+        )
+        # Reconnect with the new certificate; the pods keep running meanwhile.
+        raise MasterUnavailable("reconnecting with the rotated certificate")
+
+
+class _Denied(AgentError):
+    http_status = 403
+
+
+def _most_telling(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception that decides what the link does next (a rejected identity first)."""
+    flat: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, BaseExceptionGroup):
+            stack.extend(item.exceptions)
+        else:
+            flat.append(item)
+    for kind in (IdentityRejected, MasterUnavailable):
+        for exc in flat:
+            if isinstance(exc, kind):
+                return exc
+    return flat[0]
