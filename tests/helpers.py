@@ -287,3 +287,130 @@ def remove_node_containers(client: docker.DockerClient, node_name: str) -> None:
     for container in node_containers(client, node_name):
         with contextlib.suppress(docker.errors.NotFound):
             container.remove(force=True)
+
+
+class MasterProcess:
+    """A real ``node-master`` (init + run) on a free loopback port, driven through nodectl."""
+
+    def __init__(self, root: Path, **master: Any) -> None:
+        self.root = root
+        self.port = free_port()
+        self.log_path = root / "master.log"
+        root.mkdir(parents=True, exist_ok=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "agent.cli.node_master",
+                "init",
+                "--data-dir",
+                str(root),
+                "--server-name",
+                "127.0.0.1",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+        ).stdout
+        self.pin = next(line.split()[-1] for line in out.splitlines() if "CA pin:" in line)
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.admin_conf = root / "admin.conf"
+        self.config_path = root / "master.toml"
+        self.master_settings: dict[str, Any] = {
+            "lease_renew_s": 1.0,
+            "lease_grace_s": 4.0,
+            **master,
+        }
+        self.configure(trust=["open"])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def configure(self, **registration: Any) -> None:
+        lines = ["[master]", f'listen = "127.0.0.1:{self.port}"', f'data_dir = "{self.root}"']
+        lines += [f"{k} = {json.dumps(v)}" for k, v in self.master_settings.items()]
+        lines += ['log_format = "json"', "", "[registration]"]
+        lines += [f"{k} = {json.dumps(v)}" for k, v in registration.items()]
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def start(self) -> MasterProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "agent.cli.node_master",
+                "run",
+                "--config",
+                str(self.config_path),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), NODE_AGENT_BLOCKBUSTER="1"),
+        )
+        log.close()
+        wait_for(
+            lambda: self._alive() and self.nodectl("get", "nodes").returncode == 0,
+            what="master serving",
+        )
+        return self
+
+    def _alive(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AgentDied(
+                f"master exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}"
+            )
+        return True
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=20)
+
+    def sighup(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+
+    def nodectl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(  # noqa: PLW1510 - callers check the exit status themselves
+            [sys.executable, "-m", "agent.cli.nodectl", "--config", str(self.admin_conf), *args],
+            capture_output=True,
+            text=True,
+            input=stdin,
+            cwd=REPO_ROOT,
+            timeout=60,
+            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+        )
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        done = self.nodectl("get", "nodes", "-o", "json")
+        assert done.returncode == 0, done.stderr
+        if not done.stdout.strip():
+            return {}
+        data = json.loads(done.stdout)
+        items = data["items"] if data.get("kind") == "List" else [data]
+        return {n["metadata"]["name"]: n for n in items}
+
+    def node(self, name: str) -> dict[str, Any] | None:
+        return self.nodes().get(name)
+
+    def pods(self) -> dict[str, dict[str, Any]]:
+        done = self.nodectl("get", "pods", "-A", "-o", "json")
+        assert done.returncode == 0, done.stderr
+        if not done.stdout.strip():
+            return {}
+        data = json.loads(done.stdout)
+        items = data["items"] if data.get("kind") == "List" else [data]
+        return {p["metadata"]["name"]: p for p in items}
+
+
+def node_ready(master: MasterProcess, name: str) -> dict[str, Any] | None:
+    node = master.node(name)
+    if node is None:
+        return None
+    ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
+    return node if ready["status"] == "True" else None

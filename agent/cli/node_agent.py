@@ -6,7 +6,6 @@ Imports stay inside the subcommands so ``node-agent version`` starts fast.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
@@ -66,17 +65,13 @@ def _serve(config: object) -> int:
     import uvloop
 
     from agent.aio.logs import kv
+    from agent.cli.common import maybe_enable_blockbuster
     from agent.config import AgentConfig
     from agent.node.app import NodeAgent
 
     assert isinstance(config, AgentConfig)
     log = logging.getLogger("agent.cli")
-    if os.environ.get("NODE_AGENT_BLOCKBUSTER") == "1":
-        # Test hook: fail any blocking call made on the event loop (see tests/README.md).
-        from blockbuster import blockbuster_ctx
-
-        guard = blockbuster_ctx()
-        guard.__enter__()
+    maybe_enable_blockbuster()
     agent = NodeAgent(config)
     try:
         uvloop.run(agent.run())

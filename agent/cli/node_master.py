@@ -69,6 +69,7 @@ def _run(args: argparse.Namespace) -> int:
     import uvloop
 
     from agent.aio.logs import kv, setup_logging, shutdown_logging
+    from agent.cli.common import maybe_enable_blockbuster
     from agent.errors import ConfigError
     from agent.master.app import Master
     from agent.master.config import load_master_config
@@ -80,6 +81,7 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     setup_logging(config.log_format, config.log_level)
     log = logging.getLogger("agent.cli")
+    maybe_enable_blockbuster()
     try:
         uvloop.run(Master(config).run())
     except ConfigError as exc:

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 STORE_FILE = "store.db"
 SCHEDULE_INTERVAL_S = 5.0
 STORE_THREADS = 4
+SHUTDOWN_GRACE_S = 2.0
 
 
 class _ShutdownRequested(Exception):
@@ -86,9 +87,20 @@ class Master:
                 alpn=("http/1.1",),
             )
         )
-        runner = web.AppRunner(self.api.app(), access_log=None, handle_signals=False)
+        # Watches are long-lived streams: on shutdown give requests a moment, then close them
+        # (agents reconnect and resume from their resource version).
+        runner = web.AppRunner(
+            self.api.app(), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S
+        )
         await runner.setup()
-        site = web.TCPSite(runner, cfg.host, cfg.port, ssl_context=self.tls, reuse_address=True)
+        site = web.TCPSite(
+            runner,
+            cfg.host,
+            cfg.port,
+            ssl_context=self.tls,
+            reuse_address=True,
+            shutdown_timeout=SHUTDOWN_GRACE_S,
+        )
         await site.start()
         log.info(
             "node master serving",

@@ -11,7 +11,7 @@ from typing import Any
 import docker
 import pytest
 
-from tests.helpers import AgentProcess, ensure_test_image, remove_node_containers
+from tests.helpers import AgentProcess, MasterProcess, ensure_test_image, remove_node_containers
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +34,8 @@ def make_agent(
 
     def make(name: str | None = None, **config: Any) -> AgentProcess:
         node = name or f"it-{uuid.uuid4().hex[:10]}"
-        agent = AgentProcess(tmp_path / node, node, **config)
+        # One directory per agent process, even for two agents claiming the same node name.
+        agent = AgentProcess(tmp_path / f"{node}-{len(agents)}", node, **config)
         agents.append(agent)
         return agent
 
@@ -52,4 +53,26 @@ def make_agent(
                 problems.append(
                     f"{agent.node_name}: {marker!r} in the agent log:\n{agent.log_tail(40)}"
                 )
+    assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+def make_master(tmp_path: Path) -> Iterator[Callable[..., MasterProcess]]:
+    masters: list[MasterProcess] = []
+
+    def make(**settings: Any) -> MasterProcess:
+        master = MasterProcess(tmp_path / f"master-{len(masters)}", **settings)
+        masters.append(master)
+        return master
+
+    yield make
+    problems = []
+    for master in masters:
+        if master.proc is not None and master.proc.poll() is None:
+            master.proc.kill()
+            master.proc.wait()
+        log = master.log_path.read_text(errors="replace") if master.log_path.exists() else ""
+        for marker in ("BlockingError", "task died unexpectedly", "Traceback"):
+            if marker in log:
+                problems.append(f"master: {marker!r} in its log:\n{log[-3000:]}")
     assert not problems, "\n".join(problems)

@@ -1,0 +1,371 @@
+"""The master, registration under each trust rule, and pods through the master — real master
+and agent processes, real TLS/mTLS on loopback, the real Docker engine."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from agent.pki.core import MASTERS_GROUP, cert_to_pem, create_ca, generate_key, issue, key_to_pem
+from tests.helpers import (
+    AgentProcess,
+    MasterProcess,
+    node_containers,
+    node_ready,
+    pod_manifest,
+    sleeper,
+    wait_for,
+)
+
+pytestmark = pytest.mark.docker
+
+MakeAgent = Callable[..., AgentProcess]
+MakeMaster = Callable[..., MasterProcess]
+
+
+def join(
+    make_agent: MakeAgent, master: MasterProcess, name: str | None = None, **config: Any
+) -> AgentProcess:
+    settings = {
+        "master": master.url,
+        "ca_cert_hash": [master.pin],
+        "master_backoff_max_s": 1.0,
+        **config,
+    }
+    return make_agent(name, **settings)
+
+
+def https(
+    master: MasterProcess,
+    method: str,
+    path: str,
+    body: Any = None,
+    cert: tuple[Path, Path] | None = None,
+) -> tuple[int, Any]:
+    ctx = ssl.create_default_context(cafile=str(master.root / "pki" / "ca.crt"))
+    if cert is not None:
+        ctx.load_cert_chain(*cert)
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        master.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, context=ctx, timeout=10) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def health_says(agent: AgentProcess, text: str) -> bool:
+    status, body = agent.get("/healthz")
+    return status == 503 and text in body
+
+
+def test_open_registration_and_pods_through_the_master(
+    make_master: MakeMaster,
+    make_agent: MakeAgent,
+    docker_client: docker.DockerClient,
+    tmp_path: Path,
+) -> None:
+    master = make_master().start()
+    agent = join(make_agent, master).start()
+    node = wait_for(lambda: node_ready(master, agent.node_name), what="node Ready")
+    registration = node["status"]["registration"]
+    assert registration["phase"] == "Approved" and registration["admittedBy"] == "open"
+    assert node["status"]["capacity"]["pods"] == "110"
+    assert (agent.state_dir / "pki" / "node.key").stat().st_mode & 0o777 == 0o600
+
+    manifest = tmp_path / "pod.yaml"
+    manifest.write_text(json.dumps(pod_manifest("via-master", [sleeper()])))
+    done = master.nodectl("apply", "-f", str(manifest))
+    assert done.returncode == 0, done.stderr
+
+    def running() -> dict | None:
+        pod = master.pods().get("via-master")
+        return pod if pod and pod["status"].get("phase") == "Running" else None
+
+    pod = wait_for(running, timeout_s=60, what="pod Running, reported to the master")
+    assert pod["spec"]["nodeName"] == agent.node_name
+    assert agent.pod("via-master") is not None
+    table = master.nodectl("get", "pods", "-o", "wide").stdout
+    assert "via-master" in table and agent.node_name in table
+
+    assert master.nodectl("delete", "pod", "via-master").returncode == 0
+    wait_for(
+        lambda: not node_containers(docker_client, agent.node_name),
+        timeout_s=60,
+        what="pod removed from the node",
+    )
+
+
+def test_unschedulable_pod_stays_pending_with_reason(
+    make_master: MakeMaster, make_agent: MakeAgent, tmp_path: Path
+) -> None:
+    master = make_master().start()
+    agent = join(make_agent, master).start()
+    wait_for(lambda: node_ready(master, agent.node_name), what="node Ready")
+    huge = pod_manifest(
+        "huge", [{"name": "c", "command": ["true"], "resources": {"requests": {"cpu": "500"}}}]
+    )
+    manifest = tmp_path / "huge.yaml"
+    manifest.write_text(json.dumps(huge))
+    assert master.nodectl("apply", "-f", str(manifest)).returncode == 0
+    pod = master.pods()["huge"]
+    assert pod["status"]["phase"] == "Pending"
+    condition = pod["status"]["conditions"][0]
+    assert condition["reason"] == "Unschedulable"
+    assert "insufficient cpu" in condition["message"]
+
+
+def test_approval_queue_approve_and_deny(make_master: MakeMaster, make_agent: MakeAgent) -> None:
+    master = make_master()
+    master.configure(trust=["approval"])
+    master.start()
+    waiting = join(make_agent, master).start(wait_ready=False)
+    refused = join(make_agent, master).start(wait_ready=False)
+    wait_for(
+        lambda: (
+            (master.node(waiting.node_name) or {})
+            .get("status", {})
+            .get("registration", {})
+            .get("phase")
+            == "Pending"
+        ),
+        what="pending",
+    )
+    wait_for(
+        lambda: health_says(waiting, "pending approval"), what="agent says it waits for approval"
+    )
+    assert "Pending" in master.nodectl("get", "nodes").stdout
+
+    assert master.nodectl("approve", waiting.node_name).returncode == 0
+    node = wait_for(
+        lambda: node_ready(master, waiting.node_name), timeout_s=40, what="approved node Ready"
+    )
+    assert node["status"]["registration"]["admittedBy"] == "approval"
+    waiting.wait_healthy()
+
+    wait_for(lambda: master.node(refused.node_name), what="second request queued")
+    done = master.nodectl("deny", refused.node_name, "--reason", "not in the inventory")
+    assert done.returncode == 0, done.stderr
+    wait_for(
+        lambda: health_says(refused, "not in the inventory"),
+        timeout_s=40,
+        what="denial reason on the node",
+    )
+
+
+def test_policy_switch_keeps_trusted_nodes(make_master: MakeMaster, make_agent: MakeAgent) -> None:
+    master = make_master().start()
+    old = join(make_agent, master).start()
+    old.write_manifest("static.yaml", pod_manifest("static", [sleeper()]))
+    wait_for(lambda: node_ready(master, old.node_name), what="node Ready under open")
+    master.stop()
+    master.configure(trust=["approval"])
+    master.start()
+    newcomer = join(make_agent, master).start(wait_ready=False)
+    wait_for(
+        lambda: (
+            (master.node(newcomer.node_name) or {})
+            .get("status", {})
+            .get("registration", {})
+            .get("phase")
+            == "Pending"
+        ),
+        what="new node Pending",
+    )
+    node = wait_for(
+        lambda: node_ready(master, old.node_name), timeout_s=30, what="old node still Ready"
+    )
+    assert node["status"]["registration"]["phase"] == "Approved"
+    assert old.get("/healthz") == (200, "ok")
+
+
+def test_sighup_reload_and_bad_policy_keeps_old(
+    make_master: MakeMaster, make_agent: MakeAgent
+) -> None:
+    master = make_master()
+    master.configure(trust=["ip-allowlist"], allowed_cidrs=["10.99.0.0/16"])
+    master.start()
+    outsider = join(make_agent, master).start(wait_ready=False)
+    wait_for(
+        lambda: health_says(outsider, "is not in an allowed CIDR"), what="refused by the allowlist"
+    )
+    master.config_path.write_text(master.config_path.read_text() + "bogus_key = 1\n")
+    master.sighup()
+    wait_for(
+        lambda: "policy reload rejected" in master.log_path.read_text(), what="bad policy rejected"
+    )
+    master.configure(trust=["ip-allowlist"], allowed_cidrs=["127.0.0.0/8", "::1/128"])
+    master.sighup()
+    node = wait_for(
+        lambda: node_ready(master, outsider.node_name), timeout_s=90, what="admitted after reload"
+    )
+    assert node["status"]["registration"]["admittedBy"] == "ip-allowlist"
+
+
+def test_name_hijack_is_refused(make_master: MakeMaster, make_agent: MakeAgent) -> None:
+    master = make_master().start()
+    first = join(make_agent, master, "shared-name").start()
+    wait_for(lambda: node_ready(master, "shared-name"), what="first node Ready")
+    before = master.node("shared-name")
+    thief = join(make_agent, master, "shared-name").start(wait_ready=False)  # its own key
+    wait_for(lambda: health_says(thief, "409"), what="409 for a name bound to another key")
+    after = master.node("shared-name")
+    assert after is not None and before is not None
+    assert after["status"]["registration"] == before["status"]["registration"]
+    assert first.get("/healthz") == (200, "ok")
+
+
+def test_wrong_ca_pin_refuses_before_sending_anything(
+    make_master: MakeMaster, make_agent: MakeAgent
+) -> None:
+    master = make_master().start()
+    agent = make_agent(master=master.url, ca_cert_hash=["sha256:" + "0" * 64]).start(
+        wait_ready=False
+    )
+    wait_for(
+        lambda: health_says(agent, "does not match any pinned hash"), what="pin mismatch reported"
+    )
+    assert agent.node_name not in master.nodes()
+    assert "registrations" not in master.log_path.read_text()
+    assert not (agent.state_dir / "pki" / "node.crt").exists()
+
+
+def test_node_restriction(make_master: MakeMaster, make_agent: MakeAgent, tmp_path: Path) -> None:
+    master = make_master().start()
+    a = join(make_agent, master).start()
+    b = join(make_agent, master).start()
+    wait_for(
+        lambda: node_ready(master, a.node_name) and node_ready(master, b.node_name),
+        what="both Ready",
+    )
+    manifest = tmp_path / "b.yaml"
+    manifest.write_text(json.dumps(pod_manifest("on-b", [sleeper()], nodeName=b.node_name)))
+    assert master.nodectl("apply", "-f", str(manifest)).returncode == 0
+    cert_a = (a.state_dir / "pki" / "node.crt", a.state_dir / "pki" / "node.key")
+    assert https(master, "GET", f"/v1/nodes/{a.node_name}/pods", cert=cert_a)[0] == 200
+    status, body = https(master, "GET", f"/v1/nodes/{b.node_name}/pods", cert=cert_a)
+    assert status == 403, body
+    assert (
+        https(
+            master,
+            "PUT",
+            "/v1/namespaces/default/pods/on-b/status",
+            {"phase": "Failed"},
+            cert=cert_a,
+        )[0]
+        == 403
+    )
+    assert https(master, "GET", "/v1/nodes", cert=cert_a)[0] == 403
+    assert https(master, "GET", "/v1/nodes")[0] == 401
+    with urllib.request.urlopen(
+        master.url + "/v1/ca",
+        context=ssl.create_default_context(cafile=str(master.root / "pki" / "ca.crt")),
+    ) as resp:
+        assert resp.read().startswith(b"-----BEGIN CERTIFICATE-----")
+
+
+def test_client_cert_rule_with_an_external_fleet_ca(
+    make_master: MakeMaster, tmp_path: Path
+) -> None:
+    fleet_key, fleet_ca = create_ca("fleet provisioning CA")
+    bundle = tmp_path / "fleet-ca.pem"
+    bundle.write_bytes(cert_to_pem(fleet_ca))
+    master = make_master()
+    master.configure(
+        trust=["client-cert"], client_ca_file=str(bundle), client_cert_name_must_match=True
+    )
+    master.start()
+    from agent.pki.core import NODE_CN_PREFIX, NODES_GROUP, build_csr
+
+    def credential(name: str, ca_key: Any, ca: Any) -> tuple[Path, Path]:
+        key = generate_key()
+        cert = issue(ca_key, ca, key.public_key(), common_name=name, groups=[], lifetime_s=3600)
+        paths = (tmp_path / f"{name}.crt", tmp_path / f"{name}.key")
+        paths[0].write_bytes(cert_to_pem(cert))
+        paths[1].write_bytes(key_to_pem(key))
+        return paths
+
+    def register(name: str, cert: tuple[Path, Path] | None) -> tuple[int, Any]:
+        csr = build_csr(generate_key(), NODE_CN_PREFIX + name, [NODES_GROUP], [])
+        return https(
+            master, "POST", "/v1/registrations", {"nodeName": name, "csr": csr.decode()}, cert=cert
+        )
+
+    status, body = register("edge-1", credential("edge-1", fleet_key, fleet_ca))
+    assert status == 200, body
+    assert body["admittedBy"] == "client-cert"
+    status, body = register("edge-2", None)
+    assert status == 403 and "no client certificate" in body["error"]["message"]
+    status, body = register("edge-3", credential("someone-else", fleet_key, fleet_ca))
+    assert status == 403 and "not for node 'edge-3'" in body["error"]["message"]
+    rogue_key, rogue_ca = create_ca("rogue")
+    try:
+        status, body = register("edge-4", credential("edge-4", rogue_key, rogue_ca))
+    except urllib.error.URLError:
+        status = 403  # refused already in the TLS handshake: not signed by a trusted CA
+    assert status == 403
+    # A fleet certificate never grants more than registration, whatever its subject says.
+    admin_like = tmp_path / "admin-like"
+    key = generate_key()
+    cert = issue(
+        fleet_key,
+        fleet_ca,
+        key.public_key(),
+        common_name="admin",
+        groups=[MASTERS_GROUP],
+        lifetime_s=3600,
+    )
+    admin_like.with_suffix(".crt").write_bytes(cert_to_pem(cert))
+    admin_like.with_suffix(".key").write_bytes(key_to_pem(key))
+    status, _ = https(
+        master,
+        "GET",
+        "/v1/nodes",
+        cert=(admin_like.with_suffix(".crt"), admin_like.with_suffix(".key")),
+    )
+    assert status == 403
+
+
+def test_certificate_rotation_keeps_heartbeats(
+    make_master: MakeMaster, make_agent: MakeAgent
+) -> None:
+    master = make_master(node_cert_lifetime_s=8.0)
+    master.start()
+    agent = join(make_agent, master).start()
+    wait_for(lambda: node_ready(master, agent.node_name), what="node Ready")
+    cert_path = agent.state_dir / "pki" / "node.crt"
+    first = cert_path.read_bytes()
+    wait_for(lambda: cert_path.read_bytes() != first, timeout_s=30, what="certificate rotated")
+    second = cert_path.read_bytes()
+    wait_for(lambda: cert_path.read_bytes() != second, timeout_s=30, what="rotated again")
+    assert node_ready(master, agent.node_name) is not None
+    assert "node certificate rotated" in agent.log_tail(400)
+
+
+def test_master_restart_does_not_mark_nodes_not_ready(
+    make_master: MakeMaster, make_agent: MakeAgent
+) -> None:
+    master = make_master(lease_grace_s=6.0).start()
+    agent = join(make_agent, master).start()
+    wait_for(lambda: node_ready(master, agent.node_name), what="node Ready")
+    master.stop()
+    master.start()
+    node = master.node(agent.node_name)
+    assert node is not None
+    status = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")["status"]
+    assert status in ("True", "Unknown"), node
+    wait_for(
+        lambda: node_ready(master, agent.node_name),
+        timeout_s=30,
+        what="Ready again after the restart",
+    )
