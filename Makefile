@@ -1,4 +1,4 @@
-# node-agent: `make run` (master-less demo for now: agent + a demo pod), `make test`.
+# node-agent: `make run` (a master, an agent and a demo pod), `make test`.
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
@@ -27,13 +27,7 @@ fmt:
 	$(VENV)/bin/ruff check --fix agent tests bench
 
 run: bootstrap
-	@echo "node-agent demo: agent 'demo-node' with the pod in examples/manifests/. In another shell:"
-	@echo "  curl -s http://127.0.0.1:10248/healthz"
-	@echo "  curl -s http://127.0.0.1:10248/v1/pods | python3 -m json.tool"
-	@echo "  docker ps --filter label=io.node-agent.node=demo-node"
-	@echo "  docker logs -f \$$(docker ps -q --filter label=io.node-agent.container=fetcher)"
-	@echo "Ctrl-C stops the agent and leaves the pod running; 'make clean' removes it."
-	$(VENV)/bin/node-agent run --config examples/agent-demo.toml
+	bash scripts/demo.sh
 
 bench: bootstrap
 	$(PY) bench/pod_start.py
