@@ -335,7 +335,7 @@ class MasterProcess:
         lines += [f"{k} = {json.dumps(v)}" for k, v in registration.items()]
         self.config_path.write_text("\n".join(lines) + "\n")
 
-    def start(self) -> MasterProcess:
+    def start(self, *, blockbuster: bool = True) -> MasterProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [
@@ -349,7 +349,11 @@ class MasterProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO_ROOT,
-            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), NODE_AGENT_BLOCKBUSTER="1"),
+            env=dict(
+                os.environ,
+                PYTHONPATH=str(REPO_ROOT),
+                NODE_AGENT_BLOCKBUSTER="1" if blockbuster else "0",
+            ),
         )
         log.close()
         wait_for(

@@ -250,7 +250,7 @@ class MasterApi:
         else:
             record = await self.registry.set_unschedulable(name, action == "cordon")
             if action == "uncordon":
-                await self.pods.schedule_pending()
+                self.pods.kick.set()
         log.info("node action", extra=kv(node=name, action=action, by=who.name))
         return web.json_response(self.registry.node_object(record))
 
@@ -260,7 +260,7 @@ class MasterApi:
         first = name not in self.registry.leases
         self.registry.renew_lease(name)
         if first:
-            await self.pods.schedule_pending()
+            self.pods.kick.set()  # a node became Ready: retry pending pods, off this request
         return web.json_response(
             {"renewed": name, "leaseRenewSeconds": self.registry.config.lease_renew_s}
         )

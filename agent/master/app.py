@@ -133,7 +133,9 @@ class Master:
 
     async def _schedule_loop(self) -> None:
         while True:
-            await asyncio.sleep(SCHEDULE_INTERVAL_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.pods.kick.wait(), SCHEDULE_INTERVAL_S)
+            self.pods.kick.clear()
             await self.pods.schedule_pending()
 
     async def _watchdog_loop(self) -> None:

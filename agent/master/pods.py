@@ -9,6 +9,7 @@ with the reason, and is retried whenever the scheduler runs.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -61,6 +62,7 @@ class PodStore:
     def __init__(self, store: Store, registry: NodeRegistry) -> None:
         self.store = store
         self.registry = registry
+        self.kick = asyncio.Event()  # set when scheduling may now succeed
 
     async def apply(self, manifest: object) -> tuple[dict[str, Any], bool]:
         """Create or update a pod; returns the stored object and whether it was created."""

@@ -369,3 +369,92 @@ def test_master_restart_does_not_mark_nodes_not_ready(
         timeout_s=30,
         what="Ready again after the restart",
     )
+
+
+def test_pod_watch_resumes_across_a_master_restart(
+    make_master: MakeMaster,
+    make_agent: MakeAgent,
+    docker_client: docker.DockerClient,
+    tmp_path: Path,
+) -> None:
+    master = make_master().start()
+    agent = join(make_agent, master).start()
+    wait_for(lambda: node_ready(master, agent.node_name), what="node Ready")
+
+    def apply(name: str) -> None:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(json.dumps(pod_manifest(name, [sleeper()], nodeName=agent.node_name)))
+        done = master.nodectl("apply", "-f", str(path))
+        assert done.returncode == 0, done.stderr
+
+    for i in range(5):
+        apply(f"w{i}")
+
+    def on_node() -> set[str]:
+        return {
+            c.labels["io.node-agent.pod.name"]
+            for c in node_containers(docker_client, agent.node_name)
+            if c.status == "running"
+        }
+
+    wait_for(
+        lambda: on_node() == {f"w{i}" for i in range(5)},
+        timeout_s=60,
+        what="first five pods running",
+    )
+    master.stop()
+    master.start()
+    for name in ("w0", "w1"):
+        assert master.nodectl("delete", "pod", name).returncode == 0
+    for name in ("w5", "w6"):
+        apply(name)
+    desired = {"w2", "w3", "w4", "w5", "w6"}
+
+    def exact() -> bool:
+        containers = node_containers(docker_client, agent.node_name)
+        pods = [c.labels["io.node-agent.pod.name"] for c in containers]
+        return (
+            set(pods) == desired
+            and len(pods) == 2 * len(desired)
+            and all(c.status == "running" for c in containers)
+        )
+
+    wait_for(exact, timeout_s=90, what="exactly the desired pods after the master restart")
+    attempts = {
+        c.labels["io.node-agent.attempt"] for c in node_containers(docker_client, agent.node_name)
+    }
+    assert attempts == {"0"}, "no container was started twice"
+
+
+def test_scheduler_picks_the_node_that_fits(
+    make_master: MakeMaster, make_agent: MakeAgent, tmp_path: Path
+) -> None:
+    master = make_master().start()
+    small = join(make_agent, master, max_pods=1).start()
+    large = join(make_agent, master).start()
+    wait_for(
+        lambda: node_ready(master, small.node_name) and node_ready(master, large.node_name),
+        what="both Ready",
+    )
+
+    def apply(name: str, **spec: Any) -> None:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(json.dumps(pod_manifest(name, [sleeper()], **spec)))
+        assert master.nodectl("apply", "-f", str(path)).returncode == 0
+
+    apply("fills-small", nodeName=small.node_name)
+    for i in range(3):
+        apply(f"free-{i}")
+    pods = master.pods()
+    assert pods["fills-small"]["spec"]["nodeName"] == small.node_name
+    assert {pods[f"free-{i}"]["spec"]["nodeName"] for i in range(3)} == {large.node_name}
+    assert master.nodectl("cordon", large.node_name).returncode == 0
+    apply("nowhere")
+    message = master.pods()["nowhere"]["status"]["conditions"][0]["message"]
+    assert "cordoned" in message and "too many pods" in message
+    assert master.nodectl("uncordon", large.node_name).returncode == 0
+    wait_for(
+        lambda: master.pods()["nowhere"]["spec"].get("nodeName") == large.node_name,
+        what="scheduled after uncordon",
+    )
+    wait_for(lambda: large.pod("nowhere") is not None, what="the node runs it")
