@@ -66,6 +66,12 @@ AGENT_KEYS: tuple[Key, ...] = (
     Key("ca_cert_hash", list, "pins of the master's CA (sha256:<hex>); unset: trust on first use"),
     Key("node_labels", list, "labels reported at registration, KEY=VALUE"),
     Key("master_backoff_max_s", float, "cap of the reconnect back-off to the master, seconds"),
+    Key(
+        "bind_source",
+        str,
+        "source IP for connections to the master (multi-homed hosts, tests)",
+        True,
+    ),
 )
 _KEYS = {k.name: k for k in AGENT_KEYS}
 
@@ -100,6 +106,7 @@ class AgentConfig:
     ca_cert_hash: tuple[str, ...] = ()
     node_labels: tuple[str, ...] = ()
     master_backoff_max_s: float = 30.0
+    bind_source: str | None = None
 
     @property
     def health_host(self) -> str:
@@ -174,6 +181,13 @@ def _validate(cfg: AgentConfig, where: str) -> None:
     ):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{where}: {name} must be > 0")
+    if cfg.bind_source is not None:
+        try:
+            ipaddress.ip_address(cfg.bind_source)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{where}: bind_source {cfg.bind_source!r} is not an IP address"
+            ) from exc
     if cfg.master is not None and not cfg.master.startswith("https://"):
         raise ConfigError(f"{where}: master {cfg.master!r} must be an https:// URL")
     for label in cfg.node_labels:

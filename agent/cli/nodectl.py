@@ -287,7 +287,11 @@ def cmd_delete(client: Client, args: argparse.Namespace) -> None:
 
 
 def cmd_node_action(client: Client, args: argparse.Namespace) -> None:
-    body = {"reason": args.reason} if getattr(args, "reason", None) else None
+    body: dict[str, Any] | None = None
+    if getattr(args, "reason", None):
+        body = {"reason": args.reason}
+    if getattr(args, "force_replace", False):
+        body = {"forceReplace": True}
     client.call("POST", f"/v1/nodes/{urllib.parse.quote(args.name)}/{args.command}", body)
     past = {
         "approve": "approved",
@@ -325,6 +329,12 @@ def _parser() -> argparse.ArgumentParser:
         action.add_argument("name")
         if verb == "deny":
             action.add_argument("--reason", default="")
+        if verb == "approve":
+            action.add_argument(
+                "--force-replace",
+                action="store_true",
+                help="accept the node's new key (after a reinstall) in place of the registered one",
+            )
     sub.add_parser("version", help="print the version")
     return parser
 

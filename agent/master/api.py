@@ -243,7 +243,8 @@ class MasterApi:
         name = request.match_info["name"]
         action = request.match_info["action"]
         if action == "approve":
-            record = await self.registry.approve(name)
+            body = await self._json(request) if request.can_read_body else {}
+            record = await self.registry.approve(name, force_replace=bool(body.get("forceReplace")))
         elif action == "deny":
             body = await self._json(request) if request.can_read_body else {}
             record = await self.registry.deny(name, str(body.get("reason", "")))
@@ -259,6 +260,10 @@ class MasterApi:
         await self.require_node_or_admin(request, name)
         first = name not in self.registry.leases
         self.registry.renew_lease(name)
+        if request.can_read_body:
+            body = await self._json(request)
+            if isinstance(body.get("status"), dict):
+                await self.registry.update_status(name, body["status"])
         if first:
             self.pods.kick.set()  # a node became Ready: retry pending pods, off this request
         return web.json_response(

@@ -179,15 +179,26 @@ class NodeRegistry:
             if found is not None:
                 record, rev = found
                 if record["publicKeyId"] != key_id:
+                    # Remembered so an administrator can accept the new key explicitly.
+                    if record.get("replacement", {}).get("publicKeyId") != key_id:
+                        record["replacement"] = {
+                            "publicKeyId": key_id,
+                            "csr": csr_pem,
+                            "requestedAt": _now_iso(),
+                        }
+                        await self._save(record, rev)
                     raise NameConflict(
                         f"node {name!r} is registered with a different key; an administrator "
-                        f"must run `nodectl delete node {name}` before it can join again"
+                        f"must run `nodectl delete node {name}` or `nodectl approve {name} "
+                        f"--force-replace` before it can join with this one"
                     )
                 record.update(facts)
                 if trusted_node == name:
                     # Trusted nodes stay trusted whatever the policy says now.
                     record["registration"] = APPROVED
                     record["certificate"] = self._issue_for(record, public_key)
+                elif record["registration"] == APPROVED and record.pop("pickup", False):
+                    pass  # approved by an administrator with this key: hand over that certificate
                 elif record["registration"] == APPROVED:
                     decision = self._decide(name, caller_ip, peer_cert)
                     if decision.verdict is not Verdict.ADMIT:
@@ -272,9 +283,19 @@ class NodeRegistry:
                 return record
         raise AgentError(f"node {name!r} kept changing; retry")
 
-    async def approve(self, name: str) -> dict[str, Any]:
+    async def approve(self, name: str, *, force_replace: bool = False) -> dict[str, Any]:
         def change(record: dict[str, Any]) -> None:
-            if record["registration"] == APPROVED and record.get("certificate"):
+            if force_replace:
+                replacement = record.pop("replacement", None)
+                if not replacement:
+                    raise BadRequest(f"node {name!r} has no registration from a new key to accept")
+                record["publicKeyId"] = replacement["publicKeyId"]
+                record["requestId"] = request_id(name, replacement["publicKeyId"])
+                record["csr"] = replacement["csr"]
+                record["registration"] = PENDING
+                record["pickup"] = True
+                self.leases.pop(name, None)
+            elif record["registration"] == APPROVED and record.get("certificate"):
                 return
             csr_pem = record.get("csr")
             if not csr_pem:
@@ -303,6 +324,22 @@ class NodeRegistry:
             record["unschedulable"] = value
 
         return await self._mutate(name, change)
+
+    async def update_status(self, name: str, status: dict[str, Any]) -> None:
+        """Node-reported facts (addresses, capacity, version); written only when changed."""
+        facts = {
+            "addresses": [a for a in status.get("addresses", []) if isinstance(a, str)],
+            "capacity": {str(k): str(v) for k, v in dict(status.get("capacity") or {}).items()},
+            "agentVersion": str(status.get("agentVersion", "")),
+        }
+        found = await self.get_record(name)
+        if found is None or all(found[0].get(k) == v for k, v in facts.items()):
+            return
+
+        def change(record: dict[str, Any]) -> None:
+            record.update(facts)
+
+        await self._mutate(name, change)
 
     async def delete(self, name: str) -> None:
         if await self.store.delete(NODES_PREFIX + name) is None:

@@ -19,6 +19,7 @@ import logging
 import random
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +58,10 @@ log = logging.getLogger(__name__)
 SOURCE_API = "api"
 REQUEST_TIMEOUT_S = 30.0
 POLL_WAIT_S = 30.0
-DENIED_RETRY_S = 60.0
+DENIED_RETRY_FACTOR = 2.0  # refused nodes retry slowly: twice the reconnect back-off cap
 STATUS_REPORT_S = 2.0
+STATUS_CHECK_S = 60.0  # how often the node's own status is recomputed
+STATUS_REFRESH_S = 300.0  # sent at least this often even when unchanged
 BACKOFF_INITIAL_S = 0.5
 _VIRTUAL_IFACES = ("lo", "docker", "veth", "br-", "virbr", "cni", "flannel", "cali")
 
@@ -120,6 +123,10 @@ class MasterLink:
         self._api_pods: dict[str, Pod] = {}
         self._reported: dict[str, str] = {}
         self._lease_renew_s = 10.0
+        self._denied_retry_s = DENIED_RETRY_FACTOR * config.master_backoff_max_s
+        self._status_sent: dict[str, Any] = {}
+        self._status_sent_at = float("-inf")
+        self._status_checked = float("-inf")
 
     # -- identity --------------------------------------------------------------------------
 
@@ -181,8 +188,9 @@ class MasterLink:
     # -- main loop -------------------------------------------------------------------------
 
     def _session(self, ctx: ssl.SSLContext) -> aiohttp.ClientSession:
+        source = self.config.bind_source
         return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=ctx),
+            connector=aiohttp.TCPConnector(ssl=ctx, local_addr=(source, 0) if source else None),
             timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=REQUEST_TIMEOUT_S, sock_read=None
             ),
@@ -204,7 +212,7 @@ class MasterLink:
                     "refusing to register with this master",
                     extra=kv(master=self.master, error=str(exc)),
                 )
-                wait = DENIED_RETRY_S
+                wait = self._denied_retry_s
             except IdentityRejected as exc:
                 self.state.problem = f"master: {exc}"
                 log.warning(
@@ -218,7 +226,7 @@ class MasterLink:
                     "registration refused by the master",
                     extra=kv(master=self.master, reason=str(exc)),
                 )
-                wait = DENIED_RETRY_S
+                wait = self._denied_retry_s
             except (AgentError, aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
                 self.state.connected = False
                 self.state.problem = f"master: unreachable: {exc}"
@@ -327,8 +335,25 @@ class MasterLink:
         except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as exc:
             raise MasterUnavailable(f"{method} {path}: {exc}") from exc
 
+    async def _node_status(self) -> dict[str, Any]:
+        addresses = await self.bridge.run(node_addresses)
+        capacity = await self.bridge.run(node_capacity, self.config.state_dir, self.config.max_pods)
+        return {"addresses": addresses, "capacity": capacity, "agentVersion": __version__}
+
     async def _renew_lease(self, session: aiohttp.ClientSession) -> None:
-        answer = await self._call(session, "PUT", f"/v1/nodes/{self.config.node_name}/lease", {})
+        """Renew the lease; carry the node's status when it changed, and at least every
+        ``STATUS_REFRESH_S`` (so the master's view heals even if one update was lost)."""
+        body: dict[str, Any] = {}
+        now = time.monotonic()
+        if now - self._status_checked >= STATUS_CHECK_S:
+            self._status_checked = now
+            status = await self._node_status()
+            if status != self._status_sent or now - self._status_sent_at >= STATUS_REFRESH_S:
+                body["status"] = status
+        answer = await self._call(session, "PUT", f"/v1/nodes/{self.config.node_name}/lease", body)
+        if "status" in body:
+            self._status_sent = body["status"]
+            self._status_sent_at = now
         self._lease_renew_s = float(answer.get("leaseRenewSeconds", self._lease_renew_s))
 
     async def _lease_loop(self, session: aiohttp.ClientSession) -> None:
