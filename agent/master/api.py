@@ -100,6 +100,8 @@ class MasterApi:
         r.add_put("/v1/nodes/{name}/lease", self.renew_lease)
         r.add_post("/v1/nodes/{name}/certificate", self.rotate_certificate)
         r.add_get("/v1/nodes/{name}/pods", self.node_pods)
+        r.add_put("/v1/nodes/{name}/mirrorpods/{ns}/{pod}", self.put_mirror)
+        r.add_delete("/v1/nodes/{name}/mirrorpods/{ns}/{pod}", self.delete_mirror)
         r.add_post("/v1/pods", self.apply_pod)
         r.add_get("/v1/pods", self.list_pods)
         r.add_get("/v1/namespaces/{ns}/pods/{pod}", self.get_pod)
@@ -307,6 +309,31 @@ class MasterApi:
                 json.dumps({"type": "ERROR", "object": error_body(410, str(exc))}).encode() + b"\n"
             )
         return response
+
+    async def put_mirror(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        who = await self.require_node_or_admin(request, name)
+        if who.kind != "node":
+            raise Forbidden("mirror pods are written by their node only")
+        body = await self._json(request)
+        meta = body.get("metadata") or {}
+        if (
+            meta.get("namespace") != request.match_info["ns"]
+            or meta.get("name") != request.match_info["pod"]
+        ):
+            raise BadRequest("the manifest's namespace/name must match the URL")
+        await self.pods.put_mirror(name, body)
+        return web.json_response(
+            {"mirrored": f"{request.match_info['ns']}/{request.match_info['pod']}"}
+        )
+
+    async def delete_mirror(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        await self.require_node_or_admin(request, name)
+        await self.pods.delete_mirror(name, request.match_info["ns"], request.match_info["pod"])
+        return web.json_response(
+            {"deleted": f"{request.match_info['ns']}/{request.match_info['pod']}"}
+        )
 
     async def apply_pod(self, request: web.Request) -> web.Response:
         self.require_admin(request)

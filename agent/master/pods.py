@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.aio.logs import kv
-from agent.errors import ManifestError, NotFoundError
+from agent.errors import AgentError, ManifestError, NotFoundError
 from agent.manifest import parse_pod
 from agent.master.registry import APPROVED, NodeRegistry
 from agent.master.store.base import EventType, Store
@@ -28,6 +28,7 @@ from agent.types import Pod
 log = logging.getLogger(__name__)
 
 PODS_PREFIX = "/pods/"
+MIRROR_ANNOTATION = "node-agent.io/mirror"
 DEFAULT_MAX_PODS = 110
 
 
@@ -90,6 +91,11 @@ class PodStore:
                     return obj, True
                 continue
             obj = json.loads(existing.value)
+            if obj.get("mirror"):
+                raise MirrorConflict(
+                    f"pod {pod.full_name} mirrors a static pod of node {obj['nodeName']}; "
+                    f"change the manifest on that node"
+                )
             uid = obj["manifest"]["metadata"]["uid"]
             normalised = dict(pod.manifest)
             normalised["metadata"] = {**pod.manifest["metadata"], "uid": uid}
@@ -192,8 +198,53 @@ class PodStore:
         return bound
 
     async def delete(self, namespace: str, name: str) -> None:
-        if await self.store.delete(pod_key(namespace, name)) is None:
+        item = await self.store.get(pod_key(namespace, name))
+        if item is None:
             raise NotFoundError(f"pod {namespace}/{name} not found")
+        obj = json.loads(item.value)
+        if obj.get("mirror"):
+            raise MirrorConflict(
+                f"pod {namespace}/{name} mirrors a static pod of node {obj['nodeName']}; "
+                f"remove its manifest on that node"
+            )
+        if await self.store.delete(item.key, expected_mod_revision=item.mod_revision) is None:
+            raise NotFoundError(f"pod {namespace}/{name} changed or vanished; retry")
+
+    async def put_mirror(self, node: str, manifest: object) -> None:
+        """A node's static pod, shown read-only on the master (kubelet's mirror pods)."""
+        pod = parse_pod(manifest, source=f"mirror:{node}")
+        key = pod_key(pod.metadata.namespace, pod.metadata.name)
+        while True:
+            existing = await self.store.get(key)
+            status: dict[str, Any] = {"phase": "Pending"}
+            if existing is not None:
+                obj = json.loads(existing.value)
+                if not obj.get("mirror") or obj["nodeName"] != node:
+                    raise MirrorConflict(f"pod {pod.full_name} already exists on the master")
+                if obj["manifest"] == dict(pod.manifest):
+                    return
+                status = obj.get("status", status)
+            obj = {
+                "manifest": dict(pod.manifest),
+                "nodeName": node,
+                "status": status,
+                "mirror": True,
+            }
+            expected = existing.mod_revision if existing is not None else 0
+            if (
+                await self.store.compare_and_swap(key, json.dumps(obj).encode(), expected)
+                is not None
+            ):
+                return
+
+    async def delete_mirror(self, node: str, namespace: str, name: str) -> None:
+        item = await self.store.get(pod_key(namespace, name))
+        if item is None:
+            return
+        obj = json.loads(item.value)
+        if not obj.get("mirror") or obj["nodeName"] != node:
+            raise MirrorConflict(f"pod {namespace}/{name} is not a mirror pod of node {node}")
+        await self.store.delete(item.key, expected_mod_revision=item.mod_revision)
 
     async def get(self, namespace: str, name: str) -> dict[str, Any]:
         item = await self.store.get(pod_key(namespace, name))
@@ -249,12 +300,19 @@ class PodStore:
             yield {"type": kind, "object": pod_object(obj), "resourceVersion": event.revision}
 
 
+class MirrorConflict(AgentError):
+    http_status = 409
+
+
 def pod_object(obj: dict[str, Any]) -> dict[str, Any]:
     manifest = obj["manifest"]
+    metadata = dict(manifest["metadata"])
+    if obj.get("mirror"):
+        metadata["annotations"] = {**metadata.get("annotations", {}), MIRROR_ANNOTATION: "true"}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": manifest["metadata"],
+        "metadata": metadata,
         "spec": manifest["spec"],
         "status": obj.get("status", {}),
     }

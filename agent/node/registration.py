@@ -56,6 +56,8 @@ from agent.types import Pod
 log = logging.getLogger(__name__)
 
 SOURCE_API = "api"
+SOURCE_FILE_PREFIX = "file:"
+MIRROR_ANNOTATION = "node-agent.io/mirror"
 REQUEST_TIMEOUT_S = 30.0
 POLL_WAIT_S = 30.0
 DENIED_RETRY_FACTOR = 2.0  # refused nodes retry slowly: twice the reconnect back-off cap
@@ -122,6 +124,7 @@ class MasterLink:
         self.master = config.master.rstrip("/")
         self._api_pods: dict[str, Pod] = {}
         self._reported: dict[str, str] = {}
+        self._mirrored: dict[str, str] = {}  # full name -> spec hash put on the master
         self._lease_renew_s = 10.0
         self._denied_retry_s = DENIED_RETRY_FACTOR * config.master_backoff_max_s
         self._status_sent: dict[str, Any] = {}
@@ -367,6 +370,8 @@ class MasterLink:
         self.pods.apply_source(SOURCE_API, list(self._api_pods.values()))
 
     def _accept(self, obj: dict[str, Any]) -> Pod | None:
+        if obj.get("metadata", {}).get("annotations", {}).get(MIRROR_ANNOTATION):
+            return None  # our own static pods as the master shows them: not desired state
         try:
             return parse_pod(
                 {k: obj[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in obj},
@@ -416,16 +421,47 @@ class MasterLink:
             raise MasterUnavailable(f"pod watch: {exc}") from exc
         raise MasterUnavailable("pod watch ended")
 
+    async def _sync_mirrors(self, session: aiohttp.ClientSession) -> None:
+        """Show this node's static pods on the master, read-only (kubelet's mirror pods)."""
+        node = self.config.node_name
+        static = {
+            w.pod.full_name: w.pod
+            for w in list(self.pods.workers.values())
+            if w.pod.source.startswith(SOURCE_FILE_PREFIX) and not w.terminating
+        }
+        for full, pod in static.items():
+            if self._mirrored.get(full) == pod.spec_hash:
+                continue
+            path = f"/v1/nodes/{node}/mirrorpods/{pod.metadata.namespace}/{pod.metadata.name}"
+            try:
+                await self._call(session, "PUT", path, dict(pod.manifest))
+            except IdentityRejected:
+                raise
+            except AgentError as exc:
+                log.warning(
+                    "static pod not mirrored to the master", extra=kv(pod=full, error=str(exc))
+                )
+            self._mirrored[full] = pod.spec_hash  # also after a refusal: not retried every loop
+            self._reported.pop(full, None)  # a (re)created mirror needs its status again
+        for full in list(self._mirrored.keys() - static.keys()):
+            namespace, name = full.split("/", 1)
+            with contextlib.suppress(AgentError):
+                await self._call(
+                    session, "DELETE", f"/v1/nodes/{node}/mirrorpods/{namespace}/{name}"
+                )
+            del self._mirrored[full]
+
     async def _report_status(self, session: aiohttp.ClientSession) -> None:
-        """Send each master pod's latest status when it changed; only the latest is kept."""
+        """Send each pod's latest status when it changed; only the latest is kept."""
+        self._mirrored = {}
+        self._reported = {}  # after a reconnect, send every status once more
         while True:
             await asyncio.sleep(STATUS_REPORT_S)
+            await self._sync_mirrors(session)
             for item in self.pods.pod_list():
                 meta = item["metadata"]
-                if (
-                    item["metadata"].get("annotations", {}).get("node-agent.io/source")
-                    != SOURCE_API
-                ):
+                source = meta.get("annotations", {}).get("node-agent.io/source", "")
+                if source != SOURCE_API and not source.startswith(SOURCE_FILE_PREFIX):
                     continue
                 full = f"{meta['namespace']}/{meta['name']}"
                 encoded = json.dumps(item["status"], sort_keys=True)

@@ -501,3 +501,34 @@ def test_node_status_follows_the_node(make_master: MakeMaster, make_agent: MakeA
         what="new capacity reported",
     )
     assert master.node(agent.node_name)["status"]["registration"]["phase"] == "Approved"
+
+
+def test_static_pods_are_mirrored_read_only(
+    make_master: MakeMaster, make_agent: MakeAgent, tmp_path: Path
+) -> None:
+    master = make_master().start()
+    agent = join(make_agent, master)
+    path = agent.write_manifest("static.yaml", pod_manifest("static-web", [sleeper()]))
+    agent.start()
+
+    def mirrored_running() -> dict | None:
+        pod = master.pods().get("static-web")
+        return pod if pod and pod["status"].get("phase") == "Running" else None
+
+    pod = wait_for(mirrored_running, timeout_s=60, what="mirror pod Running on the master")
+    assert pod["metadata"]["annotations"]["node-agent.io/mirror"] == "true"
+    assert pod["spec"]["nodeName"] == agent.node_name
+    done = master.nodectl("delete", "pod", "static-web")
+    assert done.returncode != 0 and "mirrors a static pod" in done.stderr
+    clash = tmp_path / "clash.yaml"
+    clash.write_text(json.dumps(pod_manifest("static-web", [sleeper()])))
+    done = master.nodectl("apply", "-f", str(clash))
+    assert done.returncode != 0 and "mirrors a static pod" in done.stderr
+    assert agent.pod("static-web") is not None  # the node's static pod is untouched
+
+    path.unlink()
+    wait_for(
+        lambda: "static-web" not in master.pods(),
+        timeout_s=60,
+        what="mirror removed with the manifest",
+    )
