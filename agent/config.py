@@ -66,6 +66,7 @@ AGENT_KEYS: tuple[Key, ...] = (
     Key("ca_cert_hash", list, "pins of the master's CA (sha256:<hex>); unset: trust on first use"),
     Key("node_labels", list, "labels reported at registration, KEY=VALUE"),
     Key("master_backoff_max_s", float, "cap of the reconnect back-off to the master, seconds"),
+    Key("api_addr", str, "HOST:PORT of the node's TLS API (served once registered)"),
     Key(
         "bind_source",
         str,
@@ -106,6 +107,7 @@ class AgentConfig:
     ca_cert_hash: tuple[str, ...] = ()
     node_labels: tuple[str, ...] = ()
     master_backoff_max_s: float = 30.0
+    api_addr: str = "0.0.0.0:10250"
     bind_source: str | None = None
 
     @property
@@ -164,6 +166,7 @@ def _validate(cfg: AgentConfig, where: str) -> None:
         raise ConfigError(f"{where}: node_name {cfg.node_name!r} is not a DNS-1123 subdomain")
     try:
         split_host_port(cfg.health_addr, "health_addr")
+        split_host_port(cfg.api_addr, "api_addr")
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     if cfg.node_ip is not None:

@@ -149,6 +149,7 @@ class AgentProcess:
             "state_dir": str(self.state_dir),
             "manifest_dir": str(self.manifest_dir),
             "health_addr": f"127.0.0.1:{self.port}",
+            "api_addr": f"127.0.0.1:{free_port()}",
             "log_format": "json",
             "log_level": "debug",
             "backoff_initial_s": 1.0,

@@ -196,6 +196,8 @@ class NodeAgent:
         finally:
             self.notifier.stopping()
             await self.api.stop()
+            if self.link is not None:
+                await self.link.node_api.stop()
             with contextlib.suppress(AgentError):
                 await self.pods.save_now()
             await self.runtime.close()

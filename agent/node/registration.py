@@ -35,6 +35,7 @@ from agent.aio.tls import client_context
 from agent.config import AgentConfig
 from agent.errors import AgentError, ManifestError
 from agent.manifest import parse_pod
+from agent.node.nodeapi import NodeApi
 from agent.node.pods import PodManager
 from agent.pki.core import (
     NODE_CN_PREFIX,
@@ -126,6 +127,7 @@ class MasterLink:
         self._reported: dict[str, str] = {}
         self._mirrored: dict[str, str] = {}  # full name -> spec hash put on the master
         self._lease_renew_s = 10.0
+        self.node_api = NodeApi(pods, config.node_name, config.api_addr)
         self._denied_retry_s = DENIED_RETRY_FACTOR * config.master_backoff_max_s
         self._status_sent: dict[str, Any] = {}
         self._status_sent_at = float("-inf")
@@ -298,7 +300,19 @@ class MasterLink:
             ca_pem, cert_file=self.pki_dir / "node.crt", key_file=self.pki_dir / "node.key"
         )
 
+    async def _serve_node_api(self, ca_pem: bytes) -> None:
+        cert, key = self.pki_dir / "node.crt", self.pki_dir / "node.key"
+        if self.node_api.running:
+            await self.bridge.run(self.node_api.reload_cert, cert, key)
+            return
+        tls = await self.bridge.run(self.node_api.build_tls, cert, key, ca_pem)
+        try:
+            await self.node_api.start(tls)
+        except OSError as exc:
+            log.error("node API cannot listen", extra=kv(addr=self.config.api_addr, error=str(exc)))
+
     async def _connected(self, ca_pem: bytes) -> None:
+        await self._serve_node_api(ca_pem)
         ctx = await self.bridge.run(self._mtls, ca_pem)
         async with self._session(ctx) as session:
             await self._renew_lease(session)  # proves the certificate works before going on

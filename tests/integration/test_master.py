@@ -532,3 +532,49 @@ def test_static_pods_are_mirrored_read_only(
         timeout_s=60,
         what="mirror removed with the manifest",
     )
+
+
+def test_node_api_serves_admins_only(
+    make_master: MakeMaster, make_agent: MakeAgent, tmp_path: Path
+) -> None:
+    import tomllib
+
+    master = make_master().start()
+    a = join(make_agent, master).start()
+    b = join(make_agent, master).start()
+    wait_for(
+        lambda: node_ready(master, a.node_name) and node_ready(master, b.node_name),
+        what="both Ready",
+    )
+    admin = tomllib.loads(master.admin_conf.read_text())
+    admin_cert, admin_key = tmp_path / "admin.crt", tmp_path / "admin.key"
+    admin_cert.write_text(admin["client_cert"])
+    admin_key.write_text(admin["client_key"])
+    api_addr = json.loads(
+        next(
+            line.split("=", 1)[1]
+            for line in a.config_path.read_text().splitlines()
+            if line.startswith("api_addr")
+        )
+    )
+
+    def get(cert: tuple[Path, Path] | None) -> tuple[int, str, str]:
+        ctx = ssl.create_default_context(cafile=str(master.root / "pki" / "ca.crt"))
+        ctx.check_hostname = False  # the node certificate names the node's addresses, not 127.0.0.1
+        if cert is not None:
+            ctx.load_cert_chain(*cert)
+        with urllib.request.urlopen(f"https://{api_addr}/v1/pods", context=ctx, timeout=10) as resp:
+            peer = resp.fp.raw._sock.getpeercert()  # type: ignore[attr-defined]
+            subject = dict(item[0] for item in peer["subject"])
+            return resp.status, resp.read().decode(), subject["commonName"]
+
+    status, body, served_by = wait_for(
+        lambda: get((admin_cert, admin_key)), what="node API answers the admin"
+    )
+    assert status == 200 and json.loads(body)["kind"] == "PodList"
+    assert served_by == f"system:node:{a.node_name}"
+    with pytest.raises(urllib.error.HTTPError) as info:
+        get((b.state_dir / "pki" / "node.crt", b.state_dir / "pki" / "node.key"))
+    assert info.value.code == 403
+    with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError)):
+        get(None)  # no client certificate: refused in the handshake

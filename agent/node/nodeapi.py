@@ -1,0 +1,110 @@
+"""The node's authenticated API on ``api_addr`` (default ``0.0.0.0:10250``): TLS with the node
+certificate from the cluster CA, client certificates required.
+
+Served only once the node holds a certificate (after registration). Authorization is per
+request: administrators (``O=system:masters``) may read; other nodes' certificates may not.
+Exec, port-forward and logs over HTTP/2 join this server with the streaming issue. A rotated
+node certificate is loaded into the live TLS context, so new connections get it without a
+restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from pathlib import Path
+
+from aiohttp import web
+from cryptography import x509
+
+from agent.aio.logs import kv
+from agent.aio.tls import server_context
+from agent.config import split_host_port
+from agent.node.pods import PodManager
+from agent.pki.core import PkiError, certs_from_pem, identity_of, verify_issued_by
+
+log = logging.getLogger(__name__)
+
+
+class NodeApi:
+    def __init__(self, pods: PodManager, node_name: str, addr: str) -> None:
+        self._pods = pods
+        self._node_name = node_name
+        self._host, self._port = split_host_port(addr, "api_addr")
+        self._runner: web.AppRunner | None = None
+        self._tls: ssl.SSLContext | None = None
+        self._ca: list[x509.Certificate] = []
+
+    @property
+    def running(self) -> bool:
+        return self._runner is not None
+
+    def build_tls(self, cert: Path, key: Path, ca_pem: bytes) -> ssl.SSLContext:
+        """Blocking (reads files): call through the thread bridge."""
+        self._ca = certs_from_pem(ca_pem)
+        return server_context(cert, key, client_ca_pems=[ca_pem], require_client_cert=True)
+
+    async def start(self, tls: ssl.SSLContext) -> None:
+        self._tls = tls
+        app = web.Application(middlewares=[self._authorize])
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/v1/pods", self._pods_list)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=2.0
+        )
+        await self._runner.setup()
+        await web.TCPSite(
+            self._runner, self._host, self._port, ssl_context=tls, reuse_address=True
+        ).start()
+        log.info("node API serving", extra=kv(addr=f"{self._host}:{self._port}"))
+
+    def reload_cert(self, cert: Path, key: Path) -> None:
+        """Blocking: a rotated certificate for new connections."""
+        if self._tls is not None:
+            self._tls.load_cert_chain(cert, key)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @web.middleware
+    async def _authorize(self, request: web.Request, handler: object) -> web.StreamResponse:
+        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if not der:
+            return web.json_response(
+                {"error": {"code": 401, "message": "client certificate required", "details": {}}},
+                status=401,
+            )
+        cert = x509.load_der_x509_certificate(der)
+        try:
+            verify_issued_by(cert, self._ca)
+        except PkiError as exc:
+            return web.json_response(
+                {"error": {"code": 401, "message": str(exc), "details": {}}}, status=401
+            )
+        ident = identity_of(cert)
+        if not ident.is_admin:
+            who = ident.node_name or ident.common_name
+            return web.json_response(
+                {
+                    "error": {
+                        "code": 403,
+                        "message": f"{who!r} may not use node {self._node_name!r}'s API",
+                        "details": {},
+                    }
+                },
+                status=403,
+            )
+        assert callable(handler)
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def _pods_list(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"apiVersion": "v1", "kind": "PodList", "items": self._pods.pod_list()}
+        )
