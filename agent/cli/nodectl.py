@@ -246,6 +246,14 @@ def cmd_describe(client: Client, args: argparse.Namespace) -> None:
     import yaml
 
     print(yaml.safe_dump(obj, sort_keys=False), end="")
+    kind_name = "Node" if kind == "nodes" else "Pod"
+    query = urllib.parse.urlencode({"kind": kind_name, "name": args.name})
+    events = client.call("GET", f"/v1/events?{query}")["items"][-20:]
+    print("events:" if events else "events: <none>")
+    if events:
+        rows = [["LAST SEEN", "TYPE", "REASON", "MESSAGE"]]
+        rows += [[e["lastTimestamp"], e["type"], e["reason"], e["message"]] for e in events]
+        print(_table(rows))
 
 
 def _documents(path: str) -> list[dict[str, Any]]:

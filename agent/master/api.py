@@ -104,6 +104,7 @@ class MasterApi:
         r.add_delete("/v1/nodes/{name}/mirrorpods/{ns}/{pod}", self.delete_mirror)
         r.add_post("/v1/pods", self.apply_pod)
         r.add_get("/v1/pods", self.list_pods)
+        r.add_get("/v1/events", self.list_events)
         r.add_get("/v1/namespaces/{ns}/pods/{pod}", self.get_pod)
         r.add_delete("/v1/namespaces/{ns}/pods/{pod}", self.delete_pod)
         r.add_put("/v1/namespaces/{ns}/pods/{pod}/status", self.put_pod_status)
@@ -350,6 +351,11 @@ class MasterApi:
             if namespace is None or o["manifest"]["metadata"]["namespace"] == namespace
         ]
         return web.json_response({"kind": "PodList", "resourceVersion": rev, "items": items})
+
+    async def list_events(self, request: web.Request) -> web.Response:
+        self.require_admin(request)
+        items = self.registry.events.list(request.query.get("kind"), request.query.get("name"))
+        return web.json_response({"apiVersion": "v1", "kind": "EventList", "items": items})
 
     async def get_pod(self, request: web.Request) -> web.Response:
         self.require_admin(request)

@@ -164,11 +164,28 @@ class PodStore:
                 "conditions": [{"type": "PodScheduled", "status": "True"}],
             }
             log.info("pod scheduled", extra=kv(pod=pod.full_name, node=best.node))
+            self.registry.events.record(
+                kind="Pod",
+                name=pod.metadata.name,
+                namespace=pod.metadata.namespace,
+                reason="Scheduled",
+                message=f"assigned {pod.full_name} to {best.node}",
+            )
             return
         detail = (
             ", ".join(f"{n} {why}" for why, n in sorted(reasons.items())) or "no Approved nodes"
         )
         message = f"0/{len(records)} nodes are available: {detail}"
+        previous = obj.get("status", {}).get("conditions", [{}])[0].get("message")
+        if previous != message:
+            self.registry.events.record(
+                kind="Pod",
+                name=pod.metadata.name,
+                namespace=pod.metadata.namespace,
+                reason="FailedScheduling",
+                message=message,
+                warning=True,
+            )
         obj["status"] = {
             "phase": "Pending",
             "conditions": [

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent.aio.logs import kv
 from agent.errors import AgentError, NotFoundError
+from agent.events import EventRecorder
 from agent.master.config import MasterConfig
 from agent.master.pki_files import ClusterPki
 from agent.master.policy import Caller, Decision, Verdict, evaluate
@@ -88,6 +89,7 @@ class NodeRegistry:
         self.client_cas = list(client_cas)
         self.started = time.monotonic()
         self.leases: dict[str, float] = {}
+        self.events = EventRecorder("node-master", component="node-master")
         self._changed: dict[str, asyncio.Event] = {}
 
     # -- records ---------------------------------------------------------------------------
@@ -218,6 +220,12 @@ class NodeRegistry:
                 continue
             decision = self._decide(name, caller_ip, peer_cert)
             if decision.verdict is Verdict.REFUSE:
+                self._event(
+                    name,
+                    "RegistrationRefused",
+                    f"from {caller_ip}: {decision.reason}",
+                    warning=True,
+                )
                 log.info(
                     "registration refused",
                     extra=kv(node=name, peer=caller_ip, reason=decision.reason),
@@ -239,6 +247,11 @@ class NodeRegistry:
             else:
                 record["csr"] = csr_pem
             if await self._save(record, 0):
+                self._event(
+                    name,
+                    "Registered" if decision.verdict is Verdict.ADMIT else "RegistrationQueued",
+                    f"{decision.reason} (from {caller_ip})",
+                )
                 log.info(
                     "node registered"
                     if decision.verdict is Verdict.ADMIT
@@ -272,6 +285,11 @@ class NodeRegistry:
 
     # -- admin actions ---------------------------------------------------------------------
 
+    def _event(self, node: str, reason: str, message: str, *, warning: bool = False) -> None:
+        self.events.record(
+            kind="Node", name=node, namespace="", reason=reason, message=message, warning=warning
+        )
+
     async def _mutate(self, name: str, change: Any) -> dict[str, Any]:
         for _ in range(5):
             found = await self.get_record(name)
@@ -284,6 +302,12 @@ class NodeRegistry:
         raise AgentError(f"node {name!r} kept changing; retry")
 
     async def approve(self, name: str, *, force_replace: bool = False) -> dict[str, Any]:
+        self._event(
+            name,
+            "Approved",
+            "approved by an administrator" + (" (new key accepted)" if force_replace else ""),
+        )
+
         def change(record: dict[str, Any]) -> None:
             if force_replace:
                 replacement = record.pop("replacement", None)
@@ -312,6 +336,8 @@ class NodeRegistry:
         return await self._mutate(name, change)
 
     async def deny(self, name: str, reason: str) -> dict[str, Any]:
+        self._event(name, "Denied", reason or "denied by an administrator", warning=True)
+
         def change(record: dict[str, Any]) -> None:
             record["registration"] = DENIED
             record["reason"] = reason or "denied by an administrator"

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from agent.node.events import EventRecorder
+from agent.events import EventRecorder
 from agent.node.metrics import NodeMetrics, render
 from agent.node.pods import PodManager
 from agent.node.status import PHASES

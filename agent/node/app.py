@@ -26,10 +26,10 @@ from agent.aio.sdnotify import SystemdNotifier
 from agent.aio.tasks import start_guarded
 from agent.config import AgentConfig
 from agent.errors import AgentError
+from agent.events import EventRecorder
 from agent.node.api import LocalApi
 from agent.node.backoff import BackoffPolicy
 from agent.node.checkpoint import CheckpointStore
-from agent.node.events import EventRecorder
 from agent.node.metrics import NodeMetrics
 from agent.node.pods import PodManager
 from agent.node.podspecs import SpecContext

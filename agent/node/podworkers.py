@@ -28,8 +28,8 @@ from agent.errors import (
     ImageUnavailableError,
     RuntimeUnavailableError,
 )
+from agent.events import EventRecorder
 from agent.node.backoff import BackoffPolicy, RestartState
-from agent.node.events import EventRecorder
 from agent.node.podspecs import SpecContext, app_spec, pod_volume_dir, sandbox_spec
 from agent.node.runtime.base import ContainerRecord, ContainerState, Runtime
 from agent.node.status import ContainerView, pod_status

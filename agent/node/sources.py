@@ -21,8 +21,8 @@ from agent.aio.bridge import ThreadBridge
 from agent.aio.inotify import DirectoryWatcher
 from agent.aio.logs import kv
 from agent.errors import ManifestError
+from agent.events import EventRecorder
 from agent.manifest import parse_manifests
-from agent.node.events import EventRecorder
 from agent.types import Pod
 
 log = logging.getLogger(__name__)

@@ -578,3 +578,34 @@ def test_node_api_serves_admins_only(
     assert info.value.code == 403
     with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError)):
         get(None)  # no client certificate: refused in the handshake
+
+
+def test_describe_shows_recent_events(
+    make_master: MakeMaster, make_agent: MakeAgent, tmp_path: Path
+) -> None:
+    master = make_master()
+    master.configure(trust=["approval"])
+    master.start()
+    agent = join(make_agent, master).start(wait_ready=False)
+    wait_for(lambda: master.node(agent.node_name), what="request queued")
+    assert master.nodectl("approve", agent.node_name).returncode == 0
+    out = master.nodectl("describe", "node", agent.node_name).stdout
+    assert "RegistrationQueued" in out and "Approved" in out
+    manifest = tmp_path / "big.yaml"
+    manifest.write_text(
+        json.dumps(
+            pod_manifest(
+                "big",
+                [
+                    {
+                        "name": "c",
+                        "command": ["true"],
+                        "resources": {"requests": {"memory": "100Ti"}},
+                    }
+                ],
+            )
+        )
+    )
+    assert master.nodectl("apply", "-f", str(manifest)).returncode == 0
+    out = master.nodectl("describe", "pod", "big").stdout
+    assert "FailedScheduling" in out and "nodes are available" in out
