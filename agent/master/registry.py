@@ -357,6 +357,7 @@ class NodeRegistry:
             "addresses": [a for a in status.get("addresses", []) if isinstance(a, str)],
             "capacity": {str(k): str(v) for k, v in dict(status.get("capacity") or {}).items()},
             "agentVersion": str(status.get("agentVersion", "")),
+            "imageFs": {str(k): int(v) for k, v in dict(status.get("imageFs") or {}).items()},
         }
         found = await self.get_record(name)
         if found is None or all(found[0].get(k) == v for k, v in facts.items()):
@@ -451,6 +452,7 @@ class NodeRegistry:
                 ),
                 "capacity": record.get("capacity", {}),
                 "nodeInfo": {"agentVersion": record.get("agentVersion", "")},
+                "imageFs": record.get("imageFs", {}),
             },
         }
 

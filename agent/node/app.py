@@ -237,7 +237,7 @@ class NodeAgent:
             start_guarded(group, "manifest-dir", self.source.run)
         if cfg.master is not None:
             # Runs beside the pods, never before them: the agent does not wait for the master.
-            self.link = MasterLink(cfg, self.pods, self.bridge)
+            self.link = MasterLink(cfg, self.pods, self.bridge, self.runtime)
             self.state.link = self.link.state
             start_guarded(group, "master-link", self.link.run)
         self.pods.adopt(records)

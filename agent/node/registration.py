@@ -37,6 +37,7 @@ from agent.errors import AgentError, ManifestError
 from agent.manifest import parse_pod
 from agent.node.nodeapi import NodeApi
 from agent.node.pods import PodManager
+from agent.node.runtime.base import Runtime
 from agent.pki.core import (
     NODE_CN_PREFIX,
     NODES_GROUP,
@@ -115,7 +116,10 @@ def node_capacity(state_dir: Path, max_pods: int) -> dict[str, str]:
 
 
 class MasterLink:
-    def __init__(self, config: AgentConfig, pods: PodManager, bridge: ThreadBridge) -> None:
+    def __init__(
+        self, config: AgentConfig, pods: PodManager, bridge: ThreadBridge, runtime: Runtime
+    ) -> None:
+        self.runtime = runtime
         assert config.master is not None
         self.config = config
         self.pods = pods
@@ -355,7 +359,18 @@ class MasterLink:
     async def _node_status(self) -> dict[str, Any]:
         addresses = await self.bridge.run(node_addresses)
         capacity = await self.bridge.run(node_capacity, self.config.state_dir, self.config.max_pods)
-        return {"addresses": addresses, "capacity": capacity, "agentVersion": __version__}
+        status: dict[str, Any] = {
+            "addresses": addresses,
+            "capacity": capacity,
+            "agentVersion": __version__,
+        }
+        try:
+            usage = await self.runtime.image_fs_usage()
+        except AgentError:
+            return status  # the runtime is down: report the rest
+        # Rounded to MiB so a few bytes written do not count as a change worth sending.
+        status["imageFs"] = {k: v // (1 << 20) * (1 << 20) for k, v in usage.items()}
+        return status
 
     async def _renew_lease(self, session: aiohttp.ClientSession) -> None:
         """Renew the lease; carry the node's status when it changed, and at least every

@@ -500,7 +500,11 @@ def test_node_status_follows_the_node(make_master: MakeMaster, make_agent: MakeA
         lambda: master.node(agent.node_name)["status"]["capacity"]["pods"] == "7",
         what="new capacity reported",
     )
-    assert master.node(agent.node_name)["status"]["registration"]["phase"] == "Approved"
+    node = master.node(agent.node_name)
+    assert node is not None
+    assert node["status"]["registration"]["phase"] == "Approved"
+    image_fs = node["status"]["imageFs"]
+    assert 0 < image_fs["availableBytes"] < image_fs["capacityBytes"]
 
 
 def test_static_pods_are_mirrored_read_only(

@@ -188,6 +188,10 @@ class Runtime(Protocol):
         """Force-remove; a container that is already gone is not an error."""
         ...
 
+    async def image_fs_usage(self) -> dict[str, int]:
+        """Bytes of the filesystem holding images: capacityBytes, usedBytes, availableBytes."""
+        ...
+
     def events(self) -> AsyncIterator[RuntimeEvent]:
         """Lifecycle events of our containers until the engine connection drops."""
         ...

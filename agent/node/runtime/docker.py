@@ -16,6 +16,7 @@ from typing import Any
 import docker
 import docker.errors
 import docker.types
+import psutil
 import requests.exceptions
 
 from agent.aio.bridge import ThreadBridge
@@ -158,6 +159,19 @@ class DockerRuntime:
     async def ping(self) -> str:
         info = await self._call("ping", lambda api: api.version())
         return str(info.get("Version", "unknown"))
+
+    async def image_fs_usage(self) -> dict[str, int]:
+        def usage(api: docker.APIClient) -> dict[str, int]:
+            root = api.info().get("DockerRootDir") or "/var/lib/docker"
+            disk = psutil.disk_usage(root)
+            return {
+                "capacityBytes": disk.total,
+                "usedBytes": disk.used,
+                "availableBytes": disk.free,
+            }
+
+        result: dict[str, int] = await self._call("image filesystem usage", usage)
+        return result
 
     async def list_containers(self, pod_uid: str | None = None) -> list[ContainerRecord]:
         labels = [self._node_filter]
