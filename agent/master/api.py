@@ -27,7 +27,7 @@ from agent.aio.logs import kv
 from agent.errors import AgentError, ManifestError, NotFoundError
 from agent.master.pods import PodStore, pod_object
 from agent.master.policy import effective_peer
-from agent.master.registry import APPROVED, BadRequest, NodeRegistry
+from agent.master.registry import BadRequest, NodeRegistry
 from agent.master.store.base import CompactedError
 from agent.pki.core import PkiError, cert_to_pem, identity_of, public_key_id, verify_issued_by
 
@@ -153,13 +153,9 @@ class MasterApi:
         if who.kind == "admin":
             return who
         if who.kind == "node" and who.name == node:
-            found = await self.registry.get_record(node)
             key = who.cert.public_key() if who.cert else None
-            if (
-                found is not None
-                and found[0]["registration"] == APPROVED
-                and isinstance(key, ec.EllipticCurvePublicKey)
-                and found[0]["publicKeyId"] == public_key_id(key)
+            if isinstance(key, ec.EllipticCurvePublicKey) and self.registry.is_current_node(
+                node, public_key_id(key)
             ):
                 return who
             raise Forbidden(f"node {node!r} is not (or no longer) approved with this key")

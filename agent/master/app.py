@@ -72,6 +72,7 @@ class Master:
         client_cas = await self.bridge.run(read_client_cas, cfg)
         store = await SqliteStore.open(cfg.data_dir / STORE_FILE, self.bridge)
         self.registry = NodeRegistry(store, pki, cfg, client_cas)
+        await self.registry.load()
         self.pods = PodStore(store, self.registry)
         self.api = MasterApi(self.registry, self.pods, cfg.registration.trusted_proxies)
         ca_pems = [await self.bridge.run(pki.ca_cert_path.read_bytes)] + [

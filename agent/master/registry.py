@@ -10,6 +10,7 @@ after the master has been up for a full grace period, so losing them on restart 
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import json
 import logging
@@ -89,28 +90,49 @@ class NodeRegistry:
         self.client_cas = list(client_cas)
         self.started = time.monotonic()
         self.leases: dict[str, float] = {}
+        self._cache: dict[str, tuple[dict[str, Any], int]] = {}
         self.events = EventRecorder("node-master", component="node-master")
         self._changed: dict[str, asyncio.Event] = {}
 
     # -- records ---------------------------------------------------------------------------
 
+    async def load(self) -> None:
+        """Fill the record cache from the store (at start-up)."""
+        items, _ = await self.store.list_prefix(NODES_PREFIX)
+        self._cache = {
+            i.key.removeprefix(NODES_PREFIX): (json.loads(i.value), i.mod_revision) for i in items
+        }
+
     async def get_record(self, name: str) -> tuple[dict[str, Any], int] | None:
-        kv_ = await self.store.get(NODES_PREFIX + name)
-        if kv_ is None:
+        """A private copy of the record and its revision (for compare-and-swap)."""
+        hit = self._cache.get(name)
+        if hit is None:
             return None
-        return json.loads(kv_.value), kv_.mod_revision
+        return copy.deepcopy(hit[0]), hit[1]
+
+    def is_current_node(self, name: str, key_id: str) -> bool:
+        """The authorization question asked on every node request: answered from memory."""
+        hit = self._cache.get(name)
+        return (
+            hit is not None
+            and hit[0]["registration"] == APPROVED
+            and hit[0]["publicKeyId"] == key_id
+        )
 
     async def _save(self, record: dict[str, Any], expected_rev: int) -> bool:
         record["updatedAt"] = _now_iso()
         data = json.dumps(record, sort_keys=True).encode()
-        ok = await self.store.compare_and_swap(NODES_PREFIX + record["name"], data, expected_rev)
-        if ok is not None:
-            self._changed.pop(record["name"], asyncio.Event()).set()
-        return ok is not None
+        rev = await self.store.compare_and_swap(NODES_PREFIX + record["name"], data, expected_rev)
+        if rev is None:
+            return False
+        # This process is the store's only writer, so the cache is updated with every write.
+        self._cache[record["name"]] = (copy.deepcopy(record), rev)
+        self._changed.pop(record["name"], asyncio.Event()).set()
+        return True
 
     async def records(self) -> list[dict[str, Any]]:
-        items, _ = await self.store.list_prefix(NODES_PREFIX)
-        return [json.loads(i.value) for i in items]
+        """Every node record (shared: callers must not modify them)."""
+        return [record for record, _ in self._cache.values()]
 
     # -- registration ----------------------------------------------------------------------
 
@@ -371,6 +393,7 @@ class NodeRegistry:
     async def delete(self, name: str) -> None:
         if await self.store.delete(NODES_PREFIX + name) is None:
             raise NotFoundError(f"node {name!r} not found")
+        self._cache.pop(name, None)
         self.leases.pop(name, None)
 
     async def rotate(self, name: str, csr_pem: str) -> str:
