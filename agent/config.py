@@ -68,6 +68,10 @@ AGENT_KEYS: tuple[Key, ...] = (
     Key("master_backoff_max_s", float, "cap of the reconnect back-off to the master, seconds"),
     Key("api_addr", str, "HOST:PORT of the node's TLS API (served once registered)"),
     Key(
+        "bootstrap_cert", Path, "client certificate from a fleet CA, for the client-cert rule", True
+    ),
+    Key("bootstrap_key", Path, "private key of bootstrap_cert", True),
+    Key(
         "bind_source",
         str,
         "source IP for connections to the master (multi-homed hosts, tests)",
@@ -108,6 +112,8 @@ class AgentConfig:
     node_labels: tuple[str, ...] = ()
     master_backoff_max_s: float = 30.0
     api_addr: str = "0.0.0.0:10250"
+    bootstrap_cert: Path | None = None
+    bootstrap_key: Path | None = None
     bind_source: str | None = None
 
     @property
@@ -184,6 +190,8 @@ def _validate(cfg: AgentConfig, where: str) -> None:
     ):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{where}: {name} must be > 0")
+    if (cfg.bootstrap_cert is None) != (cfg.bootstrap_key is None):
+        raise ConfigError(f"{where}: bootstrap_cert and bootstrap_key go together")
     if cfg.bind_source is not None:
         try:
             ipaddress.ip_address(cfg.bind_source)

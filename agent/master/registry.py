@@ -61,6 +61,18 @@ class BadRequest(AgentError):
     http_status = 400
 
 
+def node_csr_key(name: str, csr_pem: str) -> ec.EllipticCurvePublicKey:
+    """The public key of a valid CSR for node ``name`` (CN=system:node:<name>)."""
+    csr = load_csr(csr_pem.encode())
+    ident = csr.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    if not ident or ident[0].value != NODE_CN_PREFIX + name:
+        raise BadRequest(f"the CSR's CN must be {NODE_CN_PREFIX}{name}")
+    public_key = csr.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        raise BadRequest("the CSR's key must be an EC key (P-256)")
+    return public_key
+
+
 def request_id(name: str, key_id: str) -> str:
     """Deterministic per (name, key): retries of one node never pile up requests."""
     return hashlib.sha256(f"{name}\n{key_id}".encode()).hexdigest()[:32]
@@ -183,12 +195,7 @@ class NodeRegistry:
         csr_pem = body.get("csr")
         if not isinstance(name, str) or not isinstance(csr_pem, str):
             raise BadRequest("nodeName and csr (PEM) are required strings")
-        csr = load_csr(csr_pem.encode())
-        ident = csr.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-        if not ident or ident[0].value != NODE_CN_PREFIX + name:
-            raise BadRequest(f"the CSR's CN must be {NODE_CN_PREFIX}{name}")
-        public_key = csr.public_key()
-        assert isinstance(public_key, ec.EllipticCurvePublicKey)
+        public_key = node_csr_key(name, csr_pem)
         key_id = public_key_id(public_key)
         rid = request_id(name, key_id)
         facts = {
@@ -346,9 +353,7 @@ class NodeRegistry:
             csr_pem = record.get("csr")
             if not csr_pem:
                 raise BadRequest(f"node {name!r} has no pending certificate request")
-            csr = load_csr(csr_pem.encode())
-            public_key = csr.public_key()
-            assert isinstance(public_key, ec.EllipticCurvePublicKey)
+            public_key = node_csr_key(name, csr_pem)
             record["registration"] = APPROVED
             record["admittedBy"] = "approval"
             record["reason"] = "approved by an administrator"
@@ -398,12 +403,7 @@ class NodeRegistry:
 
     async def rotate(self, name: str, csr_pem: str) -> str:
         """A trusted node renews over its mTLS session: same name, any new key, no approval."""
-        csr = load_csr(csr_pem.encode())
-        ident = csr.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-        if not ident or ident[0].value != NODE_CN_PREFIX + name:
-            raise BadRequest(f"the CSR's CN must be {NODE_CN_PREFIX}{name}")
-        public_key = csr.public_key()
-        assert isinstance(public_key, ec.EllipticCurvePublicKey)
+        public_key = node_csr_key(name, csr_pem)
         issued: list[str] = []
 
         def change(record: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import random
@@ -268,7 +269,17 @@ class MasterLink:
             "labels": dict(item.split("=", 1) for item in self.config.node_labels),
             "agentVersion": __version__,
         }
-        async with self._session(client_context(ca_pem)) as session:
+        # A machine identity from a fleet CA, if configured, is presented for the client-cert
+        # trust rule; it is used for registration only, never afterwards.
+        bootstrap = await self.bridge.run(
+            functools.partial(
+                client_context,
+                ca_pem,
+                cert_file=self.config.bootstrap_cert,
+                key_file=self.config.bootstrap_key,
+            )
+        )
+        async with self._session(bootstrap) as session:
             try:
                 async with session.post(f"{self.master}/v1/registrations", json=body) as resp:
                     answer = await resp.json(content_type=None)

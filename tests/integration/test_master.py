@@ -281,7 +281,7 @@ def test_node_restriction(make_master: MakeMaster, make_agent: MakeAgent, tmp_pa
 
 
 def test_client_cert_rule_with_an_external_fleet_ca(
-    make_master: MakeMaster, tmp_path: Path
+    make_master: MakeMaster, make_agent: MakeAgent, tmp_path: Path
 ) -> None:
     fleet_key, fleet_ca = create_ca("fleet provisioning CA")
     bundle = tmp_path / "fleet-ca.pem"
@@ -306,6 +306,15 @@ def test_client_cert_rule_with_an_external_fleet_ca(
         return https(
             master, "POST", "/v1/registrations", {"nodeName": name, "csr": csr.decode()}, cert=cert
         )
+
+    # A real agent with a machine identity from the fleet CA joins through the rule.
+    cert, key = credential("edge-agent", fleet_key, fleet_ca)
+    agent = join(
+        make_agent, master, "edge-agent", bootstrap_cert=str(cert), bootstrap_key=str(key)
+    ).start()
+    node = wait_for(lambda: node_ready(master, "edge-agent"), what="agent admitted by client-cert")
+    assert node["status"]["registration"]["admittedBy"] == "client-cert"
+    assert agent.get("/healthz") == (200, "ok")
 
     status, body = register("edge-1", credential("edge-1", fleet_key, fleet_ca))
     assert status == 200, body
