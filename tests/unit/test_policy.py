@@ -1,0 +1,74 @@
+"""Trust policy evaluation (pure): rule order, each rule, forwarded addresses."""
+
+from __future__ import annotations
+
+from agent.master.config import RegistrationPolicy
+from agent.master.policy import Caller, Verdict, effective_peer, evaluate
+from agent.pki.core import create_ca, generate_key, issue
+
+
+def decide(trust: tuple[str, ...], caller: Caller, **policy: object) -> tuple[Verdict, str, str]:
+    decision = evaluate(RegistrationPolicy(trust=trust, **policy), caller, [])  # type: ignore[arg-type]
+    return decision.verdict, decision.rule, decision.reason
+
+
+def test_first_admitting_rule_wins() -> None:
+    caller = Caller("n1", "10.1.2.3")
+    assert decide(("ip-allowlist", "approval"), caller, allowed_cidrs=("10.0.0.0/8",))[:2] == (
+        Verdict.ADMIT,
+        "ip-allowlist",
+    )
+    assert decide(("ip-allowlist", "approval"), caller, allowed_cidrs=("192.168.0.0/16",))[:2] == (
+        Verdict.QUEUE,
+        "approval",
+    )
+    assert decide(("approval", "open"), caller)[:2] == (Verdict.QUEUE, "approval")
+    assert decide(("open",), caller)[:2] == (Verdict.ADMIT, "open")
+
+
+def test_refusal_lists_every_reason() -> None:
+    verdict, _, reason = decide(
+        ("ip-allowlist", "client-cert"), Caller("n1", "10.1.2.3"), allowed_cidrs=("fd00::/8",)
+    )
+    assert verdict is Verdict.REFUSE
+    assert "source 10.1.2.3 is not in an allowed CIDR" in reason
+    assert "no client certificate was presented" in reason
+
+
+def test_ipv6_and_ipv4_mapped_peers() -> None:
+    assert (
+        decide(("ip-allowlist",), Caller("n", "fd00::5"), allowed_cidrs=("fd00::/8",))[0]
+        is Verdict.ADMIT
+    )
+    assert (
+        decide(("ip-allowlist",), Caller("n", "::ffff:10.0.0.7"), allowed_cidrs=("10.0.0.0/8",))[0]
+        is Verdict.ADMIT
+    )
+    assert (
+        decide(("ip-allowlist",), Caller("n", "not-an-ip"), allowed_cidrs=("10.0.0.0/8",))[0]
+        is Verdict.REFUSE
+    )
+
+
+def test_client_cert_rule() -> None:
+    ca_key, ca = create_ca("fleet")
+    policy = RegistrationPolicy(trust=("client-cert",), client_cert_name_must_match=True)
+    good = issue(
+        ca_key, ca, generate_key().public_key(), common_name="n1", groups=[], lifetime_s=60
+    )
+    assert evaluate(policy, Caller("n1", "1.2.3.4", good), [ca]).verdict is Verdict.ADMIT
+    assert "not for node 'n2'" in evaluate(policy, Caller("n2", "1.2.3.4", good), [ca]).reason
+    loose = RegistrationPolicy(trust=("client-cert",), client_cert_name_must_match=False)
+    assert evaluate(loose, Caller("n2", "1.2.3.4", good), [ca]).verdict is Verdict.ADMIT
+    _, other = create_ca("other")
+    assert evaluate(policy, Caller("n1", "1.2.3.4", good), [other]).verdict is Verdict.REFUSE
+
+
+def test_forwarded_for_only_from_trusted_proxies() -> None:
+    assert effective_peer("10.0.0.1", "203.0.113.9", ("10.0.0.0/24",)) == "203.0.113.9"
+    assert (
+        effective_peer("10.0.0.1", "198.51.100.1, 203.0.113.9", ("10.0.0.0/24",)) == "203.0.113.9"
+    )
+    assert effective_peer("10.0.9.1", "203.0.113.9", ("10.0.0.0/24",)) == "10.0.9.1"
+    assert effective_peer("10.0.0.1", "203.0.113.9", ()) == "10.0.0.1"
+    assert effective_peer("10.0.0.1", None, ("10.0.0.0/24",)) == "10.0.0.1"
