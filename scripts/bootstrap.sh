@@ -48,13 +48,21 @@ if ! docker_up; then
     say "started docker.service"
   else
     # No systemd as PID 1 (containers, CI sandboxes): run dockerd detached ourselves.
+    # A dockerd that does not answer may be shutting down: give it time to go, then end it.
+    for _ in $(seq 1 40); do
+      pgrep -x dockerd >/dev/null || break
+      sleep 0.5
+    done
+    if pgrep -x dockerd >/dev/null; then
+      say "ending a dockerd that does not answer"
+      pkill -9 -x dockerd || true
+      sleep 1
+    fi
     if [[ -f /var/run/docker.pid ]] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
       rm -f /var/run/docker.pid /var/run/docker.sock
     fi
-    if ! pgrep -x dockerd >/dev/null; then
-      say "starting dockerd (log: $DOCKERD_LOG)"
-      setsid nohup dockerd >"$DOCKERD_LOG" 2>&1 </dev/null &
-    fi
+    say "starting dockerd (log: $DOCKERD_LOG)"
+    setsid nohup dockerd >"$DOCKERD_LOG" 2>&1 </dev/null &
   fi
   deadline=$((SECONDS + DOCKER_WAIT_S))
   until docker_up; do
