@@ -71,22 +71,28 @@ async def register_all(
 async def renew_leases(
     master: MasterProcess, nodes: list[tuple[str, Path, Path]], renew_s: float, duration_s: float
 ) -> tuple[list[float], list[float]]:
-    """All renewal latencies, and those of renewals after each node's first (the first one
-    includes the node's TLS handshake)."""
+    """All renewal latencies, and those of the steady state: renewals that start after every
+    node has connected once (the first renewal of each node carries its TLS handshake)."""
     ca = (master.root / "pki" / "ca.crt").read_bytes().decode()
     latencies: list[float] = []
     steady: list[float] = []
-    deadline = time.monotonic() + duration_s
-
-    async def node_loop(index: int, name: str, cert: Path, key: Path) -> None:
+    # Each simulated node's TLS context is built before the clock starts: building 5,000 of
+    # them inside the timed loop blocked the simulator's event loop for seconds.
+    contexts = []
+    for _, cert, key in nodes:
         ctx = ssl.create_default_context(cadata=ca)
         ctx.load_cert_chain(cert, key)
+        contexts.append(ctx)
+    start = time.monotonic()
+    warmed_up = start + renew_s * 2
+    deadline = start + duration_s
+
+    async def node_loop(index: int, name: str, ctx: ssl.SSLContext) -> None:
         async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=ctx, limit=1)
         ) as session:
             # Spread the fleet over the renew interval, as real nodes are.
             await asyncio.sleep(renew_s * index / len(nodes))
-            first = True
             while time.monotonic() < deadline:
                 started = time.monotonic()
                 async with session.put(f"{master.url}/v1/nodes/{name}/lease", json={}) as resp:
@@ -94,13 +100,16 @@ async def renew_leases(
                     if resp.status != 200:
                         raise RuntimeError(f"lease {name}: {resp.status}")
                 latencies.append(time.monotonic() - started)
-                if first:
-                    first = False
-                else:
+                if started >= warmed_up:
                     steady.append(latencies[-1])
                 await asyncio.sleep(max(0.0, renew_s - (time.monotonic() - started)))
 
-    await asyncio.gather(*(node_loop(i, *node) for i, node in enumerate(nodes)))
+    await asyncio.gather(
+        *(
+            node_loop(i, node[0], ctx)
+            for i, (node, ctx) in enumerate(zip(nodes, contexts, strict=True))
+        )
+    )
     return latencies, steady
 
 
@@ -136,7 +145,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"lease renewals: {len(subset)} nodes every {args.renew_s:g}s "
                 f"for {args.lease_s:g}s: "
                 f"{len(latencies)} renewals, p50 {q[49] * 1000:.1f} ms, p99 {q[98] * 1000:.1f} ms "
-                f"(after each node's first, TLS-handshake renewal: p50 {qs[49] * 1000:.1f} ms, "
+                f"(steady state, after every node connected: p50 {qs[49] * 1000:.1f} ms, "
                 f"p99 {qs[98] * 1000:.1f} ms), "
                 f"master CPU {cpu_pct:.1f}% of a core, simulating client CPU {client_pct:.1f}% "
                 f"(target at 5000 nodes: p99 < 100 ms, master CPU < 50%)",
