@@ -5,22 +5,36 @@ This is the only producer of :class:`~agent.types.Pod`. It accepts the subset do
 path (``spec.containers[1].livenessProbe: not supported yet``): a field we do not implement is
 never silently ignored, because an operator who wrote a probe or a securityContext must not
 believe it is in force. The only fields dropped are read-only output fields that
-``kubectl get -o yaml`` prints (``status``, ``metadata.resourceVersion``, ...).
+``kubectl get -o yaml`` prints (``status``, ``metadata.resourceVersion``, ...), so such output
+can be applied as is.
+
+It also owns
+
+* the YAML/JSON reading of manifest files: several ``---`` documents or a ``v1 List``; duplicate
+  keys are an error (PyYAML would silently keep the last one, dropping e.g. a whole
+  ``containers`` list);
+* the normalised manifest (:attr:`Pod.manifest`): what was parsed, with Kubernetes' defaults
+  filled in, as plain JSON data; parsing it again gives the same pod;
+* the uid of a pod that has none (static pods): derived from the node name and the normalised
+  manifest, so the same file on the same node always gives the same uid (see :func:`derive_uid`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
+import posixpath
 import re
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Set
+from enum import StrEnum
+from typing import Any, TypeVar
 
 import yaml
 
 from agent.errors import ManifestError
-from agent.quantity import parse_cpu_millis, parse_memory_bytes
+from agent.quantity import INT64_MAX, parse_cpu_millis, parse_memory_bytes
 from agent.types import (
     Container,
     ContainerPort,
@@ -40,18 +54,41 @@ from agent.types import (
     canonical_json,
 )
 
+DEFAULT_NAMESPACE = "default"
+DEFAULT_GRACE_PERIOD_S = 30
 DNS1123_LABEL_MAX = 63
 DNS1123_SUBDOMAIN_MAX = 253
 LABEL_VALUE_MAX = 63
 PORT_NAME_MAX = 15
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-_PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+UID_MAX = 128
+ANNOTATIONS_MAX_BYTES = 256 * 1024  # Kubernetes' TotalAnnotationSizeLimitB
+
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_QUALIFIED_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_PORT_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+_UID = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+
 _LABEL_HELP = "lowercase alphanumerics and '-', start and end alphanumeric, at most 63 characters"
 _SUBDOMAIN_HELP = (
     "lowercase alphanumerics, '-' and '.', each dot-separated part starting and ending "
     "alphanumeric, at most 253 characters"
 )
+_KEY_HELP = (
+    "an optional DNS-1123 subdomain prefix and '/', then a name of at most 63 alphanumerics, "
+    "'-', '_' and '.', starting and ending alphanumeric"
+)
+_LABEL_VALUE_HELP = (
+    "at most 63 alphanumerics, '-', '_' and '.', starting and ending alphanumeric, or empty"
+)
+_UID_HELP = (
+    f"at most {UID_MAX} alphanumerics, '-', '_' and '.', starting and ending alphanumeric, "
+    "such as a UUID"
+)
+
+# --- the subset: what each object may hold --------------------------------------------------
+# For every object: the fields we implement, the fields Kubernetes has that we do not implement
+# ("not supported yet"), and read-only output fields we accept and drop. Any other key is an
+# "unknown field", as with `kubectl apply --validate=strict`.
 
 _TOP_FIELDS = {"apiVersion", "kind", "metadata", "spec"}
 _TOP_DROPPED = {"status"}
@@ -73,40 +110,41 @@ _SPEC_FIELDS = {
     "nodeName",
 }
 _SPEC_UNSUPPORTED = {
-    "initContainers",
-    "ephemeralContainers",
     "activeDeadlineSeconds",
-    "dnsPolicy",
-    "dnsConfig",
-    "nodeSelector",
-    "serviceAccountName",
-    "serviceAccount",
-    "automountServiceAccountToken",
-    "hostPID",
-    "hostIPC",
-    "hostUsers",
-    "shareProcessNamespace",
-    "securityContext",
-    "imagePullSecrets",
-    "hostname",
-    "subdomain",
     "affinity",
-    "schedulerName",
-    "tolerations",
-    "hostAliases",
-    "priorityClassName",
-    "priority",
-    "readinessGates",
-    "runtimeClassName",
+    "automountServiceAccountToken",
+    "dnsConfig",
+    "dnsPolicy",
     "enableServiceLinks",
-    "preemptionPolicy",
-    "overhead",
-    "topologySpreadConstraints",
-    "setHostnameAsFQDN",
+    "ephemeralContainers",
+    "hostAliases",
+    "hostIPC",
+    "hostPID",
+    "hostUsers",
+    "hostname",
+    "hostnameOverride",
+    "imagePullSecrets",
+    "initContainers",
+    "nodeSelector",
     "os",
-    "schedulingGates",
+    "overhead",
+    "preemptionPolicy",
+    "priority",
+    "priorityClassName",
+    "readinessGates",
     "resourceClaims",
     "resources",
+    "runtimeClassName",
+    "schedulerName",
+    "schedulingGates",
+    "securityContext",
+    "serviceAccount",
+    "serviceAccountName",
+    "setHostnameAsFQDN",
+    "shareProcessNamespace",
+    "subdomain",
+    "tolerations",
+    "topologySpreadConstraints",
 }
 _CONTAINER_FIELDS = {
     "name",
@@ -122,19 +160,20 @@ _CONTAINER_FIELDS = {
 }
 _CONTAINER_UNSUPPORTED = {
     "envFrom",
-    "volumeDevices",
+    "lifecycle",
     "livenessProbe",
     "readinessProbe",
-    "startupProbe",
-    "lifecycle",
-    "terminationMessagePath",
-    "terminationMessagePolicy",
-    "securityContext",
-    "stdin",
-    "stdinOnce",
-    "tty",
     "resizePolicy",
     "restartPolicy",
+    "restartPolicyRules",
+    "securityContext",
+    "startupProbe",
+    "stdin",
+    "stdinOnce",
+    "terminationMessagePath",
+    "terminationMessagePolicy",
+    "tty",
+    "volumeDevices",
 }
 _ENV_FIELDS = {"name", "value", "valueFrom"}
 _VALUE_FROM_UNSUPPORTED = {"configMapKeyRef", "secretKeyRef", "resourceFieldRef", "fileKeyRef"}
@@ -143,40 +182,41 @@ _PORT_FIELDS = {"containerPort", "protocol", "name", "hostPort", "hostIP"}
 _PROTOCOLS = ("TCP", "UDP", "SCTP")
 _RESOURCES_FIELDS = {"limits", "requests"}
 _RESOURCES_UNSUPPORTED = {"claims"}
-_RESOURCE_NAMES = {"cpu", "memory"}
+_RESOURCE_NAMES = ("cpu", "memory")
 _MOUNT_FIELDS = {"name", "mountPath", "readOnly"}
 _MOUNT_UNSUPPORTED = {"subPath", "subPathExpr", "mountPropagation", "recursiveReadOnly"}
-_VOLUME_SOURCES = {"hostPath", "emptyDir"}
+_VOLUME_SOURCES = ("hostPath", "emptyDir")
 _VOLUME_UNSUPPORTED = {
-    "configMap",
-    "secret",
-    "persistentVolumeClaim",
-    "projected",
-    "downwardAPI",
-    "nfs",
-    "csi",
-    "ephemeral",
-    "iscsi",
-    "gitRepo",
-    "image",
     "awsElasticBlockStore",
     "azureDisk",
     "azureFile",
     "cephfs",
     "cinder",
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "ephemeral",
     "fc",
     "flexVolume",
     "flocker",
     "gcePersistentDisk",
+    "gitRepo",
     "glusterfs",
+    "image",
+    "iscsi",
+    "nfs",
+    "persistentVolumeClaim",
     "photonPersistentDisk",
     "portworxVolume",
+    "projected",
     "quobyte",
     "rbd",
     "scaleIO",
+    "secret",
     "storageos",
     "vsphereVolume",
 }
+_HOST_PATH_FIELDS = {"path", "type"}
 _HOST_PATH_TYPES = (
     "",
     "DirectoryOrCreate",
@@ -187,18 +227,94 @@ _HOST_PATH_TYPES = (
     "CharDevice",
     "BlockDevice",
 )
+_EMPTY_DIR_FIELDS = {"medium", "sizeLimit"}
+_LIST_FIELDS = {"apiVersion", "kind", "items", "metadata"}
+
+_E = TypeVar("_E", bound=StrEnum)
+
+
+# --- YAML -------------------------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects duplicate keys and reports bad scalars with a line."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            # A merge key (`<<: *base`) may legitimately repeat what the mapping overrides.
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {_q(key)}",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except ValueError as exc:  # `2024-13-01`, `!!int x`: PyYAML lets ValueError escape
+            raise yaml.constructor.ConstructorError(
+                None, None, f"invalid value: {exc}", node.start_mark
+            ) from exc
+
+
+def _load_documents(text: str, source: str) -> list[object]:
+    try:
+        return [d for d in yaml.load_all(text, Loader=_StrictLoader) if d is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ManifestError("", f"invalid YAML{at}: {problem}", source) from None
+    except (ValueError, TypeError) as exc:
+        raise ManifestError("", f"invalid YAML: {exc}", source) from None
+    except RecursionError:
+        raise ManifestError("", "invalid YAML: nested too deeply", source) from None
+
+
+# --- field helpers: each validates one value and names its path on failure -----------------
 
 
 def _fail(path: str, problem: str) -> ManifestError:
     return ManifestError(path, problem)
 
 
+def _q(value: object) -> str:
+    """A value as the user wrote it, strings in double quotes like Kubernetes' messages."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return "null" if value is None else repr(value)
+
+
 def _type_name(value: object) -> str:
     if value is None:
         return "null"
-    return {dict: "object", list: "list", str: "string", bool: "boolean", int: "integer"}.get(
-        type(value), type(value).__name__
-    )
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, Mapping):
+        return "object"
+    if isinstance(value, list):
+        return "list"
+    return type(value).__name__
+
+
+def _required(raw: Mapping[str, Any], key: str, path: str) -> Any:
+    if key not in raw:
+        raise _fail(f"{path}.{key}" if path else key, "required")
+    return raw[key]
 
 
 def _mapping(value: object, path: str) -> Mapping[str, Any]:
@@ -206,8 +322,14 @@ def _mapping(value: object, path: str) -> Mapping[str, Any]:
         raise _fail(path, f"must be an object, got {_type_name(value)}")
     for key in value:
         if not isinstance(key, str):
-            raise _fail(path, f"keys must be strings, got {key!r}")
+            raise _fail(path, f"keys must be strings, got {_type_name(key)} {_q(key)}")
     return value
+
+
+def _object(value: object, path: str) -> Mapping[str, Any]:
+    """A Kubernetes object (a struct, not a string map): like the API server's decoder, a field
+    set to null is the same as an absent one (``value:`` with nothing after it)."""
+    return {key: item for key, item in _mapping(value, path).items() if item is not None}
 
 
 def _list(value: object, path: str) -> list[Any]:
@@ -218,24 +340,26 @@ def _list(value: object, path: str) -> list[Any]:
 
 def _string(value: object, path: str, *, allow_empty: bool = False) -> str:
     if not isinstance(value, str):
-        raise _fail(path, f"must be a string, got {_type_name(value)}")
+        # YAML turns unquoted `yes`, `0755`, `1.10` into booleans and numbers.
+        hint = " (quote it in YAML)" if isinstance(value, (bool, int, float)) else ""
+        raise _fail(path, f"must be a string, got {_type_name(value)}{hint}")
     if not allow_empty and value == "":
         raise _fail(path, "must not be empty")
     return value
 
 
-def _int(value: object, path: str, *, low: int | None = None, high: int | None = None) -> int:
+def _int(value: object, path: str, *, low: int, high: int) -> int:
+    # bool is an int subclass in Python; `true` is not a number in a manifest.
     if isinstance(value, bool) or not isinstance(value, int):
         raise _fail(path, f"must be an integer, got {_type_name(value)}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise _fail(path, f"{value} is out of range (must be {bounds})")
+    if not low <= value <= high:
+        raise _fail(path, f"{value} is out of range (must be between {low} and {high})")
     return value
 
 
 def _bool(value: object, path: str) -> bool:
     if not isinstance(value, bool):
-        raise _fail(path, f"must be a boolean (true/false), got {_type_name(value)}")
+        raise _fail(path, f"must be a boolean (true or false), got {_type_name(value)}")
     return value
 
 
@@ -244,12 +368,21 @@ def _strings(value: object, path: str) -> tuple[str, ...]:
     return tuple(_string(item, f"{path}[{i}]", allow_empty=True) for i, item in enumerate(items))
 
 
+def _enum(kind: type[_E], value: object, path: str) -> _E:
+    text = _string(value, path)
+    try:
+        return kind(text)
+    except ValueError:
+        choices = ", ".join(member.value for member in kind)
+        raise _fail(path, f"{_q(text)} is not one of {choices}") from None
+
+
 def _check_fields(
     obj: Mapping[str, Any],
     path: str,
-    allowed: set[str],
-    unsupported: set[str] = frozenset(),  # type: ignore[assignment]
-    dropped: set[str] = frozenset(),  # type: ignore[assignment]
+    allowed: Set[str],
+    unsupported: Set[str] = frozenset(),
+    dropped: Set[str] = frozenset(),
 ) -> None:
     prefix = f"{path}." if path else ""
     for key in obj:
@@ -260,107 +393,130 @@ def _check_fields(
         raise _fail(f"{prefix}{key}", "unknown field")
 
 
+def _is_dns_label(text: str) -> bool:
+    return len(text) <= DNS1123_LABEL_MAX and _DNS1123_LABEL.fullmatch(text) is not None
+
+
+def _is_dns_subdomain(text: str) -> bool:
+    return len(text) <= DNS1123_SUBDOMAIN_MAX and all(_is_dns_label(p) for p in text.split("."))
+
+
 def _dns_label(value: object, path: str) -> str:
     text = _string(value, path)
-    if len(text) > DNS1123_LABEL_MAX or not _DNS1123_LABEL.match(text):
-        raise _fail(path, f"{text!r} is not a valid DNS-1123 label ({_LABEL_HELP})")
+    if not _is_dns_label(text):
+        raise _fail(path, f"{_q(text)} is not a valid DNS-1123 label ({_LABEL_HELP})")
     return text
 
 
 def _dns_subdomain(value: object, path: str) -> str:
     text = _string(value, path)
-    parts = text.split(".")
-    if len(text) > DNS1123_SUBDOMAIN_MAX or not all(_DNS1123_LABEL.match(p) for p in parts):
-        raise _fail(path, f"{text!r} is not a valid DNS-1123 subdomain ({_SUBDOMAIN_HELP})")
+    if not _is_dns_subdomain(text):
+        raise _fail(path, f"{_q(text)} is not a valid DNS-1123 subdomain ({_SUBDOMAIN_HELP})")
     return text
 
 
-def _label_key(key: str, path: str) -> None:
+def _qualified_name(key: str, path: str, what: str) -> None:
+    """Label and annotation keys: ``[prefix/]name`` as Kubernetes validates them."""
     prefix, slash, name = key.rpartition("/")
-    if slash:
-        if not prefix:
-            raise _fail(path, f"label key {key!r} has an empty prefix")
-        _dns_subdomain(prefix, f"{path} (prefix of {key!r})")
-    if not name or len(name) > LABEL_VALUE_MAX or not _LABEL_NAME.match(name):
+    if slash and not _is_dns_subdomain(prefix):
         raise _fail(
             path,
-            f"{key!r} is not a valid label key (name part: alphanumerics, '-', '_', '.', "
-            f"start and end alphanumeric, at most 63 characters; optional DNS prefix and '/')",
+            f"{_q(key)} is not a valid {what} key: the prefix {_q(prefix)} is not a DNS-1123 "
+            f"subdomain ({_SUBDOMAIN_HELP})",
         )
+    if len(name) > LABEL_VALUE_MAX or _QUALIFIED_NAME.fullmatch(name) is None:
+        raise _fail(path, f"{_q(key)} is not a valid {what} key ({_KEY_HELP})")
 
 
 def _labels(value: object, path: str) -> dict[str, str]:
     labels = {}
     for key, item in _mapping(value, path).items():
-        item_path = f"{path}[{key!r}]"
-        _label_key(key, item_path)
+        item_path = f"{path}[{_q(key)}]"
+        _qualified_name(key, item_path, "label")
         text = _string(item, item_path, allow_empty=True)
-        if text and (len(text) > LABEL_VALUE_MAX or not _LABEL_NAME.match(text)):
-            raise _fail(
-                item_path,
-                f"{text!r} is not a valid label value (alphanumerics, '-', '_', '.', start and "
-                f"end alphanumeric, at most 63 characters, or empty)",
-            )
+        if text and (len(text) > LABEL_VALUE_MAX or _QUALIFIED_NAME.fullmatch(text) is None):
+            raise _fail(item_path, f"{_q(text)} is not a valid label value ({_LABEL_VALUE_HELP})")
         labels[key] = text
     return labels
 
 
 def _annotations(value: object, path: str) -> dict[str, str]:
-    return {
-        key: _string(item, f"{path}[{key!r}]", allow_empty=True)
-        for key, item in _mapping(value, path).items()
-    }
+    annotations = {}
+    size = 0
+    for key, item in _mapping(value, path).items():
+        item_path = f"{path}[{_q(key)}]"
+        _qualified_name(key, item_path, "annotation")
+        annotations[key] = _string(item, item_path, allow_empty=True)
+        size += len(key.encode()) + len(annotations[key].encode())
+    if size > ANNOTATIONS_MAX_BYTES:
+        raise _fail(path, f"{size} bytes in total, more than the limit of {ANNOTATIONS_MAX_BYTES}")
+    return annotations
 
 
 def _absolute_path(value: object, path: str) -> str:
     text = _string(value, path)
     if not text.startswith("/"):
-        raise _fail(path, f"{text!r} must be an absolute path")
+        raise _fail(path, f"{_q(text)} must be an absolute path (start with '/')")
+    if "\x00" in text:
+        raise _fail(path, f"{_q(text)} must not contain a NUL character")
+    return text
+
+
+def _bind_path(value: object, path: str) -> str:
+    """A path on either side of a bind mount; the Docker bind syntax is ``src:dst:mode``, so a
+    ``:`` would be read as a separator and mount something else than what was written."""
+    text = _absolute_path(value, path)
+    if ":" in text:
+        raise _fail(path, f"{_q(text)} must not contain ':'")
     return text
 
 
 def _default_pull_policy(image: str) -> PullPolicy:
     """Kubernetes' rule: ``Always`` for ``:latest`` or no tag, ``IfNotPresent`` otherwise."""
-    if "@" in image:
+    if "@" in image:  # pinned by digest: the content cannot change
         return PullPolicy.IF_NOT_PRESENT
-    last = image.rsplit("/", 1)[-1]
+    last = image.rsplit("/", 1)[-1]  # a registry host may carry a `:port`
     tag = last.partition(":")[2]
     return PullPolicy.ALWAYS if tag in ("", "latest") else PullPolicy.IF_NOT_PRESENT
 
 
+# --- the parser -----------------------------------------------------------------------------
+
+
 class _Parser:
-    """Parses one pod document; builds the typed model and the normalised manifest together."""
+    """Parses one pod document; builds the typed model and the normalised manifest together,
+    so the two cannot disagree."""
 
     def __init__(self, node_name: str | None) -> None:
         self.node_name = node_name
 
     def pod(self, doc: object) -> tuple[ObjectMeta, PodSpec, dict[str, Any]]:
-        top = _mapping(doc, "")
+        if not isinstance(doc, Mapping):
+            raise _fail("", f"a manifest must be an object (a v1 Pod), got {_type_name(doc)}")
+        top = _object(doc, "")
         if not top:
             raise _fail("", "empty document")
+        for key, expected in (("apiVersion", "v1"), ("kind", "Pod")):
+            if _required(top, key, "") != expected:
+                raise _fail(key, f"must be {_q(expected)}, got {_q(top[key])}")
         _check_fields(top, "", _TOP_FIELDS, dropped=_TOP_DROPPED)
-        if top.get("apiVersion") != "v1":
-            raise _fail("apiVersion", f'must be "v1", got {top.get("apiVersion")!r}')
-        if top.get("kind") != "Pod":
-            raise _fail("kind", f'must be "Pod", got {top.get("kind")!r}')
-        if "metadata" not in top:
-            raise _fail("metadata", "required")
-        if "spec" not in top:
-            raise _fail("spec", "required")
-        meta, meta_out = self.metadata(top["metadata"])
-        spec, spec_out = self.spec(top["spec"])
+        meta, meta_out = self.metadata(_required(top, "metadata", ""))
+        spec, spec_out = self.spec(_required(top, "spec", ""))
         manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": meta_out, "spec": spec_out}
         return meta, spec, manifest
 
     def metadata(self, value: object) -> tuple[ObjectMeta, dict[str, Any]]:
         path = "metadata"
-        meta = _mapping(value, path)
+        meta = _object(value, path)
         _check_fields(meta, path, _META_FIELDS, _META_UNSUPPORTED, _META_DROPPED)
-        if "name" not in meta:
-            raise _fail("metadata.name", "required")
-        name = _dns_subdomain(meta["name"], "metadata.name")
-        namespace = _dns_label(meta.get("namespace", "default"), "metadata.namespace")
-        uid = _string(meta["uid"], "metadata.uid") if "uid" in meta else ""
+        name = _dns_subdomain(_required(meta, "name", path), "metadata.name")
+        namespace = _dns_label(meta.get("namespace", DEFAULT_NAMESPACE), "metadata.namespace")
+        uid = ""
+        if "uid" in meta:
+            # The uid names directories under the state dir and goes into container names.
+            uid = _string(meta["uid"], "metadata.uid")
+            if len(uid) > UID_MAX or _UID.fullmatch(uid) is None:
+                raise _fail("metadata.uid", f"{_q(uid)} is not a valid uid ({_UID_HELP})")
         labels = _labels(meta.get("labels", {}), "metadata.labels")
         annotations = _annotations(meta.get("annotations", {}), "metadata.annotations")
         out: dict[str, Any] = {"name": name, "namespace": namespace}
@@ -382,54 +538,36 @@ class _Parser:
         )
 
     def spec(self, value: object) -> tuple[PodSpec, dict[str, Any]]:
-        spec = _mapping(value, "spec")
-        _check_fields(spec, "spec", _SPEC_FIELDS, _SPEC_UNSUPPORTED)
-        volumes, volumes_out = self.volumes(spec.get("volumes", []))
-        if "containers" not in spec:
-            raise _fail("spec.containers", "required: at least one container")
-        raw_containers = _list(spec["containers"], "spec.containers")
+        path = "spec"
+        spec = _object(value, path)
+        _check_fields(spec, path, _SPEC_FIELDS, _SPEC_UNSUPPORTED)
+        volumes, volumes_out = self.volumes(spec.get("volumes", []), "spec.volumes")
+        host_network = _bool(spec.get("hostNetwork", False), "spec.hostNetwork")
+        raw_containers = _list(_required(spec, "containers", path), "spec.containers")
         if not raw_containers:
             raise _fail("spec.containers", "must list at least one container")
         volume_names = {v.name for v in volumes}
-        containers = []
+        containers: list[Container] = []
         containers_out = []
-        seen: set[str] = set()
         for i, item in enumerate(raw_containers):
-            container, container_out = self.container(item, f"spec.containers[{i}]", volume_names)
-            if container.name in seen:
-                raise _fail(
-                    f"spec.containers[{i}].name", f"duplicate container name {container.name!r}"
-                )
-            seen.add(container.name)
+            item_path = f"spec.containers[{i}]"
+            container, container_out = self.container(item, item_path, volume_names, host_network)
+            if any(c.name == container.name for c in containers):
+                raise _fail(f"{item_path}.name", f"duplicate container name {_q(container.name)}")
             containers.append(container)
             containers_out.append(container_out)
-        host_ports: dict[tuple[int, str], str] = {}
-        for i, container in enumerate(containers):
-            for j, port in enumerate(container.ports):
-                if port.host_port is None:
-                    continue
-                key = (port.host_port, port.protocol)
-                where = f"spec.containers[{i}].ports[{j}].hostPort"
-                if key in host_ports:
-                    raise _fail(
-                        where,
-                        f"{port.host_port}/{port.protocol} is already used by {host_ports[key]}",
-                    )
-                host_ports[key] = where
-        restart = spec.get("restartPolicy", RestartPolicy.ALWAYS.value)
-        try:
-            restart_policy = RestartPolicy(_string(restart, "spec.restartPolicy"))
-        except ValueError:
-            raise _fail(
-                "spec.restartPolicy",
-                f"{restart!r} is not one of {', '.join(p.value for p in RestartPolicy)}",
-            ) from None
+        self.check_host_ports(containers)
+        restart_policy = _enum(
+            RestartPolicy,
+            spec.get("restartPolicy", RestartPolicy.ALWAYS.value),
+            "spec.restartPolicy",
+        )
         grace = _int(
-            spec.get("terminationGracePeriodSeconds", 30),
+            spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_PERIOD_S),
             "spec.terminationGracePeriodSeconds",
             low=0,
+            high=INT64_MAX,
         )
-        host_network = _bool(spec.get("hostNetwork", False), "spec.hostNetwork")
         node_name = (
             _dns_subdomain(spec["nodeName"], "spec.nodeName")
             if "nodeName" in spec
@@ -458,91 +596,107 @@ class _Parser:
             out,
         )
 
-    def volumes(self, value: object) -> tuple[list[Volume], list[dict[str, Any]]]:
-        volumes = []
+    @staticmethod
+    def check_host_ports(containers: list[Container]) -> None:
+        """One host port per protocol per pod: two bindings of it could never both start."""
+        used: dict[tuple[int, str], str] = {}
+        for i, container in enumerate(containers):
+            for j, port in enumerate(container.ports):
+                if port.host_port is None:
+                    continue
+                key = (port.host_port, port.protocol)
+                where = f"spec.containers[{i}].ports[{j}].hostPort"
+                if key in used:
+                    raise _fail(
+                        where, f"{port.host_port}/{port.protocol} is already used by {used[key]}"
+                    )
+                used[key] = where
+
+    def volumes(self, value: object, path: str) -> tuple[list[Volume], list[dict[str, Any]]]:
+        volumes: list[Volume] = []
         out = []
-        seen: set[str] = set()
-        for i, item in enumerate(_list(value, "spec.volumes")):
-            path = f"spec.volumes[{i}]"
-            raw = _mapping(item, path)
-            _check_fields(raw, path, {"name"} | _VOLUME_SOURCES, _VOLUME_UNSUPPORTED)
-            if "name" not in raw:
-                raise _fail(f"{path}.name", "required")
-            name = _dns_label(raw["name"], f"{path}.name")
-            if name in seen:
-                raise _fail(f"{path}.name", f"duplicate volume name {name!r}")
-            seen.add(name)
+        for i, item in enumerate(_list(value, path)):
+            item_path = f"{path}[{i}]"
+            # Not _object: `emptyDir:` with nothing after it is null and still the source.
+            raw = _mapping(item, item_path)
+            _check_fields(raw, item_path, {"name", *_VOLUME_SOURCES}, _VOLUME_UNSUPPORTED)
+            name = _dns_label(_required(raw, "name", item_path), f"{item_path}.name")
+            if any(v.name == name for v in volumes):
+                raise _fail(f"{item_path}.name", f"duplicate volume name {_q(name)}")
             sources = [s for s in _VOLUME_SOURCES if s in raw]
             if len(sources) != 1:
-                raise _fail(path, "must have exactly one source: hostPath or emptyDir")
-            entry: dict[str, Any] = {"name": name}
+                raise _fail(
+                    item_path,
+                    f"must have exactly one volume source ({' or '.join(_VOLUME_SOURCES)}), "
+                    f"got {len(sources)}",
+                )
             if "hostPath" in raw:
-                hp = _mapping(raw["hostPath"], f"{path}.hostPath")
-                _check_fields(hp, f"{path}.hostPath", {"path", "type"})
-                if "path" not in hp:
-                    raise _fail(f"{path}.hostPath.path", "required")
-                host_path = _absolute_path(hp["path"], f"{path}.hostPath.path")
-                kind = _string(hp.get("type", ""), f"{path}.hostPath.type", allow_empty=True)
-                if kind not in _HOST_PATH_TYPES:
-                    raise _fail(
-                        f"{path}.hostPath.type",
-                        f"{kind!r} is not one of {', '.join(repr(t) for t in _HOST_PATH_TYPES)}",
-                    )
-                volumes.append(Volume(name=name, host_path=HostPathVolume(host_path, kind)))
-                entry["hostPath"] = {"path": host_path, "type": kind}
+                volume, entry = self.host_path(name, raw["hostPath"], f"{item_path}.hostPath")
             else:
-                ed = _mapping(raw["emptyDir"] or {}, f"{path}.emptyDir")
-                _check_fields(ed, f"{path}.emptyDir", {"medium", "sizeLimit"})
-                medium = _string(ed.get("medium", ""), f"{path}.emptyDir.medium", allow_empty=True)
-                if medium:
-                    raise _fail(
-                        f"{path}.emptyDir.medium",
-                        f'{medium!r} not supported yet (only the default disk medium "")',
-                    )
-                size = None
-                entry["emptyDir"] = {}
-                if "sizeLimit" in ed:
-                    size = parse_memory_bytes(ed["sizeLimit"], f"{path}.emptyDir.sizeLimit")
-                    entry["emptyDir"]["sizeLimit"] = str(ed["sizeLimit"])
-                volumes.append(Volume(name=name, empty_dir=EmptyDirVolume(size)))
+                volume, entry = self.empty_dir(name, raw["emptyDir"], f"{item_path}.emptyDir")
+            volumes.append(volume)
             out.append(entry)
         return volumes, out
 
+    @staticmethod
+    def host_path(name: str, value: object, path: str) -> tuple[Volume, dict[str, Any]]:
+        raw = _object(value, path)
+        _check_fields(raw, path, _HOST_PATH_FIELDS)
+        host_path = _bind_path(_required(raw, "path", path), f"{path}.path")
+        if ".." in host_path.split("/"):
+            # As Kubernetes: the path that was reviewed must be the path that is mounted.
+            raise _fail(f"{path}.path", f"{_q(host_path)} must not contain '..'")
+        kind = _string(raw.get("type", ""), f"{path}.type", allow_empty=True)
+        if kind not in _HOST_PATH_TYPES:
+            choices = ", ".join(_q(t) for t in _HOST_PATH_TYPES)
+            raise _fail(f"{path}.type", f"{_q(kind)} is not one of {choices}")
+        return (
+            Volume(name=name, host_path=HostPathVolume(host_path, kind)),
+            {"name": name, "hostPath": {"path": host_path, "type": kind}},
+        )
+
+    @staticmethod
+    def empty_dir(name: str, value: object, path: str) -> tuple[Volume, dict[str, Any]]:
+        # `emptyDir:` with nothing after it is YAML null; Kubernetes reads it as {}.
+        raw = _object({} if value is None else value, path)
+        _check_fields(raw, path, _EMPTY_DIR_FIELDS)
+        medium = _string(raw.get("medium", ""), f"{path}.medium", allow_empty=True)
+        if medium:
+            raise _fail(
+                f"{path}.medium",
+                f'{_q(medium)} not supported yet (only the default disk medium "")',
+            )
+        entry: dict[str, Any] = {}
+        size = None
+        if "sizeLimit" in raw:
+            size = parse_memory_bytes(raw["sizeLimit"], f"{path}.sizeLimit")
+            entry["sizeLimit"] = str(raw["sizeLimit"])
+        return Volume(name=name, empty_dir=EmptyDirVolume(size)), {"name": name, "emptyDir": entry}
+
     def container(
-        self, value: object, path: str, volume_names: set[str]
+        self, value: object, path: str, volume_names: Set[str], host_network: bool
     ) -> tuple[Container, dict[str, Any]]:
-        raw = _mapping(value, path)
+        raw = _object(value, path)
         _check_fields(raw, path, _CONTAINER_FIELDS, _CONTAINER_UNSUPPORTED)
-        if "name" not in raw:
-            raise _fail(f"{path}.name", "required")
-        name = _dns_label(raw["name"], f"{path}.name")
-        if "image" not in raw:
-            raise _fail(f"{path}.image", "required")
-        image = _string(raw["image"], f"{path}.image")
+        name = _dns_label(_required(raw, "name", path), f"{path}.name")
+        image = _string(_required(raw, "image", path), f"{path}.image")
         if any(ch.isspace() for ch in image):
-            raise _fail(f"{path}.image", f"{image!r} must not contain whitespace")
+            raise _fail(f"{path}.image", f"{_q(image)} must not contain whitespace")
         if "imagePullPolicy" in raw:
-            policy_raw = _string(raw["imagePullPolicy"], f"{path}.imagePullPolicy")
-            try:
-                pull = PullPolicy(policy_raw)
-            except ValueError:
-                raise _fail(
-                    f"{path}.imagePullPolicy",
-                    f"{policy_raw!r} is not one of {', '.join(p.value for p in PullPolicy)}",
-                ) from None
+            pull = _enum(PullPolicy, raw["imagePullPolicy"], f"{path}.imagePullPolicy")
         else:
             pull = _default_pull_policy(image)
         out: dict[str, Any] = {"name": name, "image": image, "imagePullPolicy": pull.value}
         command = _strings(raw.get("command", []), f"{path}.command")
-        args = _strings(raw.get("args", []), f"{path}.args")
         if command:
             out["command"] = list(command)
+        args = _strings(raw.get("args", []), f"{path}.args")
         if args:
             out["args"] = list(args)
         env, env_out = self.env(raw.get("env", []), f"{path}.env")
         if env_out:
             out["env"] = env_out
-        ports, ports_out = self.ports(raw.get("ports", []), f"{path}.ports")
+        ports, ports_out = self.ports(raw.get("ports", []), f"{path}.ports", host_network)
         if ports_out:
             out["ports"] = ports_out
         resources, resources_out = self.resources(raw.get("resources", {}), f"{path}.resources")
@@ -571,44 +725,28 @@ class _Parser:
         )
         return container, out
 
-    def env(self, value: object, path: str) -> tuple[list[EnvVar], list[dict[str, Any]]]:
+    @staticmethod
+    def env(value: object, path: str) -> tuple[list[EnvVar], list[dict[str, Any]]]:
+        # Duplicate names are allowed, as in Kubernetes: the last one wins in the container.
         env = []
-        out = []
+        out: list[dict[str, Any]] = []
         for i, item in enumerate(_list(value, path)):
             item_path = f"{path}[{i}]"
-            raw = _mapping(item, item_path)
+            raw = _object(item, item_path)
             _check_fields(raw, item_path, _ENV_FIELDS)
-            if "name" not in raw:
-                raise _fail(f"{item_path}.name", "required")
-            name = _string(raw["name"], f"{item_path}.name")
-            if "=" in name or not name.isprintable() or not name.isascii():
+            name = _string(_required(raw, "name", item_path), f"{item_path}.name")
+            # Kubernetes' relaxed rule (RelaxedEnvironmentVariableValidation): printable ASCII
+            # except '='.
+            if any(not " " <= ch <= "~" or ch == "=" for ch in name):
                 raise _fail(
                     f"{item_path}.name",
-                    f"{name!r} is not a valid environment variable name "
+                    f"{_q(name)} is not a valid environment variable name "
                     f"(printable ASCII characters except '=')",
                 )
             if "value" in raw and "valueFrom" in raw:
                 raise _fail(item_path, "value and valueFrom are mutually exclusive")
             if "valueFrom" in raw:
-                vf_path = f"{item_path}.valueFrom"
-                vf = _mapping(raw["valueFrom"], vf_path)
-                _check_fields(vf, vf_path, {"fieldRef"}, _VALUE_FROM_UNSUPPORTED)
-                if "fieldRef" not in vf:
-                    raise _fail(vf_path, "must have fieldRef")
-                fr_path = f"{vf_path}.fieldRef"
-                fr = _mapping(vf["fieldRef"], fr_path)
-                _check_fields(fr, fr_path, _FIELD_REF_FIELDS)
-                if "apiVersion" in fr and fr["apiVersion"] != "v1":
-                    raise _fail(f"{fr_path}.apiVersion", f'must be "v1", got {fr["apiVersion"]!r}')
-                field_path = _string(fr.get("fieldPath"), f"{fr_path}.fieldPath")
-                try:
-                    ref = FieldRef(field_path)
-                except ValueError:
-                    raise _fail(
-                        f"{fr_path}.fieldPath",
-                        f"{field_path!r} not supported yet (supported: "
-                        f"{', '.join(f.value for f in FieldRef)})",
-                    ) from None
+                ref = _Parser.field_ref(raw["valueFrom"], f"{item_path}.valueFrom")
                 env.append(EnvVar(name=name, field_ref=ref))
                 out.append({"name": name, "valueFrom": {"fieldRef": {"fieldPath": ref.value}}})
             else:
@@ -617,21 +755,45 @@ class _Parser:
                 out.append({"name": name, "value": text})
         return env, out
 
-    def ports(self, value: object, path: str) -> tuple[list[ContainerPort], list[dict[str, Any]]]:
-        ports = []
+    @staticmethod
+    def field_ref(value: object, path: str) -> FieldRef:
+        value_from = _object(value, path)
+        _check_fields(value_from, path, {"fieldRef"}, _VALUE_FROM_UNSUPPORTED)
+        ref_path = f"{path}.fieldRef"
+        raw = _object(_required(value_from, "fieldRef", path), ref_path)
+        _check_fields(raw, ref_path, _FIELD_REF_FIELDS)
+        if "apiVersion" in raw and raw["apiVersion"] != "v1":
+            raise _fail(f"{ref_path}.apiVersion", f'must be "v1", got {_q(raw["apiVersion"])}')
+        field_path = _string(_required(raw, "fieldPath", ref_path), f"{ref_path}.fieldPath")
+        try:
+            return FieldRef(field_path)
+        except ValueError:
+            supported = ", ".join(f.value for f in FieldRef)
+            raise _fail(
+                f"{ref_path}.fieldPath",
+                f"{_q(field_path)} not supported yet (supported: {supported})",
+            ) from None
+
+    @staticmethod
+    def ports(
+        value: object, path: str, host_network: bool
+    ) -> tuple[list[ContainerPort], list[dict[str, Any]]]:
+        ports: list[ContainerPort] = []
         out = []
-        names: set[str] = set()
         for i, item in enumerate(_list(value, path)):
             item_path = f"{path}[{i}]"
-            raw = _mapping(item, item_path)
+            raw = _object(item, item_path)
             _check_fields(raw, item_path, _PORT_FIELDS)
-            if "containerPort" not in raw:
-                raise _fail(f"{item_path}.containerPort", "required")
-            number = _int(raw["containerPort"], f"{item_path}.containerPort", low=1, high=65535)
+            number = _int(
+                _required(raw, "containerPort", item_path),
+                f"{item_path}.containerPort",
+                low=1,
+                high=65535,
+            )
             protocol = _string(raw.get("protocol", "TCP"), f"{item_path}.protocol")
             if protocol not in _PROTOCOLS:
                 raise _fail(
-                    f"{item_path}.protocol", f"{protocol!r} is not one of {', '.join(_PROTOCOLS)}"
+                    f"{item_path}.protocol", f"{_q(protocol)} is not one of {', '.join(_PROTOCOLS)}"
                 )
             entry: dict[str, Any] = {"containerPort": number, "protocol": protocol}
             name = None
@@ -639,22 +801,31 @@ class _Parser:
                 name = _string(raw["name"], f"{item_path}.name")
                 if (
                     len(name) > PORT_NAME_MAX
-                    or not _PORT_NAME.match(name)
+                    or _PORT_NAME.fullmatch(name) is None
                     or "--" in name
                     or not any(ch.isalpha() for ch in name)
                 ):
                     raise _fail(
                         f"{item_path}.name",
-                        f"{name!r} is not a valid port name (IANA_SVC_NAME: at most 15 "
+                        f"{_q(name)} is not a valid port name (IANA_SVC_NAME: at most 15 "
                         f"lowercase alphanumerics and '-', at least one letter, no '--')",
                     )
-                if name in names:
-                    raise _fail(f"{item_path}.name", f"duplicate port name {name!r}")
-                names.add(name)
+                if any(p.name == name for p in ports):
+                    raise _fail(f"{item_path}.name", f"duplicate port name {_q(name)}")
                 entry["name"] = name
             host_port = None
             if "hostPort" in raw:
                 host_port = _int(raw["hostPort"], f"{item_path}.hostPort", low=1, high=65535)
+            # Kubernetes: on the host network a container port *is* a host port, so hostPort
+            # defaults to containerPort and may not differ from it.
+            if host_network:
+                if host_port is not None and host_port != number:
+                    raise _fail(
+                        f"{item_path}.hostPort",
+                        f"must equal containerPort ({number}) when spec.hostNetwork is true",
+                    )
+                host_port = number
+            if host_port is not None:
                 entry["hostPort"] = host_port
             host_ip = None
             if "hostIP" in raw:
@@ -663,38 +834,44 @@ class _Parser:
                     ipaddress.ip_address(host_ip)
                 except ValueError:
                     raise _fail(
-                        f"{item_path}.hostIP", f"{host_ip!r} is not an IP address"
+                        f"{item_path}.hostIP", f"{_q(host_ip)} is not an IP address"
                     ) from None
                 entry["hostIP"] = host_ip
             ports.append(ContainerPort(number, protocol, name, host_port, host_ip))
             out.append(entry)
         return ports, out
 
-    def resources(self, value: object, path: str) -> tuple[Resources, dict[str, Any]]:
-        raw = _mapping(value, path)
+    @staticmethod
+    def resources(value: object, path: str) -> tuple[Resources, dict[str, Any]]:
+        raw = _object(value, path)
         _check_fields(raw, path, _RESOURCES_FIELDS, _RESOURCES_UNSUPPORTED)
         parsed: dict[str, dict[str, int]] = {}
         out: dict[str, Any] = {}
         for section in ("limits", "requests"):
-            values = _mapping(raw.get(section, {}), f"{path}.{section}")
+            amounts = _mapping(raw.get(section, {}), f"{path}.{section}")
             parsed[section] = {}
-            for resource, amount in values.items():
+            for resource, amount in amounts.items():
                 where = f"{path}.{section}.{resource}"
-                if resource not in _RESOURCE_NAMES:
-                    raise _fail(where, "not supported yet (only cpu and memory)")
                 if resource == "cpu":
                     parsed[section][resource] = parse_cpu_millis(amount, where)
-                else:
+                elif resource == "memory":
                     parsed[section][resource] = parse_memory_bytes(amount, where)
+                else:
+                    raise _fail(where, "not supported yet (only cpu and memory)")
+                # Kept as written (`500m`, not 500): the manifest echoes the user's input.
                 out.setdefault(section, {})[resource] = str(amount)
         limits, requests = parsed["limits"], parsed["requests"]
         for resource in _RESOURCE_NAMES:
-            if resource in limits and resource not in requests:
-                requests[resource] = limits[resource]  # Kubernetes defaults requests to limits
-            if resource in limits and requests[resource] > limits[resource]:
+            if resource not in limits:
+                continue
+            # Kubernetes defaults a missing request to the limit (Guaranteed QoS).
+            requests.setdefault(resource, limits[resource])
+            if requests[resource] > limits[resource]:
+                request, limit = out["requests"][resource], out["limits"][resource]
                 raise _fail(
                     f"{path}.requests.{resource}",
-                    f"must be less than or equal to the {resource} limit",
+                    f"{_q(request)} is more than the limit {_q(limit)} "
+                    f"(a request must be less than or equal to its limit)",
                 )
         resources = Resources(
             cpu_request_millis=requests.get("cpu"),
@@ -704,27 +881,32 @@ class _Parser:
         )
         return resources, out
 
+    @staticmethod
     def mounts(
-        self, value: object, path: str, volume_names: set[str]
+        value: object, path: str, volume_names: Set[str]
     ) -> tuple[list[VolumeMount], list[dict[str, Any]]]:
-        mounts = []
+        mounts: list[VolumeMount] = []
         out = []
-        targets: set[str] = set()
+        targets: dict[str, int] = {}
         for i, item in enumerate(_list(value, path)):
             item_path = f"{path}[{i}]"
-            raw = _mapping(item, item_path)
+            raw = _object(item, item_path)
             _check_fields(raw, item_path, _MOUNT_FIELDS, _MOUNT_UNSUPPORTED)
-            if "name" not in raw:
-                raise _fail(f"{item_path}.name", "required")
-            name = _string(raw["name"], f"{item_path}.name")
+            name = _string(_required(raw, "name", item_path), f"{item_path}.name")
             if name not in volume_names:
-                raise _fail(f"{item_path}.name", f"no volume named {name!r} in spec.volumes")
-            if "mountPath" not in raw:
-                raise _fail(f"{item_path}.mountPath", "required")
-            target = _absolute_path(raw["mountPath"], f"{item_path}.mountPath")
-            if target in targets:
-                raise _fail(f"{item_path}.mountPath", f"{target!r} is mounted twice")
-            targets.add(target)
+                raise _fail(f"{item_path}.name", f"no volume named {_q(name)} in spec.volumes")
+            target_path = f"{item_path}.mountPath"
+            target = _bind_path(_required(raw, "mountPath", item_path), target_path)
+            # `/data` and `/data/` are the same mount point.
+            normal = posixpath.normpath(target)
+            if normal == "/":
+                raise _fail(target_path, "must not be '/' (the container's root filesystem)")
+            if normal in targets:
+                raise _fail(
+                    target_path,
+                    f"{_q(target)} is already a mount point ({path}[{targets[normal]}])",
+                )
+            targets[normal] = i
             read_only = _bool(raw.get("readOnly", False), f"{item_path}.readOnly")
             mounts.append(VolumeMount(name, target, read_only))
             entry: dict[str, Any] = {"name": name, "mountPath": target}
@@ -734,18 +916,22 @@ class _Parser:
         return mounts, out
 
 
+# --- public API -----------------------------------------------------------------------------
+
+
 def derive_uid(manifest: Mapping[str, Any], node_name: str | None) -> str:
-    """kubelet's idea for static pods: the same file on the same node always gets the same uid,
-    and any change to the file gives a new one (so a changed static pod is replaced)."""
+    """The uid of a pod whose manifest has none, as kubelet does for static pods.
+
+    SHA-256 over the node name and the canonical JSON of the normalised manifest (without a
+    uid), formatted as a UUID. The same file on the same node always gets the same uid, so an
+    agent restart adopts the pod's containers; any change to the pod gives a new uid, so the old
+    pod is replaced. Formatting, comments, key order and spelled-out defaults do not count.
+    """
     digest = hashlib.sha256(((node_name or "") + "\n" + canonical_json(manifest)).encode()).digest()
     return str(uuid.UUID(bytes=digest[:16]))
 
 
-def parse_pod(
-    doc: object, *, source: str, node_name: str | None = None, index: int | None = None
-) -> Pod:
-    """One pod document → :class:`Pod`; ``index`` names the document of a multi-doc file."""
-    where = source if index is None else f"{source} (document {index + 1})"
+def _parse_pod(doc: object, source: str, node_name: str | None, where: str) -> Pod:
     try:
         meta, spec, manifest = _Parser(node_name).pod(doc)
     except ManifestError as exc:
@@ -757,36 +943,63 @@ def parse_pod(
     return Pod(metadata=meta, spec=spec, manifest=manifest, source=source)
 
 
+def parse_pod(
+    doc: object, *, source: str, node_name: str | None = None, index: int | None = None
+) -> Pod:
+    """One decoded pod document → :class:`Pod`.
+
+    ``source`` is stored on the pod and prefixes error messages; ``index`` (0-based) names the
+    document of a multi-document file in errors. ``node_name`` fills ``spec.nodeName`` when the
+    manifest has none and salts the derived uid.
+    """
+    label = "" if index is None else f"document {index + 1}"
+    return _parse_pod(doc, source, node_name, _where(source, label))
+
+
 def parse_manifests(text: str, *, source: str, node_name: str | None = None) -> list[Pod]:
-    """Every pod in a YAML or JSON text (several ``---`` documents, or a ``v1 List``)."""
-    try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ManifestError("", f"invalid YAML{at}: {problem}", source) from None
-    expanded: list[object] = []
-    for document in documents:
+    """Every pod in a YAML or JSON text, in order.
+
+    The text may hold several ``---`` documents (empty ones are skipped) and each document may
+    be a pod or a ``v1 List`` of pods (what ``kubectl get pods -o yaml`` prints). The whole text
+    is rejected if any pod is invalid or if two pods have the same namespace/name.
+    """
+    documents = _load_documents(text, source)
+    located: list[tuple[str, object]] = []  # (where in the text, pod document)
+    for n, document in enumerate(documents):
+        label = f"document {n + 1}" if len(documents) > 1 else ""
         if isinstance(document, Mapping) and document.get("kind") == "List":
-            items = document.get("items")
-            if not isinstance(items, list):
-                raise ManifestError("items", "a v1 List must have a list of items", source)
-            expanded.extend(items)
+            try:
+                items = _list_items(document)
+            except ManifestError as exc:
+                raise ManifestError(exc.field, exc.problem, _where(source, label)) from None
+            located.extend(
+                (f"{label}, items[{k}]" if label else f"items[{k}]", item)
+                for k, item in enumerate(items)
+            )
         else:
-            expanded.append(document)
-    multi = len(expanded) > 1
+            located.append((label, document))
     pods: list[Pod] = []
-    seen: dict[str, int] = {}
-    for n, document in enumerate(expanded):
-        pod = parse_pod(document, source=source, node_name=node_name, index=n if multi else None)
+    seen: dict[str, str] = {}
+    for label, document in located:
+        pod = _parse_pod(document, source, node_name, _where(source, label))
         if pod.full_name in seen:
             raise ManifestError(
                 "metadata.name",
-                f"pod {pod.full_name} is defined twice (documents {seen[pod.full_name] + 1} "
-                f"and {n + 1})",
-                source,
+                f"pod {pod.full_name} is defined twice (first in {seen[pod.full_name]})",
+                _where(source, label),
             )
-        seen[pod.full_name] = n
+        seen[pod.full_name] = label
         pods.append(pod)
     return pods
+
+
+def _where(source: str, label: str) -> str:
+    return f"{source} ({label})" if label else source
+
+
+def _list_items(document: Mapping[Any, Any]) -> list[Any]:
+    top = _mapping(document, "")
+    _check_fields(top, "", _LIST_FIELDS)
+    if top.get("apiVersion", "v1") != "v1":
+        raise _fail("apiVersion", f'must be "v1", got {_q(top["apiVersion"])}')
+    return _list(_required(top, "items", ""), "items")

@@ -1,21 +1,34 @@
 """Kubernetes resource quantities (``500m``, ``1.5``, ``128Mi``, ``1e3``) as integers.
 
-CPU becomes millicores, memory bytes. Like Kubernetes, a memory quantity that is not a whole
-number of bytes (``0.5``, ``1m``) is rounded up; a CPU quantity finer than a millicore is an
-error rather than a silent rounding, because it is almost always a typo.
+CPU becomes millicores, memory bytes. The grammar is Kubernetes' ``resource.Quantity``: a signed
+decimal number followed by a binary suffix (``Ki`` … ``Ei``), a decimal suffix (``n u m k M G T
+P E``) or a decimal exponent (``e3``, ``E-2``). YAML numbers (``2``, ``0.5``) are accepted as the
+same quantity written as a string.
+
+Like Kubernetes, a memory quantity that is not a whole number of bytes (``0.5``, ``1500m``) is
+rounded up. A CPU quantity finer than a millicore is an error rather than a silent rounding,
+because it is almost always a typo. Negative quantities and values beyond a signed 64-bit integer
+(what Docker and the kernel take) are rejected; so are exponents beyond ±30, which no real
+quantity needs and which would otherwise let ``1e999999999`` stall the parser.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
 from agent.errors import ManifestError
 
+INT64_MAX = 2**63 - 1
+MAX_EXPONENT = 30
+
 _QUANTITY = re.compile(
-    r"^(?P<number>[+-]?(?:\d+(?:\.\d*)?|\.\d+))"
-    r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?\d+)?$"
+    r"(?P<number>[+-]?(?:\d+(?:\.\d*)?|\.\d+))"
+    r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?\d+)?",
+    re.ASCII,  # `\d` would otherwise accept any Unicode digit (Arabic-Indic, fullwidth, ...)
 )
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {
@@ -32,38 +45,56 @@ _DECIMAL = {
 _EXPECTED = "a Kubernetes quantity such as 500m, 2, 1.5, 128Mi, 1Gi or 1e3"
 
 
+def _show(value: object) -> str:
+    """A value as the user wrote it: strings in double quotes, like Kubernetes' messages."""
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
+
+
 def parse_quantity(value: object, field: str) -> Fraction:
-    """The exact value of a quantity; strings and plain numbers are accepted (as in YAML)."""
+    """The exact, non-negative value of a quantity in base units (cores, bytes)."""
+    # bool is an int subclass; "true" is never a quantity.
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ManifestError(field, f"{value!r} is not {_EXPECTED}")
-    text = str(value).strip() if not isinstance(value, float) else repr(value)
-    match = _QUANTITY.match(text)
+        raise ManifestError(field, f"{_show(value)} is not {_EXPECTED}")
+    # Kubernetes trims surrounding whitespace when it decodes a quantity from JSON/YAML.
+    text = value.strip() if isinstance(value, str) else repr(value)
+    match = _QUANTITY.fullmatch(text)
     if match is None:
-        raise ManifestError(field, f"{text!r} is not {_EXPECTED}")
+        raise ManifestError(field, f"{_show(value)} is not {_EXPECTED}")
     try:
         number = Fraction(Decimal(match.group("number")))
     except (InvalidOperation, ValueError) as exc:
-        raise ManifestError(field, f"{text!r} is not {_EXPECTED}") from exc
+        raise ManifestError(field, f"{_show(value)} is not {_EXPECTED}") from exc
     suffix = match.group("suffix") or ""
     if suffix in _BINARY:
         number *= _BINARY[suffix]
     elif suffix in _DECIMAL:
         number *= _DECIMAL[suffix]
     elif suffix:
-        number *= Fraction(10) ** int(suffix[1:])
+        exponent = int(suffix[1:])
+        if abs(exponent) > MAX_EXPONENT:
+            raise ManifestError(
+                field, f"{_show(value)}: exponent out of range (at most ±{MAX_EXPONENT})"
+            )
+        number *= Fraction(10) ** exponent
     if number < 0:
-        raise ManifestError(field, f"{text!r} must not be negative")
+        raise ManifestError(field, f"{_show(value)} must not be negative")
     return number
 
 
+def _checked(amount: int, value: object, field: str) -> int:
+    if amount > INT64_MAX:
+        raise ManifestError(field, f"{_show(value)} is too large")
+    return amount
+
+
 def parse_cpu_millis(value: object, field: str) -> int:
+    """CPU in millicores: ``"500m"`` → 500, ``"1"``/``1`` → 1000, ``0.25`` → 250."""
     millis = parse_quantity(value, field) * 1000
     if millis.denominator != 1:
-        raise ManifestError(field, f"{value!r} is finer than 1m (one millicore)")
-    return int(millis)
+        raise ManifestError(field, f"{_show(value)} is finer than 1m (one millicore)")
+    return _checked(int(millis), value, field)
 
 
 def parse_memory_bytes(value: object, field: str) -> int:
-    amount = parse_quantity(value, field)
-    whole = amount.numerator // amount.denominator
-    return whole + (1 if amount.denominator != 1 and amount % 1 else 0)
+    """Memory in bytes: ``"128Mi"`` → 134217728, ``"1G"`` → 10**9; fractions round up."""
+    return _checked(math.ceil(parse_quantity(value, field)), value, field)
