@@ -1,8 +1,12 @@
 """The agent's configuration: the model, its TOML loader and its command-line flags.
 
-One table (``AGENT_KEYS``) drives everything: the TOML keys accepted, their types and defaults,
-the ``--flag`` for each key, and docs/configuration.md. Unknown keys and wrong types are errors
-naming the file and the key; nothing is silently ignored.
+One table (``AGENT_KEYS``) drives everything: the TOML keys accepted, their types, the ``--flag``
+for each key, its help text, and the reference table in docs/configuration.md
+(``config_table_markdown``). Defaults live once, on the ``AgentConfig`` dataclass. Unknown keys,
+wrong types and invalid values are errors naming where the value came from (the file or the
+flag) and the key; nothing is silently ignored.
+
+Relative paths stay relative to the agent's working directory, like kubelet's flags.
 """
 
 from __future__ import annotations
@@ -10,31 +14,49 @@ from __future__ import annotations
 import argparse
 import difflib
 import ipaddress
+import math
 import re
 import socket
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from agent.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/node-agent/agent.toml")
+DNS1123_SUBDOMAIN_MAX_CHARS = 253
+DNS1123_LABEL_MAX_CHARS = 63
 _DNS1123_SUBDOMAIN = re.compile(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 )
-LOG_FORMATS = ("kv", "json")
-LOG_LEVELS = ("debug", "info", "warning", "error")
+# What dockerd's json-file driver accepts for max-size (go-units RAMInBytes), checked here so a
+# typo fails at start-up instead of on every container create.
+_DOCKER_SIZE = re.compile(r"^(-1|\d+(\.\d+)? ?[kKmMgGtTpP]?[iI]?[bB]?)$")
+PORT_MAX = 65535
+
+LogFormat = Literal["kv", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 
 
 @dataclass(frozen=True, slots=True)
 class Key:
+    """One configuration key: its TOML name, value type, help text and accepted values.
+
+    ``type`` is ``str``, ``int``, ``float``, ``bool``, ``Path`` or ``list`` (of strings);
+    ``optional`` keys accept ``""`` (and a missing value) as "unset" (None).
+    ``default_doc`` replaces the rendered default in the docs when it is computed at run time.
+    """
+
     name: str
     type: type
     help: str
     optional: bool = False
     choices: tuple[str, ...] = ()
+    default_doc: str = ""
 
     @property
     def flag(self) -> str:
@@ -42,7 +64,12 @@ class Key:
 
 
 AGENT_KEYS: tuple[Key, ...] = (
-    Key("node_name", str, "node name (DNS-1123 subdomain; default: the lowercased hostname)"),
+    Key(
+        "node_name",
+        str,
+        "node name (DNS-1123 subdomain; default: the lowercased hostname)",
+        default_doc="the lowercased hostname",
+    ),
     Key("state_dir", Path, "state directory: checkpoint, emptyDir volumes"),
     Key("manifest_dir", Path, "directory of static pod manifests (empty string disables)", True),
     Key("health_addr", str, "HOST:PORT of the local read-only API (/healthz, /v1/pods, /metrics)"),
@@ -87,15 +114,17 @@ def _default_node_name() -> str:
 
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
-    node_name: str = ""
+    """The validated agent configuration; build it with :func:`load_agent_config`."""
+
+    node_name: str = field(default_factory=_default_node_name)
     state_dir: Path = Path("/var/lib/node-agent")
     manifest_dir: Path | None = Path("/etc/node-agent/manifests")
     health_addr: str = "127.0.0.1:10248"
     docker_host: str | None = None
     sandbox_image: str = "node-agent/pause:0.1"
     node_ip: str | None = None
-    log_format: str = "kv"
-    log_level: str = "info"
+    log_format: LogFormat = "kv"
+    log_level: LogLevel = "info"
     backoff_initial_s: float = 10.0
     backoff_max_s: float = 300.0
     backoff_reset_s: float = 600.0
@@ -126,11 +155,23 @@ class AgentConfig:
 
 
 def split_host_port(value: str, key: str) -> tuple[str, int]:
+    """``HOST:PORT`` → (host, port); an IPv6 host must be bracketed (``[::1]:10248``)."""
+    bad = ConfigError(f'{key}: "{value}" is not HOST:PORT (IPv6 as [::1]:10248)')
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f'{key}: "{value}" is not HOST:PORT (IPv6 as [::1]:10248)')
+    # isascii: str.isdigit() also accepts other scripts' digits, which int() then parses.
+    if not sep or not host or not (port.isascii() and port.isdigit()):
+        raise bad
+    if not 0 < int(port) <= PORT_MAX:
+        raise bad
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise bad from None
+    elif ":" in host or "[" in host or "]" in host or any(ch.isspace() for ch in host):
+        # An unbracketed IPv6 address is ambiguous: "::1:80" could be ::1 port 80 or ::1:80.
+        raise bad
     return host, int(port)
 
 
@@ -160,6 +201,10 @@ def coerce_value(key: Key, value: object, where: str) -> object:
         value = Path(value)
     if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
         raise ConfigError(f"{where}: key {key.name!r} must be {expected.__name__}, got {value!r}")
+    # TOML has nan and inf; every comparison with nan is False, so it would slip past the range
+    # checks and reach asyncio.sleep().
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: key {key.name!r} must be a finite number, got {value!r}")
     if key.choices and value not in key.choices:
         raise ConfigError(
             f"{where}: key {key.name!r} must be one of {', '.join(key.choices)}, got {value!r}"
@@ -167,46 +212,78 @@ def coerce_value(key: Key, value: object, where: str) -> object:
     return value
 
 
-def _validate(cfg: AgentConfig, where: str) -> None:
-    if not cfg.node_name or len(cfg.node_name) > 253 or not _DNS1123_SUBDOMAIN.match(cfg.node_name):
-        raise ConfigError(f"{where}: node_name {cfg.node_name!r} is not a DNS-1123 subdomain")
+def _is_dns1123_subdomain(name: str) -> bool:
+    return (
+        0 < len(name) <= DNS1123_SUBDOMAIN_MAX_CHARS
+        and _DNS1123_SUBDOMAIN.match(name) is not None
+        and all(len(label) <= DNS1123_LABEL_MAX_CHARS for label in name.split("."))
+    )
+
+
+def _check_ip(value: str | None, name: str, where: Callable[..., str]) -> None:
+    if value is None:
+        return
     try:
-        split_host_port(cfg.health_addr, "health_addr")
-        split_host_port(cfg.api_addr, "api_addr")
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    if cfg.node_ip is not None:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ConfigError(f"{where(name)}: {name} {value!r} is not an IP address") from None
+
+
+def _validate(cfg: AgentConfig, where: Callable[..., str], node_name_given: bool) -> None:
+    if not _is_dns1123_subdomain(cfg.node_name):
+        if not node_name_given:
+            raise ConfigError(
+                f"node_name defaults to the hostname {cfg.node_name!r}, which is not a DNS-1123 "
+                "subdomain; set node_name in the config file or --node-name"
+            )
+        raise ConfigError(
+            f"{where('node_name')}: node_name {cfg.node_name!r} is not a DNS-1123 subdomain"
+        )
+    for name in ("health_addr", "api_addr"):
         try:
-            ipaddress.ip_address(cfg.node_ip)
-        except ValueError as exc:
-            raise ConfigError(f"{where}: node_ip {cfg.node_ip!r} is not an IP address") from exc
-    if cfg.backoff_initial_s <= 0 or cfg.backoff_initial_s > cfg.backoff_max_s:
-        raise ConfigError(f"{where}: need 0 < backoff_initial_s <= backoff_max_s")
+            split_host_port(getattr(cfg, name), name)
+        except ConfigError as exc:
+            raise ConfigError(f"{where(name)}: {exc}") from None
+    _check_ip(cfg.node_ip, "node_ip", where)
+    _check_ip(cfg.bind_source, "bind_source", where)
     for name in (
+        "backoff_initial_s",
+        "backoff_reset_s",
         "relist_interval_s",
         "manifest_poll_interval_s",
         "runtime_timeout_s",
         "watchdog_interval_s",
+        "master_backoff_max_s",
     ):
         if getattr(cfg, name) <= 0:
-            raise ConfigError(f"{where}: {name} must be > 0")
-    if (cfg.bootstrap_cert is None) != (cfg.bootstrap_key is None):
-        raise ConfigError(f"{where}: bootstrap_cert and bootstrap_key go together")
-    if cfg.bind_source is not None:
-        try:
-            ipaddress.ip_address(cfg.bind_source)
-        except ValueError as exc:
-            raise ConfigError(
-                f"{where}: bind_source {cfg.bind_source!r} is not an IP address"
-            ) from exc
-    if cfg.master is not None and not cfg.master.startswith("https://"):
-        raise ConfigError(f"{where}: master {cfg.master!r} must be an https:// URL")
-    for label in cfg.node_labels:
-        if "=" not in label:
-            raise ConfigError(f"{where}: node_labels entry {label!r} is not KEY=VALUE")
+            raise ConfigError(f"{where(name)}: {name} must be > 0")
+    if cfg.backoff_initial_s > cfg.backoff_max_s:
+        raise ConfigError(
+            f"{where('backoff_initial_s', 'backoff_max_s')}: need backoff_initial_s <= "
+            f"backoff_max_s, got {cfg.backoff_initial_s} > {cfg.backoff_max_s}"
+        )
     for name in ("runtime_threads", "container_log_max_files", "max_pods"):
         if getattr(cfg, name) < 1:
-            raise ConfigError(f"{where}: {name} must be >= 1")
+            raise ConfigError(f"{where(name)}: {name} must be >= 1")
+    if not _DOCKER_SIZE.match(cfg.container_log_max_size):
+        raise ConfigError(
+            f"{where('container_log_max_size')}: container_log_max_size "
+            f"{cfg.container_log_max_size!r} is not a size like 10m, 512k or 1g"
+        )
+    if not cfg.sandbox_image.strip():
+        raise ConfigError(f"{where('sandbox_image')}: sandbox_image must not be empty")
+    if (cfg.bootstrap_cert is None) != (cfg.bootstrap_key is None):
+        raise ConfigError(
+            f"{where('bootstrap_cert', 'bootstrap_key')}: bootstrap_cert and bootstrap_key go "
+            "together"
+        )
+    if cfg.master is not None and not cfg.master.startswith("https://"):
+        raise ConfigError(f"{where('master')}: master {cfg.master!r} must be an https:// URL")
+    for label in cfg.node_labels:
+        if "=" not in label:
+            raise ConfigError(
+                f"{where('node_labels')}: node_labels entry {label!r} is not KEY=VALUE"
+            )
 
 
 def unknown_key(path: Path | str, name: str, known: Mapping[str, object]) -> ConfigError:
@@ -231,45 +308,105 @@ def read_toml(path: Path, *, required: bool) -> dict[str, Any]:
 def load_agent_config(
     path: Path | None, overrides: Mapping[str, object], *, path_required: bool
 ) -> AgentConfig:
-    """File values (if any), then flag overrides, validated as a whole."""
+    """Defaults, then the file (``path``, else the default file if it exists), then overrides.
+
+    ``overrides`` are typed flag values by key name; None means "flag not given". The result is
+    validated as a whole; any problem raises :class:`ConfigError` naming the file or flag.
+    """
     values: dict[str, object] = {}
-    where = "flags"
+    # Where each value came from, so a validation error points at the file or at the flag.
+    sources: dict[str, str] = {}
     if path is None and DEFAULT_CONFIG_PATH.exists():
         path = DEFAULT_CONFIG_PATH
     if path is not None:
-        where = str(path)
         raw = read_toml(path, required=path_required)
         for name, value in raw.items():
             key = _KEYS.get(name)
             if key is None:
                 raise unknown_key(path, name, _KEYS)
-            values[name] = coerce_value(key, value, where)
+            values[name] = coerce_value(key, value, str(path))
+            sources[name] = str(path)
     for name, value in overrides.items():
         if value is None:
             continue
-        if name not in _KEYS:
+        key = _KEYS.get(name)
+        if key is None:
             raise ConfigError(f"unknown override {name!r}")
-        values[name] = coerce_value(_KEYS[name], value, f"flag {_KEYS[name].flag}")
-    values.setdefault("node_name", _default_node_name())
+        values[name] = coerce_value(key, value, f"flag {key.flag}")
+        sources[name] = f"flag {key.flag}"
+
+    def where(*names: str) -> str:
+        given = dict.fromkeys(sources[n] for n in names if n in sources)
+        return ", ".join(given) or (str(path) if path is not None else "defaults")
+
     cfg = AgentConfig(**values)  # type: ignore[arg-type]
-    _validate(cfg, where)
+    _validate(cfg, where, node_name_given="node_name" in values)
     return cfg
 
 
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r} (must be finite)")
+    return value
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """Add ``--key-name`` for every key; default None so an absent flag is detectable."""
     for key in AGENT_KEYS:
         kwargs: dict[str, Any] = {"default": None, "help": key.help, "dest": key.name}
-        if key.choices:
+        if key.type is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif key.type is float:
+            kwargs["type"] = _finite_float
+            kwargs["metavar"] = "SECONDS" if key.name.endswith("_s") else "NUMBER"
+        elif key.type is int:
+            kwargs["type"] = int
+            kwargs["metavar"] = "N"
+        elif key.type is list:
+            kwargs["metavar"] = "A,B,..."
+        elif key.choices:
             kwargs["choices"] = key.choices
-        kwargs["type"] = str if key.type in (Path, list) else key.type
-        if key.type is list:
-            kwargs.pop("choices", None)
         parser.add_argument(key.flag, **kwargs)
 
 
 def overrides_from_args(ns: argparse.Namespace) -> dict[str, object]:
+    """The config keys of parsed flags, None for the flags not given."""
     return {key.name: getattr(ns, key.name, None) for key in AGENT_KEYS}
 
 
 def config_field_names() -> list[str]:
     return [f.name for f in fields(AgentConfig)]
+
+
+def _type_doc(key: Key) -> str:
+    names = {str: "str", int: "int", float: "float", bool: "bool", Path: "path"}
+    if key.type is list:
+        return "list of strings"
+    text = names.get(key.type, key.type.__name__)
+    if key.choices:
+        text += " (" + " \\| ".join(key.choices) + ")"
+    return text
+
+
+def _default_doc(key: Key) -> str:
+    if key.default_doc:
+        return key.default_doc
+    spec = AgentConfig.__dataclass_fields__[key.name]
+    default = spec.default if spec.default is not MISSING else None
+    if default is None or default == ():
+        return "unset"
+    return f"`{default}`"
+
+
+def config_table_markdown() -> str:
+    """The reference table of docs/configuration.md, rendered from ``AGENT_KEYS``."""
+    lines = ["| key | flag | type | default | meaning |", "|---|---|---|---|---|"]
+    lines += [
+        f"| `{k.name}` | `{k.flag}` | {_type_doc(k)} | {_default_doc(k)} | {k.help} |"
+        for k in AGENT_KEYS
+    ]
+    return "\n".join(lines) + "\n"

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Any
 from agent.errors import CheckpointCorruptError, CheckpointError
 
 CHECKPOINT_VERSION = 1
+DIR_MODE = 0o700
+FILE_MODE = 0o600
 
 
 def _canonical(data: Any) -> bytes:
@@ -31,10 +34,20 @@ def _checksum(data: Any) -> str:
 
 
 class CheckpointStore:
+    """One checkpoint file: ``load`` the last complete ``save``, or learn why it is unusable."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
+        # Every save in this process uses the same temp name; two bridge threads writing it at
+        # once would interleave their bytes, so saves are serialised.
+        self._save_lock = threading.Lock()
 
     def load(self) -> dict[str, Any] | None:
+        """The saved data, None when no checkpoint exists.
+
+        Raises CheckpointCorruptError (after moving the file aside) when it is unusable, and
+        CheckpointError when it cannot be read at all.
+        """
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
@@ -59,7 +72,9 @@ class CheckpointStore:
             else:
                 data = envelope["data"]
         if problem:
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            # Microseconds: a second corrupt file within the same second must not replace the
+            # first one, which may be the evidence someone needs.
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
             aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
             try:
                 os.replace(self.path, aside)
@@ -72,15 +87,20 @@ class CheckpointStore:
         return result
 
     def save(self, data: Mapping[str, Any]) -> None:
+        """Replace the checkpoint with ``data`` atomically; CheckpointError keeps the old one."""
         body = dict(data)
         envelope = {"version": CHECKPOINT_VERSION, "checksum": _checksum(body), "data": body}
+        payload = _canonical(envelope)
+        with self._save_lock:
+            self._write(payload)
+
+    def _write(self, payload: bytes) -> None:
         directory = self.path.parent
         tmp = directory / f".{self.path.name}.tmp-{os.getpid()}"
         try:
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            directory.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
             try:
-                payload = _canonical(envelope)
                 view = memoryview(payload)
                 while view:
                     written = os.write(fd, view)
@@ -89,6 +109,7 @@ class CheckpointStore:
             finally:
                 os.close(fd)
             os.replace(tmp, self.path)
+            # Without this the rename itself may not survive a power cut.
             dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(dir_fd)

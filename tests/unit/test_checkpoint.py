@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -126,3 +128,56 @@ def test_edited_data_detected(tmp_path: Path) -> None:
     store.path.write_text(json.dumps(envelope))
     with pytest.raises(CheckpointCorruptError, match="checksum mismatch"):
         store.load()
+
+
+def test_disk_full_during_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = CheckpointStore(tmp_path / "checkpoint.json")
+    store.save({"generation": 1})
+    real_write = os.write
+
+    def short_then_full(fd: int, data: bytes) -> int:
+        # The first call writes a little, as a nearly full disk does, then the disk is full.
+        monkeypatch.setattr(os, "write", full)
+        return real_write(fd, bytes(data[:3]))
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", short_then_full)
+    with pytest.raises(CheckpointError) as info:
+        store.save({"generation": 2})
+    monkeypatch.undo()
+    assert "ENOSPC" in str(info.value) and str(store.path) in str(info.value)
+    assert store.load() == {"generation": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.json"]
+
+
+def test_data_that_is_not_an_object_is_corrupt(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "checkpoint.json")
+    data = [1, 2]
+    checksum = (
+        "sha256:" + hashlib.sha256(json.dumps(data, separators=(",", ":")).encode()).hexdigest()
+    )
+    store.path.write_text(json.dumps({"version": 1, "checksum": checksum, "data": data}))
+    with pytest.raises(CheckpointCorruptError, match="data is not an object"):
+        store.load()
+
+
+def test_two_corrupt_files_are_both_kept(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "checkpoint.json")
+    for content in (b"first", b"second"):
+        store.path.write_bytes(content)
+        with pytest.raises(CheckpointCorruptError):
+            store.load()
+    kept = sorted(p.read_bytes() for p in tmp_path.glob("checkpoint.json.corrupt-*"))
+    assert kept == [b"first", b"second"]
+
+
+def test_concurrent_saves_never_tear(tmp_path: Path) -> None:
+    """The daemon's thread bridge may run two saves at once; the file is always one of them."""
+    store = CheckpointStore(tmp_path / "checkpoint.json")
+    payloads = [{"writer": n, "blob": str(n) * (64 * 1024 + n)} for n in range(8)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(store.save, payloads * 4))
+    assert store.load() in payloads
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.json"]
