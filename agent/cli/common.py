@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 
 
@@ -11,4 +12,9 @@ def maybe_enable_blockbuster() -> None:
     if os.environ.get("NODE_AGENT_BLOCKBUSTER") == "1":
         from blockbuster import blockbuster_ctx
 
-        blockbuster_ctx().__enter__()
+        guard = blockbuster_ctx()
+        guard.__enter__()
+        # blockbuster patches C types (io.BufferedWriter.write) through forbiddenfruit; left in
+        # place during interpreter finalization they crashed Debian's Python 3.11.2 at exit
+        # (SIGSEGV instead of exit 0). Undo the patches before finalization starts.
+        atexit.register(guard.__exit__, None, None, None)
