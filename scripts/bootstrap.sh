@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Set up a fresh Debian/Ubuntu machine (as root) to run and test node-agent:
-# Debian packages, a running dockerd, the local test images, the venv with the project.
-# Idempotent: a second run only checks. Flags: --no-venv, --no-images.
+# Set up a fresh Debian/Ubuntu machine (as root) to run and test node-agent: Debian packages,
+# a running dockerd, the local test images, the venv with the project. Idempotent: a second run
+# only checks (about a second).
+#
+# Flags: --no-docker  packages and venv only (lint, unit tests): no dockerd, no images
+#        --no-images  do not build the test images
+#        --no-venv    do not create/update .venv
+# Environment: BOOTSTRAP_DOCKER_WAIT_S (default 60): how long to wait for dockerd to answer.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -9,18 +14,24 @@ REPO=$(pwd)
 VENV="$REPO/.venv"
 TEST_IMAGE="node-agent-test/busybox"
 DOCKERD_LOG=/var/log/node-agent-ci-dockerd.log
-DOCKER_WAIT_S=60
+DOCKER_WAIT_S=${BOOTSTRAP_DOCKER_WAIT_S:-60}
+WANT_DOCKER=1
 WANT_VENV=1
 WANT_IMAGES=1
 for arg in "$@"; do
   case "$arg" in
-    --no-venv) WANT_VENV=0 ;;
+    --no-docker) WANT_DOCKER=0 WANT_IMAGES=0 ;;
     --no-images) WANT_IMAGES=0 ;;
-    *) echo "bootstrap: unknown flag $arg" >&2; exit 2 ;;
+    --no-venv) WANT_VENV=0 ;;
+    *) echo "bootstrap: unknown flag $arg (known: --no-docker --no-images --no-venv)" >&2; exit 2 ;;
   esac
 done
 
 say() { echo "bootstrap: $*"; }
+die() { echo "bootstrap: $*" >&2; exit 1; }
+# systemd is PID 1 (sd_booted()); `systemctl is-system-running` also exits non-zero on a
+# merely "degraded" system, so its exit status is not the test.
+systemd_booted() { [[ -d /run/systemd/system ]]; }
 
 # -- Debian packages --------------------------------------------------------------------------
 PACKAGES=(docker.io iproute2 busybox-static python3-venv tmux socat procps ca-certificates curl)
@@ -30,51 +41,109 @@ for pkg in "${PACKAGES[@]}"; do
   [[ "$status" == "install ok installed" ]] || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
-  if [[ $(id -u) -ne 0 ]]; then
-    echo "bootstrap: missing packages ${missing[*]}; run as root or install them" >&2
-    exit 1
-  fi
+  [[ $(id -u) -eq 0 ]] || die "missing packages ${missing[*]}; run as root or install them"
   say "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Without systemd, docker.io's postinst runs /etc/init.d/docker through invoke-rc.d and fails
+  # the install if that does not work. We start dockerd ourselves below, so deny service starts
+  # for the duration of the install (the standard policy-rc.d mechanism), unless the machine
+  # already has a policy.
+  policy=
+  if ! systemd_booted && [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\n# temporary, scripts/bootstrap.sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
+  apt_opts=(-o DPkg::Lock::Timeout=300 -qq) # a fresh cloud VM may be running unattended-upgrades
+  apt-get "${apt_opts[@]}" update
+  apt-get "${apt_opts[@]}" install -y --no-install-recommends "${missing[@]}" >/dev/null
+  if [[ -n "$policy" ]]; then rm -f "$policy"; trap - EXIT; fi
 fi
 say "packages present (${PACKAGES[*]})"
 
 # -- dockerd ----------------------------------------------------------------------------------
 docker_up() { docker info >/dev/null 2>&1; }
-if ! docker_up; then
-  if [[ -d /run/systemd/system ]] && systemctl start docker 2>/dev/null; then
-    say "started docker.service"
+# The pid in FILE is alive and is the process NAME (not a dead one or a recycled pid).
+pidfile_alive() {
+  local pid
+  pid=$(cat "$1" 2>/dev/null || true)
+  [[ "$pid" =~ ^[0-9]+$ ]] && [[ "$(cat "/proc/$pid/comm" 2>/dev/null || true)" == "$2" ]]
+}
+
+# What /etc/init.d/docker would do before starting dockerd (we bypass it): mount the cgroup
+# hierarchies if nothing mounted any (no systemd, a minimal init).
+mount_cgroups() {
+  grep -qE ' - cgroup2? ' /proc/self/mountinfo && return 0
+  [[ -e /proc/cgroups && -d /sys/fs/cgroup ]] || return 0
+  say "no cgroup filesystem mounted; mounting the cgroup v1 hierarchies"
+  mountpoint -q /sys/fs/cgroup || mount -t tmpfs -o uid=0,gid=0,mode=0755 cgroup /sys/fs/cgroup
+  local sys
+  # shellcheck disable=SC2013 # one controller name per word
+  for sys in $(awk '!/^#/ { if ($4 == 1) print $1 }' /proc/cgroups); do
+    mkdir -p "/sys/fs/cgroup/$sys"
+    mountpoint -q "/sys/fs/cgroup/$sys" ||
+      mount -n -t cgroup -o "$sys" cgroup "/sys/fs/cgroup/$sys" || rmdir "/sys/fs/cgroup/$sys" || true
+  done
+}
+
+start_dockerd_detached() {
+  # A dockerd that does not answer may be starting or shutting down (e.g. after `pkill
+  # dockerd` it stops its containers first): give it 20 s to answer or to go away.
+  local _ pid
+  for _ in $(seq 1 40); do
+    docker_up && return 0
+    pgrep -x dockerd >/dev/null || break
+    sleep 0.5
+  done
+  for pid in $(pgrep -x dockerd || true); do
+    say "ending dockerd pid $pid, which does not answer"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  # Left behind by a dockerd (or its containerd) that died without cleaning up: dockerd refuses
+  # to start while /var/run/docker.pid names a live process, and that pid may have been reused.
+  if [[ -e /var/run/docker.pid ]] && ! pidfile_alive /var/run/docker.pid dockerd; then
+    say "removing stale /var/run/docker.pid and docker.sock"
+    rm -f /var/run/docker.pid /var/run/docker.sock
+  fi
+  local cpid=/var/run/docker/containerd/containerd.pid
+  if [[ -e $cpid ]] && ! pidfile_alive $cpid containerd; then rm -f $cpid; fi
+  mount_cgroups
+  say "starting dockerd (log: $DOCKERD_LOG)"
+  setsid nohup dockerd >"$DOCKERD_LOG" 2>&1 </dev/null &
+}
+
+if ((WANT_DOCKER)) && ! docker_up; then
+  if [[ -n "${DOCKER_HOST:-}" && "$DOCKER_HOST" != unix:///var/run/docker.sock &&
+        "$DOCKER_HOST" != unix:///run/docker.sock ]]; then
+    die "DOCKER_HOST=$DOCKER_HOST does not answer; not starting a local dockerd"
+  fi
+  [[ $(id -u) -eq 0 ]] || die "docker does not answer; run as root to start dockerd"
+  if systemd_booted; then
+    say "starting docker.service"
+    systemctl start docker || true # the wait below reports what went wrong
   else
-    # No systemd as PID 1 (containers, CI sandboxes): run dockerd detached ourselves.
-    # A dockerd that does not answer may be shutting down: give it time to go, then end it.
-    for _ in $(seq 1 40); do
-      pgrep -x dockerd >/dev/null || break
-      sleep 0.5
-    done
-    if pgrep -x dockerd >/dev/null; then
-      say "ending a dockerd that does not answer"
-      pkill -9 -x dockerd || true
-      sleep 1
-    fi
-    if [[ -f /var/run/docker.pid ]] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
-      rm -f /var/run/docker.pid /var/run/docker.sock
-    fi
-    say "starting dockerd (log: $DOCKERD_LOG)"
-    setsid nohup dockerd >"$DOCKERD_LOG" 2>&1 </dev/null &
+    start_dockerd_detached
   fi
   deadline=$((SECONDS + DOCKER_WAIT_S))
   until docker_up; do
     if ((SECONDS >= deadline)); then
       echo "bootstrap: dockerd did not answer within ${DOCKER_WAIT_S}s; last log lines:" >&2
-      tail -n 50 "$DOCKERD_LOG" >&2 || true
+      if systemd_booted; then
+        journalctl -u docker --no-pager -n 50 >&2 || true
+      else
+        tail -n 50 "$DOCKERD_LOG" >&2 || true
+      fi
       exit 1
     fi
     sleep 0.5
   done
 fi
-say "docker ready (server $(docker version --format '{{.Server.Version}}'))"
+if ((WANT_DOCKER)); then
+  say "docker ready (server $(docker version --format '{{.Server.Version}}'))"
+fi
 
 # -- test images (no registry: a rootfs from the host's static busybox) -------------------------
 if ((WANT_IMAGES)); then
@@ -89,28 +158,33 @@ if ((WANT_IMAGES)); then
       [[ "$applet" == busybox ]] || ln -sf busybox "$root/bin/$applet"
     done
     printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$root/etc/passwd"
-    printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
+    printf 'root:x:0:\nnobody:x:65534:\n' >"$root/etc/group"
     tar -C "$root" -c . | docker import -c 'ENV PATH=/bin' -c 'CMD ["/bin/sh"]' - "$TEST_IMAGE:latest" >/dev/null
+    rm -rf "$root"
+    trap - EXIT
     docker tag "$TEST_IMAGE:latest" "$TEST_IMAGE:1"
-    docker run --rm "$TEST_IMAGE:latest" true
-    say "built $TEST_IMAGE:latest from $(readlink -f /bin/busybox)"
+    docker run --rm "$TEST_IMAGE:latest" true || die "the new image $TEST_IMAGE:latest does not run"
+    say "built $TEST_IMAGE:latest (and :1) from $(readlink -f /bin/busybox)"
   fi
   docker image inspect "$TEST_IMAGE:1" >/dev/null 2>&1 || docker tag "$TEST_IMAGE:latest" "$TEST_IMAGE:1"
-  say "test image $TEST_IMAGE present"
+  say "test image $TEST_IMAGE:latest present"
 fi
 
 # -- venv ---------------------------------------------------------------------------------------
 if ((WANT_VENV)); then
-  [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
+  if [[ ! -x "$VENV/bin/python" ]]; then
+    say "creating $VENV"
+    python3 -m venv "$VENV"
+  fi
   if [[ ! -f "$VENV/.installed-stamp" || pyproject.toml -nt "$VENV/.installed-stamp" ]]; then
-    say "installing the project into $VENV"
+    say "installing the project and its test tools into $VENV"
     pip_log="$VENV/pip-install.log"
     if ! "$VENV/bin/python" -m pip install -q -e '.[test]' >"$pip_log" 2>&1; then
-      cat "$pip_log" >&2
-      exit 1
+      tail -n 40 "$pip_log" >&2
+      die "pip install failed (end of the log above; all of it in $pip_log)"
     fi
     "$VENV/bin/python" -c 'import agent, aiohttp, docker, h2, pytest, blockbuster'
     touch "$VENV/.installed-stamp"
   fi
-  say "venv ready ($VENV)"
+  say "venv ready ($VENV, $("$VENV/bin/python" --version))"
 fi

@@ -1,4 +1,6 @@
-"""The master: registration and trust policy, cluster CA, node registry, pod assignment,
-streaming proxy (later issues)."""
+"""The master (``node-master``, DESIGN §1, §3): registration and the trust policies, the
+cluster CA on disk, the node registry with leases, pod assignment (scheduler), the API used by
+agents and ``nodectl``, its store (SQLite; etcd later) and, later, the streaming proxy. Never
+imports ``agent.node``: what both share lives below them (types, pki)."""
 
 from __future__ import annotations
