@@ -126,6 +126,10 @@ def _node_row(node: dict[str, Any], wide: bool) -> list[str]:
     status = {"True": "Ready", "False": "NotReady"}.get(ready.get("status", ""), "Unknown")
     if node["spec"].get("unschedulable"):
         status += ",SchedulingDisabled"
+    # The node's own failing conditions (Docker down, checkpoint not writable) by reason.
+    for condition in node["status"]["conditions"]:
+        if condition.get("type") != "Ready" and condition.get("status") == "False":
+            status += f",{condition.get('reason') or condition['type']}"
     reg = node["status"]["registration"]
     row = [
         node["metadata"]["name"],

@@ -47,6 +47,8 @@ PENDING = "Pending"
 APPROVED = "Approved"
 DENIED = "Denied"
 MAX_POLL_S = 60.0
+MAX_NODE_CONDITIONS = 16
+MAX_CONDITION_TEXT = 1024
 
 
 class RegistrationRefused(AgentError):
@@ -385,6 +387,7 @@ class NodeRegistry:
             "capacity": {str(k): str(v) for k, v in dict(status.get("capacity") or {}).items()},
             "agentVersion": str(status.get("agentVersion", "")),
             "imageFs": {str(k): int(v) for k, v in dict(status.get("imageFs") or {}).items()},
+            "nodeConditions": _node_conditions(status.get("conditions")),
         }
         found = await self.get_record(name)
         if found is None or all(found[0].get(k) == v for k, v in facts.items()):
@@ -463,7 +466,8 @@ class NodeRegistry:
                         "status": status,
                         "reason": reason,
                         "lastHeartbeatTime": heartbeat,
-                    }
+                    },
+                    *record.get("nodeConditions", []),
                 ],
                 "addresses": [
                     {"type": "InternalIP", "address": a} for a in record.get("addresses", [])
@@ -478,6 +482,26 @@ class NodeRegistry:
                 "imageFs": record.get("imageFs", {}),
             },
         }
+
+
+def _node_conditions(raw: Any) -> list[dict[str, str]]:
+    """The node's own conditions (RuntimeReady, CheckpointWritable), bounded and as strings;
+    ``Ready`` is the master's to judge from the lease, never the node's to claim."""
+    if not isinstance(raw, list):
+        return []
+    found: list[dict[str, str]] = []
+    for item in raw[:MAX_NODE_CONDITIONS]:
+        if not isinstance(item, dict) or not isinstance(item.get("type"), str):
+            continue
+        if item["type"] == "Ready":
+            continue
+        found.append(
+            {
+                key: str(item.get(key, ""))[:MAX_CONDITION_TEXT]
+                for key in ("type", "status", "reason", "message")
+            }
+        )
+    return found
 
 
 def identity_node(cert: x509.Certificate | None) -> str | None:

@@ -94,6 +94,24 @@ class HealthState:
             found.append(f"checkpoint: {self.checkpoint_error}")
         return found
 
+    def conditions(self) -> list[dict[str, str]]:
+        """Node conditions reported to the master beside its lease-based Ready (kubelet's
+        node conditions: one fact each, a reason a machine can match, a message a human reads)."""
+        runtime = {"type": "RuntimeReady", "status": "True", "reason": "RuntimeUp", "message": ""}
+        if not self.runtime_up:
+            runtime.update(status="False", reason="RuntimeUnavailable", message=self.runtime_error)
+        checkpoint = {
+            "type": "CheckpointWritable",
+            "status": "True",
+            "reason": "CheckpointSaved",
+            "message": "",
+        }
+        if self.checkpoint_error:
+            checkpoint.update(
+                status="False", reason="CheckpointWriteFailed", message=self.checkpoint_error
+            )
+        return [runtime, checkpoint]
+
 
 class NodeAgent:
     def __init__(
@@ -237,7 +255,9 @@ class NodeAgent:
             start_guarded(group, "manifest-dir", self.source.run)
         if cfg.master is not None:
             # Runs beside the pods, never before them: the agent does not wait for the master.
-            self.link = MasterLink(cfg, self.pods, self.bridge, self.runtime)
+            self.link = MasterLink(
+                cfg, self.pods, self.bridge, self.runtime, conditions=self.state.conditions
+            )
             self.state.link = self.link.state
             start_guarded(group, "master-link", self.link.run)
         self.pods.adopt(records)

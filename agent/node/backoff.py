@@ -1,13 +1,20 @@
-"""Crash-loop back-off for container restarts (pure).
+"""Back-off schedules (pure): crash-loop back-off for container restarts, and the reconnect
+back-off to the master.
 
-kubelet's schedule: the first restart waits ``initial``, each further crash doubles the wait up
-to ``max``; a container that ran cleanly for at least ``reset`` seconds starts over at
-``initial``. State is a plain value so it can be checkpointed and restored across agent restarts.
+Crash-loop, kubelet's schedule: the first restart waits ``initial``, each further crash
+doubles the wait up to ``max``; a container that ran cleanly for at least ``reset`` seconds
+starts over at ``initial``. State is a plain value so it can be checkpointed and restored
+across agent restarts.
+
+Reconnect: exponential with *full jitter* (AWS architecture blog, "Exponential Backoff and
+Jitter"): each wait is uniform in ``[0, min(cap, initial * 2**n)]``, so a fleet that lost the
+master at the same moment comes back spread over the window instead of in one wave.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,3 +59,31 @@ class RestartState:
         if not isinstance(handled, int):
             raise ValueError("restart state needs an integer handled_attempt")
         return cls(delay_s=float(delay), not_before=float(not_before), handled_attempt=handled)
+
+
+@dataclass(slots=True)
+class ReconnectBackoff:
+    """Full-jitter exponential back-off; ``reset()`` after a successful connection."""
+
+    initial_s: float = 0.5
+    cap_s: float = 30.0
+    rng: random.Random = field(default_factory=random.Random)
+    _ceiling_s: float = field(init=False, default=0.0)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial_s <= self.cap_s:
+            raise ValueError("reconnect back-off needs 0 < initial_s <= cap_s")
+        self._ceiling_s = self.initial_s
+
+    @property
+    def ceiling_s(self) -> float:
+        """The upper bound of the next wait."""
+        return self._ceiling_s
+
+    def next_delay(self) -> float:
+        delay = self.rng.uniform(0.0, self._ceiling_s)
+        self._ceiling_s = min(self._ceiling_s * 2, self.cap_s)
+        return delay
+
+    def reset(self) -> None:
+        self._ceiling_s = self.initial_s

@@ -36,6 +36,7 @@ from agent.aio.tls import client_context
 from agent.config import AgentConfig
 from agent.errors import AgentError, ManifestError
 from agent.manifest import parse_pod
+from agent.node.backoff import ReconnectBackoff
 from agent.node.nodeapi import NodeApi
 from agent.node.pods import PodManager
 from agent.node.runtime.base import Runtime
@@ -62,6 +63,7 @@ SOURCE_API = "api"
 SOURCE_FILE_PREFIX = "file:"
 MIRROR_ANNOTATION = "node-agent.io/mirror"
 REQUEST_TIMEOUT_S = 30.0
+LEASE_TIMEOUT_FACTOR = 2.0  # a lease renewal may take this many renew intervals
 POLL_WAIT_S = 30.0
 DENIED_RETRY_FACTOR = 2.0  # refused nodes retry slowly: twice the reconnect back-off cap
 STATUS_REPORT_S = 2.0
@@ -118,9 +120,16 @@ def node_capacity(state_dir: Path, max_pods: int) -> dict[str, str]:
 
 class MasterLink:
     def __init__(
-        self, config: AgentConfig, pods: PodManager, bridge: ThreadBridge, runtime: Runtime
+        self,
+        config: AgentConfig,
+        pods: PodManager,
+        bridge: ThreadBridge,
+        runtime: Runtime,
+        *,
+        conditions: Callable[[], list[dict[str, str]]] | None = None,
     ) -> None:
         self.runtime = runtime
+        self._conditions = conditions
         assert config.master is not None
         self.config = config
         self.pods = pods
@@ -137,6 +146,7 @@ class MasterLink:
         self._status_sent: dict[str, Any] = {}
         self._status_sent_at = float("-inf")
         self._status_checked = float("-inf")
+        self._facts: dict[str, Any] = {}
 
     # -- identity --------------------------------------------------------------------------
 
@@ -208,13 +218,14 @@ class MasterLink:
 
     async def run(self) -> None:
         await self.bridge.run(self._load_or_create_key)
-        delay = BACKOFF_INITIAL_S
+        cap_s = self.config.master_backoff_max_s
+        backoff = ReconnectBackoff(min(BACKOFF_INITIAL_S, cap_s), cap_s)
         while True:
             try:
                 ca_pem = await self._pinned_ca(self._session)
                 if not await self.bridge.run(self._cert_valid, ca_pem):
                     await self._register(ca_pem)
-                delay = BACKOFF_INITIAL_S
+                backoff.reset()
                 await self._connected(ca_pem)
             except PkiError as exc:
                 self.state.problem = f"master: {exc}"
@@ -222,21 +233,21 @@ class MasterLink:
                     "refusing to register with this master",
                     extra=kv(master=self.master, error=str(exc)),
                 )
-                wait = self._denied_retry_s
+                wait = random.uniform(0, self._denied_retry_s)
             except IdentityRejected as exc:
                 self.state.problem = f"master: {exc}"
                 log.warning(
                     "master rejected our certificate; registering again", extra=kv(error=str(exc))
                 )
                 await self.bridge.run(self._forget_cert)
-                wait = BACKOFF_INITIAL_S
+                wait = random.uniform(0, BACKOFF_INITIAL_S)
             except _Denied as exc:
                 self.state.problem = f"registration: {exc}"
                 log.error(
                     "registration refused by the master",
                     extra=kv(master=self.master, reason=str(exc)),
                 )
-                wait = self._denied_retry_s
+                wait = random.uniform(0, self._denied_retry_s)
             except (AgentError, aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
                 self.state.connected = False
                 self.state.problem = f"master: unreachable: {exc}"
@@ -244,10 +255,9 @@ class MasterLink:
                     "master unreachable; pods keep running",
                     extra=kv(master=self.master, error=str(exc)),
                 )
-                wait = delay
-                delay = min(delay * 2, self.config.master_backoff_max_s)
-            # Full jitter: a fleet that lost the master together comes back spread out.
-            await asyncio.sleep(random.uniform(0, wait))
+                # Full jitter: a fleet that lost the master together comes back spread out.
+                wait = backoff.next_delay()
+            await asyncio.sleep(wait)
 
     def _forget_cert(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -345,14 +355,20 @@ class MasterLink:
                 raise _most_telling(failed) from None
 
     async def _call(
-        self, session: aiohttp.ClientSession, method: str, path: str, body: Any = None
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        timeout_s: float = REQUEST_TIMEOUT_S,
     ) -> Any:
         try:
             async with session.request(
                 method,
                 f"{self.master}{path}",
                 json=body,
-                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as resp:
                 data = await resp.json(content_type=None)
                 if resp.status in (401, 403):
@@ -390,10 +406,22 @@ class MasterLink:
         now = time.monotonic()
         if now - self._status_checked >= STATUS_CHECK_S:
             self._status_checked = now
-            status = await self._node_status()
-            if status != self._status_sent or now - self._status_sent_at >= STATUS_REFRESH_S:
-                body["status"] = status
-        answer = await self._call(session, "PUT", f"/v1/nodes/{self.config.node_name}/lease", body)
+            self._facts = await self._node_status()
+        # Conditions (runtime, checkpoint) are cheap and urgent: checked at every renewal, so
+        # the master learns of a Docker outage or a full disk within one lease interval.
+        status = {**self._facts, "conditions": self._conditions() if self._conditions else []}
+        if status != self._status_sent or now - self._status_sent_at >= STATUS_REFRESH_S:
+            body["status"] = status
+        # A partition drops packets silently: the lease renewal is what notices it, well before
+        # the master's grace period ends, and its failure tears down the watch with it.
+        timeout_s = min(REQUEST_TIMEOUT_S, LEASE_TIMEOUT_FACTOR * self._lease_renew_s)
+        answer = await self._call(
+            session,
+            "PUT",
+            f"/v1/nodes/{self.config.node_name}/lease",
+            body,
+            timeout_s=timeout_s,
+        )
         if "status" in body:
             self._status_sent = body["status"]
             self._status_sent_at = now
