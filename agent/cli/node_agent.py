@@ -45,9 +45,11 @@ def _run(args: argparse.Namespace) -> int:
     from agent.aio.logs import setup_logging, shutdown_logging
     from agent.config import AgentConfig
     from agent.errors import ConfigError
+    from agent.node import crashpoints
 
     try:
         config = _load(args)
+        crashpoints.arm_from_env()
     except ConfigError as exc:
         print(f"node-agent: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import CheckpointCorruptError, CheckpointError
+from agent.node import crashpoints
 
 CHECKPOINT_VERSION = 1
 DIR_MODE = 0o700
@@ -108,6 +109,7 @@ class CheckpointStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            crashpoints.hit("checkpoint-tmp-written")
             os.replace(tmp, self.path)
             # Without this the rename itself may not survive a power cut.
             dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
@@ -115,6 +117,7 @@ class CheckpointStore:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
+            crashpoints.hit("checkpoint-saved")
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()

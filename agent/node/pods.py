@@ -21,6 +21,7 @@ from agent.aio.logs import kv
 from agent.aio.tasks import guarded
 from agent.errors import CheckpointError, ManifestError
 from agent.manifest import parse_pod
+from agent.node import crashpoints
 from agent.node.checkpoint import CheckpointStore
 from agent.node.metrics import NodeMetrics
 from agent.node.podworkers import PodWorker, WorkerBook, WorkerDeps
@@ -185,6 +186,7 @@ class PodManager:
             after = _all_set(before) if before else None
             log.info("pod added", extra=kv(pod=pod.full_name, uid=uid, source=pod.source))
             self._spawn(PodWorker(pod, self._deps, after=after))
+        crashpoints.hit("source-applied")
         self.mark_dirty()
 
     # -- wake-ups from the runtime ---------------------------------------------------------

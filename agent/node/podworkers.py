@@ -29,6 +29,7 @@ from agent.errors import (
     RuntimeUnavailableError,
 )
 from agent.events import EventRecorder
+from agent.node import crashpoints
 from agent.node.backoff import BackoffPolicy, RestartState
 from agent.node.podspecs import SpecContext, app_spec, pod_volume_dir, sandbox_spec
 from agent.node.runtime.base import ContainerRecord, ContainerState, Runtime
@@ -301,6 +302,7 @@ class PodWorker:
             if not found:
                 raise
             sandbox_id = found[0].id
+        crashpoints.hit("sandbox-created")
         await runtime.start_container(sandbox_id)
         fresh = [r for r in await runtime.list_containers(self.uid) if r.id == sandbox_id]
         if not fresh or not fresh[0].running:
@@ -412,6 +414,7 @@ class PodWorker:
         spec = app_spec(self.deps.ctx, self.pod, container, attempt, sandbox.id, pod_ip)
         self.book.attempts[name] = attempt
         self.deps.on_book_changed()
+        crashpoints.hit("container-create")
         try:
             container_id = await runtime.create_container(spec)
         except ContainerConflictError:
@@ -421,6 +424,7 @@ class PodWorker:
             raise
         except AgentError as exc:
             return self._retry_later(name, "CreateContainerError", str(exc), now)
+        crashpoints.hit("container-created")
         return await self._start(container, container_id, attempt, now)
 
     async def _start(
@@ -434,6 +438,7 @@ class PodWorker:
             # Counted like a crash (kubelet's RunContainerError): back-off, then a new attempt.
             await self.deps.runtime.remove_container(container_id)
             return self._retry_later(container.name, "RunContainerError", str(exc), now)
+        crashpoints.hit("container-started")
         self._waiting.pop(container.name, None)
         log.info(
             "container started",
@@ -476,12 +481,15 @@ class PodWorker:
         apps = [r for r in records if not r.is_sandbox]
         sandboxes = [r for r in records if r.is_sandbox]
         await asyncio.gather(*(runtime.stop_container(r.id, grace_s) for r in apps if r.running))
+        crashpoints.hit("containers-stopped")
         await asyncio.gather(*(runtime.remove_container(r.id) for r in apps))
+        crashpoints.hit("containers-removed")
         for record in sandboxes:
             await runtime.remove_container(record.id)
 
     async def _teardown(self, records: list[ContainerRecord]) -> None:
         await self._stop_and_remove(records)
+        crashpoints.hit("pod-torn-down")
         base = pod_volume_dir(self.deps.ctx, self.uid).parent
         await self.deps.bridge.run(shutil.rmtree, base, True)
         self._records = []
