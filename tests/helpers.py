@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import json
 import os
@@ -15,7 +16,7 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,6 +27,39 @@ T = TypeVar("T")
 TEST_IMAGE = "node-agent-test/busybox:latest"
 LABEL_NODE = "io.node-agent.node"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+CLONE_NEWNET = 0x40000000
+
+
+@contextlib.contextmanager
+def in_netns(name: str | None) -> Iterator[None]:
+    """Run the block with this thread in network namespace ``name`` (``ip netns`` name):
+    sockets created inside stay there, so a test can talk to an agent's loopback-only health
+    port inside its namespace. ``None`` is the test's own namespace."""
+    if name is None:
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(target, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into {name}: {os.strerror(err)}")
+        try:
+            yield
+        finally:
+            if libc.setns(own, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"setns back from {name}: {os.strerror(err)}")
+    finally:
+        os.close(own)
+        os.close(target)
+
+
+def netns_prefix(name: str | None) -> list[str]:
+    return ["ip", "netns", "exec", name] if name else []
 
 
 class AgentDied(AssertionError):
@@ -135,9 +169,12 @@ def sleeper(name: str = "main", seconds: int = 3600) -> dict[str, Any]:
 class AgentProcess:
     """A real ``node-agent run`` process with its own node name, state and manifest dirs."""
 
-    def __init__(self, root: Path, node_name: str, **config: Any) -> None:
+    def __init__(
+        self, root: Path, node_name: str, *, netns: str | None = None, **config: Any
+    ) -> None:
         self.root = root
         self.node_name = node_name
+        self.netns = netns
         self.state_dir = root / "state"
         self.manifest_dir = root / "manifests"
         self.manifest_dir.mkdir(parents=True, exist_ok=True)
@@ -183,6 +220,7 @@ class AgentProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [
+                *netns_prefix(self.netns),
                 sys.executable,
                 "-m",
                 "agent.cli.node_agent",
@@ -201,11 +239,12 @@ class AgentProcess:
         return self
 
     def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=5) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
+        with in_netns(self.netns):
+            try:
+                with urllib.request.urlopen(self.url + path, timeout=5) as resp:
+                    return resp.status, resp.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read().decode()
 
     def wait_healthy(self, timeout_s: float = 60.0) -> None:
         def healthy() -> bool:
@@ -293,8 +332,12 @@ def remove_node_containers(client: docker.DockerClient, node_name: str) -> None:
 class MasterProcess:
     """A real ``node-master`` (init + run) on a free loopback port, driven through nodectl."""
 
-    def __init__(self, root: Path, **master: Any) -> None:
+    def __init__(
+        self, root: Path, *, host: str = "127.0.0.1", netns: str | None = None, **master: Any
+    ) -> None:
         self.root = root
+        self.host = host
+        self.netns = netns
         self.port = free_port()
         self.log_path = root / "master.log"
         root.mkdir(parents=True, exist_ok=True)
@@ -307,9 +350,9 @@ class MasterProcess:
                 "--data-dir",
                 str(root),
                 "--server-name",
-                "127.0.0.1",
+                host,
                 "--listen",
-                f"127.0.0.1:{self.port}",
+                f"{host}:{self.port}",
             ],
             check=True,
             capture_output=True,
@@ -318,7 +361,7 @@ class MasterProcess:
             env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
         ).stdout
         self.pin = next(line.split()[-1] for line in out.splitlines() if "CA pin:" in line)
-        self.url = f"https://127.0.0.1:{self.port}"
+        self.url = f"https://{host}:{self.port}"
         self.admin_conf = root / "admin.conf"
         self.config_path = root / "master.toml"
         self.master_settings: dict[str, Any] = {
@@ -330,7 +373,7 @@ class MasterProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def configure(self, **registration: Any) -> None:
-        lines = ["[master]", f'listen = "127.0.0.1:{self.port}"', f'data_dir = "{self.root}"']
+        lines = ["[master]", f'listen = "{self.host}:{self.port}"', f'data_dir = "{self.root}"']
         lines += [f"{k} = {json.dumps(v)}" for k, v in self.master_settings.items()]
         lines += ['log_format = "json"', "", "[registration]"]
         lines += [f"{k} = {json.dumps(v)}" for k, v in registration.items()]
@@ -340,6 +383,7 @@ class MasterProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [
+                *netns_prefix(self.netns),
                 sys.executable,
                 "-m",
                 "agent.cli.node_master",

@@ -11,6 +11,7 @@ carries.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import ssl
@@ -302,9 +303,15 @@ class MasterApi:
                 await response.write(json.dumps(event).encode() + b"\n")
         except CompactedError as exc:
             # In-band, as Kubernetes does: the client relists.
-            await response.write(
-                json.dumps({"type": "ERROR", "object": error_body(410, str(exc))}).encode() + b"\n"
-            )
+            with contextlib.suppress(ConnectionResetError):
+                await response.write(
+                    json.dumps({"type": "ERROR", "object": error_body(410, str(exc))}).encode()
+                    + b"\n"
+                )
+        except ConnectionResetError:
+            # The node went away (restart, partition healed onto a new connection): its next
+            # watch resumes from the resource version it saw last.
+            log.info("pod watch ended by the node", extra=kv(node=name))
         return response
 
     async def put_mirror(self, request: web.Request) -> web.Response:

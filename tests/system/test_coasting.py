@@ -1,0 +1,231 @@
+"""Coasting: the master stopped, the node partitioned away, the agent restarted while the master
+is down. Master and agent run as real processes in their own network namespaces (topology.py);
+their pods run on the real dockerd. Outages are minutes in production and seconds here: the
+lease (1 s), the master's grace (4 s) and the agent's reconnect cap (1 s) are shortened, the
+mechanisms are the same."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+import tomllib
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from tests.helpers import (
+    AgentProcess,
+    MasterProcess,
+    node_containers,
+    node_ready,
+    pod_manifest,
+    running_phase,
+    sleeper,
+    wait_for,
+)
+from tests.system.topology import Host, Topology
+
+pytestmark = pytest.mark.docker
+
+API_PORT = 10250
+
+
+def _start_cluster(
+    topology: Topology, make_master: Any, make_agent: Any
+) -> tuple[MasterProcess, AgentProcess, Host]:
+    mhost = topology.add_host("master")
+    ahost = topology.add_host("a1")
+    master = make_master(host=mhost.address, netns=mhost.netns).start()
+    agent = make_agent(
+        f"coast-{uuid.uuid4().hex[:8]}",
+        netns=ahost.netns,
+        master=master.url,
+        ca_cert_hash=[master.pin],
+        master_backoff_max_s=1.0,
+        api_addr=f"{ahost.address}:{API_PORT}",
+    ).start()
+    wait_for(lambda: node_ready(master, agent.node_name), what="node Ready on the master")
+    return master, agent, ahost
+
+
+def _apply(master: MasterProcess, tmp_path: Path, node: str, name: str, **spec: Any) -> None:
+    manifest = pod_manifest(name, [sleeper()], nodeName=node, **spec)
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(manifest))
+    done = master.nodectl("apply", "-f", str(path))
+    assert done.returncode == 0, done.stderr
+
+
+def _snapshot(client: docker.DockerClient, node: str) -> dict[str, tuple[str, str, str]]:
+    """Container id -> (pod name, state, start time) of every container of the node."""
+    found = {}
+    for container in node_containers(client, node):
+        state = client.api.inspect_container(container.id)["State"]
+        pod = container.labels.get("io.node-agent.pod.name", "")
+        found[container.id] = (pod, state["Status"], state["StartedAt"])
+    return found
+
+
+def _unreachable_count(agent: AgentProcess) -> int:
+    return agent.log_path.read_text(errors="replace").count("master unreachable")
+
+
+def _restart_count(agent: AgentProcess, pod: str) -> int:
+    found = agent.pod(pod)
+    assert found is not None
+    return sum(int(c["restartCount"]) for c in found["status"].get("containerStatuses", []))
+
+
+def _node_api_pods(master: MasterProcess, host: Host, tmp_path: Path) -> set[str]:
+    """The pods the node API lists to the admin, straight to the node (no master)."""
+    admin = tomllib.loads(master.admin_conf.read_text())
+    cert, key = tmp_path / "admin.crt", tmp_path / "admin.key"
+    cert.write_text(admin["client_cert"])
+    key.write_text(admin["client_key"])
+    ctx = ssl.create_default_context(cafile=str(master.root / "pki" / "ca.crt"))
+    ctx.load_cert_chain(cert, key)
+    url = f"https://{host.address}:{API_PORT}/v1/pods"
+    with urllib.request.urlopen(url, context=ctx, timeout=10) as resp:
+        assert resp.status == 200
+        return {p["metadata"]["name"] for p in json.loads(resp.read())["items"]}
+
+
+def _app_container(client: docker.DockerClient, node: str, pod: str) -> Any:
+    return next(
+        c
+        for c in node_containers(client, node)
+        if c.labels.get("io.node-agent.pod.name") == pod
+        and c.labels.get("io.node-agent.kind") != "sandbox"
+        and c.status == "running"
+    )
+
+
+def test_master_outage_pods_coast_and_catch_up(
+    topology: Topology,
+    make_master: Any,
+    make_agent: Any,
+    docker_client: docker.DockerClient,
+    tmp_path: Path,
+) -> None:
+    master, agent, ahost = _start_cluster(topology, make_master, make_agent)
+    node = agent.node_name
+    agent.write_manifest("static.json", pod_manifest("static-web", [sleeper()]))
+    for name in ("steady", "crasher"):
+        _apply(master, tmp_path, node, name)
+    for name in ("steady", "crasher", "static-web"):
+        wait_for(lambda n=name: running_phase(agent, n), what=f"{name} Running")
+    before = _snapshot(docker_client, node)
+    crasher_id = _app_container(docker_client, node, "crasher").id
+
+    master.stop()
+    wait_for(lambda: _unreachable_count(agent) >= 3, what="agent retried the master 3 times")
+
+    # The agent keeps enforcing restart policies on its own.
+    docker_client.containers.get(crasher_id).kill()
+    wait_for(
+        lambda: _restart_count(agent, "crasher") == 1 and running_phase(agent, "crasher"),
+        what="crashed container restarted while the master is down",
+    )
+    # Static pods and the node API (admin certificate, straight to the node) keep working.
+    assert running_phase(agent, "static-web")
+    assert {"steady", "crasher", "static-web"} <= _node_api_pods(master, ahost, tmp_path)
+    assert agent.get("/healthz") == (200, "ok")
+
+    during = _snapshot(docker_client, node)
+    assert set(before) <= set(during), "a container was removed while the master was down"
+    unchanged = {cid: v for cid, v in before.items() if cid != crasher_id}
+    assert {cid: during[cid] for cid in unchanged} == unchanged
+
+    master.start()
+    wait_for(lambda: node_ready(master, node), what="node Ready again")
+
+    def caught_up() -> bool:
+        pod = master.pods()["crasher"]
+        return sum(c["restartCount"] for c in pod["status"]["containerStatuses"]) == 1
+
+    wait_for(caught_up, what="the master sees the restart that happened while it was down")
+    after = _snapshot(docker_client, node)
+    assert {cid: after[cid] for cid in unchanged} == unchanged, "a pod was restarted on reconnect"
+
+
+def test_partition_then_heal_reconciles_without_restarts(
+    topology: Topology,
+    make_master: Any,
+    make_agent: Any,
+    docker_client: docker.DockerClient,
+    tmp_path: Path,
+) -> None:
+    master, agent, ahost = _start_cluster(topology, make_master, make_agent)
+    node = agent.node_name
+    agent.write_manifest("static.json", pod_manifest("static-web", [sleeper()]))
+    for name in ("keep", "doomed"):
+        _apply(master, tmp_path, node, name)
+    for name in ("keep", "doomed", "static-web"):
+        wait_for(lambda n=name: running_phase(agent, n), what=f"{name} Running")
+    kept = {
+        cid: v
+        for cid, v in _snapshot(docker_client, node).items()
+        if v[0] in ("keep", "static-web")
+    }
+
+    topology.partition(ahost)
+    wait_for(
+        lambda: not node_ready(master, node), timeout_s=30, what="master marks the node NotReady"
+    )
+    wait_for(lambda: _unreachable_count(agent) >= 1, what="agent notices the partition")
+    # Changes made on the master while the node cannot hear them.
+    assert master.nodectl("delete", "pod", "doomed").returncode == 0
+    _apply(master, tmp_path, node, "newcomer")
+    assert running_phase(agent, "doomed"), "the agent must not drop pods on its own"
+    assert agent.get("/healthz") == (200, "ok")
+
+    topology.heal(ahost)
+    wait_for(lambda: node_ready(master, node), timeout_s=60, what="node Ready after the heal")
+    wait_for(lambda: running_phase(agent, "newcomer"), what="pod created meanwhile runs")
+    wait_for(
+        lambda: not any(v[0] == "doomed" for v in _snapshot(docker_client, node).values()),
+        what="pod deleted meanwhile is removed",
+    )
+    now = _snapshot(docker_client, node)
+    assert {cid: now.get(cid) for cid in kept} == kept, "an unchanged pod was restarted"
+
+
+def test_agent_restarted_while_master_down_keeps_its_pods(
+    topology: Topology,
+    make_master: Any,
+    make_agent: Any,
+    docker_client: docker.DockerClient,
+    tmp_path: Path,
+) -> None:
+    master, agent, _ = _start_cluster(topology, make_master, make_agent)
+    node = agent.node_name
+    agent.write_manifest("static.json", pod_manifest("static-web", [sleeper()]))
+    for name in ("steady", "crasher"):
+        _apply(master, tmp_path, node, name)
+    for name in ("steady", "crasher", "static-web"):
+        wait_for(lambda n=name: running_phase(agent, n), what=f"{name} Running")
+    _app_container(docker_client, node, "crasher").kill()
+    wait_for(
+        lambda: _restart_count(agent, "crasher") == 1 and running_phase(agent, "crasher"),
+        what="crasher restarted once",
+    )
+    before = _snapshot(docker_client, node)
+
+    master.stop()
+    agent.kill9()
+    started = time.monotonic()
+    agent.start()  # waits for /healthz: the first reconcile of every pod is done
+    managed_s = time.monotonic() - started
+    print(f"pods back under management {managed_s:.2f}s after the agent started")
+
+    for name in ("steady", "crasher", "static-web"):
+        assert running_phase(agent, name), f"{name} not Running after the restart"
+    assert _restart_count(agent, "crasher") == 1, "restart count lost across the agent restart"
+    assert _restart_count(agent, "steady") == 0
+    assert _snapshot(docker_client, node) == before, "containers changed across the restart"
+    assert _unreachable_count(agent) >= 1  # it really ran without the master
