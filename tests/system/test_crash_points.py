@@ -97,8 +97,10 @@ def test_kill9_at_random_crash_points_converges_exactly(
         agent.stop()
         agent.start(wait_ready=False, env={ENV_VAR: f"{point}@{count}"})
         wait_for(
-            lambda: agent.proc is not None
-            and (agent.proc.poll() is not None or agent.get("/healthz") == (200, "ok")),
+            lambda: (
+                agent.proc is not None
+                and (agent.proc.poll() is not None or agent.get("/healthz") == (200, "ok"))
+            ),
             what=f"armed agent up or crashed ({where})",
         )
         # Churn: add a pod, replace one, delete one (whatever the pool allows).
