@@ -4,9 +4,10 @@ certificate rotation.
 The agent never blocks on the master: this manager runs beside the pod workers and only ever
 *adds* information (desired pods from the master); when the master is unreachable the pods it
 last assigned keep running from the checkpoint. Identity lives in ``<state_dir>/pki``: the key
-(0600, generated once), the node certificate and the pinned CA. Reconnects back off
-exponentially with full jitter (capped by ``master_backoff_max_s``) so a fleet reconnecting
-after a master restart spreads out.
+(0600, generated once), the node certificate and the pinned CA. Reconnects wait with full
+jitter under a ceiling that grows with the age of the outage (capped by
+``master_backoff_max_s``; see ``backoff.py``), so a fleet reconnecting after a master restart
+spreads out evenly.
 """
 
 from __future__ import annotations
@@ -147,6 +148,8 @@ class MasterLink:
         self._status_sent_at = float("-inf")
         self._status_checked = float("-inf")
         self._facts: dict[str, Any] = {}
+        cap_s = config.master_backoff_max_s
+        self._backoff = ReconnectBackoff(min(BACKOFF_INITIAL_S, cap_s), cap_s)
 
     # -- identity --------------------------------------------------------------------------
 
@@ -218,14 +221,12 @@ class MasterLink:
 
     async def run(self) -> None:
         await self.bridge.run(self._load_or_create_key)
-        cap_s = self.config.master_backoff_max_s
-        backoff = ReconnectBackoff(min(BACKOFF_INITIAL_S, cap_s), cap_s)
+        backoff = self._backoff
         while True:
             try:
                 ca_pem = await self._pinned_ca(self._session)
                 if not await self.bridge.run(self._cert_valid, ca_pem):
                     await self._register(ca_pem)
-                backoff.reset()
                 await self._connected(ca_pem)
             except PkiError as exc:
                 self.state.problem = f"master: {exc}"
@@ -341,6 +342,9 @@ class MasterLink:
         ctx = await self.bridge.run(self._mtls, ca_pem)
         async with self._session(ctx) as session:
             await self._renew_lease(session)  # proves the certificate works before going on
+            # Only a working link ends the outage: resetting before this would let an agent
+            # whose certificate is on disk retry every 0.5 s for as long as the master is down.
+            self._backoff.reset()
             self.state.registered = True
             self.state.connected = True
             self.state.problem = ""
