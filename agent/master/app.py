@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 STORE_FILE = "store.db"
 SCHEDULE_INTERVAL_S = 5.0
+EVICTION_CHECK_S = 5.0
 STORE_THREADS = 4
 SHUTDOWN_GRACE_S = 2.0
 
@@ -116,6 +117,7 @@ class Master:
         try:
             async with asyncio.TaskGroup() as group:
                 start_guarded(group, "scheduler", self._schedule_loop)
+                start_guarded(group, "eviction", self._eviction_loop)
                 start_guarded(group, "reload", self._reload_loop)
                 start_guarded(group, "watchdog", self._watchdog_loop)
                 group.create_task(self._wait_stop(), name="shutdown-watch")
@@ -138,6 +140,11 @@ class Master:
                 await asyncio.wait_for(self.pods.kick.wait(), SCHEDULE_INTERVAL_S)
             self.pods.kick.clear()
             await self.pods.schedule_pending()
+
+    async def _eviction_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(EVICTION_CHECK_S, self.config.lease_renew_s))
+            await self.pods.evict_from_unready_nodes()
 
     async def _watchdog_loop(self) -> None:
         interval = self.notifier.watchdog_interval_s() or 10.0

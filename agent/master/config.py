@@ -25,6 +25,16 @@ MASTER_KEYS: tuple[Key, ...] = (
     Key("node_cert_lifetime_s", float, "lifetime of issued node certificates, seconds"),
     Key("lease_renew_s", float, "how often nodes renew their lease, seconds"),
     Key("lease_grace_s", float, "a node whose lease is older than this is NotReady, seconds"),
+    Key(
+        "pod_eviction_timeout_s",
+        float,
+        "scheduler-placed pods of a node NotReady this long move to another node; 0 = never",
+    ),
+    Key(
+        "disruption_threshold",
+        float,
+        "share of nodes NotReady at which the master blames its own network and evicts nothing",
+    ),
     Key("log_format", str, "log line format", choices=("kv", "json")),
     Key("log_level", str, "log level", choices=("debug", "info", "warning", "error")),
 )
@@ -57,6 +67,8 @@ class MasterConfig:
     node_cert_lifetime_s: float = DEFAULT_NODE_CERT_LIFETIME_S
     lease_renew_s: float = 10.0
     lease_grace_s: float = 40.0
+    pod_eviction_timeout_s: float = 300.0
+    disruption_threshold: float = 0.55
     log_format: str = "kv"
     log_level: str = "info"
     registration: RegistrationPolicy = field(default_factory=RegistrationPolicy)
@@ -134,6 +146,10 @@ def validate(config: MasterConfig, where: str) -> None:
             )
     if config.lease_renew_s <= 0 or config.lease_grace_s <= config.lease_renew_s:
         raise ConfigError(f"{where} [master]: need 0 < lease_renew_s < lease_grace_s")
+    if config.pod_eviction_timeout_s < 0:
+        raise ConfigError(f"{where} [master]: pod_eviction_timeout_s must be >= 0 (0 = never)")
+    if not 0 < config.disruption_threshold <= 1:
+        raise ConfigError(f"{where} [master]: disruption_threshold must be in (0, 1]")
     if config.node_cert_lifetime_s < 2:
         raise ConfigError(f"{where} [master]: node_cert_lifetime_s must be at least 2")
 
@@ -146,6 +162,8 @@ data_dir = "{data_dir}"
 # node_cert_lifetime_s = {DEFAULT_NODE_CERT_LIFETIME_S}   # 30 days; nodes renew at 70-90 %
 # lease_renew_s = 10.0
 # lease_grace_s = 40.0
+# pod_eviction_timeout_s = 300.0  # scheduler-placed pods leave a node NotReady this long; 0 = never
+# disruption_threshold = 0.55     # this share of nodes NotReady at once: evict nothing
 # log_format = "kv"          # or "json"
 # log_level = "info"
 

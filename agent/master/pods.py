@@ -64,6 +64,7 @@ class PodStore:
         self.store = store
         self.registry = registry
         self.kick = asyncio.Event()  # set when scheduling may now succeed
+        self.disrupted = False  # too many nodes NotReady at once: evicting nothing
 
     async def apply(self, manifest: object) -> tuple[dict[str, Any], bool]:
         """Create or update a pod; returns the stored object and whether it was created."""
@@ -158,6 +159,7 @@ class PodStore:
         if fits:
             best = max(fits, key=lambda f: (f.free_fraction, f.node))
             obj["nodeName"] = best.node
+            obj["scheduled"] = True  # placed by us, so it may be moved if its node dies
             obj["manifest"]["spec"] = {**obj["manifest"]["spec"], "nodeName": best.node}
             obj["status"] = {
                 "phase": "Pending",
@@ -213,6 +215,91 @@ class PodStore:
                 )
                 bound += int(done is not None and bool(obj["nodeName"]))
         return bound
+
+    async def evict_from_unready_nodes(self) -> int:
+        """Unbind the scheduler-placed pods of nodes NotReady for ``pod_eviction_timeout_s``
+        so the scheduler places them elsewhere; returns how many moved. Pods bound with an
+        explicit ``spec.nodeName`` and mirror pods never move. When too many nodes are
+        NotReady together (``eviction_allowed``) nothing moves: that looks like the master's
+        own network, and moving every pod would turn a partition into an outage."""
+        config = self.registry.config
+        if config.pod_eviction_timeout_s <= 0:
+            return 0
+        records = [r for r in await self.registry.records() if r["registration"] == APPROVED]
+        not_ready: dict[str, float] = {}
+        for record in records:
+            seconds = self.registry.not_ready_for_s(record["name"])
+            if seconds is not None:
+                not_ready[record["name"]] = seconds
+        allowed = eviction_allowed(len(records), len(not_ready), config.disruption_threshold)
+        if not allowed and not self.disrupted:
+            log.warning(
+                "disruption mode: too many nodes NotReady at once, evicting no pods",
+                extra=kv(not_ready=len(not_ready), nodes=len(records)),
+            )
+        elif allowed and self.disrupted:
+            log.info("disruption mode over", extra=kv(not_ready=len(not_ready), nodes=len(records)))
+        self.disrupted = not allowed
+        due = {n: s for n, s in not_ready.items() if s >= config.pod_eviction_timeout_s}
+        if not due:
+            return 0
+        if not allowed:
+            log.info(
+                "eviction held in disruption mode",
+                extra=kv(nodes_past_timeout=len(due), not_ready=len(not_ready), nodes=len(records)),
+            )
+            return 0
+        moved = 0
+        items, _ = await self.store.list_prefix(PODS_PREFIX)
+        for item in items:
+            obj = json.loads(item.value)
+            node = obj["nodeName"]
+            if node not in due or not obj.get("scheduled") or obj.get("mirror"):
+                continue
+            message = f"node {node} NotReady for {due[node]:.0f}s; evicted to be placed again"
+            obj["nodeName"] = ""
+            obj["scheduled"] = False
+            obj["evictedFrom"] = node
+            spec = dict(obj["manifest"]["spec"])
+            spec.pop("nodeName", None)
+            obj["manifest"]["spec"] = spec
+            obj["status"] = {
+                "phase": "Pending",
+                "reason": "Evicted",
+                "message": message,
+                "conditions": [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "NodeNotReady",
+                        "message": message,
+                    }
+                ],
+            }
+            if (
+                await self.store.compare_and_swap(
+                    item.key, json.dumps(obj).encode(), item.mod_revision
+                )
+                is None
+            ):
+                continue  # changed meanwhile: looked at again next round
+            moved += 1
+            metadata = obj["manifest"]["metadata"]
+            log.warning(
+                "pod evicted from a NotReady node",
+                extra=kv(pod=f"{metadata['namespace']}/{metadata['name']}", node=node),
+            )
+            self.registry.events.record(
+                kind="Pod",
+                name=metadata["name"],
+                namespace=metadata["namespace"],
+                reason="Evicted",
+                message=message,
+                warning=True,
+            )
+        if moved:
+            self.kick.set()
+        return moved
 
     async def delete(self, namespace: str, name: str) -> None:
         item = await self.store.get(pod_key(namespace, name))
@@ -307,6 +394,19 @@ class PodStore:
             obj = json.loads(event.value)
             ident = event.key.removeprefix(PODS_PREFIX)
             if obj["nodeName"] != node:
+                # The eviction itself (unbound, evicted from this node) is the one change that
+                # tells a node, even one resuming an old watch, that the pod left it.
+                if (
+                    event.type is EventType.PUT
+                    and not obj["nodeName"]
+                    and obj.get("evictedFrom") == node
+                ):
+                    known.discard(ident)
+                    yield {
+                        "type": "DELETED",
+                        "object": pod_object(obj),
+                        "resourceVersion": event.revision,
+                    }
                 continue
             if event.type is EventType.DELETE:
                 known.discard(ident)
@@ -315,6 +415,17 @@ class PodStore:
                 kind = "MODIFIED" if ident in known else "ADDED"
                 known.add(ident)
             yield {"type": kind, "object": pod_object(obj), "resourceVersion": event.revision}
+
+
+def eviction_allowed(nodes: int, not_ready: int, threshold: float) -> bool:
+    """kube-controller-manager's lesson: when every node, or (in a cluster of more than two)
+    at least ``threshold`` of them, is NotReady at once, the likelier cause is the master's own
+    network, so no pod is moved."""
+    if not_ready == 0:
+        return True
+    if not_ready >= nodes:
+        return False
+    return not (nodes > 2 and not_ready / nodes >= threshold)
 
 
 class MirrorConflict(AgentError):

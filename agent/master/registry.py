@@ -436,6 +436,14 @@ class NodeRegistry:
             return "Unknown", "MasterStarting"
         return "False", "NodeLeaseExpired"
 
+    def not_ready_for_s(self, name: str) -> float | None:
+        """How long the node has been NotReady; None while Ready or Unknown."""
+        if self.readiness(name)[0] != "False":
+            return None
+        seen = self.leases.get(name)
+        since = (seen if seen is not None else self.started) + self.config.lease_grace_s
+        return max(0.0, time.monotonic() - since)
+
     def node_object(self, record: dict[str, Any]) -> dict[str, Any]:
         status, reason = self.readiness(record["name"])
         seen = self.leases.get(record["name"])

@@ -148,6 +148,7 @@ class MasterLink:
         self._status_sent_at = float("-inf")
         self._status_checked = float("-inf")
         self._facts: dict[str, Any] = {}
+        self._watch_revision: int | None = None  # None: list before watching
         cap_s = config.master_backoff_max_s
         self._backoff = ReconnectBackoff(min(BACKOFF_INITIAL_S, cap_s), cap_s)
 
@@ -241,6 +242,7 @@ class MasterLink:
                     "master rejected our certificate; registering again", extra=kv(error=str(exc))
                 )
                 await self.bridge.run(self._forget_cert)
+                self._watch_revision = None
                 wait = random.uniform(0, BACKOFF_INITIAL_S)
             except _Denied as exc:
                 self.state.problem = f"registration: {exc}"
@@ -454,44 +456,61 @@ class MasterLink:
             return None
 
     async def _watch_pods(self, session: aiohttp.ClientSession) -> None:
+        """List once, then watch; after a reconnect the watch resumes from the last resource
+        version seen, so an outage costs no relist (and no re-apply) unless the master no
+        longer has that history (410 in-band): then the next attempt relists."""
         node = self.config.node_name
-        listing = await self._call(session, "GET", f"/v1/nodes/{node}/pods")
-        self._api_pods = {}
-        for obj in listing["items"]:
-            pod = self._accept(obj)
-            if pod is not None:
-                self._api_pods[pod.full_name] = pod
-        self._apply()
-        revision = int(listing["resourceVersion"])
-        url = f"{self.master}/v1/nodes/{node}/pods?watch=1&resourceVersion={revision}"
+        if self._watch_revision is None:
+            listing = await self._call(session, "GET", f"/v1/nodes/{node}/pods")
+            self._api_pods = {}
+            for obj in listing["items"]:
+                pod = self._accept(obj)
+                if pod is not None:
+                    self._api_pods[pod.full_name] = pod
+            self._apply()
+            self._watch_revision = int(listing["resourceVersion"])
+        else:
+            log.info("resuming the pod watch", extra=kv(resource_version=self._watch_revision))
+        url = f"{self.master}/v1/nodes/{node}/pods?watch=1&resourceVersion={self._watch_revision}"
         try:
             async with session.get(url) as resp:
                 if resp.status in (401, 403):
                     raise IdentityRejected(f"pod watch: {resp.status}")
+                if resp.status == 410:
+                    self._watch_revision = None
+                    raise MasterUnavailable("pod watch: history compacted; relisting")
+                if resp.status != 200:
+                    raise MasterUnavailable(f"pod watch: {resp.status}")
                 async for line in resp.content:
-                    event = json.loads(line)
-                    if event.get("type") == "ERROR":
-                        raise MasterUnavailable(f"pod watch: {event['object']['error']['message']}")
-                    obj = event["object"]
-                    full = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
-                    if event["type"] == "DELETED":
-                        self._api_pods.pop(full, None)
-                    else:
-                        pod = self._accept(obj)
-                        if pod is None:
-                            continue
-                        known = self._api_pods.get(full)
-                        if (
-                            known is not None
-                            and known.uid == pod.uid
-                            and known.spec_hash == pod.spec_hash
-                        ):
-                            continue  # a status echo, nothing to do
-                        self._api_pods[full] = pod
-                    self._apply()
+                    self._on_watch_event(json.loads(line))
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise MasterUnavailable(f"pod watch: {exc}") from exc
         raise MasterUnavailable("pod watch ended")
+
+    def _on_watch_event(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "ERROR":
+            error = event["object"]["error"]
+            if error.get("code") == 410:
+                self._watch_revision = None  # too old: relist on the next attempt
+            raise MasterUnavailable(f"pod watch: {error['message']}")
+        obj = event["object"]
+        full = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
+        changed = True
+        if event["type"] == "DELETED":
+            changed = self._api_pods.pop(full, None) is not None
+        else:
+            pod = self._accept(obj)
+            known = self._api_pods.get(full)
+            if pod is None or (
+                known is not None and known.uid == pod.uid and known.spec_hash == pod.spec_hash
+            ):
+                changed = False  # a status echo or a mirror pod: nothing to do
+            else:
+                self._api_pods[full] = pod
+        if "resourceVersion" in event:
+            self._watch_revision = int(event["resourceVersion"])
+        if changed:
+            self._apply()
 
     async def _sync_mirrors(self, session: aiohttp.ClientSession) -> None:
         """Show this node's static pods on the master, read-only (kubelet's mirror pods)."""

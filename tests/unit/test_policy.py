@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from agent.master.config import RegistrationPolicy
+from agent.master.pods import eviction_allowed
 from agent.master.policy import Caller, Verdict, effective_peer, evaluate
 from agent.pki.core import create_ca, generate_key, issue
 
@@ -72,3 +75,25 @@ def test_forwarded_for_only_from_trusted_proxies() -> None:
     assert effective_peer("10.0.9.1", "203.0.113.9", ("10.0.0.0/24",)) == "10.0.9.1"
     assert effective_peer("10.0.0.1", "203.0.113.9", ()) == "10.0.0.1"
     assert effective_peer("10.0.0.1", None, ("10.0.0.0/24",)) == "10.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("nodes", "not_ready", "allowed"),
+    [
+        (5, 0, True),
+        (5, 1, True),
+        (5, 2, True),  # 40 % < 55 %
+        (5, 3, False),  # 60 %: the master's own network, most likely
+        (3, 1, True),
+        (3, 2, False),
+        (2, 1, True),  # two nodes: one down is a node problem
+        (2, 2, False),  # every node NotReady: never evict
+        (1, 1, False),
+        (100, 54, True),
+        (100, 55, False),
+    ],
+)
+def test_eviction_stops_when_too_many_nodes_are_not_ready(
+    nodes: int, not_ready: int, allowed: bool
+) -> None:
+    assert eviction_allowed(nodes, not_ready, 0.55) is allowed
