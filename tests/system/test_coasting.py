@@ -193,6 +193,8 @@ def test_partition_then_heal_reconciles_without_restarts(
     )
     now = _snapshot(docker_client, node)
     assert {cid: now.get(cid) for cid in kept} == kept, "an unchanged pod was restarted"
+    # The changes arrived by resuming the watch from the last resource version, not a relist.
+    assert "resuming the pod watch" in agent.log_path.read_text(errors="replace")
 
 
 def test_agent_restarted_while_master_down_keeps_its_pods(
