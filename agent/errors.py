@@ -79,3 +79,38 @@ class CheckpointError(AgentError):
 
 class CheckpointCorruptError(CheckpointError):
     """The checkpoint file exists but cannot be parsed; it is moved aside."""
+
+
+class StreamingError(AgentError):
+    """Root of the HTTP/2 streaming errors (exec, port-forward, logs)."""
+
+    http_status = 400
+
+
+class ProtocolViolation(StreamingError):
+    """The peer broke HTTP/2 or our framing (or an abuse limit): the connection is ended."""
+
+    http_status = 400
+
+
+class StreamResetError(StreamingError):
+    """The stream was reset (by the peer, or by us on a limit) before it completed."""
+
+    def __init__(self, stream_id: int, error_code: int, remote: bool) -> None:
+        side = "peer" if remote else "us"
+        super().__init__(f"stream {stream_id} reset by {side} (error code {error_code})")
+        self.stream_id = stream_id
+        self.error_code = error_code
+        self.remote = remote
+
+
+class ConnectionClosedError(StreamingError):
+    """The HTTP/2 connection is gone (GOAWAY, transport closed, keepalive unanswered)."""
+
+    http_status = 503
+
+
+class ForbiddenError(AgentError):
+    """Authenticated, but not allowed to do this."""
+
+    http_status = 403

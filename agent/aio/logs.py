@@ -98,6 +98,9 @@ class JsonFormatter(logging.Formatter):
 _active: dict[str, tuple[logging.handlers.QueueListener, logging.Handler]] = {}
 
 
+QUIET_LOGGERS = ("hpack", "h2", "urllib3.connectionpool")
+
+
 def setup_logging(
     fmt: str, level: str, stream: TextIO | None = None
 ) -> logging.handlers.QueueListener:
@@ -118,6 +121,10 @@ def setup_logging(
     queue_handler = _StructuredQueueHandler(records)
     root.addHandler(queue_handler)
     root.setLevel(level.upper())
+    # Per-frame chatter of the HTTP/2 libraries (and of urllib3 for every docker call) drowns
+    # our own debug lines and costs CPU on the streaming path; their warnings still show.
+    for noisy in QUIET_LOGGERS:
+        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
     listener = logging.handlers.QueueListener(records, handler, respect_handler_level=False)
     listener.start()
     _active["root"] = (listener, queue_handler)

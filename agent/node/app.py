@@ -256,7 +256,12 @@ class NodeAgent:
         if cfg.master is not None:
             # Runs beside the pods, never before them: the agent does not wait for the master.
             self.link = MasterLink(
-                cfg, self.pods, self.bridge, self.runtime, conditions=self.state.conditions
+                cfg,
+                self.pods,
+                self.bridge,
+                self.runtime,
+                conditions=self.state.conditions,
+                streaming_runtime=self._docker,
             )
             self.state.link = self.link.state
             start_guarded(group, "master-link", self.link.run)

@@ -1,39 +1,65 @@
 """The node's authenticated API on ``api_addr`` (default ``0.0.0.0:10250``): TLS with the node
 certificate from the cluster CA, client certificates required.
 
-Served only once the node holds a certificate (after registration). Authorization is per
-request: administrators (``O=system:masters``) may read; other nodes' certificates may not.
-Exec, port-forward and logs over HTTP/2 join this server with the streaming issue. A rotated
+Served only once the node holds a certificate (after registration). One TLS port speaks
+HTTP/1.1 (aiohttp: ``/healthz``, ``/v1/pods``) and HTTP/2 (exec, port-forward, logs and
+``/v1/pods``; ``streaming.py``), chosen per connection by ALPN. Authorization is per request:
+administrators (``O=system:masters``) may use it; other nodes' certificates may not. A rotated
 node certificate is loaded into the live TLS context, so new connections get it without a
 restart.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from cryptography import x509
 
+from agent.aio.h2conn import HANDSHAKE_TIMEOUT_S, AlpnSwitch, H2Connection, serve_factory
 from agent.aio.logs import kv
 from agent.aio.tls import server_context
 from agent.config import split_host_port
 from agent.node.pods import PodManager
+from agent.node.streaming import StreamingApi, StreamingRuntime
 from agent.pki.core import PkiError, certs_from_pem, identity_of, verify_issued_by
 
 log = logging.getLogger(__name__)
 
 
 class NodeApi:
-    def __init__(self, pods: PodManager, node_name: str, addr: str) -> None:
+    def __init__(
+        self,
+        pods: PodManager,
+        node_name: str,
+        addr: str,
+        *,
+        streaming_runtime: StreamingRuntime | None = None,
+        run_blocking: Any = None,
+    ) -> None:
         self._pods = pods
         self._node_name = node_name
         self._host, self._port = split_host_port(addr, "api_addr")
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
         self._tls: ssl.SSLContext | None = None
         self._ca: list[x509.Certificate] = []
+        self._h2_connections: set[H2Connection] = set()
+        self._streaming = (
+            StreamingApi(
+                pods=pods,
+                runtime=streaming_runtime,
+                run_blocking=run_blocking,
+                node_name=node_name,
+                cas=lambda: self._ca,
+            )
+            if streaming_runtime is not None
+            else None
+        )
 
     @property
     def running(self) -> bool:
@@ -53,10 +79,33 @@ class NodeApi:
             app, access_log=None, handle_signals=False, shutdown_timeout=2.0
         )
         await self._runner.setup()
-        await web.TCPSite(
-            self._runner, self._host, self._port, ssl_context=tls, reuse_address=True
-        ).start()
-        log.info("node API serving", extra=kv(addr=f"{self._host}:{self._port}"))
+        http1 = self._runner.server
+        assert http1 is not None
+        factory: Any = http1
+        if self._streaming is not None:
+            tls.set_alpn_protocols(["h2", "http/1.1"])
+            make_h2 = serve_factory(self._streaming.handle, name="node-api")
+
+            def h2_connection() -> H2Connection:
+                conn: H2Connection = make_h2()
+                self._h2_connections.add(conn)
+                conn.closed.add_done_callback(lambda _: self._h2_connections.discard(conn))
+                return conn
+
+            factory = lambda: AlpnSwitch(h2_connection, http1)  # noqa: E731
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            factory,
+            self._host,
+            self._port,
+            ssl=tls,
+            reuse_address=True,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
+        )
+        log.info(
+            "node API serving",
+            extra=kv(addr=f"{self._host}:{self._port}", http2=self._streaming is not None),
+        )
 
     def reload_cert(self, cert: Path, key: Path) -> None:
         """Blocking: a rotated certificate for new connections."""
@@ -64,6 +113,13 @@ class NodeApi:
             self._tls.load_cert_chain(cert, key)
 
     async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        # GOAWAY to every HTTP/2 client; running sessions get a short grace to finish.
+        await asyncio.gather(
+            *(conn.shutdown("node agent stopping", grace_s=1.0) for conn in self._h2_connections)
+        )
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

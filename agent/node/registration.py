@@ -41,6 +41,7 @@ from agent.node.backoff import ReconnectBackoff
 from agent.node.nodeapi import NodeApi
 from agent.node.pods import PodManager
 from agent.node.runtime.base import Runtime
+from agent.node.streaming import StreamingRuntime
 from agent.pki.core import (
     NODE_CN_PREFIX,
     NODES_GROUP,
@@ -128,6 +129,7 @@ class MasterLink:
         runtime: Runtime,
         *,
         conditions: Callable[[], list[dict[str, str]]] | None = None,
+        streaming_runtime: StreamingRuntime | None = None,
     ) -> None:
         self.runtime = runtime
         self._conditions = conditions
@@ -142,7 +144,13 @@ class MasterLink:
         self._reported: dict[str, str] = {}
         self._mirrored: dict[str, str] = {}  # full name -> spec hash put on the master
         self._lease_renew_s = 10.0
-        self.node_api = NodeApi(pods, config.node_name, config.api_addr)
+        self.node_api = NodeApi(
+            pods,
+            config.node_name,
+            config.api_addr,
+            streaming_runtime=streaming_runtime,
+            run_blocking=bridge.run,
+        )
         self._denied_retry_s = DENIED_RETRY_FACTOR * config.master_backoff_max_s
         self._status_sent: dict[str, Any] = {}
         self._status_sent_at = float("-inf")

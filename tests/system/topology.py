@@ -21,7 +21,10 @@ _FORWARD_RULE = ["FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT"]
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=30)
+    done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False, timeout=30)
+    if check and done.returncode != 0:
+        raise AssertionError(f"ip {' '.join(args)}: exit {done.returncode}: {done.stderr.strip()}")
+    return done
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,13 @@ class Topology:
 
     @staticmethod
     def clean_leftovers() -> None:
+        # Links first: deleting our end of a veth removes the pair at once, whereas a deleted
+        # namespace releases its interfaces asynchronously and the next test would find the
+        # names still taken.
+        for line in _ip("-o", "link", "show").stdout.splitlines():
+            name = line.split(":")[1].strip().split("@")[0] if ":" in line else ""
+            if name.startswith(f"{PREFIX}-"):
+                _ip("link", "delete", name, check=False)
         names = _ip("netns", "list").stdout.split()
         for name in names:
             if name.startswith(f"{PREFIX}-"):

@@ -7,9 +7,14 @@ ever listed, so agents sharing one engine never touch each other's containers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import socket
+import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -338,6 +343,95 @@ class DockerRuntime:
         if client is not None:
             await self._bridge.run(client.close)
 
+    # -- streaming (exec, logs, port-forward) ------------------------------------------------
+
+    async def exec_start(
+        self, container_id: str, command: list[str], *, stdin: bool, tty: bool
+    ) -> ExecSession:
+        """Create and start an exec; returns its id and the hijacked attach socket (set
+        non-blocking, for the event loop). Docker multiplexes stdout/stderr on it unless
+        ``tty``; a write-side shutdown of the socket is stdin EOF for the process."""
+
+        def start(api: docker.APIClient) -> ExecSession:
+            created = api.exec_create(
+                container_id, command, stdin=stdin, stdout=True, stderr=True, tty=tty
+            )
+            exec_id = str(created["Id"])
+            handle = api.exec_start(exec_id, tty=tty, socket=True)
+            raw = getattr(handle, "_sock", handle)
+            if not isinstance(raw, socket.socket):
+                raise RuntimeOperationError(f"exec {exec_id[:12]}: no raw attach socket")
+            # Our own descriptor: the SDK's wrapper may close its one when collected.
+            own = socket.socket(fileno=os.dup(raw.fileno()))
+            own.setblocking(False)
+            with contextlib.suppress(Exception):
+                handle.close()
+            return ExecSession(exec_id=exec_id, sock=own)
+
+        session: ExecSession = await self._call(f"exec in {container_id[:12]}", start)
+        return session
+
+    async def exec_resize(self, exec_id: str, cols: int, rows: int) -> None:
+        await self._call(
+            f"resize exec {exec_id[:12]}",
+            lambda api: api.exec_resize(exec_id, height=rows, width=cols),
+        )
+
+    async def exec_exit_code(self, exec_id: str) -> int | None:
+        """The exit code once the process ended (None if Docker does not know it yet)."""
+        data = await self._call(
+            f"inspect exec {exec_id[:12]}", lambda api: api.exec_inspect(exec_id)
+        )
+        if data.get("Running"):
+            return None
+        code = data.get("ExitCode")
+        return int(code) if isinstance(code, int) else None
+
+    async def container_pid(self, container_id: str) -> int:
+        data = await self._call(
+            f"inspect {container_id[:12]}", lambda api: api.inspect_container(container_id)
+        )
+        pid = int((data.get("State") or {}).get("Pid") or 0)
+        if pid <= 0:
+            raise RuntimeOperationError(f"container {container_id[:12]} is not running")
+        return pid
+
+    async def logs(
+        self,
+        container_id: str,
+        *,
+        follow: bool,
+        tail: int | None,
+        timestamps: bool,
+        since_s: float | None,
+    ) -> AsyncIterator[bytes]:
+        """The container's output (stdout and stderr merged, in order). Following stops when
+        the container does or when the consumer goes away (the SDK stream is closed, which
+        unblocks its thread)."""
+        kwargs: dict[str, Any] = {
+            "stream": True,
+            "follow": follow,
+            "timestamps": timestamps,
+            "tail": tail if tail is not None else "all",
+        }
+        if since_s is not None:
+            kwargs["since"] = int(time.time() - since_s)
+        opened = await self._call(
+            f"logs of {container_id[:12]}", lambda api: api.logs(container_id, **kwargs)
+        )
+        try:
+            async for chunk in self._bridge.stream(lambda: iter(opened), name="logs"):
+                yield bytes(chunk)
+        except AgentError:
+            raise
+        except Exception as exc:
+            raise _translate(exc, f"logs of {container_id[:12]}") from exc
+        finally:
+            close = getattr(opened, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await self._bridge.run(close)
+
 
 def _split_reference(image: str) -> tuple[str, str]:
     """Split ``repo[:tag]`` (a registry port is not a tag); digests are kept whole."""
@@ -388,3 +482,9 @@ def _host_config_kwargs(spec: ContainerSpec) -> dict[str, Any]:
 
 def manifest_label(manifest: dict[str, Any]) -> str:
     return json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(slots=True)
+class ExecSession:
+    exec_id: str
+    sock: socket.socket
