@@ -98,7 +98,7 @@ class JsonFormatter(logging.Formatter):
 _active: dict[str, tuple[logging.handlers.QueueListener, logging.Handler]] = {}
 
 
-QUIET_LOGGERS = ("hpack", "h2", "urllib3.connectionpool")
+QUIET_LOGGERS = ("hpack", "h2", "urllib3.connectionpool", "pyroute2")
 
 
 def setup_logging(

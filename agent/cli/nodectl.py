@@ -81,6 +81,7 @@ class Client:
         url = urllib.parse.urlsplit(config.server)
         if url.scheme != "https" or not url.hostname:
             raise CliError(f"server {config.server!r} must be an https:// URL", EXIT_USAGE)
+        self.config = config
         ctx = ssl.create_default_context(cadata=config.ca)
         with _credential_files(config) as (cert, key):
             ctx.load_cert_chain(cert, key)
@@ -314,6 +315,63 @@ def cmd_node_action(client: Client, args: argparse.Namespace) -> None:
     print(f"node/{args.name} {past}")
 
 
+def _streaming(client: Client, args: argparse.Namespace) -> int | None:
+    """exec, port-forward and logs: HTTP/2 streams straight to the pod's node (the master's
+    streaming proxy is not there yet, so ``--direct`` is what every session does)."""
+    from agent.cli import nodectl_stream as ns
+
+    config = client.config
+    try:
+        target = ns.resolve_node(client.call, args.namespace, args.pod)
+        with _credential_files(config) as (cert, key):
+            ctx = ns.node_context(config.ca, cert, key)
+        if args.command == "exec":
+            command = list(args.cmd)
+            if not command:
+                raise CliError("exec needs a command after --", EXIT_USAGE)
+            code: int = ns.run(
+                lambda conn: ns.exec_session(
+                    conn,
+                    args.namespace,
+                    args.pod,
+                    args.container,
+                    command,
+                    stdin=args.stdin,
+                    tty=args.tty,
+                ),
+                target,
+                ctx,
+                raw_tty=args.tty,
+            )
+            return code
+        if args.command == "logs":
+            query = {"follow": "1" if args.follow else "0"}
+            if args.tail is not None:
+                query["tailLines"] = str(args.tail)
+            if args.timestamps:
+                query["timestamps"] = "1"
+            if args.previous:
+                query["previous"] = "1"
+            if args.container:
+                query["container"] = args.container
+            ns.run(lambda conn: ns.logs_session(conn, args.namespace, args.pod, query), target, ctx)
+            return None
+        pairs = ns.parse_ports(args.ports)
+        with contextlib.suppress(KeyboardInterrupt):
+            ns.run(
+                lambda conn: ns.port_forward_session(
+                    conn, args.namespace, args.pod, pairs, args.address
+                ),
+                target,
+                ctx,
+            )
+        return None
+    except ns.StreamCliError as exc:
+        raise CliError(str(exc), exc.code) from exc
+    except KeyboardInterrupt:
+        return 130
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nodectl", description="administer a node-agent cluster")
     parser.add_argument(
@@ -347,6 +405,24 @@ def _parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="accept the node's new key (after a reinstall) in place of the registered one",
             )
+    exe = sub.add_parser("exec", help="run a command in a pod's container")
+    exe.add_argument("-i", "--stdin", action="store_true", help="pass stdin to the command")
+    exe.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
+    logs = sub.add_parser("logs", help="print a container's logs")
+    logs.add_argument("-f", "--follow", action="store_true")
+    logs.add_argument("--tail", type=int, default=None, metavar="N")
+    logs.add_argument("--timestamps", action="store_true")
+    logs.add_argument("-p", "--previous", action="store_true")
+    forward = sub.add_parser("port-forward", help="forward local ports to a pod")
+    forward.add_argument("--address", default="127.0.0.1", help="local address to listen on")
+    for streaming in (exe, logs, forward):
+        streaming.add_argument("-n", "--namespace", default="default")
+        streaming.add_argument("--direct", action="store_true", help="straight to the node")
+        if streaming is not forward:
+            streaming.add_argument("-c", "--container")
+        streaming.add_argument("pod")
+    exe.epilog = "the command follows --, as with kubectl: nodectl exec POD -- ls -l"
+    forward.add_argument("ports", nargs="+", metavar="[LOCAL:]REMOTE")
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -360,21 +436,31 @@ COMMANDS = {
     "deny": cmd_node_action,
     "cordon": cmd_node_action,
     "uncordon": cmd_node_action,
+    "exec": _streaming,
+    "logs": _streaming,
+    "port-forward": _streaming,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after "--" is the remote command of exec, never nodectl's options.
+    remote: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, remote = argv[:cut], argv[cut + 1 :]
     args = _parser().parse_args(argv)
+    args.cmd = remote
     if args.command == "version":
         print(f"nodectl {__version__}")
         return 0
     try:
         client = Client(load_config(args.config))
-        COMMANDS[args.command](client, args)
+        code = COMMANDS[args.command](client, args)
     except CliError as exc:
         print(f"nodectl: {exc}", file=sys.stderr)
         return exc.code
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

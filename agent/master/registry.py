@@ -388,6 +388,7 @@ class NodeRegistry:
             "agentVersion": str(status.get("agentVersion", "")),
             "imageFs": {str(k): int(v) for k, v in dict(status.get("imageFs") or {}).items()},
             "nodeConditions": _node_conditions(status.get("conditions")),
+            "apiEndpoint": str(status.get("apiEndpoint", ""))[:MAX_CONDITION_TEXT],
         }
         found = await self.get_record(name)
         if found is None or all(found[0].get(k) == v for k, v in facts.items()):
@@ -487,6 +488,7 @@ class NodeRegistry:
                 ),
                 "capacity": record.get("capacity", {}),
                 "nodeInfo": {"agentVersion": record.get("agentVersion", "")},
+                "daemonEndpoints": {"nodeApi": record.get("apiEndpoint", "")},
                 "imageFs": record.get("imageFs", {}),
             },
         }

@@ -34,7 +34,7 @@ from agent import __version__
 from agent.aio.bridge import ThreadBridge
 from agent.aio.logs import kv
 from agent.aio.tls import client_context
-from agent.config import AgentConfig
+from agent.config import AgentConfig, split_host_port
 from agent.errors import AgentError, ManifestError
 from agent.manifest import parse_pod
 from agent.node.backoff import ReconnectBackoff
@@ -400,10 +400,15 @@ class MasterLink:
     async def _node_status(self) -> dict[str, Any]:
         addresses = await self.bridge.run(node_addresses)
         capacity = await self.bridge.run(node_capacity, self.config.state_dir, self.config.max_pods)
+        host, port = split_host_port(self.config.api_addr, "api_addr")
+        if host in ("0.0.0.0", "::", "") and addresses:
+            host = addresses[0]
         status: dict[str, Any] = {
             "addresses": addresses,
             "capacity": capacity,
             "agentVersion": __version__,
+            # Where nodectl --direct and the master's proxy reach the node API.
+            "apiEndpoint": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         }
         try:
             usage = await self.runtime.image_fs_usage()

@@ -1,0 +1,355 @@
+"""``nodectl exec``, ``port-forward`` and ``logs``: HTTP/2 streams to the node API.
+
+Imported only by those commands (asyncio, h2 and our driver cost ~100 ms of start-up that the
+other commands do not pay). The pod's node and its API endpoint come from the master; with
+``--direct`` the streams go straight to the node, authenticated with the admin certificate,
+and the node is authenticated by its certificate's identity (``system:node:<name>`` from the
+cluster CA) rather than by an address, since nodes are often reached by an IP their
+certificate does not name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import ssl
+import sys
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from agent.aio.h2conn import H2Connection, H2Stream, connect
+from agent.errors import ConnectionClosedError, StreamingError
+from agent.pki.core import NODE_CN_PREFIX, identity_of
+from agent.proto import execframe
+from agent.proto.execframe import Channel
+
+READ_CHUNK_BYTES = 64 << 10
+EXIT_STREAM_FAILED = 1
+
+
+class StreamCliError(Exception):
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class NodeTarget:
+    node: str
+    host: str
+    port: int
+
+
+def resolve_node(call: Callable[[str, str], Any], namespace: str, pod: str) -> NodeTarget:
+    """The node running ``namespace/pod`` and its API endpoint, asked of the master."""
+    quoted = f"{urllib.parse.quote(namespace)}/pods/{urllib.parse.quote(pod)}"
+    obj = call("GET", f"/v1/namespaces/{quoted}")
+    node = (obj.get("spec") or {}).get("nodeName") or ""
+    if not node:
+        raise StreamCliError(f"pod {namespace}/{pod} is not bound to a node yet")
+    node_obj = call("GET", f"/v1/nodes/{urllib.parse.quote(node)}")
+    endpoint = ((node_obj.get("status") or {}).get("daemonEndpoints") or {}).get("nodeApi") or ""
+    if not endpoint:
+        raise StreamCliError(f"node {node} has not reported its API endpoint yet")
+    host, _, port = endpoint.rpartition(":")
+    return NodeTarget(node, host.strip("[]"), int(port))
+
+
+def node_context(ca_pem: str, cert_file: str, key_file: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cadata=ca_pem)
+    ctx.check_hostname = False  # the node's identity is checked by name after the handshake
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
+async def open_node(target: NodeTarget, ctx: ssl.SSLContext) -> H2Connection:
+    conn = await connect(target.host, target.port, ctx, server_hostname="", name="nodectl")
+    from cryptography import x509
+
+    der = conn.peer_cert_der
+    want = NODE_CN_PREFIX + target.node
+    got = identity_of(x509.load_der_x509_certificate(der)).common_name if der else ""
+    if got != want:
+        await conn.shutdown("wrong node")
+        raise StreamCliError(f"{target.host}:{target.port} is {got!r}, not {want!r}")
+    return conn
+
+
+async def _error_of(stream: H2Stream) -> str:
+    body = await stream.read_all(1 << 20)
+    import json
+
+    with contextlib.suppress(ValueError, AttributeError):
+        return str(json.loads(body)["error"]["message"])
+    return body.decode(errors="replace")
+
+
+async def _response(stream: H2Stream) -> None:
+    await stream.response()
+    if stream.status != 200:
+        raise StreamCliError(f"Error from node ({stream.status}): {await _error_of(stream)}")
+
+
+# -- exec ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def raw_terminal(enabled: bool) -> Iterator[None]:
+    """Raw mode on the controlling terminal for ``-t``; restored on every way out."""
+    if not enabled or not sys.stdin.isatty():
+        yield
+        return
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setraw(fd)
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+async def exec_session(
+    conn: H2Connection,
+    namespace: str,
+    pod: str,
+    container: str | None,
+    command: list[str],
+    *,
+    stdin: bool,
+    tty: bool,
+) -> int:
+    query: list[tuple[str, str]] = [("command", c) for c in command]
+    if container:
+        query.append(("container", container))
+    if stdin:
+        query.append(("stdin", "1"))
+    if tty:
+        query.append(("tty", "1"))
+    path = (
+        f"/v1/namespaces/{urllib.parse.quote(namespace)}/pods/{urllib.parse.quote(pod)}/exec?"
+        + urllib.parse.urlencode(query)
+    )
+    stream = await conn.request("POST", path, end_stream=not (stdin or tty))
+    loop = asyncio.get_running_loop()
+    feeders: list[asyncio.Task[None]] = []
+    if tty:
+        await _send_size(stream)
+        loop.add_signal_handler(
+            signal.SIGWINCH, lambda: feeders.append(loop.create_task(_send_size(stream)))
+        )
+    if stdin:
+        feeders.append(loop.create_task(_pump_stdin(stream)))
+    elif tty:
+        feeders.append(loop.create_task(_end_after_response(stream)))
+    try:
+        await _response(stream)
+        decoder = execframe.FrameDecoder(frozenset({Channel.STDOUT, Channel.STDERR}))
+        out, err = sys.stdout.buffer, sys.stderr.buffer
+        while chunk := await stream.read():
+            for frame in decoder.feed(chunk):
+                target = err if frame.channel is Channel.STDERR else out
+                target.write(frame.payload)
+                target.flush()
+    finally:
+        if tty:
+            loop.remove_signal_handler(signal.SIGWINCH)
+        for task in feeders:
+            task.cancel()
+    trailers = dict(stream.trailers or ())
+    if "error" in trailers:
+        print(f"nodectl: {trailers['error']}", file=sys.stderr)
+    try:
+        return int(trailers.get("exit-code", "1"))
+    except ValueError:
+        return 1
+
+
+async def _end_after_response(stream: H2Stream) -> None:
+    # A TTY without -i: keep the stream open only for resizes until the process exits.
+    await stream.response()
+
+
+async def _send_size(stream: H2Stream) -> None:
+    # The terminal's own size, not shutil's: $COLUMNS/$LINES would pin it at start-up values.
+    try:
+        size = os.get_terminal_size(sys.stdin.fileno())
+    except OSError:
+        return
+    with contextlib.suppress(StreamingError):
+        await stream.write(execframe.encode_resize(size.columns, size.lines))
+
+
+async def _pump_stdin(stream: H2Stream) -> None:
+    loop = asyncio.get_running_loop()
+    fd = sys.stdin.fileno()
+    reader = asyncio.StreamReader(limit=READ_CHUNK_BYTES)
+    try:
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(fd), "rb", buffering=0)
+        )
+    except ValueError:
+        # A regular file on stdin (``< file``): not a pipe, read it in a thread.
+        while data := await asyncio.to_thread(os.read, fd, READ_CHUNK_BYTES):
+            await stream.write(execframe.encode(Channel.STDIN, data))
+        await stream.end()
+        return
+    while data := await reader.read(READ_CHUNK_BYTES):
+        await stream.write(execframe.encode(Channel.STDIN, data))
+    await stream.end()  # stdin EOF for the remote process
+
+
+# -- logs ---------------------------------------------------------------------------------
+
+
+async def logs_session(conn: H2Connection, namespace: str, pod: str, query: dict[str, str]) -> None:
+    path = (
+        f"/v1/namespaces/{urllib.parse.quote(namespace)}/pods/{urllib.parse.quote(pod)}/logs?"
+        + urllib.parse.urlencode(query)
+    )
+    stream = await conn.request("GET", path, end_stream=True)
+    await _response(stream)
+    out = sys.stdout.buffer
+    while chunk := await stream.read():
+        out.write(chunk)
+        out.flush()
+
+
+# -- port-forward -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PortPair:
+    local: int
+    remote: int
+
+
+def parse_ports(specs: list[str]) -> list[PortPair]:
+    pairs = []
+    for spec in specs:
+        local, _, remote = spec.rpartition(":")
+        try:
+            remote_port = int(remote)
+            local_port = int(local) if local else remote_port
+        except ValueError:
+            raise StreamCliError(f"port {spec!r}: expected [LOCAL:]REMOTE", 2) from None
+        if not (0 <= local_port <= 65535 and 1 <= remote_port <= 65535):
+            raise StreamCliError(f"port {spec!r}: out of range", 2)
+        pairs.append(PortPair(local_port, remote_port))
+    return pairs
+
+
+async def port_forward_session(
+    conn: H2Connection,
+    namespace: str,
+    pod: str,
+    pairs: list[PortPair],
+    address: str,
+    ready: Callable[[list[tuple[int, int]]], None] | None = None,
+) -> None:
+    """Listen locally; every accepted connection is a new stream on ``conn``. One failing
+    connection is reported and the session goes on; Ctrl-C or the connection ending stops it."""
+    base = f"/v1/namespaces/{urllib.parse.quote(namespace)}/pods/{urllib.parse.quote(pod)}"
+
+    active: set[asyncio.Task[Any]] = set()
+
+    def handler(remote: int) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]:
+        async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            me = asyncio.current_task()
+            if me is not None:
+                active.add(me)
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                stream = await conn.request("POST", f"{base}/portforward?port={remote}")
+                upload = asyncio.get_running_loop().create_task(_upload(reader, stream))
+                try:
+                    await _response(stream)
+                    while chunk := await stream.read():
+                        writer.write(chunk)
+                        await writer.drain()
+                    if writer.can_write_eof():
+                        writer.write_eof()
+                    await upload
+                finally:
+                    upload.cancel()
+            except (StreamCliError, StreamingError, OSError) as exc:
+                print(f"nodectl: error forwarding port {remote}: {exc}", file=sys.stderr)
+            except asyncio.CancelledError:
+                pass  # the session is shutting down (Ctrl-C): nothing to report
+            finally:
+                writer.close()
+                if me is not None:
+                    active.discard(me)
+
+        return forward
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    servers = []
+    bound: list[tuple[int, int]] = []
+    try:
+        for pair in pairs:
+            server = await asyncio.start_server(handler(pair.remote), address, pair.local)
+            servers.append(server)
+            port = server.sockets[0].getsockname()[1]
+            bound.append((port, pair.remote))
+            print(f"Forwarding from {address}:{port} -> {pair.remote}", flush=True)
+        if ready is not None:
+            ready(bound)
+        stopping = loop.create_task(stop.wait())
+        await asyncio.wait({stopping, conn.closed}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not stop.is_set():
+            raise StreamCliError("lost the connection to the node")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        for server in servers:
+            server.close()
+        for task in list(active):
+            task.cancel()
+        await asyncio.gather(*active, return_exceptions=True)
+
+
+async def _upload(reader: asyncio.StreamReader, stream: H2Stream) -> None:
+    while data := await reader.read(READ_CHUNK_BYTES):
+        await stream.write(data)
+    await stream.end()  # local client half-closed: half-close towards the pod
+
+
+# -- entry ---------------------------------------------------------------------------------
+
+
+def run(
+    coro_factory: Callable[[H2Connection], Any],
+    target: NodeTarget,
+    ctx: ssl.SSLContext,
+    *,
+    raw_tty: bool = False,
+) -> Any:
+    async def main() -> Any:
+        conn = await open_node(target, ctx)
+        try:
+            return await coro_factory(conn)
+        finally:
+            await conn.shutdown("done", grace_s=1.0)
+
+    with raw_terminal(raw_tty):
+        try:
+            return asyncio.run(main())
+        except ConnectionClosedError as exc:
+            raise StreamCliError(str(exc)) from exc
+        except StreamingError as exc:
+            raise StreamCliError(str(exc)) from exc

@@ -1,0 +1,388 @@
+"""exec, port-forward and logs through nodectl over HTTP/2 to the node API, against a real
+master, agent and dockerd (the streams go straight to the node: ``--direct``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.helpers import (
+    REPO_ROOT,
+    AgentProcess,
+    MasterProcess,
+    node_containers,
+    node_ready,
+    pod_manifest,
+    running_phase,
+    wait_for,
+)
+
+pytestmark = pytest.mark.docker
+
+HTTPD = {
+    "name": "web",
+    "command": [
+        "sh",
+        "-c",
+        "mkdir -p /www /local && echo public > /www/index.html && echo private > "
+        "/local/index.html && httpd -p 127.0.0.1:9090 -h /local && "
+        "exec httpd -f -p 8080 -h /www",
+    ],
+}
+ECHO = {"name": "echo", "command": ["nc", "-ll", "-p", "7000", "-e", "cat"]}
+TALKER = {
+    "name": "talker",
+    "command": ["sh", "-c", "i=0; while true; do echo line-$i; i=$((i+1)); sleep 0.2; done"],
+}
+
+
+@pytest.fixture
+def cluster(
+    make_master: Callable[..., MasterProcess], make_agent: Callable[..., AgentProcess]
+) -> tuple[MasterProcess, AgentProcess]:
+    master = make_master().start()
+    agent = make_agent(
+        f"stream-{uuid.uuid4().hex[:8]}",
+        master=master.url,
+        ca_cert_hash=[master.pin],
+        master_backoff_max_s=1.0,
+    )
+    agent.write_manifest("pods.json", pod_manifest("box", [HTTPD, ECHO, TALKER], grace_s=0))
+    agent.start()
+    wait_for(lambda: running_phase(agent, "box"), what="box Running")
+    wait_for(lambda: node_ready(master, agent.node_name), what="node Ready")
+
+    def endpoint_known() -> bool:
+        node = master.node(agent.node_name) or {}
+        return bool(node.get("status", {}).get("daemonEndpoints", {}).get("nodeApi"))
+
+    wait_for(endpoint_known, what="node API endpoint reported")
+    wait_for(lambda: "box" in master.pods(), what="mirror pod of box on the master")
+    return master, agent
+
+
+def nodectl(
+    master: MasterProcess, *args: str, stdin: str | None = None, timeout_s: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: PLW1510 - callers check the exit status
+        [sys.executable, "-m", "agent.cli.nodectl", "--config", str(master.admin_conf), *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        cwd=REPO_ROOT,
+        timeout=timeout_s,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+    )
+
+
+def test_exec_passes_stdin_separates_streams_and_returns_the_exit_code(
+    cluster: tuple[MasterProcess, AgentProcess],
+) -> None:
+    master, agent = cluster
+    done = nodectl(master, "exec", "-i", "box", "-c", "web", "--", "cat", stdin="hello\n")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "hello\n", "")
+    done = nodectl(
+        master, "exec", "box", "-c", "web", "--", "sh", "-c", "echo out; echo err >&2; exit 3"
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (3, "out\n", "err\n")
+    # stdin EOF reaches the process while its output keeps flowing afterwards.
+    done = nodectl(
+        master,
+        "exec",
+        "-i",
+        "box",
+        "-c",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "wc -c; echo after-eof",
+        stdin="x" * 100_000,
+    )
+    assert done.returncode == 0 and done.stdout.split() == ["100000", "after-eof"]
+    audit = agent.log_path.read_text()
+    assert '"msg":"exec session"' in audit and '"exit_code":3' in audit
+
+
+def test_exec_errors_are_clear(cluster: tuple[MasterProcess, AgentProcess]) -> None:
+    master, _ = cluster
+    done = nodectl(master, "exec", "box", "-c", "nope", "--", "true")
+    assert done.returncode == 1 and "container 'nope' not found" in done.stderr
+    done = nodectl(master, "exec", "box", "--", "true")
+    assert done.returncode == 1 and "several containers" in done.stderr
+    done = nodectl(master, "exec", "ghost", "--", "true")
+    assert done.returncode == 1 and "ghost" in done.stderr
+
+
+def test_exec_tty_session_in_tmux_sees_resize_and_exits(
+    cluster: tuple[MasterProcess, AgentProcess], tmp_path: Path
+) -> None:
+    master, _ = cluster
+    tmux = shutil.which("tmux")
+    assert tmux, "tmux is installed by scripts/bootstrap.sh"
+    session = f"nodectl-{uuid.uuid4().hex[:6]}"
+    marker = tmp_path / "exit-code"
+    command = (
+        f"cd {REPO_ROOT} && PYTHONPATH={REPO_ROOT} {sys.executable} -m agent.cli.nodectl "
+        f"--config {master.admin_conf} exec -i -t box -c web -- sh; echo $? > {marker}"
+    )
+    subprocess.run(
+        [tmux, "new-session", "-d", "-s", session, "-x", "80", "-y", "24", command], check=True
+    )
+
+    def pane() -> str:
+        return subprocess.run(
+            [tmux, "capture-pane", "-p", "-t", session], capture_output=True, text=True, check=False
+        ).stdout
+
+    try:
+        wait_for(lambda: "#" in pane(), what="remote shell prompt")
+        subprocess.run([tmux, "send-keys", "-t", session, "stty size", "Enter"], check=True)
+        wait_for(lambda: re.search(r"^24 80\s*$", pane(), re.M), what="stty size 24 80")
+        subprocess.run([tmux, "resize-window", "-t", session, "-x", "100", "-y", "30"], check=True)
+        subprocess.run([tmux, "send-keys", "-t", session, "stty size", "Enter"], check=True)
+        wait_for(lambda: re.search(r"^30 100\s*$", pane(), re.M), what="stty size after resize")
+        subprocess.run([tmux, "send-keys", "-t", session, "exit 7", "Enter"], check=True)
+        wait_for(lambda: marker.exists() and marker.read_text().strip(), what="nodectl exited")
+        assert marker.read_text().strip() == "7"
+    finally:
+        subprocess.run([tmux, "kill-session", "-t", session], check=False, capture_output=True)
+
+
+@pytest.fixture
+def port_forward(
+    cluster: tuple[MasterProcess, AgentProcess],
+) -> Iterator[Callable[..., dict[int, int]]]:
+    master, _ = cluster
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*ports: str) -> dict[int, int]:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "agent.cli.nodectl",
+                "--config",
+                str(master.admin_conf),
+                "port-forward",
+                "box",
+                *ports,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO_ROOT,
+            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONFAULTHANDLER="1"),
+        )
+        procs.append(proc)
+        mapping: dict[int, int] = {}
+        assert proc.stdout is not None
+        while len(mapping) < len(ports):
+            line = proc.stdout.readline()
+            assert line, f"port-forward exited: {proc.stderr.read() if proc.stderr else ''}"
+            found = re.match(r"Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)", line)
+            if found:
+                mapping[int(found[2])] = int(found[1])
+        return mapping
+
+    yield start
+    for proc in procs:
+        proc.send_signal(2)  # Ctrl-C: a clean shutdown, exit status 0
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(6)
+            proc.wait()
+            raise AssertionError(proc.stderr.read() if proc.stderr else "") from None
+        assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+
+
+def _curl(port: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["curl", "-sS", "--max-time", "10", f"http://127.0.0.1:{port}/"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_port_forward_http_pod_localhost_and_refused_port(
+    port_forward: Callable[..., dict[int, int]],
+) -> None:
+    local = port_forward("0:8080", "0:9090", "0:7777")
+    assert _curl(local[8080]).stdout == "public\n"
+    assert _curl(local[9090]).stdout == "private\n"  # bound to the pod's 127.0.0.1 only
+    refused = _curl(local[7777])
+    assert refused.returncode != 0  # that connection fails ...
+    assert _curl(local[8080]).stdout == "public\n"  # ... and the session goes on
+
+
+def test_port_forward_200_concurrent_connections(
+    port_forward: Callable[..., dict[int, int]],
+) -> None:
+    local = port_forward("0:8080")[8080]
+    socks = [socket.create_connection(("127.0.0.1", local), timeout=30) for _ in range(200)]
+    try:
+        for sock in socks:
+            sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        answers = []
+        for sock in socks:
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+            answers.append(data)
+    finally:
+        for sock in socks:
+            sock.close()
+    assert all(a.startswith(b"HTTP/1.") and a.endswith(b"public\n") for a in answers)
+
+
+def test_port_forward_half_close_and_bulk_integrity(
+    port_forward: Callable[..., dict[int, int]],
+) -> None:
+    local = port_forward("0:7000")[7000]
+    size = int(os.environ.get("PORT_FORWARD_BULK_BYTES", str(256 << 20)))
+    block = os.urandom(1 << 20)
+    sent_hash, got_hash = hashlib.sha256(), hashlib.sha256()
+    received = 0
+    with socket.create_connection(("127.0.0.1", local), timeout=60) as sock:
+
+        def send() -> None:
+            left = size
+            while left:
+                piece = block[: min(left, len(block))]
+                sock.sendall(piece)
+                sent_hash.update(piece)
+                left -= len(piece)
+            sock.shutdown(socket.SHUT_WR)  # half-close towards the pod: cat sees EOF
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        while chunk := sock.recv(1 << 20):  # ends when the pod side closes after its EOF
+            got_hash.update(chunk)
+            received += len(chunk)
+        sender.join()
+    assert received == size
+    assert got_hash.hexdigest() == sent_hash.hexdigest()
+
+
+def test_logs_tail_follow_and_previous(
+    cluster: tuple[MasterProcess, AgentProcess], docker_client: docker.DockerClient
+) -> None:
+    master, agent = cluster
+    wait_for(
+        lambda: len(nodectl(master, "logs", "box", "-c", "talker").stdout.split()) >= 5,
+        what="talker wrote lines",
+    )
+    tail = nodectl(master, "logs", "--tail", "2", "box", "-c", "talker")
+    assert tail.returncode == 0 and len(tail.stdout.split()) == 2
+    stamped = nodectl(master, "logs", "--tail", "1", "--timestamps", "box", "-c", "talker")
+    assert re.match(r"\d{4}-\d\d-\d\dT\S+ line-\d+$", stamped.stdout.strip())
+
+    follow = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent.cli.nodectl",
+            "--config",
+            str(master.admin_conf),
+            "logs",
+            "-f",
+            "--tail",
+            "0",
+            "box",
+            "-c",
+            "talker",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+    )
+    try:
+        assert follow.stdout is not None
+        first = follow.stdout.readline()
+        second = follow.stdout.readline()
+        assert first.startswith("line-") and second.startswith("line-")
+        assert int(second.split("-")[1]) == int(first.split("-")[1]) + 1  # new lines, live
+    finally:
+        follow.kill()
+        follow.wait()
+
+    before = nodectl(master, "logs", "--previous", "box", "-c", "talker")
+    assert before.returncode == 1 and "no previous terminated container" in before.stderr
+    current = nodectl(master, "logs", "box", "-c", "talker").stdout
+    talker = next(
+        c
+        for c in node_containers(docker_client, agent.node_name)
+        if c.labels.get("io.node-agent.container") == "talker" and c.status == "running"
+    )
+    talker.kill()
+    wait_for(
+        lambda: (
+            (p := agent.pod("box"))
+            and any(c["restartCount"] >= 1 for c in p["status"]["containerStatuses"])
+        ),
+        what="talker restarted",
+    )
+    previous = nodectl(master, "logs", "--previous", "box", "-c", "talker")
+    assert previous.returncode == 0 and previous.stdout.startswith(current.splitlines()[0])
+
+
+def test_node_api_refuses_anonymous_and_other_nodes(
+    cluster: tuple[MasterProcess, AgentProcess],
+    make_agent: Callable[..., AgentProcess],
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    from agent.aio.h2conn import connect
+    from agent.errors import ConnectionClosedError
+
+    master, agent = cluster
+    other = make_agent(
+        f"other-{uuid.uuid4().hex[:6]}", master=master.url, ca_cert_hash=[master.pin]
+    ).start()
+    wait_for(lambda: (other.state_dir / "pki" / "node.crt").exists(), what="other node's cert")
+    node = master.node(agent.node_name)
+    assert node is not None
+    host, port = node["status"]["daemonEndpoints"]["nodeApi"].rsplit(":", 1)
+    ca = str(master.root / "pki" / "ca.crt")
+
+    async def attempt(cert: tuple[Path, Path] | None) -> int:
+        ctx = ssl.create_default_context(cafile=ca)
+        ctx.check_hostname = False
+        if cert is not None:
+            ctx.load_cert_chain(*cert)
+        conn = await connect(host, int(port), ctx, server_hostname="")
+        try:
+            stream = await conn.request(
+                "POST",
+                "/v1/namespaces/default/pods/box/exec?command=true&container=web",
+                end_stream=True,
+            )
+            await stream.response()
+            body = json.loads(await stream.read_all(1 << 16))
+            assert "may not use node" in body["error"]["message"]
+            return stream.status
+        finally:
+            await conn.shutdown()
+
+    other_cert = (other.state_dir / "pki" / "node.crt", other.state_dir / "pki" / "node.key")
+    assert asyncio.run(attempt(other_cert)) == 403
+    with pytest.raises(ConnectionClosedError):
+        asyncio.run(attempt(None))  # no client certificate: refused in the handshake
