@@ -95,6 +95,42 @@ def _node_api_pods(master: MasterProcess, host: Host, tmp_path: Path) -> set[str
         return {p["metadata"]["name"] for p in json.loads(resp.read())["items"]}
 
 
+def _exec_direct(master: MasterProcess, host: Host, tmp_path: Path, pod: str) -> tuple[int, str]:
+    """``sh -c 'echo coasting'`` in ``pod`` over HTTP/2 straight to the node API (admin
+    certificate), as ``nodectl exec --direct`` does: no master involved."""
+    import asyncio
+
+    from agent.aio.h2conn import connect
+    from agent.proto import execframe
+
+    admin = tomllib.loads(master.admin_conf.read_text())
+    cert, key = tmp_path / "admin.crt", tmp_path / "admin.key"
+    cert.write_text(admin["client_cert"])
+    key.write_text(admin["client_key"])
+
+    async def run() -> tuple[int, str]:
+        ctx = ssl.create_default_context(cafile=str(master.root / "pki" / "ca.crt"))
+        ctx.check_hostname = False
+        ctx.load_cert_chain(cert, key)
+        conn = await connect(host.address, API_PORT, ctx, server_hostname="")
+        try:
+            stream = await conn.request(
+                "POST",
+                f"/v1/namespaces/default/pods/{pod}/exec?command=sh&command=-c"
+                "&command=echo%20coasting",
+                end_stream=True,
+            )
+            await stream.response()
+            out = b"".join(
+                f.payload for f in execframe.FrameDecoder().feed(await stream.read_all(1 << 20))
+            )
+            return int(dict(stream.trailers or ())["exit-code"]), out.decode()
+        finally:
+            await conn.shutdown()
+
+    return asyncio.run(run())
+
+
 def _app_container(client: docker.DockerClient, node: str, pod: str) -> Any:
     return next(
         c
@@ -134,6 +170,7 @@ def test_master_outage_pods_coast_and_catch_up(
     # Static pods and the node API (admin certificate, straight to the node) keep working.
     assert running_phase(agent, "static-web")
     assert {"steady", "crasher", "static-web"} <= _node_api_pods(master, ahost, tmp_path)
+    assert _exec_direct(master, ahost, tmp_path, "steady") == (0, "coasting\n")
     assert agent.get("/healthz") == (200, "ok")
 
     during = _snapshot(docker_client, node)
