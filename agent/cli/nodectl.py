@@ -18,7 +18,7 @@ import sys
 import tempfile
 import tomllib
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -316,15 +316,22 @@ def cmd_node_action(client: Client, args: argparse.Namespace) -> None:
 
 
 def _streaming(client: Client, args: argparse.Namespace) -> int | None:
-    """exec, port-forward and logs: HTTP/2 streams straight to the pod's node (the master's
-    streaming proxy is not there yet, so ``--direct`` is what every session does)."""
+    """exec, port-forward and logs: HTTP/2 streams through the master's proxy, or with
+    ``--direct`` straight to the pod's node (found through the master)."""
     from agent.cli import nodectl_stream as ns
 
     config = client.config
     try:
-        target = ns.resolve_node(client.call, args.namespace, args.pod)
-        with _credential_files(config) as (cert, key):
-            ctx = ns.node_context(config.ca, cert, key)
+        opener: Callable[[], Any]
+        if args.direct:
+            target = ns.resolve_node(client.call, args.namespace, args.pod)
+            with _credential_files(config) as (cert, key):
+                node_ctx = ns.node_context(config.ca, cert, key)
+            opener = lambda: ns.open_node(target, node_ctx)  # noqa: E731
+        else:
+            with _credential_files(config) as (cert, key):
+                master_ctx = ns.master_context(config.ca, cert, key)
+            opener = lambda: ns.open_master(config.server, master_ctx)  # noqa: E731
         if args.command == "exec":
             command = list(args.cmd)
             if not command:
@@ -339,8 +346,7 @@ def _streaming(client: Client, args: argparse.Namespace) -> int | None:
                     stdin=args.stdin,
                     tty=args.tty,
                 ),
-                target,
-                ctx,
+                opener,
                 raw_tty=args.tty,
             )
             return code
@@ -354,7 +360,7 @@ def _streaming(client: Client, args: argparse.Namespace) -> int | None:
                 query["previous"] = "1"
             if args.container:
                 query["container"] = args.container
-            ns.run(lambda conn: ns.logs_session(conn, args.namespace, args.pod, query), target, ctx)
+            ns.run(lambda conn: ns.logs_session(conn, args.namespace, args.pod, query), opener)
             return None
         pairs = ns.parse_ports(args.ports)
         with contextlib.suppress(KeyboardInterrupt):
@@ -362,8 +368,7 @@ def _streaming(client: Client, args: argparse.Namespace) -> int | None:
                 lambda conn: ns.port_forward_session(
                     conn, args.namespace, args.pod, pairs, args.address
                 ),
-                target,
-                ctx,
+                opener,
             )
         return None
     except ns.StreamCliError as exc:

@@ -332,15 +332,26 @@ async def _upload(reader: asyncio.StreamReader, stream: H2Stream) -> None:
 # -- entry ---------------------------------------------------------------------------------
 
 
+async def open_master(server_url: str, ctx: ssl.SSLContext) -> H2Connection:
+    url = urllib.parse.urlsplit(server_url)
+    host = url.hostname or ""
+    return await connect(host, url.port or 6443, ctx, server_hostname=host, name="nodectl")
+
+
+def master_context(ca_pem: str, cert_file: str, key_file: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cadata=ca_pem)
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
 def run(
     coro_factory: Callable[[H2Connection], Any],
-    target: NodeTarget,
-    ctx: ssl.SSLContext,
+    opener: Callable[[], Any],
     *,
     raw_tty: bool = False,
 ) -> Any:
     async def main() -> Any:
-        conn = await open_node(target, ctx)
+        conn = await opener()
         try:
             return await coro_factory(conn)
         finally:

@@ -18,15 +18,17 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from agent import __version__
 from agent.aio.bridge import ThreadBridge
+from agent.aio.h2conn import HANDSHAKE_TIMEOUT_S, AlpnSwitch, serve_factory
 from agent.aio.logs import kv
 from agent.aio.sdnotify import SystemdNotifier
 from agent.aio.tasks import start_guarded
 from agent.aio.tls import server_context
-from agent.errors import ConfigError
+from agent.errors import ConfigError, NotFoundError
 from agent.master.api import MasterApi
 from agent.master.config import MasterConfig, load_master_config
-from agent.master.pki_files import ClusterPki
+from agent.master.pki_files import ClusterPki, write_proxy_identity
 from agent.master.pods import PodStore
+from agent.master.proxy import BadGateway, StreamingProxy
 from agent.master.registry import NodeRegistry
 from agent.master.store.sqlite import SqliteStore
 from agent.pki.core import certs_from_pem
@@ -86,8 +88,17 @@ class Master:
                 pki.serving_key_path,
                 client_ca_pems=ca_pems,
                 require_client_cert=False,
-                alpn=("http/1.1",),
+                alpn=("h2", "http/1.1"),
             )
+        )
+        proxy_cert, proxy_key = await self.bridge.run(write_proxy_identity, pki, cfg.pki_dir)
+        self.proxy = StreamingProxy(
+            cas=lambda: [pki.ca_cert],
+            pod_node=self._pod_node,
+            node_endpoint=self._node_endpoint,
+            proxy_cert=proxy_cert,
+            proxy_key=proxy_key,
+            ca_file=pki.ca_cert_path,
         )
         # Watches are long-lived streams: on shutdown give requests a moment, then close them
         # (agents reconnect and resume from their resource version).
@@ -95,15 +106,18 @@ class Master:
             self.api.app(), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S
         )
         await runner.setup()
-        site = web.TCPSite(
-            runner,
+        http1 = runner.server
+        assert http1 is not None
+        make_h2 = serve_factory(self.proxy.handle, name="master-api")
+        # One port for both: HTTP/1.1 (the JSON API, aiohttp) and HTTP/2 (streaming proxy).
+        server = await loop.create_server(
+            lambda: AlpnSwitch(make_h2, http1),
             cfg.host,
             cfg.port,
-            ssl_context=self.tls,
+            ssl=self.tls,
             reuse_address=True,
-            shutdown_timeout=SHUTDOWN_GRACE_S,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
         )
-        await site.start()
         log.info(
             "node master serving",
             extra=kv(
@@ -125,6 +139,8 @@ class Master:
             pass
         finally:
             self.notifier.stopping()
+            server.close()
+            await self.proxy.close()
             await runner.cleanup()
             await store.close()
             self.bridge.close()
@@ -133,6 +149,21 @@ class Master:
     async def _wait_stop(self) -> None:
         await self._stop.wait()
         raise _ShutdownRequested
+
+    async def _pod_node(self, namespace: str, name: str) -> str:
+        obj = await self.pods.get(namespace, name)
+        node = str(obj.get("nodeName") or "")
+        if not node:
+            raise NotFoundError(f"pod {namespace}/{name} is not bound to a node yet")
+        return node
+
+    async def _node_endpoint(self, node: str) -> tuple[str, int]:
+        found = await self.registry.get_record(node)
+        endpoint = str(found[0].get("apiEndpoint") or "") if found else ""
+        if not endpoint:
+            raise BadGateway(f"node {node} has not reported its API endpoint")
+        host, _, port = endpoint.rpartition(":")
+        return host.strip("[]"), int(port)
 
     async def _schedule_loop(self) -> None:
         while True:

@@ -17,6 +17,7 @@ from agent.errors import ConfigError
 from agent.pki.core import (
     ADMIN_LIFETIME_DAYS,
     MASTERS_GROUP,
+    PROXIES_GROUP,
     SERVING_LIFETIME_DAYS,
     PrivateKey,
     cert_to_pem,
@@ -151,3 +152,25 @@ def _is_ipv6(name: str) -> bool:
         return ipaddress.ip_address(name).version == 6
     except ValueError:
         return False
+
+
+PROXY_LIFETIME_S = 30 * DAY_S
+
+
+def write_proxy_identity(pki: ClusterPki, pki_dir: Path) -> tuple[Path, Path]:
+    """A fresh client certificate for the streaming proxy (``O=system:node-proxies``), issued
+    at every start from the cluster CA the master holds, so it never needs renewing by hand."""
+    key = generate_key()
+    cert = issue(
+        pki.ca_key,
+        pki.ca_cert,
+        key.public_key(),
+        common_name="system:node-proxy",
+        groups=[PROXIES_GROUP],
+        lifetime_s=PROXY_LIFETIME_S,
+        client=True,
+    )
+    cert_path, key_path = pki_dir / "proxy.crt", pki_dir / "proxy.key"
+    write_private(key_path, key_to_pem(key))
+    cert_path.write_bytes(cert_to_pem(cert))
+    return cert_path, key_path

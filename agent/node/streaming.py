@@ -50,6 +50,8 @@ READ_CHUNK_BYTES = 64 << 10
 PORT_CONNECT_TIMEOUT_S = 5.0
 EXIT_CODE_WAIT_S = 5.0
 EXEC_CONTENT_TYPE = "application/vnd.node-agent.exec"
+USER_HEADER = "node-agent-user"  # set by the master's proxy (PROXIES_GROUP) only
+GROUPS_HEADER = "node-agent-groups"
 
 
 class StreamingRuntime(Protocol):
@@ -198,6 +200,13 @@ class StreamingApi:
         except PkiError as exc:
             raise Unauthorized(str(exc)) from exc
         ident = identity_of(cert)
+        if ident.is_proxy:
+            # The master relays a user's stream: that user is who is authorized and audited.
+            user = stream.header(USER_HEADER) or ""
+            groups = tuple(g for g in (stream.header(GROUPS_HEADER) or "").split(",") if g)
+            if not user:
+                raise ForbiddenError("the master's proxy must say which user it acts for")
+            ident = Identity(common_name=f"{user} (via {ident.common_name})", groups=groups)
         if not ident.is_admin:
             who = ident.node_name or ident.common_name
             raise ForbiddenError(f"{who!r} may not use node {self._node_name!r}'s API")

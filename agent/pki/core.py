@@ -30,6 +30,7 @@ from agent.errors import AgentError
 NODE_CN_PREFIX = "system:node:"
 NODES_GROUP = "system:nodes"
 MASTERS_GROUP = "system:masters"
+PROXIES_GROUP = "system:node-proxies"  # the master's streaming proxy, acting for a user
 CA_LIFETIME_DAYS = 3650
 SERVING_LIFETIME_DAYS = 825
 ADMIN_LIFETIME_DAYS = 365
@@ -62,6 +63,10 @@ class Identity:
     @property
     def is_admin(self) -> bool:
         return MASTERS_GROUP in self.groups
+
+    @property
+    def is_proxy(self) -> bool:
+        return PROXIES_GROUP in self.groups
 
 
 def generate_key() -> PrivateKey:

@@ -1,5 +1,6 @@
-"""exec, port-forward and logs through nodectl over HTTP/2 to the node API, against a real
-master, agent and dockerd (the streams go straight to the node: ``--direct``)."""
+"""exec, port-forward and logs through nodectl over HTTP/2, against a real master, agent and
+dockerd: through the master's streaming proxy (the default) and straight to the node
+(``--direct``)."""
 
 from __future__ import annotations
 
@@ -89,20 +90,31 @@ def nodectl(
     )
 
 
+@pytest.mark.parametrize("route", [[], ["--direct"]], ids=["via-master", "direct"])
 def test_exec_passes_stdin_separates_streams_and_returns_the_exit_code(
-    cluster: tuple[MasterProcess, AgentProcess],
+    cluster: tuple[MasterProcess, AgentProcess], route: list[str]
 ) -> None:
     master, agent = cluster
-    done = nodectl(master, "exec", "-i", "box", "-c", "web", "--", "cat", stdin="hello\n")
+    done = nodectl(master, "exec", *route, "-i", "box", "-c", "web", "--", "cat", stdin="hello\n")
     assert (done.returncode, done.stdout, done.stderr) == (0, "hello\n", "")
     done = nodectl(
-        master, "exec", "box", "-c", "web", "--", "sh", "-c", "echo out; echo err >&2; exit 3"
+        master,
+        "exec",
+        *route,
+        "box",
+        "-c",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
     )
     assert (done.returncode, done.stdout, done.stderr) == (3, "out\n", "err\n")
     # stdin EOF reaches the process while its output keeps flowing afterwards.
     done = nodectl(
         master,
         "exec",
+        *route,
         "-i",
         "box",
         "-c",
@@ -114,8 +126,12 @@ def test_exec_passes_stdin_separates_streams_and_returns_the_exit_code(
         stdin="x" * 100_000,
     )
     assert done.returncode == 0 and done.stdout.split() == ["100000", "after-eof"]
-    audit = agent.log_path.read_text()
-    assert '"msg":"exec session"' in audit and '"exit_code":3' in audit
+    audit = [json.loads(line) for line in agent.log_path.read_text().splitlines() if line]
+    sessions = [e for e in audit if e.get("msg") == "exec session"]
+    assert any(e["exit_code"] == 3 for e in sessions)
+    # Through the proxy the node authorizes and audits the user, not the master.
+    who = "admin (via system:node-proxy)" if not route else "admin"
+    assert {e["who"] for e in sessions} == {who}
 
 
 def test_exec_errors_are_clear(cluster: tuple[MasterProcess, AgentProcess]) -> None:
@@ -170,7 +186,7 @@ def port_forward(
     master, _ = cluster
     procs: list[subprocess.Popen[str]] = []
 
-    def start(*ports: str) -> dict[int, int]:
+    def start(*ports: str, direct: bool = False) -> dict[int, int]:
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -179,6 +195,7 @@ def port_forward(
                 "--config",
                 str(master.admin_conf),
                 "port-forward",
+                *(["--direct"] if direct else []),
                 "box",
                 *ports,
             ],
@@ -220,10 +237,11 @@ def _curl(port: int) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.parametrize("direct", [False, True], ids=["via-master", "direct"])
 def test_port_forward_http_pod_localhost_and_refused_port(
-    port_forward: Callable[..., dict[int, int]],
+    port_forward: Callable[..., dict[int, int]], direct: bool
 ) -> None:
-    local = port_forward("0:8080", "0:9090", "0:7777")
+    local = port_forward("0:8080", "0:9090", "0:7777", direct=direct)
     assert _curl(local[8080]).stdout == "public\n"
     assert _curl(local[9090]).stdout == "private\n"  # bound to the pod's 127.0.0.1 only
     refused = _curl(local[7777])

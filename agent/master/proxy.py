@@ -1,0 +1,201 @@
+"""The master's streaming proxy: exec, port-forward and logs for users who only reach the master.
+
+A user's HTTP/2 stream (``nodectl`` without ``--direct``) is authorized here (administrators),
+then relayed to a stream on the one HTTP/2 connection the master keeps per node, opened with the
+master's proxy identity (``O=system:node-proxies``) and carrying the user's identity in
+``node-agent-user`` / ``node-agent-groups`` headers; the node authorizes and audits that user,
+and believes those headers only from the proxy identity.
+
+Flow control is end to end: each direction reads a chunk, writes it on the other side, and only
+then asks for the next chunk, which is when the credit of the previous one is returned. A slow
+reader therefore stalls only its own stream. The node connections use a small stream window and
+a large connection window so that many stalled streams cannot starve the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from agent.aio.h2conn import H2Connection, H2Stream, connect
+from agent.aio.logs import kv
+from agent.errors import (
+    AgentError,
+    ConnectionClosedError,
+    ForbiddenError,
+    NotFoundError,
+    StreamingError,
+)
+from agent.pki.core import NODE_CN_PREFIX, Identity, PkiError, identity_of, verify_issued_by
+from agent.proto.h2mux import Limits
+
+log = logging.getLogger(__name__)
+
+USER_HEADER = "node-agent-user"
+GROUPS_HEADER = "node-agent-groups"
+PROXY_COMMON_NAME = "system:node-proxy"
+NODE_LINK_LIMITS = Limits(stream_window_bytes=256 << 10, connection_window_bytes=64 << 20)
+_ROUTES = {("POST", "exec"), ("POST", "portforward"), ("GET", "logs")}
+_FORWARDED_HEADERS = ("content-type",)
+
+
+class Unauthorized(StreamingError):
+    http_status = 401
+
+
+class BadGateway(StreamingError):
+    http_status = 502
+
+
+class StreamingProxy:
+    def __init__(
+        self,
+        *,
+        cas: Callable[[], list[x509.Certificate]],
+        pod_node: Callable[[str, str], Any],
+        node_endpoint: Callable[[str], Any],
+        proxy_cert: Path,
+        proxy_key: Path,
+        ca_file: Path,
+    ) -> None:
+        self._cas = cas
+        self._pod_node = pod_node
+        self._node_endpoint = node_endpoint
+        self._proxy_cert = proxy_cert
+        self._proxy_key = proxy_key
+        self._ca_file = ca_file
+        self._links: dict[str, H2Connection] = {}
+        self._connecting: dict[str, asyncio.Lock] = {}
+
+    # -- users ---------------------------------------------------------------------------
+
+    async def handle(self, stream: H2Stream) -> None:
+        try:
+            who = self._authorize(stream)
+            await self._relay(stream, who)
+        except AgentError as exc:
+            if not stream.local_ended and not stream.failed:
+                with contextlib.suppress(StreamingError):
+                    await self._error(stream, exc.http_status, str(exc))
+
+    def _authorize(self, stream: H2Stream) -> Identity:
+        der = stream.conn.peer_cert_der
+        if not der:
+            raise Unauthorized("client certificate required")
+        cert = x509.load_der_x509_certificate(der)
+        try:
+            verify_issued_by(cert, self._cas())
+        except PkiError as exc:
+            raise Unauthorized(str(exc)) from exc
+        ident = identity_of(cert)
+        if not ident.is_admin:
+            raise ForbiddenError(f"{ident.common_name!r} may not exec, port-forward or read logs")
+        return ident
+
+    async def _error(self, stream: H2Stream, status: int, message: str) -> None:
+        body = {"error": {"code": status, "message": message, "details": {}}}
+        await stream.respond(status, [("content-type", "application/json")])
+        await stream.write(json.dumps(body).encode())
+        await stream.end()
+
+    async def _relay(self, user: H2Stream, who: Identity) -> None:
+        parts = urllib.parse.urlsplit(user.path)
+        segments = parts.path.strip("/").split("/")
+        if (
+            len(segments) != 6
+            or segments[:2] != ["v1", "namespaces"]
+            or segments[3] != "pods"
+            or (user.method, segments[5]) not in _ROUTES
+        ):
+            raise NotFoundError(f"no such endpoint: {user.method} {parts.path}")
+        node = await self._pod_node(segments[2], segments[4])
+        link = await self._link(node)
+        try:
+            upstream = await link.request(
+                user.method,
+                user.path,
+                [(USER_HEADER, who.common_name), (GROUPS_HEADER, ",".join(who.groups))],
+            )
+        except ConnectionClosedError as exc:
+            raise BadGateway(f"node {node}: {exc}") from exc
+        try:
+            await self._pump(user, upstream)
+        except StreamingError:
+            for side in (user, upstream):
+                if not side.failed:
+                    side.reset()
+
+    async def _pump(self, user: H2Stream, upstream: H2Stream) -> None:
+        loop = asyncio.get_running_loop()
+
+        async def up() -> None:
+            while chunk := await user.read():
+                await upstream.write(chunk)
+            await upstream.end()
+
+        sender = loop.create_task(up())
+        try:
+            headers = await upstream.response()
+            status = upstream.status
+            await user.respond(status, [(k, v) for k, v in headers if k in _FORWARDED_HEADERS])
+            while chunk := await upstream.read():
+                await user.write(chunk)
+            await user.end(upstream.trailers)
+            # The user's side may still be sending (port-forward half-close): let it finish.
+            with contextlib.suppress(StreamingError):
+                await sender
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StreamingError):
+                await sender
+
+    # -- node links ----------------------------------------------------------------------
+
+    def _client_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self._ca_file))
+        ctx.check_hostname = False  # the node's identity is checked by name below
+        ctx.load_cert_chain(self._proxy_cert, self._proxy_key)
+        return ctx
+
+    async def _link(self, node: str) -> H2Connection:
+        link = self._links.get(node)
+        if link is not None and not link.closed.done() and not link.mux.closed:
+            return link
+        lock = self._connecting.setdefault(node, asyncio.Lock())
+        async with lock:
+            link = self._links.get(node)
+            if link is not None and not link.closed.done() and not link.mux.closed:
+                return link
+            host, port = await self._node_endpoint(node)
+            try:
+                link = await connect(
+                    host,
+                    port,
+                    self._client_context(),
+                    server_hostname="",
+                    limits=NODE_LINK_LIMITS,
+                    name=f"proxy:{node}",
+                )
+            except ConnectionClosedError as exc:
+                raise BadGateway(f"node {node} ({host}:{port}) unreachable: {exc}") from exc
+            der = link.peer_cert_der
+            got = identity_of(x509.load_der_x509_certificate(der)).common_name if der else ""
+            if got != NODE_CN_PREFIX + node:
+                await link.shutdown("wrong node")
+                raise BadGateway(f"{host}:{port} is {got!r}, not node {node!r}")
+            self._links[node] = link
+            log.info("streaming link to node opened", extra=kv(node=node, addr=f"{host}:{port}"))
+            return link
+
+    async def close(self) -> None:
+        links, self._links = list(self._links.values()), {}
+        await asyncio.gather(*(link.shutdown("master stopping", grace_s=1.0) for link in links))
