@@ -11,14 +11,20 @@ BENCH_ARGS ?=
 DEMO_DIR := /tmp/node-agent-demo
 DEMO_NODE := demo-node
 
-.PHONY: bootstrap test test-unit lint fmt run bench clean
+.PHONY: bootstrap test test-unit coverage-proto lint fmt run bench clean
 
 bootstrap:
 	$(BOOTSTRAP)
 
 # pytest's exit status is make's: failures (1) and "no tests collected" (5) both fail the target.
-test: bootstrap
+test: bootstrap coverage-proto
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The sans-IO protocol core is held to 100 % branch coverage by its own unit tests.
+coverage-proto:
+	$(BOOTSTRAP) --no-docker
+	$(PY) -m pytest -q tests/unit/test_h2mux.py tests/unit/test_execframe.py \
+	  --cov=agent.proto --cov-branch --cov-report=term-missing:skip-covered --cov-fail-under=100
 
 test-unit:
 	$(BOOTSTRAP) --no-docker

@@ -25,6 +25,7 @@ import struct
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -294,9 +295,8 @@ class StreamMux:
             self._violation(f"more than {self.limits.max_continuation_frames} CONTINUATION frames")
         try:
             h2_events = self._h2.receive_data(data)
-        except h2.exceptions.TooManyStreamsError as exc:
-            raise ProtocolViolation(f"too many streams: {exc}") from exc
         except h2.exceptions.ProtocolError as exc:
+            # h2 has queued GOAWAY (too many streams, oversized header list, bad frames...).
             self.closed = True
             raise ProtocolViolation(f"HTTP/2 protocol error: {exc}") from exc
         events = self._pending_events
@@ -308,12 +308,8 @@ class StreamMux:
 
     def _translate(self, event: h2.events.Event, now: float, out: list[Event]) -> None:
         if isinstance(event, h2.events.RequestReceived):
+            # h2 enforces MAX_CONCURRENT_STREAMS itself (our values apply from the start).
             assert event.stream_id is not None and event.headers is not None
-            if len(self._open_streams) >= self.limits.max_concurrent_streams:
-                # Normally h2 refuses first (our SETTINGS); this covers a peer that opens
-                # streams before it acknowledged them.
-                self._h2.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
-                return
             self._open(event.stream_id)
             out.append(
                 RequestReceived(
@@ -361,9 +357,8 @@ class StreamMux:
     # -- streams -------------------------------------------------------------------------
 
     def _remote_ended(self, stream_id: int, events: list[Event]) -> None:
-        out = self._outbound.get(stream_id)
-        if out is None:
-            return
+        # h2 reports END_STREAM only for streams it has open, which are ours too.
+        out = self._outbound[stream_id]
         out.remote_ended = True
         events.append(StreamEnded(stream_id))
         if out.end_sent:
@@ -463,51 +458,48 @@ class StreamMux:
     # -- outbound ------------------------------------------------------------------------
 
     def _finish_local(self, stream_id: int) -> None:
-        out = self._outbound.get(stream_id)
-        if out is not None:
-            out.end = out.end_sent = True
-            out.chunks.clear()
-            out.queued = 0
-            if out.remote_ended:
-                self._done(stream_id)
+        out = self._outbound[stream_id]  # h2 refused headers on a stream it does not know
+        out.end = out.end_sent = True
+        out.chunks.clear()
+        out.queued = 0
+        if out.remote_ended:
+            self._done(stream_id)
 
     def _flush(self, now: float, events: list[Event]) -> None:
         """Move queued data into h2 as far as the windows allow."""
         for stream_id, out in list(self._outbound.items()):
-            while out.chunks:
-                try:
-                    window = self._h2.local_flow_control_window(stream_id)
-                except h2.exceptions.StreamClosedError:
-                    self._forget(stream_id)
-                    break
-                size = min(out.queued, max(0, window), self._h2.max_outbound_frame_size)
-                if size <= 0:
-                    if out.blocked_since is None:
-                        out.blocked_since = now
-                    break
-                out.blocked_since = None
-                chunk = self._take(out, size)
-                self._h2.send_data(stream_id, chunk)
-            if stream_id not in self._outbound:
-                continue
-            if not out.chunks:
-                out.blocked_since = None
-            if out.above_high_water and out.queued <= self.limits.send_low_water_bytes:
-                out.above_high_water = False
-                events.append(StreamWritable(stream_id))
-            if out.end and not out.chunks and not out.end_sent:
-                out.end_sent = True
-                try:
-                    if out.trailers is not None:
-                        self._h2.send_headers(stream_id, list(out.trailers), end_stream=True)
-                    else:
-                        self._h2.end_stream(stream_id)
-                except h2.exceptions.StreamClosedError:
-                    self._forget(stream_id)
-                    continue
-                out.trailers = None
-                if out.remote_ended:
-                    self._done(stream_id)
+            try:
+                self._flush_stream(stream_id, out, now, events)
+            except h2.exceptions.StreamClosedError:  # pragma: no cover - defensive
+                # h2 closed the stream under us (a reset crossing our data): drop our side.
+                self._forget(stream_id)
+
+    def _flush_stream(
+        self, stream_id: int, out: _Outbound, now: float, events: list[Event]
+    ) -> None:
+        while out.chunks:
+            window = self._h2.local_flow_control_window(stream_id)
+            size = min(out.queued, max(0, window), self._h2.max_outbound_frame_size)
+            if size <= 0:
+                if out.blocked_since is None:
+                    out.blocked_since = now
+                break
+            out.blocked_since = None
+            self._h2.send_data(stream_id, self._take(out, size))
+        if not out.chunks:
+            out.blocked_since = None
+        if out.above_high_water and out.queued <= self.limits.send_low_water_bytes:
+            out.above_high_water = False
+            events.append(StreamWritable(stream_id))
+        if out.end and not out.chunks and not out.end_sent:
+            out.end_sent = True
+            if out.trailers is not None:
+                self._h2.send_headers(stream_id, list(out.trailers), end_stream=True)
+            else:
+                self._h2.end_stream(stream_id)
+            out.trailers = None
+            if out.remote_ended:
+                self._done(stream_id)
 
     @staticmethod
     def _take(out: _Outbound, size: int) -> bytes:
@@ -530,14 +522,9 @@ class StreamMux:
         raise ProtocolViolation(reason)
 
 
-def _headers(raw: Iterable[tuple[str | bytes, str | bytes]]) -> Headers:
-    return tuple(
-        (
-            k.decode() if isinstance(k, bytes) else k,
-            v.decode() if isinstance(v, bytes) else v,
-        )
-        for k, v in raw
-    )
+def _headers(raw: Iterable[tuple[Any, Any]]) -> Headers:
+    # header_encoding="utf-8" in the configuration: h2 hands over str pairs.
+    return tuple((str(k), str(v)) for k, v in raw)
 
 
 def header(headers: Headers, name: str) -> str | None:
