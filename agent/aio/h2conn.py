@@ -21,6 +21,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, cast
 
 import h2.errors
@@ -42,6 +43,16 @@ TICK_S = 1.0
 SHUTDOWN_GRACE_S = 5.0
 
 Handler = Callable[["H2Stream"], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    ping_interval_s: float = PING_INTERVAL_S
+    ping_timeout_s: float = PING_TIMEOUT_S
+    preface_s: float = PREFACE_TIMEOUT_S
+    idle_s: float = IDLE_TIMEOUT_S
+    stall_s: float = STALL_TIMEOUT_S
+    tick_s: float = TICK_S
 
 
 class H2Stream:
@@ -182,8 +193,10 @@ class H2Connection(asyncio.Protocol):
         handler: Handler | None = None,
         limits: Limits | None = None,
         name: str = "h2",
+        timeouts: Timeouts | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        self.timeouts = timeouts or Timeouts()
         self.mux = StreamMux(client_side=client_side, limits=limits)
         self.client_side = client_side
         self.name = name
@@ -412,31 +425,32 @@ class H2Connection(asyncio.Protocol):
     async def _tick(self) -> None:
         started = time.monotonic()
         while True:
-            await asyncio.sleep(TICK_S)
+            t = self.timeouts
+            await asyncio.sleep(t.tick_s)
             now = time.monotonic()
             if not self.client_side and not self._received_any:
-                if now - started > PREFACE_TIMEOUT_S:
+                if now - started > t.preface_s:
                     self._abort(ConnectionClosedError("no HTTP/2 preface in time"))
                     return
                 continue
-            if self._ping_sent_at is not None and now - self._ping_sent_at > PING_TIMEOUT_S:
+            if self._ping_sent_at is not None and now - self._ping_sent_at > t.ping_timeout_s:
                 log.warning("HTTP/2 peer did not answer PING", extra=kv(conn=self.name))
                 self._abort(ConnectionClosedError("keepalive PING unanswered"))
                 return
-            if self._ping_sent_at is None and now - self._last_activity > PING_INTERVAL_S:
+            if self._ping_sent_at is None and now - self._last_activity > t.ping_interval_s:
                 self._ping_sent_at = now
                 self.mux.ping(os.urandom(8))
                 self._flush()
             if (
                 not self.client_side
                 and self._idle_since is not None
-                and now - self._idle_since > IDLE_TIMEOUT_S
+                and now - self._idle_since > t.idle_s
             ):
                 await self.shutdown("idle")
                 return
             for stream_id in self.mux.stream_ids():
                 since = self.mux.stalled_since(stream_id)
-                if since is not None and now - since > STALL_TIMEOUT_S:
+                if since is not None and now - since > t.stall_s:
                     stream = self.streams.get(stream_id)
                     log.warning(
                         "HTTP/2 stream stalled on a zero window; reset",
@@ -529,10 +543,18 @@ async def connect(
     return protocol
 
 
-def serve_factory(handler: Handler, *, limits: Limits | None = None, name: str) -> Any:
+def serve_factory(
+    handler: Handler,
+    *,
+    limits: Limits | None = None,
+    name: str,
+    timeouts: Timeouts | None = None,
+) -> Any:
     """A protocol factory for ``loop.create_server`` that serves HTTP/2 with ``handler``."""
 
     def make() -> H2Connection:
-        return H2Connection(client_side=False, handler=handler, limits=limits, name=name)
+        return H2Connection(
+            client_side=False, handler=handler, limits=limits, name=name, timeouts=timeouts
+        )
 
     return make
