@@ -67,6 +67,7 @@ def _serve(config: object) -> int:
     import uvloop
 
     from agent.aio.logs import kv
+    from agent.aio.malloc import tune_malloc
     from agent.cli.common import maybe_enable_blockbuster
     from agent.config import AgentConfig
     from agent.node.app import NodeAgent
@@ -74,6 +75,7 @@ def _serve(config: object) -> int:
     assert isinstance(config, AgentConfig)
     log = logging.getLogger("agent.cli")
     maybe_enable_blockbuster()
+    tune_malloc()
     agent = NodeAgent(config)
     try:
         uvloop.run(agent.run())

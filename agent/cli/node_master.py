@@ -82,6 +82,9 @@ def _run(args: argparse.Namespace) -> int:
     setup_logging(config.log_format, config.log_level)
     log = logging.getLogger("agent.cli")
     maybe_enable_blockbuster()
+    from agent.aio.malloc import tune_malloc
+
+    tune_malloc()  # the master relays every proxied stream
     try:
         uvloop.run(Master(config).run())
     except ConfigError as exc:

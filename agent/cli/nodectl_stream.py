@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.aio.h2conn import H2Connection, H2Stream, connect
+from agent.aio.malloc import tune_malloc
 from agent.errors import ConnectionClosedError, StreamingError
-from agent.pki.core import NODE_CN_PREFIX, identity_of
 from agent.proto import execframe
 from agent.proto.execframe import Channel
 
-READ_CHUNK_BYTES = 64 << 10
+READ_CHUNK_BYTES = 256 << 10
 EXIT_STREAM_FAILED = 1
 
 
@@ -69,7 +69,10 @@ def node_context(ca_pem: str, cert_file: str, key_file: str) -> ssl.SSLContext:
 
 async def open_node(target: NodeTarget, ctx: ssl.SSLContext) -> H2Connection:
     conn = await connect(target.host, target.port, ctx, server_hostname="", name="nodectl")
+    # cryptography costs ~35 ms of start-up: only --direct needs it, to check the node's name.
     from cryptography import x509
+
+    from agent.pki.core import NODE_CN_PREFIX, identity_of
 
     der = conn.peer_cert_der
     want = NODE_CN_PREFIX + target.node
@@ -357,6 +360,7 @@ def run(
         finally:
             await conn.shutdown("done", grace_s=1.0)
 
+    tune_malloc()
     with raw_terminal(raw_tty):
         try:
             return asyncio.run(main())

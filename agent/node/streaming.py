@@ -46,7 +46,7 @@ from agent.proto.execframe import Channel
 
 log = logging.getLogger(__name__)
 
-READ_CHUNK_BYTES = 64 << 10
+READ_CHUNK_BYTES = 256 << 10
 PORT_CONNECT_TIMEOUT_S = 5.0
 EXIT_CODE_WAIT_S = 5.0
 EXEC_CONTENT_TYPE = "application/vnd.node-agent.exec"

@@ -33,8 +33,26 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hyperframe.frame
 
 from agent.errors import ProtocolViolation
+
+
+def _short_repr(data: bytes | None) -> str:
+    return f"<{len(data or b'')} bytes>"
+
+
+# h2 logs every received frame as repr(frame), built even when logging is off, and hyperframe's
+# repr hex-encodes the whole payload before cutting it to 20 characters: up to two thirds of
+# a receiver's CPU with large DATA frames (DESIGN §6). A repr that does not touch the payload.
+hyperframe.frame._raw_data_repr = _short_repr
+
+
+def _data_frame_repr(self: hyperframe.frame.DataFrame) -> str:
+    return _short_repr(self.data)
+
+
+hyperframe.frame.DataFrame._body_repr = _data_frame_repr  # type: ignore[method-assign,assignment]
 
 Headers = tuple[tuple[str, str], ...]
 
