@@ -329,9 +329,7 @@ def main() -> int:
         ours_s = med["nodectl exec (via master)"]
         print(f"exec wall time, median of {args.execs}")
         for name in exec_paths:
-            print(
-                f"  {name:36s} {med[name] * 1000:6.0f} ms  x{med[name] / docker_s:.2f} of docker"
-            )
+            print(f"  {name:36s} {med[name] * 1000:6.0f} ms  x{med[name] / docker_s:.2f} of docker")
         direct_ratio = mbps["nodectl port-forward --direct"] / ssh_mbps
         master_ratio = mbps["nodectl port-forward (via master)"] / ssh_mbps
         print("targets:")
