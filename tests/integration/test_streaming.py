@@ -273,7 +273,7 @@ def test_port_forward_half_close_and_bulk_integrity(
     port_forward: Callable[..., dict[int, int]],
 ) -> None:
     local = port_forward("0:7000")[7000]
-    size = int(os.environ.get("PORT_FORWARD_BULK_BYTES", str(256 << 20)))
+    size = int(os.environ.get("PORT_FORWARD_BULK_BYTES", str(1 << 30)))  # 1 GiB each way
     block = os.urandom(1 << 20)
     sent_hash, got_hash = hashlib.sha256(), hashlib.sha256()
     received = 0
