@@ -11,10 +11,13 @@ carries.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import ssl
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +80,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return web.json_response(error_body(exc.http_status, str(exc)), status=exc.http_status)
 
 
+LATENCY_SAMPLES = 20_000
+LOOP_LAG_PROBE_S = 0.05
+
+
 class MasterApi:
     def __init__(
         self, registry: NodeRegistry, pods: PodStore, trusted_proxies: tuple[str, ...]
@@ -85,6 +92,17 @@ class MasterApi:
         self.pods = pods
         self.trusted_proxies = trusted_proxies
         self.requests_total = 0
+        # Recent samples (seconds) for /metrics quantiles: lease handling time, and how late
+        # the event loop runs a timer (queueing every request sees when the loop is busy).
+        self.lease_seconds: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self.loop_lag_seconds: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+
+    async def sample_loop_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            expected = loop.time() + LOOP_LAG_PROBE_S
+            await asyncio.sleep(LOOP_LAG_PROBE_S)
+            self.loop_lag_seconds.append(max(0.0, loop.time() - expected))
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY_BYTES)
@@ -190,6 +208,16 @@ class MasterApi:
             f'node_master_nodes{{registration="{p}"}} {n}' for p, n in sorted(by_phase.items())
         ]
         lines += ["# TYPE node_master_nodes_ready gauge", f"node_master_nodes_ready {ready}"]
+        for metric, samples in (
+            ("node_master_lease_handling_seconds", self.lease_seconds),
+            ("node_master_loop_lag_seconds", self.loop_lag_seconds),
+        ):
+            lines.append(f"# TYPE {metric} summary")
+            ordered = sorted(samples)
+            for q in (0.5, 0.99, 1.0):
+                value = ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+                lines.append(f'{metric}{{quantile="{q:g}"}} {value:.6f}')
+            lines.append(f"{metric}_count {len(ordered)}")
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
     async def ca(self, request: web.Request) -> web.Response:
@@ -256,6 +284,13 @@ class MasterApi:
         return web.json_response(self.registry.node_object(record))
 
     async def renew_lease(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        try:
+            return await self._renew_lease(request)
+        finally:
+            self.lease_seconds.append(time.perf_counter() - started)
+
+    async def _renew_lease(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         await self.require_node_or_admin(request, name)
         first = name not in self.registry.leases

@@ -132,6 +132,7 @@ class Master:
             async with asyncio.TaskGroup() as group:
                 start_guarded(group, "scheduler", self._schedule_loop)
                 start_guarded(group, "eviction", self._eviction_loop)
+                start_guarded(group, "loop-lag", self.api.sample_loop_lag)
                 start_guarded(group, "reload", self._reload_loop)
                 start_guarded(group, "watchdog", self._watchdog_loop)
                 group.create_task(self._wait_stop(), name="shutdown-watch")
