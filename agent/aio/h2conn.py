@@ -136,16 +136,13 @@ class H2Stream:
             raise self._error
         if not self.conn.send_data(self.id, data):
             self._writable.clear()
+        # Both must hold: the stream's buffer drained (StreamWritable) and the transport
+        # accepts more (resume_writing). A failure sets both, so neither wait can hang.
         while not self._writable.is_set() or not self.conn.can_write.is_set():
             if self._error is not None:
                 raise self._error
-            await asyncio.wait(
-                [
-                    self.conn.loop.create_task(self._writable.wait()),
-                    self.conn.loop.create_task(self.conn.can_write.wait()),
-                ],
-                return_when=asyncio.ALL_COMPLETED,
-            )
+            await self._writable.wait()
+            await self.conn.can_write.wait()
 
     async def end(self, trailers: Iterable[tuple[str, str]] | None = None) -> None:
         """Half-close our side after everything written (HTTP/2 END_STREAM)."""
