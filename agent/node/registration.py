@@ -562,7 +562,11 @@ class MasterLink:
         while True:
             await asyncio.sleep(STATUS_REPORT_S)
             await self._sync_mirrors(session)
-            for item in self.pods.pod_list():
+            items = self.pods.pod_list()
+            present = {f"{i['metadata']['namespace']}/{i['metadata']['name']}" for i in items}
+            for gone in self._reported.keys() - present:
+                del self._reported[gone]  # bounded by the pods the node has now
+            for item in items:
                 meta = item["metadata"]
                 source = meta.get("annotations", {}).get("node-agent.io/source", "")
                 if source != SOURCE_API and not source.startswith(SOURCE_FILE_PREFIX):
