@@ -73,7 +73,9 @@ class Master:
         cfg = self.config
         pki = await self.bridge.run(ClusterPki.load, cfg.pki_dir)
         client_cas = await self.bridge.run(read_client_cas, cfg)
-        store = await SqliteStore.open(cfg.data_dir / STORE_FILE, self.bridge)
+        store = await SqliteStore.open(
+            cfg.data_dir / STORE_FILE, self.bridge, history=cfg.store_history_revisions
+        )
         self.registry = NodeRegistry(store, pki, cfg, client_cas)
         await self.registry.load()
         self.pods = PodStore(store, self.registry)

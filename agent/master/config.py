@@ -35,6 +35,11 @@ MASTER_KEYS: tuple[Key, ...] = (
         float,
         "share of nodes NotReady at which the master blames its own network and evicts nothing",
     ),
+    Key(
+        "store_history_revisions",
+        int,
+        "store changes kept for resuming watches; an older watch gets 410 and relists",
+    ),
     Key("log_format", str, "log line format", choices=("kv", "json")),
     Key("log_level", str, "log level", choices=("debug", "info", "warning", "error")),
 )
@@ -69,6 +74,7 @@ class MasterConfig:
     lease_grace_s: float = 40.0
     pod_eviction_timeout_s: float = 300.0
     disruption_threshold: float = 0.55
+    store_history_revisions: int = 10_000
     log_format: str = "kv"
     log_level: str = "info"
     registration: RegistrationPolicy = field(default_factory=RegistrationPolicy)
@@ -148,6 +154,8 @@ def validate(config: MasterConfig, where: str) -> None:
         raise ConfigError(f"{where} [master]: need 0 < lease_renew_s < lease_grace_s")
     if config.pod_eviction_timeout_s < 0:
         raise ConfigError(f"{where} [master]: pod_eviction_timeout_s must be >= 0 (0 = never)")
+    if config.store_history_revisions < 1:
+        raise ConfigError(f"{where} [master]: store_history_revisions must be >= 1")
     if not 0 < config.disruption_threshold <= 1:
         raise ConfigError(f"{where} [master]: disruption_threshold must be in (0, 1]")
     if config.node_cert_lifetime_s < 2:
@@ -164,6 +172,7 @@ data_dir = "{data_dir}"
 # lease_grace_s = 40.0
 # pod_eviction_timeout_s = 300.0  # scheduler-placed pods leave a node NotReady this long; 0 = never
 # disruption_threshold = 0.55     # this share of nodes NotReady at once: evict nothing
+# store_history_revisions = 10000 # changes kept for watches to resume from
 # log_format = "kv"          # or "json"
 # log_level = "info"
 

@@ -36,11 +36,11 @@ API_PORT = 10250
 
 
 def _start_cluster(
-    topology: Topology, make_master: Any, make_agent: Any
+    topology: Topology, make_master: Any, make_agent: Any, **master_settings: Any
 ) -> tuple[MasterProcess, AgentProcess, Host]:
     mhost = topology.add_host("master")
     ahost = topology.add_host("a1")
-    master = make_master(host=mhost.address, netns=mhost.netns).start()
+    master = make_master(host=mhost.address, netns=mhost.netns, **master_settings).start()
     agent = make_agent(
         f"coast-{uuid.uuid4().hex[:8]}",
         netns=ahost.netns,
@@ -268,3 +268,43 @@ def test_agent_restarted_while_master_down_keeps_its_pods(
     assert _restart_count(agent, "steady") == 0
     assert _snapshot(docker_client, node) == before, "containers changed across the restart"
     assert _unreachable_count(agent) >= 1  # it really ran without the master
+
+
+def test_watch_history_gone_while_partitioned_relists_and_converges(
+    topology: Topology,
+    make_master: Any,
+    make_agent: Any,
+    docker_client: docker.DockerClient,
+    tmp_path: Path,
+) -> None:
+    """The master keeps only 5 revisions of history: the agent's resumed watch gets 410
+    (in-band), and the agent relists instead, with the same outcome as a resume."""
+    master, agent, ahost = _start_cluster(
+        topology, make_master, make_agent, store_history_revisions=5
+    )
+    node = agent.node_name
+    for name in ("keep", "doomed"):
+        _apply(master, tmp_path, node, name)
+    for name in ("keep", "doomed"):
+        wait_for(lambda n=name: running_phase(agent, n), what=f"{name} Running")
+    kept = {cid: v for cid, v in _snapshot(docker_client, node).items() if v[0] == "keep"}
+
+    topology.partition(ahost)
+    wait_for(lambda: _unreachable_count(agent) >= 1, what="agent notices the partition")
+    assert master.nodectl("delete", "pod", "doomed").returncode == 0
+    for round_no in range(4):  # 8 more revisions: the agent's is compacted away
+        _apply(master, tmp_path, node, f"filler-{round_no}")
+        assert master.nodectl("delete", "pod", f"filler-{round_no}").returncode == 0
+    _apply(master, tmp_path, node, "newcomer")
+
+    topology.heal(ahost)
+    wait_for(lambda: running_phase(agent, "newcomer"), timeout_s=60, what="newcomer runs")
+    wait_for(
+        lambda: not any(v[0] == "doomed" for v in _snapshot(docker_client, node).values()),
+        what="pod deleted meanwhile is removed",
+    )
+    log = agent.log_path.read_text(errors="replace")
+    assert "is compacted" in log, "the resumed watch should have been refused with 410"
+    assert not any(v[0].startswith("filler") for v in _snapshot(docker_client, node).values())
+    now = _snapshot(docker_client, node)
+    assert {cid: now.get(cid) for cid in kept} == kept, "an unchanged pod was restarted"

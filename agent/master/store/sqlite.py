@@ -24,6 +24,7 @@ from agent.master.store.base import CompactedError, EventType, KeyValue, StoreEr
 
 T = TypeVar("T")
 HISTORY_REVISIONS = 10_000
+COMPACT_EVERY_REVISIONS = 1000
 WATCH_BATCH_ROWS = 500
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -118,7 +119,9 @@ class SqliteStore:
             "ON CONFLICT(name) DO UPDATE SET value=excluded.value",
             (rev,),
         )
-        if rev % 1000 == 0:
+        # Compact in batches (a DELETE per write would double the write cost), but at least
+        # as often as the history is long, so a short history really is short.
+        if rev % min(COMPACT_EVERY_REVISIONS, self._history) == 0:
             db.execute("DELETE FROM log WHERE rev <= ?", (rev - self._history,))
         return rev
 
