@@ -308,3 +308,78 @@ def test_watch_history_gone_while_partitioned_relists_and_converges(
     assert not any(v[0].startswith("filler") for v in _snapshot(docker_client, node).values())
     now = _snapshot(docker_client, node)
     assert {cid: now.get(cid) for cid in kept} == kept, "an unchanged pod was restarted"
+
+
+FAKE_5XX_MASTER = """
+import http.server, ssl, sys
+class Down(http.server.BaseHTTPRequestHandler):
+    def answer(self):
+        body = b'{"error": {"code": 503, "message": "overloaded", "details": {}}}'
+        self.send_response(503)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_GET = do_PUT = do_POST = do_DELETE = answer
+    def log_message(self, *args):
+        sys.stderr.write("5xx " + self.requestline + "\\n")
+server = http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), Down)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+server.socket = ctx.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"""
+
+
+def test_master_answering_5xx_is_an_outage_not_a_reason_to_drop_pods(
+    make_master: Any,
+    make_agent: Any,
+    docker_client: docker.DockerClient,
+    tmp_path: Path,
+) -> None:
+    """The master's address answers 503 to everything (an overloaded master or a broken
+    proxy in front of it, with the real certificate): the agent treats it as unreachable,
+    keeps its pods, backs off, and recovers when the real master is back."""
+    import subprocess
+    import sys
+
+    master = make_master().start()
+    agent = make_agent(
+        f"coast-{uuid.uuid4().hex[:8]}",
+        master=master.url,
+        ca_cert_hash=[master.pin],
+        master_backoff_max_s=1.0,
+    ).start()
+    wait_for(lambda: node_ready(master, agent.node_name), what="node Ready")
+    _apply(master, tmp_path, agent.node_name, "steady")
+    wait_for(lambda: running_phase(agent, "steady"), what="steady Running")
+    before = _snapshot(docker_client, agent.node_name)
+
+    master.stop()
+    fake = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            FAKE_5XX_MASTER,
+            "127.0.0.1",
+            str(master.port),
+            str(master.root / "pki" / "master.crt"),
+            str(master.root / "pki" / "master.key"),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(
+            lambda: agent.log_path.read_text(errors="replace").count(": 503") >= 3,
+            what="the agent met 503 three times",
+        )
+        assert running_phase(agent, "steady")
+        assert agent.get("/healthz") == (200, "ok")  # an outage of the master, not of the node
+        assert _snapshot(docker_client, agent.node_name) == before
+    finally:
+        fake.kill()
+        fake.wait()
+    master.start()
+    wait_for(lambda: node_ready(master, agent.node_name), what="node Ready again")
+    assert _snapshot(docker_client, agent.node_name) == before
