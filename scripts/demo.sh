@@ -47,8 +47,10 @@ In another shell:
   export NODECTL_CONFIG=$MASTER_DIR/admin.conf
   $VENV/nodectl get nodes,pods
   $VENV/nodectl describe pod demo-web
+  $VENV/nodectl logs -f demo-web -c fetcher
+  $VENV/nodectl exec -it demo-web -c web -- sh
+  $VENV/nodectl port-forward demo-web 18080:8080      # then: curl -s 127.0.0.1:18080/
   curl -s http://127.0.0.1:10248/v1/pods | python3 -m json.tool
-  docker logs -f \$(docker ps -q --filter label=io.node-agent.container=fetcher)
 Ctrl-C stops both daemons.
 EOT
 tail -f "$DEMO/agent.log"
