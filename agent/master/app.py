@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import signal
 
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 STORE_FILE = "store.db"
 SCHEDULE_INTERVAL_S = 5.0
 EVICTION_CHECK_S = 5.0
+GC_GEN0_THRESHOLD = 20_000
+LISTEN_BACKLOG = 4096
 STORE_THREADS = 4
 SHUTDOWN_GRACE_S = 2.0
 
@@ -119,6 +122,9 @@ class Master:
             ssl=self.tls,
             reuse_address=True,
             ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
+            # A fleet reconnecting after a restart arrives at once; asyncio's default backlog
+            # of 100 made the kernel reset connections (the kernel caps it at somaxconn).
+            backlog=LISTEN_BACKLOG,
         )
         log.info(
             "node master serving",
@@ -129,6 +135,12 @@ class Master:
                 trust=",".join(cfg.registration.trust),
             ),
         )
+        # Everything loaded so far lives as long as the process: keep it out of the cyclic GC's
+        # generations, and collect the young generation less often (thousands of connections'
+        # short-lived objects made gen-2 passes the longest pauses of the loop).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_GEN0_THRESHOLD, 20, 100)
         self.notifier.ready("serving")
         try:
             async with asyncio.TaskGroup() as group:
