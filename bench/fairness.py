@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agent.aio.h2conn import H2Stream, connect, serve_factory
 from agent.aio.malloc import tune_malloc
 from agent.aio.tls import server_context
-from agent.pki.core import cert_to_pem, create_ca, generate_key, issue, key_to_pem
+from tests.helpers import server_cert_files
 
 CHUNK = b"d" * (256 << 10)
 
@@ -101,21 +101,7 @@ def main() -> int:
         uvloop.run(serve(Path(args.serve), size))
         return 0
     directory = Path(tempfile.mkdtemp(prefix="bench-fairness-"))
-    ca_key, ca_cert = create_ca()
-    key = generate_key()
-    cert = issue(
-        ca_key,
-        ca_cert,
-        key.public_key(),
-        common_name="bench",
-        groups=[],
-        sans=["127.0.0.1"],
-        lifetime_s=3600,
-        client=False,
-        server=True,
-    )
-    (directory / "s.crt").write_bytes(cert_to_pem(cert))
-    (directory / "s.key").write_bytes(key_to_pem(key))
+    ca = server_cert_files(directory)
     server = subprocess.Popen(
         [sys.executable, __file__, "--serve", str(directory), "--mib", str(args.mib)],
         stdout=subprocess.PIPE,
@@ -125,7 +111,6 @@ def main() -> int:
     try:
         assert server.stdout is not None
         port = int(server.stdout.readline())
-        ca = cert_to_pem(ca_cert)
         base, stalled = [], []
         for i in range(args.rounds):
             # A B B A ...: neither case always runs first.

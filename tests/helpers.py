@@ -463,3 +463,26 @@ def node_ready(master: MasterProcess, name: str) -> dict[str, Any] | None:
         return None
     ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
     return node if ready["status"] == "True" else None
+
+
+def server_cert_files(directory: Path, *, sans: tuple[str, ...] = ("127.0.0.1",)) -> bytes:
+    """A throw-away CA and a serving certificate for ``sans`` in ``directory`` (s.crt,
+    s.key); returns the CA's PEM for the clients."""
+    from agent.pki.core import cert_to_pem, create_ca, generate_key, issue, key_to_pem
+
+    ca_key, ca_cert = create_ca()
+    key = generate_key()
+    cert = issue(
+        ca_key,
+        ca_cert,
+        key.public_key(),
+        common_name="test-server",
+        groups=[],
+        sans=list(sans),
+        lifetime_s=3600,
+        client=False,
+        server=True,
+    )
+    (directory / "s.crt").write_bytes(cert_to_pem(cert))
+    (directory / "s.key").write_bytes(key_to_pem(key))
+    return cert_to_pem(ca_cert)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -27,7 +28,12 @@ from typing import Any, cast
 import h2.errors
 
 from agent.aio.logs import kv
-from agent.errors import ConnectionClosedError, ProtocolViolation, StreamResetError
+from agent.errors import (
+    ConnectionClosedError,
+    ProtocolViolation,
+    StreamingError,
+    StreamResetError,
+)
 from agent.proto import h2mux
 from agent.proto.h2mux import Headers, Limits, StreamMux
 
@@ -92,6 +98,21 @@ class H2Stream:
         self.conn.send_headers(self.id, ((":status", str(status)), *headers), end_stream=end)
         if end:
             self.local_ended = True
+
+    async def respond_json(self, status: int, body: object) -> None:
+        """A whole JSON response (headers, body, end of stream)."""
+        await self.respond(status, [("content-type", "application/json")])
+        await self.write(json.dumps(body).encode())
+        await self.end()
+
+    async def respond_error(self, status: int, message: str) -> None:
+        """The project's error body, unless the stream already failed or answered."""
+        if self.local_ended or self.failed:
+            return
+        with contextlib.suppress(StreamingError):
+            await self.respond_json(
+                status, {"error": {"code": status, "message": message, "details": {}}}
+            )
 
     async def response(self) -> Headers:
         """Client side: the response headers."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import ssl
 import urllib.parse
@@ -35,7 +34,7 @@ from agent.errors import (
     NotFoundError,
     StreamingError,
 )
-from agent.pki.core import NODE_CN_PREFIX, Identity, PkiError, identity_of, verify_issued_by
+from agent.pki.core import NODE_CN_PREFIX, Identity, PkiError, authenticate, identity_of
 from agent.proto.h2mux import Limits
 
 log = logging.getLogger(__name__)
@@ -83,29 +82,16 @@ class StreamingProxy:
             who = self._authorize(stream)
             await self._relay(stream, who)
         except AgentError as exc:
-            if not stream.local_ended and not stream.failed:
-                with contextlib.suppress(StreamingError):
-                    await self._error(stream, exc.http_status, str(exc))
+            await stream.respond_error(exc.http_status, str(exc))
 
     def _authorize(self, stream: H2Stream) -> Identity:
-        der = stream.conn.peer_cert_der
-        if not der:
-            raise Unauthorized("client certificate required")
-        cert = x509.load_der_x509_certificate(der)
         try:
-            verify_issued_by(cert, self._cas())
+            ident = authenticate(stream.conn.peer_cert_der, self._cas())
         except PkiError as exc:
             raise Unauthorized(str(exc)) from exc
-        ident = identity_of(cert)
         if not ident.is_admin:
             raise ForbiddenError(f"{ident.common_name!r} may not exec, port-forward or read logs")
         return ident
-
-    async def _error(self, stream: H2Stream, status: int, message: str) -> None:
-        body = {"error": {"code": status, "message": message, "details": {}}}
-        await stream.respond(status, [("content-type", "application/json")])
-        await stream.write(json.dumps(body).encode())
-        await stream.end()
 
     async def _relay(self, user: H2Stream, who: Identity) -> None:
         parts = urllib.parse.urlsplit(user.path)

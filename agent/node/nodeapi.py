@@ -26,7 +26,7 @@ from agent.aio.tls import server_context
 from agent.config import split_host_port
 from agent.node.pods import PodManager
 from agent.node.streaming import StreamingApi, StreamingRuntime
-from agent.pki.core import PkiError, certs_from_pem, identity_of, verify_issued_by
+from agent.pki.core import PkiError, authenticate, certs_from_pem
 
 log = logging.getLogger(__name__)
 
@@ -128,19 +128,12 @@ class NodeApi:
     async def _authorize(self, request: web.Request, handler: object) -> web.StreamResponse:
         ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        if not der:
-            return web.json_response(
-                {"error": {"code": 401, "message": "client certificate required", "details": {}}},
-                status=401,
-            )
-        cert = x509.load_der_x509_certificate(der)
         try:
-            verify_issued_by(cert, self._ca)
+            ident = authenticate(der, self._ca)
         except PkiError as exc:
             return web.json_response(
                 {"error": {"code": 401, "message": str(exc), "details": {}}}, status=401
             )
-        ident = identity_of(cert)
         if not ident.is_admin:
             who = ident.node_name or ident.common_name
             return web.json_response(

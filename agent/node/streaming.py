@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -40,7 +39,7 @@ from agent.node.pods import PodManager
 from agent.node.runtime.base import ContainerRecord
 from agent.node.runtime.docker import ExecSession
 from agent.node.runtime.dockerstream import STDERR, DockerStreamDemux
-from agent.pki.core import Identity, PkiError, identity_of, verify_issued_by
+from agent.pki.core import Identity, PkiError, authenticate
 from agent.proto import execframe
 from agent.proto.execframe import Channel
 
@@ -186,20 +185,13 @@ class StreamingApi:
             who = self._authorize(stream)
             await self._route(stream, who)
         except AgentError as exc:
-            if stream.local_ended or stream.failed:
-                return
-            await self._error(stream, exc.http_status, str(exc))
+            await stream.respond_error(exc.http_status, str(exc))
 
     def _authorize(self, stream: H2Stream) -> Identity:
-        der = stream.conn.peer_cert_der
-        if not der:
-            raise Unauthorized("client certificate required")
-        cert = x509.load_der_x509_certificate(der)
         try:
-            verify_issued_by(cert, self._cas())
+            ident = authenticate(stream.conn.peer_cert_der, self._cas())
         except PkiError as exc:
             raise Unauthorized(str(exc)) from exc
-        ident = identity_of(cert)
         if ident.is_proxy:
             # The master relays a user's stream: that user is who is authorized and audited.
             user = stream.header(USER_HEADER) or ""
@@ -215,7 +207,7 @@ class StreamingApi:
     async def _route(self, stream: H2Stream, who: Identity) -> None:
         method, path = stream.method, stream.path
         if method == "GET" and urlsplit(path).path == "/v1/pods":
-            await self._json(stream, 200, {"kind": "PodList", "items": self._pods.pod_list()})
+            await stream.respond_json(200, {"kind": "PodList", "items": self._pods.pod_list()})
             return
         target = parse_target(path)
         routes = {("POST", "exec"), ("POST", "portforward"), ("GET", "logs")}
@@ -242,17 +234,6 @@ class StreamingApi:
             await self._logs(stream, worker.pod, records, target)
 
     # -- responses -------------------------------------------------------------------------
-
-    async def _json(self, stream: H2Stream, status: int, body: dict[str, Any]) -> None:
-        await stream.respond(status, [("content-type", "application/json")])
-        await stream.write(json.dumps(body).encode())
-        await stream.end()
-
-    async def _error(self, stream: H2Stream, status: int, message: str) -> None:
-        with contextlib.suppress(StreamingError):
-            await self._json(
-                stream, status, {"error": {"code": status, "message": message, "details": {}}}
-            )
 
     @staticmethod
     def _container_records(

@@ -282,6 +282,16 @@ def identity_of(cert: x509.Certificate) -> Identity:
     )
 
 
+def authenticate(der: bytes | None, cas: Sequence[x509.Certificate]) -> Identity:
+    """Who a TLS peer is, from its DER client certificate: issued by one of ``cas`` and valid
+    now, else PkiError. Used per request by every authorizing server (node API, proxy)."""
+    if not der:
+        raise PkiError("client certificate required")
+    cert = x509.load_der_x509_certificate(der)
+    verify_issued_by(cert, cas)
+    return identity_of(cert)
+
+
 def verify_issued_by(
     cert: x509.Certificate, cas: Sequence[x509.Certificate], at: dt.datetime | None = None
 ) -> x509.Certificate:

@@ -26,7 +26,7 @@ from hyperframe.frame import (
 
 from agent.aio.h2conn import H2Connection, H2Stream, Timeouts, connect, serve_factory
 from agent.aio.tls import server_context
-from agent.pki.core import cert_to_pem, create_ca, generate_key, issue, key_to_pem
+from tests.helpers import server_cert_files
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 ENHANCE_YOUR_CALM = 0xB
@@ -58,21 +58,7 @@ async def _echo(stream: H2Stream) -> None:
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    ca_key, ca_cert = create_ca()
-    key = generate_key()
-    cert = issue(
-        ca_key,
-        ca_cert,
-        key.public_key(),
-        common_name="t",
-        groups=[],
-        sans=["127.0.0.1"],
-        lifetime_s=3600,
-        client=False,
-        server=True,
-    )
-    (tmp_path / "s.crt").write_bytes(cert_to_pem(cert))
-    (tmp_path / "s.key").write_bytes(key_to_pem(key))
+    ca_pem = server_cert_files(tmp_path)
     tls = server_context(tmp_path / "s.crt", tmp_path / "s.key", alpn=("h2",))
     connections: set[H2Connection] = set()
     make = serve_factory(_echo, name="abuse-test", timeouts=SHORT)
@@ -86,7 +72,7 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
     loop = asyncio.get_running_loop()
     srv = await loop.create_server(factory, "127.0.0.1", 0, ssl=tls)
     port = srv.sockets[0].getsockname()[1]
-    yield Server(port, cert_to_pem(ca_cert), connections)
+    yield Server(port, ca_pem, connections)
     srv.close()
     for conn in list(connections):
         conn.transport.close() if conn.transport else None

@@ -81,14 +81,20 @@ def _restart_count(agent: AgentProcess, pod: str) -> int:
     return sum(int(c["restartCount"]) for c in found["status"].get("containerStatuses", []))
 
 
-def _node_api_pods(master: MasterProcess, host: Host, tmp_path: Path) -> set[str]:
-    """The pods the node API lists to the admin, straight to the node (no master)."""
+def _admin_tls(master: MasterProcess, tmp_path: Path) -> ssl.SSLContext:
+    """A client TLS context with the admin credentials of ``admin.conf``."""
     admin = tomllib.loads(master.admin_conf.read_text())
     cert, key = tmp_path / "admin.crt", tmp_path / "admin.key"
     cert.write_text(admin["client_cert"])
     key.write_text(admin["client_key"])
     ctx = ssl.create_default_context(cafile=str(master.root / "pki" / "ca.crt"))
     ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def _node_api_pods(master: MasterProcess, host: Host, tmp_path: Path) -> set[str]:
+    """The pods the node API lists to the admin, straight to the node (no master)."""
+    ctx = _admin_tls(master, tmp_path)
     url = f"https://{host.address}:{API_PORT}/v1/pods"
     with urllib.request.urlopen(url, context=ctx, timeout=10) as resp:
         assert resp.status == 200
@@ -103,15 +109,9 @@ def _exec_direct(master: MasterProcess, host: Host, tmp_path: Path, pod: str) ->
     from agent.aio.h2conn import connect
     from agent.proto import execframe
 
-    admin = tomllib.loads(master.admin_conf.read_text())
-    cert, key = tmp_path / "admin.crt", tmp_path / "admin.key"
-    cert.write_text(admin["client_cert"])
-    key.write_text(admin["client_key"])
-
     async def run() -> tuple[int, str]:
-        ctx = ssl.create_default_context(cafile=str(master.root / "pki" / "ca.crt"))
+        ctx = _admin_tls(master, tmp_path)
         ctx.check_hostname = False
-        ctx.load_cert_chain(cert, key)
         conn = await connect(host.address, API_PORT, ctx, server_hostname="")
         try:
             stream = await conn.request(
