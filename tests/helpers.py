@@ -320,7 +320,12 @@ def running_phase(
 
 
 def node_containers(client: docker.DockerClient, node_name: str) -> list[Any]:
-    return list(client.containers.list(all=True, filters={"label": f"{LABEL_NODE}={node_name}"}))
+    # ignore_removed: the agent may remove a container between the listing and its inspect.
+    return list(
+        client.containers.list(
+            all=True, filters={"label": f"{LABEL_NODE}={node_name}"}, ignore_removed=True
+        )
+    )
 
 
 def remove_node_containers(client: docker.DockerClient, node_name: str) -> None:
