@@ -4,9 +4,12 @@ relay, and ``nodectl exec POD -- true`` against ``docker exec`` and ``ssh host t
 Run: ``.venv/bin/python bench/streaming.py [--mib 256] [--rounds 3] [--pings 2000] [--execs 10]``
 (needs openssh-server for the ssh baselines: ``apt-get install openssh-server``).
 
-Every path ends at the same echo server in a pod (busybox ``nc -ll -e cat`` on port 7000):
-``nodectl port-forward`` reaches it on the pod's 127.0.0.1 inside its network namespace, the
-baselines on the pod's IP. Bulk: ``--mib`` MiB written and the same read back concurrently on
+Every path ends at the same echo server: a host-side process that splices each connection's
+bytes back (socket -> pipe -> socket in the kernel, no copies through Python), several times
+faster than any path under test (DESIGN §6: busybox ``nc`` in a container capped every path near
+250 MB/s). The pod is a hostNetwork pod, so ``nodectl port-forward`` reaches the echo on
+127.0.0.1 inside the pod's network namespace (setns, as for any pod) and the baselines reach the
+same port directly. Bulk: ``--mib`` MiB written and the same read back concurrently on
 one connection (throughput = bytes one way / time), paths alternating A B C D … for
 ``--rounds`` rounds, medians reported.
 Latency: 1-byte ping-pong, ``--pings`` round trips per path, median. Exec: wall time of the whole
@@ -16,7 +19,9 @@ command, ``--execs`` runs each, alternating. Only loopback and the test's own po
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import fcntl
+import multiprocessing
 import os
 import re
 import shutil
@@ -49,7 +54,7 @@ from tests.helpers import (
     wait_for,
 )
 
-ECHO_PORT = 7000
+ECHO_CHUNK_BYTES = 1 << 20
 ENV = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
 
 
@@ -68,6 +73,32 @@ def wait_port(port: int, timeout_s: float = 20.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {port}")
+
+
+def echo_server(port: int) -> None:
+    """Serve until killed: every connection's bytes back to it, spliced through a pipe."""
+    listener = socket.create_server(("127.0.0.1", port), backlog=64)
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            read_end, write_end = os.pipe()
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, ECHO_CHUNK_BYTES)
+            try:
+                while n := os.splice(conn.fileno(), write_end, ECHO_CHUNK_BYTES):
+                    while n:
+                        n -= os.splice(read_end, conn.fileno(), n)
+                conn.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # the client went away
+            finally:
+                os.close(read_end)
+                os.close(write_end)
+
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
 
 def bulk(port: int, size: int) -> float:
@@ -125,7 +156,7 @@ def background(cmd: list[str], ready: Callable[[subprocess.Popen[str]], int]) ->
             proc.kill()
 
 
-def nodectl_forward(master: MasterProcess, direct: bool) -> list[str]:
+def nodectl_forward(master: MasterProcess, direct: bool, echo_port: int) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -135,7 +166,7 @@ def nodectl_forward(master: MasterProcess, direct: bool) -> list[str]:
         "port-forward",
         *(["--direct"] if direct else []),
         "bench",
-        f"0:{ECHO_PORT}",
+        f"0:{echo_port}",
     ]
 
 
@@ -196,6 +227,18 @@ class Sshd:
         self.proc.wait(timeout=10)
 
 
+def installed_python(root: Path) -> str:
+    """A bare venv that sees node-agent and its dependencies through a plain .pth file, as a
+    packaged install does: the development venv's start-up hooks (the editable install's
+    finder, coverage's .pth: ~15 ms per start here) are not what an operator's nodectl pays."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
+    site_dirs = [p for p in sys.path if p.endswith("site-packages")]
+    (next(root.glob("lib/python3*/site-packages")) / "node_agent.pth").write_text(
+        "\n".join([str(REPO_ROOT), *site_dirs]) + "\n"
+    )
+    return str(root / "bin" / "python")
+
+
 def timed(cmd: list[str]) -> float:
     start = time.monotonic()
     done = subprocess.run(cmd, capture_output=True, env=ENV, cwd=REPO_ROOT, check=False)
@@ -205,12 +248,116 @@ def timed(cmd: list[str]) -> float:
     return elapsed
 
 
+def bench_bulk(
+    master: MasterProcess, echo_port: int, sshd: Sshd, args: argparse.Namespace
+) -> list[str]:
+    """Port-forward throughput and 1-byte latency against ssh -L and socat; the ratio lines."""
+    size = args.mib << 20
+    socat_port, ssh_port = free_port(), free_port()
+    with (
+        background(nodectl_forward(master, True, echo_port), forwarded_port) as direct,
+        background(nodectl_forward(master, False, echo_port), forwarded_port) as via_master,
+        background(
+            [
+                "socat",
+                f"TCP-LISTEN:{socat_port},bind=127.0.0.1,fork,reuseaddr",
+                f"TCP:127.0.0.1:{echo_port}",
+            ],
+            lambda _: (wait_port(socat_port), socat_port)[1],
+        ) as socat,
+        background(
+            [
+                *sshd.args(),
+                "-N",
+                "-L",
+                f"127.0.0.1:{ssh_port}:127.0.0.1:{echo_port}",
+                "root@127.0.0.1",
+            ],
+            lambda _: (wait_port(ssh_port), ssh_port)[1],
+        ) as ssh_l,
+    ):
+        paths = {
+            "nodectl port-forward --direct": direct,
+            "nodectl port-forward (via master)": via_master,
+            "ssh -L": ssh_l,
+            "socat relay": socat,
+        }
+        for port in paths.values():
+            bulk(port, 1 << 20)  # warm up every path (connections, caches)
+        times: dict[str, list[float]] = {name: [] for name in paths}
+        for _ in range(args.rounds):
+            for name, port in paths.items():
+                times[name].append(bulk(port, size))
+        rtts = {name: ping_pong(port, args.pings) for name, port in paths.items()}
+    mbps = {name: size / statistics.median(t) / 1e6 for name, t in times.items()}
+    print(f"bulk: {args.mib} MiB each way through the pod's echo, median of {args.rounds}")
+    ssh_mbps = mbps["ssh -L"]
+    for name in paths:
+        ratio = mbps[name] / ssh_mbps
+        rtt_us = rtts[name] * 1e6
+        print(f"  {name:36s} {mbps[name]:8.0f} MB/s  x{ratio:.2f} of ssh -L  RTT {rtt_us:6.0f} us")
+    direct_ratio = mbps["nodectl port-forward --direct"] / ssh_mbps
+    master_ratio = mbps["nodectl port-forward (via master)"] / ssh_mbps
+    return [
+        f"port-forward direct >= 1.0x ssh -L: {direct_ratio:.2f}",
+        f"port-forward via master >= 0.6x ssh -L: {master_ratio:.2f}",
+    ]
+
+
+def bench_exec(
+    master: MasterProcess, container_id: str, sshd: Sshd, args: argparse.Namespace
+) -> list[str]:
+    """Wall time of one short exec against docker exec and ssh; the ratio lines."""
+    installed = installed_python(Path(tempfile.mkdtemp(prefix="bench-nodectl-")))
+    conf = str(master.admin_conf)
+    nodectl = [installed, "-m", "agent.cli.nodectl", "--config", conf]
+    exec_paths = {
+        "nodectl exec (via master)": [*nodectl, "exec", "bench", "--", "true"],
+        "nodectl exec --direct": [*nodectl, "exec", "--direct", "bench", "--", "true"],
+        "nodectl exec (via master, dev venv)": [
+            sys.executable,
+            "-m",
+            "agent.cli.nodectl",
+            "--config",
+            conf,
+            "exec",
+            "bench",
+            "--",
+            "true",
+        ],
+        "docker exec C true": ["docker", "exec", container_id, "true"],
+        "ssh host true": [*sshd.args(), "root@127.0.0.1", "true"],
+    }
+    walls: dict[str, list[float]] = {name: [] for name in exec_paths}
+    for cmd in exec_paths.values():
+        timed(cmd)  # warm-up
+    for _ in range(args.execs):
+        for name, cmd in exec_paths.items():
+            walls[name].append(timed(cmd))
+    med = {name: statistics.median(w) for name, w in walls.items()}
+    docker_s = med["docker exec C true"]
+    ours_s = med["nodectl exec (via master)"]
+    print(f"exec wall time, median of {args.execs}")
+    for name in exec_paths:
+        print(f"  {name:36s} {med[name] * 1000:6.0f} ms  x{med[name] / docker_s:.2f} of docker")
+    ssh_ms = med["ssh host true"] * 1000
+    return [
+        f"nodectl exec <= 1.5x docker exec: {ours_s / docker_s:.2f}",
+        f"nodectl exec faster than ssh: {ours_s * 1000:.0f} ms vs {ssh_ms:.0f} ms",
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pings", type=int, default=2000)
     parser.add_argument("--execs", type=int, default=10)
+    parser.add_argument(
+        "--parts",
+        default="bulk,exec",
+        help="comma-separated: bulk (port-forward throughput and latency), exec",
+    )
     args = parser.parse_args()
     if not shutil.which("/usr/sbin/sshd"):
         print("bench/streaming.py needs openssh-server (apt-get install openssh-server)")
@@ -223,10 +370,16 @@ def main() -> int:
     agent = AgentProcess(
         root / "agent", node, master=master.url, ca_cert_hash=[master.pin], log_level="info"
     )
-    echo = {"name": "echo", "command": ["nc", "-ll", "-p", str(ECHO_PORT), "-e", "cat"]}
-    agent.write_manifest("bench.json", pod_manifest("bench", [echo], grace_s=0))
+    echo_port = free_port()
+    echo = multiprocessing.get_context("spawn").Process(
+        target=echo_server, args=(echo_port,), daemon=True
+    )
+    echo.start()
+    sleeper = {"name": "app", "command": ["sleep", "86400"]}
+    agent.write_manifest(
+        "bench.json", pod_manifest("bench", [sleeper], grace_s=0, hostNetwork=True)
+    )
     sshd = Sshd(root)
-    size = args.mib << 20
     try:
         agent.start(blockbuster=False)
         wait_for(lambda: running_phase(agent, "bench"), what="bench pod")
@@ -241,105 +394,22 @@ def main() -> int:
             what="node API endpoint",
         )
         wait_for(lambda: "bench" in master.pods(), what="mirror pod")
-        pod_ip = json.loads(agent.get("/v1/pods")[1])["items"][0]["status"]["podIP"]
+        wait_port(echo_port)
         app = next(
             c for c in node_containers(client, node) if c.labels.get("io.node-agent.kind") == "app"
         )
-        socat_port, ssh_port = free_port(), free_port()
-        with (
-            background(nodectl_forward(master, True), forwarded_port) as direct,
-            background(nodectl_forward(master, False), forwarded_port) as via_master,
-            background(
-                [
-                    "socat",
-                    f"TCP-LISTEN:{socat_port},bind=127.0.0.1,fork,reuseaddr",
-                    f"TCP:{pod_ip}:{ECHO_PORT}",
-                ],
-                lambda _: (wait_port(socat_port), socat_port)[1],
-            ) as socat,
-            background(
-                [
-                    *sshd.args(),
-                    "-N",
-                    "-L",
-                    f"127.0.0.1:{ssh_port}:{pod_ip}:{ECHO_PORT}",
-                    "root@127.0.0.1",
-                ],
-                lambda _: (wait_port(ssh_port), ssh_port)[1],
-            ) as ssh_l,
-        ):
-            paths = {
-                "nodectl port-forward --direct": direct,
-                "nodectl port-forward (via master)": via_master,
-                "ssh -L": ssh_l,
-                "socat relay": socat,
-            }
-            for port in paths.values():
-                bulk(port, 1 << 20)  # warm up every path (connections, caches)
-            times: dict[str, list[float]] = {name: [] for name in paths}
-            for _ in range(args.rounds):
-                for name, port in paths.items():
-                    times[name].append(bulk(port, size))
-            rtts = {name: ping_pong(port, args.pings) for name, port in paths.items()}
-        mbps = {name: size / statistics.median(t) / 1e6 for name, t in times.items()}
-        print(f"bulk: {args.mib} MiB each way through the pod's echo, median of {args.rounds}")
-        ssh_mbps = mbps["ssh -L"]
-        for name in paths:
-            ratio = mbps[name] / ssh_mbps
-            rtt_us = rtts[name] * 1e6
-            print(
-                f"  {name:36s} {mbps[name]:8.0f} MB/s  x{ratio:.2f} of ssh -L  RTT {rtt_us:6.0f} us"
-            )
-
-        exec_paths = {
-            "nodectl exec (via master)": [
-                sys.executable,
-                "-m",
-                "agent.cli.nodectl",
-                "--config",
-                str(master.admin_conf),
-                "exec",
-                "bench",
-                "--",
-                "true",
-            ],
-            "nodectl exec --direct": [
-                sys.executable,
-                "-m",
-                "agent.cli.nodectl",
-                "--config",
-                str(master.admin_conf),
-                "exec",
-                "--direct",
-                "bench",
-                "--",
-                "true",
-            ],
-            "docker exec C true": ["docker", "exec", app.id, "true"],
-            "ssh host true": [*sshd.args(), "root@127.0.0.1", "true"],
-        }
-        walls: dict[str, list[float]] = {name: [] for name in exec_paths}
-        for cmd in exec_paths.values():
-            timed(cmd)  # warm-up
-        for _ in range(args.execs):
-            for name, cmd in exec_paths.items():
-                walls[name].append(timed(cmd))
-        med = {name: statistics.median(w) for name, w in walls.items()}
-        docker_s = med["docker exec C true"]
-        ours_s = med["nodectl exec (via master)"]
-        print(f"exec wall time, median of {args.execs}")
-        for name in exec_paths:
-            print(f"  {name:36s} {med[name] * 1000:6.0f} ms  x{med[name] / docker_s:.2f} of docker")
-        direct_ratio = mbps["nodectl port-forward --direct"] / ssh_mbps
-        master_ratio = mbps["nodectl port-forward (via master)"] / ssh_mbps
+        parts = set(args.parts.split(","))
+        ratios: list[str] = []
+        if "bulk" in parts:
+            ratios += bench_bulk(master, echo_port, sshd, args)
+        if "exec" in parts:
+            ratios += bench_exec(master, app.id, sshd, args)
         print("targets:")
-        print(f"  port-forward direct >= 1.0x ssh -L: {direct_ratio:.2f}")
-        print(f"  port-forward via master >= 0.6x ssh -L: {master_ratio:.2f}")
-        print(f"  nodectl exec <= 1.5x docker exec: {ours_s / docker_s:.2f}")
-        ssh_ms = med["ssh host true"] * 1000
-        print(f"  nodectl exec faster than ssh: {ours_s * 1000:.0f} ms vs {ssh_ms:.0f} ms")
+        for line in ratios:
+            print(f"  {line}")
         return 0
     finally:
+        echo.kill()
         sshd.close()
         if agent.proc is not None and agent.proc.poll() is None:
             agent.kill9()
