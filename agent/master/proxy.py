@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 USER_HEADER = "node-agent-user"
 GROUPS_HEADER = "node-agent-groups"
 PROXY_COMMON_NAME = "system:node-proxy"
-NODE_LINK_LIMITS = Limits(stream_window_bytes=1 << 20, connection_window_bytes=128 << 20)
+NODE_LINK_LIMITS = Limits(stream_window_bytes=4 << 20, connection_window_bytes=128 << 20)
 _ROUTES = {("POST", "exec"), ("POST", "portforward"), ("GET", "logs")}
 _FORWARDED_HEADERS = ("content-type",)
 

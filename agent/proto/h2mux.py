@@ -56,7 +56,7 @@ hyperframe.frame.DataFrame._body_repr = _data_frame_repr  # type: ignore[method-
 
 Headers = tuple[tuple[str, str], ...]
 
-STREAM_WINDOW_BYTES = 1 << 20
+STREAM_WINDOW_BYTES = 4 << 20
 CONNECTION_WINDOW_BYTES = 16 << 20
 MAX_FRAME_BYTES = 256 << 10
 MAX_CONCURRENT_STREAMS = 256
