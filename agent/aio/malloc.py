@@ -9,7 +9,6 @@ in the heap. Costs a few tens of MiB of retained memory at most. A no-op off gli
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
@@ -21,12 +20,10 @@ TOP_PAD_BYTES = 16 << 20
 
 def tune_malloc() -> bool:
     """Apply the settings; False when this libc has no ``mallopt``."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        # The interpreter's own symbols, libc's among them: ctypes.util.find_library would
+        # run ldconfig in a subprocess, milliseconds that nodectl's start-up cannot spare.
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]

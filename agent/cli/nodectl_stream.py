@@ -60,13 +60,6 @@ def resolve_node(call: Callable[[str, str], Any], namespace: str, pod: str) -> N
     return NodeTarget(node, host.strip("[]"), int(port))
 
 
-def node_context(ca_pem: str, cert_file: str, key_file: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cadata=ca_pem)
-    ctx.check_hostname = False  # the node's identity is checked by name after the handshake
-    ctx.load_cert_chain(cert_file, key_file)
-    return ctx
-
-
 async def open_node(target: NodeTarget, ctx: ssl.SSLContext) -> H2Connection:
     conn = await connect(target.host, target.port, ctx, server_hostname="", name="nodectl")
     # cryptography costs ~35 ms of start-up: only --direct needs it, to check the node's name.
@@ -341,18 +334,17 @@ async def open_master(server_url: str, ctx: ssl.SSLContext) -> H2Connection:
     return await connect(host, url.port or 6443, ctx, server_hostname=host, name="nodectl")
 
 
-def master_context(ca_pem: str, cert_file: str, key_file: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cadata=ca_pem)
-    ctx.load_cert_chain(cert_file, key_file)
-    return ctx
-
-
 def run(
     coro_factory: Callable[[H2Connection], Any],
     opener: Callable[[], Any],
     *,
     raw_tty: bool = False,
+    bulk: bool = False,
 ) -> Any:
+    """Run one session. ``bulk`` (port-forward) runs on uvloop: its TLS and socket paths cost
+    about half the CPU per byte of asyncio's, worth its ~10 ms of import for a long session
+    but not for a short exec."""
+
     async def main() -> Any:
         conn = await opener()
         try:
@@ -360,10 +352,15 @@ def run(
         finally:
             await conn.shutdown("done", grace_s=1.0)
 
-    tune_malloc()
+    runner: Callable[[Any], Any] = asyncio.run
+    if bulk:
+        tune_malloc()
+        import uvloop
+
+        runner = uvloop.run
     with raw_terminal(raw_tty):
         try:
-            return asyncio.run(main())
+            return runner(main())
         except ConnectionClosedError as exc:
             raise StreamCliError(str(exc)) from exc
         except StreamingError as exc:

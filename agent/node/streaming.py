@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 READ_CHUNK_BYTES = 256 << 10
 PORT_CONNECT_TIMEOUT_S = 5.0
 EXIT_CODE_WAIT_S = 5.0
+EXIT_CODE_FIRST_POLL_S = 0.001
+EXIT_CODE_MAX_POLL_S = 0.02
 EXEC_CONTENT_TYPE = "application/vnd.node-agent.exec"
 USER_HEADER = "node-agent-user"  # set by the master's proxy (PROXIES_GROUP) only
 GROUPS_HEADER = "node-agent-groups"
@@ -339,12 +341,15 @@ class StreamingApi:
 
     async def _exit_code(self, exec_id: str) -> int | None:
         deadline = time.monotonic() + EXIT_CODE_WAIT_S
+        pause_s = EXIT_CODE_FIRST_POLL_S
         while True:
             code = await self._runtime.exec_exit_code(exec_id)
             if code is not None or time.monotonic() > deadline:
                 return code
-            # The attach stream ends a moment before Docker records the exit.
-            await asyncio.sleep(0.02)
+            # The attach stream ends a moment before Docker records the exit: usually a
+            # millisecond or two, so poll fast first (a short exec's wall time is the product).
+            await asyncio.sleep(pause_s)
+            pause_s = min(pause_s * 2, EXIT_CODE_MAX_POLL_S)
 
     # -- port-forward ----------------------------------------------------------------------
 

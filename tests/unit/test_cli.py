@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,28 @@ def test_master_init_refuses_to_replace_the_ca(
     assert node_master.main(["init", "--data-dir", str(tmp_path)]) == 2
     assert "refusing to replace the cluster CA" in capsys.readouterr().err
     assert (tmp_path / "pki" / "ca.crt").read_bytes() == before
+
+
+@pytest.mark.parametrize("memfd", [True, False], ids=["memfd", "tempdir"])
+def test_nodectl_loads_the_admin_credentials_without_leaving_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, memfd: bool
+) -> None:
+    assert node_master.main(["init", "--data-dir", str(tmp_path / "m")]) == 0
+    config = nodectl.load_config(str(tmp_path / "m" / "admin.conf"))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    if not memfd:
+        monkeypatch.delattr("os.memfd_create")
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # pick up $TMPDIR
+    ctx = nodectl.client_context(config)
+    # The certificate chain really was loaded (a broken path or PEM raises in load_cert_chain).
+    assert ctx.verify_mode.name == "CERT_REQUIRED" and ctx.check_hostname
+    assert not nodectl.client_context(config, check_hostname=False).check_hostname
+    assert list(scratch.iterdir()) == []
+    broken = nodectl.ClientConfig(config.server, config.ca, config.client_cert, "not a key")
+    with pytest.raises(ssl.SSLError):
+        nodectl.client_context(broken)
+    assert list(scratch.iterdir()) == []
