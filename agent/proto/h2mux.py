@@ -57,7 +57,7 @@ hyperframe.frame.DataFrame._body_repr = _data_frame_repr  # type: ignore[method-
 Headers = tuple[tuple[str, str], ...]
 
 STREAM_WINDOW_BYTES = 4 << 20
-CONNECTION_WINDOW_BYTES = 16 << 20
+CONNECTION_WINDOW_BYTES = 64 << 20
 MAX_FRAME_BYTES = 256 << 10
 MAX_CONCURRENT_STREAMS = 256
 MAX_HEADER_LIST_BYTES = 64 << 10
@@ -266,6 +266,9 @@ class StreamMux:
         self._control = _RateCounter(self.limits.max_control_frames_per_s)
         self._scanner = _FrameScanner(client_side)
         self._pending_events: list[Event] = []
+        # DATA the peer's windows let us send that it has not granted back yet: a reader that
+        # is merely slow can leave that much in our transport legitimately.
+        self._data_unacknowledged = 0
         self.closed = False
 
     # -- connection ----------------------------------------------------------------------
@@ -280,10 +283,12 @@ class StreamMux:
         return self._h2.data_to_send()
 
     def check_unsent(self, transport_buffered: int) -> None:
-        """The driver reports how much of our output the peer has not taken yet; a peer that
-        makes us queue more than ``max_unsent_bytes`` (control frames it never reads, or
-        data) loses the connection."""
-        if transport_buffered > self.limits.max_unsent_bytes:
+        """The driver reports how much of our output the peer has not taken yet. DATA within
+        the peer's connection window is the peer's own allowance (a slow reader with a large
+        window); beyond it, a peer that makes us queue more than ``max_unsent_bytes`` (control
+        frames it never reads) loses the connection."""
+        excess = transport_buffered - self._data_unacknowledged
+        if excess > self.limits.max_unsent_bytes:
             self._violation(f"peer does not read: {transport_buffered} bytes unsent")
 
     def ping(self, payload: bytes) -> None:
@@ -364,6 +369,11 @@ class StreamMux:
         elif isinstance(event, h2.events.PingReceived | h2.events.RemoteSettingsChanged):
             if self._control.hit(now):
                 self._violation("too many PING/SETTINGS frames")
+        elif isinstance(event, h2.events.WindowUpdated):
+            if event.stream_id == 0:  # the connection window: DATA granted back
+                self._data_unacknowledged = max(
+                    0, self._data_unacknowledged - int(event.delta or 0)
+                )
         elif isinstance(event, h2.events.PingAckReceived):
             out.append(PingAcknowledged(bytes(event.ping_data or b"")))
         elif isinstance(event, h2.events.ConnectionTerminated):
@@ -504,6 +514,7 @@ class StreamMux:
                 break
             out.blocked_since = None
             self._h2.send_data(stream_id, self._take(out, size))
+            self._data_unacknowledged += size
         if not out.chunks:
             out.blocked_since = None
         if out.above_high_water and out.queued <= self.limits.send_low_water_bytes:

@@ -331,6 +331,46 @@ def test_a_peer_that_does_not_read_loses_the_connection() -> None:
     assert server.closed
 
 
+def test_a_slow_reader_may_leave_its_window_of_data_unsent_but_no_more() -> None:
+    # The client grants a connection window far above the unsent limit and reads slowly:
+    # the DATA it allowed may sit in our transport; control output beyond it may not.
+    limit = 1 << 20
+    pair = Pair(
+        client=Limits(stream_window_bytes=8 << 20, connection_window_bytes=16 << 20),
+        server=Limits(max_unsent_bytes=limit),
+    )
+    sid = pair.client.open_stream(REQUEST)
+    pair.pump()
+    pair.server.send_headers(sid, ((":status", "200"),))
+    payload = b"x" * (3 * limit)
+    pair.server.send_data(sid, payload, pair.now)
+    sent = len(pair.server.data_to_send())  # written to a transport the client does not read
+    assert sent > 3 * limit
+    pair.server.check_unsent(sent)  # all of it within the client's window: fine
+    pair.server.check_unsent(3 * limit + limit)
+    with pytest.raises(ProtocolViolation, match="does not read"):
+        pair.server.check_unsent(3 * limit + limit + 1)
+
+
+def test_data_granted_back_no_longer_excuses_unsent_output() -> None:
+    limit = 1 << 20
+    pair = Pair(  # h2 grants credit back once half of a window was consumed
+        client=Limits(stream_window_bytes=3 << 20, connection_window_bytes=3 << 20),
+        server=Limits(max_unsent_bytes=limit),
+    )
+    sid = pair.client.open_stream(REQUEST)
+    pair.pump()
+    pair.server.send_headers(sid, ((":status", "200"),))
+    pair.server.send_data(sid, b"y" * (2 * limit), pair.now)
+    _, at_client = pair.pump()
+    pair.client.consumed(
+        sid, sum(e.flow_controlled_length for e in at_client if isinstance(e, DataReceived))
+    )
+    pair.pump()  # the client's WINDOW_UPDATEs (connection and stream) reach the server
+    with pytest.raises(ProtocolViolation, match="does not read"):
+        pair.server.check_unsent(limit + 1)
+
+
 def test_window_update_and_goaway_frames_by_hand() -> None:
     server, encoder = _server()
     server.receive_data(_headers_frame(encoder, 1, end=False), 0.0)
