@@ -35,7 +35,8 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.pki.core import NODE_CN_PREFIX, NODES_GROUP, build_csr, generate_key, key_to_pem
+from agent.pki.core import build_csr, generate_key, key_to_pem
+from agent.pki.names import NODE_CN_PREFIX, NODES_GROUP
 from tests.helpers import MasterProcess
 
 CONCURRENCY = 64

@@ -233,6 +233,9 @@ class H2Connection(asyncio.Protocol):
         self._no_streams.set()
         self._ticker: asyncio.Task[None] | None = None
         self.peer_cert_der: bytes | None = None
+        # The verified peer's subject commonName, from ssl's own parse: a client that only
+        # needs the name (nodectl --direct) does not pay cryptography's import for it.
+        self.peer_common_name = ""
         self.peer_address: str = ""
 
     # -- asyncio.Protocol ----------------------------------------------------------------
@@ -247,6 +250,7 @@ class H2Connection(asyncio.Protocol):
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             self.peer_cert_der = ssl_object.getpeercert(binary_form=True)
+            self.peer_common_name = _common_name(ssl_object.getpeercert() or {})
         peer = transport.get_extra_info("peername")
         self.peer_address = str(peer[0]) if peer else ""
         self.mux.initiate()
@@ -576,3 +580,12 @@ def serve_factory(
         )
 
     return make
+
+
+def _common_name(peer: dict[str, Any]) -> str:
+    """The subject's commonName in ssl's parsed form (empty unless the chain was verified)."""
+    for rdn in peer.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return ""

@@ -16,8 +16,6 @@ from cryptography import x509
 from agent.errors import ConfigError
 from agent.pki.core import (
     ADMIN_LIFETIME_DAYS,
-    MASTERS_GROUP,
-    PROXIES_GROUP,
     SERVING_LIFETIME_DAYS,
     PrivateKey,
     cert_to_pem,
@@ -30,6 +28,7 @@ from agent.pki.core import (
     spki_pin,
     write_private,
 )
+from agent.pki.names import MASTERS_GROUP, PROXIES_GROUP
 
 DAY_S = 24 * 3600
 

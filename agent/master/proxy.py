@@ -34,7 +34,8 @@ from agent.errors import (
     NotFoundError,
     StreamingError,
 )
-from agent.pki.core import NODE_CN_PREFIX, Identity, PkiError, authenticate, identity_of
+from agent.pki.core import Identity, PkiError, authenticate, identity_of
+from agent.pki.names import NODE_CN_PREFIX
 from agent.proto.h2mux import Limits
 
 log = logging.getLogger(__name__)

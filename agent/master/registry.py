@@ -30,15 +30,8 @@ from agent.master.config import MasterConfig
 from agent.master.pki_files import ClusterPki
 from agent.master.policy import Caller, Decision, Verdict, evaluate
 from agent.master.store.base import Store
-from agent.pki.core import (
-    NODE_CN_PREFIX,
-    NODES_GROUP,
-    cert_to_pem,
-    identity_of,
-    issue,
-    load_csr,
-    public_key_id,
-)
+from agent.pki.core import cert_to_pem, identity_of, issue, load_csr, public_key_id
+from agent.pki.names import NODE_CN_PREFIX, NODES_GROUP
 
 log = logging.getLogger(__name__)
 

@@ -43,8 +43,6 @@ from agent.node.pods import PodManager
 from agent.node.runtime.base import Runtime
 from agent.node.streaming import StreamingRuntime
 from agent.pki.core import (
-    NODE_CN_PREFIX,
-    NODES_GROUP,
     PkiError,
     build_csr,
     certs_from_pem,
@@ -57,6 +55,7 @@ from agent.pki.core import (
     verify_issued_by,
     write_private,
 )
+from agent.pki.names import NODE_CN_PREFIX, NODES_GROUP
 from agent.types import Pod
 
 log = logging.getLogger(__name__)

@@ -26,11 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.errors import AgentError
+from agent.pki.names import MASTERS_GROUP, NODE_CN_PREFIX, NODES_GROUP, PROXIES_GROUP
 
-NODE_CN_PREFIX = "system:node:"
-NODES_GROUP = "system:nodes"
-MASTERS_GROUP = "system:masters"
-PROXIES_GROUP = "system:node-proxies"  # the master's streaming proxy, acting for a user
 CA_LIFETIME_DAYS = 3650
 SERVING_LIFETIME_DAYS = 825
 ADMIN_LIFETIME_DAYS = 365

@@ -14,7 +14,8 @@ from typing import Any
 import docker
 import pytest
 
-from agent.pki.core import MASTERS_GROUP, cert_to_pem, create_ca, generate_key, issue, key_to_pem
+from agent.pki.core import cert_to_pem, create_ca, generate_key, issue, key_to_pem
+from agent.pki.names import MASTERS_GROUP
 from tests.helpers import (
     AgentProcess,
     MasterProcess,
@@ -291,7 +292,8 @@ def test_client_cert_rule_with_an_external_fleet_ca(
         trust=["client-cert"], client_ca_file=str(bundle), client_cert_name_must_match=True
     )
     master.start()
-    from agent.pki.core import NODE_CN_PREFIX, NODES_GROUP, build_csr
+    from agent.pki.core import build_csr
+    from agent.pki.names import NODE_CN_PREFIX, NODES_GROUP
 
     def credential(name: str, ca_key: Any, ca: Any) -> tuple[Path, Path]:
         key = generate_key()

@@ -95,3 +95,16 @@ def test_nodectl_loads_the_admin_credentials_without_leaving_files(
     with pytest.raises(ssl.SSLError):
         nodectl.client_context(broken)
     assert list(scratch.iterdir()) == []
+
+
+def test_the_verified_peer_name_comes_from_ssl_s_own_parse() -> None:
+    # nodectl --direct compares this with system:node:<name> instead of importing cryptography.
+    from agent.aio.h2conn import _common_name
+
+    peer = {
+        "subject": ((("organizationName", "system:nodes"),), (("commonName", "system:node:a"),)),
+        "issuer": ((("commonName", "node-agent cluster CA"),),),
+    }
+    assert _common_name(peer) == "system:node:a"
+    assert _common_name({"subject": ((("organizationName", "system:nodes"),),)}) == ""
+    assert _common_name({}) == ""  # not verified: ssl parses nothing

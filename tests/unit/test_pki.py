@@ -12,8 +12,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from agent.pki.core import (
-    MASTERS_GROUP,
-    NODES_GROUP,
     PkiError,
     authenticate,
     build_csr,
@@ -33,6 +31,7 @@ from agent.pki.core import (
     verify_issued_by,
     write_private,
 )
+from agent.pki.names import MASTERS_GROUP, NODES_GROUP
 
 
 def test_ca_is_a_ca_and_pin_is_stable() -> None:

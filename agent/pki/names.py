@@ -1,0 +1,10 @@
+"""The identity names of the cluster's certificates (Kubernetes' conventions): who a subject
+commonName or organization says a peer is. No cryptography import, so clients that only
+compare names (nodectl --direct) start without it."""
+
+from __future__ import annotations
+
+NODE_CN_PREFIX = "system:node:"
+NODES_GROUP = "system:nodes"
+MASTERS_GROUP = "system:masters"
+PROXIES_GROUP = "system:node-proxies"  # the master's streaming proxy, acting for a user
