@@ -1,5 +1,5 @@
 """``node-master``: ``init`` a cluster (CA, serving cert, admin credentials, config), ``run`` the
-master, print the ``version``."""
+master, ``issue-user`` (a nodectl config for a viewer or another admin), print the ``version``."""
 
 from __future__ import annotations
 
@@ -31,6 +31,19 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the master in the foreground")
     run.add_argument("--config", required=True, type=Path, metavar="FILE")
     run.add_argument("--listen", metavar="HOST:PORT", help="override [master] listen")
+    user = sub.add_parser(
+        "issue-user", help="write a nodectl config for another user (read-only by default)"
+    )
+    user.add_argument("name", help="the user's name (certificate CN), as audited by nodes")
+    user.add_argument("--data-dir", required=True, type=Path, metavar="DIR")
+    user.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        metavar="GROUP",
+        help="system:viewers (default: nodes, pods, events, logs) or system:masters (all)",
+    )
+    user.add_argument("--out", type=Path, metavar="FILE", help="default DIR/users/NAME.conf")
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -60,6 +73,22 @@ def _init(args: argparse.Namespace) -> int:
     print(f"  admin:    {result.admin_conf}  (nodectl --config {result.admin_conf} get nodes)")
     print("join a node with:")
     print(f"  node-agent run --master {result.server_url} --ca-cert-hash {result.pin}")
+    return 0
+
+
+def _issue_user(args: argparse.Namespace) -> int:
+    from agent.errors import ConfigError
+    from agent.master.pki_files import issue_user_conf
+    from agent.pki.names import VIEWERS_GROUP
+
+    try:
+        path = issue_user_conf(
+            args.data_dir.resolve(), args.name, args.group or [VIEWERS_GROUP], args.out
+        )
+    except ConfigError as exc:
+        print(f"node-master: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"user {args.name}: {path}  (nodectl --config {path} get pods)")
     return 0
 
 
@@ -107,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "init":
         return _init(args)
+    if args.command == "issue-user":
+        return _issue_user(args)
     return _run(args)
 
 

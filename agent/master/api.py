@@ -155,6 +155,8 @@ class MasterApi:
         ident = identity_of(cert)
         if ident.is_admin:
             return Principal("admin", ident.common_name, cert)
+        if ident.may_read:
+            return Principal("viewer", ident.common_name, cert)
         if ident.node_name is not None:
             return Principal("node", ident.node_name, cert)
         return Principal("external", cert=cert)
@@ -167,9 +169,18 @@ class MasterApi:
             raise Unauthenticated("a client certificate from this cluster is required")
         raise Forbidden(f"{who.kind} {who.name!r} may not {request.method} {request.path}")
 
-    async def require_node_or_admin(self, request: web.Request, node: str) -> Principal:
+    def require_reader(self, request: web.Request) -> Principal:
+        """Reading nodes, pods and events: administrators and viewers (``system:viewers``)."""
         who = self.principal(request)
-        if who.kind == "admin":
+        if who.kind == "viewer" and request.method == "GET":
+            return who
+        return self.require_admin(request)
+
+    async def require_node_or_admin(
+        self, request: web.Request, node: str, *, viewers: bool = False
+    ) -> Principal:
+        who = self.principal(request)
+        if who.kind == "admin" or (viewers and who.kind == "viewer"):
             return who
         if who.kind == "node" and who.name == node:
             key = who.cert.public_key() if who.cert else None
@@ -249,13 +260,13 @@ class MasterApi:
         return web.json_response(result.body, status=result.status)
 
     async def list_nodes(self, request: web.Request) -> web.Response:
-        self.require_admin(request)
+        self.require_reader(request)
         items = [self.registry.node_object(r) for r in await self.registry.records()]
         return web.json_response({"apiVersion": "v1", "kind": "NodeList", "items": items})
 
     async def get_node(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        await self.require_node_or_admin(request, name)
+        await self.require_node_or_admin(request, name, viewers=True)
         found = await self.registry.get_record(name)
         if found is None:
             raise NotFoundError(f"node {name!r} not found")
@@ -380,7 +391,7 @@ class MasterApi:
         return web.json_response(pod_object(obj), status=201 if created else 200)
 
     async def list_pods(self, request: web.Request) -> web.Response:
-        self.require_admin(request)
+        self.require_reader(request)
         objs, rev = await self.pods.list()
         namespace = request.query.get("namespace")
         items = [
@@ -391,12 +402,12 @@ class MasterApi:
         return web.json_response({"kind": "PodList", "resourceVersion": rev, "items": items})
 
     async def list_events(self, request: web.Request) -> web.Response:
-        self.require_admin(request)
+        self.require_reader(request)
         items = self.registry.events.list(request.query.get("kind"), request.query.get("name"))
         return web.json_response({"apiVersion": "v1", "kind": "EventList", "items": items})
 
     async def get_pod(self, request: web.Request) -> web.Response:
-        self.require_admin(request)
+        self.require_reader(request)
         obj = await self.pods.get(request.match_info["ns"], request.match_info["pod"])
         return web.json_response(pod_object(obj))
 

@@ -7,7 +7,10 @@ file I/O: called before the event loop runs or through the thread bridge.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
+import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +31,7 @@ from agent.pki.core import (
     spki_pin,
     write_private,
 )
-from agent.pki.names import MASTERS_GROUP, PROXIES_GROUP
+from agent.pki.names import MASTERS_GROUP, PROXIES_GROUP, USER_GROUPS
 
 DAY_S = 24 * 3600
 
@@ -77,11 +80,17 @@ def _serving_names(server_names: list[str], listen_host: str) -> list[str]:
 
 
 def write_admin_conf(
-    path: Path, server: str, ca: x509.Certificate, key: PrivateKey, cert: x509.Certificate
+    path: Path,
+    server: str,
+    ca: x509.Certificate,
+    key: PrivateKey,
+    cert: x509.Certificate,
+    *,
+    grants: str = "full control of the cluster",
 ) -> None:
     text = (
-        "# nodectl configuration: the master's URL, its CA, and an admin client certificate.\n"
-        "# Keep it secret: it grants full control of the cluster.\n"
+        "# nodectl configuration: the master's URL, its CA, and a client certificate.\n"
+        f"# Keep it secret: it grants {grants}.\n"
         f'server = "{server}"\n'
         f'ca = """\n{cert_to_pem(ca).decode()}"""\n'
         f'client_cert = """\n{cert_to_pem(cert).decode()}"""\n'
@@ -91,7 +100,10 @@ def write_admin_conf(
 
 
 def issue_admin(
-    ca_key: PrivateKey, ca_cert: x509.Certificate, name: str = "admin"
+    ca_key: PrivateKey,
+    ca_cert: x509.Certificate,
+    name: str = "admin",
+    groups: Sequence[str] = (MASTERS_GROUP,),
 ) -> tuple[PrivateKey, x509.Certificate]:
     key = generate_key()
     cert = issue(
@@ -99,7 +111,7 @@ def issue_admin(
         ca_cert,
         key.public_key(),
         common_name=name,
-        groups=[MASTERS_GROUP],
+        groups=list(groups),
         lifetime_s=ADMIN_LIFETIME_DAYS * DAY_S,
         client=True,
     )
@@ -151,6 +163,37 @@ def _is_ipv6(name: str) -> bool:
         return ipaddress.ip_address(name).version == 6
     except ValueError:
         return False
+
+
+_USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
+
+
+def issue_user_conf(data_dir: Path, name: str, groups: Sequence[str], out: Path | None) -> Path:
+    """A nodectl config for another user, signed by the cluster CA: ``system:viewers`` (read
+    nodes, pods, events and logs) or ``system:masters`` (everything). The master's URL comes
+    from ``admin.conf``. Refuses reserved or malformed names and unknown groups."""
+    if not _USER_NAME.fullmatch(name) or name.startswith("system"):
+        raise ConfigError(
+            f"user name {name!r}: letters, digits and . _ @ + - (up to 128), not system*"
+        )
+    unknown = [g for g in groups if g not in USER_GROUPS]
+    if unknown or not groups:
+        raise ConfigError(
+            f"group {', '.join(unknown) or '(none)'}: expected one of {', '.join(USER_GROUPS)}"
+        )
+    pki = ClusterPki.load(data_dir / "pki")
+    admin_conf = data_dir / "admin.conf"
+    try:
+        server = tomllib.loads(admin_conf.read_text())["server"]
+    except (OSError, tomllib.TOMLDecodeError, KeyError) as exc:
+        raise ConfigError(f"{admin_conf}: cannot read the master's URL: {exc}") from exc
+    path = out or data_dir / "users" / f"{name}.conf"
+    if path.exists():
+        raise ConfigError(f"{path} exists: refusing to overwrite it")
+    key, cert = issue_admin(pki.ca_key, pki.ca_cert, name, sorted(set(groups)))
+    grants = "full control of the cluster" if MASTERS_GROUP in groups else "read access"
+    write_admin_conf(path, str(server), pki.ca_cert, key, cert, grants=grants)
+    return path
 
 
 PROXY_LIFETIME_S = 30 * DAY_S

@@ -45,6 +45,7 @@ GROUPS_HEADER = "node-agent-groups"
 PROXY_COMMON_NAME = "system:node-proxy"
 NODE_LINK_LIMITS = Limits(stream_window_bytes=4 << 20, connection_window_bytes=128 << 20)
 _ROUTES = {("POST", "exec"), ("POST", "portforward"), ("GET", "logs")}
+_CODE_EXECUTION = frozenset({"exec", "portforward"})  # administrators only; logs: readers too
 _FORWARDED_HEADERS = ("content-type",)
 
 
@@ -90,7 +91,7 @@ class StreamingProxy:
             ident = authenticate(stream.conn.peer_cert_der, self._cas())
         except PkiError as exc:
             raise Unauthorized(str(exc)) from exc
-        if not ident.is_admin:
+        if not ident.may_read:
             raise ForbiddenError(f"{ident.common_name!r} may not exec, port-forward or read logs")
         return ident
 
@@ -104,6 +105,9 @@ class StreamingProxy:
             or (user.method, segments[5]) not in _ROUTES
         ):
             raise NotFoundError(f"no such endpoint: {user.method} {parts.path}")
+        if segments[5] in _CODE_EXECUTION and not who.is_admin:
+            # Checked here and again by the node, which sees the user's groups.
+            raise ForbiddenError(f"{who.common_name!r} may read logs but not {segments[5]}")
         node = await self._pod_node(segments[2], segments[4])
         link = await self._link(node)
         try:

@@ -201,7 +201,7 @@ class StreamingApi:
             if not user:
                 raise ForbiddenError("the master's proxy must say which user it acts for")
             ident = Identity(common_name=f"{user} (via {ident.common_name})", groups=groups)
-        if not ident.is_admin:
+        if not ident.may_read:
             who = ident.node_name or ident.common_name
             raise ForbiddenError(f"{who!r} may not use node {self._node_name!r}'s API")
         return ident
@@ -215,6 +215,10 @@ class StreamingApi:
         routes = {("POST", "exec"), ("POST", "portforward"), ("GET", "logs")}
         if target is None or (method, target.action) not in routes:
             raise NotFoundError(f"no such endpoint: {method} {urlsplit(path).path}")
+        if target.action != "logs" and not who.is_admin:
+            # Read-only users (system:viewers) read logs and the pod list; running code in a
+            # pod or reaching its ports is for administrators.
+            raise ForbiddenError(f"{who.common_name!r} may read logs but not {target.action}")
         worker = next(
             (
                 w

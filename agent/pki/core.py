@@ -26,7 +26,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.errors import AgentError
-from agent.pki.names import MASTERS_GROUP, NODE_CN_PREFIX, NODES_GROUP, PROXIES_GROUP
+from agent.pki.names import (
+    MASTERS_GROUP,
+    NODE_CN_PREFIX,
+    NODES_GROUP,
+    PROXIES_GROUP,
+    VIEWERS_GROUP,
+)
 
 CA_LIFETIME_DAYS = 3650
 SERVING_LIFETIME_DAYS = 825
@@ -64,6 +70,11 @@ class Identity:
     @property
     def is_proxy(self) -> bool:
         return PROXIES_GROUP in self.groups
+
+    @property
+    def may_read(self) -> bool:
+        """Read-only access (nodes, pods, events, logs): administrators and viewers."""
+        return self.is_admin or VIEWERS_GROUP in self.groups
 
 
 def generate_key() -> PrivateKey:

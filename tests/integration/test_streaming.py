@@ -404,3 +404,40 @@ def test_node_api_refuses_anonymous_and_other_nodes(
     assert asyncio.run(attempt(other_cert)) == 403
     with pytest.raises(ConnectionClosedError):
         asyncio.run(attempt(None))  # no client certificate: refused in the handshake
+
+
+@pytest.mark.parametrize("route", [[], ["--direct"]], ids=["via-master", "direct"])
+def test_a_viewer_reads_pods_and_logs_but_may_not_exec_or_delete(
+    cluster: tuple[MasterProcess, AgentProcess], route: list[str], tmp_path: Path
+) -> None:
+    from agent.cli import node_master
+
+    master, _ = cluster
+    conf = tmp_path / "alice.conf"
+    args = ["issue-user", "alice", "--data-dir", str(master.root), "--out", str(conf)]
+    assert node_master.main(args) == 0
+    assert conf.stat().st_mode & 0o777 == 0o600
+
+    def as_alice(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(  # noqa: PLW1510 - callers check the exit status
+            [sys.executable, "-m", "agent.cli.nodectl", "--config", str(conf), *argv],
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            timeout=60,
+            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+        )
+
+    listed = as_alice("get", "pods", "-o", "wide")
+    assert listed.returncode == 0 and "box" in listed.stdout, listed.stderr
+    logs = as_alice("logs", *route, "--tail", "3", "box", "-c", "talker")
+    assert logs.returncode == 0, logs.stderr
+    assert re.fullmatch(r"(line-\d+\n){3}", logs.stdout), logs.stdout
+    refused = as_alice("exec", *route, "box", "-c", "web", "--", "touch", "/tmp/alice-was-here")
+    assert refused.returncode == 1
+    assert "'alice' may read logs but not exec" in refused.stderr
+    still = nodectl(master, "exec", "box", "-c", "web", "--", "ls", "/tmp")
+    assert still.returncode == 0 and "alice-was-here" not in still.stdout
+    deleted = as_alice("delete", "pod", "box")
+    assert deleted.returncode == 1 and "viewer 'alice' may not DELETE" in deleted.stderr
+    assert "box" in master.pods()

@@ -108,3 +108,37 @@ def test_the_verified_peer_name_comes_from_ssl_s_own_parse() -> None:
     assert _common_name(peer) == "system:node:a"
     assert _common_name({"subject": ((("organizationName", "system:nodes"),),)}) == ""
     assert _common_name({}) == ""  # not verified: ssl parses nothing
+
+
+def test_issue_user_refuses_bad_names_groups_and_overwrites(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert node_master.main(["init", "--data-dir", str(tmp_path)]) == 0
+    capsys.readouterr()
+    base = ["issue-user", "--data-dir", str(tmp_path)]
+    for name, message in (
+        ("system:admin", "not system*"),
+        ("bob,admins", "letters, digits"),
+        ("", "letters, digits"),
+    ):
+        assert node_master.main([*base, name]) == 2
+        assert message in capsys.readouterr().err
+    assert node_master.main([*base, "bob", "--group", "system:nodes"]) == 2
+    assert "group system:nodes: expected one of system:masters, system:viewers" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "users").exists()  # nothing written by a refused request
+    assert node_master.main([*base, "bob"]) == 0
+    conf = tmp_path / "users" / "bob.conf"
+    assert "grants read access" in conf.read_text()
+    config = nodectl.load_config(str(conf))
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(config.client_cert.encode())
+    assert cert.subject.rfc4514_string() == "O=system:viewers,CN=bob"
+    assert node_master.main([*base, "bob"]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert node_master.main(["init", "--data-dir", str(tmp_path / "none")]) == 0
+    (tmp_path / "none" / "admin.conf").unlink()
+    assert node_master.main(["issue-user", "--data-dir", str(tmp_path / "none"), "carol"]) == 2
+    assert "cannot read the master's URL" in capsys.readouterr().err
