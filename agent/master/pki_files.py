@@ -79,7 +79,7 @@ def _serving_names(server_names: list[str], listen_host: str) -> list[str]:
     return names
 
 
-def write_admin_conf(
+def write_nodectl_conf(
     path: Path,
     server: str,
     ca: x509.Certificate,
@@ -99,7 +99,7 @@ def write_admin_conf(
     write_private(path, text.encode())
 
 
-def issue_admin(
+def issue_user_cert(
     ca_key: PrivateKey,
     ca_cert: x509.Certificate,
     name: str = "admin",
@@ -149,9 +149,9 @@ def init_cluster(
     first = names[0]
     url_host = f"[{first}]" if _is_ipv6(first) else first
     server_url = f"https://{url_host}:{port}"
-    admin_key, admin_cert = issue_admin(ca_key, ca_cert)
+    admin_key, admin_cert = issue_user_cert(ca_key, ca_cert)
     admin_conf = data_dir / "admin.conf"
-    write_admin_conf(admin_conf, server_url, ca_cert, admin_key, admin_cert)
+    write_nodectl_conf(admin_conf, server_url, ca_cert, admin_key, admin_cert)
     config_path = data_dir / "master.toml"
     if force or not config_path.exists():
         config_path.write_text(render_config)
@@ -190,9 +190,9 @@ def issue_user_conf(data_dir: Path, name: str, groups: Sequence[str], out: Path 
     path = out or data_dir / "users" / f"{name}.conf"
     if path.exists():
         raise ConfigError(f"{path} exists: refusing to overwrite it")
-    key, cert = issue_admin(pki.ca_key, pki.ca_cert, name, sorted(set(groups)))
+    key, cert = issue_user_cert(pki.ca_key, pki.ca_cert, name, sorted(set(groups)))
     grants = "full control of the cluster" if MASTERS_GROUP in groups else "read access"
-    write_admin_conf(path, str(server), pki.ca_cert, key, cert, grants=grants)
+    write_nodectl_conf(path, str(server), pki.ca_cert, key, cert, grants=grants)
     return path
 
 
