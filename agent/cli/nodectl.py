@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.cli.nodectl_control import SESSION_IDLE_S
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -385,15 +386,7 @@ def _streaming(client: Client, args: argparse.Namespace) -> int | None:
             )
             return code
         if args.command == "logs":
-            query = {"follow": "1" if args.follow else "0"}
-            if args.tail is not None:
-                query["tailLines"] = str(args.tail)
-            if args.timestamps:
-                query["timestamps"] = "1"
-            if args.previous:
-                query["previous"] = "1"
-            if args.container:
-                query["container"] = args.container
+            query = logs_query(args)
             ns.run(lambda conn: ns.logs_session(conn, args.namespace, args.pod, query), opener)
             return None
         pairs = ns.parse_ports(args.ports)
@@ -410,6 +403,64 @@ def _streaming(client: Client, args: argparse.Namespace) -> int | None:
         raise CliError(str(exc), exc.code) from exc
     except KeyboardInterrupt:
         return 130
+
+
+def logs_query(args: argparse.Namespace) -> dict[str, str]:
+    query = {"follow": "1" if args.follow else "0"}
+    if args.tail is not None:
+        query["tailLines"] = str(args.tail)
+    if args.timestamps:
+        query["timestamps"] = "1"
+    if args.previous:
+        query["previous"] = "1"
+    if args.container:
+        query["container"] = args.container
+    return query
+
+
+def cmd_session(client: Client, args: argparse.Namespace) -> int | None:
+    """``session start|stop|status``: the connection-sharing holder of this config (see
+    :mod:`agent.cli.nodectl_session`)."""
+    from agent.cli import nodectl_control
+
+    config = nodectl_control.config_path(args.config)
+    if args.action == "start":
+        return _start_session(config, args.idle_timeout)
+    try:
+        reply = nodectl_control.control(config, b"S" if args.action == "stop" else b"I")
+    except nodectl_control.SessionUnavailable:
+        raise CliError(f"no session is running for {config}") from None
+    if args.action == "stop":
+        print("session stopped")
+    else:
+        print(reply[1:].decode(), end="")
+    return None
+
+
+def _start_session(config: str, idle_timeout_s: float) -> int:
+    import subprocess
+
+    read_end, write_end = os.pipe()
+    command = [sys.executable, "-m", "agent.cli.nodectl_session", "--config", config]
+    command += ["--idle-timeout", str(idle_timeout_s), "--ready-fd", str(write_end)]
+    try:
+        proc = subprocess.Popen(
+            command,
+            pass_fds=(write_end,),
+            start_new_session=True,  # outlives this terminal, like ``ssh -fNM``
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    finally:
+        os.close(write_end)
+    with os.fdopen(read_end, "rb") as ready:
+        report = ready.read().decode(errors="replace").strip()
+    if report.startswith("session started"):
+        print(report)
+        return 0
+    code = proc.wait(timeout=TIMEOUT_S)
+    raise CliError(report.removeprefix("nodectl: ") or f"the session exited with {code}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -463,8 +514,45 @@ def _parser() -> argparse.ArgumentParser:
         streaming.add_argument("pod")
     exe.epilog = "the command follows --, as with kubectl: nodectl exec POD -- ls -l"
     forward.add_argument("ports", nargs="+", metavar="[LOCAL:]REMOTE")
+    session = sub.add_parser(
+        "session",
+        help="share one connection to the master between exec and logs commands",
+        description="A background process per config keeps the connection to the master "
+        "open; exec and logs run through it without a new TLS connection or interpreter "
+        "start-up (like ssh's ControlMaster).",
+    )
+    session.add_argument("action", choices=("start", "stop", "status"))
+    session.add_argument(
+        "--idle-timeout",
+        type=_positive_seconds,
+        default=SESSION_IDLE_S,
+        metavar="SECONDS",
+        help=f"start: end the session after this long without a command ({SESSION_IDLE_S:g})",
+    )
     sub.add_parser("version", help="print the version")
     return parser
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    return value
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """nodectl's arguments; everything after ``--`` is exec's remote command, never options."""
+    argv = list(argv)
+    remote: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, remote = argv[:cut], argv[cut + 1 :]
+    args = _parser().parse_args(argv)
+    args.cmd = remote
+    return args
 
 
 COMMANDS = {
@@ -479,18 +567,12 @@ COMMANDS = {
     "exec": _streaming,
     "logs": _streaming,
     "port-forward": _streaming,
+    "session": cmd_session,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # Everything after "--" is the remote command of exec, never nodectl's options.
-    remote: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, remote = argv[:cut], argv[cut + 1 :]
-    args = _parser().parse_args(argv)
-    args.cmd = remote
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "version":
         print(f"nodectl {__version__}")
         return 0

@@ -32,6 +32,33 @@ READ_CHUNK_BYTES = 256 << 10
 EXIT_STREAM_FAILED = 1
 
 
+@dataclass(frozen=True, slots=True)
+class Stdio:
+    """The descriptors a session reads and writes: this process's own, or those a ``nodectl``
+    invocation handed to a session holder (:mod:`agent.cli.nodectl_session`), which must not
+    block its loop on them or change their flags (they are shared with the user's shell)."""
+
+    stdin: int = 0
+    stdout: int = 1
+    stderr: int = 2
+    threaded_writes: bool = False
+
+    async def write(self, fd: int, data: bytes) -> None:
+        if self.threaded_writes:
+            await asyncio.to_thread(write_all, fd, data)
+        else:
+            write_all(fd, data)
+
+
+LOCAL_STDIO = Stdio()
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 class StreamCliError(Exception):
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
@@ -91,15 +118,14 @@ async def _response(stream: H2Stream) -> None:
 
 
 @contextlib.contextmanager
-def raw_terminal(enabled: bool) -> Iterator[None]:
-    """Raw mode on the controlling terminal for ``-t``; restored on every way out."""
-    if not enabled or not sys.stdin.isatty():
+def raw_terminal(enabled: bool, fd: int = 0) -> Iterator[None]:
+    """Raw mode on the terminal ``fd`` for ``-t``; restored on every way out."""
+    if not enabled or not os.isatty(fd):
         yield
         return
     import termios
     import tty
 
-    fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd)
     try:
         tty.setraw(fd)
@@ -117,7 +143,11 @@ async def exec_session(
     *,
     stdin: bool,
     tty: bool,
+    stdio: Stdio = LOCAL_STDIO,
+    resized: asyncio.Event | None = None,
 ) -> int:
+    """One exec session; the remote exit code. ``resized`` is set when the terminal's size
+    changed (a session holder hears it from its client); without it, SIGWINCH is watched."""
     query: list[tuple[str, str]] = [("command", c) for c in command]
     if container:
         query.append(("container", container))
@@ -132,32 +162,32 @@ async def exec_session(
     stream = await conn.request("POST", path, end_stream=not (stdin or tty))
     loop = asyncio.get_running_loop()
     feeders: list[asyncio.Task[None]] = []
+    watch_signal = tty and resized is None
     if tty:
-        await _send_size(stream)
-        loop.add_signal_handler(
-            signal.SIGWINCH, lambda: feeders.append(loop.create_task(_send_size(stream)))
-        )
+        if resized is None:
+            resized = asyncio.Event()
+            loop.add_signal_handler(signal.SIGWINCH, resized.set)
+        await _send_size(stream, stdio.stdin)
+        feeders.append(loop.create_task(_follow_size(stream, stdio.stdin, resized)))
     if stdin:
-        feeders.append(loop.create_task(_pump_stdin(stream)))
+        feeders.append(loop.create_task(_pump_stdin(stream, stdio.stdin)))
     elif tty:
         feeders.append(loop.create_task(_end_after_response(stream)))
     try:
         await _response(stream)
         decoder = execframe.FrameDecoder(frozenset({Channel.STDOUT, Channel.STDERR}))
-        out, err = sys.stdout.buffer, sys.stderr.buffer
         while chunk := await stream.read():
             for frame in decoder.feed(chunk):
-                target = err if frame.channel is Channel.STDERR else out
-                target.write(frame.payload)
-                target.flush()
+                target = stdio.stderr if frame.channel is Channel.STDERR else stdio.stdout
+                await stdio.write(target, frame.payload)
     finally:
-        if tty:
+        if watch_signal:
             loop.remove_signal_handler(signal.SIGWINCH)
         for task in feeders:
             task.cancel()
     trailers = dict(stream.trailers or ())
     if "error" in trailers:
-        print(f"nodectl: {trailers['error']}", file=sys.stderr)
+        await stdio.write(stdio.stderr, f"nodectl: {trailers['error']}\n".encode())
     try:
         return int(trailers.get("exit-code", "1"))
     except ValueError:
@@ -169,49 +199,77 @@ async def _end_after_response(stream: H2Stream) -> None:
     await stream.response()
 
 
-async def _send_size(stream: H2Stream) -> None:
+async def _follow_size(stream: H2Stream, fd: int, resized: asyncio.Event) -> None:
+    while True:
+        await resized.wait()
+        resized.clear()
+        await _send_size(stream, fd)
+
+
+async def _send_size(stream: H2Stream, fd: int) -> None:
     # The terminal's own size, not shutil's: $COLUMNS/$LINES would pin it at start-up values.
     try:
-        size = os.get_terminal_size(sys.stdin.fileno())
+        size = os.get_terminal_size(fd)
     except OSError:
         return
     with contextlib.suppress(StreamingError):
         await stream.write(execframe.encode_resize(size.columns, size.lines))
 
 
-async def _pump_stdin(stream: H2Stream) -> None:
-    loop = asyncio.get_running_loop()
-    fd = sys.stdin.fileno()
-    reader = asyncio.StreamReader(limit=READ_CHUNK_BYTES)
-    try:
-        await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(fd), "rb", buffering=0)
-        )
-    except ValueError:
-        # A regular file on stdin (``< file``): not a pipe, read it in a thread.
-        while data := await asyncio.to_thread(os.read, fd, READ_CHUNK_BYTES):
-            await stream.write(execframe.encode(Channel.STDIN, data))
-        await stream.end()
-        return
-    while data := await reader.read(READ_CHUNK_BYTES):
+async def _pump_stdin(stream: H2Stream, fd: int) -> None:
+    while data := await read_input(fd):
         await stream.write(execframe.encode(Channel.STDIN, data))
     await stream.end()  # stdin EOF for the remote process
+
+
+async def read_input(fd: int) -> bytes:
+    """What ``fd`` has, without setting O_NONBLOCK: the descriptor's flags are shared with
+    whoever else holds it (the user's shell, on a terminal), and a pending blocking read in a
+    thread would steal the shell's next keystrokes after the session ended. Readiness from
+    the loop, then one read; regular files and /dev/null (not pollable) never block."""
+    try:
+        await wait_readable(fd)
+    except (PermissionError, ValueError):
+        return await asyncio.to_thread(os.read, fd, READ_CHUNK_BYTES)
+    try:
+        return os.read(fd, READ_CHUNK_BYTES)
+    except BlockingIOError:  # somebody else read it first
+        return await read_input(fd)
+
+
+async def wait_readable(fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
 
 
 # -- logs ---------------------------------------------------------------------------------
 
 
-async def logs_session(conn: H2Connection, namespace: str, pod: str, query: dict[str, str]) -> None:
+async def logs_session(
+    conn: H2Connection,
+    namespace: str,
+    pod: str,
+    query: dict[str, str],
+    stdio: Stdio = LOCAL_STDIO,
+) -> None:
     path = (
         f"/v1/namespaces/{urllib.parse.quote(namespace)}/pods/{urllib.parse.quote(pod)}/logs?"
         + urllib.parse.urlencode(query)
     )
     stream = await conn.request("GET", path, end_stream=True)
     await _response(stream)
-    out = sys.stdout.buffer
     while chunk := await stream.read():
-        out.write(chunk)
-        out.flush()
+        await stdio.write(stdio.stdout, chunk)
 
 
 # -- port-forward -------------------------------------------------------------------------
@@ -354,7 +412,7 @@ def run(
         import uvloop
 
         runner = uvloop.run
-    with raw_terminal(raw_tty):
+    with raw_terminal(raw_tty, LOCAL_STDIO.stdin):
         try:
             return runner(main())
         except ConnectionClosedError as exc:

@@ -4,6 +4,7 @@ dockerd: through the master's streaming proxy (the default) and straight to the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -13,6 +14,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -51,6 +53,16 @@ TALKER = {
 }
 
 
+@pytest.fixture(autouse=True)
+def runtime_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Each test's own $XDG_RUNTIME_DIR, so that nodectl sessions are the test's alone (short:
+    a Unix socket path holds 108 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="xdg-"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(path))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture
 def cluster(
     make_master: Callable[..., MasterProcess], make_agent: Callable[..., AgentProcess]
@@ -80,7 +92,14 @@ def nodectl(
     master: MasterProcess, *args: str, stdin: str | None = None, timeout_s: float = 60
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: PLW1510 - callers check the exit status
-        [sys.executable, "-m", "agent.cli.nodectl", "--config", str(master.admin_conf), *args],
+        [
+            sys.executable,
+            "-m",
+            "agent.cli.nodectl_control",
+            "--config",
+            str(master.admin_conf),
+            *args,
+        ],
         capture_output=True,
         text=True,
         input=stdin,
@@ -90,11 +109,40 @@ def nodectl(
     )
 
 
-@pytest.mark.parametrize("route", [[], ["--direct"]], ids=["via-master", "direct"])
+@contextlib.contextmanager
+def nodectl_session(master: MasterProcess) -> Iterator[Callable[[], int]]:
+    """A running ``nodectl session``; yields how many commands it has served so far."""
+    started = nodectl(master, "session", "start")
+    assert started.returncode == 0 and "session started" in started.stdout, started.stderr
+
+    def served() -> int:
+        status = nodectl(master, "session", "status")
+        assert status.returncode == 0, status.stderr
+        found = re.search(r"commands served: (\d+), running: (\d+)", status.stdout)
+        assert found, status.stdout
+        return int(found[1])
+
+    try:
+        yield served
+    finally:
+        stopped = nodectl(master, "session", "stop")
+        assert stopped.returncode == 0, stopped.stderr
+
+
+@pytest.mark.parametrize("route", ["via-master", "direct", "session"])
 def test_exec_passes_stdin_separates_streams_and_returns_the_exit_code(
-    cluster: tuple[MasterProcess, AgentProcess], route: list[str]
+    cluster: tuple[MasterProcess, AgentProcess], route: str
 ) -> None:
     master, agent = cluster
+    if route == "session":
+        with nodectl_session(master) as served:
+            _exec_checks(master, agent, [])
+            assert served() == 3  # all of them ran in the session, none fell back
+    else:
+        _exec_checks(master, agent, ["--direct"] if route == "direct" else [])
+
+
+def _exec_checks(master: MasterProcess, agent: AgentProcess, route: list[str]) -> None:
     done = nodectl(master, "exec", *route, "-i", "box", "-c", "web", "--", "cat", stdin="hello\n")
     assert (done.returncode, done.stdout, done.stderr) == (0, "hello\n", "")
     done = nodectl(
@@ -144,17 +192,28 @@ def test_exec_errors_are_clear(cluster: tuple[MasterProcess, AgentProcess]) -> N
     assert done.returncode == 1 and "ghost" in done.stderr
 
 
+@pytest.mark.parametrize("route", ["standalone", "session"])
 def test_exec_tty_session_in_tmux_sees_resize_and_exits(
-    cluster: tuple[MasterProcess, AgentProcess], tmp_path: Path
+    cluster: tuple[MasterProcess, AgentProcess], tmp_path: Path, runtime_dir: Path, route: str
 ) -> None:
     master, _ = cluster
+    with contextlib.ExitStack() as stack:
+        if route == "session":
+            served = stack.enter_context(nodectl_session(master))
+        _tty_in_tmux(master, tmp_path, runtime_dir)
+        if route == "session":
+            assert served() == 1  # raw mode, resizes and the exit code all through the session
+
+
+def _tty_in_tmux(master: MasterProcess, tmp_path: Path, runtime_dir: Path) -> None:
     tmux = shutil.which("tmux")
     assert tmux, "tmux is installed by scripts/bootstrap.sh"
     session = f"nodectl-{uuid.uuid4().hex[:6]}"
     marker = tmp_path / "exit-code"
     command = (
-        f"cd {REPO_ROOT} && PYTHONPATH={REPO_ROOT} {sys.executable} -m agent.cli.nodectl "
-        f"--config {master.admin_conf} exec -i -t box -c web -- sh; echo $? > {marker}"
+        f"cd {REPO_ROOT} && XDG_RUNTIME_DIR={runtime_dir} PYTHONPATH={REPO_ROOT} "
+        f"{sys.executable} -m agent.cli.nodectl_control --config {master.admin_conf} "
+        f"exec -i -t box -c web -- sh; echo $? > {marker}"
     )
     subprocess.run(
         [tmux, "new-session", "-d", "-s", session, "-x", "80", "-y", "24", command], check=True
@@ -179,6 +238,77 @@ def test_exec_tty_session_in_tmux_sees_resize_and_exits(
         subprocess.run([tmux, "kill-session", "-t", session], check=False, capture_output=True)
 
 
+def test_session_hands_back_what_it_cannot_run_and_outlives_its_clients(
+    cluster: tuple[MasterProcess, AgentProcess],
+) -> None:
+    master, _ = cluster
+    with nodectl_session(master) as served:
+        again = nodectl(master, "session", "start")
+        assert again.returncode == 1 and "already running" in again.stderr
+        # Usage errors and --direct run in the invocation itself, as without a session.
+        usage = nodectl(master, "exec", "box")
+        assert usage.returncode == 2 and "exec needs a command" in usage.stderr
+        direct = nodectl(master, "exec", "--direct", "box", "-c", "web", "--", "echo", "d")
+        assert (direct.returncode, direct.stdout) == (0, "d\n")
+        assert served() == 0
+        # The node's errors reach the invocation's stderr with the same exit status.
+        ghost = nodectl(master, "exec", "ghost", "--", "true")
+        assert ghost.returncode == 1 and "ghost" in ghost.stderr
+        assert served() == 1
+        # An invocation interrupted mid-command takes its command with it, not the session.
+        interrupted = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "agent.cli.nodectl_control"),
+                *("--config", str(master.admin_conf), "exec", "box", "-c", "web"),
+                *("--", "sleep", "300"),
+            ],
+            cwd=REPO_ROOT,
+            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            wait_for(
+                lambda: "running: 1" in nodectl(master, "session", "status").stdout,
+                what="the sleep running in the session",
+            )
+            interrupted.send_signal(2)
+            assert interrupted.wait(timeout=30) == 130
+        finally:
+            interrupted.kill()
+        wait_for(
+            lambda: "running: 0" in nodectl(master, "session", "status").stdout,
+            what="the interrupted command cancelled",
+        )
+        logs = nodectl(master, "logs", "--tail", "2", "box", "-c", "talker")
+        assert logs.returncode == 0 and len(logs.stdout.split()) == 2
+        assert served() == 2
+
+
+def test_session_ends_when_idle_or_when_its_config_changes(
+    cluster: tuple[MasterProcess, AgentProcess],
+) -> None:
+    master, _ = cluster
+
+    def running() -> bool:
+        return nodectl(master, "session", "status").returncode == 0
+
+    started = nodectl(master, "session", "start", "--idle-timeout", "1")
+    assert started.returncode == 0, started.stderr
+    wait_for(lambda: not running(), what="the idle session to end")
+    stopped = nodectl(master, "session", "stop")
+    assert stopped.returncode == 1 and "no session is running" in stopped.stderr
+
+    assert nodectl(master, "session", "start").returncode == 0
+    config = master.admin_conf
+    os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns + 1))
+    # A session must not serve credentials that were replaced on disk: it hands the command
+    # back (which runs standalone with the new file) and ends.
+    done = nodectl(master, "exec", "box", "-c", "web", "--", "echo", "fresh")
+    assert (done.returncode, done.stdout) == (0, "fresh\n")
+    wait_for(lambda: not running(), what="the stale session to end")
+
+
 @pytest.fixture
 def port_forward(
     cluster: tuple[MasterProcess, AgentProcess],
@@ -191,7 +321,7 @@ def port_forward(
             [
                 sys.executable,
                 "-m",
-                "agent.cli.nodectl",
+                "agent.cli.nodectl_control",
                 "--config",
                 str(master.admin_conf),
                 "port-forward",
@@ -315,7 +445,7 @@ def test_logs_tail_follow_and_previous(
         [
             sys.executable,
             "-m",
-            "agent.cli.nodectl",
+            "agent.cli.nodectl_control",
             "--config",
             str(master.admin_conf),
             "logs",
@@ -420,7 +550,7 @@ def test_a_viewer_reads_pods_and_logs_but_may_not_exec_or_delete(
 
     def as_alice(*argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(  # noqa: PLW1510 - callers check the exit status
-            [sys.executable, "-m", "agent.cli.nodectl", "--config", str(conf), *argv],
+            [sys.executable, "-m", "agent.cli.nodectl_control", "--config", str(conf), *argv],
             capture_output=True,
             text=True,
             cwd=REPO_ROOT,

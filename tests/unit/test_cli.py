@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent import __version__
-from agent.cli import node_agent, node_master, nodectl
+from agent.cli import node_agent, node_master, nodectl, nodectl_control
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -142,3 +142,70 @@ def test_issue_user_refuses_bad_names_groups_and_overwrites(
     (tmp_path / "none" / "admin.conf").unlink()
     assert node_master.main(["issue-user", "--data-dir", str(tmp_path / "none"), "carol"]) == 2
     assert "cannot read the master's URL" in capsys.readouterr().err
+
+
+# -- nodectl sessions (connection sharing) ---------------------------------------------------
+
+
+def test_session_client_finds_the_command_and_the_config_without_argparse() -> None:
+    split = nodectl_control.split_command
+    assert split(["exec", "pod", "--", "true"]) == (None, "exec")
+    assert split(["--config", "/c", "logs", "pod"]) == ("/c", "logs")
+    assert split(["--config=/c", "exec", "-it", "pod", "--", "sh"]) == ("/c", "exec")
+    # Anything else among the global options: the full parser handles (and explains) it.
+    assert split(["--conf", "/c", "exec", "pod"]) == (None, None)
+    assert split(["--config"]) == (None, None)
+    assert split([]) == (None, None)
+    assert nodectl_control.wants_tty(["exec", "-it", "pod", "--", "sh"])
+    assert nodectl_control.wants_tty(["exec", "--tty", "pod", "--", "sh"])
+    assert not nodectl_control.wants_tty(["exec", "pod", "--", "ls", "-t"])  # the remote's -t
+    assert not nodectl_control.wants_tty(["logs", "--tail", "3", "pod"])
+    # argv cannot hold NUL (C strings), so NUL separates; undecodable bytes survive.
+    fields = ["/c", "exec", "pod", "--", "echo", "caf\u00e9", "\udcff"]
+    assert nodectl_control.decode_fields(nodectl_control.encode_fields(fields)) == fields
+
+
+def test_session_runtime_dir_must_be_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    with pytest.raises(nodectl_control.SessionUnavailable, match="does not exist"):
+        nodectl_control.runtime_dir()
+    (tmp_path / "nodectl").mkdir(mode=0o755)
+    with pytest.raises(nodectl_control.SessionUnavailable, match="not a 0700 directory"):
+        nodectl_control.runtime_dir()
+    (tmp_path / "nodectl").chmod(0o700)
+    assert nodectl_control.runtime_dir() == str(tmp_path / "nodectl")
+    (tmp_path / "nodectl").rmdir()
+    (tmp_path / "nodectl").symlink_to(tmp_path)
+    with pytest.raises(nodectl_control.SessionUnavailable, match="not a 0700 directory"):
+        nodectl_control.runtime_dir()
+
+
+def test_session_hands_back_what_it_cannot_run_as_the_invocation_would() -> None:
+    from agent.cli import nodectl_session
+
+    args = nodectl_session.session_args(["exec", "-i", "pod", "-c", "web", "--", "cat", "-"])
+    assert args is not None and (args.stdin, args.container, args.cmd) == (
+        True,
+        "web",
+        ["cat", "-"],
+    )
+    assert nodectl_session.session_args(["logs", "-f", "pod"]) is not None
+    for argv in (
+        ["exec", "pod"],  # no command: the invocation prints the usage error
+        ["exec", "--direct", "pod", "--", "true"],  # straight to the node: not the session's
+        ["port-forward", "pod", "8080"],
+        ["get", "pods"],
+        ["exec", "--bogus", "pod", "--", "true"],
+        ["exec", "--help"],
+    ):
+        assert nodectl_session.session_args(argv) is None, argv
+
+
+def test_session_start_refuses_a_bad_idle_timeout(capsys: pytest.CaptureFixture[str]) -> None:
+    for bad in ("0", "-5", "soon", "inf"):
+        with pytest.raises(SystemExit) as info:
+            nodectl.main(["session", "start", "--idle-timeout", bad])
+        assert info.value.code == 2
+        assert "--idle-timeout" in capsys.readouterr().err

@@ -1,0 +1,334 @@
+"""The ``nodectl session`` holder: one process per nodectl config that keeps the HTTP/2
+connection to the master open and runs ``exec`` and ``logs`` for later ``nodectl`` invocations
+(the client half and the wire format are in :mod:`agent.cli.nodectl_control`).
+
+Started detached by ``nodectl session start``, like ``ssh -fNM``. It serves only its own user
+(the socket lives in a 0700 directory and every peer's uid is checked), and ends after its idle
+timeout without a command, on ``nodectl session stop``, on SIGTERM or SIGINT, or when its
+config file changes — credentials replaced on disk must not go on being used from memory.
+Commands it cannot run as the invocation would (``--direct``, port-forward, usage errors) are
+handed back, and the invocation runs them itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import os
+import signal
+import socket
+import ssl
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from agent.aio.h2conn import H2Connection
+from agent.cli import nodectl, nodectl_control
+from agent.cli import nodectl_stream as ns
+from agent.errors import ConnectionClosedError, StreamingError
+
+IDLE_CHECK_S = 1.0
+STDIO_FDS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class FileStamp:
+    inode: int
+    size: int
+    mtime_ns: int
+
+
+def file_stamp(path: str) -> FileStamp | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return FileStamp(st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def ensure_runtime_dir() -> str:
+    """The 0700 directory for session sockets, created if missing."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(nodectl_control.runtime_dir_path(), 0o700)
+    try:
+        return nodectl_control.runtime_dir()  # refuses a directory somebody else made
+    except nodectl_control.SessionUnavailable as exc:
+        raise nodectl.CliError(str(exc)) from exc
+
+
+def session_args(argv: Sequence[str]) -> argparse.Namespace | None:
+    """``argv`` parsed as nodectl would, if a session runs it as the invocation would."""
+    quiet_out, quiet_err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(quiet_out), contextlib.redirect_stderr(quiet_err):
+            args = nodectl.parse_args(argv)
+    except SystemExit:  # usage errors and --help: the invocation prints them
+        return None
+    if args.command not in nodectl_control.SESSION_COMMANDS or args.direct:
+        return None
+    if args.command == "exec" and not args.cmd:
+        return None
+    return args
+
+
+async def receive_request(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """One message and the descriptors attached to it (closed on exec)."""
+    while True:
+        try:
+            data, fds, flags, _ = socket.recv_fds(
+                sock, nodectl_control.MESSAGE_MAX_BYTES, STDIO_FDS, socket.MSG_CMSG_CLOEXEC
+            )
+        except BlockingIOError:
+            await ns.wait_readable(sock.fileno())
+            continue
+        if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            for fd in fds:
+                os.close(fd)
+            return b"", []
+        return data, fds
+
+
+class SessionHolder:
+    def __init__(
+        self,
+        config_file: str,
+        config: nodectl.ClientConfig,
+        idle_s: float = nodectl_control.SESSION_IDLE_S,
+    ) -> None:
+        self.config_file = config_file
+        self.config = config
+        self.stamp = file_stamp(config_file)
+        self.idle_s = idle_s
+        self.context: ssl.SSLContext = nodectl.client_context(config)
+        self.conn: H2Connection | None = None
+        self.served = 0
+        self.started = time.time()
+        self.last_used = time.monotonic()
+        self.commands: set[asyncio.Task[int]] = set()
+        self.clients: set[asyncio.Task[None]] = set()
+        self._connecting = asyncio.Lock()
+        self.stopping = asyncio.Event()
+
+    async def master(self) -> H2Connection:
+        async with self._connecting:
+            if self.conn is None or self.conn.closed.done():
+                self.conn = await ns.open_master(self.config.server, self.context)
+            return self.conn
+
+    async def serve(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        listener.setblocking(False)
+        accepting: asyncio.Task[tuple[socket.socket, object]] | None = None
+        try:
+            while not self.stopping.is_set():
+                # Only commands count as use: ``session status`` must not keep it alive.
+                if not self.commands and time.monotonic() - self.last_used > self.idle_s:
+                    return
+                if accepting is None:
+                    accepting = loop.create_task(loop.sock_accept(listener))
+                stop = loop.create_task(self.stopping.wait())
+                await asyncio.wait(
+                    {accepting, stop}, timeout=IDLE_CHECK_S, return_when=asyncio.FIRST_COMPLETED
+                )
+                stop.cancel()
+                if accepting.done():
+                    sock, _ = accepting.result()
+                    accepting = None
+                    task = loop.create_task(self._client(sock))
+                    self.clients.add(task)
+                    task.add_done_callback(self._client_done)
+        finally:
+            if accepting is not None:
+                accepting.cancel()
+            for task in list(self.clients):
+                task.cancel()
+            await asyncio.gather(*self.clients, return_exceptions=True)
+            if self.conn is not None:
+                await self.conn.shutdown("session ended", grace_s=1.0)
+
+    def _client_done(self, task: asyncio.Task[None]) -> None:
+        self.clients.discard(task)
+
+    async def _client(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        fds: list[int] = []
+        try:
+            if nodectl_control.peer_uid(sock) != os.getuid():
+                return
+            message, fds = await receive_request(sock)
+            kind, body = message[:1], message[1:]
+            if kind == b"I":
+                await loop.sock_sendall(sock, b"I" + self.status().encode())
+            elif kind == b"S":
+                self.stopping.set()
+                await loop.sock_sendall(sock, b"X0")
+            elif kind == b"R" and len(fds) == STDIO_FDS:
+                fields = nodectl_control.decode_fields(body)
+                code = await self._request(sock, fields[0], fields[1:], fds)
+                if code is not None:
+                    self.served += 1
+                await loop.sock_sendall(sock, b"F" if code is None else b"X%d" % code)
+        except (ConnectionError, BrokenPipeError):
+            pass  # the invocation is gone; its command was cancelled with it
+        finally:
+            for fd in fds:
+                os.close(fd)
+            sock.close()
+
+    async def _request(
+        self, sock: socket.socket, config_file: str, argv: list[str], fds: list[int]
+    ) -> int | None:
+        """The command's exit code, or None to hand it back to the invocation."""
+        if config_file != self.config_file:
+            return None
+        if file_stamp(self.config_file) != self.stamp:
+            self.stopping.set()  # new credentials on disk: this session is stale
+            return None
+        args = session_args(argv)
+        if args is None:
+            return None
+        try:
+            conn = await self.master()
+        except (OSError, ssl.SSLError, StreamingError, ConnectionClosedError, TimeoutError):
+            return None  # the invocation reports it as it always does
+        loop = asyncio.get_running_loop()
+        stdio = ns.Stdio(fds[0], fds[1], fds[2], threaded_writes=True)
+        resized = asyncio.Event()
+        command = loop.create_task(self._command(conn, args, stdio, resized))
+        self.commands.add(command)
+        listener = loop.create_task(_listen(sock, resized))
+        try:
+            await asyncio.wait({command, listener}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            listener.cancel()
+            self.commands.discard(command)
+            self.last_used = time.monotonic()
+            if not command.done():  # the invocation went away (Ctrl-C): so does its command
+                command.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await command
+        if command.cancelled():
+            raise ConnectionResetError("the invocation hung up")
+        return command.result()
+
+    async def _command(
+        self,
+        conn: H2Connection,
+        args: argparse.Namespace,
+        stdio: ns.Stdio,
+        resized: asyncio.Event,
+    ) -> int:
+        try:
+            with ns.raw_terminal(args.command == "exec" and args.tty, stdio.stdin):
+                if args.command == "exec":
+                    return await ns.exec_session(
+                        conn,
+                        args.namespace,
+                        args.pod,
+                        args.container,
+                        list(args.cmd),
+                        stdin=args.stdin,
+                        tty=args.tty,
+                        stdio=stdio,
+                        resized=resized,
+                    )
+                query = nodectl.logs_query(args)
+                await ns.logs_session(conn, args.namespace, args.pod, query, stdio)
+                return 0
+        except ns.StreamCliError as exc:
+            await stdio.write(stdio.stderr, f"nodectl: {exc}\n".encode())
+            return exc.code
+        except (ConnectionClosedError, StreamingError) as exc:
+            await stdio.write(stdio.stderr, f"nodectl: {exc}\n".encode())
+            return nodectl.EXIT_ERROR
+        except OSError:  # the invocation's output was closed (``| head``), as a local run
+            return nodectl.EXIT_ERROR
+
+    def status(self) -> str:
+        connected = self.conn is not None and not self.conn.closed.done()
+        return (
+            f"pid: {os.getpid()}\n"
+            f"config: {self.config_file}\n"
+            f"master: {self.config.server} ({'connected' if connected else 'not connected'})\n"
+            f"started: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self.started))}\n"
+            f"commands served: {self.served}, running: {len(self.commands)}\n"
+            f"idle timeout: {self.idle_s:g}s\n"
+        )
+
+
+async def _listen(sock: socket.socket, resized: asyncio.Event) -> None:
+    """The invocation's messages while its command runs; returns when it hangs up."""
+    loop = asyncio.get_running_loop()
+    while message := await loop.sock_recv(sock, nodectl_control.MESSAGE_MAX_BYTES):
+        if message == b"W":
+            resized.set()
+
+
+def bind(path: str) -> socket.socket:
+    """The listening socket at ``path``; :class:`nodectl.CliError` if a live session has it."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        listener.bind(path)
+    except OSError:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # left by a session that was killed
+            listener.bind(path)
+        else:
+            listener.close()
+            raise nodectl.CliError(f"a session is already running ({path})") from None
+        finally:
+            probe.close()
+    listener.listen(64)
+    return listener
+
+
+async def hold(config_file: str, idle_s: float, ready_fd: int | None) -> int:
+    config = nodectl.load_config(config_file)
+    holder = SessionHolder(config_file, config, idle_s)
+    path = nodectl_control.socket_path(ensure_runtime_dir(), config_file)
+    listener = bind(path)
+    bound = os.stat(path).st_ino
+    try:
+        try:
+            await holder.master()
+        except (OSError, ssl.SSLError, StreamingError, ConnectionClosedError) as exc:
+            raise nodectl.CliError(f"cannot reach the master: {exc}") from exc
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, holder.stopping.set)
+        if ready_fd is not None:
+            os.write(ready_fd, f"session started (pid {os.getpid()}, {path})\n".encode())
+            os.close(ready_fd)
+            ready_fd = None
+        await holder.serve(listener)
+        return 0
+    finally:
+        listener.close()
+        if (file_stamp(path) or FileStamp(0, 0, 0)).inode == bound:
+            os.unlink(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nodectl-session", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="the nodectl config, an absolute path")
+    parser.add_argument(
+        "--idle-timeout", type=float, default=nodectl_control.SESSION_IDLE_S, metavar="SECONDS"
+    )
+    parser.add_argument("--ready-fd", type=int, help="report start-up on this descriptor")
+    args = parser.parse_args(argv)
+    try:
+        return asyncio.run(hold(args.config, args.idle_timeout, args.ready_fd))
+    except nodectl.CliError as exc:
+        message = f"nodectl: {exc}\n".encode()
+        os.write(args.ready_fd if args.ready_fd is not None else 2, message)
+        return exc.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
