@@ -42,6 +42,12 @@ class ClientConfig:
     ca: str
     client_cert: str
     client_key: str
+    # > 0: exec and logs start a ``nodectl session`` with this idle timeout when none runs.
+    session_idle_timeout_s: float = 0.0
+
+
+REQUIRED_KEYS = ("server", "ca", "client_cert", "client_key")
+SESSION_KEY = "session_idle_timeout_s"
 
 
 def load_config(explicit: str | None) -> ClientConfig:
@@ -55,12 +61,19 @@ def load_config(explicit: str | None) -> ClientConfig:
         ) from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise CliError(f"{path}: {exc}", EXIT_USAGE) from exc
-    missing = [
-        k for k in ("server", "ca", "client_cert", "client_key") if not isinstance(raw.get(k), str)
-    ]
+    missing = [k for k in REQUIRED_KEYS if not isinstance(raw.get(k), str)]
     if missing:
         raise CliError(f"{path}: missing {', '.join(missing)}", EXIT_USAGE)
-    return ClientConfig(raw["server"], raw["ca"], raw["client_cert"], raw["client_key"])
+    unknown = sorted(set(raw) - {*REQUIRED_KEYS, SESSION_KEY})
+    if unknown:
+        known = ", ".join((*REQUIRED_KEYS, SESSION_KEY))
+        raise CliError(f"{path}: unknown key {unknown[0]!r} (known: {known})", EXIT_USAGE)
+    idle = raw.get(SESSION_KEY, 0)
+    if isinstance(idle, bool) or not isinstance(idle, int | float) or not 0 <= idle < 1e9:
+        raise CliError(f"{path}: {SESSION_KEY} must be a number of seconds >= 0", EXIT_USAGE)
+    return ClientConfig(
+        raw["server"], raw["ca"], raw["client_cert"], raw["client_key"], float(idle)
+    )
 
 
 @contextlib.contextmanager
@@ -367,10 +380,14 @@ def _streaming(client: Client, args: argparse.Namespace) -> int | None:
         else:
             master_ctx = client.context
             opener = lambda: ns.open_master(config.server, master_ctx)  # noqa: E731
+        if args.command == "exec" and not args.cmd:
+            raise CliError("exec needs a command after --", EXIT_USAGE)
+        if args.command in ("exec", "logs") and not args.direct and config.session_idle_timeout_s:
+            # Like ssh's ControlPersist: this command runs on its own, the next ones in the
+            # session (a second one racing to start finds the socket taken and exits).
+            _start_session(_config_path(args), config.session_idle_timeout_s, wait=False)
         if args.command == "exec":
             command = list(args.cmd)
-            if not command:
-                raise CliError("exec needs a command after --", EXIT_USAGE)
             code: int = ns.run(
                 lambda conn: ns.exec_session(
                     conn,
@@ -423,7 +440,7 @@ def cmd_session(client: Client, args: argparse.Namespace) -> int | None:
     :mod:`agent.cli.nodectl_session`)."""
     from agent.cli import nodectl_control
 
-    config = nodectl_control.config_path(args.config)
+    config = _config_path(args)
     if args.action == "start":
         return _start_session(config, args.idle_timeout)
     try:
@@ -437,12 +454,28 @@ def cmd_session(client: Client, args: argparse.Namespace) -> int | None:
     return None
 
 
-def _start_session(config: str, idle_timeout_s: float) -> int:
+def _config_path(args: argparse.Namespace) -> str:
+    from agent.cli.nodectl_control import config_path
+
+    return config_path(args.config)
+
+
+def _start_session(config: str, idle_timeout_s: float, *, wait: bool = True) -> int:
     import subprocess
 
-    read_end, write_end = os.pipe()
     command = [sys.executable, "-m", "agent.cli.nodectl_session", "--config", config]
-    command += ["--idle-timeout", str(idle_timeout_s), "--ready-fd", str(write_end)]
+    command += ["--idle-timeout", str(idle_timeout_s)]
+    if not wait:
+        subprocess.Popen(
+            command,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        return 0
+    read_end, write_end = os.pipe()
+    command += ["--ready-fd", str(write_end)]
     try:
         proc = subprocess.Popen(
             command,

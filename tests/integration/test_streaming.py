@@ -309,6 +309,36 @@ def test_session_ends_when_idle_or_when_its_config_changes(
     wait_for(lambda: not running(), what="the stale session to end")
 
 
+def test_a_config_with_session_idle_timeout_starts_a_session_on_first_use(
+    cluster: tuple[MasterProcess, AgentProcess], tmp_path: Path
+) -> None:
+    master, _ = cluster
+    conf = tmp_path / "persist.conf"
+    conf.write_text(master.admin_conf.read_text() + "session_idle_timeout_s = 60\n")
+    conf.chmod(0o600)
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(  # noqa: PLW1510 - callers check the exit status
+            [sys.executable, "-m", "agent.cli.nodectl_control", "--config", str(conf), *argv],
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            timeout=60,
+            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+        )
+
+    first = run("exec", "box", "-c", "web", "--", "echo", "one")
+    assert (first.returncode, first.stdout) == (0, "one\n"), first.stderr
+    try:
+        wait_for(lambda: run("session", "status").returncode == 0, what="the session started")
+        second = run("exec", "box", "-c", "web", "--", "echo", "two")
+        assert (second.returncode, second.stdout) == (0, "two\n"), second.stderr
+        status = run("session", "status").stdout
+        assert "commands served: 1," in status and "idle timeout: 60s" in status, status
+    finally:
+        run("session", "stop")
+
+
 @pytest.fixture
 def port_forward(
     cluster: tuple[MasterProcess, AgentProcess],

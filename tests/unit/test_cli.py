@@ -209,3 +209,21 @@ def test_session_start_refuses_a_bad_idle_timeout(capsys: pytest.CaptureFixture[
             nodectl.main(["session", "start", "--idle-timeout", bad])
         assert info.value.code == 2
         assert "--idle-timeout" in capsys.readouterr().err
+
+
+def test_nodectl_config_names_unknown_keys_and_bad_session_timeouts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = 'server = "https://m:6443"\nca = "x"\nclient_cert = "y"\nclient_key = "z"\n'
+    conf = tmp_path / "c.conf"
+    for extra, complaint in (
+        ("sesion_idle_timeout_s = 5\n", "unknown key 'sesion_idle_timeout_s'"),
+        ("session_idle_timeout_s = -1\n", "session_idle_timeout_s must be a number"),
+        ('session_idle_timeout_s = "10m"\n', "session_idle_timeout_s must be a number"),
+        ("session_idle_timeout_s = true\n", "session_idle_timeout_s must be a number"),
+    ):
+        conf.write_text(base + extra)
+        assert nodectl.main(["--config", str(conf), "get", "nodes"]) == 2
+        assert complaint in capsys.readouterr().err
+    conf.write_text(base + "session_idle_timeout_s = 90\n")
+    assert nodectl.load_config(str(conf)).session_idle_timeout_s == 90.0
