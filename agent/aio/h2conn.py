@@ -164,6 +164,8 @@ class H2Stream:
                 raise self._error
             await self._writable.wait()
             await self.conn.can_write.wait()
+        if self._error is not None:  # reset while we waited: this data was dropped
+            raise self._error
 
     async def end(self, trailers: Iterable[tuple[str, str]] | None = None) -> None:
         """Half-close our side after everything written (HTTP/2 END_STREAM)."""

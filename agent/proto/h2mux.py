@@ -68,8 +68,11 @@ MAX_RESETS_PER_S = 200
 MAX_CONTROL_FRAMES_PER_S = 100  # PING + SETTINGS received
 MAX_CONTINUATION_FRAMES = 32  # per header block
 _FRAME_HEADER = struct.Struct(">HBBBL")  # length(24 bits split as H+B), type, flags, stream id
-_HEADERS, _CONTINUATION = 0x1, 0x9
+_HEADERS, _RST_STREAM, _SETTINGS, _PING, _CONTINUATION = 0x1, 0x3, 0x4, 0x6, 0x9
 _END_HEADERS = 0x4
+# An encoded header block may exceed its header list size (RFC 9113 §6.5.2) only by frame
+# padding and priority fields; beyond that it is an attack, refused before h2 buffers it.
+HEADER_BLOCK_SLACK_BYTES = 1024
 
 
 # -- events -------------------------------------------------------------------------------
@@ -187,21 +190,32 @@ class _RateCounter:
         self._window_start = float("-inf")
         self._count = 0
 
-    def hit(self, now: float) -> bool:
-        """Count one event; True when the limit is exceeded."""
+    def hit(self, now: float, count: int = 1) -> bool:
+        """Count ``count`` events; True when the limit is exceeded."""
         if now - self._window_start >= 1.0:
             self._window_start = now
             self._count = 0
-        self._count += 1
+        self._count += count
         return self._count > self._limit
 
 
 class _FrameScanner:
-    """Walks the frame headers of the inbound byte stream (without keeping payloads) to count
-    CONTINUATION frames per header block: h2 buffers a whole header block before decoding it,
-    so an endless CONTINUATION sequence would otherwise grow memory without an event."""
+    """Walks the frame headers of the inbound byte stream (without keeping payloads), before
+    h2 parses it: h2 buffers a whole header block before decoding it (so an endless
+    CONTINUATION sequence would grow memory without an event), and it parses a whole read
+    before we see its events (one 256 KiB read of RST_STREAM or PING frames is ~10,000 stream
+    states or queued answers). Counting here lets the limits act before that work is done."""
 
-    __slots__ = ("_header", "_in_block", "_preface_left", "_skip", "continuations")
+    __slots__ = (
+        "_header",
+        "_in_block",
+        "_preface_left",
+        "_skip",
+        "block_bytes",
+        "continuations",
+        "control_frames",
+        "resets",
+    )
 
     def __init__(self, client_side: bool) -> None:
         # A server first reads the 24-byte client preface; a client reads frames at once.
@@ -210,8 +224,12 @@ class _FrameScanner:
         self._skip = 0
         self._in_block = False
         self.continuations = 0
+        self.block_bytes = 0  # the current header block's frame payloads so far
+        self.resets = 0  # RST_STREAM frames in the last feed
+        self.control_frames = 0  # PING and SETTINGS frames in the last feed
 
     def feed(self, data: bytes) -> None:
+        self.resets = self.control_frames = 0
         view = memoryview(data)
         while view:
             if self._preface_left:
@@ -235,9 +253,15 @@ class _FrameScanner:
             if kind == _HEADERS:
                 self._in_block = not flags & _END_HEADERS
                 self.continuations = 0
+                self.block_bytes = self._skip
             elif kind == _CONTINUATION and self._in_block:
                 self.continuations += 1
+                self.block_bytes += self._skip
                 self._in_block = not flags & _END_HEADERS
+            elif kind == _RST_STREAM:
+                self.resets += 1
+            elif kind in (_PING, _SETTINGS):
+                self.control_frames += 1
 
 
 class StreamMux:
@@ -259,6 +283,9 @@ class StreamMux:
             },
         )
         self._h2.max_inbound_frame_size = self.limits.max_frame_bytes
+        # h2 applies our header list limit only once the peer acknowledged our SETTINGS; a
+        # peer that never does would get h2's default until then.
+        self._h2.decoder.max_header_list_size = self.limits.max_header_list_bytes
         self._outbound: dict[int, _Outbound] = {}
         self._unacked: dict[int, int] = {}  # stream -> received bytes not yet consumed
         self._open_streams: set[int] = set()
@@ -313,9 +340,16 @@ class StreamMux:
     def receive_data(self, data: bytes, now: float) -> list[Event]:
         """Feed bytes from the peer; returns what happened. Raises ProtocolViolation after
         queueing GOAWAY when the peer broke the protocol or an abuse limit."""
-        self._scanner.feed(data)
-        if self._scanner.continuations > self.limits.max_continuation_frames:
+        scanner = self._scanner
+        scanner.feed(data)
+        if scanner.continuations > self.limits.max_continuation_frames:
             self._violation(f"more than {self.limits.max_continuation_frames} CONTINUATION frames")
+        if scanner.block_bytes > self.limits.max_header_list_bytes + HEADER_BLOCK_SLACK_BYTES:
+            self._violation(f"header block over {self.limits.max_header_list_bytes} bytes")
+        if scanner.resets and self._resets.hit(now, scanner.resets):
+            self._violation("too many stream resets (rapid reset)")
+        if scanner.control_frames and self._control.hit(now, scanner.control_frames):
+            self._violation("too many PING/SETTINGS frames")
         try:
             h2_events = self._h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
@@ -361,14 +395,10 @@ class StreamMux:
             assert event.stream_id is not None
             self._remote_ended(event.stream_id, out)
         elif isinstance(event, h2.events.StreamReset):
+            # Counted against the reset rate by the scanner, before h2 parsed the frames.
             assert event.stream_id is not None
-            if event.remote_reset and self._resets.hit(now):
-                self._violation("too many stream resets (rapid reset)")
             self._forget(event.stream_id)
             out.append(StreamReset(event.stream_id, int(event.error_code or 0), True))
-        elif isinstance(event, h2.events.PingReceived | h2.events.RemoteSettingsChanged):
-            if self._control.hit(now):
-                self._violation("too many PING/SETTINGS frames")
         elif isinstance(event, h2.events.WindowUpdated):
             if event.stream_id == 0:  # the connection window: DATA granted back
                 self._data_unacknowledged = max(

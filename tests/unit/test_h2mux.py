@@ -19,6 +19,7 @@ from hyperframe.frame import (
 
 from agent.errors import ProtocolViolation
 from agent.proto.h2mux import (
+    HEADER_BLOCK_SLACK_BYTES,
     ConnectionEnded,
     DataReceived,
     Event,
@@ -437,3 +438,59 @@ def test_a_stall_keeps_its_first_timestamp() -> None:
     pair.now = 5.0
     pair.client.send_data(sid, b"s", pair.now)
     assert pair.client.stalled_since(sid) == 1.0
+
+
+def test_a_header_block_over_the_list_limit_is_refused_before_its_payload_arrives() -> None:
+    server, _ = _server()
+    limit = server.limits.max_header_list_bytes
+    # Only the 9-byte frame header of a HEADERS frame announcing more than the limit.
+    announced = (
+        (limit + HEADER_BLOCK_SLACK_BYTES + 1).to_bytes(3, "big")
+        + b"\x01\x00"
+        + b"\x00\x00\x00\x01"
+    )
+    with pytest.raises(ProtocolViolation, match="header block over"):
+        server.receive_data(announced, 0.0)
+    assert server.closed
+
+    server, _ = _server()
+    first = HeadersFrame(1)
+    first.data = b"\x00" * (limit // 2 + 1)  # the block grows over CONTINUATION frames
+    cont = ContinuationFrame(1)
+    cont.data = b"\x00" * (limit // 2 + HEADER_BLOCK_SLACK_BYTES)
+    server.receive_data(first.serialize(), 0.0)
+    with pytest.raises(ProtocolViolation, match="header block over"):
+        server.receive_data(cont.serialize(), 0.0)
+
+
+def test_the_header_list_limit_holds_before_the_peer_acknowledges_our_settings() -> None:
+    server = StreamMux(client_side=False, limits=Limits(max_header_list_bytes=8 << 10))
+    server.initiate()
+    server.data_to_send()
+    server.receive_data(PREFACE + SettingsFrame(0).serialize(), 0.0)  # and never an ACK
+    encoder = hpack.Encoder()
+    frame = HeadersFrame(1)
+    # 20 KiB decoded from ~1 KiB on the wire (the dynamic table repeats one header).
+    frame.data = encoder.encode([*REQUEST, *[("x-repeat", "v" * 1000)] * 20])
+    frame.flags.add("END_HEADERS")
+    assert len(frame.data) < 2 << 10
+    with pytest.raises(ProtocolViolation, match="protocol error"):
+        server.receive_data(frame.serialize(), 0.0)
+
+
+def test_resets_and_pings_in_one_read_are_counted_before_h2_parses_them() -> None:
+    server, encoder = _server()
+    pairs = []
+    for i in range(server.limits.max_resets_per_s + 1):
+        rst = RstStreamFrame(2 * i + 1)
+        rst.error_code = 8
+        pairs.append(_headers_frame(encoder, 2 * i + 1, end=False) + rst.serialize())
+    with pytest.raises(ProtocolViolation, match="rapid reset"):
+        server.receive_data(b"".join(pairs), 0.0)
+    assert not server._h2.streams  # h2 never created the streams
+
+    server, _ = _server()
+    pings = PingFrame(0).serialize() * (server.limits.max_control_frames_per_s + 1)
+    with pytest.raises(ProtocolViolation, match="PING/SETTINGS"):
+        server.receive_data(pings, 0.0)
+    assert len(server.data_to_send()) < 100  # the GOAWAY, and not one PING answer (17 bytes)
