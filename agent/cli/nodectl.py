@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import ssl
@@ -493,9 +494,10 @@ def _start_session(config: str, idle_timeout_s: float, *, wait: bool = True) -> 
         print(report)
         return 0
     code = proc.wait(timeout=TIMEOUT_S)
-    raise CliError(report.removeprefix("nodectl: ") or f"the session exited with {code}")
+    raise CliError(report.removeprefix("nodectl: ") or f"the session exited with status {code}")
 
 
+@functools.cache  # a session parses every command it runs; the parser itself never changes
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nodectl", description="administer a node-agent cluster")
     parser.add_argument(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import _socket
 import os
+import stat
 import sys
 
 # No ``collections.abc`` (1.7 ms of import) even for annotations: argv is a list here.
@@ -52,7 +53,9 @@ def runtime_dir() -> str:
         st = os.lstat(path)
     except FileNotFoundError:
         raise SessionUnavailable(f"{path} does not exist") from None
-    if not (st.st_mode & 0o170000 == 0o040000 and st.st_uid == uid and st.st_mode & 0o077 == 0):
+    if not (
+        stat.S_ISDIR(st.st_mode) and st.st_uid == uid and stat.S_IMODE(st.st_mode) & 0o077 == 0
+    ):
         raise SessionUnavailable(f"{path}: not a 0700 directory owned by uid {uid}")
     return path
 

@@ -288,24 +288,24 @@ def bind(path: str) -> socket.socket:
     return listener
 
 
-async def hold(config_file: str, idle_s: float, ready_fd: int | None) -> int:
-    config = nodectl.load_config(config_file)
-    holder = SessionHolder(config_file, config, idle_s)
-    path = nodectl_control.socket_path(ensure_runtime_dir(), config_file)
-    listener = bind(path)
+async def hold(config_file: str, idle_s: float, ready_fd: int) -> int:
+    """Run the session; start-up (or the reason it failed) is reported on ``ready_fd``."""
+    try:
+        holder = SessionHolder(config_file, nodectl.load_config(config_file), idle_s)
+        path = nodectl_control.socket_path(ensure_runtime_dir(), config_file)
+        listener = bind(path)
+    except (nodectl.CliError, OSError, ssl.SSLError) as exc:
+        return _failed(ready_fd, exc)
     bound = os.stat(path).st_ino
     try:
         try:
             await holder.master()
         except (OSError, ssl.SSLError, StreamingError, ConnectionClosedError) as exc:
-            raise nodectl.CliError(f"cannot reach the master: {exc}") from exc
+            return _failed(ready_fd, nodectl.CliError(f"cannot reach the master: {exc}"))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, holder.stopping.set)
-        if ready_fd is not None:
-            os.write(ready_fd, f"session started (pid {os.getpid()}, {path})\n".encode())
-            os.close(ready_fd)
-            ready_fd = None
+        _report(ready_fd, f"session started (pid {os.getpid()}, {path})")
         await holder.serve(listener)
         return 0
     finally:
@@ -314,20 +314,28 @@ async def hold(config_file: str, idle_s: float, ready_fd: int | None) -> int:
             os.unlink(path)
 
 
+def _failed(ready_fd: int, exc: Exception) -> int:
+    _report(ready_fd, f"nodectl: cannot start the session: {exc}")
+    return exc.code if isinstance(exc, nodectl.CliError) else nodectl.EXIT_ERROR
+
+
+def _report(ready_fd: int, line: str) -> None:
+    os.write(ready_fd, f"{line}\n".encode())
+    if ready_fd > 2:  # the starter reads until EOF; stdio stays open (a socket must not get 2)
+        os.close(ready_fd)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nodectl-session", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="the nodectl config, an absolute path")
     parser.add_argument(
         "--idle-timeout", type=float, default=nodectl_control.SESSION_IDLE_S, metavar="SECONDS"
     )
-    parser.add_argument("--ready-fd", type=int, help="report start-up on this descriptor")
+    parser.add_argument(
+        "--ready-fd", type=int, default=2, help="report start-up here (default: stderr)"
+    )
     args = parser.parse_args(argv)
-    try:
-        return asyncio.run(hold(args.config, args.idle_timeout, args.ready_fd))
-    except nodectl.CliError as exc:
-        message = f"nodectl: {exc}\n".encode()
-        os.write(args.ready_fd if args.ready_fd is not None else 2, message)
-        return exc.code
+    return asyncio.run(hold(args.config, args.idle_timeout, args.ready_fd))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from agent.errors import (
 from agent.pki.core import Identity, PkiError, authenticate, identity_of
 from agent.pki.names import NODE_CN_PREFIX
 from agent.proto.h2mux import Limits
+from agent.proto.routes import CODE_EXECUTION_ACTIONS, STREAM_ROUTES
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,6 @@ USER_HEADER = "node-agent-user"
 GROUPS_HEADER = "node-agent-groups"
 PROXY_COMMON_NAME = "system:node-proxy"
 NODE_LINK_LIMITS = Limits(stream_window_bytes=4 << 20, connection_window_bytes=128 << 20)
-_ROUTES = {("POST", "exec"), ("POST", "portforward"), ("GET", "logs")}
-_CODE_EXECUTION = frozenset({"exec", "portforward"})  # administrators only; logs: readers too
 _FORWARDED_HEADERS = ("content-type",)
 
 
@@ -102,10 +101,10 @@ class StreamingProxy:
             len(segments) != 6
             or segments[:2] != ["v1", "namespaces"]
             or segments[3] != "pods"
-            or (user.method, segments[5]) not in _ROUTES
+            or (user.method, segments[5]) not in STREAM_ROUTES
         ):
             raise NotFoundError(f"no such endpoint: {user.method} {parts.path}")
-        if segments[5] in _CODE_EXECUTION and not who.is_admin:
+        if segments[5] in CODE_EXECUTION_ACTIONS and not who.is_admin:
             # Checked here and again by the node, which sees the user's groups.
             raise ForbiddenError(f"{who.common_name!r} may read logs but not {segments[5]}")
         node = await self._pod_node(segments[2], segments[4])

@@ -42,6 +42,7 @@ from agent.node.runtime.dockerstream import STDERR, DockerStreamDemux
 from agent.pki.core import Identity, PkiError, authenticate
 from agent.proto import execframe
 from agent.proto.execframe import Channel
+from agent.proto.routes import CODE_EXECUTION_ACTIONS, STREAM_ROUTES
 
 log = logging.getLogger(__name__)
 
@@ -212,10 +213,9 @@ class StreamingApi:
             await stream.respond_json(200, {"kind": "PodList", "items": self._pods.pod_list()})
             return
         target = parse_target(path)
-        routes = {("POST", "exec"), ("POST", "portforward"), ("GET", "logs")}
-        if target is None or (method, target.action) not in routes:
+        if target is None or (method, target.action) not in STREAM_ROUTES:
             raise NotFoundError(f"no such endpoint: {method} {urlsplit(path).path}")
-        if target.action != "logs" and not who.is_admin:
+        if target.action in CODE_EXECUTION_ACTIONS and not who.is_admin:
             # Read-only users (system:viewers) read logs and the pod list; running code in a
             # pod or reaching its ports is for administrators.
             raise ForbiddenError(f"{who.common_name!r} may read logs but not {target.action}")

@@ -89,17 +89,16 @@ def cluster(
 
 
 def nodectl(
-    master: MasterProcess, *args: str, stdin: str | None = None, timeout_s: float = 60
+    master: MasterProcess,
+    *args: str,
+    stdin: str | None = None,
+    timeout_s: float = 60,
+    config: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    """The installed entry point's module, with the admin's config unless ``config``."""
+    conf = str(config or master.admin_conf)
     return subprocess.run(  # noqa: PLW1510 - callers check the exit status
-        [
-            sys.executable,
-            "-m",
-            "agent.cli.nodectl_control",
-            "--config",
-            str(master.admin_conf),
-            *args,
-        ],
+        [sys.executable, "-m", "agent.cli.nodectl_control", "--config", conf, *args],
         capture_output=True,
         text=True,
         input=stdin,
@@ -286,9 +285,16 @@ def test_session_hands_back_what_it_cannot_run_and_outlives_its_clients(
 
 
 def test_session_ends_when_idle_or_when_its_config_changes(
-    cluster: tuple[MasterProcess, AgentProcess],
+    cluster: tuple[MasterProcess, AgentProcess], tmp_path: Path
 ) -> None:
     master, _ = cluster
+    unreachable = tmp_path / "unreachable.conf"
+    unreachable.write_text(
+        re.sub(r'server = "[^"]*"', 'server = "https://127.0.0.1:1"', master.admin_conf.read_text())
+    )
+    refused = nodectl(master, "session", "start", config=unreachable)
+    assert refused.returncode == 1
+    assert "cannot start the session: cannot reach the master" in refused.stderr
 
     def running() -> bool:
         return nodectl(master, "session", "status").returncode == 0
@@ -318,14 +324,7 @@ def test_a_config_with_session_idle_timeout_starts_a_session_on_first_use(
     conf.chmod(0o600)
 
     def run(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(  # noqa: PLW1510 - callers check the exit status
-            [sys.executable, "-m", "agent.cli.nodectl_control", "--config", str(conf), *argv],
-            capture_output=True,
-            text=True,
-            cwd=REPO_ROOT,
-            timeout=60,
-            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
-        )
+        return nodectl(master, *argv, config=conf)
 
     first = run("exec", "box", "-c", "web", "--", "echo", "one")
     assert (first.returncode, first.stdout) == (0, "one\n"), first.stderr
@@ -579,14 +578,7 @@ def test_a_viewer_reads_pods_and_logs_but_may_not_exec_or_delete(
     assert conf.stat().st_mode & 0o777 == 0o600
 
     def as_alice(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(  # noqa: PLW1510 - callers check the exit status
-            [sys.executable, "-m", "agent.cli.nodectl_control", "--config", str(conf), *argv],
-            capture_output=True,
-            text=True,
-            cwd=REPO_ROOT,
-            timeout=60,
-            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
-        )
+        return nodectl(master, *argv, config=conf)
 
     listed = as_alice("get", "pods", "-o", "wide")
     assert listed.returncode == 0 and "box" in listed.stdout, listed.stderr
