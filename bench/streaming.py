@@ -122,12 +122,15 @@ def bulk(port: int, size: int) -> float:
 
         sender = threading.Thread(target=send)
         sender.start()
+        # Into one buffer: a fresh 1 MiB bytes per recv costs the harness CPU (malloc, resize)
+        # that every path's processes then compete with on this 2-core machine.
+        buffer = memoryview(bytearray(1 << 20))
         got = 0
         while got < size:
-            chunk = sock.recv(1 << 20)
-            if not chunk:
+            n = sock.recv_into(buffer)
+            if not n:
                 raise RuntimeError(f"echo closed after {got} bytes")
-            got += len(chunk)
+            got += n
         sender.join()
         return time.monotonic() - start
 
