@@ -59,7 +59,7 @@ GROUPS_HEADER = "node-agent-groups"
 class StreamingRuntime(Protocol):
     """What the streaming API needs from the container runtime."""
 
-    async def list_containers(self, pod_uid: str | None = None) -> list[ContainerRecord]: ...
+    async def list_container_summaries(self, pod_uid: str) -> list[ContainerRecord]: ...
 
     async def exec_start(
         self, container_id: str, command: list[str], *, stdin: bool, tty: bool
@@ -231,7 +231,7 @@ class StreamingApi:
         )
         if worker is None:
             raise NotFoundError(f"pod {target.namespace}/{target.pod} not found on this node")
-        records = await self._runtime.list_containers(worker.uid)
+        records = await self._runtime.list_container_summaries(worker.uid)
         if target.action == "exec":
             await self._exec(stream, who, worker.pod.full_name, worker.pod, records, target)
         elif target.action == "portforward":

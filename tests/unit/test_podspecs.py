@@ -14,7 +14,7 @@ import pytest
 from agent.errors import RuntimeOperationError
 from agent.manifest import parse_pod
 from agent.node.podspecs import SpecContext, app_spec, container_name, sandbox_spec
-from agent.node.runtime.docker import _split_reference, record_from_inspect
+from agent.node.runtime.docker import _split_reference, record_from_inspect, record_from_summary
 from agent.node.runtime.pause import pause_elf, pause_rootfs_tar
 
 CTX = SpecContext(
@@ -178,3 +178,24 @@ def test_pause_elf_runs_until_killed(tmp_path: Path) -> None:
         proc.kill()
         proc.wait()
     assert proc.returncode == -9
+
+
+def test_record_from_summary_keeps_what_a_stream_needs() -> None:
+    rec = record_from_summary(
+        {
+            "Id": "abc",
+            "Names": ["/n1_shop_web_app_2"],
+            "State": "running",
+            "Labels": {"io.node-agent.container": "app", "io.node-agent.attempt": "2"},
+            "Image": "img",
+            "ImageID": "sha256:1",
+        }
+    )
+    assert (rec.id, rec.name, rec.container_name, rec.attempt, rec.running) == (
+        "abc",
+        "n1_shop_web_app_2",
+        "app",
+        2,
+        True,
+    )
+    assert record_from_summary({"Id": "x", "State": "bogus"}).state.value == "dead"

@@ -78,6 +78,24 @@ def _translate(exc: Exception, what: str) -> AgentError:
     return RuntimeOperationError(f"{what}: {type(exc).__name__}: {exc}")
 
 
+def record_from_summary(summary: dict[str, Any]) -> ContainerRecord:
+    """A record from Docker's container list alone: id, name, labels, state and image; no
+    times, exit code or address (those need an inspect)."""
+    try:
+        status = ContainerState(summary.get("State", "dead"))
+    except ValueError:
+        status = ContainerState.DEAD
+    names = summary.get("Names") or [""]
+    return ContainerRecord(
+        id=summary["Id"],
+        name=str(names[0]).lstrip("/"),
+        labels=dict(summary.get("Labels") or {}),
+        state=status,
+        image=summary.get("Image") or "",
+        image_id=summary.get("ImageID") or "",
+    )
+
+
 def record_from_inspect(data: dict[str, Any]) -> ContainerRecord:
     state = data.get("State") or {}
     config = data.get("Config") or {}
@@ -194,6 +212,15 @@ class DockerRuntime:
 
         inspected = await self._call("list containers", list_and_inspect)
         return [record_from_inspect(item) for item in inspected]
+
+    async def list_container_summaries(self, pod_uid: str) -> list[ContainerRecord]:
+        """One pod's containers from a single list call (no inspect per container): what a
+        stream needs to find its container, at a third of the cost for a two-container pod."""
+        labels = [self._node_filter, f"{LABEL_POD_UID}={pod_uid}"]
+        summaries = await self._call(
+            "list containers", lambda api: api.containers(all=True, filters={"label": labels})
+        )
+        return [record_from_summary(item) for item in summaries]
 
     async def list_pod_uids(self) -> dict[str, set[str]]:
         summaries = await self._call(
