@@ -310,6 +310,32 @@ def _check_bounded(
         assert all(conn.closed.done() for conn in conns), f"{case}: the connection stayed open"
 
 
+def _parsing_one_read(conn: _MeteredConnection) -> int:
+    return BASELINE_BYTES + PARSE_EXPANSION * conn.largest_read
+
+
+@contextlib.asynccontextmanager
+async def _flooded(
+    server: Server,
+    case: str,
+    wire: bytes,
+    parsed_bound: int,
+    memory_bound: Callable[[_MeteredConnection], int],
+) -> AsyncIterator[Attacker]:
+    """Floods the server with ``wire`` on a new connection, holds it to the bounds (memory as a
+    function of the attacker's connection), waits for the server to close it, and yields the
+    attacker for the case's own checks; then a well-behaved client must still be served."""
+    async with _attacker(server) as attacker:
+        conn = server.accepted[0]
+        with _traced() as usage:
+            await attacker.flood(wire)
+            await conn.stopped(parsed_bound)
+        _check_bounded(case, usage, memory_bound(conn), [conn], parsed_bound, attacker.sent)
+        await attacker.closed()
+        yield attacker
+    await _well_behaved(server)
+
+
 async def _well_behaved(server: Server) -> None:
     conn = await connect("127.0.0.1", server.port, _client_tls(server), server_hostname="127.0.0.1")
     try:
@@ -356,24 +382,10 @@ async def test_rapid_reset(server: Server, blockbuster: object) -> None:
     wire = _preface() + first + b"".join(pairs)
     requests_bound = 2 * MAX_RESETS_PER_S + 1
     parsed_bound = requests_bound * (len(headers) + len(reset)) + 2 * READ_CHUNK_BYTES
-    async with _attacker(server) as attacker:
-        conn = server.accepted[0]
-        with _traced() as usage:
-            await attacker.flood(wire)
-            await conn.stopped(parsed_bound)
-        _check_bounded(
-            "rapid reset",
-            usage,
-            BASELINE_BYTES + PARSE_EXPANSION * conn.largest_read,
-            [conn],
-            parsed_bound,
-            attacker.sent,
-        )
+    async with _flooded(server, "rapid reset", wire, parsed_bound, _parsing_one_read) as attacker:
         print(f"rapid reset: {server.requests} of {count} requests reached the handler")
         assert server.requests <= requests_bound
-        await attacker.closed()
         assert attacker.goaway_code() == ENHANCE_YOUR_CALM
-    await _well_behaved(server)
 
 
 async def test_continuation_flood(server: Server, blockbuster: object) -> None:
@@ -386,23 +398,15 @@ async def test_continuation_flood(server: Server, blockbuster: object) -> None:
     wire = _preface() + _headers(hpack.Encoder(), 1, end_headers=False) + cont.serialize() * 200
     block_bound = MAX_HEADER_LIST_BYTES + HEADER_BLOCK_SLACK_BYTES
     parsed_bound = block_bound + 2 * READ_CHUNK_BYTES
-    async with _attacker(server) as attacker:
-        conn = server.accepted[0]
-        with _traced() as usage:
-            await attacker.flood(wire)
-            await conn.stopped(parsed_bound)
-        _check_bounded(
-            "continuation flood",
-            usage,
-            BASELINE_BYTES + block_bound + READ_CHUNK_BYTES,  # the block, and the read on hand
-            [conn],
-            parsed_bound,
-            attacker.sent,
-        )
+    async with _flooded(
+        server,
+        "continuation flood",
+        wire,
+        parsed_bound,
+        lambda _: BASELINE_BYTES + block_bound + READ_CHUNK_BYTES,  # the block, the read on hand
+    ) as attacker:
         assert server.requests == 0
-        await attacker.closed()
         assert attacker.goaway_code() == ENHANCE_YOUR_CALM
-    await _well_behaved(server)
 
 
 def _hpack_bomb() -> bytes:
@@ -431,24 +435,16 @@ async def test_oversized_header_list(server: Server, blockbuster: object, kind: 
         frames[-1].data = piece
     frames[-1].flags.add("END_HEADERS")
     wire = _preface() + b"".join(frame.serialize() for frame in frames)
-    async with _attacker(server) as attacker:
-        conn = server.accepted[0]
-        with _traced() as usage:
-            await attacker.flood(wire)
-            await conn.stopped(len(wire))
-        _check_bounded(
-            f"oversized header list ({kind})",
-            usage,
-            # the encoded block, and what was decoded of it until the list limit was crossed
-            BASELINE_BYTES + len(block) + 2 * MAX_HEADER_LIST_BYTES,
-            [conn],
-            len(wire),
-            attacker.sent,
-        )
+    async with _flooded(
+        server,
+        f"oversized header list ({kind})",
+        wire,
+        len(wire),
+        # the encoded block, and what was decoded of it until the list limit was crossed
+        lambda _: BASELINE_BYTES + len(block) + 2 * MAX_HEADER_LIST_BYTES,
+    ) as attacker:
         assert server.requests == 0
-        await attacker.closed()
         assert attacker.goaway_code() is not None
-    await _well_behaved(server)
 
 
 @pytest.mark.parametrize("kind", ["ping", "settings"])
@@ -457,22 +453,8 @@ async def test_control_frame_flood(server: Server, blockbuster: object, kind: st
     one = (PingFrame(0) if kind == "ping" else SettingsFrame(0)).serialize()
     wire = _preface() + one * 500_000
     parsed_bound = (MAX_CONTROL_FRAMES_PER_S + 1) * len(one) + 2 * READ_CHUNK_BYTES
-    async with _attacker(server) as attacker:
-        conn = server.accepted[0]
-        with _traced() as usage:
-            await attacker.flood(wire)
-            await conn.stopped(parsed_bound)
-        _check_bounded(
-            f"{kind} flood",
-            usage,
-            BASELINE_BYTES + PARSE_EXPANSION * conn.largest_read,
-            [conn],
-            parsed_bound,
-            attacker.sent,
-        )
-        await attacker.closed()
+    async with _flooded(server, f"{kind} flood", wire, parsed_bound, _parsing_one_read) as attacker:
         assert attacker.goaway_code() == ENHANCE_YOUR_CALM
-    await _well_behaved(server)
 
 
 async def test_too_many_concurrent_streams(server: Server, blockbuster: object) -> None:
