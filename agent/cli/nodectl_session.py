@@ -110,7 +110,8 @@ class SessionHolder:
         self.commands: set[asyncio.Task[int]] = set()
         self.clients: set[asyncio.Task[None]] = set()
         self._connecting = asyncio.Lock()
-        self.stopping = asyncio.Event()
+        self.stopping = asyncio.Event()  # stop now (session stop, SIGTERM)
+        self.retiring = False  # stop once the running commands are done (config changed)
 
     async def master(self) -> H2Connection:
         async with self._connecting:
@@ -125,7 +126,8 @@ class SessionHolder:
         try:
             while not self.stopping.is_set():
                 # Only commands count as use: ``session status`` must not keep it alive.
-                if not self.commands and time.monotonic() - self.last_used > self.idle_s:
+                idle = time.monotonic() - self.last_used > self.idle_s
+                if not self.commands and (idle or self.retiring):
                     return
                 if accepting is None:
                     accepting = loop.create_task(loop.sock_accept(listener))
@@ -165,9 +167,11 @@ class SessionHolder:
             elif kind == b"S":
                 self.stopping.set()
                 await loop.sock_sendall(sock, b"X0")
-            elif kind == b"R" and len(fds) == STDIO_FDS:
+            elif kind == b"R":
                 fields = nodectl_control.decode_fields(body)
-                code = await self._request(sock, fields[0], fields[1:], fds)
+                code = None
+                if len(fds) == STDIO_FDS:
+                    code = await self._request(sock, fields[0], fields[1:], fds)
                 if code is not None:
                     self.served += 1
                 await loop.sock_sendall(sock, b"F" if code is None else b"X%d" % code)
@@ -184,8 +188,9 @@ class SessionHolder:
         """The command's exit code, or None to hand it back to the invocation."""
         if config_file != self.config_file:
             return None
-        if file_stamp(self.config_file) != self.stamp:
-            self.stopping.set()  # new credentials on disk: this session is stale
+        if self.retiring or file_stamp(self.config_file) != self.stamp:
+            # New credentials on disk: no new commands; those running finish, then it ends.
+            self.retiring = True
             return None
         args = session_args(argv)
         if args is None:

@@ -306,12 +306,36 @@ def test_session_ends_when_idle_or_when_its_config_changes(
     assert stopped.returncode == 1 and "no session is running" in stopped.stderr
 
     assert nodectl(master, "session", "start").returncode == 0
-    config = master.admin_conf
-    os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns + 1))
-    # A session must not serve credentials that were replaced on disk: it hands the command
-    # back (which runs standalone with the new file) and ends.
-    done = nodectl(master, "exec", "box", "-c", "web", "--", "echo", "fresh")
-    assert (done.returncode, done.stdout) == (0, "fresh\n")
+    gate = f"/tmp/gate-{uuid.uuid4().hex[:8]}"
+    long_running = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "agent.cli.nodectl_control"),
+            *("--config", str(master.admin_conf), "exec", "box", "-c", "web", "--"),
+            *("sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done; echo survived"),
+        ],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(
+            lambda: "running: 1" in nodectl(master, "session", "status").stdout,
+            what="a command running in the session",
+        )
+        config = master.admin_conf
+        os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns + 1))
+        # A session must not serve credentials that were replaced on disk: it hands new
+        # commands back (they run standalone with the new file), lets the running one finish,
+        # and ends.
+        done = nodectl(master, "exec", "box", "-c", "web", "--", "echo", "fresh")
+        assert (done.returncode, done.stdout) == (0, "fresh\n")
+        assert running()  # still finishing the long-running command
+        assert nodectl(master, "exec", "box", "-c", "web", "--", "touch", gate).returncode == 0
+        out, _ = long_running.communicate(timeout=30)
+        assert (long_running.returncode, out) == (0, "survived\n")
+    finally:
+        long_running.kill()
     wait_for(lambda: not running(), what="the stale session to end")
 
 
