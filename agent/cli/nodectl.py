@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.cli.nodectl_control import SESSION_IDLE_S
+from agent.cli.nodectl_control import SESSION_IDLE_S, SessionUnavailable, config_path, control
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -386,7 +386,7 @@ def _streaming(client: Client, args: argparse.Namespace) -> int | None:
         if args.command in ("exec", "logs") and not args.direct and config.session_idle_timeout_s:
             # Like ssh's ControlPersist: this command runs on its own, the next ones in the
             # session (a second one racing to start finds the socket taken and exits).
-            _start_session(_config_path(args), config.session_idle_timeout_s, wait=False)
+            _start_session(config_path(args.config), config.session_idle_timeout_s, wait=False)
         if args.command == "exec":
             command = list(args.cmd)
             code: int = ns.run(
@@ -439,26 +439,18 @@ def logs_query(args: argparse.Namespace) -> dict[str, str]:
 def cmd_session(client: Client, args: argparse.Namespace) -> int | None:
     """``session start|stop|status``: the connection-sharing holder of this config (see
     :mod:`agent.cli.nodectl_session`)."""
-    from agent.cli import nodectl_control
-
-    config = _config_path(args)
+    config = config_path(args.config)
     if args.action == "start":
         return _start_session(config, args.idle_timeout)
     try:
-        reply = nodectl_control.control(config, b"S" if args.action == "stop" else b"I")
-    except nodectl_control.SessionUnavailable:
+        reply = control(config, b"S" if args.action == "stop" else b"I")
+    except SessionUnavailable:
         raise CliError(f"no session is running for {config}") from None
     if args.action == "stop":
         print("session stopped")
     else:
         print(reply[1:].decode(), end="")
     return None
-
-
-def _config_path(args: argparse.Namespace) -> str:
-    from agent.cli.nodectl_control import config_path
-
-    return config_path(args.config)
 
 
 def _start_session(config: str, idle_timeout_s: float, *, wait: bool = True) -> int:
