@@ -383,7 +383,12 @@ def _streaming(client: Client, args: argparse.Namespace) -> int | None:
             opener = lambda: ns.open_master(config.server, master_ctx)  # noqa: E731
         if args.command == "exec" and not args.cmd:
             raise CliError("exec needs a command after --", EXIT_USAGE)
-        if args.command in ("exec", "logs") and not args.direct and config.session_idle_timeout_s:
+        if (
+            args.command in ("exec", "logs")
+            and not args.direct
+            and config.session_idle_timeout_s
+            and sys.platform == "linux"
+        ):
             # Like ssh's ControlPersist: this command runs on its own, the next ones in the
             # session (a second one racing to start finds the socket taken and exits).
             _start_session(config_path(args.config), config.session_idle_timeout_s, wait=False)
@@ -441,6 +446,8 @@ def cmd_session(client: Client, args: argparse.Namespace) -> int | None:
     :mod:`agent.cli.nodectl_session`)."""
     config = config_path(args.config)
     if args.action == "start":
+        if sys.platform != "linux":
+            raise CliError("nodectl sessions need Linux (Unix sockets passing descriptors)")
         return _start_session(config, args.idle_timeout)
     try:
         reply = control(config, b"S" if args.action == "stop" else b"I")

@@ -81,6 +81,8 @@ def peer_uid(sock: _socket.socket) -> int:
 
 def connect(config: str) -> _socket.socket:
     """A connection to the session holder of ``config``, checked to run as this user."""
+    if sys.platform != "linux":  # SOCK_SEQPACKET with SO_PEERCRED: Linux's
+        raise SessionUnavailable("nodectl sessions need Linux")
     path = socket_path(runtime_dir(), config)
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
     try:
