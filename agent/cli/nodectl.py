@@ -392,26 +392,13 @@ def _streaming(client: Client, args: argparse.Namespace) -> int | None:
             # Like ssh's ControlPersist: this command runs on its own, the next ones in the
             # session (a second one racing to start finds the socket taken and exits).
             _start_session(config_path(args.config), config.session_idle_timeout_s, wait=False)
-        if args.command == "exec":
-            command = list(args.cmd)
+        if args.command in ("exec", "logs"):
             code: int = ns.run(
-                lambda conn: ns.exec_session(
-                    conn,
-                    args.namespace,
-                    args.pod,
-                    args.container,
-                    command,
-                    stdin=args.stdin,
-                    tty=args.tty,
-                ),
+                lambda conn: ns.exec_or_logs(conn, args),
                 opener,
-                raw_tty=args.tty,
+                raw_tty=args.command == "exec" and args.tty,
             )
             return code
-        if args.command == "logs":
-            query = logs_query(args)
-            ns.run(lambda conn: ns.logs_session(conn, args.namespace, args.pod, query), opener)
-            return None
         pairs = ns.parse_ports(args.ports)
         with contextlib.suppress(KeyboardInterrupt):
             ns.run(
@@ -426,19 +413,6 @@ def _streaming(client: Client, args: argparse.Namespace) -> int | None:
         raise CliError(str(exc), exc.code) from exc
     except KeyboardInterrupt:
         return 130
-
-
-def logs_query(args: argparse.Namespace) -> dict[str, str]:
-    query = {"follow": "1" if args.follow else "0"}
-    if args.tail is not None:
-        query["tailLines"] = str(args.tail)
-    if args.timestamps:
-        query["timestamps"] = "1"
-    if args.previous:
-        query["previous"] = "1"
-    if args.container:
-        query["container"] = args.container
-    return query
 
 
 def cmd_session(client: Client, args: argparse.Namespace) -> int | None:

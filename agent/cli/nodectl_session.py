@@ -228,21 +228,7 @@ class SessionHolder:
     ) -> int:
         try:
             with ns.raw_terminal(args.command == "exec" and args.tty, stdio.stdin):
-                if args.command == "exec":
-                    return await ns.exec_session(
-                        conn,
-                        args.namespace,
-                        args.pod,
-                        args.container,
-                        list(args.cmd),
-                        stdin=args.stdin,
-                        tty=args.tty,
-                        stdio=stdio,
-                        resized=resized,
-                    )
-                query = nodectl.logs_query(args)
-                await ns.logs_session(conn, args.namespace, args.pod, query, stdio)
-                return 0
+                return await ns.exec_or_logs(conn, args, stdio, resized)
         except ns.StreamCliError as exc:
             await stdio.write(stdio.stderr, f"nodectl: {exc}\n".encode())
             return exc.code

@@ -10,6 +10,7 @@ certificate does not name.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -270,6 +271,46 @@ async def logs_session(
     await _response(stream)
     while chunk := await stream.read():
         await stdio.write(stdio.stdout, chunk)
+
+
+# -- exec or logs, as parsed -------------------------------------------------------------
+
+
+def logs_query(args: argparse.Namespace) -> dict[str, str]:
+    query = {"follow": "1" if args.follow else "0"}
+    if args.tail is not None:
+        query["tailLines"] = str(args.tail)
+    if args.timestamps:
+        query["timestamps"] = "1"
+    if args.previous:
+        query["previous"] = "1"
+    if args.container:
+        query["container"] = args.container
+    return query
+
+
+async def exec_or_logs(
+    conn: H2Connection,
+    args: argparse.Namespace,
+    stdio: Stdio = LOCAL_STDIO,
+    resized: asyncio.Event | None = None,
+) -> int:
+    """``nodectl exec`` (the remote exit code) or ``nodectl logs`` (0), from parsed arguments:
+    run by the invocation itself or by a session holder for it."""
+    if args.command == "exec":
+        return await exec_session(
+            conn,
+            args.namespace,
+            args.pod,
+            args.container,
+            list(args.cmd),
+            stdin=args.stdin,
+            tty=args.tty,
+            stdio=stdio,
+            resized=resized,
+        )
+    await logs_session(conn, args.namespace, args.pod, logs_query(args), stdio)
+    return 0
 
 
 # -- port-forward -------------------------------------------------------------------------
