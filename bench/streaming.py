@@ -42,6 +42,7 @@ import docker
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.helpers import (
+    NO_SESSION_LINE,
     REPO_ROOT,
     AgentProcess,
     MasterProcess,
@@ -346,46 +347,55 @@ def bench_exec(
         "docker exec C true": ["docker", "exec", container_id, "true"],
         "ssh host true": [*sshd.args(), "root@127.0.0.1", "true"],
     }
-    # The same command with a session running (``nodectl session start``, like ssh's
-    # ControlMaster): the runs above time the start-up of a standalone invocation.
-    session_paths = {"nodectl exec (session)": [*nodectl, "exec", "bench", "--", "true"]}
-    walls: dict[str, list[float]] = {name: [] for name in [*exec_paths, *session_paths]}
+    # The defaults: the first exec runs on its own and starts a session (like ssh's
+    # ControlPersist) that serves the next ones. The runs above use the master's admin.conf,
+    # whose sessions the test helpers turn off: they time a standalone invocation.
+    default_conf = Path(installed).parent.parent / "default.conf"
+    default_conf.write_text(master.admin_conf.read_text().replace(NO_SESSION_LINE, ""))
+    default_conf.chmod(0o600)
+    by_default = [installed_nodectl(installed), "--config", str(default_conf)]
+    default_name = "nodectl exec (default, in session)"
+    walls: dict[str, list[float]] = {name: [] for name in [*exec_paths, default_name]}
     for cmd in exec_paths.values():
         timed(cmd)  # warm-up
     for _ in range(args.execs):
         for name, cmd in exec_paths.items():
             walls[name].append(timed(cmd))
-    timed([*nodectl, "session", "start"])
+    default_exec = [*by_default, "exec", "bench", "--", "true"]
     try:
+        first_s = timed(default_exec)
+        wait_for(lambda: session_status(by_default) is not None, what="the session started")
         # Interleaved with docker exec again, so that both see the same machine.
-        for cmd in session_paths.values():
-            timed(cmd)
         for _ in range(args.execs):
-            for name, cmd in session_paths.items():
-                walls[name].append(timed(cmd))
+            walls[default_name].append(timed(default_exec))
             walls["docker exec C true"].append(timed(exec_paths["docker exec C true"]))
-        status = subprocess.run(
-            [*nodectl, "session", "status"], capture_output=True, env=ENV, check=True
-        )
-        served = status.stdout.decode()
-        if f"commands served: {args.execs + 1}," not in served:
+        served = session_status(by_default) or ""
+        if f"commands served: {args.execs}," not in served:
             raise RuntimeError(f"the session did not serve every exec: {served}")
     finally:
-        subprocess.run([*nodectl, "session", "stop"], capture_output=True, env=ENV, check=False)
+        subprocess.run([*by_default, "session", "stop"], capture_output=True, env=ENV, check=False)
     med = {name: statistics.median(w) for name, w in walls.items()}
     docker_s = med["docker exec C true"]
     ours_s = med["nodectl exec (via master)"]
-    session_s = med["nodectl exec (session)"]
+    session_s = med[default_name]
     print(f"exec wall time, median of {args.execs} (docker exec: of {2 * args.execs})")
     for name in walls:
         print(f"  {name:36s} {med[name] * 1000:6.0f} ms  x{med[name] / docker_s:.2f} of docker")
+    print(f"  {'nodectl exec (default, first call)':36s} {first_s * 1000:6.0f} ms  (one call)")
     ssh_ms = med["ssh host true"] * 1000
     return [
-        f"nodectl exec <= 1.5x docker exec: {ours_s / docker_s:.2f} standalone, "
-        f"{session_s / docker_s:.2f} with a session",
-        f"nodectl exec faster than ssh: {ours_s * 1000:.0f} ms (session {session_s * 1000:.0f} ms)"
-        f" vs {ssh_ms:.0f} ms",
+        f"nodectl exec <= 1.5x docker exec: {session_s / docker_s:.2f} by default (after the "
+        f"first call, {first_s * 1000:.0f} ms), {ours_s / docker_s:.2f} with sessions off",
+        f"nodectl exec faster than ssh: {session_s * 1000:.0f} ms (sessions off "
+        f"{ours_s * 1000:.0f} ms) vs {ssh_ms:.0f} ms",
     ]
+
+
+def session_status(nodectl: list[str]) -> str | None:
+    done = subprocess.run(
+        [*nodectl, "session", "status"], capture_output=True, env=ENV, check=False
+    )
+    return done.stdout.decode() if done.returncode == 0 else None
 
 
 def main() -> int:

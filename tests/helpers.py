@@ -27,6 +27,9 @@ T = TypeVar("T")
 TEST_IMAGE = "node-agent-test/busybox:latest"
 LABEL_NODE = "io.node-agent.node"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# nodectl starts a background session for exec and logs by default; tests that do not test
+# sessions turn that off in the configs they use, so no holder outlives its test.
+NO_SESSION_LINE = "session_idle_timeout_s = 0\n"
 
 
 CLONE_NEWNET = 0x40000000
@@ -368,6 +371,7 @@ class MasterProcess:
         self.pin = next(line.split()[-1] for line in out.splitlines() if "CA pin:" in line)
         self.url = f"https://{host}:{self.port}"
         self.admin_conf = root / "admin.conf"
+        without_sessions(self.admin_conf)
         self.config_path = root / "master.toml"
         self.master_settings: dict[str, Any] = {
             "lease_renew_s": 1.0,
@@ -491,3 +495,9 @@ def server_cert_files(directory: Path, *, sans: tuple[str, ...] = ("127.0.0.1",)
     (directory / "s.crt").write_bytes(cert_to_pem(cert))
     (directory / "s.key").write_bytes(key_to_pem(key))
     return cert_to_pem(ca_cert)
+
+
+def without_sessions(conf: Path) -> None:
+    """Turn off the automatic ``nodectl session`` in a nodectl config (see NO_SESSION_LINE)."""
+    with conf.open("a") as out:
+        out.write(NO_SESSION_LINE)

@@ -43,8 +43,8 @@ class ClientConfig:
     ca: str
     client_cert: str
     client_key: str
-    # > 0: exec and logs start a ``nodectl session`` with this idle timeout when none runs.
-    session_idle_timeout_s: float = 0.0
+    # exec and logs start a ``nodectl session`` with this idle timeout when none runs; 0: never.
+    session_idle_timeout_s: float = SESSION_IDLE_S
 
 
 REQUIRED_KEYS = ("server", "ca", "client_cert", "client_key")
@@ -69,7 +69,7 @@ def load_config(explicit: str | None) -> ClientConfig:
     if unknown:
         known = ", ".join((*REQUIRED_KEYS, SESSION_KEY))
         raise CliError(f"{path}: unknown key {unknown[0]!r} (known: {known})", EXIT_USAGE)
-    idle = raw.get(SESSION_KEY, 0)
+    idle = raw.get(SESSION_KEY, SESSION_IDLE_S)
     if isinstance(idle, bool) or not isinstance(idle, int | float) or not 0 <= idle < 1e9:
         raise CliError(f"{path}: {SESSION_KEY} must be a number of seconds >= 0", EXIT_USAGE)
     return ClientConfig(
@@ -383,21 +383,22 @@ def _streaming(client: Client, args: argparse.Namespace) -> int | None:
             opener = lambda: ns.open_master(config.server, master_ctx)  # noqa: E731
         if args.command == "exec" and not args.cmd:
             raise CliError("exec needs a command after --", EXIT_USAGE)
-        if (
-            args.command in ("exec", "logs")
-            and not args.direct
-            and config.session_idle_timeout_s
-            and sys.platform == "linux"
-        ):
+        if args.command in ("exec", "logs"):
             # Like ssh's ControlPersist: this command runs on its own, the next ones in the
             # session (a second one racing to start finds the socket taken and exits).
-            _start_session(config_path(args.config), config.session_idle_timeout_s, wait=False)
-        if args.command in ("exec", "logs"):
+            persist = not args.direct and config.session_idle_timeout_s and sys.platform == "linux"
+            # One that may run long starts it now, for other terminals; a short one when done,
+            # so that the session's start-up does not compete with it for the CPU.
+            long_running = args.stdin or args.tty if args.command == "exec" else args.follow
+            if persist and long_running:
+                _start_session(config_path(args.config), config.session_idle_timeout_s, wait=False)
             code: int = ns.run(
                 lambda conn: ns.exec_or_logs(conn, args),
                 opener,
                 raw_tty=args.command == "exec" and args.tty,
             )
+            if persist and not long_running:
+                _start_session(config_path(args.config), config.session_idle_timeout_s, wait=False)
             return code
         pairs = ns.parse_ports(args.ports)
         with contextlib.suppress(KeyboardInterrupt):

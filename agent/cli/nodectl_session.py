@@ -326,6 +326,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--ready-fd", type=int, default=2, help="report start-up here (default: stderr)"
     )
     args = parser.parse_args(argv)
+    if not os.path.isabs(args.config):
+        parser.error(f"--config {args.config!r} is not an absolute path")
+    # A background process must not keep the caller's directory busy (umount, rmdir).
+    os.chdir("/")
     return asyncio.run(hold(args.config, args.idle_timeout, args.ready_fd))
 
 

@@ -95,7 +95,8 @@ def write_nodectl_conf(
         f'ca = """\n{cert_to_pem(ca).decode()}"""\n'
         f'client_cert = """\n{cert_to_pem(cert).decode()}"""\n'
         f'client_key = """\n{key_to_pem(key).decode()}"""\n'
-        "# Keep one connection open for exec and logs (nodectl session; seconds idle):\n"
+        "# exec and logs keep one connection to the master open in a background `nodectl session`\n"
+        "# until it has been idle this long (seconds); 0 runs every command on its own:\n"
         "# session_idle_timeout_s = 600\n"
     )
     write_private(path, text.encode())

@@ -24,6 +24,7 @@ import docker
 import pytest
 
 from tests.helpers import (
+    NO_SESSION_LINE,
     REPO_ROOT,
     AgentProcess,
     MasterProcess,
@@ -32,6 +33,7 @@ from tests.helpers import (
     pod_manifest,
     running_phase,
     wait_for,
+    without_sessions,
 )
 
 pytestmark = pytest.mark.docker
@@ -339,17 +341,24 @@ def test_session_ends_when_idle_or_when_its_config_changes(
     wait_for(lambda: not running(), what="the stale session to end")
 
 
-def test_a_config_with_session_idle_timeout_starts_a_session_on_first_use(
+def test_exec_starts_a_session_for_the_next_commands_by_default(
     cluster: tuple[MasterProcess, AgentProcess], tmp_path: Path
 ) -> None:
     master, _ = cluster
     conf = tmp_path / "persist.conf"
-    conf.write_text(master.admin_conf.read_text() + "session_idle_timeout_s = 60\n")
+    default = master.admin_conf.read_text().replace(NO_SESSION_LINE, "")
+    assert "\nsession_idle_timeout_s" not in default  # only the commented example
+    conf.write_text(default)
     conf.chmod(0o600)
 
     def run(*argv: str) -> subprocess.CompletedProcess[str]:
         return nodectl(master, *argv, config=conf)
 
+    off = nodectl(master, "exec", "box", "-c", "web", "--", "true")  # admin.conf: turned off
+    assert off.returncode == 0, off.stderr
+    assert nodectl(master, "session", "status").returncode == 1
+    # run() captures output until EOF: had the session kept the caller's stdout or stderr, this
+    # would hang until the session ended.
     first = run("exec", "box", "-c", "web", "--", "echo", "one")
     assert (first.returncode, first.stdout) == (0, "one\n"), first.stderr
     try:
@@ -357,7 +366,10 @@ def test_a_config_with_session_idle_timeout_starts_a_session_on_first_use(
         second = run("exec", "box", "-c", "web", "--", "echo", "two")
         assert (second.returncode, second.stdout) == (0, "two\n"), second.stderr
         status = run("session", "status").stdout
-        assert "commands served: 1," in status and "idle timeout: 60s" in status, status
+        assert "commands served: 1," in status and "idle timeout: 600s" in status, status
+        pid = re.search(r"^pid: (\d+)$", status, re.MULTILINE)
+        assert pid is not None, status
+        assert os.readlink(f"/proc/{pid[1]}/cwd") == "/"  # keeps no directory of the caller's busy
     finally:
         run("session", "stop")
 
@@ -600,6 +612,7 @@ def test_a_viewer_reads_pods_and_logs_but_may_not_exec_or_delete(
     args = ["issue-user", "alice", "--data-dir", str(master.root), "--out", str(conf)]
     assert node_master.main(args) == 0
     assert conf.stat().st_mode & 0o777 == 0o600
+    without_sessions(conf)
 
     def as_alice(*argv: str) -> subprocess.CompletedProcess[str]:
         return nodectl(master, *argv, config=conf)

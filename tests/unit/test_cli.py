@@ -227,3 +227,7 @@ def test_nodectl_config_names_unknown_keys_and_bad_session_timeouts(
         assert complaint in capsys.readouterr().err
     conf.write_text(base + "session_idle_timeout_s = 90\n")
     assert nodectl.load_config(str(conf)).session_idle_timeout_s == 90.0
+    conf.write_text(base + "session_idle_timeout_s = 0\n")
+    assert nodectl.load_config(str(conf)).session_idle_timeout_s == 0.0
+    conf.write_text(base)  # sessions are on unless turned off
+    assert nodectl.load_config(str(conf)).session_idle_timeout_s == 600.0
