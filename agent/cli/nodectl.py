@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.cli.nodectl_control import SESSION_IDLE_S, SessionUnavailable, config_path, control
+from agent.cli.nodectl_control import (
+    SESSION_IDLE_S,
+    SessionUnavailable,
+    config_path,
+    connect,
+    control,
+    runtime_dir,
+    runtime_dir_path,
+)
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -441,6 +449,8 @@ def _start_session(config: str, idle_timeout_s: float, *, wait: bool = True) -> 
     command = [sys.executable, "-m", "agent.cli.nodectl_session", "--config", config]
     command += ["--idle-timeout", str(idle_timeout_s)]
     if not wait:
+        if not _session_wanted(config):
+            return 0
         subprocess.Popen(
             command,
             start_new_session=True,
@@ -469,6 +479,23 @@ def _start_session(config: str, idle_timeout_s: float, *, wait: bool = True) -> 
         return 0
     code = proc.wait(timeout=TIMEOUT_S)
     raise CliError(report.removeprefix("nodectl: ") or f"the session exited with status {code}")
+
+
+def _session_wanted(config: str) -> bool:
+    """Whether starting a holder unasked makes sense: none runs for ``config`` (the command
+    ran standalone because the session could not reach the master, say) and there is a
+    private directory it can listen in — otherwise every command would start one in vain."""
+    with contextlib.suppress(OSError):
+        os.mkdir(runtime_dir_path(), 0o700)
+    try:
+        runtime_dir()
+    except SessionUnavailable:
+        return False
+    try:
+        connect(config).close()
+    except SessionUnavailable:
+        return True
+    return False
 
 
 @functools.cache  # a session parses every command it runs; the parser itself never changes

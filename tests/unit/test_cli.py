@@ -182,6 +182,26 @@ def test_session_runtime_dir_must_be_private(
         nodectl_control.runtime_dir()
 
 
+def test_a_session_is_started_unasked_only_where_it_can_run_and_none_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    config = str(tmp_path / "admin.conf")
+    assert nodectl._session_wanted(config)
+    runtime = tmp_path / "nodectl"
+    assert runtime.stat().st_mode & 0o777 == 0o700  # made private for the holder
+    path = nodectl_control.socket_path(str(runtime), config)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as holder:
+        holder.bind(path)
+        holder.listen()
+        assert not nodectl._session_wanted(config)  # one runs already
+        assert nodectl._session_wanted(str(tmp_path / "other.conf"))
+    runtime.chmod(0o755)  # a holder would refuse to listen here
+    assert not nodectl._session_wanted(str(tmp_path / "other.conf"))
+
+
 def test_session_hands_back_what_it_cannot_run_as_the_invocation_would() -> None:
     from agent.cli import nodectl_session
 
