@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.helpers import (
     AgentProcess,
     MasterProcess,
+    clean_up_on_sigterm,
     ensure_test_image,
     node_containers,
     node_ready,
@@ -47,6 +48,7 @@ def main() -> int:
     parser.add_argument("--pods", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    clean_up_on_sigterm()
     client = docker.from_env()
     ensure_test_image(client)
     root = Path(tempfile.mkdtemp(prefix="bench-restart-"))

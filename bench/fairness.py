@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agent.aio.h2conn import H2Stream, connect, serve_factory
 from agent.aio.malloc import tune_malloc
 from agent.aio.tls import server_context
-from tests.helpers import server_cert_files
+from tests.helpers import clean_up_on_sigterm, server_cert_files
 
 CHUNK = b"d" * (256 << 10)
 
@@ -95,6 +95,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    clean_up_on_sigterm()
     tune_malloc()
     size = args.mib << 20
     if args.serve:

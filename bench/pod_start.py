@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.helpers import (
     TEST_IMAGE,
     AgentProcess,
+    clean_up_on_sigterm,
     ensure_test_image,
     node_containers,
     pod_manifest,
@@ -131,6 +132,7 @@ def main() -> int:
     parser.add_argument("--idle-pods", type=int, default=50)
     parser.add_argument("--idle-s", type=float, default=30.0)
     args = parser.parse_args()
+    clean_up_on_sigterm()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
 
     client = docker.from_env()

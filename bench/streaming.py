@@ -46,6 +46,7 @@ from tests.helpers import (
     REPO_ROOT,
     AgentProcess,
     MasterProcess,
+    clean_up_on_sigterm,
     ensure_test_image,
     node_containers,
     node_ready,
@@ -410,6 +411,7 @@ def main() -> int:
         help="comma-separated: bulk (port-forward throughput and latency), exec",
     )
     args = parser.parse_args()
+    clean_up_on_sigterm()
     if not shutil.which("/usr/sbin/sshd"):
         print("bench/streaming.py needs openssh-server (apt-get install openssh-server)")
         return 2

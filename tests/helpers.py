@@ -501,3 +501,14 @@ def without_sessions(conf: Path) -> None:
     """Turn off the automatic ``nodectl session`` in a nodectl config (see NO_SESSION_LINE)."""
     with conf.open("a") as out:
         out.write(NO_SESSION_LINE)
+
+
+def clean_up_on_sigterm() -> None:
+    """A bench stopped by ``timeout`` or ``kill`` (SIGTERM) runs its ``finally`` blocks —
+    stopping its agent, removing its containers — as it does on Ctrl-C, instead of leaving
+    containers behind on the machine."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
