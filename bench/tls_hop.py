@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import os
 import resource
+import signal
 import socket
 import ssl
 import statistics
@@ -31,12 +32,15 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import NoReturn
 
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 CHUNK_BYTES = 256 << 10
+PAYLOAD = bytes(CHUNK_BYTES)
+STEP_TIMEOUT_S = 120  # a transfer that stalls ends the run instead of hanging it
 TRANSPORTS = ("uvloop", "uvloop, malloc untuned", "ssl socket")
 
 
@@ -54,24 +58,27 @@ def make_cert(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def peer(port: int, cert: Path, total: int, measured_receives: bool) -> None:
+def peer(port: int, cert: Path, total: int, measured_receives: bool) -> NoReturn:
     """Child: blocking TLS client doing the opposite of the measured side, then a 1-byte ack."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.load_verify_locations(cert)
-    raw = socket.create_connection(("127.0.0.1", port))
-    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    tls = ctx.wrap_socket(raw, server_hostname="localhost")
-    buf = bytearray(CHUNK_BYTES)
-    if measured_receives:
-        left = total
-        while left:
-            left -= tls.send(memoryview(buf)[: min(CHUNK_BYTES, left)])
-        tls.recv(1)
-    else:
-        got = 0
-        while got < total and (n := tls.recv_into(buf)):
-            got += n
-        tls.sendall(b"k")
+    try:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(cert)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=STEP_TIMEOUT_S)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tls = ctx.wrap_socket(raw, server_hostname="localhost")
+        if measured_receives:
+            left = total
+            while left:
+                left -= tls.send(memoryview(PAYLOAD)[: min(CHUNK_BYTES, left)])
+            tls.recv(1)
+        else:
+            buf = bytearray(CHUNK_BYTES)
+            got = 0
+            while got < total and (n := tls.recv_into(buf)):
+                got += n
+            tls.sendall(b"k")
+    except BaseException:
+        os._exit(1)
     os._exit(0)
 
 
@@ -88,10 +95,10 @@ async def with_uvloop(listener: socket.socket, ctx: ssl.SSLContext, total: int, 
             self.pump()
 
         def pump(self) -> None:
-            data = bytes(CHUNK_BYTES)
             while self.left and not self.paused:
-                self.transport.write(data[: min(CHUNK_BYTES, self.left)])
-                self.left -= min(CHUNK_BYTES, self.left)
+                size = min(CHUNK_BYTES, self.left)
+                self.transport.write(PAYLOAD if size == CHUNK_BYTES else PAYLOAD[:size])
+                self.left -= size
 
         def pause_writing(self) -> None:
             self.paused = True
@@ -105,8 +112,13 @@ async def with_uvloop(listener: socket.socket, ctx: ssl.SSLContext, total: int, 
             if not recv or self.got >= total:
                 if recv:
                     self.transport.write(b"k")
+                    self.transport.close()  # after flushing the ack
                 if not done.done():
                     done.set_result(None)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if not done.done():
+                done.set_exception(ConnectionError(f"the peer went away: {exc}"))
 
     server = await loop.create_server(Measured, sock=listener, ssl=ctx)
     await done
@@ -114,7 +126,7 @@ async def with_uvloop(listener: socket.socket, ctx: ssl.SSLContext, total: int, 
 
 
 def with_ssl_socket(listener: socket.socket, ctx: ssl.SSLContext, total: int, recv: bool) -> None:
-    loop = asyncio.new_event_loop()
+    loop = uvloop.new_event_loop()  # the same loop as the other variants
     raw, _ = listener.accept()
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     tls = ctx.wrap_socket(raw, server_side=True)
@@ -135,10 +147,10 @@ def with_ssl_socket(listener: socket.socket, ctx: ssl.SSLContext, total: int, re
             pass
 
     def on_writable() -> None:
-        data = bytes(CHUNK_BYTES)
         try:
             while state["left"]:
-                state["left"] -= tls.send(data[: min(CHUNK_BYTES, state["left"])])
+                size = min(CHUNK_BYTES, state["left"])
+                state["left"] -= tls.send(PAYLOAD if size == CHUNK_BYTES else PAYLOAD[:size])
         except (ssl.SSLWantWriteError, BlockingIOError):
             return
         loop.remove_writer(tls.fileno())
@@ -155,38 +167,47 @@ def with_ssl_socket(listener: socket.socket, ctx: ssl.SSLContext, total: int, re
 
 
 def measure(transport: str, recv: bool, cert: Path, key: Path, total: int) -> float:
-    """In a fresh child (malloc settings cannot be undone): CPU ns per byte."""
+    """CPU ns per byte of a fresh child (malloc settings cannot be undone in this one); the
+    peer is forked first, from here, so that it is the same process in every variant."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    peer_pid = os.fork()
+    if peer_pid == 0:
+        listener.close()
+        peer(port, cert, total, recv)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
-        os.close(read_end)
-        if transport != "uvloop, malloc untuned":
-            from agent.aio.malloc import tune_malloc
+        try:
+            os.close(read_end)
+            signal.alarm(STEP_TIMEOUT_S)
+            if transport != "uvloop, malloc untuned":
+                from agent.aio.malloc import tune_malloc
 
-            tune_malloc()
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        if os.fork() == 0:
-            peer(listener.getsockname()[1], cert, total, recv)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(cert, key)
-        before = resource.getrusage(resource.RUSAGE_SELF)
-        if transport == "ssl socket":
-            with_ssl_socket(listener, ctx, total, recv)
-        else:
-            uvloop.run(with_uvloop(listener, ctx, total, recv))
-        after = resource.getrusage(resource.RUSAGE_SELF)
-        cpu_s = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-        os.wait()
-        os.write(write_end, f"{cpu_s * 1e9 / total}".encode())
+                tune_malloc()
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(cert, key)
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            if transport == "ssl socket":
+                with_ssl_socket(listener, ctx, total, recv)
+            else:
+                uvloop.run(with_uvloop(listener, ctx, total, recv))
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            cpu_s = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+            os.write(write_end, f"{cpu_s * 1e9 / total}".encode())
+        except BaseException:
+            os._exit(1)
         os._exit(0)
     os.close(write_end)
+    listener.close()
     with os.fdopen(read_end) as result:
         value = result.read()
-    os.waitpid(pid, 0)
-    if not value:
-        raise RuntimeError(f"{transport}: the measured process failed")
+    _, measured_status = os.waitpid(pid, 0)
+    _, peer_status = os.waitpid(peer_pid, 0)
+    if not value or measured_status or peer_status:
+        raise RuntimeError(f"{transport}: the transfer failed (or took over {STEP_TIMEOUT_S} s)")
     return float(value)
 
 

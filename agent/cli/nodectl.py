@@ -23,15 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.cli.nodectl_control import (
-    SESSION_IDLE_S,
-    SessionUnavailable,
-    config_path,
-    connect,
-    control,
-    runtime_dir,
-    runtime_dir_path,
-)
+from agent.cli.nodectl_control import SESSION_IDLE_S, SessionUnavailable, config_path, control
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -394,10 +386,14 @@ def _streaming(client: Client, args: argparse.Namespace) -> int | None:
         if args.command in ("exec", "logs"):
             # Like ssh's ControlPersist: this command runs on its own, the next ones in the
             # session (a second one racing to start finds the socket taken and exits).
-            persist = not args.direct and config.session_idle_timeout_s and sys.platform == "linux"
+            persist = bool(
+                config.session_idle_timeout_s
+                and not (args.direct or args.no_session)
+                and sys.platform == "linux"
+            )
             # One that may run long starts it now, for other terminals; a short one when done,
             # so that the session's start-up does not compete with it for the CPU.
-            long_running = args.stdin or args.tty if args.command == "exec" else args.follow
+            long_running = (args.stdin or args.tty) if args.command == "exec" else args.follow
             if persist and long_running:
                 _start_session(config_path(args.config), config.session_idle_timeout_s, wait=False)
             code: int = ns.run(
@@ -446,24 +442,30 @@ def cmd_session(client: Client, args: argparse.Namespace) -> int | None:
 def _start_session(config: str, idle_timeout_s: float, *, wait: bool = True) -> int:
     import subprocess
 
-    command = [sys.executable, "-m", "agent.cli.nodectl_session", "--config", config]
+    # -P and cwd "/": the holder must not import from, nor keep busy, the caller's directory.
+    command = [sys.executable, "-P", "-m", "agent.cli.nodectl_session", "--config", config]
     command += ["--idle-timeout", str(idle_timeout_s)]
     if not wait:
-        if not _session_wanted(config):
-            return 0
-        subprocess.Popen(
-            command,
-            start_new_session=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        from agent.cli.nodectl_session import start_wanted
+
+        # The command itself succeeded: nothing about the session may change its outcome.
+        with contextlib.suppress(OSError):
+            if start_wanted(config):
+                subprocess.Popen(
+                    command,
+                    cwd="/",
+                    start_new_session=True,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
         return 0
     read_end, write_end = os.pipe()
     command += ["--ready-fd", str(write_end)]
     try:
         proc = subprocess.Popen(
             command,
+            cwd="/",
             pass_fds=(write_end,),
             start_new_session=True,  # outlives this terminal, like ``ssh -fNM``
             stdin=subprocess.DEVNULL,
@@ -481,28 +483,16 @@ def _start_session(config: str, idle_timeout_s: float, *, wait: bool = True) -> 
     raise CliError(report.removeprefix("nodectl: ") or f"the session exited with status {code}")
 
 
-def _session_wanted(config: str) -> bool:
-    """Whether starting a holder unasked makes sense: none runs for ``config`` (the command
-    ran standalone because the session could not reach the master, say) and there is a
-    private directory it can listen in — otherwise every command would start one in vain."""
-    with contextlib.suppress(OSError):
-        os.mkdir(runtime_dir_path(), 0o700)
-    try:
-        runtime_dir()
-    except SessionUnavailable:
-        return False
-    try:
-        connect(config).close()
-    except SessionUnavailable:
-        return True
-    return False
-
-
 @functools.cache  # a session parses every command it runs; the parser itself never changes
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nodectl", description="administer a node-agent cluster")
     parser.add_argument(
         "--config", help="nodectl config (default: $NODECTL_CONFIG or ~/.config/nodectl/config)"
+    )
+    parser.add_argument(
+        "--no-session",
+        action="store_true",
+        help="run exec and logs in this process: neither use nor start a nodectl session",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     get = sub.add_parser("get", help="list nodes or pods")

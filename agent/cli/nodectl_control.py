@@ -135,14 +135,23 @@ def run_in_session(argv: list[str]) -> int:
     if len(request) > MESSAGE_MAX_BYTES:
         raise SessionUnavailable("arguments too long for a session request")
     sock = connect(config)
+    tty = wants_tty(argv)
     try:
         fds = b"".join(fd.to_bytes(_INT_BYTES, sys.byteorder) for fd in (0, 1, 2))
         sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
-        if wants_tty(argv):
+        if tty:
             import signal  # only interactive sessions pay for its import
 
             signal.signal(signal.SIGWINCH, lambda *_: _send_quietly(sock, b"W"))
         reply = sock.recv(MESSAGE_MAX_BYTES)
+    except (ConnectionResetError, BrokenPipeError):
+        # A reset: the holder closed this connection with a message of ours unread. Without
+        # a terminal the request is our only message, so it was never read (the holder was
+        # ending with this connection still queued) and the command runs here instead. With
+        # one, an unread resize could mean it ran: it must not run twice.
+        if not tty:
+            raise SessionUnavailable("the session ended") from None
+        reply = b""
     finally:
         sock.close()
     if reply[:1] == b"X":

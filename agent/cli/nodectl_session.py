@@ -2,10 +2,19 @@
 connection to the master open and runs ``exec`` and ``logs`` for later ``nodectl`` invocations
 (the client half and the wire format are in :mod:`agent.cli.nodectl_control`).
 
-Started detached by ``nodectl session start``, like ``ssh -fNM``. It serves only its own user
-(the socket lives in a 0700 directory and every peer's uid is checked), and ends after its idle
-timeout without a command, on ``nodectl session stop``, on SIGTERM or SIGINT, or when its
-config file changes — credentials replaced on disk must not go on being used from memory.
+Started detached by ``nodectl session start`` (like ``ssh -fNM``), or by an ``exec`` or
+``logs`` that found none (like ssh's ControlPersist; :func:`start_wanted` decides). It serves
+only its own user (the socket lives in a 0700 directory and every peer's uid is checked), and
+ends after its idle timeout without a command, on ``nodectl session stop``, on SIGTERM or
+SIGINT, or when its config file changes — credentials replaced on disk must not go on being
+used from memory.
+
+Start-up, in this order so that a client never finds a socket nobody will answer: an exclusive
+lock on ``session-*.lock`` for the holder's lifetime (a second holder for the config gives up,
+and only the lock's owner may replace a stale socket), the connection to the master, then the
+socket. A start that fails leaves ``session-*.attempt`` behind (written by whoever started it):
+automatic starts wait :data:`START_RETRY_S` after one before trying again, so that a holder
+that cannot run is not started by every command.
 Commands it cannot run as the invocation would (``--direct``, port-forward, usage errors) are
 handed back, and the invocation runs them itself.
 """
@@ -15,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import io
 import os
 import signal
@@ -32,6 +42,10 @@ from agent.errors import ConnectionClosedError, StreamingError
 
 IDLE_CHECK_S = 1.0
 STDIO_FDS = 3
+# After a failed start, automatic starts wait this long; after a failed connection to the
+# master, commands are handed back at once for this long instead of each waiting for it.
+START_RETRY_S = 60.0
+MASTER_RETRY_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +71,50 @@ def ensure_runtime_dir() -> str:
         return nodectl_control.runtime_dir()  # refuses a directory somebody else made
     except nodectl_control.SessionUnavailable as exc:
         raise nodectl.CliError(str(exc)) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFiles:
+    socket: str
+    lock: str
+    attempt: str
+
+    @classmethod
+    def of(cls, config_file: str) -> SessionFiles:
+        path = nodectl_control.socket_path(ensure_runtime_dir(), config_file)
+        stem = path.removesuffix(".sock")
+        return cls(path, f"{stem}.lock", f"{stem}.attempt")
+
+
+def lock_session(files: SessionFiles) -> int | None:
+    """The lock only one holder per config has (its descriptor); None if another has it."""
+    fd = os.open(files.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def start_wanted(config_file: str) -> bool:
+    """Whether an automatic start makes sense now: no holder runs or starts for the config,
+    no start failed in the last :data:`START_RETRY_S`, and the runtime directory is private.
+    If so, the attempt is recorded (the holder removes the record once it serves)."""
+    try:
+        files = SessionFiles.of(config_file)
+    except nodectl.CliError:
+        return False  # a directory somebody else controls: a holder would refuse it too
+    fd = lock_session(files)
+    if fd is None:
+        return False
+    os.close(fd)  # released: the holder takes it
+    with contextlib.suppress(FileNotFoundError):
+        if time.time() - os.stat(files.attempt).st_mtime < START_RETRY_S:
+            return False
+    with open(files.attempt, "w") as attempt:
+        attempt.write(f"{time.time():.0f}\n")
+    return True
 
 
 def session_args(argv: Sequence[str]) -> argparse.Namespace | None:
@@ -110,14 +168,31 @@ class SessionHolder:
         self.commands: set[asyncio.Task[int]] = set()
         self.clients: set[asyncio.Task[None]] = set()
         self._connecting = asyncio.Lock()
+        self._failed_at: float | None = None
         self.stopping = asyncio.Event()  # stop now (session stop, SIGTERM)
         self.retiring = False  # stop once the running commands are done (config changed)
 
     async def master(self) -> H2Connection:
         async with self._connecting:
             if self.conn is None or self.conn.closed.done():
-                self.conn = await ns.open_master(self.config.server, self.context)
+                # A master that just failed us (down, or blackholed: a full handshake timeout
+                # each time) is not retried for every command: they run on their own meanwhile.
+                failed_at = self._failed_at
+                if failed_at is not None and time.monotonic() - failed_at < MASTER_RETRY_S:
+                    raise ConnectionClosedError("the master was unreachable a moment ago")
+                try:
+                    self.conn = await ns.open_master(self.config.server, self.context)
+                except Exception:  # not a cancelled command: that says nothing of the master
+                    self._failed_at = time.monotonic()
+                    raise
+                self._failed_at = None
             return self.conn
+
+    def config_changed(self) -> bool:
+        """Whether the config file differs from the one loaded; if so the session retires."""
+        if not self.retiring and file_stamp(self.config_file) != self.stamp:
+            self.retiring = True
+        return self.retiring
 
     async def serve(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -127,7 +202,7 @@ class SessionHolder:
             while not self.stopping.is_set():
                 # Only commands count as use: ``session status`` must not keep it alive.
                 idle = time.monotonic() - self.last_used > self.idle_s
-                if not self.commands and (idle or self.retiring):
+                if not self.commands and (idle or self.config_changed()):
                     return
                 if accepting is None:
                     accepting = loop.create_task(loop.sock_accept(listener))
@@ -188,9 +263,8 @@ class SessionHolder:
         """The command's exit code, or None to hand it back to the invocation."""
         if config_file != self.config_file:
             return None
-        if self.retiring or file_stamp(self.config_file) != self.stamp:
+        if self.config_changed():
             # New credentials on disk: no new commands; those running finish, then it ends.
-            self.retiring = True
             return None
         args = session_args(argv)
         if args is None:
@@ -259,23 +333,17 @@ async def _listen(sock: socket.socket, resized: asyncio.Event) -> None:
 
 
 def bind(path: str) -> socket.socket:
-    """The listening socket at ``path``; :class:`nodectl.CliError` if a live session has it."""
+    """The listening socket at ``path``; the caller holds the session lock, so a socket
+    already there was left by a holder that is gone."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         listener.bind(path)
+        listener.listen(64)
     except OSError:
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            probe.connect(path)
-        except OSError:
-            os.unlink(path)  # left by a session that was killed
-            listener.bind(path)
-        else:
-            listener.close()
-            raise nodectl.CliError(f"a session is already running ({path})") from None
-        finally:
-            probe.close()
-    listener.listen(64)
+        listener.close()
+        raise
     return listener
 
 
@@ -283,26 +351,36 @@ async def hold(config_file: str, idle_s: float, ready_fd: int) -> int:
     """Run the session; start-up (or the reason it failed) is reported on ``ready_fd``."""
     try:
         holder = SessionHolder(config_file, nodectl.load_config(config_file), idle_s)
-        path = nodectl_control.socket_path(ensure_runtime_dir(), config_file)
-        listener = bind(path)
+        files = SessionFiles.of(config_file)
+        lock = lock_session(files)
     except (nodectl.CliError, OSError, ssl.SSLError) as exc:
         return _failed(ready_fd, exc)
-    bound = os.stat(path).st_ino
+    if lock is None:
+        return _failed(ready_fd, nodectl.CliError(f"a session is already running ({files.socket})"))
     try:
         try:
             await holder.master()
         except (OSError, ssl.SSLError, StreamingError, ConnectionClosedError) as exc:
             return _failed(ready_fd, nodectl.CliError(f"cannot reach the master: {exc}"))
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, holder.stopping.set)
-        _report(ready_fd, f"session started (pid {os.getpid()}, {path})")
-        await holder.serve(listener)
-        return 0
+        try:
+            listener = bind(files.socket)
+        except OSError as exc:
+            return _failed(ready_fd, nodectl.CliError(f"{files.socket}: {exc.strerror}"))
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(files.attempt)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, holder.stopping.set)
+            _report(ready_fd, f"session started (pid {os.getpid()}, {files.socket})")
+            await holder.serve(listener)
+            return 0
+        finally:
+            listener.close()
+            with contextlib.suppress(FileNotFoundError):  # ours: nobody else binds it
+                os.unlink(files.socket)
     finally:
-        listener.close()
-        if (file_stamp(path) or FileStamp(0, 0, 0)).inode == bound:
-            os.unlink(path)
+        os.close(lock)
 
 
 def _failed(ready_fd: int, exc: Exception) -> int:
@@ -328,8 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not os.path.isabs(args.config):
         parser.error(f"--config {args.config!r} is not an absolute path")
-    # A background process must not keep the caller's directory busy (umount, rmdir).
-    os.chdir("/")
+    os.chdir("/")  # started with cwd "/" and -P already; this covers a start by hand
     return asyncio.run(hold(args.config, args.idle_timeout, args.ready_fd))
 
 

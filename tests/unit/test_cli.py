@@ -182,24 +182,117 @@ def test_session_runtime_dir_must_be_private(
         nodectl_control.runtime_dir()
 
 
+@pytest.fixture(scope="module")
+def admin_conf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("master")
+    assert node_master.main(["init", "--data-dir", str(root)]) == 0
+    return root / "admin.conf"
+
+
+@pytest.mark.parametrize(
+    ("argv", "extra_config", "platform", "expected"),
+    [
+        (["exec", "pod", "--", "true"], "", "linux", ["run", "start"]),
+        (["logs", "pod"], "", "linux", ["run", "start"]),
+        # May run long: started first, for commands in other terminals.
+        (["exec", "-i", "pod", "--", "cat"], "", "linux", ["start", "run"]),
+        (["exec", "-t", "pod", "--", "sh"], "", "linux", ["start", "run"]),
+        (["logs", "-f", "pod"], "", "linux", ["start", "run"]),
+        # Never a session: straight to the node, asked not to, turned off, not Linux.
+        (["exec", "--direct", "pod", "--", "true"], "", "linux", ["run"]),
+        (["--no-session", "exec", "pod", "--", "true"], "", "linux", ["run"]),
+        (["exec", "pod", "--", "true"], "session_idle_timeout_s = 0\n", "linux", ["run"]),
+        (["exec", "pod", "--", "true"], "", "darwin", ["run"]),
+    ],
+)
+def test_exec_and_logs_start_a_session_when_they_should(
+    admin_conf: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    extra_config: str,
+    platform: str,
+    expected: list[str],
+) -> None:
+    from agent.cli import nodectl_stream
+
+    conf = tmp_path / "admin.conf"
+    conf.write_text(admin_conf.read_text() + extra_config)
+    steps: list[str] = []
+
+    def start(config: str, idle_timeout_s: float, *, wait: bool = True) -> int:
+        assert (config, idle_timeout_s, wait) == (str(conf), 600.0, False)
+        steps.append("start")
+        return 0
+
+    def run(*_args: object, **_kwargs: object) -> int:
+        steps.append("run")
+        return 0
+
+    monkeypatch.setattr(nodectl, "_start_session", start)
+    monkeypatch.setattr(nodectl_stream, "run", run)
+    monkeypatch.setattr(nodectl_stream, "resolve_node", lambda *_: "node")
+    monkeypatch.setattr("sys.platform", platform)
+    assert nodectl.main(["--config", str(conf), *argv]) == 0
+    assert steps == expected
+
+
+def test_a_session_hands_commands_back_at_once_after_the_master_failed_it(
+    admin_conf: Path, tmp_path: Path
+) -> None:
+    import asyncio
+    import re
+
+    from agent.cli import nodectl_session as session
+    from agent.errors import ConnectionClosedError
+
+    conf = tmp_path / "refused.conf"
+    conf.write_text(
+        re.sub(r'server = "[^"]*"', 'server = "https://127.0.0.1:1"', admin_conf.read_text())
+    )
+    holder = session.SessionHolder(str(conf), nodectl.load_config(str(conf)))
+
+    async def twice() -> None:
+        with pytest.raises((OSError, ConnectionClosedError)) as first:
+            await holder.master()
+        assert "a moment ago" not in str(first.value)  # this one really tried
+        with pytest.raises(ConnectionClosedError, match="unreachable a moment ago"):
+            await holder.master()
+
+    asyncio.run(twice())
+
+
 def test_a_session_is_started_unasked_only_where_it_can_run_and_none_does(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import socket
+    import os
+    import time
+
+    from agent.cli import nodectl_session as session
 
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     config = str(tmp_path / "admin.conf")
-    assert nodectl._session_wanted(config)
+    assert session.start_wanted(config)
     runtime = tmp_path / "nodectl"
     assert runtime.stat().st_mode & 0o777 == 0o700  # made private for the holder
-    path = nodectl_control.socket_path(str(runtime), config)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as holder:
-        holder.bind(path)
-        holder.listen()
-        assert not nodectl._session_wanted(config)  # one runs already
-        assert nodectl._session_wanted(str(tmp_path / "other.conf"))
+    files = session.SessionFiles.of(config)
+    # That start is under way (or failed): the next commands do not start another...
+    assert Path(files.attempt).exists()
+    assert not session.start_wanted(config)
+    # ...until START_RETRY_S later; the holder removes the record once it serves.
+    stale = time.time() - session.START_RETRY_S - 1
+    os.utime(files.attempt, (stale, stale))
+    lock = session.lock_session(files)
+    assert lock is not None
+    try:
+        assert not session.start_wanted(config)  # a holder runs (or is starting)
+        assert session.lock_session(files) is None  # and a second one could not
+    finally:
+        os.close(lock)
+    assert session.start_wanted(config)
+    other = str(tmp_path / "other.conf")
     runtime.chmod(0o755)  # a holder would refuse to listen here
-    assert not nodectl._session_wanted(str(tmp_path / "other.conf"))
+    assert not session.start_wanted(other)
 
 
 def test_session_hands_back_what_it_cannot_run_as_the_invocation_would() -> None:
