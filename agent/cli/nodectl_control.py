@@ -12,9 +12,11 @@ Whatever a session does not serve — other commands, ``--direct``, usage errors
 running, a session of another config — runs in this process through :mod:`agent.cli.nodectl`.
 
 Wire format, one SOCK_SEQPACKET message each (boundaries kept, descriptors attached):
-client → holder ``R`` + NUL-joined (config path, argv…) with fds 0, 1, 2; ``W`` the terminal
-was resized; ``S`` stop; ``I`` status. Holder → client ``F`` run it yourself; ``X`` + exit code;
-``I`` + status text.
+client → holder ``R`` + NUL-joined (code identity, config path, argv…) with fds 0, 1, 2; ``W``
+the terminal was resized; ``S`` stop; ``I`` status. Holder → client ``F`` run it yourself;
+``X`` + exit code; ``I`` + status text. The code identity (:func:`code_identity`) differs once
+nodectl was upgraded or reinstalled: a holder still running the old code hands the command
+back and ends, so that old and new code never speak this format to each other.
 """
 
 from __future__ import annotations
@@ -31,6 +33,14 @@ DEFAULT_CONFIG = "~/.config/nodectl/config"
 MESSAGE_MAX_BYTES = 1 << 16
 SESSION_IDLE_S = 600.0
 _INT_BYTES = 4
+
+
+def code_identity() -> str:
+    """This installation of nodectl: its version and this file's identity on disk."""
+    from agent import __version__  # the package this module is in: already loaded
+
+    st = os.stat(__file__)
+    return f"{__version__}:{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}"
 
 
 class SessionUnavailable(Exception):
@@ -131,7 +141,7 @@ def run_in_session(argv: list[str]) -> int:
     if command not in SESSION_COMMANDS:
         raise SessionUnavailable(f"{command} runs locally")
     config = config_path(explicit)
-    request = b"R" + encode_fields([config, *argv])
+    request = b"R" + encode_fields([code_identity(), config, *argv])
     if len(request) > MESSAGE_MAX_BYTES:
         raise SessionUnavailable("arguments too long for a session request")
     sock = connect(config)

@@ -158,6 +158,7 @@ class SessionHolder:
     ) -> None:
         self.config_file = config_file
         self.config = config
+        self.code = nodectl_control.code_identity()
         self.stamp = file_stamp(config_file)
         self.idle_s = idle_s
         self.context: ssl.SSLContext = nodectl.client_context(config)
@@ -245,8 +246,8 @@ class SessionHolder:
             elif kind == b"R":
                 fields = nodectl_control.decode_fields(body)
                 code = None
-                if len(fds) == STDIO_FDS:
-                    code = await self._request(sock, fields[0], fields[1:], fds)
+                if len(fds) == STDIO_FDS and len(fields) >= 2:
+                    code = await self._request(sock, fields[0], fields[1], fields[2:], fds)
                 if code is not None:
                     self.served += 1
                 await loop.sock_sendall(sock, b"F" if code is None else b"X%d" % code)
@@ -258,9 +259,14 @@ class SessionHolder:
             sock.close()
 
     async def _request(
-        self, sock: socket.socket, config_file: str, argv: list[str], fds: list[int]
+        self, sock: socket.socket, code: str, config_file: str, argv: list[str], fds: list[int]
     ) -> int | None:
         """The command's exit code, or None to hand it back to the invocation."""
+        if code != self.code:
+            # nodectl was upgraded (or reinstalled) since this session started: the new code
+            # runs it, and this session ends once its own commands are done.
+            self.retiring = True
+            return None
         if config_file != self.config_file:
             return None
         if self.config_changed():
@@ -316,6 +322,7 @@ class SessionHolder:
         connected = self.conn is not None and not self.conn.closed.done()
         return (
             f"pid: {os.getpid()}\n"
+            f"version: {self.code.partition(':')[0]}\n"
             f"config: {self.config_file}\n"
             f"master: {self.config.server} ({'connected' if connected else 'not connected'})\n"
             f"started: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self.started))}\n"

@@ -4,6 +4,7 @@ dockerd: through the master's streaming proxy (the default) and straight to the 
 
 from __future__ import annotations
 
+import array
 import contextlib
 import hashlib
 import json
@@ -344,6 +345,33 @@ def test_session_ends_when_idle_or_when_its_config_changes(
     config = master.admin_conf
     os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns + 1))
     wait_for(lambda: not running(), what="the idle session to see its config change")
+
+
+def test_a_session_of_older_nodectl_code_hands_back_and_ends(
+    cluster: tuple[MasterProcess, AgentProcess],
+) -> None:
+    from agent.cli import nodectl_control
+
+    master, _ = cluster
+    assert nodectl(master, "session", "start").returncode == 0
+    try:
+        config = nodectl_control.config_path(str(master.admin_conf))
+        # What a nodectl upgraded since the session started sends: another code identity.
+        upgraded = nodectl_control.encode_fields(
+            ["9.9.9:0:0:0", config, "exec", "box", "--", "true"]
+        )
+        with socket.socket(fileno=nodectl_control.connect(config).detach()) as sock:
+            sock.sendmsg(
+                [b"R" + upgraded],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, bytes(array.array("i", [0, 1, 2])))],
+            )
+            assert sock.recv(nodectl_control.MESSAGE_MAX_BYTES) == b"F"  # run it yourself
+        wait_for(
+            lambda: nodectl(master, "session", "status").returncode == 1,
+            what="the session of the older code to end",
+        )
+    finally:
+        nodectl(master, "session", "stop")
 
 
 def test_exec_starts_a_session_for_the_next_commands_by_default(
