@@ -385,7 +385,7 @@ def _streaming(client: Client, args: argparse.Namespace) -> int | None:
             raise CliError("exec needs a command after --", EXIT_USAGE)
         if args.command in ("exec", "logs"):
             # Like ssh's ControlPersist: this command runs on its own, the next ones in the
-            # session (a second one racing to start finds the socket taken and exits).
+            # session (a second one racing to start finds the lock taken and exits).
             persist = bool(
                 config.session_idle_timeout_s
                 and not (args.direct or args.no_session)
