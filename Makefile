@@ -23,7 +23,7 @@ test: bootstrap coverage-proto
 # The sans-IO protocol core is held to 100 % branch coverage by its own unit tests.
 coverage-proto:
 	$(BOOTSTRAP) --no-docker
-	$(PY) -m pytest -q tests/unit/test_h2mux.py tests/unit/test_execframe.py tests/unit/test_routes.py \
+	$(PY) -m pytest -q tests/unit/test_h2mux.py tests/unit/test_h2lean.py tests/unit/test_execframe.py tests/unit/test_routes.py \
 	  --cov=agent.proto --cov-branch --cov-report=term-missing:skip-covered --cov-fail-under=100
 
 test-unit:

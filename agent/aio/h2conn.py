@@ -375,9 +375,9 @@ class H2Connection(asyncio.Protocol):
     def _flush(self) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        data = self.mux.data_to_send()
-        if data:
-            self.transport.write(data)
+        pieces = self.mux.pending_output()
+        if pieces:
+            self.transport.writelines(pieces)
         try:
             self.mux.check_unsent(self.transport.get_write_buffer_size())
         except ProtocolViolation as exc:

@@ -33,26 +33,9 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-import hyperframe.frame
 
 from agent.errors import ProtocolViolation
-
-
-def _short_repr(data: bytes | None) -> str:
-    return f"<{len(data or b'')} bytes>"
-
-
-# h2 logs every received frame as repr(frame), built even when logging is off, and hyperframe's
-# repr hex-encodes the whole payload before cutting it to 20 characters: up to two thirds of
-# a receiver's CPU with large DATA frames (DESIGN §6). A repr that does not touch the payload.
-hyperframe.frame._raw_data_repr = _short_repr
-
-
-def _data_frame_repr(self: hyperframe.frame.DataFrame) -> str:
-    return _short_repr(self.data)
-
-
-hyperframe.frame.DataFrame._body_repr = _data_frame_repr  # type: ignore[method-assign,assignment]
+from agent.proto import h2lean
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -155,7 +138,7 @@ Event = (
 
 @dataclass(slots=True)
 class _Outbound:
-    chunks: deque[bytes] = field(default_factory=deque)
+    chunks: deque[bytes | memoryview] = field(default_factory=deque)
     queued: int = 0
     end: bool = False
     trailers: Headers | None = None
@@ -271,7 +254,7 @@ class StreamMux:
         self.limits = limits or Limits()
         self.client_side = client_side
         config = h2.config.H2Configuration(client_side=client_side, header_encoding="utf-8")
-        self._h2 = h2.connection.H2Connection(config=config)
+        self._h2 = h2lean.new_connection(config)
         self._h2.local_settings = h2.settings.Settings(
             client=client_side,
             initial_values={
@@ -308,6 +291,14 @@ class StreamMux:
 
     def data_to_send(self) -> bytes:
         return self._h2.data_to_send()
+
+    def pending_output(self) -> list[bytes]:
+        """What ``data_to_send`` would return, as buffers for ``transport.writelines``: large
+        DATA payloads are not copied into one output buffer (agent/proto/h2lean.py)."""
+        if isinstance(self._h2, h2lean.LeanH2Connection):
+            return self._h2.data_to_send_pieces()
+        data = self._h2.data_to_send()  # pragma: no cover - h2 versions h2lean does not know
+        return [data] if data else []  # pragma: no cover
 
     def check_unsent(self, transport_buffered: int) -> None:
         """The driver reports how much of our output the peer has not taken yet. DATA within
@@ -561,8 +552,9 @@ class StreamMux:
                 self._done(stream_id)
 
     @staticmethod
-    def _take(out: _Outbound, size: int) -> bytes:
-        parts: list[bytes] = []
+    def _take(out: _Outbound, size: int) -> bytes | memoryview:
+        # Views, not slices: a chunk larger than a frame is cut without copying its rest.
+        parts: list[bytes | memoryview] = []
         need = size
         while need:
             head = out.chunks[0]
@@ -570,8 +562,9 @@ class StreamMux:
                 parts.append(out.chunks.popleft())
                 need -= len(head)
             else:
-                parts.append(head[:need])
-                out.chunks[0] = head[need:]
+                view = memoryview(head)
+                parts.append(view[:need])
+                out.chunks[0] = view[need:]
                 need = 0
         out.queued -= size
         return parts[0] if len(parts) == 1 else b"".join(parts)

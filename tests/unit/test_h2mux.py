@@ -20,6 +20,7 @@ from hyperframe.frame import (
 from agent.errors import ProtocolViolation
 from agent.proto.h2mux import (
     HEADER_BLOCK_SLACK_BYTES,
+    MAX_FRAME_BYTES,
     ConnectionEnded,
     DataReceived,
     Event,
@@ -99,6 +100,27 @@ def test_request_response_with_body_trailers_and_half_close() -> None:
     assert isinstance(at_client[-1], StreamEnded)
     assert pair.server.open_streams == 0
     assert pair.client.open_streams == 0
+
+
+def test_large_writes_reach_the_wire_as_pieces_and_arrive_intact() -> None:
+    """``pending_output`` (what the driver hands to ``writelines``): a chunk larger than a frame
+    is cut into frames without copying, and the pieces are the connection's bytes in order."""
+    pair = Pair()
+    sid = pair.client.open_stream(REQUEST)
+    pair.pump()
+    frame_sized = b"f" * MAX_FRAME_BYTES
+    chunk = bytes(range(256)) * 4096  # 1 MiB: cut into four maximum-size frames
+    pair.client.send_data(sid, frame_sized, pair.now)
+    pair.client.send_data(sid, chunk, pair.now)
+    pieces = pair.client.pending_output()
+    assert len(pieces) == 10  # a header and a payload per frame
+    assert any(piece is frame_sized for piece in pieces)
+    wire = b"".join(pieces)
+    received: list[Event] = []
+    for start in range(0, len(wire), 100_000):  # reads that do not line up with frames
+        received += pair.server.receive_data(wire[start : start + 100_000], pair.now)
+    assert _data(received) == frame_sized + chunk
+    assert pair.client.pending_output() == []
 
 
 def test_headers_only_exchange_in_both_directions() -> None:

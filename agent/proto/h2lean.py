@@ -1,0 +1,239 @@
+"""h2 without the per-byte copies and the per-frame payload dumps (DESIGN §6): our one guarded
+place for working around h2 4.x / hyperframe 6.x internals.
+
+What stock h2 costs a relay, measured on the master (docs/streaming.md, "h2's copies"): every
+received DATA byte is copied three times before the application sees it (appended to the frame
+buffer, sliced out of it, ``tobytes()`` of the slice), every sent one four times (padding join,
+``header + body``, appended to the output buffer, ``bytes()`` of the buffer), and every
+received frame is described with ``repr`` even when logging is off. Here:
+
+* ``LeanFrameBuffer`` keeps the received reads as they are and cuts frames out of them: a DATA
+  payload is copied once, into the ``bytes`` the application gets;
+* ``LeanH2Connection`` queues large DATA payloads for the transport by reference, next to their
+  9-byte header (``data_to_send_pieces`` for ``writelines``); small frames are still
+  serialized into one buffer, so interactive traffic stays one TLS record per write;
+* hyperframe's DATA ``repr`` no longer hex-encodes the payload.
+
+Everything else (state machines, flow control, validation) is h2's own. ``SUPPORTED`` says
+whether the installed versions are the ones this was written against; on others the
+connection class is stock h2 and only the (harmless) ``repr`` fix applies.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from typing import Any
+
+import h2
+import h2.config
+import h2.connection
+import h2.exceptions
+import h2.frame_buffer
+import hyperframe
+import hyperframe.exceptions
+import hyperframe.frame
+
+SUPPORTED = h2.__version__.startswith("4.") and hyperframe.__version__.startswith("6.")
+
+# Below this a DATA payload is copied into the output buffer with its header: a separate TLS
+# record (and AEAD pass) for a 9-byte header costs more than copying a small payload.
+PIECE_MIN_BYTES = 16 << 10
+_FRAME_HEADER_BYTES = 9
+_FRAME_HEADER = struct.Struct(">HBBBL")  # length (24 bits as H + B), type, flags, stream id
+_END_STREAM = 0x1
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def _short_repr(data: bytes | None) -> str:
+    return f"<{len(data or b'')} bytes>"
+
+
+def _data_frame_repr(self: hyperframe.frame.DataFrame) -> str:
+    return f"DataFrame(stream_id={self.stream_id}): {_short_repr(self.data)}"
+
+
+# h2 logs every received frame as repr(frame), built even when logging is off, and hyperframe's
+# repr hex-encodes the whole payload before cutting it to 20 characters: up to two thirds of a
+# receiver's CPU with large DATA frames. DATA frames, the hot ones, also skip the sorted flag
+# list; the other frame types keep hyperframe's full description.
+hyperframe.frame._raw_data_repr = _short_repr
+hyperframe.frame.DataFrame.__repr__ = _data_frame_repr  # type: ignore[method-assign,assignment]
+
+
+class LeanFrameBuffer(h2.frame_buffer.FrameBuffer):
+    """h2's ``FrameBuffer`` over a queue of received reads instead of one growing bytearray.
+
+    Same contract as the parent (preface check, frame length limit, header-block assembly,
+    the same exceptions), plus the length limit is applied as soon as a frame's header has
+    arrived rather than once the whole oversized frame has been buffered."""
+
+    def __init__(self, server: bool = False) -> None:
+        super().__init__(server=server)
+        self._reads: deque[memoryview] = deque()
+        self._buffered = 0
+
+    def add_data(self, data: Any) -> None:
+        # Kept by reference until parsed: only immutable bytes are safe to keep.
+        view = memoryview(data if isinstance(data, bytes) else bytes(data))
+        if self._preamble_len:
+            taken = min(self._preamble_len, len(view))
+            if self._preamble[:taken] != view[:taken]:
+                raise h2.exceptions.ProtocolError("Invalid HTTP/2 preamble.")
+            view = view[taken:]
+            self._preamble_len -= taken
+            self._preamble = self._preamble[taken:]
+        if view:
+            self._reads.append(view)
+            self._buffered += len(view)
+
+    def __next__(self) -> hyperframe.frame.Frame:
+        while True:
+            frame = self._next_frame()
+            assembled = self._update_header_buffer(frame)
+            if assembled is not None:
+                return assembled
+
+    def _next_frame(self) -> hyperframe.frame.Frame:
+        if self._buffered < _FRAME_HEADER_BYTES:
+            raise StopIteration
+        header = self._peek(_FRAME_HEADER_BYTES)
+        try:
+            frame, length = hyperframe.frame.Frame.parse_frame_header(memoryview(header))
+        except (
+            hyperframe.exceptions.InvalidDataError,
+            hyperframe.exceptions.InvalidFrameError,
+        ) as err:
+            raise h2.exceptions.ProtocolError(
+                f"Received frame with invalid header: {err!s}"
+            ) from err
+        self._validate_frame_length(length)
+        if self._buffered < _FRAME_HEADER_BYTES + length:
+            raise StopIteration
+        self._skip(_FRAME_HEADER_BYTES)
+        body = self._take(length)
+        if isinstance(frame, hyperframe.frame.DataFrame) and "PADDED" not in frame.flags:
+            # What DataFrame.parse_body does for an unpadded frame, minus its copy.
+            frame.data = body
+            frame.body_len = length
+            return frame
+        try:
+            frame.parse_body(memoryview(body))
+        except hyperframe.exceptions.InvalidDataError as err:
+            raise h2.exceptions.ProtocolError("Received frame with non-compliant data") from err
+        except hyperframe.exceptions.InvalidFrameError as err:
+            raise h2.exceptions.FrameDataMissingError("Frame data missing or invalid") from err
+        return frame
+
+    def _peek(self, size: int) -> bytes:
+        head = self._reads[0]
+        if len(head) >= size:
+            return head[:size].tobytes()
+        # A frame header cut by a read boundary: gather it without joining whole reads.
+        gathered = bytearray()
+        index = 0
+        while len(gathered) < size:
+            gathered += self._reads[index][: size - len(gathered)]
+            index += 1
+        return bytes(gathered)
+
+    def _skip(self, size: int) -> None:
+        self._buffered -= size
+        while size:
+            head = self._reads[0]
+            if len(head) > size:
+                self._reads[0] = head[size:]
+                return
+            size -= len(head)
+            self._reads.popleft()
+
+    def _take(self, size: int) -> bytes:
+        """The next ``size`` bytes as one ``bytes``: the only copy a payload gets."""
+        if not size:
+            return b""
+        self._buffered -= size
+        head = self._reads[0]
+        if len(head) > size:
+            self._reads[0] = head[size:]
+            return head[:size].tobytes()
+        parts: list[memoryview] = []
+        while size:
+            head = self._reads[0]
+            if len(head) > size:
+                parts.append(head[:size])
+                self._reads[0] = head[size:]
+                break
+            parts.append(self._reads.popleft())
+            size -= len(head)
+        if (
+            len(parts) == 1
+            and isinstance(parts[0].obj, bytes)
+            and len(parts[0].obj) == len(parts[0])
+        ):
+            return parts[0].obj  # a whole read that was exactly this frame's payload
+        return b"".join(parts)
+
+
+class LeanH2Connection(h2.connection.H2Connection):
+    """h2's connection with ``LeanFrameBuffer`` for input and large DATA payloads passed to the
+    transport by reference. Call ``data_to_send_pieces`` (for ``writelines``) or the usual
+    ``data_to_send``."""
+
+    def __init__(self, config: h2.config.H2Configuration) -> None:
+        super().__init__(config=config)
+        self.incoming_buffer = LeanFrameBuffer(server=not config.client_side)
+        self._pieces: list[bytes] = []
+
+    def _prepare_for_sending(self, frames: list[hyperframe.frame.Frame]) -> None:
+        for frame in frames:
+            data = getattr(frame, "data", b"")
+            if (
+                type(frame) is hyperframe.frame.DataFrame
+                and len(data) >= PIECE_MIN_BYTES
+                and "PADDED" not in frame.flags
+            ):
+                length = len(data)
+                assert length <= self.max_outbound_frame_size
+                frame.body_len = length
+                flags = _END_STREAM if "END_STREAM" in frame.flags else 0
+                self._move_buffered()
+                self._pieces.append(
+                    _FRAME_HEADER.pack(
+                        (length >> 8) & 0xFFFF, length & 0xFF, frame.type, flags, frame.stream_id
+                    )
+                )
+                self._pieces.append(data)
+            else:
+                self._data_to_send += frame.serialize()
+                assert frame.body_len <= self.max_outbound_frame_size
+
+    def _move_buffered(self) -> None:
+        # h2 also writes to _data_to_send itself (the preface): order is kept by moving it
+        # into the piece list before a payload is queued by reference.
+        if self._data_to_send:
+            self._pieces.append(bytes(self._data_to_send))
+            self._data_to_send = bytearray()
+
+    def data_to_send_pieces(self) -> list[bytes]:
+        """Everything queued, in order, as buffers for ``transport.writelines``."""
+        self._move_buffered()
+        pieces, self._pieces = self._pieces, []
+        return pieces
+
+    def data_to_send(self, amount: int | None = None) -> bytes:
+        data = b"".join(self.data_to_send_pieces())
+        if amount is not None and len(data) > amount:
+            self._pieces.append(data[amount:])
+            data = data[:amount]
+        return data
+
+    def clear_outbound_data_buffer(self) -> None:
+        self._pieces = []
+        self._data_to_send = bytearray()
+
+
+def new_connection(config: h2.config.H2Configuration) -> h2.connection.H2Connection:
+    """The lean connection on the h2 versions it was written against, stock h2 elsewhere."""
+    if SUPPORTED:
+        return LeanH2Connection(config)
+    return h2.connection.H2Connection(config=config)  # pragma: no cover - other h2 versions
