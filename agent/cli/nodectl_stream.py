@@ -29,7 +29,7 @@ from agent.errors import ConnectionClosedError, StreamingError
 from agent.proto import execframe
 from agent.proto.execframe import Channel
 
-READ_CHUNK_BYTES = 256 << 10
+READ_CHUNK_BYTES = 1 << 20
 EXIT_STREAM_FAILED = 1
 
 

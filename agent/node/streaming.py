@@ -46,7 +46,7 @@ from agent.proto.routes import CODE_EXECUTION_ACTIONS, STREAM_ROUTES
 
 log = logging.getLogger(__name__)
 
-READ_CHUNK_BYTES = 256 << 10
+READ_CHUNK_BYTES = 1 << 20
 PORT_CONNECT_TIMEOUT_S = 5.0
 EXIT_CODE_WAIT_S = 5.0
 EXIT_CODE_FIRST_POLL_S = 0.001

@@ -109,11 +109,13 @@ def test_large_writes_reach_the_wire_as_pieces_and_arrive_intact() -> None:
     sid = pair.client.open_stream(REQUEST)
     pair.pump()
     frame_sized = b"f" * MAX_FRAME_BYTES
-    chunk = bytes(range(256)) * 4096  # 1 MiB: cut into four maximum-size frames
+    # Cut into two maximum-size frames and a small one.
+    chunk = bytes(range(256)) * (MAX_FRAME_BYTES // 128) + b"tail"
     pair.client.send_data(sid, frame_sized, pair.now)
     pair.client.send_data(sid, chunk, pair.now)
     pieces = pair.client.pending_output()
-    assert len(pieces) == 10  # a header and a payload per frame
+    # A header and a payload per large frame; the small one is serialized whole.
+    assert [len(piece) for piece in pieces] == [9, MAX_FRAME_BYTES] * 3 + [9 + 4]
     assert any(piece is frame_sized for piece in pieces)
     wire = b"".join(pieces)
     received: list[Event] = []
