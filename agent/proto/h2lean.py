@@ -38,7 +38,11 @@ SUPPORTED = h2.__version__.startswith("4.") and hyperframe.__version__.startswit
 
 # Below this a DATA payload is copied into the output buffer with its header: a separate TLS
 # record (and AEAD pass) for a 9-byte header costs more than copying a small payload.
-PIECE_MIN_BYTES = 16 << 10
+PIECE_MIN_BYTES = 64 << 10
+# Reads below this are gathered into one buffer instead of being kept one by one.
+SMALL_READ_BYTES = 4 << 10
+# A leftover of a read below this is copied out rather than keeping the whole read alive.
+UNPIN_BELOW_BYTES = 64 << 10
 _FRAME_HEADER_BYTES = 9
 _FRAME_HEADER = struct.Struct(">HBBBL")  # length (24 bits as H + B), type, flags, stream id
 _END_STREAM = 0x1
@@ -50,7 +54,7 @@ def _short_repr(data: bytes | None) -> str:
 
 
 def _data_frame_repr(self: hyperframe.frame.DataFrame) -> str:
-    return f"DataFrame(stream_id={self.stream_id}): {_short_repr(self.data)}"
+    return f"DataFrame(stream_id={self.stream_id}, flags={self.flags!r}): {_short_repr(self.data)}"
 
 
 # h2 logs every received frame as repr(frame), built even when logging is off, and hyperframe's
@@ -66,16 +70,22 @@ class LeanFrameBuffer(h2.frame_buffer.FrameBuffer):
 
     Same contract as the parent (preface check, frame length limit, header-block assembly,
     the same exceptions), plus the length limit is applied as soon as a frame's header has
-    arrived rather than once the whole oversized frame has been buffered."""
+    arrived rather than once the whole oversized frame has been buffered.
+
+    Memory stays proportional to the bytes buffered, as with h2's bytearray: reads under
+    ``SMALL_READ_BYTES`` are gathered into one buffer rather than queued one by one (a peer
+    trickling a frame in 1-byte TLS records must not cost an object per byte), and a small
+    leftover of a large read is copied out rather than keeping the whole read alive."""
 
     def __init__(self, server: bool = False) -> None:
         super().__init__(server=server)
-        self._reads: deque[memoryview] = deque()
-        self._buffered = 0
+        self._reads: deque[memoryview] = deque()  # views of immutable bytes, in order
+        self._small = bytearray()  # small reads after the queued ones, gathered
+        self._buffered = 0  # bytes in both
+        self._header: tuple[hyperframe.frame.Frame, int] | None = None  # parsed, body pending
 
     def add_data(self, data: Any) -> None:
-        # Kept by reference until parsed: only immutable bytes are safe to keep.
-        view = memoryview(data if isinstance(data, bytes) else bytes(data))
+        view = memoryview(data)
         if self._preamble_len:
             taken = min(self._preamble_len, len(view))
             if self._preamble[:taken] != view[:taken]:
@@ -83,9 +93,20 @@ class LeanFrameBuffer(h2.frame_buffer.FrameBuffer):
             view = view[taken:]
             self._preamble_len -= taken
             self._preamble = self._preamble[taken:]
-        if view:
-            self._reads.append(view)
-            self._buffered += len(view)
+        self._buffered += len(view)
+        if len(view) < SMALL_READ_BYTES:
+            self._small += view
+            if len(self._small) >= SMALL_READ_BYTES:
+                self._queue_small()
+        else:
+            self._queue_small()
+            # Kept by reference until parsed: only immutable bytes are safe to keep.
+            self._reads.append(view if isinstance(data, bytes) else memoryview(bytes(view)))
+
+    def _queue_small(self) -> None:
+        if self._small:
+            self._reads.append(memoryview(bytes(self._small)))
+            self._small = bytearray()
 
     def __next__(self) -> hyperframe.frame.Frame:
         while True:
@@ -95,22 +116,25 @@ class LeanFrameBuffer(h2.frame_buffer.FrameBuffer):
                 return assembled
 
     def _next_frame(self) -> hyperframe.frame.Frame:
-        if self._buffered < _FRAME_HEADER_BYTES:
+        if self._header is None:
+            if self._buffered < _FRAME_HEADER_BYTES:
+                raise StopIteration
+            header = self._take(_FRAME_HEADER_BYTES)
+            try:
+                frame, length = hyperframe.frame.Frame.parse_frame_header(memoryview(header))
+            except (
+                hyperframe.exceptions.InvalidDataError,
+                hyperframe.exceptions.InvalidFrameError,
+            ) as err:
+                msg = f"Received frame with invalid header: {err!s}"
+                raise h2.exceptions.ProtocolError(msg) from err
+            self._validate_frame_length(length)
+            # Kept until the body is complete, so a trickled body is not re-parsed per read.
+            self._header = (frame, length)
+        frame, length = self._header
+        if self._buffered < length:
             raise StopIteration
-        header = self._peek(_FRAME_HEADER_BYTES)
-        try:
-            frame, length = hyperframe.frame.Frame.parse_frame_header(memoryview(header))
-        except (
-            hyperframe.exceptions.InvalidDataError,
-            hyperframe.exceptions.InvalidFrameError,
-        ) as err:
-            raise h2.exceptions.ProtocolError(
-                f"Received frame with invalid header: {err!s}"
-            ) from err
-        self._validate_frame_length(length)
-        if self._buffered < _FRAME_HEADER_BYTES + length:
-            raise StopIteration
-        self._skip(_FRAME_HEADER_BYTES)
+        self._header = None
         body = self._take(length)
         if isinstance(frame, hyperframe.frame.DataFrame) and "PADDED" not in frame.flags:
             # What DataFrame.parse_body does for an unpadded frame, minus its copy.
@@ -125,53 +149,38 @@ class LeanFrameBuffer(h2.frame_buffer.FrameBuffer):
             raise h2.exceptions.FrameDataMissingError("Frame data missing or invalid") from err
         return frame
 
-    def _peek(self, size: int) -> bytes:
-        head = self._reads[0]
-        if len(head) >= size:
-            return head[:size].tobytes()
-        # A frame header cut by a read boundary: gather it without joining whole reads.
-        gathered = bytearray()
-        index = 0
-        while len(gathered) < size:
-            gathered += self._reads[index][: size - len(gathered)]
-            index += 1
-        return bytes(gathered)
-
-    def _skip(self, size: int) -> None:
-        self._buffered -= size
-        while size:
-            head = self._reads[0]
-            if len(head) > size:
-                self._reads[0] = head[size:]
-                return
-            size -= len(head)
-            self._reads.popleft()
-
     def _take(self, size: int) -> bytes:
         """The next ``size`` bytes as one ``bytes``: the only copy a payload gets."""
         if not size:
             return b""
+        if size > self._buffered - len(self._small):
+            self._queue_small()
         self._buffered -= size
-        head = self._reads[0]
-        if len(head) > size:
-            self._reads[0] = head[size:]
-            return head[:size].tobytes()
         parts: list[memoryview] = []
         while size:
             head = self._reads[0]
             if len(head) > size:
                 parts.append(head[:size])
-                self._reads[0] = head[size:]
+                self._reads[0] = _unpinned(head[size:])
                 break
             parts.append(self._reads.popleft())
             size -= len(head)
-        if (
-            len(parts) == 1
-            and isinstance(parts[0].obj, bytes)
-            and len(parts[0].obj) == len(parts[0])
-        ):
-            return parts[0].obj  # a whole read that was exactly this frame's payload
+        if len(parts) == 1:
+            part = parts[0]
+            if isinstance(part.obj, bytes) and len(part.obj) == len(part):
+                return part.obj  # a whole read that was exactly this many bytes
+            return part.tobytes()
         return b"".join(parts)
+
+
+def _unpinned(rest: memoryview) -> memoryview:
+    """``rest`` of a read, copied out when it is small next to the read it would keep alive
+    (a partial frame at the end of a large read, on a peer that then goes quiet)."""
+    base = rest.obj
+    base_bytes = len(base) if isinstance(base, bytes) else rest.nbytes
+    if len(rest) < UNPIN_BELOW_BYTES and base_bytes >= 4 * len(rest):
+        return memoryview(rest.tobytes())
+    return rest
 
 
 class LeanH2Connection(h2.connection.H2Connection):

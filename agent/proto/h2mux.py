@@ -461,7 +461,8 @@ class StreamMux:
         if out is None or out.end:
             raise ProtocolViolation(f"stream {stream_id} is not open for sending")
         if data:
-            out.chunks.append(data)
+            # Queued and sent by reference (h2lean): a caller's mutable buffer is copied once.
+            out.chunks.append(data if isinstance(data, bytes) else bytes(data))
             out.queued += len(data)
         self._flush(now, self._pending_events)
         if out.queued > self.limits.send_high_water_bytes:

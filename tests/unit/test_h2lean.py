@@ -38,8 +38,8 @@ def test_written_against_the_installed_versions() -> None:
     assert isinstance(conn.incoming_buffer, h2lean.LeanFrameBuffer)
 
 
-def _wire() -> bytes:
-    """Every frame shape the buffer treats differently, back to back."""
+def _frames() -> list[bytes]:
+    """Every frame shape the buffer treats differently, serialized, in order."""
     block = hpack.Encoder().encode(REQUEST)
     headers = HeadersFrame(1, data=block[:3])
     cont_1 = ContinuationFrame(1, data=block[3:5])
@@ -51,14 +51,19 @@ def _wire() -> bytes:
         headers,
         cont_1,
         cont_2,
-        DataFrame(1, data=bytes(range(256)) * 300),  # 76,800 bytes
+        DataFrame(1, data=bytes(range(256)) * 40),  # 10,240 bytes: reads above the small size
         DataFrame(1, data=b""),
         padded,
+        DataFrame(1, data=b"short"),
         PingFrame(0, opaque_data=b"12345678"),
         WindowUpdateFrame(1, window_increment=1000),
         DataFrame(1, data=b"last", flags=["END_STREAM"]),
     ]
-    return b"".join(f.serialize() for f in frames)
+    return [f.serialize() for f in frames]
+
+
+def _wire() -> bytes:
+    return b"".join(_frames())
 
 
 def _parse(buffer: h2.frame_buffer.FrameBuffer, reads: list[bytes]) -> list[str]:
@@ -74,17 +79,26 @@ def _parse(buffer: h2.frame_buffer.FrameBuffer, reads: list[bytes]) -> list[str]
     return seen
 
 
-def _splits(wire: bytes, rng: random.Random) -> list[bytes]:
-    cuts = sorted(rng.sample(range(1, len(wire)), 12))
-    return [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
+def _cut(wire: bytes, cuts: set[int]) -> list[bytes]:
+    points = sorted(c for c in cuts if 0 < c < len(wire))
+    return [wire[a:b] for a, b in zip([0, *points], [*points, len(wire)], strict=True)]
 
 
 @pytest.mark.parametrize("seed", range(20))
 def test_frames_parse_as_h2_parses_them_however_reads_are_split(seed: int) -> None:
-    wire = PREFACE + _wire()
-    reads = _splits(wire, random.Random(seed))
+    rng = random.Random(seed)
+    frames = _frames()
+    wire = PREFACE + b"".join(frames)
+    boundaries = [len(PREFACE)]
+    for frame in frames:
+        boundaries.append(boundaries[-1] + len(frame))
+    # Cuts inside the preface, inside frame headers (a boundary + 1..8) and anywhere.
+    cuts = {rng.randrange(1, len(PREFACE))}
+    cuts |= {b + rng.randint(1, 8) for b in boundaries if rng.random() < 0.6}
+    cuts |= {rng.randrange(1, len(wire)) for _ in range(4)}
+    reads = _cut(wire, cuts)
     expected = _parse(h2.frame_buffer.FrameBuffer(server=True), [wire])
-    assert len(expected) == 8  # the header block is one frame once assembled
+    assert len(expected) == 9  # the header block is one frame once assembled
     assert _parse(h2lean.LeanFrameBuffer(server=True), reads) == expected
 
 
@@ -93,6 +107,35 @@ def test_one_byte_reads_and_non_bytes_input() -> None:
     expected = _parse(h2.frame_buffer.FrameBuffer(), [wire])
     reads = [bytearray(wire[i : i + 1]) for i in range(len(wire))]
     assert _parse(h2lean.LeanFrameBuffer(), reads) == expected  # type: ignore[arg-type]
+    large = [bytearray(wire[:6000]), bytearray(wire[6000:])]
+    assert _parse(h2lean.LeanFrameBuffer(), large) == expected  # type: ignore[arg-type]
+
+
+def test_a_trickled_frame_is_gathered_not_kept_read_by_read() -> None:
+    buffer = h2lean.LeanFrameBuffer()
+    buffer.max_frame_size = MAX_FRAME
+    payload = bytes(range(256)) * 256  # 64 KiB in 1-byte reads
+    wire = DataFrame(1, data=payload).serialize()
+    most_reads_kept = 0
+    for i in range(len(wire) - 1):
+        buffer.add_data(wire[i : i + 1])
+        assert list(buffer) == []
+        most_reads_kept = max(most_reads_kept, len(buffer._reads))
+    buffer.add_data(wire[-1:])
+    (frame,) = list(buffer)
+    assert frame.data == payload
+    assert most_reads_kept <= len(wire) // 4096 + 1  # gathered at least 4 KiB at a time
+
+
+def test_a_small_leftover_does_not_keep_a_large_read_alive() -> None:
+    buffer = h2lean.LeanFrameBuffer()
+    buffer.max_frame_size = MAX_FRAME
+    next_header = DataFrame(1, data=b"x" * 10).serialize()[:5]
+    buffer.add_data(DataFrame(1, data=b"d" * 500_000).serialize() + next_header)
+    (frame,) = list(buffer)
+    assert len(frame.data) == 500_000
+    (rest,) = buffer._reads
+    assert rest.obj == next_header  # a copy of the 5 bytes, not a view of the 500 KB read
 
 
 def test_a_payload_that_is_a_whole_read_is_not_copied() -> None:
@@ -167,9 +210,11 @@ def _drive(conn: h2.connection.H2Connection, payloads: list[tuple[bytes, int | N
 
 def test_the_wire_is_h2s_and_large_payloads_go_by_reference() -> None:
     large = b"L" * h2lean.PIECE_MIN_BYTES
+    just_below = b"b" * (h2lean.PIECE_MIN_BYTES - 1)
     payloads: list[tuple[bytes, int | None]] = [
         (b"small", None),
         (large, None),
+        (just_below, None),
         (b"p" * h2lean.PIECE_MIN_BYTES, 5),  # padded: serialized by hyperframe
         (b"after", None),
     ]
@@ -179,6 +224,7 @@ def test_the_wire_is_h2s_and_large_payloads_go_by_reference() -> None:
     pieces = lean.data_to_send_pieces()
     assert b"".join(pieces) == stock.data_to_send()
     assert any(piece is large for piece in pieces)
+    assert not any(piece is just_below for piece in pieces)
     assert lean.data_to_send_pieces() == []
 
 
@@ -213,4 +259,4 @@ def test_clearing_the_output_drops_pieces_too() -> None:
 
 def test_data_frame_repr_does_not_dump_the_payload() -> None:
     frame = DataFrame(5, data=b"secret" * 1000, flags=["END_STREAM"])
-    assert repr(frame) == "DataFrame(stream_id=5): <6000 bytes>"
+    assert repr(frame) == "DataFrame(stream_id=5, flags=['END_STREAM']): <6000 bytes>"

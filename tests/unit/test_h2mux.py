@@ -103,8 +103,9 @@ def test_request_response_with_body_trailers_and_half_close() -> None:
 
 
 def test_large_writes_reach_the_wire_as_pieces_and_arrive_intact() -> None:
-    """``pending_output`` (what the driver hands to ``writelines``): a chunk larger than a frame
-    is cut into frames without copying, and the pieces are the connection's bytes in order."""
+    """``pending_output`` (what the driver hands to ``writelines``): a frame-sized chunk goes
+    to the wire by reference, a larger one is cut into frames (h2 copies each cut), and the
+    pieces are the connection's bytes in order. A caller's bytearray is copied when queued."""
     pair = Pair()
     sid = pair.client.open_stream(REQUEST)
     pair.pump()
@@ -123,6 +124,11 @@ def test_large_writes_reach_the_wire_as_pieces_and_arrive_intact() -> None:
         received += pair.server.receive_data(wire[start : start + 100_000], pair.now)
     assert _data(received) == frame_sized + chunk
     assert pair.client.pending_output() == []
+    mutable = bytearray(b"m" * 100_000)
+    pair.client.send_data(sid, mutable, pair.now)  # type: ignore[arg-type]
+    mutable[:] = b"x" * 100_000
+    wire = b"".join(pair.client.pending_output())
+    assert _data(pair.server.receive_data(wire, pair.now)) == b"m" * 100_000
 
 
 def test_headers_only_exchange_in_both_directions() -> None:
