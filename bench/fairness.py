@@ -1,7 +1,7 @@
 """Head-of-line fairness: 100 concurrent streams on one HTTP/2 connection, one of which stops
 reading. Does the stalled stream slow the other 99?
 
-Run: ``.venv/bin/python bench/fairness.py [--streams 100] [--mib 4] [--rounds 3]``
+Run: ``.venv/bin/python bench/fairness.py [--streams 100] [--mib 16] [--rounds 3]``
 
 A server process (our driver, ``agent.aio.h2conn``, over TLS on loopback, the code of the node
 API and the master's proxy) answers every stream with ``--mib`` MiB. The client opens
@@ -10,7 +10,9 @@ stream that never reads after its first chunk ("one stalled"); rounds alternate.
 time for the 99 readers to get all their bytes in both cases and the ratio. Target (streaming
 issue): the stalled stream slows the others by at most 10 % (ratio >= 0.9). The stalled stream
 can hold at most one stream window of the connection window, which is why the connection
-window is many stream windows wide. Only loopback is used; every loop is bounded.
+window is many stream windows wide. 16 MiB per stream (more than one 4 MiB stream window) so
+that stream credit flows, as in a long transfer, and each measurement lasts seconds rather
+than a fraction of one on a noisy machine. Only loopback is used; every loop is bounded.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ async def one_round(port: int, ca: bytes, streams: int, size: int, stall: bool) 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=100)
-    parser.add_argument("--mib", type=int, default=4)
+    parser.add_argument("--mib", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -35,7 +35,7 @@ from agent.errors import (
     StreamResetError,
 )
 from agent.proto import h2mux
-from agent.proto.h2mux import Headers, Limits, StreamMux
+from agent.proto.h2mux import CLIENT_LIMITS, Headers, Limits, StreamMux
 
 log = logging.getLogger(__name__)
 
@@ -548,7 +548,7 @@ async def connect(
     try:
         transport, protocol = await asyncio.wait_for(
             loop.create_connection(
-                lambda: H2Connection(client_side=True, limits=limits, name=name),
+                lambda: H2Connection(client_side=True, limits=limits or CLIENT_LIMITS, name=name),
                 host,
                 port,
                 ssl=ssl_context,

@@ -36,7 +36,7 @@ from agent.errors import (
 )
 from agent.pki.core import Identity, PkiError, authenticate, identity_of
 from agent.pki.names import NODE_CN_PREFIX
-from agent.proto.h2mux import Limits
+from agent.proto.h2mux import CLIENT_LIMITS
 from agent.proto.routes import CODE_EXECUTION_ACTIONS, STREAM_ROUTES
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 USER_HEADER = "node-agent-user"
 GROUPS_HEADER = "node-agent-groups"
 PROXY_COMMON_NAME = "system:node-proxy"
-NODE_LINK_LIMITS = Limits(stream_window_bytes=4 << 20, connection_window_bytes=128 << 20)
+NODE_LINK_LIMITS = CLIENT_LIMITS
 _FORWARDED_HEADERS = ("content-type",)
 
 
