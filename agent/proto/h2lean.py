@@ -44,9 +44,8 @@ SMALL_READ_BYTES = 4 << 10
 # A leftover of a read below this is copied out rather than keeping the whole read alive.
 UNPIN_BELOW_BYTES = 64 << 10
 _FRAME_HEADER_BYTES = 9
-_FRAME_HEADER = struct.Struct(">HBBBL")  # length (24 bits as H + B), type, flags, stream id
+FRAME_HEADER = struct.Struct(">HBBBL")  # length (24 bits as H + B), type, flags, stream id
 _END_STREAM = 0x1
-_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 def _short_repr(data: bytes | None) -> str:
@@ -207,7 +206,7 @@ class LeanH2Connection(h2.connection.H2Connection):
                 flags = _END_STREAM if "END_STREAM" in frame.flags else 0
                 self._move_buffered()
                 self._pieces.append(
-                    _FRAME_HEADER.pack(
+                    FRAME_HEADER.pack(
                         (length >> 8) & 0xFFFF, length & 0xFF, frame.type, flags, frame.stream_id
                     )
                 )

@@ -21,7 +21,6 @@ No sockets, no asyncio, no clock of its own: time is passed in (``now``) by the 
 from __future__ import annotations
 
 import contextlib
-import struct
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -53,7 +52,6 @@ MAX_UNSENT_BYTES = 32 << 20  # output the peer does not read (control frames inc
 MAX_RESETS_PER_S = 200
 MAX_CONTROL_FRAMES_PER_S = 100  # PING + SETTINGS received
 MAX_CONTINUATION_FRAMES = 32  # per header block
-_FRAME_HEADER = struct.Struct(">HBBBL")  # length(24 bits split as H+B), type, flags, stream id
 _HEADERS, _RST_STREAM, _SETTINGS, _PING, _CONTINUATION = 0x1, 0x3, 0x4, 0x6, 0x9
 _END_HEADERS = 0x4
 # An encoded header block may exceed its header list size (RFC 9113 §6.5.2) only by frame
@@ -236,7 +234,7 @@ class _FrameScanner:
             view = view[need:]
             if len(self._header) < 9:
                 return
-            high, low, kind, flags, _ = _FRAME_HEADER.unpack(self._header)
+            high, low, kind, flags, _ = h2lean.FRAME_HEADER.unpack(self._header)
             self._header = b""
             self._skip = (high << 8) | low
             if kind == _HEADERS:
