@@ -5,7 +5,7 @@ Run: ``.venv/bin/python bench/reconnect.py [--agents 500] [--cap-s 30] [--down-s
 One master (open policy) on loopback and one Python process simulating ``--agents`` nodes. Each
 node registers with its own P-256 key and CSR (as in ``bench/registration.py``), then runs a
 lightweight link over mTLS with its issued certificate, shaped like the real agent's
-(``agent/node/registration.py``): renew the lease, list its pods, then keep the pod watch open
+(``agent/node/masterlink/link.py``): renew the lease, list its pods, then keep the pod watch open
 and renew the lease every ``leaseRenewSeconds``. Any failure (refused, stream ended, 5xx) waits
 with the agent's own policy, ``ReconnectBackoff(0.5, cap_s)`` (full jitter under a ceiling that
 grows with the age of the outage), reset after a successful list. Once every node is connected

@@ -27,17 +27,17 @@ from agent.aio.tasks import start_guarded
 from agent.config import AgentConfig
 from agent.errors import AgentError
 from agent.events import EventRecorder
-from agent.node.api import LocalApi
 from agent.node.backoff import BackoffPolicy
-from agent.node.checkpoint import CheckpointStore
-from agent.node.metrics import NodeMetrics
-from agent.node.pods import PodManager
-from agent.node.podspecs import SpecContext
-from agent.node.podworkers import Clock, SystemClock, WorkerBook, WorkerDeps
-from agent.node.registration import LinkState, MasterLink
+from agent.node.health.api import LocalApi
+from agent.node.health.metrics import NodeMetrics
+from agent.node.masterlink.link import LinkState, MasterLink
+from agent.node.pods.checkpoint import CheckpointStore
+from agent.node.pods.manager import PodManager
+from agent.node.pods.sources import ManifestDirSource
+from agent.node.pods.specs import SpecContext
+from agent.node.pods.worker import Clock, SystemClock, WorkerBook, WorkerDeps
 from agent.node.runtime.base import Runtime
 from agent.node.runtime.docker import DockerRuntime
-from agent.node.sources import ManifestDirSource
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 import docker
 import pytest
 
-from agent.node.checkpoint import CheckpointStore
+from agent.node.pods.checkpoint import CheckpointStore
 from tests.helpers import (
     REPO_ROOT,
     AgentProcess,

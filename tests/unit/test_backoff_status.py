@@ -8,9 +8,9 @@ import pytest
 
 from agent.manifest import parse_pod
 from agent.node.backoff import BackoffPolicy, RestartState
-from agent.node.podworkers import should_restart
+from agent.node.pods.status import ContainerView, container_status, pod_phase, pod_status
+from agent.node.pods.worker import should_restart
 from agent.node.runtime.base import ContainerRecord, ContainerState
-from agent.node.status import ContainerView, container_status, pod_phase, pod_status
 from agent.types import RestartPolicy
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

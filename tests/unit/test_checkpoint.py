@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import CheckpointCorruptError, CheckpointError
-from agent.node.checkpoint import CheckpointStore
+from agent.node.pods.checkpoint import CheckpointStore
 
 
 class SimulatedCrash(BaseException):

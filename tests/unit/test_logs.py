@@ -13,7 +13,7 @@ import pytest
 
 from agent.aio.logs import kv, setup_logging, shutdown_logging
 
-log = logging.getLogger("agent.node.podworkers")
+log = logging.getLogger("agent.node.pods.worker")
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +46,7 @@ def test_kv_line_layout() -> None:
         "kv", lambda: log.info("pod started", extra=kv(pod="default/web", uid="1234", attempt=2))
     )
     assert re.fullmatch(
-        r"ts=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z level=info logger=agent\.node\.podworkers "
+        r"ts=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z level=info logger=agent\.node\.pods\.worker "
         r'msg="pod started" pod=default/web uid=1234 attempt=2',
         line,
     ), line

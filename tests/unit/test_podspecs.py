@@ -13,7 +13,7 @@ import pytest
 
 from agent.errors import RuntimeOperationError
 from agent.manifest import parse_pod
-from agent.node.podspecs import SpecContext, app_spec, container_name, sandbox_spec
+from agent.node.pods.specs import SpecContext, app_spec, container_name, sandbox_spec
 from agent.node.runtime.docker import _split_reference, record_from_inspect, record_from_summary
 from agent.node.runtime.pause import pause_elf, pause_rootfs_tar
 

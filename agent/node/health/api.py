@@ -13,9 +13,9 @@ from typing import Protocol
 from aiohttp import web
 
 from agent.events import EventRecorder
-from agent.node.metrics import NodeMetrics, render
-from agent.node.pods import PodManager
-from agent.node.status import PHASES
+from agent.node.health.metrics import NodeMetrics, render
+from agent.node.pods.manager import PodManager
+from agent.node.pods.status import PHASES
 
 
 class HealthSource(Protocol):

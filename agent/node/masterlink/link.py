@@ -38,10 +38,10 @@ from agent.config import AgentConfig, split_host_port
 from agent.errors import AgentError, ManifestError
 from agent.manifest import parse_pod
 from agent.node.backoff import ReconnectBackoff
-from agent.node.nodeapi import NodeApi
-from agent.node.pods import PodManager
+from agent.node.pods.manager import PodManager
 from agent.node.runtime.base import Runtime
-from agent.node.streaming import StreamingRuntime
+from agent.node.streaming.api import StreamingRuntime
+from agent.node.streaming.server import NodeApi
 from agent.pki.core import (
     PkiError,
     build_csr,

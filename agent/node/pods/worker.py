@@ -31,9 +31,9 @@ from agent.errors import (
 from agent.events import EventRecorder
 from agent.node import crashpoints
 from agent.node.backoff import BackoffPolicy, RestartState
-from agent.node.podspecs import SpecContext, app_spec, pod_volume_dir, sandbox_spec
+from agent.node.pods.specs import SpecContext, app_spec, pod_volume_dir, sandbox_spec
+from agent.node.pods.status import ContainerView, pod_status
 from agent.node.runtime.base import ContainerRecord, ContainerState, Runtime
-from agent.node.status import ContainerView, pod_status
 from agent.types import Container, Pod, PullPolicy, RestartPolicy
 
 log = logging.getLogger(__name__)

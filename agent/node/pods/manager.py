@@ -22,9 +22,9 @@ from agent.aio.tasks import guarded
 from agent.errors import CheckpointError, ManifestError
 from agent.manifest import parse_pod
 from agent.node import crashpoints
-from agent.node.checkpoint import CheckpointStore
-from agent.node.metrics import NodeMetrics
-from agent.node.podworkers import PodWorker, WorkerBook, WorkerDeps
+from agent.node.health.metrics import NodeMetrics
+from agent.node.pods.checkpoint import CheckpointStore
+from agent.node.pods.worker import PodWorker, WorkerBook, WorkerDeps
 from agent.node.runtime.base import ContainerRecord
 from agent.types import (
     LABEL_POD_MANIFEST,

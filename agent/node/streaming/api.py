@@ -35,7 +35,7 @@ from cryptography import x509
 from agent.aio.h2conn import H2Stream
 from agent.aio.logs import kv
 from agent.errors import AgentError, ForbiddenError, NotFoundError, StreamingError
-from agent.node.pods import PodManager
+from agent.node.pods.manager import PodManager
 from agent.node.runtime.base import ContainerRecord
 from agent.node.runtime.docker import ExecSession
 from agent.node.runtime.dockerstream import STDERR, DockerStreamDemux

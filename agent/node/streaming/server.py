@@ -24,8 +24,8 @@ from agent.aio.h2conn import HANDSHAKE_TIMEOUT_S, AlpnSwitch, H2Connection, serv
 from agent.aio.logs import kv
 from agent.aio.tls import server_context
 from agent.config import split_host_port
-from agent.node.pods import PodManager
-from agent.node.streaming import StreamingApi, StreamingRuntime
+from agent.node.pods.manager import PodManager
+from agent.node.streaming.api import StreamingApi, StreamingRuntime
 from agent.pki.core import PkiError, authenticate, certs_from_pem
 
 log = logging.getLogger(__name__)
