@@ -1,21 +1,41 @@
 """The one exception tree of node-agent.
 
-Every error we raise derives from :class:`AgentError`. Foreign exceptions (docker SDK, OS,
-YAML, TOML) are translated at the adapter edge with ``raise ... from exc`` so callers only ever
-catch ours. Errors that can reach an HTTP client carry the status they map to.
+Every error we raise derives from :class:`AgentError`, and every leaf is defined here, once.
+Foreign exceptions (docker SDK, OS, YAML, TOML, aiohttp, h2, sqlite) are translated at the
+adapter edge with ``raise ... from exc`` so callers only ever catch ours. Each error carries the
+HTTP status it maps to when it reaches a client (``http_status``); the errors of the HTTP/2
+layer also carry the HTTP/2 error code a stream reset or GOAWAY sends for them
+(``h2_error_code``, RFC 9113 §7). The command-line tools turn any of them into a message and a
+non-zero exit code (``exit_code``).
 """
 
 from __future__ import annotations
+
+# HTTP/2 error codes (RFC 9113 §7), as plain numbers: this module is the bottom layer and
+# imports nothing.
+H2_NO_ERROR = 0x0
+H2_PROTOCOL_ERROR = 0x1
+H2_INTERNAL_ERROR = 0x2
+H2_REFUSED_STREAM = 0x7
+H2_CANCEL = 0x8
+H2_ENHANCE_YOUR_CALM = 0xB
+
+EXIT_FAILURE = 1
 
 
 class AgentError(Exception):
     """Root of every node-agent error."""
 
     http_status: int = 500
+    h2_error_code: int = H2_INTERNAL_ERROR
+    exit_code: int = EXIT_FAILURE
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+# -- request errors (4xx) ---------------------------------------------------------------------
 
 
 class ConfigError(AgentError):
@@ -41,10 +61,55 @@ class ManifestError(AgentError):
         super().__init__(f"{prefix}{field}: {problem}" if field else f"{prefix}{problem}")
 
 
+class BadRequestError(AgentError):
+    """A request's body, path or query is malformed; the message says which part and why."""
+
+    http_status = 400
+
+
+class PkiError(AgentError):
+    """A key, CSR or certificate is invalid, or a chain or pin does not verify."""
+
+    http_status = 400
+
+
+class UnauthenticatedError(AgentError):
+    """No (valid) client identity where one is required."""
+
+    http_status = 401
+
+
+class ForbiddenError(AgentError):
+    """Authenticated, but not allowed to do this."""
+
+    http_status = 403
+
+
+class RegistrationRefusedError(ForbiddenError):
+    """The master's trust policy refuses this node's registration (master side)."""
+
+
 class NotFoundError(AgentError):
-    """The named object (pod, container, image) does not exist."""
+    """The named object (pod, container, image, node, route) does not exist."""
 
     http_status = 404
+
+
+class ConflictError(AgentError):
+    """The request conflicts with the current state of the object."""
+
+    http_status = 409
+
+
+class NameConflictError(ConflictError):
+    """A node name is already held by another key (master side)."""
+
+
+class MirrorConflictError(ConflictError):
+    """A mirror pod would replace a pod the master owns, or another node's mirror."""
+
+
+# -- container runtime ------------------------------------------------------------------------
 
 
 class RuntimeUnavailableError(AgentError):
@@ -71,6 +136,9 @@ class ImageUnavailableError(RuntimeOperationError):
     http_status = 502
 
 
+# -- node state -------------------------------------------------------------------------------
+
+
 class CheckpointError(AgentError):
     """The on-disk checkpoint could not be written or read."""
 
@@ -81,16 +149,65 @@ class CheckpointCorruptError(CheckpointError):
     """The checkpoint file exists but cannot be parsed; it is moved aside."""
 
 
+# -- the node's link to the master ------------------------------------------------------------
+
+
+class MasterUnavailableError(AgentError):
+    """The master cannot be reached or answered unexpectedly: retry with back-off."""
+
+    http_status = 503
+
+
+class IdentityRejectedError(AgentError):
+    """The master no longer accepts our certificate: register again."""
+
+    http_status = 401
+
+
+class RegistrationDeniedError(AgentError):
+    """The master refused our registration (403/409): retry slowly, report it in health."""
+
+    http_status = 403
+
+
+# -- master store -----------------------------------------------------------------------------
+
+
+class StoreError(AgentError):
+    """The store failed (disk, corruption); the request cannot be served."""
+
+    http_status = 503
+
+
+class CompactedError(StoreError):
+    """A watch asked for history older than what is kept; the caller must relist."""
+
+    http_status = 410
+
+
+# -- HTTP/2 streaming -------------------------------------------------------------------------
+
+
 class StreamingError(AgentError):
     """Root of the HTTP/2 streaming errors (exec, port-forward, logs)."""
 
     http_status = 400
+    h2_error_code = H2_CANCEL
 
 
 class ProtocolViolation(StreamingError):
-    """The peer broke HTTP/2 or our framing (or an abuse limit): the connection is ended."""
+    """The peer broke HTTP/2 or our framing (or an abuse limit): the connection is ended.
+
+    ``h2_error_code`` is what the GOAWAY says: PROTOCOL_ERROR, or ENHANCE_YOUR_CALM for an
+    abuse limit.
+    """
 
     http_status = 400
+    h2_error_code = H2_PROTOCOL_ERROR
+
+    def __init__(self, message: str, h2_error_code: int = H2_PROTOCOL_ERROR) -> None:
+        super().__init__(message)
+        self.h2_error_code = h2_error_code
 
 
 class StreamResetError(StreamingError):
@@ -101,6 +218,7 @@ class StreamResetError(StreamingError):
         super().__init__(f"stream {stream_id} reset by {side} (error code {error_code})")
         self.stream_id = stream_id
         self.error_code = error_code
+        self.h2_error_code = error_code
         self.remote = remote
 
 
@@ -110,7 +228,37 @@ class ConnectionClosedError(StreamingError):
     http_status = 503
 
 
-class ForbiddenError(AgentError):
-    """Authenticated, but not allowed to do this."""
+class NotRunningError(StreamingError):
+    """The container of an exec, port-forward or logs request is not running."""
 
-    http_status = 403
+    http_status = 409
+
+
+class BadGatewayError(StreamingError):
+    """The next hop (a node for the master's proxy, a pod's port for the node) failed."""
+
+    http_status = 502
+    h2_error_code = H2_REFUSED_STREAM
+
+
+class PortUnreachableError(BadGatewayError):
+    """A port-forward's port inside the pod refused or did not answer."""
+
+
+# -- command-line tools -----------------------------------------------------------------------
+
+
+class CliError(AgentError):
+    """A command cannot be carried out; ``exit_code`` is the process's exit status."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = code
+
+    @property
+    def code(self) -> int:
+        return self.exit_code
+
+
+class SessionUnavailableError(AgentError):
+    """nodectl: no usable session for this config; the caller runs the command itself."""

@@ -23,18 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.cli.nodectl_control import SESSION_IDLE_S, SessionUnavailable, config_path, control
+from agent.cli.nodectl_control import SESSION_IDLE_S, config_path, control
+from agent.errors import CliError, SessionUnavailableError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 DEFAULT_CONFIG = Path("~/.config/nodectl/config")
 TIMEOUT_S = 30.0
-
-
-class CliError(Exception):
-    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,8 +409,6 @@ def _streaming(client: Client, args: argparse.Namespace) -> int | None:
                 bulk=True,
             )
         return None
-    except ns.StreamCliError as exc:
-        raise CliError(str(exc), exc.code) from exc
     except KeyboardInterrupt:
         return 130
 
@@ -430,7 +423,7 @@ def cmd_session(client: Client, args: argparse.Namespace) -> int | None:
         return _start_session(config, args.idle_timeout)
     try:
         reply = control(config, b"S" if args.action == "stop" else b"I")
-    except SessionUnavailable:
+    except SessionUnavailableError:
         raise CliError(f"no session is running for {config}") from None
     if args.action == "stop":
         print("session stopped")

@@ -26,6 +26,8 @@ import os
 import stat
 import sys
 
+from agent.errors import SessionUnavailableError
+
 # No ``collections.abc`` (1.7 ms of import) even for annotations: argv is a list here.
 
 SESSION_COMMANDS = frozenset({"exec", "logs"})
@@ -43,10 +45,6 @@ def code_identity() -> str:
     return f"{__version__}:{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}"
 
 
-class SessionUnavailable(Exception):
-    """No usable session for this config: the caller runs the command itself."""
-
-
 def config_path(explicit: str | None) -> str:
     """The config file a command uses, resolved as :func:`agent.cli.nodectl.load_config` does."""
     raw = explicit or os.environ.get("NODECTL_CONFIG") or DEFAULT_CONFIG
@@ -55,18 +53,18 @@ def config_path(explicit: str | None) -> str:
 
 def runtime_dir() -> str:
     """A directory only this user can enter: ``$XDG_RUNTIME_DIR/nodectl`` or
-    ``/tmp/nodectl-UID``. Refused (:class:`SessionUnavailable`) if someone else owns it or
+    ``/tmp/nodectl-UID``. Refused (:class:`SessionUnavailableError`) if someone else owns it or
     may write to it, since whoever controls it could pose as the session."""
     uid = os.getuid()
     path = runtime_dir_path()
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        raise SessionUnavailable(f"{path} does not exist") from None
+        raise SessionUnavailableError(f"{path} does not exist") from None
     if not (
         stat.S_ISDIR(st.st_mode) and st.st_uid == uid and stat.S_IMODE(st.st_mode) & 0o077 == 0
     ):
-        raise SessionUnavailable(f"{path}: not a 0700 directory owned by uid {uid}")
+        raise SessionUnavailableError(f"{path}: not a 0700 directory owned by uid {uid}")
     return path
 
 
@@ -92,17 +90,17 @@ def peer_uid(sock: _socket.socket) -> int:
 def connect(config: str) -> _socket.socket:
     """A connection to the session holder of ``config``, checked to run as this user."""
     if sys.platform != "linux":  # SOCK_SEQPACKET with SO_PEERCRED: Linux's
-        raise SessionUnavailable("nodectl sessions need Linux")
+        raise SessionUnavailableError("nodectl sessions need Linux")
     path = socket_path(runtime_dir(), config)
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
     try:
         sock.connect(path)
     except OSError as exc:
         sock.close()
-        raise SessionUnavailable(f"{path}: {exc.strerror}") from None
+        raise SessionUnavailableError(f"{path}: {exc.strerror}") from None
     if peer_uid(sock) != os.getuid():
         sock.close()
-        raise SessionUnavailable(f"{path}: held by another user")
+        raise SessionUnavailableError(f"{path}: held by another user")
     return sock
 
 
@@ -135,15 +133,15 @@ def split_command(argv: list[str]) -> tuple[str | None, str | None]:
 
 
 def run_in_session(argv: list[str]) -> int:
-    """Run ``argv`` in this config's session holder; :class:`SessionUnavailable` if it will
+    """Run ``argv`` in this config's session holder; :class:`SessionUnavailableError` if it will
     not (then nothing has happened yet)."""
     explicit, command = split_command(argv)
     if command not in SESSION_COMMANDS:
-        raise SessionUnavailable(f"{command} runs locally")
+        raise SessionUnavailableError(f"{command} runs locally")
     config = config_path(explicit)
     request = b"R" + encode_fields([code_identity(), config, *argv])
     if len(request) > MESSAGE_MAX_BYTES:
-        raise SessionUnavailable("arguments too long for a session request")
+        raise SessionUnavailableError("arguments too long for a session request")
     sock = connect(config)
     tty = wants_tty(argv)
     try:
@@ -160,14 +158,14 @@ def run_in_session(argv: list[str]) -> int:
         # ending with this connection still queued) and the command runs here instead. With
         # one, an unread resize could mean it ran: it must not run twice.
         if not tty:
-            raise SessionUnavailable("the session ended") from None
+            raise SessionUnavailableError("the session ended") from None
         reply = b""
     finally:
         sock.close()
     if reply[:1] == b"X":
         return int(reply[1:])
     if reply[:1] == b"F":
-        raise SessionUnavailable("the session declined")
+        raise SessionUnavailableError("the session declined")
     # The holder went away mid-command: the command may have run, so it must not run again.
     os.write(2, b"nodectl: the session ended before the command finished\n")
     return 1
@@ -203,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         return run_in_session(args)
-    except SessionUnavailable:
+    except SessionUnavailableError:
         pass
     except KeyboardInterrupt:
         return 130

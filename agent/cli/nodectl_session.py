@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from agent.aio.h2conn import H2Connection
 from agent.cli import nodectl, nodectl_control
 from agent.cli import nodectl_stream as ns
-from agent.errors import ConnectionClosedError, StreamingError
+from agent.errors import CliError, ConnectionClosedError, SessionUnavailableError, StreamingError
 
 IDLE_CHECK_S = 1.0
 STDIO_FDS = 3
@@ -69,8 +69,8 @@ def ensure_runtime_dir() -> str:
         os.mkdir(nodectl_control.runtime_dir_path(), 0o700)
     try:
         return nodectl_control.runtime_dir()  # refuses a directory somebody else made
-    except nodectl_control.SessionUnavailable as exc:
-        raise nodectl.CliError(str(exc)) from exc
+    except SessionUnavailableError as exc:
+        raise CliError(str(exc)) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +103,7 @@ def start_wanted(config_file: str) -> bool:
     If so, the attempt is recorded (the holder removes the record once it serves)."""
     try:
         files = SessionFiles.of(config_file)
-    except nodectl.CliError:
+    except CliError:
         return False  # a directory somebody else controls: a holder would refuse it too
     fd = lock_session(files)
     if fd is None:
@@ -309,7 +309,7 @@ class SessionHolder:
         try:
             with ns.raw_terminal(args.command == "exec" and args.tty, stdio.stdin):
                 return await ns.exec_or_logs(conn, args, stdio, resized)
-        except ns.StreamCliError as exc:
+        except CliError as exc:
             await stdio.write(stdio.stderr, f"nodectl: {exc}\n".encode())
             return exc.code
         except (ConnectionClosedError, StreamingError) as exc:
@@ -360,19 +360,19 @@ async def hold(config_file: str, idle_s: float, ready_fd: int) -> int:
         holder = SessionHolder(config_file, nodectl.load_config(config_file), idle_s)
         files = SessionFiles.of(config_file)
         lock = lock_session(files)
-    except (nodectl.CliError, OSError, ssl.SSLError) as exc:
+    except (CliError, OSError, ssl.SSLError) as exc:
         return _failed(ready_fd, exc)
     if lock is None:
-        return _failed(ready_fd, nodectl.CliError(f"a session is already running ({files.socket})"))
+        return _failed(ready_fd, CliError(f"a session is already running ({files.socket})"))
     try:
         try:
             await holder.master()
         except (OSError, ssl.SSLError, StreamingError, ConnectionClosedError) as exc:
-            return _failed(ready_fd, nodectl.CliError(f"cannot reach the master: {exc}"))
+            return _failed(ready_fd, CliError(f"cannot reach the master: {exc}"))
         try:
             listener = bind(files.socket)
         except OSError as exc:
-            return _failed(ready_fd, nodectl.CliError(f"{files.socket}: {exc.strerror}"))
+            return _failed(ready_fd, CliError(f"{files.socket}: {exc.strerror}"))
         try:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(files.attempt)
@@ -392,7 +392,7 @@ async def hold(config_file: str, idle_s: float, ready_fd: int) -> int:
 
 def _failed(ready_fd: int, exc: Exception) -> int:
     _report(ready_fd, f"nodectl: cannot start the session: {exc}")
-    return exc.code if isinstance(exc, nodectl.CliError) else nodectl.EXIT_ERROR
+    return exc.code if isinstance(exc, CliError) else nodectl.EXIT_ERROR
 
 
 def _report(ready_fd: int, line: str) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from agent.aio.h2conn import H2Connection, H2Stream, connect
 from agent.aio.malloc import tune_malloc
-from agent.errors import ConnectionClosedError, StreamingError
+from agent.errors import CliError, ConnectionClosedError, StreamingError
 from agent.proto import execframe
 from agent.proto.execframe import Channel
 
@@ -60,12 +60,6 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-class StreamCliError(Exception):
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 @dataclass(frozen=True, slots=True)
 class NodeTarget:
     node: str
@@ -79,11 +73,11 @@ def resolve_node(call: Callable[[str, str], Any], namespace: str, pod: str) -> N
     obj = call("GET", f"/v1/namespaces/{quoted}")
     node = (obj.get("spec") or {}).get("nodeName") or ""
     if not node:
-        raise StreamCliError(f"pod {namespace}/{pod} is not bound to a node yet")
+        raise CliError(f"pod {namespace}/{pod} is not bound to a node yet")
     node_obj = call("GET", f"/v1/nodes/{urllib.parse.quote(node)}")
     endpoint = ((node_obj.get("status") or {}).get("daemonEndpoints") or {}).get("nodeApi") or ""
     if not endpoint:
-        raise StreamCliError(f"node {node} has not reported its API endpoint yet")
+        raise CliError(f"node {node} has not reported its API endpoint yet")
     host, _, port = endpoint.rpartition(":")
     return NodeTarget(node, host.strip("[]"), int(port))
 
@@ -96,7 +90,7 @@ async def open_node(target: NodeTarget, ctx: ssl.SSLContext) -> H2Connection:
     got = conn.peer_common_name  # the chain was verified against the cluster CA
     if got != want:
         await conn.shutdown("wrong node")
-        raise StreamCliError(f"{target.host}:{target.port} is {got!r}, not {want!r}")
+        raise CliError(f"{target.host}:{target.port} is {got!r}, not {want!r}")
     return conn
 
 
@@ -112,7 +106,7 @@ async def _error_of(stream: H2Stream) -> str:
 async def _response(stream: H2Stream) -> None:
     await stream.response()
     if stream.status != 200:
-        raise StreamCliError(f"Error from node ({stream.status}): {await _error_of(stream)}")
+        raise CliError(f"Error from node ({stream.status}): {await _error_of(stream)}")
 
 
 # -- exec ---------------------------------------------------------------------------------
@@ -330,9 +324,9 @@ def parse_ports(specs: list[str]) -> list[PortPair]:
             remote_port = int(remote)
             local_port = int(local) if local else remote_port
         except ValueError:
-            raise StreamCliError(f"port {spec!r}: expected [LOCAL:]REMOTE", 2) from None
+            raise CliError(f"port {spec!r}: expected [LOCAL:]REMOTE", 2) from None
         if not (0 <= local_port <= 65535 and 1 <= remote_port <= 65535):
-            raise StreamCliError(f"port {spec!r}: out of range", 2)
+            raise CliError(f"port {spec!r}: out of range", 2)
         pairs.append(PortPair(local_port, remote_port))
     return pairs
 
@@ -373,7 +367,7 @@ async def port_forward_session(
                     await upload
                 finally:
                     upload.cancel()
-            except (StreamCliError, StreamingError, OSError) as exc:
+            except (CliError, StreamingError, OSError) as exc:
                 print(f"nodectl: error forwarding port {remote}: {exc}", file=sys.stderr)
             except asyncio.CancelledError:
                 pass  # the session is shutting down (Ctrl-C): nothing to report
@@ -403,7 +397,7 @@ async def port_forward_session(
         await asyncio.wait({stopping, conn.closed}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
         if not stop.is_set():
-            raise StreamCliError("lost the connection to the node")
+            raise CliError("lost the connection to the node")
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -457,6 +451,6 @@ def run(
         try:
             return runner(main())
         except ConnectionClosedError as exc:
-            raise StreamCliError(str(exc)) from exc
+            raise CliError(str(exc)) from exc
         except StreamingError as exc:
-            raise StreamCliError(str(exc)) from exc
+            raise CliError(str(exc)) from exc

@@ -28,24 +28,24 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent import __version__
 from agent.aio.logs import kv
-from agent.errors import AgentError, ManifestError, NotFoundError
+from agent.errors import (
+    AgentError,
+    BadRequestError,
+    CompactedError,
+    ForbiddenError,
+    ManifestError,
+    NotFoundError,
+    PkiError,
+    UnauthenticatedError,
+)
 from agent.master.pods import PodStore, pod_object
 from agent.master.policy import effective_peer
-from agent.master.registry import BadRequest, NodeRegistry
-from agent.master.store.base import CompactedError
-from agent.pki.core import PkiError, cert_to_pem, identity_of, public_key_id, verify_issued_by
+from agent.master.registry import NodeRegistry
+from agent.pki.core import cert_to_pem, identity_of, public_key_id, verify_issued_by
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20
-
-
-class Forbidden(AgentError):
-    http_status = 403
-
-
-class Unauthenticated(AgentError):
-    http_status = 401
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,8 +166,8 @@ class MasterApi:
         if who.kind == "admin":
             return who
         if who.kind == "anonymous":
-            raise Unauthenticated("a client certificate from this cluster is required")
-        raise Forbidden(f"{who.kind} {who.name!r} may not {request.method} {request.path}")
+            raise UnauthenticatedError("a client certificate from this cluster is required")
+        raise ForbiddenError(f"{who.kind} {who.name!r} may not {request.method} {request.path}")
 
     def require_reader(self, request: web.Request) -> Principal:
         """Reading nodes, pods and events: administrators and viewers (``system:viewers``)."""
@@ -188,10 +188,10 @@ class MasterApi:
                 node, public_key_id(key)
             ):
                 return who
-            raise Forbidden(f"node {node!r} is not (or no longer) approved with this key")
+            raise ForbiddenError(f"node {node!r} is not (or no longer) approved with this key")
         if who.kind == "anonymous":
-            raise Unauthenticated("a client certificate from this cluster is required")
-        raise Forbidden(f"{who.kind} {who.name!r} may not act on node {node!r}")
+            raise UnauthenticatedError("a client certificate from this cluster is required")
+        raise ForbiddenError(f"{who.kind} {who.name!r} may not act on node {node!r}")
 
     # -- handlers ---------------------------------------------------------------------------
 
@@ -199,9 +199,9 @@ class MasterApi:
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"request body is not JSON: {exc}") from exc
+            raise BadRequestError(f"request body is not JSON: {exc}") from exc
         if not isinstance(body, dict):
-            raise BadRequest("request body must be a JSON object")
+            raise BadRequestError("request body must be a JSON object")
         return body
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -255,7 +255,7 @@ class MasterApi:
         try:
             timeout_s = float(request.query.get("timeoutSeconds", "0"))
         except ValueError as exc:
-            raise BadRequest("timeoutSeconds must be a number") from exc
+            raise BadRequestError("timeoutSeconds must be a number") from exc
         result = await self.registry.poll(request.match_info["rid"], timeout_s)
         return web.json_response(result.body, status=result.status)
 
@@ -320,7 +320,7 @@ class MasterApi:
         name = request.match_info["name"]
         who = await self.require_node_or_admin(request, name)
         if who.kind != "node":
-            raise Forbidden("only the node itself renews its certificate")
+            raise ForbiddenError("only the node itself renews its certificate")
         body = await self._json(request)
         certificate = await self.registry.rotate(name, str(body.get("csr", "")))
         return web.json_response(
@@ -341,7 +341,7 @@ class MasterApi:
         try:
             after = int(request.query.get("resourceVersion", "0"))
         except ValueError as exc:
-            raise BadRequest("resourceVersion must be an integer") from exc
+            raise BadRequestError("resourceVersion must be an integer") from exc
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
         try:
@@ -364,14 +364,14 @@ class MasterApi:
         name = request.match_info["name"]
         who = await self.require_node_or_admin(request, name)
         if who.kind != "node":
-            raise Forbidden("mirror pods are written by their node only")
+            raise ForbiddenError("mirror pods are written by their node only")
         body = await self._json(request)
         meta = body.get("metadata") or {}
         if (
             meta.get("namespace") != request.match_info["ns"]
             or meta.get("name") != request.match_info["pod"]
         ):
-            raise BadRequest("the manifest's namespace/name must match the URL")
+            raise BadRequestError("the manifest's namespace/name must match the URL")
         await self.pods.put_mirror(name, body)
         return web.json_response(
             {"mirrored": f"{request.match_info['ns']}/{request.match_info['pod']}"}

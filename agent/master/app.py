@@ -24,12 +24,12 @@ from agent.aio.logs import kv
 from agent.aio.sdnotify import SystemdNotifier
 from agent.aio.tasks import start_guarded
 from agent.aio.tls import server_context
-from agent.errors import ConfigError, NotFoundError
+from agent.errors import BadGatewayError, ConfigError, NotFoundError
 from agent.master.api import MasterApi
 from agent.master.config import MasterConfig, load_master_config
 from agent.master.pki_files import ClusterPki, write_proxy_identity
 from agent.master.pods import PodStore
-from agent.master.proxy import BadGateway, StreamingProxy
+from agent.master.proxy import StreamingProxy
 from agent.master.registry import NodeRegistry
 from agent.master.store.sqlite import SqliteStore
 from agent.pki.core import certs_from_pem
@@ -176,7 +176,7 @@ class Master:
         found = await self.registry.get_record(node)
         endpoint = str(found[0].get("apiEndpoint") or "") if found else ""
         if not endpoint:
-            raise BadGateway(f"node {node} has not reported its API endpoint")
+            raise BadGatewayError(f"node {node} has not reported its API endpoint")
         host, _, port = endpoint.rpartition(":")
         return host.strip("[]"), int(port)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.aio.logs import kv
-from agent.errors import AgentError, ManifestError, NotFoundError
+from agent.errors import ManifestError, MirrorConflictError, NotFoundError
 from agent.manifest import parse_pod
 from agent.master.registry import APPROVED, NodeRegistry
 from agent.master.store.base import EventType, Store
@@ -93,7 +93,7 @@ class PodStore:
                 continue
             obj = json.loads(existing.value)
             if obj.get("mirror"):
-                raise MirrorConflict(
+                raise MirrorConflictError(
                     f"pod {pod.full_name} mirrors a static pod of node {obj['nodeName']}; "
                     f"change the manifest on that node"
                 )
@@ -307,7 +307,7 @@ class PodStore:
             raise NotFoundError(f"pod {namespace}/{name} not found")
         obj = json.loads(item.value)
         if obj.get("mirror"):
-            raise MirrorConflict(
+            raise MirrorConflictError(
                 f"pod {namespace}/{name} mirrors a static pod of node {obj['nodeName']}; "
                 f"remove its manifest on that node"
             )
@@ -324,7 +324,7 @@ class PodStore:
             if existing is not None:
                 obj = json.loads(existing.value)
                 if not obj.get("mirror") or obj["nodeName"] != node:
-                    raise MirrorConflict(f"pod {pod.full_name} already exists on the master")
+                    raise MirrorConflictError(f"pod {pod.full_name} already exists on the master")
                 if obj["manifest"] == dict(pod.manifest):
                     return
                 status = obj.get("status", status)
@@ -347,7 +347,7 @@ class PodStore:
             return
         obj = json.loads(item.value)
         if not obj.get("mirror") or obj["nodeName"] != node:
-            raise MirrorConflict(f"pod {namespace}/{name} is not a mirror pod of node {node}")
+            raise MirrorConflictError(f"pod {namespace}/{name} is not a mirror pod of node {node}")
         await self.store.delete(item.key, expected_mod_revision=item.mod_revision)
 
     async def get(self, namespace: str, name: str) -> dict[str, Any]:
@@ -426,10 +426,6 @@ def eviction_allowed(nodes: int, not_ready: int, threshold: float) -> bool:
     if not_ready >= nodes:
         return False
     return not (nodes > 2 and not_ready / nodes >= threshold)
-
-
-class MirrorConflict(AgentError):
-    http_status = 409
 
 
 def pod_object(obj: dict[str, Any]) -> dict[str, Any]:

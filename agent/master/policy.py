@@ -14,8 +14,9 @@ from enum import StrEnum
 
 from cryptography import x509
 
+from agent.errors import PkiError
 from agent.master.config import RegistrationPolicy
-from agent.pki.core import PkiError, identity_of, verify_issued_by
+from agent.pki.core import identity_of, verify_issued_by
 
 
 class Verdict(StrEnum):

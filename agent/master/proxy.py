@@ -29,12 +29,15 @@ from agent.aio.h2conn import H2Connection, H2Stream, connect
 from agent.aio.logs import kv
 from agent.errors import (
     AgentError,
+    BadGatewayError,
     ConnectionClosedError,
     ForbiddenError,
     NotFoundError,
+    PkiError,
     StreamingError,
+    UnauthenticatedError,
 )
-from agent.pki.core import Identity, PkiError, authenticate, identity_of
+from agent.pki.core import Identity, authenticate, identity_of
 from agent.pki.names import NODE_CN_PREFIX
 from agent.proto.h2mux import CLIENT_LIMITS
 from agent.proto.routes import CODE_EXECUTION_ACTIONS, STREAM_ROUTES
@@ -46,14 +49,6 @@ GROUPS_HEADER = "node-agent-groups"
 PROXY_COMMON_NAME = "system:node-proxy"
 NODE_LINK_LIMITS = CLIENT_LIMITS
 _FORWARDED_HEADERS = ("content-type",)
-
-
-class Unauthorized(StreamingError):
-    http_status = 401
-
-
-class BadGateway(StreamingError):
-    http_status = 502
 
 
 class StreamingProxy:
@@ -89,7 +84,7 @@ class StreamingProxy:
         try:
             ident = authenticate(stream.conn.peer_cert_der, self._cas())
         except PkiError as exc:
-            raise Unauthorized(str(exc)) from exc
+            raise UnauthenticatedError(str(exc)) from exc
         if not ident.may_read:
             raise ForbiddenError(f"{ident.common_name!r} may not exec, port-forward or read logs")
         return ident
@@ -116,7 +111,7 @@ class StreamingProxy:
                 [(USER_HEADER, who.common_name), (GROUPS_HEADER, ",".join(who.groups))],
             )
         except ConnectionClosedError as exc:
-            raise BadGateway(f"node {node}: {exc}") from exc
+            raise BadGatewayError(f"node {node}: {exc}") from exc
         try:
             await self._pump(user, upstream)
         except StreamingError:
@@ -176,12 +171,12 @@ class StreamingProxy:
                     name=f"proxy:{node}",
                 )
             except ConnectionClosedError as exc:
-                raise BadGateway(f"node {node} ({host}:{port}) unreachable: {exc}") from exc
+                raise BadGatewayError(f"node {node} ({host}:{port}) unreachable: {exc}") from exc
             der = link.peer_cert_der
             got = identity_of(x509.load_der_x509_certificate(der)).common_name if der else ""
             if got != NODE_CN_PREFIX + node:
                 await link.shutdown("wrong node")
-                raise BadGateway(f"{host}:{port} is {got!r}, not node {node!r}")
+                raise BadGatewayError(f"{host}:{port} is {got!r}, not node {node!r}")
             self._links[node] = link
             log.info("streaming link to node opened", extra=kv(node=node, addr=f"{host}:{port}"))
             return link

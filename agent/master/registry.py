@@ -24,7 +24,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent.aio.logs import kv
-from agent.errors import AgentError, NotFoundError
+from agent.errors import (
+    AgentError,
+    BadRequestError,
+    NameConflictError,
+    NotFoundError,
+    RegistrationRefusedError,
+)
 from agent.events import EventRecorder
 from agent.master.config import MasterConfig
 from agent.master.pki_files import ClusterPki
@@ -44,27 +50,15 @@ MAX_NODE_CONDITIONS = 16
 MAX_CONDITION_TEXT = 1024
 
 
-class RegistrationRefused(AgentError):
-    http_status = 403
-
-
-class NameConflict(AgentError):
-    http_status = 409
-
-
-class BadRequest(AgentError):
-    http_status = 400
-
-
 def node_csr_key(name: str, csr_pem: str) -> ec.EllipticCurvePublicKey:
     """The public key of a valid CSR for node ``name`` (CN=system:node:<name>)."""
     csr = load_csr(csr_pem.encode())
     ident = csr.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     if not ident or ident[0].value != NODE_CN_PREFIX + name:
-        raise BadRequest(f"the CSR's CN must be {NODE_CN_PREFIX}{name}")
+        raise BadRequestError(f"the CSR's CN must be {NODE_CN_PREFIX}{name}")
     public_key = csr.public_key()
     if not isinstance(public_key, ec.EllipticCurvePublicKey):
-        raise BadRequest("the CSR's key must be an EC key (P-256)")
+        raise BadRequestError("the CSR's key must be an EC key (P-256)")
     return public_key
 
 
@@ -189,7 +183,7 @@ class NodeRegistry:
         name = body.get("nodeName")
         csr_pem = body.get("csr")
         if not isinstance(name, str) or not isinstance(csr_pem, str):
-            raise BadRequest("nodeName and csr (PEM) are required strings")
+            raise BadRequestError("nodeName and csr (PEM) are required strings")
         public_key = node_csr_key(name, csr_pem)
         key_id = public_key_id(public_key)
         rid = request_id(name, key_id)
@@ -213,7 +207,7 @@ class NodeRegistry:
                             "requestedAt": _now_iso(),
                         }
                         await self._save(record, rev)
-                    raise NameConflict(
+                    raise NameConflictError(
                         f"node {name!r} is registered with a different key; an administrator "
                         f"must run `nodectl delete node {name}` or `nodectl approve {name} "
                         f"--force-replace` before it can join with this one"
@@ -246,7 +240,7 @@ class NodeRegistry:
             if decision.verdict is Verdict.REFUSE:
                 self._event(
                     name,
-                    "RegistrationRefused",
+                    "RegistrationRefusedError",
                     f"from {caller_ip}: {decision.reason}",
                     warning=True,
                 )
@@ -254,7 +248,7 @@ class NodeRegistry:
                     "registration refused",
                     extra=kv(node=name, peer=caller_ip, reason=decision.reason),
                 )
-                raise RegistrationRefused(decision.reason)
+                raise RegistrationRefusedError(decision.reason)
             record = {
                 "name": name,
                 "publicKeyId": key_id,
@@ -336,7 +330,9 @@ class NodeRegistry:
             if force_replace:
                 replacement = record.pop("replacement", None)
                 if not replacement:
-                    raise BadRequest(f"node {name!r} has no registration from a new key to accept")
+                    raise BadRequestError(
+                        f"node {name!r} has no registration from a new key to accept"
+                    )
                 record["publicKeyId"] = replacement["publicKeyId"]
                 record["requestId"] = request_id(name, replacement["publicKeyId"])
                 record["csr"] = replacement["csr"]
@@ -347,7 +343,7 @@ class NodeRegistry:
                 return
             csr_pem = record.get("csr")
             if not csr_pem:
-                raise BadRequest(f"node {name!r} has no pending certificate request")
+                raise BadRequestError(f"node {name!r} has no pending certificate request")
             public_key = node_csr_key(name, csr_pem)
             record["registration"] = APPROVED
             record["admittedBy"] = "approval"
@@ -405,7 +401,7 @@ class NodeRegistry:
 
         def change(record: dict[str, Any]) -> None:
             if record["registration"] != APPROVED:
-                raise RegistrationRefused(f"node {name!r} is {record['registration']}")
+                raise RegistrationRefusedError(f"node {name!r} is {record['registration']}")
             record["publicKeyId"] = public_key_id(public_key)
             record["requestId"] = request_id(name, record["publicKeyId"])
             record["certificate"] = self._issue_for(record, public_key)

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.errors import AgentError
+from agent.errors import PkiError
 from agent.pki.names import (
     MASTERS_GROUP,
     NODE_CN_PREFIX,
@@ -42,12 +42,6 @@ CLOCK_SKEW_S = 300  # certificates start a little in the past so skewed clocks a
 PIN_PREFIX = "sha256:"
 
 PrivateKey = ec.EllipticCurvePrivateKey
-
-
-class PkiError(AgentError):
-    """A key, CSR or certificate is invalid, or a chain or pin does not verify."""
-
-    http_status = 400
 
 
 @dataclass(frozen=True, slots=True)

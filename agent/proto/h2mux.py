@@ -33,7 +33,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from agent.errors import ProtocolViolation
+from agent.errors import H2_ENHANCE_YOUR_CALM, ProtocolViolation
 from agent.proto import h2lean
 
 Headers = tuple[tuple[str, str], ...]
@@ -576,7 +576,7 @@ class StreamMux:
 
     def _violation(self, reason: str) -> None:
         self.close(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, reason)
-        raise ProtocolViolation(reason)
+        raise ProtocolViolation(reason, H2_ENHANCE_YOUR_CALM)
 
 
 def _headers(raw: Iterable[tuple[Any, Any]]) -> Headers:

@@ -9,6 +9,7 @@ import pytest
 
 from agent import __version__
 from agent.cli import node_agent, node_master, nodectl, nodectl_control
+from agent.errors import SessionUnavailableError
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -169,16 +170,16 @@ def test_session_runtime_dir_must_be_private(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    with pytest.raises(nodectl_control.SessionUnavailable, match="does not exist"):
+    with pytest.raises(SessionUnavailableError, match="does not exist"):
         nodectl_control.runtime_dir()
     (tmp_path / "nodectl").mkdir(mode=0o755)
-    with pytest.raises(nodectl_control.SessionUnavailable, match="not a 0700 directory"):
+    with pytest.raises(SessionUnavailableError, match="not a 0700 directory"):
         nodectl_control.runtime_dir()
     (tmp_path / "nodectl").chmod(0o700)
     assert nodectl_control.runtime_dir() == str(tmp_path / "nodectl")
     (tmp_path / "nodectl").rmdir()
     (tmp_path / "nodectl").symlink_to(tmp_path)
-    with pytest.raises(nodectl_control.SessionUnavailable, match="not a 0700 directory"):
+    with pytest.raises(SessionUnavailableError, match="not a 0700 directory"):
         nodectl_control.runtime_dir()
 
 

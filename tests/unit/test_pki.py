@@ -11,8 +11,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from agent.errors import PkiError
 from agent.pki.core import (
-    PkiError,
     authenticate,
     build_csr,
     cert_to_pem,

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from agent.aio.bridge import ThreadBridge
-from agent.master.store.base import CompactedError, EventType, WatchEvent
+from agent.errors import CompactedError
+from agent.master.store.base import EventType, WatchEvent
 from agent.master.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.usefixtures("blockbuster")

@@ -10,20 +10,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from agent.errors import AgentError
-
-
-class StoreError(AgentError):
-    """The store failed (disk, corruption); the request cannot be served."""
-
-    http_status = 503
-
-
-class CompactedError(StoreError):
-    """A watch asked for history older than what is kept; the caller must relist."""
-
-    http_status = 410
-
 
 class EventType(StrEnum):
     PUT = "PUT"

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from agent.aio.bridge import ThreadBridge
-from agent.master.store.base import CompactedError, EventType, KeyValue, StoreError, WatchEvent
+from agent.errors import CompactedError, StoreError
+from agent.master.store.base import EventType, KeyValue, WatchEvent
 
 T = TypeVar("T")
 HISTORY_REVISIONS = 10_000

@@ -35,7 +35,14 @@ from agent.aio.bridge import ThreadBridge
 from agent.aio.logs import kv
 from agent.aio.tls import client_context
 from agent.config import AgentConfig, split_host_port
-from agent.errors import AgentError, ManifestError
+from agent.errors import (
+    AgentError,
+    IdentityRejectedError,
+    ManifestError,
+    MasterUnavailableError,
+    PkiError,
+    RegistrationDeniedError,
+)
 from agent.manifest import parse_pod
 from agent.node.backoff import ReconnectBackoff
 from agent.node.pods.manager import PodManager
@@ -43,7 +50,6 @@ from agent.node.runtime.base import Runtime
 from agent.node.streaming.api import StreamingRuntime
 from agent.node.streaming.server import NodeApi
 from agent.pki.core import (
-    PkiError,
     build_csr,
     certs_from_pem,
     check_pins,
@@ -72,16 +78,6 @@ STATUS_CHECK_S = 60.0  # how often the node's own status is recomputed
 STATUS_REFRESH_S = 300.0  # sent at least this often even when unchanged
 BACKOFF_INITIAL_S = 0.5
 _VIRTUAL_IFACES = ("lo", "docker", "veth", "br-", "virbr", "cni", "flannel", "cali")
-
-
-class MasterUnavailable(AgentError):
-    http_status = 503
-
-
-class IdentityRejected(AgentError):
-    """The master no longer accepts our certificate: register again."""
-
-    http_status = 401
 
 
 @dataclass(slots=True)
@@ -190,10 +186,10 @@ class MasterLink:
             try:
                 async with session.get(f"{self.master}/v1/ca") as resp:
                     if resp.status != 200:
-                        raise MasterUnavailable(f"GET /v1/ca answered {resp.status}")
+                        raise MasterUnavailableError(f"GET /v1/ca answered {resp.status}")
                     pem = await resp.read()
             except (aiohttp.ClientError, TimeoutError) as exc:
-                raise MasterUnavailable(f"cannot reach {self.master}: {exc}") from exc
+                raise MasterUnavailableError(f"cannot reach {self.master}: {exc}") from exc
         bundle = certs_from_pem(pem)
         if self.config.ca_cert_hash:
             check_pins(bundle, self.config.ca_cert_hash)  # PkiError: refuse, nothing sent
@@ -243,7 +239,7 @@ class MasterLink:
                     extra=kv(master=self.master, error=str(exc)),
                 )
                 wait = random.uniform(0, self._denied_retry_s)
-            except IdentityRejected as exc:
+            except IdentityRejectedError as exc:
                 self.state.problem = f"master: {exc}"
                 log.warning(
                     "master rejected our certificate; registering again", extra=kv(error=str(exc))
@@ -251,7 +247,7 @@ class MasterLink:
                 await self.bridge.run(self._forget_cert)
                 self._watch_revision = None
                 wait = random.uniform(0, BACKOFF_INITIAL_S)
-            except _Denied as exc:
+            except RegistrationDeniedError as exc:
                 self.state.problem = f"registration: {exc}"
                 log.error(
                     "registration refused by the master",
@@ -315,12 +311,12 @@ class MasterLink:
                         answer = await resp.json(content_type=None)
                         status = resp.status
             except (aiohttp.ClientError, TimeoutError) as exc:
-                raise MasterUnavailable(f"registration failed: {exc}") from exc
+                raise MasterUnavailableError(f"registration failed: {exc}") from exc
         if status in (403, 409):
             reason = answer.get("reason") or answer.get("error", {}).get("message", "")
-            raise _Denied(f"{status}: {reason}")
+            raise RegistrationDeniedError(f"{status}: {reason}")
         if status != 200 or "certificate" not in answer:
-            raise MasterUnavailable(f"registration answered {status}: {answer}")
+            raise MasterUnavailableError(f"registration answered {status}: {answer}")
         await self.bridge.run(self._write, "node.crt", answer["certificate"].encode())
         log.info(
             "registered with the master",
@@ -385,16 +381,16 @@ class MasterLink:
             ) as resp:
                 data = await resp.json(content_type=None)
                 if resp.status in (401, 403):
-                    raise IdentityRejected(
+                    raise IdentityRejectedError(
                         f"{method} {path}: {resp.status} {data.get('error', {}).get('message', '')}"
                     )
                 if resp.status >= 500:
-                    raise MasterUnavailable(f"{method} {path}: {resp.status}")
+                    raise MasterUnavailableError(f"{method} {path}: {resp.status}")
                 if resp.status >= 400:
                     raise AgentError(f"{method} {path}: {resp.status} {data}")
                 return data
         except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as exc:
-            raise MasterUnavailable(f"{method} {path}: {exc}") from exc
+            raise MasterUnavailableError(f"{method} {path}: {exc}") from exc
 
     async def _node_status(self) -> dict[str, Any]:
         addresses = await self.bridge.run(node_addresses)
@@ -487,24 +483,24 @@ class MasterLink:
         try:
             async with session.get(url) as resp:
                 if resp.status in (401, 403):
-                    raise IdentityRejected(f"pod watch: {resp.status}")
+                    raise IdentityRejectedError(f"pod watch: {resp.status}")
                 if resp.status == 410:
                     self._watch_revision = None
-                    raise MasterUnavailable("pod watch: history compacted; relisting")
+                    raise MasterUnavailableError("pod watch: history compacted; relisting")
                 if resp.status != 200:
-                    raise MasterUnavailable(f"pod watch: {resp.status}")
+                    raise MasterUnavailableError(f"pod watch: {resp.status}")
                 async for line in resp.content:
                     self._on_watch_event(json.loads(line))
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise MasterUnavailable(f"pod watch: {exc}") from exc
-        raise MasterUnavailable("pod watch ended")
+            raise MasterUnavailableError(f"pod watch: {exc}") from exc
+        raise MasterUnavailableError("pod watch ended")
 
     def _on_watch_event(self, event: dict[str, Any]) -> None:
         if event.get("type") == "ERROR":
             error = event["object"]["error"]
             if error.get("code") == 410:
                 self._watch_revision = None  # too old: relist on the next attempt
-            raise MasterUnavailable(f"pod watch: {error['message']}")
+            raise MasterUnavailableError(f"pod watch: {error['message']}")
         obj = event["object"]
         full = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
         changed = True
@@ -538,7 +534,7 @@ class MasterLink:
             path = f"/v1/nodes/{node}/mirrorpods/{pod.metadata.namespace}/{pod.metadata.name}"
             try:
                 await self._call(session, "PUT", path, dict(pod.manifest))
-            except IdentityRejected:
+            except IdentityRejectedError:
                 raise
             except AgentError as exc:
                 log.warning(
@@ -581,7 +577,7 @@ class MasterLink:
                         f"/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status",
                         item["status"],
                     )
-                except IdentityRejected:
+                except IdentityRejectedError:
                     raise
                 except AgentError as exc:
                     log.debug("status report skipped", extra=kv(pod=full, error=str(exc)))
@@ -591,7 +587,7 @@ class MasterLink:
     async def _rotate_when_due(self, session: aiohttp.ClientSession, ca_pem: bytes) -> None:
         current: bytes | None = await self.bridge.run(self._read, "node.crt")
         if current is None:
-            raise IdentityRejected("node certificate disappeared")
+            raise IdentityRejectedError("node certificate disappeared")
         cert = certs_from_pem(current)[0]
         due = rotation_due_at(cert)
         wait = (due - dt.datetime.now(dt.UTC)).total_seconds()
@@ -610,11 +606,7 @@ class MasterLink:
             ),
         )
         # Reconnect with the new certificate; the pods keep running meanwhile.
-        raise MasterUnavailable("reconnecting with the rotated certificate")
-
-
-class _Denied(AgentError):
-    http_status = 403
+        raise MasterUnavailableError("reconnecting with the rotated certificate")
 
 
 def _most_telling(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -627,7 +619,7 @@ def _most_telling(group: BaseExceptionGroup[BaseException]) -> BaseException:
             stack.extend(item.exceptions)
         else:
             flat.append(item)
-    for kind in (IdentityRejected, MasterUnavailable):
+    for kind in (IdentityRejectedError, MasterUnavailableError):
         for exc in flat:
             if isinstance(exc, kind):
                 return exc

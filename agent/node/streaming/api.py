@@ -34,12 +34,21 @@ from cryptography import x509
 
 from agent.aio.h2conn import H2Stream
 from agent.aio.logs import kv
-from agent.errors import AgentError, ForbiddenError, NotFoundError, StreamingError
+from agent.errors import (
+    AgentError,
+    BadRequestError,
+    ForbiddenError,
+    NotFoundError,
+    NotRunningError,
+    PkiError,
+    PortUnreachableError,
+    UnauthenticatedError,
+)
 from agent.node.pods.manager import PodManager
 from agent.node.runtime.base import ContainerRecord
 from agent.node.runtime.docker import ExecSession
 from agent.node.runtime.dockerstream import STDERR, DockerStreamDemux
-from agent.pki.core import Identity, PkiError, authenticate
+from agent.pki.core import Identity, authenticate
 from agent.proto import execframe
 from agent.proto.execframe import Channel
 from agent.proto.routes import CODE_EXECUTION_ACTIONS, STREAM_ROUTES
@@ -82,22 +91,6 @@ class StreamingRuntime(Protocol):
     ) -> Any: ...
 
 
-class BadRequest(StreamingError):
-    http_status = 400
-
-
-class Unauthorized(StreamingError):
-    http_status = 401
-
-
-class NotRunning(StreamingError):
-    http_status = 409
-
-
-class PortUnreachable(StreamingError):
-    http_status = 502
-
-
 @dataclass(frozen=True, slots=True)
 class Target:
     namespace: str
@@ -125,7 +118,7 @@ def _flag(query: dict[str, list[str]], name: str) -> bool:
         return False
     if value in ("1", "true"):
         return True
-    raise BadRequest(f"query parameter {name}={value!r}: expected 1/0 or true/false")
+    raise BadRequestError(f"query parameter {name}={value!r}: expected 1/0 or true/false")
 
 
 def _int(query: dict[str, list[str]], name: str, low: int, high: int) -> int | None:
@@ -135,9 +128,9 @@ def _int(query: dict[str, list[str]], name: str, low: int, high: int) -> int | N
     try:
         value = int(raw)
     except ValueError:
-        raise BadRequest(f"query parameter {name}={raw!r} is not an integer") from None
+        raise BadRequestError(f"query parameter {name}={raw!r} is not an integer") from None
     if not low <= value <= high:
-        raise BadRequest(f"query parameter {name}={value} is outside {low}..{high}")
+        raise BadRequestError(f"query parameter {name}={value} is outside {low}..{high}")
     return value
 
 
@@ -194,7 +187,7 @@ class StreamingApi:
         try:
             ident = authenticate(stream.conn.peer_cert_der, self._cas())
         except PkiError as exc:
-            raise Unauthorized(str(exc)) from exc
+            raise UnauthenticatedError(str(exc)) from exc
         if ident.is_proxy:
             # The master relays a user's stream: that user is who is authorized and audited.
             user = stream.header(USER_HEADER) or ""
@@ -249,7 +242,9 @@ class StreamingApi:
         name = (query.get("container") or [""])[-1]
         if not name:
             if len(names) != 1:
-                raise BadRequest(f"pod has several containers, choose one with container= {names}")
+                raise BadRequestError(
+                    f"pod has several containers, choose one with container= {names}"
+                )
             name = names[0]
         if name not in names:
             raise NotFoundError(f"container {name!r} not found in pod (containers: {names})")
@@ -273,11 +268,11 @@ class StreamingApi:
         query = target.query
         command = query.get("command") or []
         if not command or not command[0]:
-            raise BadRequest("exec needs at least one command= parameter")
+            raise BadRequestError("exec needs at least one command= parameter")
         stdin, tty = _flag(query, "stdin"), _flag(query, "tty")
         name, mine = self._container_records(pod, records, query)
         if not mine or not mine[-1].running:
-            raise NotRunning(f"container {name!r} of pod {pod_name} is not running")
+            raise NotRunningError(f"container {name!r} of pod {pod_name} is not running")
         session = await self._runtime.exec_start(mine[-1].id, command, stdin=stdin, tty=tty)
         started = time.monotonic()
         exit_code: int | None = None
@@ -367,15 +362,15 @@ class StreamingApi:
     ) -> None:
         port = _int(target.query, "port", 1, 65535)
         if port is None:
-            raise BadRequest("port-forward needs port=")
+            raise BadRequestError("port-forward needs port=")
         sandbox = next((r for r in records if r.is_sandbox and r.running), None)
         if sandbox is None:
-            raise NotRunning(f"pod {pod_name} has no running sandbox")
+            raise NotRunningError(f"pod {pod_name} has no running sandbox")
         pid = await self._runtime.container_pid(sandbox.id)
         try:
             sock = await self._run_blocking(connect_in_netns, pid, port, PORT_CONNECT_TIMEOUT_S)
         except OSError as exc:
-            raise PortUnreachable(
+            raise PortUnreachableError(
                 f"cannot connect to 127.0.0.1:{port} in pod {pod_name}: {exc.strerror or exc}"
             ) from exc
         started = time.monotonic()

@@ -24,9 +24,10 @@ from agent.aio.h2conn import HANDSHAKE_TIMEOUT_S, AlpnSwitch, H2Connection, serv
 from agent.aio.logs import kv
 from agent.aio.tls import server_context
 from agent.config import split_host_port
+from agent.errors import PkiError
 from agent.node.pods.manager import PodManager
 from agent.node.streaming.api import StreamingApi, StreamingRuntime
-from agent.pki.core import PkiError, authenticate, certs_from_pem
+from agent.pki.core import authenticate, certs_from_pem
 
 log = logging.getLogger(__name__)
 
