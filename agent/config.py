@@ -19,7 +19,7 @@ import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -376,10 +376,6 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 def overrides_from_args(ns: argparse.Namespace) -> dict[str, object]:
     """The config keys of parsed flags, None for the flags not given."""
     return {key.name: getattr(ns, key.name, None) for key in AGENT_KEYS}
-
-
-def config_field_names() -> list[str]:
-    return [f.name for f in fields(AgentConfig)]
 
 
 def _type_doc(key: Key) -> str:

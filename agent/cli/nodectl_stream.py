@@ -30,7 +30,6 @@ from agent.proto import execframe
 from agent.proto.execframe import Channel
 
 READ_CHUNK_BYTES = 1 << 20
-EXIT_STREAM_FAILED = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,6 @@ from agent.pki.names import (
 CA_LIFETIME_DAYS = 3650
 SERVING_LIFETIME_DAYS = 825
 ADMIN_LIFETIME_DAYS = 365
-NODE_LIFETIME_S = 30 * 24 * 3600
 CLOCK_SKEW_S = 300  # certificates start a little in the past so skewed clocks accept them
 PIN_PREFIX = "sha256:"
 
