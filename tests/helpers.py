@@ -447,11 +447,9 @@ class MasterProcess:
     def nodes(self) -> dict[str, dict[str, Any]]:
         done = self.nodectl("get", "nodes", "-o", "json")
         assert done.returncode == 0, done.stderr
-        if not done.stdout.strip():
-            return {}
         data = json.loads(done.stdout)
-        items = data["items"] if data.get("kind") == "List" else [data]
-        return {n["metadata"]["name"]: n for n in items}
+        assert data["kind"] == "List", data  # as kubectl: a list get is a List, even of one
+        return {n["metadata"]["name"]: n for n in data["items"]}
 
     def node(self, name: str) -> dict[str, Any] | None:
         return self.nodes().get(name)
@@ -459,11 +457,9 @@ class MasterProcess:
     def pods(self) -> dict[str, dict[str, Any]]:
         done = self.nodectl("get", "pods", "-A", "-o", "json")
         assert done.returncode == 0, done.stderr
-        if not done.stdout.strip():
-            return {}
         data = json.loads(done.stdout)
-        items = data["items"] if data.get("kind") == "List" else [data]
-        return {p["metadata"]["name"]: p for p in items}
+        assert data["kind"] == "List", data
+        return {p["metadata"]["name"]: p for p in data["items"]}
 
 
 def node_ready(master: MasterProcess, name: str) -> dict[str, Any] | None:

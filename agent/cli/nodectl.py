@@ -204,29 +204,21 @@ def _pod_row(pod: dict[str, Any], wide: bool, all_namespaces: bool) -> list[str]
     return row
 
 
-def _emit(
+def _emit_documents(items: list[dict[str, Any]], output: str, single: bool) -> None:
+    """``-o json|yaml`` as kubectl prints them: ``get TYPE NAME`` prints the object, every other
+    get prints a ``List`` (also of zero or one item, so ``jq '.items[]'`` always works)."""
+    document = items[0] if single else {"apiVersion": "v1", "kind": "List", "items": items}
+    if output == "json":
+        print(json.dumps(document, indent=2))
+        return
+    import yaml
+
+    print(yaml.safe_dump(document, sort_keys=False), end="")
+
+
+def _emit_table(
     objects: list[dict[str, Any]], kind: str, output: str | None, all_namespaces: bool
 ) -> None:
-    if output == "json":
-        print(
-            json.dumps(
-                {"apiVersion": "v1", "kind": "List", "items": objects}
-                if len(objects) != 1
-                else objects[0],
-                indent=2,
-            )
-        )
-        return
-    if output == "yaml":
-        import yaml
-
-        print(
-            yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": objects}, sort_keys=False),
-            end="",
-        )
-        return
-    if output not in (None, "wide"):
-        raise CliError(f"unknown output format {output!r} (json, yaml, wide)", EXIT_USAGE)
     wide = output == "wide"
     if not objects:
         print(f"No {kind} found.", file=sys.stderr)
@@ -265,23 +257,26 @@ def _kinds(spec: str) -> list[str]:
 
 
 def cmd_get(client: Client, args: argparse.Namespace) -> None:
+    found: list[tuple[str, list[dict[str, Any]]]] = []
     for kind in _kinds(args.kind):
         if kind == "nodes":
             items = client.call("GET", "/v1/nodes")["items"]
-            if args.name:
-                items = [n for n in items if n["metadata"]["name"] == args.name]
-                if not items:
-                    raise CliError(f'Error from server (NotFound): node "{args.name}" not found')
         else:
             query = (
                 "" if args.all_namespaces else "?namespace=" + urllib.parse.quote(args.namespace)
             )
             items = client.call("GET", "/v1/pods" + query)["items"]
-            if args.name:
-                items = [p for p in items if p["metadata"]["name"] == args.name]
-                if not items:
-                    raise CliError(f'Error from server (NotFound): pod "{args.name}" not found')
-        _emit(items, kind, args.output, args.all_namespaces)
+        if args.name:
+            items = [item for item in items if item["metadata"]["name"] == args.name]
+            if not items:
+                raise CliError(f'Error from server (NotFound): {kind[:-1]} "{args.name}" not found')
+        found.append((kind, items))
+    if args.output in ("json", "yaml"):
+        every = [item for _, items in found for item in items]
+        _emit_documents(every, args.output, single=bool(args.name) and len(every) == 1)
+        return
+    for kind, items in found:
+        _emit_table(items, kind, args.output, args.all_namespaces)
 
 
 def cmd_describe(client: Client, args: argparse.Namespace) -> None:
