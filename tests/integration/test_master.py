@@ -242,8 +242,9 @@ def test_wrong_ca_pin_refuses_before_sending_anything(
     wait_for(
         lambda: health_says(agent, "does not match any pinned hash"), what="pin mismatch reported"
     )
+    # The master admits every registration under its default open policy, so a registration
+    # that had been sent would have created this node's record.
     assert agent.node_name not in master.nodes()
-    assert "registrations" not in master.log_path.read_text()
     assert not (agent.state_dir / "pki" / "node.crt").exists()
 
 

@@ -195,13 +195,16 @@ def test_restart_policy_terminal(
     cs = pod["status"]["containerStatuses"][0]
     assert cs["state"]["terminated"]["exitCode"] == exit_code
     assert cs["restartCount"] == restarts
-    # Stays terminal: an agent resync (relist every 2 s) does not restart it.
-    status, _ = agent.get("/healthz")
-    assert status == 200
-    wait_for(
-        lambda: agent.pod("job")["status"]["containerStatuses"][0]["restartCount"] == 0,
-        what="no restart",
-    )
+    container_id = cs["containerID"]
+    # Stays terminal through a full reconcile: a restarted agent is healthy only once it has
+    # synced every pod, and must adopt the exited container, not run it again or replace it.
+    assert agent.stop() == 0
+    agent.start()
+    pod = wait_for(terminal, what=f"phase {phase} after the agent restarted")
+    cs = pod["status"]["containerStatuses"][0]
+    assert cs["restartCount"] == restarts
+    assert cs["containerID"] == container_id
+    assert cs["state"]["terminated"]["exitCode"] == exit_code
 
 
 def test_on_failure_restarts_failed_container(make_agent: MakeAgent) -> None:
