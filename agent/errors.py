@@ -136,6 +136,13 @@ class ImageUnavailableError(RuntimeOperationError):
     http_status = 502
 
 
+class ImageConflictError(RuntimeOperationError):
+    """An image cannot be removed as asked: a container (in any state) uses it, or it was named
+    by id while several references still name it."""
+
+    http_status = 409
+
+
 # -- node state -------------------------------------------------------------------------------
 
 
