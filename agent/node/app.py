@@ -21,6 +21,7 @@ import psutil
 
 from agent import __version__
 from agent.aio.bridge import ThreadBridge
+from agent.aio.clock import Clock, SystemClock
 from agent.aio.logs import kv
 from agent.aio.sdnotify import SystemdNotifier
 from agent.aio.tasks import start_guarded
@@ -35,7 +36,7 @@ from agent.node.pods.checkpoint import CheckpointStore
 from agent.node.pods.manager import PodManager
 from agent.node.pods.sources import ManifestDirSource
 from agent.node.pods.specs import SpecContext
-from agent.node.pods.worker import Clock, SystemClock, WorkerBook, WorkerDeps
+from agent.node.pods.worker import WorkerBook, WorkerDeps
 from agent.node.runtime.base import Runtime
 from agent.node.runtime.docker import DockerRuntime
 

@@ -18,9 +18,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from agent.aio.bridge import ThreadBridge
+from agent.aio.clock import Clock
 from agent.aio.logs import kv
 from agent.errors import (
     AgentError,
@@ -42,17 +43,6 @@ SYNC_RETRY_INITIAL_S = 1.0
 SYNC_RETRY_MAX_S = 30.0
 RECORDS_KEPT_PER_CONTAINER = 2  # the current one and the previous one (``logs --previous``)
 SANDBOX_GRACE_S = 0
-
-
-class Clock(Protocol):
-    def time(self) -> float:
-        """Wall-clock seconds; back-off deadlines survive agent restarts, so not monotonic."""
-        ...
-
-
-class SystemClock:
-    def time(self) -> float:
-        return time.time()
 
 
 @dataclass(slots=True)
