@@ -6,7 +6,7 @@ Run: ``.venv/bin/python bench/streaming.py [--mib 256] [--rounds 3] [--pings 200
 
 Every path ends at the same echo server: a host-side process that splices each connection's
 bytes back (socket -> pipe -> socket in the kernel, no copies through Python), several times
-faster than any path under test (DESIGN §6: busybox ``nc`` in a container capped every path near
+faster than any path under test (docs/architecture.md §6: busybox ``nc`` in a container capped every path near
 250 MB/s). The pod is a hostNetwork pod, so ``nodectl port-forward`` reaches the echo on
 127.0.0.1 inside the pod's network namespace (setns, as for any pod) and the baselines reach the
 same port directly. Bulk: ``--mib`` MiB written and the same read back concurrently on

@@ -514,7 +514,7 @@ class H2Connection(asyncio.Protocol):
 
 class AlpnSwitch(asyncio.Protocol):
     """Serves HTTP/2 and HTTP/1.1 on one TLS port: after the handshake, hands the transport to
-    the protocol the client chose with ALPN (DESIGN §2: the node API speaks both)."""
+    the protocol the client chose with ALPN (docs/architecture.md §1: the node API speaks both)."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""glibc malloc tuning for the streaming path (DESIGN §6).
+"""glibc malloc tuning for the streaming path (docs/architecture.md §6).
 
 Relaying means allocating and freeing 64 KiB to 1 MiB buffers all the time; with glibc's defaults
 each of them is an mmap/munmap pair or a heap trim, which measured at more than half of the

@@ -1,4 +1,4 @@
-"""Cryptography for the cluster (DESIGN §3): private keys, CSRs, the cluster CA, issuing node
+"""Cryptography for the cluster (docs/architecture.md §2): private keys, CSRs, the cluster CA, issuing node
 and admin certificates, SPKI pins (``--ca-cert-hash``) and when to rotate (``core``). Pure
 ``cryptography`` code with no I/O beyond writing key files; used by the master and the agent."""
 

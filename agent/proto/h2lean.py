@@ -1,4 +1,4 @@
-"""h2 without the per-byte copies and the per-frame payload dumps (DESIGN §6): our one guarded
+"""h2 without the per-byte copies and the per-frame payload dumps (docs/architecture.md §5, docs/streaming.md): our one guarded
 place for working around h2 4.x / hyperframe 6.x internals.
 
 What stock h2 costs a relay, measured on the master (docs/streaming.md, "h2's copies"): every

@@ -1,6 +1,6 @@
 """The HTTP/2 stream multiplexer (sans-IO): bytes in, past-tense events out, bytes to send.
 
-It wraps h2 and adds what h2 leaves to its user (DESIGN §4):
+It wraps h2 and adds what h2 leaves to its user (docs/architecture.md §5):
 
 * bounded per-stream send buffers: ``send_data`` queues, ``StreamWritable`` is emitted when a
   stream's buffer drains below the low-water mark after it went above the high-water mark, so a

@@ -1,4 +1,4 @@
-"""Abuse cases against the HTTP/2 server (DESIGN §4.6), each performed by a hand-made client
+"""Abuse cases against the HTTP/2 server (docs/architecture.md §5, rule 6), each performed by a hand-made client
 over real TLS on loopback: the server ends the attacker's connection (GOAWAY or resets) with
 bounded memory and bounded work, and a well-behaved client on another connection keeps working.
 The server is our driver (``agent.aio.h2conn``) with an echo handler, the same code the node API
