@@ -1,4 +1,5 @@
-"""Pod → container specs: names, labels, resources, env, mounts, sandbox; the pause ELF."""
+"""Docker records and references, the pause ELF (the pod → spec cases are in
+tests/unit/node/pods/test_specs.py)."""
 
 from __future__ import annotations
 
@@ -12,105 +13,8 @@ from pathlib import Path
 import pytest
 
 from agent.errors import RuntimeOperationError
-from agent.manifest import parse_pod
-from agent.node.pods.specs import SpecContext, app_spec, container_name, sandbox_spec
 from agent.node.runtime.docker import _split_reference, record_from_inspect, record_from_summary
 from agent.node.runtime.pause import pause_elf, pause_rootfs_tar
-
-CTX = SpecContext(
-    node_name="n1", sandbox_image="pause:1", state_dir=Path("/state"), host_ip="10.1.2.3"
-)
-
-
-def make_pod() -> object:
-    return parse_pod(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": "web",
-                "namespace": "shop",
-                "uid": "abcdef12-0000-0000-0000-000000000000",
-            },
-            "spec": {
-                "volumes": [
-                    {"name": "data", "emptyDir": {}},
-                    {"name": "logs", "hostPath": {"path": "/var/log"}},
-                ],
-                "containers": [
-                    {
-                        "name": "app",
-                        "image": "img:1",
-                        "command": ["run"],
-                        "args": ["--x"],
-                        "ports": [{"containerPort": 80, "hostPort": 8080}],
-                        "env": [
-                            {"name": "A", "value": "1"},
-                            {"name": "A", "value": "2"},
-                            {
-                                "name": "IP",
-                                "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
-                            },
-                            {
-                                "name": "HOST",
-                                "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}},
-                            },
-                            {
-                                "name": "NODE",
-                                "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}},
-                            },
-                        ],
-                        "resources": {
-                            "limits": {"cpu": "250m", "memory": "64Mi"},
-                            "requests": {"cpu": "1m"},
-                        },
-                        "volumeMounts": [
-                            {"name": "data", "mountPath": "/data"},
-                            {"name": "logs", "mountPath": "/l", "readOnly": True},
-                        ],
-                    }
-                ],
-            },
-        },
-        source="file:/m/web.yaml",
-        node_name="n1",
-    )
-
-
-def test_container_names_are_readable_and_per_attempt() -> None:
-    pod = make_pod()
-    assert container_name(pod, "app", 3) == "app_web_shop_abcdef12_3"  # type: ignore[arg-type]
-
-
-def test_app_spec_maps_kubernetes_to_docker() -> None:
-    pod = make_pod()
-    spec = app_spec(CTX, pod, pod.spec.containers[0], 2, "sandbox-id", "172.17.0.9")  # type: ignore[attr-defined,arg-type]
-    assert spec.entrypoint == ("run",)
-    assert spec.cmd == ("--x",)
-    assert spec.env == {"A": "2", "IP": "172.17.0.9", "HOST": "10.1.2.3", "NODE": "n1"}
-    assert spec.nano_cpus == 250_000_000
-    assert spec.cpu_shares == 2  # 1m → the kernel minimum
-    assert spec.memory_bytes == 64 * 2**20
-    assert spec.network_of == "sandbox-id"
-    assert [(m.source, m.target, m.read_only) for m in spec.mounts] == [
-        ("/state/pods/abcdef12-0000-0000-0000-000000000000/volumes/data", "/data", False),
-        ("/var/log", "/l", True),
-    ]
-    assert spec.labels["io.node-agent.node"] == "n1"
-    assert spec.labels["io.node-agent.attempt"] == "2"
-    assert spec.labels["io.node-agent.kind"] == "app"
-    assert spec.labels["io.node-agent.pod.source"] == "file:/m/web.yaml"
-
-
-def test_sandbox_spec_carries_manifest_and_host_ports() -> None:
-    pod = make_pod()
-    spec = sandbox_spec(CTX, pod, 0)  # type: ignore[arg-type]
-    assert spec.name == "POD_web_shop_abcdef12_0"
-    assert spec.image == "pause:1"
-    assert spec.hostname == "web"
-    assert [(p.container_port, p.host_port) for p in spec.port_bindings] == [(80, 8080)]
-    assert '"name":"web"' in spec.labels["io.node-agent.pod.manifest"]
-    assert spec.labels["io.node-agent.kind"] == "sandbox"
 
 
 @pytest.mark.parametrize(

@@ -10,15 +10,13 @@ agent restart neither resets back-off nor restarts running containers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from agent.aio.bridge import ThreadBridge
 from agent.aio.clock import Clock
@@ -41,8 +39,8 @@ log = logging.getLogger(__name__)
 
 SYNC_RETRY_INITIAL_S = 1.0
 SYNC_RETRY_MAX_S = 30.0
+MIN_WAKE_S = 0.01  # a deadline already passed still yields to the loop once
 RECORDS_KEPT_PER_CONTAINER = 2  # the current one and the previous one (``logs --previous``)
-SANDBOX_GRACE_S = 0
 
 
 @dataclass(slots=True)
@@ -63,19 +61,73 @@ class WorkerBook:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> WorkerBook:
-        attempts = {str(k): int(v) for k, v in dict(data.get("attempts") or {}).items()}
-        restarts = {
-            str(k): RestartState.from_json(dict(v))
-            for k, v in dict(data.get("restarts") or {}).items()
-        }
-        start = data.get("start_time")
+    def from_json(cls, data: object) -> WorkerBook:
+        """The book ``to_json`` wrote; missing or null fields take their defaults.
+
+        Raises ValueError naming the offending field for anything else (a checkpoint edited by
+        hand, or written by another version): the caller decides what to do with the pod.
+        """
+        book = _object(data, "worker book")
+        restarts: dict[str, RestartState] = {}
+        for name, value in _object(book.get("restarts") or {}, "worker book restarts").items():
+            where = f"worker book restarts[{name!r}]"
+            entry = dict(_object(value, where))
+            try:
+                restarts[str(name)] = RestartState.from_json(entry)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from exc
+        start = book.get("start_time")
+        if start is not None and not _is_number(start):
+            raise ValueError(f"worker book start_time: expected a number, got {start!r}")
         return cls(
-            attempts=attempts,
+            attempts={
+                str(name): _integer(value, f"worker book attempts[{name!r}]")
+                for name, value in _object(
+                    book.get("attempts") or {}, "worker book attempts"
+                ).items()
+            },
             restarts=restarts,
-            sandbox_attempt=int(data.get("sandbox_attempt", -1)),
-            start_time=float(start) if isinstance(start, (int, float)) else None,
+            sandbox_attempt=_integer(
+                book.get("sandbox_attempt", -1), "worker book sandbox_attempt"
+            ),
+            start_time=float(start) if start is not None else None,
         )
+
+
+def _object(value: object, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where}: expected an object, got {type(value).__name__}")
+    return value
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(value: object, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{where}: expected an integer, got {value!r}")
+    return value
+
+
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Timers(Protocol):
+    """Where the worker's timed wake-ups (back-off, sync retry) come from, so that tests fire
+    them by advancing a fake clock instead of waiting."""
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> Timer:
+        """Call ``callback`` once, ``delay_s`` seconds from now, unless cancelled first."""
+        ...
+
+
+class LoopTimers:
+    """Timers of the running event loop (real time)."""
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> Timer:
+        return asyncio.get_running_loop().call_later(delay_s, callback)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +140,7 @@ class WorkerDeps:
     events: EventRecorder
     on_book_changed: Callable[[], None]
     on_synced: Callable[[PodWorker, float], None]
+    timers: Timers = field(default_factory=LoopTimers)
 
 
 @dataclass(slots=True)
@@ -163,7 +216,7 @@ class PodWorker:
         try:
             while True:
                 self._wake.clear()
-                started = time.monotonic()
+                started = self.deps.clock.monotonic()
                 try:
                     next_wake_s = await self._sync()
                     self.last_error = ""
@@ -178,15 +231,20 @@ class PodWorker:
                     )
                     next_wake_s = retry_s
                     retry_s = min(retry_s * 2, SYNC_RETRY_MAX_S)
-                self.deps.on_synced(self, time.monotonic() - started)
+                self.deps.on_synced(self, self.deps.clock.monotonic() - started)
                 if self._torn_down:
                     return
                 self.synced_once.set()
-                if next_wake_s is None:
+                timer = (
+                    None
+                    if next_wake_s is None
+                    else self.deps.timers.call_later(max(next_wake_s, MIN_WAKE_S), self._wake.set)
+                )
+                try:
                     await self._wake.wait()
-                else:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout=max(next_wake_s, 0.01))
+                finally:
+                    if timer is not None:
+                        timer.cancel()
         finally:
             self.synced_once.set()
             if self.terminating:
