@@ -2,16 +2,15 @@
 
 Every change is one transaction that updates the ``kv`` table and appends to the ``log`` table
 under a new revision, so a watcher resumes from any kept revision without missing or replaying
-changes. The log is compacted to the last ``history`` revisions; a watch from before that
-gets :class:`CompactedError` (HTTP 410, like Kubernetes' "too old resource version") and
-relists. All sqlite calls run in the thread bridge under one lock (one connection, serialized
-writes, which is what SQLite does anyway); ``synchronous=FULL`` so an acknowledged change
-survives a power cut, not only a crash.
+changes. The log is compacted to the last ``history`` revisions (``store/history.py``, the
+same rule as the memory store); a watch from before that gets :class:`CompactedError` (HTTP
+410, like Kubernetes' "too old resource version") and relists. All sqlite calls run in the
+thread bridge under one lock (one connection, serialized writes, which is what SQLite does
+anyway); ``synchronous=FULL`` so an acknowledged change survives a power cut, not only a crash.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import sqlite3
 import threading
@@ -20,13 +19,19 @@ from pathlib import Path
 from typing import TypeVar
 
 from agent.aio.bridge import ThreadBridge
-from agent.errors import CompactedError, StoreError
-from agent.master.store.base import EventType, KeyValue, WatchEvent
+from agent.errors import StoreError
+from agent.master.store.base import EventType, KeyValue, Store, WatchEvent
+from agent.master.store.history import (
+    HISTORY_REVISIONS,
+    WATCH_BATCH_EVENTS,
+    ChangeSignal,
+    check_history,
+    check_watch_start,
+    compaction_floor,
+    follow,
+)
 
 T = TypeVar("T")
-HISTORY_REVISIONS = 10_000
-COMPACT_EVERY_REVISIONS = 1000
-WATCH_BATCH_ROWS = 500
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
     key TEXT PRIMARY KEY,
@@ -44,21 +49,36 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 
-def _prefix_end(prefix: str) -> str:
-    """The smallest string greater than every string starting with ``prefix``."""
-    return prefix + "\U0010ffff"
+_LAST_CODE_POINT = 0x10FFFF
+_SURROGATES = range(0xD800, 0xE000)
 
 
-class SqliteStore:
+def _prefix_range(prefix: str) -> tuple[str, str | bytes]:
+    """``(low, high)`` such that a key starts with ``prefix`` iff ``low <= key < high`` (a
+    range the primary key index answers). ``high`` is the prefix with its last code point
+    incremented, so keys containing U+10FFFF are in range too (SQLite compares UTF-8 bytes,
+    which orders like code points). No string is above every key that starts with an empty
+    prefix or one of only U+10FFFF: then ``high`` is a blob, which SQLite orders after all
+    text."""
+    stem = prefix.rstrip(chr(_LAST_CODE_POINT))
+    if not stem:
+        return prefix, b""
+    following = ord(stem[-1]) + 1
+    if following in _SURROGATES:  # not encodable, so in no key: skip to the next one
+        following = _SURROGATES.stop
+    return prefix, stem[:-1] + chr(following)
+
+
+class SqliteStore(Store):
     def __init__(
         self, path: Path, bridge: ThreadBridge, *, history: int = HISTORY_REVISIONS
     ) -> None:
         self._path = path
         self._bridge = bridge
-        self._history = history
+        self._history = check_history(history)
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
-        self._changed = asyncio.Event()
+        self._signal = ChangeSignal()
         self.revision = 0
 
     @classmethod
@@ -120,10 +140,9 @@ class SqliteStore:
             "ON CONFLICT(name) DO UPDATE SET value=excluded.value",
             (rev,),
         )
-        # Compact in batches (a DELETE per write would double the write cost), but at least
-        # as often as the history is long, so a short history really is short.
-        if rev % min(COMPACT_EVERY_REVISIONS, self._history) == 0:
-            db.execute("DELETE FROM log WHERE rev <= ?", (rev - self._history,))
+        floor = compaction_floor(rev, self._history)
+        if floor is not None:
+            db.execute("DELETE FROM log WHERE rev <= ?", (floor,))
         return rev
 
     def _transaction(
@@ -140,10 +159,6 @@ class SqliteStore:
         if result is not None:
             self.revision = result
         return result
-
-    def _notify(self) -> None:
-        event, self._changed = self._changed, asyncio.Event()
-        event.set()
 
     async def get(self, key: str) -> KeyValue | None:
         def read(db: sqlite3.Connection | None) -> KeyValue | None:
@@ -163,7 +178,7 @@ class SqliteStore:
 
         rev = await self._run(lambda db: self._transaction(db, body))
         assert rev is not None
-        self._notify()
+        self._signal.changed()
         return rev
 
     async def compare_and_swap(
@@ -178,7 +193,7 @@ class SqliteStore:
 
         rev = await self._run(lambda db: self._transaction(db, body))
         if rev is not None:
-            self._notify()
+            self._signal.changed()
         return rev
 
     async def delete(self, key: str, expected_mod_revision: int | None = None) -> int | None:
@@ -192,7 +207,7 @@ class SqliteStore:
 
         rev = await self._run(lambda db: self._transaction(db, body))
         if rev is not None:
-            self._notify()
+            self._signal.changed()
         return rev
 
     async def list_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
@@ -202,7 +217,7 @@ class SqliteStore:
                 .execute(
                     "SELECT key, value, create_rev, mod_rev FROM kv "
                     "WHERE key >= ? AND key < ? ORDER BY key",
-                    (prefix, _prefix_end(prefix)),
+                    _prefix_range(prefix),
                 )
                 .fetchall()
             )
@@ -214,38 +229,22 @@ class SqliteStore:
         self, db: sqlite3.Connection | None, *, prefix: str, after: int
     ) -> list[WatchEvent]:
         conn = self._conn(db)
-        if after > self.revision:
-            raise CompactedError(
-                f"revision {after} is newer than the store ({self.revision}); relist"
-            )
         oldest = conn.execute("SELECT MIN(rev) FROM log").fetchone()[0]
-        if after < self.revision and oldest is not None and after + 1 < oldest:
-            raise CompactedError(
-                f"revision {after} is compacted (oldest kept: {oldest - 1}); relist"
-            )
+        check_watch_start(after, self.revision, oldest)
         rows = conn.execute(
             "SELECT rev, key, type, value FROM log "
             "WHERE rev > ? AND key >= ? AND key < ? ORDER BY rev LIMIT ?",
-            (after, prefix, _prefix_end(prefix), WATCH_BATCH_ROWS),
+            (after, *_prefix_range(prefix), WATCH_BATCH_EVENTS),
         ).fetchall()
         return [WatchEvent(EventType(r[2]), r[1], r[3], r[0]) for r in rows]
 
-    async def watch(self, prefix: str, after_revision: int) -> AsyncIterator[WatchEvent]:
-        last = after_revision
-        while True:
-            changed = self._changed
-            scanned_to = self.revision
-            events = await self._run(
-                functools.partial(self._history_after, prefix=prefix, after=last)
+    def watch(self, prefix: str, after_revision: int) -> AsyncIterator[WatchEvent]:
+        async def read_after(after: int) -> list[WatchEvent]:
+            return await self._run(
+                functools.partial(self._history_after, prefix=prefix, after=after)
             )
-            for event in events:
-                last = event.revision
-                yield event
-            if len(events) == WATCH_BATCH_ROWS:
-                continue
-            last = max(last, scanned_to)
-            if self.revision == scanned_to:
-                await changed.wait()
+
+        return follow(self._signal, lambda: self.revision, read_after, after_revision)
 
     async def close(self) -> None:
         def close(db: sqlite3.Connection | None) -> None:
@@ -253,4 +252,6 @@ class SqliteStore:
                 db.close()
             self._db = None
 
-        await self._run(close)
+        if self._db is not None:
+            await self._run(close)
+        self._signal.close()
