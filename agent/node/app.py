@@ -262,7 +262,7 @@ class NodeAgent:
                 self.bridge,
                 self.runtime,
                 conditions=self.state.conditions,
-                streaming_runtime=self._docker,
+                streaming_runtime=self.runtime,
             )
             self.state.link = self.link.state
             start_guarded(group, "master-link", self.link.run)

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from agent.errors import RuntimeOperationError
-from agent.node.runtime.docker import _split_reference, record_from_inspect, record_from_summary
+from agent.node.runtime.base import split_reference
+from agent.node.runtime.docker import record_from_inspect, record_from_summary
 from agent.node.runtime.pause import pause_elf, pause_rootfs_tar
 
 
@@ -27,7 +28,7 @@ from agent.node.runtime.pause import pause_elf, pause_rootfs_tar
     ],
 )
 def test_split_reference(ref: str, split: tuple[str, str]) -> None:
-    assert _split_reference(ref) == split
+    assert split_reference(ref) == split
 
 
 def test_record_from_inspect_parses_nanosecond_times() -> None:

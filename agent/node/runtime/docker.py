@@ -1,21 +1,23 @@
 """The Docker Engine implementation of :class:`~agent.node.runtime.base.Runtime`.
 
-Owns the docker SDK: every SDK call runs through the thread bridge, every SDK exception is
-translated here into our error tree. Only containers labelled with this agent's node name are
-ever listed, so agents sharing one engine never touch each other's containers.
+Owns the docker SDK (the only module besides its private helpers that may import it, an
+import-linter contract says so): every SDK call runs through the thread bridge, every SDK
+exception is translated here into our error tree, Docker's multiplexed exec stream is taken apart
+here. Only containers labelled with this agent's node name are ever listed, so agents sharing one
+engine never touch each other's containers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from datetime import datetime
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import docker
@@ -29,8 +31,10 @@ from agent.aio.logs import kv
 from agent.errors import (
     AgentError,
     ContainerConflictError,
+    ImageConflictError,
     ImageUnavailableError,
     NotFoundError,
+    NotRunningError,
     RuntimeOperationError,
     RuntimeUnavailableError,
 )
@@ -39,15 +43,26 @@ from agent.node.runtime.base import (
     ContainerSpec,
     ContainerState,
     ImageRecord,
+    OutputChannel,
+    PullProgress,
+    PullProgressCallback,
+    ResolvedImage,
     RuntimeEvent,
+    ensure_image,
+    repo_digest_for,
+    split_reference,
 )
+from agent.node.runtime.dockerstream import DockerStreamDemux
 from agent.node.runtime.pause import PAUSE_PATH, pause_rootfs_tar
 from agent.types import LABEL_NODE, LABEL_POD_UID
 
 log = logging.getLogger(__name__)
 
 _ZERO_TIME_PREFIX = "0001-01-01"
-SANDBOX_PULL_TIMEOUT_S = 30.0
+_NO_REFERENCE = ("<none>:<none>", "<none>@<none>")
+EXEC_READ_CHUNK_BYTES = 1 << 20
+EXIT_CODE_FIRST_POLL_S = 0.001
+EXIT_CODE_MAX_POLL_S = 0.02
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -62,14 +77,18 @@ def _parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def _translate(exc: Exception, what: str) -> AgentError:
+def _translate(
+    exc: Exception, what: str, conflict: type[AgentError] = ContainerConflictError
+) -> AgentError:
+    """Our error for an SDK exception; ``conflict`` is what a 409 means for this call (a
+    duplicate name on create, a stopped container for exec, an image in use on removal)."""
     if isinstance(exc, docker.errors.NotFound):
         return NotFoundError(f"{what}: not found")
     if isinstance(exc, docker.errors.APIError):
         status = exc.status_code or 500
         message = exc.explanation or str(exc)
         if status == 409:
-            return ContainerConflictError(f"{what}: {message}")
+            return conflict(f"{what}: {message}")
         return RuntimeOperationError(f"{what}: docker answered {status}: {message}")
     if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
         return RuntimeUnavailableError(f"{what}: docker engine unreachable: {exc}")
@@ -164,7 +183,14 @@ class DockerRuntime:
                 raise RuntimeUnavailableError(f"cannot set up docker client: {exc}") from exc
         return self._client.api
 
-    async def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+    async def _call(
+        self,
+        what: str,
+        func: Any,
+        *args: Any,
+        conflict: type[AgentError] = ContainerConflictError,
+        **kwargs: Any,
+    ) -> Any:
         def invoke() -> Any:
             return func(self._api(), *args, **kwargs)
 
@@ -174,7 +200,7 @@ class DockerRuntime:
             self.call_errors += 1
             raise
         except Exception as exc:
-            translated = _translate(exc, what)
+            translated = _translate(exc, what, conflict)
             if not isinstance(translated, NotFoundError):
                 self.call_errors += 1
             raise translated from exc
@@ -233,48 +259,87 @@ class DockerRuntime:
             pods.setdefault(uid, set()).add(f"{summary['Id']}:{summary.get('State', '')}")
         return pods
 
-    async def _inspect_image(self, image: str) -> ImageRecord | None:
+    async def inspect_container(self, container_id: str) -> ContainerRecord:
+        data = await self._call(
+            f"inspect container {container_id[:12]}",
+            lambda api: api.inspect_container(container_id),
+        )
+        return record_from_inspect(data)
+
+    # -- images --------------------------------------------------------------------------------
+
+    async def list_images(self) -> list[ImageRecord]:
+        summaries = await self._call("list images", lambda api: api.images())
+        return [image_from_summary(item) for item in summaries]
+
+    async def inspect_image(self, ref: str) -> ImageRecord | None:
         try:
-            data = await self._call(f"inspect image {image}", lambda api: api.inspect_image(image))
+            data = await self._call(f"inspect image {ref}", lambda api: api.inspect_image(ref))
         except NotFoundError:
             return None
-        return ImageRecord(id=data["Id"], tags=tuple(data.get("RepoTags") or ()))
+        return image_from_inspect(data)
 
-    async def _pull(self, image: str) -> ImageRecord:
-        repo, tag = _split_reference(image)
-        try:
-            await self._call(f"pull {image}", lambda api: api.pull(repo, tag=tag))
-        except RuntimeUnavailableError:
-            raise
-        except AgentError as exc:
-            raise ImageUnavailableError(f"image {image!r} could not be pulled: {exc}") from exc
-        found = await self._inspect_image(image)
+    async def resolve_image(self, ref: str) -> ResolvedImage:
+        found = await self.inspect_image(ref)
         if found is None:
-            raise ImageUnavailableError(f"image {image!r} is still absent after pulling")
+            raise NotFoundError(f"image {ref!r} is not present")
+        return ResolvedImage(
+            reference=ref, image_id=found.id, repo_digest=repo_digest_for(ref, found.repo_digests)
+        )
+
+    async def pull_image(
+        self, ref: str, progress: PullProgressCallback | None = None
+    ) -> ImageRecord:
+        repo, tag = split_reference(ref)
+
+        def open_pull() -> Iterator[dict[str, Any]]:
+            return iter(self._api().pull(repo, tag=tag or None, stream=True, decode=True))
+
+        try:
+            async for message in self._bridge.stream(open_pull, name="docker-pull"):
+                if message.get("error"):
+                    raise ImageUnavailableError(
+                        f"image {ref!r} could not be pulled: {message['error']}"
+                    )
+                if progress is not None:
+                    progress(_pull_progress(message))
+        except AgentError:
+            raise
+        except Exception as exc:
+            translated = _translate(exc, f"pull {ref}")
+            if isinstance(translated, RuntimeUnavailableError):
+                raise translated from exc
+            raise ImageUnavailableError(f"image {ref!r} could not be pulled: {translated}") from exc
+        found = await self.inspect_image(ref)
+        if found is None:
+            raise ImageUnavailableError(f"image {ref!r} is still absent after pulling")
         return found
 
-    async def ensure_image(self, image: str, pull: str) -> ImageRecord:
-        present = await self._inspect_image(image) if pull != "Always" else None
-        if present is not None:
-            return present
-        if pull == "Never":
-            raise ImageUnavailableError(
-                f"image {image!r} is not present and imagePullPolicy is Never"
+    async def remove_image(self, ref_or_id: str) -> None:
+        try:
+            await self._call(
+                f"remove image {ref_or_id}",
+                lambda api: api.remove_image(ref_or_id, force=False, noprune=False),
+                conflict=ImageConflictError,
             )
-        return await self._pull(image)
+        except NotFoundError:
+            return
+
+    async def ensure_image(self, image: str, pull: str) -> ImageRecord:
+        return await ensure_image(self, image, pull)
 
     async def ensure_sandbox_image(self, image: str) -> ImageRecord:
-        present = await self._inspect_image(image)
+        present = await self.inspect_image(image)
         if present is not None:
             return present
         try:
-            return await self._pull(image)
+            return await self.pull_image(image)
         except ImageUnavailableError as exc:
             log.info(
                 "sandbox image cannot be pulled, building it locally",
                 extra=kv(image=image, reason=str(exc)),
             )
-        repo, tag = _split_reference(image)
+        repo, tag = split_reference(image)
         tarball = pause_rootfs_tar()
         await self._call(
             f"import sandbox image {image}",
@@ -285,11 +350,13 @@ class DockerRuntime:
                 changes=[f'ENTRYPOINT ["{PAUSE_PATH}"]'],
             ),
         )
-        built = await self._inspect_image(image)
+        built = await self.inspect_image(image)
         if built is None:
             raise ImageUnavailableError(f"sandbox image {image!r} absent after local build")
         log.info("built sandbox image locally", extra=kv(image=image, id=built.id[:19]))
         return built
+
+    # -- containers ------------------------------------------------------------------------
 
     async def create_container(self, spec: ContainerSpec) -> str:
         def create(api: docker.APIClient) -> str:
@@ -370,18 +437,17 @@ class DockerRuntime:
         if client is not None:
             await self._bridge.run(client.close)
 
-    # -- streaming (exec, logs, port-forward) ------------------------------------------------
+    # -- processes in containers -----------------------------------------------------------
 
     async def exec_start(
-        self, container_id: str, command: list[str], *, stdin: bool, tty: bool
-    ) -> ExecSession:
-        """Create and start an exec; returns its id and the hijacked attach socket (set
-        non-blocking, for the event loop). Docker multiplexes stdout/stderr on it unless
-        ``tty``; a write-side shutdown of the socket is stdin EOF for the process."""
+        self, container_id: str, command: Sequence[str], *, stdin: bool, tty: bool
+    ) -> DockerExecSession:
+        """Create and start an exec on the hijacked attach socket (set non-blocking, for the
+        event loop): two Docker calls, as ``docker exec``."""
 
-        def start(api: docker.APIClient) -> ExecSession:
+        def start(api: docker.APIClient) -> tuple[str, socket.socket]:
             created = api.exec_create(
-                container_id, command, stdin=stdin, stdout=True, stderr=True, tty=tty
+                container_id, list(command), stdin=stdin, stdout=True, stderr=True, tty=tty
             )
             exec_id = str(created["Id"])
             handle = api.exec_start(exec_id, tty=tty, socket=True)
@@ -393,18 +459,20 @@ class DockerRuntime:
             own.setblocking(False)
             with contextlib.suppress(Exception):
                 handle.close()
-            return ExecSession(exec_id=exec_id, sock=own)
+            return exec_id, own
 
-        session: ExecSession = await self._call(f"exec in {container_id[:12]}", start)
-        return session
+        exec_id, sock = await self._call(
+            f"exec in {container_id[:12]}", start, conflict=NotRunningError
+        )
+        return DockerExecSession(self, exec_id, sock, tty=tty)
 
-    async def exec_resize(self, exec_id: str, cols: int, rows: int) -> None:
+    async def _exec_resize(self, exec_id: str, cols: int, rows: int) -> None:
         await self._call(
             f"resize exec {exec_id[:12]}",
             lambda api: api.exec_resize(exec_id, height=rows, width=cols),
         )
 
-    async def exec_exit_code(self, exec_id: str) -> int | None:
+    async def _exec_exit_code(self, exec_id: str) -> int | None:
         """The exit code once the process ended (None if Docker does not know it yet)."""
         data = await self._call(
             f"inspect exec {exec_id[:12]}", lambda api: api.exec_inspect(exec_id)
@@ -420,7 +488,7 @@ class DockerRuntime:
         )
         pid = int((data.get("State") or {}).get("Pid") or 0)
         if pid <= 0:
-            raise RuntimeOperationError(f"container {container_id[:12]} is not running")
+            raise NotRunningError(f"container {container_id[:12]} is not running")
         return pid
 
     async def logs(
@@ -460,17 +528,6 @@ class DockerRuntime:
                     await self._bridge.run(close)
 
 
-def _split_reference(image: str) -> tuple[str, str]:
-    """Split ``repo[:tag]`` (a registry port is not a tag); digests are kept whole."""
-    if "@" in image:
-        return image, ""
-    slash = image.rfind("/")
-    colon = image.rfind(":")
-    if colon > slash:
-        return image[:colon], image[colon + 1 :]
-    return image, "latest"
-
-
 def _host_config_kwargs(spec: ContainerSpec) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "log_config": docker.types.LogConfig(
@@ -507,11 +564,93 @@ def _host_config_kwargs(spec: ContainerSpec) -> dict[str, Any]:
     return kwargs
 
 
-def manifest_label(manifest: dict[str, Any]) -> str:
-    return json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+def image_from_summary(summary: dict[str, Any]) -> ImageRecord:
+    created = summary.get("Created")
+    return ImageRecord(
+        id=str(summary["Id"]),
+        repo_tags=_references(summary.get("RepoTags")),
+        repo_digests=_references(summary.get("RepoDigests")),
+        size_bytes=int(summary.get("Size") or 0),
+        created_at=datetime.fromtimestamp(created, UTC) if isinstance(created, int) else None,
+    )
 
 
-@dataclass(slots=True)
-class ExecSession:
-    exec_id: str
-    sock: socket.socket
+def image_from_inspect(data: dict[str, Any]) -> ImageRecord:
+    return ImageRecord(
+        id=str(data["Id"]),
+        repo_tags=_references(data.get("RepoTags")),
+        repo_digests=_references(data.get("RepoDigests")),
+        size_bytes=int(data.get("Size") or 0),
+        created_at=_parse_time(data.get("Created")),
+    )
+
+
+def _references(values: list[str] | None) -> tuple[str, ...]:
+    return tuple(v for v in values or () if v not in _NO_REFERENCE)
+
+
+def _pull_progress(message: dict[str, Any]) -> PullProgress:
+    detail = message.get("progressDetail") or {}
+    current, total = detail.get("current"), detail.get("total")
+    return PullProgress(
+        layer_id=str(message.get("id") or ""),
+        status=str(message.get("status") or ""),
+        current_bytes=current if isinstance(current, int) else None,
+        total_bytes=total if isinstance(total, int) else None,
+    )
+
+
+class DockerExecSession:
+    """An exec on Docker's attach socket: stdout and stderr arrive multiplexed (8-byte frame
+    headers) unless there is a TTY; a write-side shutdown of the socket is stdin EOF."""
+
+    __slots__ = ("_demux", "_pending", "_runtime", "_sock", "id")
+
+    def __init__(
+        self, runtime: DockerRuntime, exec_id: str, sock: socket.socket, *, tty: bool
+    ) -> None:
+        self.id = exec_id
+        self._runtime = runtime
+        self._sock = sock
+        self._demux = None if tty else DockerStreamDemux()
+        self._pending: deque[tuple[OutputChannel, bytes]] = deque()
+
+    async def read(self) -> tuple[OutputChannel, bytes]:
+        loop = asyncio.get_running_loop()
+        while not self._pending:
+            try:
+                data = await loop.sock_recv(self._sock, EXEC_READ_CHUNK_BYTES)
+            except OSError as exc:
+                raise RuntimeOperationError(f"exec {self.id[:12]} output: {exc}") from exc
+            if not data or self._demux is None:
+                return OutputChannel.STDOUT, data
+            self._pending.extend(self._demux.feed(data))
+        return self._pending.popleft()
+
+    async def write(self, data: bytes) -> None:
+        try:
+            await asyncio.get_running_loop().sock_sendall(self._sock, data)
+        except OSError as exc:
+            raise RuntimeOperationError(f"exec {self.id[:12]} input: {exc}") from exc
+
+    async def close_stdin(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+
+    async def resize(self, cols: int, rows: int) -> None:
+        await self._runtime._exec_resize(self.id, cols, rows)
+
+    async def exit_code(self, wait_s: float) -> int | None:
+        deadline = time.monotonic() + wait_s
+        pause_s = EXIT_CODE_FIRST_POLL_S
+        while True:
+            code = await self._runtime._exec_exit_code(self.id)
+            if code is not None or time.monotonic() > deadline:
+                return code
+            # The attach stream ends a moment before Docker records the exit: usually a
+            # millisecond or two, so poll fast first (a short exec's wall time is the product).
+            await asyncio.sleep(pause_s)
+            pause_s = min(pause_s * 2, EXIT_CODE_MAX_POLL_S)
+
+    async def close(self) -> None:
+        self._sock.close()

@@ -1,28 +1,30 @@
-"""Docker's multiplexed attach stream (pure): 8-byte headers ``[stream, 0, 0, 0, size(4, BE)]``
-in front of each stdout (1) or stderr (2) payload, used by exec and attach without a TTY."""
+"""Docker's multiplexed attach stream (pure; a private helper of the Docker adapter): 8-byte
+headers ``[stream, 0, 0, 0, size(4, BE)]`` in front of each stdout (1) or stderr (2) payload,
+used by exec and attach without a TTY."""
 
 from __future__ import annotations
 
 import struct
 
 from agent.errors import RuntimeOperationError
+from agent.node.runtime.base import OutputChannel
 
 _HEADER = struct.Struct(">BxxxI")
-STDOUT = 1
-STDERR = 2
+_STDIN = 0  # what Docker puts in the header of a stdout frame on some versions
 
 
 class DockerStreamDemux:
-    """Incremental: ``feed`` raw bytes, get ``(stream, payload)`` pieces back as they arrive
-    (a frame's payload may come in several pieces; no frame is buffered whole)."""
+    """Incremental: ``feed`` raw bytes, get ``(channel, payload)`` pieces back as they arrive
+    (a frame's payload may come in several pieces; no frame is buffered whole; consecutive
+    pieces of one channel within a feed are joined)."""
 
     def __init__(self) -> None:
         self._header = b""
-        self._stream = 0
+        self._stream = OutputChannel.STDOUT
         self._left = 0
 
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        out: list[tuple[int, bytes]] = []
+    def feed(self, data: bytes) -> list[tuple[OutputChannel, bytes]]:
+        out: list[tuple[OutputChannel, bytes]] = []
         view = memoryview(data)
         while view:
             if self._left:
@@ -41,8 +43,10 @@ class DockerStreamDemux:
                 break
             stream, size = _HEADER.unpack(self._header)
             self._header = b""
-            if stream not in (0, STDOUT, STDERR):
+            if stream not in (_STDIN, OutputChannel.STDOUT, OutputChannel.STDERR):
                 raise RuntimeOperationError(f"docker attach stream: unknown stream id {stream}")
-            self._stream = STDOUT if stream == 0 else stream
+            self._stream = (
+                OutputChannel.STDERR if stream == OutputChannel.STDERR else OutputChannel.STDOUT
+            )
             self._left = size
         return out

@@ -27,7 +27,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from cryptography import x509
@@ -45,9 +45,7 @@ from agent.errors import (
     UnauthenticatedError,
 )
 from agent.node.pods.manager import PodManager
-from agent.node.runtime.base import ContainerRecord
-from agent.node.runtime.docker import ExecSession
-from agent.node.runtime.dockerstream import STDERR, DockerStreamDemux
+from agent.node.runtime.base import ContainerRecord, ExecSession, OutputChannel, Runtime
 from agent.pki.core import Identity, authenticate
 from agent.proto import execframe
 from agent.proto.execframe import Channel
@@ -58,37 +56,13 @@ log = logging.getLogger(__name__)
 READ_CHUNK_BYTES = 1 << 20
 PORT_CONNECT_TIMEOUT_S = 5.0
 EXIT_CODE_WAIT_S = 5.0
-EXIT_CODE_FIRST_POLL_S = 0.001
-EXIT_CODE_MAX_POLL_S = 0.02
 EXEC_CONTENT_TYPE = "application/vnd.node-agent.exec"
 USER_HEADER = "node-agent-user"  # set by the master's proxy (PROXIES_GROUP) only
 GROUPS_HEADER = "node-agent-groups"
 
 
-class StreamingRuntime(Protocol):
-    """What the streaming API needs from the container runtime."""
-
-    async def list_container_summaries(self, pod_uid: str) -> list[ContainerRecord]: ...
-
-    async def exec_start(
-        self, container_id: str, command: list[str], *, stdin: bool, tty: bool
-    ) -> ExecSession: ...
-
-    async def exec_resize(self, exec_id: str, cols: int, rows: int) -> None: ...
-
-    async def exec_exit_code(self, exec_id: str) -> int | None: ...
-
-    async def container_pid(self, container_id: str) -> int: ...
-
-    def logs(
-        self,
-        container_id: str,
-        *,
-        follow: bool,
-        tail: int | None,
-        timestamps: bool,
-        since_s: float | None,
-    ) -> Any: ...
+# The name the master link still imports; the streaming API takes any Runtime.
+StreamingRuntime = Runtime
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +137,7 @@ class StreamingApi:
         self,
         *,
         pods: PodManager,
-        runtime: StreamingRuntime,
+        runtime: Runtime,
         run_blocking: Callable[..., Any],
         node_name: str,
         cas: Callable[[], list[x509.Certificate]],
@@ -283,12 +257,12 @@ class StreamingApi:
                 self._exec_input(stream, session, stdin)
             )
             try:
-                await self._exec_output(stream, session, tty)
+                await self._exec_output(stream, session)
             finally:
                 feeder.cancel()
                 with contextlib.suppress(asyncio.CancelledError, AgentError, OSError):
                     await feeder
-            exit_code = await self._exit_code(session.exec_id)
+            exit_code = await session.exit_code(EXIT_CODE_WAIT_S)
             trailers = [("exit-code", str(exit_code if exit_code is not None else -1))]
             if exit_code is None:
                 error = "exit code unknown"
@@ -298,7 +272,7 @@ class StreamingApi:
             error = str(exc)
             raise
         finally:
-            session.sock.close()
+            await session.close()
             log.info(
                 "exec session",
                 extra=kv(
@@ -315,40 +289,26 @@ class StreamingApi:
             )
 
     async def _exec_input(self, stream: H2Stream, session: ExecSession, stdin: bool) -> None:
-        loop = asyncio.get_running_loop()
         decoder = execframe.FrameDecoder(frozenset({Channel.STDIN, Channel.RESIZE}))
         while chunk := await stream.read():
             for frame in decoder.feed(chunk):
                 if frame.channel is Channel.RESIZE:
                     size = execframe.decode_resize(frame.payload)
-                    await self._runtime.exec_resize(session.exec_id, size.cols, size.rows)
+                    await session.resize(size.cols, size.rows)
                 elif stdin and frame.payload:
-                    await loop.sock_sendall(session.sock, frame.payload)
+                    await session.write(frame.payload)
         if stdin:
             # The request stream ended: stdin EOF for the process; its output keeps flowing.
-            with contextlib.suppress(OSError):
-                session.sock.shutdown(socket.SHUT_WR)
+            await session.close_stdin()
 
-    async def _exec_output(self, stream: H2Stream, session: ExecSession, tty: bool) -> None:
-        loop = asyncio.get_running_loop()
-        demux = None if tty else DockerStreamDemux()
-        while data := await loop.sock_recv(session.sock, READ_CHUNK_BYTES):
-            pieces = [(1, data)] if demux is None else demux.feed(data)
-            for kind, payload in pieces:
-                channel = Channel.STDERR if kind == STDERR else Channel.STDOUT
-                await stream.write(execframe.encode(channel, payload))
-
-    async def _exit_code(self, exec_id: str) -> int | None:
-        deadline = time.monotonic() + EXIT_CODE_WAIT_S
-        pause_s = EXIT_CODE_FIRST_POLL_S
+    @staticmethod
+    async def _exec_output(stream: H2Stream, session: ExecSession) -> None:
         while True:
-            code = await self._runtime.exec_exit_code(exec_id)
-            if code is not None or time.monotonic() > deadline:
-                return code
-            # The attach stream ends a moment before Docker records the exit: usually a
-            # millisecond or two, so poll fast first (a short exec's wall time is the product).
-            await asyncio.sleep(pause_s)
-            pause_s = min(pause_s * 2, EXIT_CODE_MAX_POLL_S)
+            kind, payload = await session.read()
+            if not payload:
+                return
+            channel = Channel.STDERR if kind is OutputChannel.STDERR else Channel.STDOUT
+            await stream.write(execframe.encode(channel, payload))
 
     # -- port-forward ----------------------------------------------------------------------
 

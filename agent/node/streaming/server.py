@@ -26,7 +26,8 @@ from agent.aio.tls import server_context
 from agent.config import split_host_port
 from agent.errors import PkiError
 from agent.node.pods.manager import PodManager
-from agent.node.streaming.api import StreamingApi, StreamingRuntime
+from agent.node.runtime.base import Runtime
+from agent.node.streaming.api import StreamingApi
 from agent.pki.core import authenticate, certs_from_pem
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class NodeApi:
         node_name: str,
         addr: str,
         *,
-        streaming_runtime: StreamingRuntime | None = None,
+        streaming_runtime: Runtime | None = None,
         run_blocking: Any = None,
     ) -> None:
         self._pods = pods
