@@ -87,11 +87,37 @@ def _serve(config: object) -> int:
     return 0
 
 
-def _doctor(args: argparse.Namespace) -> int:
-    import docker
+def _engine_version(config: object) -> str:
+    """Ask the container engine for its version, through the runtime adapter."""
+    import asyncio
 
+    from agent.aio.bridge import ThreadBridge
     from agent.config import AgentConfig
-    from agent.errors import ConfigError
+    from agent.node.runtime.docker import DockerRuntime
+
+    assert isinstance(config, AgentConfig)
+
+    async def ping() -> str:
+        bridge = ThreadBridge(1, name="doctor")
+        runtime = DockerRuntime(
+            bridge,
+            config.node_name,
+            docker_host=config.docker_host,
+            timeout_s=config.runtime_timeout_s,
+            pool_size=1,
+        )
+        try:
+            return await runtime.ping()
+        finally:
+            await runtime.close()
+            bridge.close()
+
+    return asyncio.run(ping())
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from agent.config import AgentConfig
+    from agent.errors import AgentError, ConfigError
 
     try:
         config = _load(args)
@@ -102,13 +128,8 @@ def _doctor(args: argparse.Namespace) -> int:
     print(f"config: ok (node {config.node_name})")
     ok = True
     try:
-        client = (
-            docker.DockerClient(base_url=config.docker_host)
-            if config.docker_host
-            else docker.from_env()
-        )
-        print(f"docker: ok (engine {client.version().get('Version')})")
-    except docker.errors.DockerException as exc:
+        print(f"docker: ok (engine {_engine_version(config)})")
+    except AgentError as exc:
         print(f"docker: FAIL {exc}")
         ok = False
     try:
