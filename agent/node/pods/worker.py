@@ -25,13 +25,14 @@ from agent.errors import (
     AgentError,
     ContainerConflictError,
     ImageUnavailableError,
+    RuntimeOperationError,
     RuntimeUnavailableError,
 )
 from agent.events import EventRecorder
 from agent.node import crashpoints
 from agent.node.backoff import BackoffPolicy, RestartState
 from agent.node.pods.specs import SpecContext, app_spec, pod_volume_dir, sandbox_spec
-from agent.node.pods.status import ContainerView, pod_status
+from agent.node.pods.status import PHASE_PENDING, ContainerView, pod_status
 from agent.node.runtime.base import ContainerRecord, ContainerState, Runtime
 from agent.types import Container, Pod, PullPolicy, RestartPolicy
 
@@ -159,6 +160,14 @@ def should_restart(policy: RestartPolicy, exit_code: int | None) -> bool:
     return False
 
 
+def _attempts_of(records: list[ContainerRecord], name: str) -> list[ContainerRecord]:
+    """The app containers of ``name``, oldest attempt first."""
+    return sorted(
+        (r for r in records if not r.is_sandbox and r.container_name == name),
+        key=lambda r: r.attempt,
+    )
+
+
 def _ran_for_s(record: ContainerRecord) -> float:
     if record.started_at is None or record.finished_at is None:
         return 0.0
@@ -189,6 +198,7 @@ class PodWorker:
         self._waiting: dict[str, _Waiting] = {}
         self._records: list[ContainerRecord] = []
         self._sandbox_moved: set[str] = set()
+        self._spec_hash = pod.spec_hash
         # Set only by a completed teardown: terminate() may arrive in the middle of a normal
         # sync, and the worker must then sync once more to actually remove the pod.
         self._torn_down = False
@@ -223,6 +233,7 @@ class PodWorker:
                     retry_s = SYNC_RETRY_INITIAL_S
                 except AgentError as exc:
                     self.last_error = str(exc)
+                    self._report_failure(exc, retry_s)
                     log.warning(
                         "pod sync failed, will retry",
                         extra=kv(
@@ -262,6 +273,14 @@ class PodWorker:
             return None
 
         pod = self.pod
+        if pod.spec_hash != self._spec_hash:
+            # A new spec starts without the old one's waits (kubelet keys back-off by the
+            # container's spec): a fixed image or command must not wait out the broken one's.
+            self._spec_hash = pod.spec_hash
+            self._waiting.clear()
+            if self.book.restarts:
+                self.book.restarts.clear()
+                self.deps.on_book_changed()
         stale = [r for r in records if r.pod_hash != pod.spec_hash]
         if stale:
             log.info(
@@ -286,17 +305,21 @@ class PodWorker:
 
         next_wake: float | None = None
         for container in pod.spec.containers:
-            mine = sorted(
-                (r for r in records if not r.is_sandbox and r.container_name == container.name),
-                key=lambda r: r.attempt,
-            )
+            mine = _attempts_of(records, container.name)
             wait_s = await self._sync_container(container, mine, sandbox, pod_ip, now)
             if wait_s is not None:
                 next_wake = wait_s if next_wake is None else min(next_wake, wait_s)
-            if len(mine) > RECORDS_KEPT_PER_CONTAINER:
-                await self._stop_and_remove(mine[:-RECORDS_KEPT_PER_CONTAINER])
 
+        # Pruned after the containers were synced, so that the one just created counts.
         self._records = await runtime.list_containers(self.uid)
+        old = [
+            record
+            for container in pod.spec.containers
+            for record in _attempts_of(self._records, container.name)[:-RECORDS_KEPT_PER_CONTAINER]
+        ]
+        if old:
+            await self._stop_and_remove(old)
+            self._records = [r for r in self._records if r not in old]
         self._refresh_status(pod_ip)
         return next_wake
 
@@ -354,7 +377,7 @@ class PodWorker:
         await runtime.start_container(sandbox_id)
         fresh = [r for r in await runtime.list_containers(self.uid) if r.id == sandbox_id]
         if not fresh or not fresh[0].running:
-            raise RuntimeUnavailableError(f"sandbox {spec.name} did not stay running")
+            raise RuntimeOperationError(f"sandbox {spec.name} did not stay running")
         log.info("sandbox started", extra=kv(pod=self.pod.full_name, uid=self.uid, attempt=attempt))
         self.deps.events.record(
             kind="Pod",
@@ -440,8 +463,7 @@ class PodWorker:
         waiting = self._waiting.get(name)
         if waiting is not None and now < waiting.retry_at:
             return waiting.retry_at - now
-        if latest is not None and moved:
-            self._sandbox_moved.discard(name)
+        self._sandbox_moved.discard(name)
         return await self._create_and_start(container, sandbox, pod_ip, now)
 
     async def _create_and_start(
@@ -554,17 +576,20 @@ class PodWorker:
 
     # -- status ----------------------------------------------------------------------------
 
+    def _report_failure(self, exc: AgentError, retry_s: float) -> None:
+        """The last status stays (the containers did not change because a sync failed) but
+        says why it may be stale; the next successful sync replaces it whole."""
+        reason = "RuntimeUnavailable" if isinstance(exc, RuntimeUnavailableError) else "SyncError"
+        self.status = {
+            **(self.status or {"phase": PHASE_PENDING}),
+            "reason": reason,
+            "message": f"{exc} (retrying in {retry_s:g}s)",
+        }
+
     def _refresh_status(self, pod_ip: str) -> None:
         views = []
         for container in self.pod.spec.containers:
-            mine = sorted(
-                (
-                    r
-                    for r in self._records
-                    if not r.is_sandbox and r.container_name == container.name
-                ),
-                key=lambda r: r.attempt,
-            )
+            mine = _attempts_of(self._records, container.name)
             current = mine[-1] if mine else None
             previous = mine[-2] if len(mine) > 1 else None
             waiting = self._waiting.get(container.name)
