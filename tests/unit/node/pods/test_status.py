@@ -128,7 +128,7 @@ def test_phases() -> None:
     assert pod_phase(always, [running, failed]) == "Running"
     assert pod_phase(always, [restarting]) == "Running"
     assert pod_phase(make_pod(restart_policy="OnFailure"), [restarting, done]) == "Running"
-    # Never and a container that is about to run again (a move to a new sandbox): not done.
+    # A view that says it will restart under Never (the worker never builds one) is not done.
     assert pod_phase(never, [view(record(EXITED, code=1))]) == "Pending"
 
 
