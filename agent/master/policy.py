@@ -14,8 +14,8 @@ from enum import StrEnum
 
 from cryptography import x509
 
-from agent.errors import PkiError
-from agent.master.config import RegistrationPolicy
+from agent.errors import ConfigError, PkiError
+from agent.master.config import TRUST_RULES, RegistrationPolicy
 from agent.pki.core import identity_of, verify_issued_by
 
 
@@ -91,6 +91,8 @@ def evaluate(
             return Decision(Verdict.ADMIT, rule, "client certificate from a trusted fleet CA")
         elif rule == "approval":
             return Decision(Verdict.QUEUE, rule, "waiting for an administrator's approval")
+        else:  # the config loader allows only TRUST_RULES; a policy built in code may not
+            raise ConfigError(f"unknown trust rule {rule!r} (known: {', '.join(TRUST_RULES)})")
     return Decision(Verdict.REFUSE, "", "no trust rule admits this node: " + "; ".join(reasons))
 
 

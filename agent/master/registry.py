@@ -14,8 +14,7 @@ import copy
 import hashlib
 import json
 import logging
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from agent.aio.clock import Clock, SystemClock
 from agent.aio.logs import kv
 from agent.errors import (
     AgentError,
@@ -36,7 +36,7 @@ from agent.master.config import MasterConfig
 from agent.master.pki_files import ClusterPki
 from agent.master.policy import Caller, Decision, Verdict, evaluate
 from agent.master.store.base import Store
-from agent.pki.core import cert_to_pem, identity_of, issue, load_csr, public_key_id
+from agent.pki.core import cert_to_pem, issue, load_csr, public_key_id
 from agent.pki.names import NODE_CN_PREFIX, NODES_GROUP
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ DENIED = "Denied"
 MAX_POLL_S = 60.0
 MAX_NODE_CONDITIONS = 16
 MAX_CONDITION_TEXT = 1024
+_TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
 def node_csr_key(name: str, csr_pem: str) -> ec.EllipticCurvePublicKey:
@@ -57,8 +58,7 @@ def node_csr_key(name: str, csr_pem: str) -> ec.EllipticCurvePublicKey:
     if not ident or ident[0].value != NODE_CN_PREFIX + name:
         raise BadRequestError(f"the CSR's CN must be {NODE_CN_PREFIX}{name}")
     public_key = csr.public_key()
-    if not isinstance(public_key, ec.EllipticCurvePublicKey):
-        raise BadRequestError("the CSR's key must be an EC key (P-256)")
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)  # load_csr refuses other keys
     return public_key
 
 
@@ -67,8 +67,37 @@ def request_id(name: str, key_id: str) -> str:
     return hashlib.sha256(f"{name}\n{key_id}".encode()).hexdigest()[:32]
 
 
-def _now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _timestamp(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).strftime(_TIMESTAMP_FORMAT)
+
+
+def _strings(value: object, field: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadRequestError(f"{field} must be a list of strings")
+    return list(value)
+
+
+def _string_map(value: object, field: str) -> dict[str, str]:
+    """A mapping of names to scalars, as strings (capacity quantities may come as numbers)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value.values()
+    ):
+        raise BadRequestError(f"{field} must be an object of strings or numbers")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _int_map(value: object, field: str) -> dict[str, int]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value.values()
+    ):
+        raise BadRequestError(f"{field} must be an object of integers")
+    return {str(k): v for k, v in value.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +113,15 @@ class NodeRegistry:
         pki: ClusterPki,
         config: MasterConfig,
         client_cas: Sequence[x509.Certificate],
+        *,
+        clock: Clock | None = None,
     ) -> None:
         self.store = store
         self.pki = pki
         self.config = config
         self.client_cas = list(client_cas)
-        self.started = time.monotonic()
+        self.clock = clock or SystemClock()
+        self.started = self.clock.monotonic()
         self.leases: dict[str, float] = {}
         self._cache: dict[str, tuple[dict[str, Any], int]] = {}
         self.events = EventRecorder("node-master", component="node-master")
@@ -120,15 +152,21 @@ class NodeRegistry:
             and hit[0]["publicKeyId"] == key_id
         )
 
+    def _now_iso(self) -> str:
+        return _timestamp(self.clock.time())
+
+    def _wake_pollers(self, name: str) -> None:
+        self._changed.pop(name, asyncio.Event()).set()
+
     async def _save(self, record: dict[str, Any], expected_rev: int) -> bool:
-        record["updatedAt"] = _now_iso()
+        record["updatedAt"] = self._now_iso()
         data = json.dumps(record, sort_keys=True).encode()
         rev = await self.store.compare_and_swap(NODES_PREFIX + record["name"], data, expected_rev)
         if rev is None:
             return False
         # This process is the store's only writer, so the cache is updated with every write.
         self._cache[record["name"]] = (copy.deepcopy(record), rev)
-        self._changed.pop(record["name"], asyncio.Event()).set()
+        self._wake_pollers(record["name"])
         return True
 
     async def records(self) -> list[dict[str, Any]]:
@@ -152,7 +190,7 @@ class NodeRegistry:
             client=True,
             server=True,
         )
-        record["certExpiry"] = cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+        record["certExpiry"] = cert.not_valid_after_utc.strftime(_TIMESTAMP_FORMAT)
         return cert_to_pem(cert).decode()
 
     def _answer(self, record: dict[str, Any]) -> RegistrationResult:
@@ -188,10 +226,10 @@ class NodeRegistry:
         key_id = public_key_id(public_key)
         rid = request_id(name, key_id)
         facts = {
-            "addresses": [a for a in body.get("addresses", []) if isinstance(a, str)],
+            "addresses": _strings(body.get("addresses"), "addresses"),
             "hostname": str(body.get("hostname", "")),
-            "capacity": dict(body.get("capacity") or {}),
-            "labels": dict(body.get("labels") or {}),
+            "capacity": _string_map(body.get("capacity"), "capacity"),
+            "labels": _string_map(body.get("labels"), "labels"),
             "agentVersion": str(body.get("agentVersion", "")),
         }
         for _ in range(5):  # compare-and-swap retries against concurrent admin actions
@@ -204,7 +242,7 @@ class NodeRegistry:
                         record["replacement"] = {
                             "publicKeyId": key_id,
                             "csr": csr_pem,
-                            "requestedAt": _now_iso(),
+                            "requestedAt": self._now_iso(),
                         }
                         await self._save(record, rev)
                     raise NameConflictError(
@@ -219,20 +257,25 @@ class NodeRegistry:
                     record["certificate"] = self._issue_for(record, public_key)
                 elif record["registration"] == APPROVED and record.pop("pickup", False):
                     pass  # approved by an administrator with this key: hand over that certificate
-                elif record["registration"] == APPROVED:
+                elif record["registration"] == DENIED:
+                    # Kept so that an administrator's later approval can issue a certificate.
+                    record["csr"] = csr_pem
+                else:
+                    # Approved once (certificate lost or expired), or waiting: back through
+                    # the policy, which may have changed since (a SIGHUP reload).
                     decision = self._decide(name, caller_ip, peer_cert)
-                    if decision.verdict is not Verdict.ADMIT:
-                        # Approved once, certificate lost or expired: back through the policy.
+                    record["admittedBy"] = decision.rule
+                    record["reason"] = decision.reason
+                    if decision.verdict is Verdict.ADMIT:
+                        record["registration"] = APPROVED
+                        record["certificate"] = self._issue_for(record, public_key)
+                        record.pop("csr", None)
+                    else:
                         record["registration"] = (
                             PENDING if decision.verdict is Verdict.QUEUE else DENIED
                         )
-                        record["reason"] = decision.reason
                         record["csr"] = csr_pem
                         record.pop("certificate", None)
-                    else:
-                        record["certificate"] = self._issue_for(record, public_key)
-                elif record["registration"] == PENDING:
-                    record["csr"] = csr_pem
                 if await self._save(record, rev):
                     return self._answer(record)
                 continue
@@ -257,7 +300,7 @@ class NodeRegistry:
                 "admittedBy": decision.rule,
                 "reason": decision.reason,
                 "unschedulable": False,
-                "createdAt": _now_iso(),
+                "createdAt": self._now_iso(),
                 **facts,
             }
             if decision.verdict is Verdict.ADMIT:
@@ -286,13 +329,13 @@ class NodeRegistry:
 
     async def poll(self, rid: str, timeout_s: float) -> RegistrationResult:
         """Long-poll a pending request until it is decided or ``timeout_s`` passes."""
-        deadline = time.monotonic() + min(timeout_s, MAX_POLL_S)
+        deadline = self.clock.monotonic() + min(timeout_s, MAX_POLL_S)
         while True:
             record = next((r for r in await self.records() if r.get("requestId") == rid), None)
             if record is None:
                 raise NotFoundError(f"registration request {rid} not found")
             result = self._answer(record)
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self.clock.monotonic()
             if result.status != 202 or remaining <= 0:
                 return result
             event = self._changed.setdefault(record["name"], asyncio.Event())
@@ -308,7 +351,7 @@ class NodeRegistry:
             kind="Node", name=node, namespace="", reason=reason, message=message, warning=warning
         )
 
-    async def _mutate(self, name: str, change: Any) -> dict[str, Any]:
+    async def _mutate(self, name: str, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         for _ in range(5):
             found = await self.get_record(name)
             if found is None:
@@ -320,12 +363,6 @@ class NodeRegistry:
         raise AgentError(f"node {name!r} kept changing; retry")
 
     async def approve(self, name: str, *, force_replace: bool = False) -> dict[str, Any]:
-        self._event(
-            name,
-            "Approved",
-            "approved by an administrator" + (" (new key accepted)" if force_replace else ""),
-        )
-
         def change(record: dict[str, Any]) -> None:
             if force_replace:
                 replacement = record.pop("replacement", None)
@@ -351,17 +388,23 @@ class NodeRegistry:
             record["certificate"] = self._issue_for(record, public_key)
             record.pop("csr", None)
 
-        return await self._mutate(name, change)
+        approved = await self._mutate(name, change)
+        self._event(
+            name,
+            "Approved",
+            "approved by an administrator" + (" (new key accepted)" if force_replace else ""),
+        )
+        return approved
 
     async def deny(self, name: str, reason: str) -> dict[str, Any]:
-        self._event(name, "Denied", reason or "denied by an administrator", warning=True)
-
         def change(record: dict[str, Any]) -> None:
             record["registration"] = DENIED
             record["reason"] = reason or "denied by an administrator"
             record.pop("certificate", None)
 
-        return await self._mutate(name, change)
+        denied = await self._mutate(name, change)
+        self._event(name, "Denied", denied["reason"], warning=True)
+        return denied
 
     async def set_unschedulable(self, name: str, value: bool) -> dict[str, Any]:
         def change(record: dict[str, Any]) -> None:
@@ -372,10 +415,10 @@ class NodeRegistry:
     async def update_status(self, name: str, status: dict[str, Any]) -> None:
         """Node-reported facts (addresses, capacity, version); written only when changed."""
         facts = {
-            "addresses": [a for a in status.get("addresses", []) if isinstance(a, str)],
-            "capacity": {str(k): str(v) for k, v in dict(status.get("capacity") or {}).items()},
+            "addresses": _strings(status.get("addresses"), "status.addresses"),
+            "capacity": _string_map(status.get("capacity"), "status.capacity"),
             "agentVersion": str(status.get("agentVersion", "")),
-            "imageFs": {str(k): int(v) for k, v in dict(status.get("imageFs") or {}).items()},
+            "imageFs": _int_map(status.get("imageFs"), "status.imageFs"),
             "nodeConditions": _node_conditions(status.get("conditions")),
             "apiEndpoint": str(status.get("apiEndpoint", ""))[:MAX_CONDITION_TEXT],
         }
@@ -393,6 +436,7 @@ class NodeRegistry:
             raise NotFoundError(f"node {name!r} not found")
         self._cache.pop(name, None)
         self.leases.pop(name, None)
+        self._wake_pollers(name)  # a poll of its request now answers 404
 
     async def rotate(self, name: str, csr_pem: str) -> str:
         """A trusted node renews over its mTLS session: same name, any new key, no approval."""
@@ -413,10 +457,10 @@ class NodeRegistry:
     # -- leases and readiness --------------------------------------------------------------
 
     def renew_lease(self, name: str) -> None:
-        self.leases[name] = time.monotonic()
+        self.leases[name] = self.clock.monotonic()
 
     def readiness(self, name: str) -> tuple[str, str]:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         seen = self.leases.get(name)
         grace = self.config.lease_grace_s
         if seen is not None and now - seen <= grace:
@@ -432,16 +476,14 @@ class NodeRegistry:
             return None
         seen = self.leases.get(name)
         since = (seen if seen is not None else self.started) + self.config.lease_grace_s
-        return max(0.0, time.monotonic() - since)
+        return max(0.0, self.clock.monotonic() - since)
 
     def node_object(self, record: dict[str, Any]) -> dict[str, Any]:
         status, reason = self.readiness(record["name"])
         seen = self.leases.get(record["name"])
         heartbeat = None
         if seen is not None:
-            heartbeat = datetime.fromtimestamp(
-                time.time() - (time.monotonic() - seen), UTC
-            ).strftime("%Y-%m-%dT%H:%M:%SZ")
+            heartbeat = _timestamp(self.clock.time() - (self.clock.monotonic() - seen))
         return {
             "apiVersion": "v1",
             "kind": "Node",
@@ -501,7 +543,3 @@ def _node_conditions(raw: Any) -> list[dict[str, str]]:
             }
         )
     return found
-
-
-def identity_node(cert: x509.Certificate | None) -> str | None:
-    return identity_of(cert).node_name if cert is not None else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from agent.errors import ConfigError
 from agent.master.config import RegistrationPolicy
 from agent.master.pods import eviction_allowed
 from agent.master.policy import Caller, Verdict, effective_peer, evaluate
@@ -65,6 +66,28 @@ def test_client_cert_rule() -> None:
     assert evaluate(loose, Caller("n2", "1.2.3.4", good), [ca]).verdict is Verdict.ADMIT
     _, other = create_ca("other")
     assert evaluate(policy, Caller("n1", "1.2.3.4", good), [other]).verdict is Verdict.REFUSE
+
+
+def test_a_client_certificate_names_its_node_in_the_cn_or_a_dns_san() -> None:
+    ca_key, ca = create_ca("fleet")
+    policy = RegistrationPolicy(trust=("client-cert",), client_cert_name_must_match=True)
+    device = issue(
+        ca_key,
+        ca,
+        generate_key().public_key(),
+        common_name="device-7",
+        groups=[],
+        sans=["n1", "10.0.0.9"],
+        lifetime_s=60,
+    )
+    assert evaluate(policy, Caller("n1", "1.2.3.4", device), [ca]).verdict is Verdict.ADMIT
+    assert evaluate(policy, Caller("device-7", "1.2.3.4", device), [ca]).verdict is Verdict.ADMIT
+    assert evaluate(policy, Caller("10.0.0.9", "1.2.3.4", device), [ca]).verdict is Verdict.REFUSE
+
+
+def test_an_unknown_rule_is_an_error_not_skipped() -> None:
+    with pytest.raises(ConfigError, match="unknown trust rule 'opne'"):
+        decide(("opne", "approval"), Caller("n1", "10.0.0.1"))
 
 
 def test_forwarded_for_only_from_trusted_proxies() -> None:
