@@ -159,7 +159,7 @@ def test_killed_container_restarts_with_backoff(
     assert delays[0] >= 1.9, delays
     assert delays[1] >= 3.9, delays
     # Old attempts are kept only as the previous container (for logs --previous).
-    # The attempt before the previous one is pruned on the sync after the restart.
+    # The attempt before the previous one is pruned by the sync that starts the new one.
     wait_for(
         lambda: len(_app_containers(docker_client, agent.node_name, "crash")) == 2,
         what="only the current and the previous attempt kept",
