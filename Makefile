@@ -24,6 +24,7 @@ test: bootstrap coverage-proto
 coverage-proto:
 	$(BOOTSTRAP) --no-docker
 	$(PY) -m pytest -q tests/unit/test_h2mux.py tests/unit/test_h2lean.py tests/unit/test_execframe.py tests/unit/test_routes.py \
+	  tests/unit/proto/test_authz.py \
 	  --cov=agent.proto --cov-branch --cov-report=term-missing:skip-covered --cov-fail-under=100
 
 test-unit:

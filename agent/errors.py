@@ -95,6 +95,30 @@ class NotFoundError(AgentError):
     http_status = 404
 
 
+class MethodNotAllowedError(AgentError):
+    """The path names a route, but not for this method; ``allow`` lists the methods it takes
+    (the ``Allow`` header of the 405)."""
+
+    http_status = 405
+
+    def __init__(self, message: str, allow: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+
+class PayloadTooLargeError(AgentError):
+    """A request body is larger than the API accepts."""
+
+    http_status = 413
+
+
+class NeedsHttp2Error(AgentError):
+    """A streaming route (exec, port-forward, logs) was asked for over HTTP/1.1: it needs an
+    HTTP/2 connection (ALPN ``h2``). 426 Upgrade Required, RFC 9110 §15.5.22."""
+
+    http_status = 426
+
+
 class ConflictError(AgentError):
     """The request conflicts with the current state of the object."""
 

@@ -78,6 +78,7 @@ class H2Stream:
         self._response: asyncio.Future[Headers] = conn.loop.create_future()
         self.trailers: Headers | None = None
         self.local_ended = False
+        self.responded = False  # server side: response headers sent (no error response now)
 
     # -- headers -------------------------------------------------------------------------
 
@@ -96,6 +97,7 @@ class H2Stream:
         self, status: int, headers: Iterable[tuple[str, str]] = (), *, end: bool = False
     ) -> None:
         self.conn.send_headers(self.id, ((":status", str(status)), *headers), end_stream=end)
+        self.responded = True
         if end:
             self.local_ended = True
 
@@ -106,8 +108,12 @@ class H2Stream:
         await self.end()
 
     async def respond_error(self, status: int, message: str) -> None:
-        """The project's error body, unless the stream already failed or answered."""
+        """The project's error body; a stream that already answered is reset instead (its
+        response cannot change now), one that failed or ended is left alone."""
         if self.local_ended or self.failed:
+            return
+        if self.responded:
+            self.reset()
             return
         with contextlib.suppress(StreamingError):
             await self.respond_json(

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from agent import __version__
 from agent.aio.bridge import ThreadBridge
+from agent.aio.edge import Edge
 from agent.aio.h2conn import HANDSHAKE_TIMEOUT_S, AlpnSwitch, serve_factory
 from agent.aio.logs import kv
 from agent.aio.sdnotify import SystemdNotifier
@@ -33,6 +34,7 @@ from agent.master.proxy import StreamingProxy
 from agent.master.registry import NodeRegistry
 from agent.master.store.sqlite import SqliteStore
 from agent.pki.core import certs_from_pem
+from agent.proto.routes import MASTER_ROUTES
 
 log = logging.getLogger(__name__)
 
@@ -98,23 +100,28 @@ class Master:
         )
         proxy_cert, proxy_key = await self.bridge.run(write_proxy_identity, pki, cfg.pki_dir)
         self.proxy = StreamingProxy(
-            cas=lambda: [pki.ca_cert],
             pod_node=self._pod_node,
             node_endpoint=self._node_endpoint,
             proxy_cert=proxy_cert,
             proxy_key=proxy_key,
             ca_file=pki.ca_cert_path,
         )
+        # One edge, one set of handlers, both protocols: every JSON route over HTTP/1.1
+        # (aiohttp) and HTTP/2; the stream routes (the proxy) over HTTP/2.
+        edge = Edge(MASTER_ROUTES, self.api.handlers, gate=self.api, streams=self.proxy.handle)
         # Watches are long-lived streams: on shutdown give requests a moment, then close them
         # (agents reconnect and resume from their resource version).
         runner = web.AppRunner(
-            self.api.app(), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S
+            edge.aiohttp_app(),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=SHUTDOWN_GRACE_S,
         )
         await runner.setup()
         http1 = runner.server
         assert http1 is not None
-        make_h2 = serve_factory(self.proxy.handle, name="master-api")
-        # One port for both: HTTP/1.1 (the JSON API, aiohttp) and HTTP/2 (streaming proxy).
+        make_h2 = serve_factory(edge.serve_h2, name="master-api")
+        # One port for both protocols, chosen per connection by ALPN.
         server = await loop.create_server(
             lambda: AlpnSwitch(make_h2, http1),
             cfg.host,
@@ -166,9 +173,8 @@ class Master:
         raise _ShutdownRequested
 
     async def _pod_node(self, namespace: str, name: str) -> str:
-        obj = await self.pods.get(namespace, name)
-        node = str(obj.get("nodeName") or "")
-        if not node:
+        node = await self.api.pod_node(namespace, name)
+        if node is None:
             raise NotFoundError(f"pod {namespace}/{name} is not bound to a node yet")
         return node
 

@@ -1,6 +1,7 @@
 """The master's streaming proxy: exec, port-forward and logs for users who only reach the master.
 
-A user's HTTP/2 stream (``nodectl`` without ``--direct``) is authorized here (administrators),
+A user's HTTP/2 stream (``nodectl`` without ``--direct``) is authorized by the master's edge
+(``agent.aio.edge``, the authorization table: logs for viewers, everything for administrators),
 then relayed to a stream on the one HTTP/2 connection the master keeps per node, opened with the
 master's proxy identity (``O=system:node-proxies``) and carrying the user's identity in
 ``node-agent-user`` / ``node-agent-groups`` headers; the node authorizes and audits that user,
@@ -18,35 +19,22 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import urllib.parse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 
+from agent.aio.edge import ApiRequest
 from agent.aio.h2conn import H2Connection, H2Stream, connect
 from agent.aio.logs import kv
-from agent.errors import (
-    AgentError,
-    BadGatewayError,
-    ConnectionClosedError,
-    ForbiddenError,
-    NotFoundError,
-    PkiError,
-    StreamingError,
-    UnauthenticatedError,
-)
-from agent.pki.core import Identity, authenticate, identity_of
+from agent.errors import BadGatewayError, ConnectionClosedError, StreamingError
+from agent.pki.core import identity_of
 from agent.pki.names import NODE_CN_PREFIX
+from agent.proto.authz import GROUPS_HEADER, USER_HEADER
 from agent.proto.h2mux import CLIENT_LIMITS
-from agent.proto.routes import CODE_EXECUTION_ACTIONS, STREAM_ROUTES
 
 log = logging.getLogger(__name__)
 
-USER_HEADER = "node-agent-user"
-GROUPS_HEADER = "node-agent-groups"
-PROXY_COMMON_NAME = "system:node-proxy"
 NODE_LINK_LIMITS = CLIENT_LIMITS
 _FORWARDED_HEADERS = ("content-type",)
 
@@ -55,14 +43,12 @@ class StreamingProxy:
     def __init__(
         self,
         *,
-        cas: Callable[[], list[x509.Certificate]],
-        pod_node: Callable[[str, str], Any],
-        node_endpoint: Callable[[str], Any],
+        pod_node: Callable[[str, str], Awaitable[str]],
+        node_endpoint: Callable[[str], Awaitable[tuple[str, int]]],
         proxy_cert: Path,
         proxy_key: Path,
         ca_file: Path,
     ) -> None:
-        self._cas = cas
         self._pod_node = pod_node
         self._node_endpoint = node_endpoint
         self._proxy_cert = proxy_cert
@@ -73,42 +59,17 @@ class StreamingProxy:
 
     # -- users ---------------------------------------------------------------------------
 
-    async def handle(self, stream: H2Stream) -> None:
-        try:
-            who = self._authorize(stream)
-            await self._relay(stream, who)
-        except AgentError as exc:
-            await stream.respond_error(exc.http_status, str(exc))
-
-    def _authorize(self, stream: H2Stream) -> Identity:
-        try:
-            ident = authenticate(stream.conn.peer_cert_der, self._cas())
-        except PkiError as exc:
-            raise UnauthenticatedError(str(exc)) from exc
-        if not ident.may_read:
-            raise ForbiddenError(f"{ident.common_name!r} may not exec, port-forward or read logs")
-        return ident
-
-    async def _relay(self, user: H2Stream, who: Identity) -> None:
-        parts = urllib.parse.urlsplit(user.path)
-        segments = parts.path.strip("/").split("/")
-        if (
-            len(segments) != 6
-            or segments[:2] != ["v1", "namespaces"]
-            or segments[3] != "pods"
-            or (user.method, segments[5]) not in STREAM_ROUTES
-        ):
-            raise NotFoundError(f"no such endpoint: {user.method} {parts.path}")
-        if segments[5] in CODE_EXECUTION_ACTIONS and not who.is_admin:
-            # Checked here and again by the node, which sees the user's groups.
-            raise ForbiddenError(f"{who.common_name!r} may read logs but not {segments[5]}")
-        node = await self._pod_node(segments[2], segments[4])
+    async def handle(self, user: H2Stream, request: ApiRequest) -> None:
+        """A stream route, already authorized by the edge (``agent.aio.edge``): relay it to the
+        pod's node as the user (the node authorizes that user again and audits it)."""
+        who = request.principal
+        node = await self._pod_node(request.param("namespace"), request.param("pod"))
         link = await self._link(node)
         try:
             upstream = await link.request(
                 user.method,
                 user.path,
-                [(USER_HEADER, who.common_name), (GROUPS_HEADER, ",".join(who.groups))],
+                [(USER_HEADER, who.name), (GROUPS_HEADER, ",".join(who.groups))],
             )
         except ConnectionClosedError as exc:
             raise BadGatewayError(f"node {node}: {exc}") from exc

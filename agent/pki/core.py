@@ -15,7 +15,7 @@ import hashlib
 import ipaddress
 import os
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from agent.pki.names import (
     PROXIES_GROUP,
     VIEWERS_GROUP,
 )
+from agent.proto.authz import ANONYMOUS, GROUPS_HEADER, USER_HEADER, Principal, Role
 
 CA_LIFETIME_DAYS = 3650
 SERVING_LIFETIME_DAYS = 825
@@ -285,12 +286,72 @@ def identity_of(cert: x509.Certificate) -> Identity:
 
 def authenticate(der: bytes | None, cas: Sequence[x509.Certificate]) -> Identity:
     """Who a TLS peer is, from its DER client certificate: issued by one of ``cas`` and valid
-    now, else PkiError. Used per request by every authorizing server (node API, proxy)."""
+    now, else PkiError."""
     if not der:
         raise PkiError("client certificate required")
     cert = x509.load_der_x509_certificate(der)
     verify_issued_by(cert, cas)
     return identity_of(cert)
+
+
+def principal_of(
+    der: bytes | None,
+    cluster_cas: Sequence[x509.Certificate],
+    fleet_cas: Sequence[x509.Certificate] = (),
+    proxied: Mapping[str, str] | None = None,
+) -> Principal:
+    """Who a TLS peer is, from its DER client certificate, for the authorization table
+    (``agent.proto.authz``): the one mapping from certificates to principals, used per request
+    by the master's API and the node's API over both protocols.
+
+    A certificate valid now and issued by a ``cluster_cas`` CA says its role by its groups; one
+    from a ``fleet_cas`` CA is good for registering only, whatever its subject says; anything
+    else counts as no certificate. ``proxied``: the request's headers (lower-case names) where
+    the master's proxy is believed about the user it acts for (the node's API), else None.
+    """
+    if not der:
+        return ANONYMOUS
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        verify_issued_by(cert, cluster_cas)
+    except PkiError:
+        try:
+            verify_issued_by(cert, fleet_cas)
+        except PkiError as exc:
+            return Principal(Role.ANONYMOUS, note=str(exc))
+        return Principal(Role.FLEET, identity_of(cert).common_name, cert_der=der)
+    ident = identity_of(cert)
+    if ident.is_admin:
+        return Principal(Role.ADMIN, ident.common_name, ident.groups)
+    if VIEWERS_GROUP in ident.groups:
+        return Principal(Role.VIEWER, ident.common_name, ident.groups)
+    if PROXIES_GROUP in ident.groups:
+        return _proxied_user(ident, proxied)
+    if ident.node_name is not None:
+        key = cert.public_key()
+        key_id = public_key_id(key) if isinstance(key, ec.EllipticCurvePublicKey) else ""
+        return Principal(Role.NODE, ident.node_name, ident.groups, ident.node_name, key_id)
+    return Principal(Role.USER, ident.common_name, ident.groups)
+
+
+def _proxied_user(proxy: Identity, headers: Mapping[str, str] | None) -> Principal:
+    """The user the master's proxy names (where it is believed), audited as ``user (via
+    system:node-proxy)``; the proxy itself where it is not, or names nobody."""
+    if headers is None:
+        return Principal(Role.PROXY, proxy.common_name, proxy.groups)
+    user = headers.get(USER_HEADER, "")
+    if not user:
+        note = "the master's proxy must say which user it acts for"
+        return Principal(Role.PROXY, proxy.common_name, proxy.groups, note=note)
+    groups = tuple(g for g in headers.get(GROUPS_HEADER, "").split(",") if g)
+    role = (
+        Role.ADMIN
+        if MASTERS_GROUP in groups
+        else Role.VIEWER
+        if VIEWERS_GROUP in groups
+        else Role.USER
+    )
+    return Principal(role, f"{user} (via {proxy.common_name})", groups)
 
 
 def verify_issued_by(

@@ -1,0 +1,330 @@
+"""The HTTP edge of the master's API and of the node's API: one set of framework-neutral
+handlers, served over HTTP/1.1 (aiohttp) and HTTP/2 (``agent.aio.h2conn``) by two thin
+front-ends, so that a request gets the same answer whichever protocol the client negotiated.
+
+Every request goes through the same steps, in this order, on both protocols: the route
+(``agent.proto.routes``: 404, 405 with ``Allow``, 400 for a bad path parameter); the caller
+(its certificate mapped to a principal by the API's ``Gate``, then to its column of the
+authorization table); the decision (``agent.proto.authz``: 401, 403); the protocol (a stream
+route over HTTP/1.1: 426, it needs HTTP/2); the body (at most ``MAX_BODY_BYTES``, else 413);
+then the handler. A JSON handler takes an ``ApiRequest`` and returns an ``ApiResponse`` (a
+whole body, or chunks from an async iterator for the pod watch); a stream handler gets the
+HTTP/2 stream itself. Errors are ``{"error": {"code", "message", "details"}}`` on both.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from agent.aio.h2conn import H2Stream
+from agent.aio.logs import kv
+from agent.errors import (
+    AgentError,
+    BadRequestError,
+    ForbiddenError,
+    ManifestError,
+    MethodNotAllowedError,
+    NeedsHttp2Error,
+    PayloadTooLargeError,
+    RuntimeUnavailableError,
+    StreamingError,
+    UnauthenticatedError,
+)
+from agent.proto.authz import (
+    Caller,
+    Decision,
+    Principal,
+    Role,
+    caller_of,
+    decide,
+    needs_subject,
+    refusal,
+)
+from agent.proto.routes import RouteMatch, RouteTable, Subject
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1 << 20
+JSON_TYPE = "application/json"
+# 426 must name a protocol to upgrade to (RFC 9110 §15.5.22); the client reconnects with ALPN
+# h2 over TLS (HTTP/2 has no in-band upgrade over TLS, RFC 9113 §3.1).
+_UPGRADE = ("upgrade", "HTTP/2.0")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiRequest:
+    """One authorized request, whichever protocol carried it."""
+
+    match: RouteMatch
+    caller: Caller
+    headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
+    body: bytes = b""
+    peer_ip: str = ""
+
+    @property
+    def principal(self) -> Principal:
+        return self.caller.principal
+
+    def param(self, name: str) -> str:
+        return self.match.param(name)
+
+    def query(self, name: str, default: str | None = None) -> str | None:
+        return self.match.query_value(name, default)
+
+    def json(self, *, optional: bool = False) -> dict[str, Any]:
+        """The body as a JSON object; ``optional``: an empty body is ``{}``."""
+        if optional and not self.body:
+            return {}
+        try:
+            body = json.loads(self.body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BadRequestError(f"request body is not JSON: {exc}") from exc
+        if not isinstance(body, dict):
+            raise BadRequestError("request body must be a JSON object")
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class ApiResponse:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = JSON_TYPE
+    headers: tuple[tuple[str, str], ...] = ()
+    stream: AsyncIterator[bytes] | None = None  # the body, chunk by chunk, instead of ``body``
+
+
+JsonHandler = Callable[[ApiRequest], Awaitable[ApiResponse]]
+StreamHandler = Callable[[H2Stream, ApiRequest], Awaitable[None]]
+
+
+def json_response(obj: object, status: int = 200) -> ApiResponse:
+    return ApiResponse(status, json.dumps(obj).encode())
+
+
+def text_response(text: str, content_type: str = "text/plain; charset=utf-8") -> ApiResponse:
+    return ApiResponse(200, text.encode(), content_type)
+
+
+def error_body(status: int, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": {"code": status, "message": message, "details": details or {}}}
+
+
+def error_response(exc: AgentError) -> ApiResponse:
+    details = {"field": exc.field} if isinstance(exc, ManifestError) else {}
+    headers: tuple[tuple[str, str], ...] = ()
+    if isinstance(exc, MethodNotAllowedError):
+        headers = (("allow", ", ".join(exc.allow)),)
+    elif isinstance(exc, NeedsHttp2Error):
+        headers = (_UPGRADE,)
+    body = json.dumps(error_body(exc.http_status, str(exc), details)).encode()
+    return ApiResponse(exc.http_status, body, headers=headers)
+
+
+class Gate(Protocol):
+    """What the edge asks the API it serves about callers."""
+
+    def principal(self, peer_der: bytes | None, headers: Mapping[str, str]) -> Principal:
+        """Who the peer's certificate (DER, or None) says it is."""
+        ...
+
+    def is_current(self, principal: Principal) -> bool:
+        """Whether a node's record accepts the key it presented."""
+        ...
+
+    async def pod_node(self, namespace: str, pod: str) -> str | None:
+        """The node the pod is bound to (None: unbound); NotFoundError when there is none."""
+        ...
+
+
+async def _bounded(chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    parts: list[bytes] = []
+    total = 0
+    async for chunk in chunks:
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLargeError(f"request body larger than {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def _h2_chunks(stream: H2Stream) -> AsyncIterator[bytes]:
+    while chunk := await stream.read():
+        yield chunk
+
+
+class Edge:
+    """Serves one API's route table: ``handlers`` by JSON route name, ``streams`` for the
+    stream routes (HTTP/2 only; None: they answer 503). ``owner``: the node whose API this is
+    (None for the master), for messages and for ``Subject.API``."""
+
+    def __init__(
+        self,
+        table: RouteTable,
+        handlers: Mapping[str, JsonHandler],
+        *,
+        gate: Gate,
+        streams: StreamHandler | None = None,
+        owner: str | None = None,
+    ) -> None:
+        self.table = table
+        self.handlers = handlers
+        self.gate = gate
+        self.streams = streams
+        self.owner = owner
+
+    # -- the steps every request goes through ------------------------------------------------
+
+    async def _caller(self, match: RouteMatch, principal: Principal) -> Caller:
+        route = match.route
+        if principal.role is not Role.NODE or not needs_subject(route.name):
+            return caller_of(principal, None, current=False)
+        node: str | None
+        if route.subject is Subject.PATH:
+            node = match.param("node")
+        elif route.subject is Subject.CALLER:
+            node = principal.node
+        elif route.subject is Subject.API:
+            node = self.owner
+        else:  # Subject.POD (NONE never needs a subject: tests/unit/proto/test_authz.py)
+            node = await self.gate.pod_node(match.param("namespace"), match.param("pod"))
+        return caller_of(principal, node, self.gate.is_current(principal))
+
+    async def _admit(
+        self,
+        method: str,
+        target: str,
+        peer_der: bytes | None,
+        headers: Mapping[str, str],
+        peer_ip: str,
+        *,
+        http2: bool,
+    ) -> ApiRequest:
+        match = self.table.match(method, target)
+        caller = await self._caller(match, self.gate.principal(peer_der, headers))
+        decision = decide(match.route.name, caller.kind)
+        if decision is Decision.UNAUTHENTICATED:
+            raise UnauthenticatedError(refusal(match, caller, self.owner))
+        if decision is Decision.FORBIDDEN:
+            raise ForbiddenError(refusal(match, caller, self.owner))
+        if match.route.stream and not http2:
+            raise NeedsHttp2Error(
+                f"{method} {match.path} streams over HTTP/2: connect with ALPN h2 "
+                f"(nodectl does), not HTTP/1.1"
+            )
+        return ApiRequest(match, caller, headers, b"", peer_ip)
+
+    async def _handle(self, request: ApiRequest) -> ApiResponse:
+        return await self.handlers[request.match.route.name](request)
+
+    # -- HTTP/1.1 (aiohttp) ------------------------------------------------------------------
+
+    def aiohttp_app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.router.add_route("*", "/{tail:.*}", self._serve_http1)
+        return app
+
+    async def _serve_http1(self, request: web.Request) -> web.StreamResponse:
+        transport = request.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport else None
+        der = (
+            ssl_object.getpeercert(binary_form=True)
+            if isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket)
+            else None
+        )
+        peer = transport.get_extra_info("peername") if transport else None
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        try:
+            admitted = await self._admit(
+                request.method,
+                request.raw_path,
+                der,
+                headers,
+                str(peer[0]) if peer else "",
+                http2=False,
+            )
+            if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+                raise PayloadTooLargeError(f"request body larger than {MAX_BODY_BYTES} bytes")
+            body = await _bounded(request.content.iter_any(), MAX_BODY_BYTES)
+            response = await self._handle(replace(admitted, body=body))
+        except AgentError as exc:
+            response = error_response(exc)
+        headers_out = {"Content-Type": response.content_type, **dict(response.headers)}
+        if response.stream is None:
+            return web.Response(status=response.status, body=response.body, headers=headers_out)
+        out = web.StreamResponse(status=response.status, headers=headers_out)
+        await out.prepare(request)
+        try:
+            async for chunk in response.stream:
+                await out.write(chunk)
+        except ConnectionResetError:
+            # The client went away (a node restarting, a partition healed onto a new
+            # connection): a watch resumes from the resource version it saw last.
+            log.info("stream response ended by the client", extra=kv(path=request.path))
+        except AgentError as exc:
+            _ended_early(request.path, exc)
+        finally:
+            await _close(response.stream)
+        return out
+
+    # -- HTTP/2 (agent.aio.h2conn) -----------------------------------------------------------
+
+    async def serve_h2(self, stream: H2Stream) -> None:
+        """The ``serve_factory`` handler."""
+        headers = {k: v for k, v in stream.headers if not k.startswith(":")}
+        try:
+            admitted = await self._admit(
+                stream.method,
+                stream.path,
+                stream.conn.peer_cert_der,
+                headers,
+                stream.conn.peer_address,
+                http2=True,
+            )
+            if admitted.match.route.stream:
+                if self.streams is None:
+                    raise RuntimeUnavailableError("this node serves no streams (no runtime)")
+                await self.streams(stream, admitted)
+                return
+            body = await _bounded(_h2_chunks(stream), MAX_BODY_BYTES)
+            response = await self._handle(replace(admitted, body=body))
+        except AgentError as exc:
+            if stream.responded or stream.local_ended or stream.failed:
+                await stream.respond_error(exc.http_status, str(exc))  # resets if it must
+                return
+            response = error_response(exc)
+        await stream.respond(
+            response.status, [("content-type", response.content_type), *response.headers]
+        )
+        if response.stream is None:
+            if response.body:
+                await stream.write(response.body)
+        else:
+            try:
+                async for chunk in response.stream:
+                    await stream.write(chunk)
+            except StreamingError:
+                raise  # this stream is gone (reset, connection closed): nothing to end
+            except AgentError as exc:
+                _ended_early(stream.path, exc)
+            finally:
+                await _close(response.stream)
+        await stream.end()
+
+
+def _ended_early(path: str, exc: AgentError) -> None:
+    """A streamed body failed after its headers were sent (the master stopping under a watch,
+    its store gone): the response ends there and the client resumes, as after a disconnect."""
+    log.info("stream response ended early", extra=kv(path=path, error=str(exc)))
+
+
+async def _close(chunks: AsyncIterator[bytes]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()
