@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 PODS_PREFIX = "/pods/"
 MIRROR_ANNOTATION = "node-agent.io/mirror"
 DEFAULT_MAX_PODS = 110
+TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
 def pod_key(namespace: str, name: str) -> str:
@@ -46,6 +47,12 @@ def _requests(pod: Pod) -> tuple[int, int]:
     cpu = sum(c.resources.cpu_request_millis or 0 for c in pod.spec.containers)
     memory = sum(c.resources.memory_request_bytes or 0 for c in pod.spec.containers)
     return cpu, memory
+
+
+def _terminal(obj: dict[str, Any]) -> bool:
+    """A pod that has finished for good: it holds no resources and is never placed again
+    (as in Kubernetes, whose scheduler and eviction skip Succeeded and Failed pods)."""
+    return obj.get("status", {}).get("phase") in TERMINAL_PHASES
 
 
 def _capacity(record: dict[str, Any]) -> tuple[int, int, int]:
@@ -105,6 +112,11 @@ class PodStore:
                     "spec.nodeName",
                     f"pod is bound to {obj['nodeName']}; a pod never moves (delete it first)",
                 )
+            if not obj["nodeName"] and pod.spec.node_name:
+                # Still pending, now with a node named: bound there, like a new pod would be.
+                obj["nodeName"] = pod.spec.node_name
+                obj["scheduled"] = False
+                obj["status"] = {"phase": "Pending"}
             if obj["nodeName"]:
                 normalised["spec"] = {**normalised["spec"], "nodeName": obj["nodeName"]}
             obj["manifest"] = normalised
@@ -124,7 +136,7 @@ class PodStore:
         items, _ = await self.store.list_prefix(PODS_PREFIX)
         for item in items:
             other = json.loads(item.value)
-            if other["nodeName"]:
+            if other["nodeName"] and not _terminal(other):
                 used = allocated.setdefault(other["nodeName"], [0, 0, 0])
                 ocpu, omem = _requests(parse_pod(other["manifest"], source="api"))
                 used[0] += ocpu
@@ -254,7 +266,7 @@ class PodStore:
         for item in items:
             obj = json.loads(item.value)
             node = obj["nodeName"]
-            if node not in due or not obj.get("scheduled") or obj.get("mirror"):
+            if node not in due or not obj.get("scheduled") or obj.get("mirror") or _terminal(obj):
                 continue
             message = f"node {node} NotReady for {due[node]:.0f}s; evicted to be placed again"
             obj["nodeName"] = ""
@@ -302,17 +314,21 @@ class PodStore:
         return moved
 
     async def delete(self, namespace: str, name: str) -> None:
-        item = await self.store.get(pod_key(namespace, name))
-        if item is None:
-            raise NotFoundError(f"pod {namespace}/{name} not found")
-        obj = json.loads(item.value)
-        if obj.get("mirror"):
-            raise MirrorConflictError(
-                f"pod {namespace}/{name} mirrors a static pod of node {obj['nodeName']}; "
-                f"remove its manifest on that node"
-            )
-        if await self.store.delete(item.key, expected_mod_revision=item.mod_revision) is None:
-            raise NotFoundError(f"pod {namespace}/{name} changed or vanished; retry")
+        while True:  # the check and the delete are one compare-and-swap; again if it changed
+            item = await self.store.get(pod_key(namespace, name))
+            if item is None:
+                raise NotFoundError(f"pod {namespace}/{name} not found")
+            obj = json.loads(item.value)
+            if obj.get("mirror"):
+                raise MirrorConflictError(
+                    f"pod {namespace}/{name} mirrors a static pod of node {obj['nodeName']}; "
+                    f"remove its manifest on that node"
+                )
+            if (
+                await self.store.delete(item.key, expected_mod_revision=item.mod_revision)
+                is not None
+            ):
+                return
 
     async def put_mirror(self, node: str, manifest: object) -> None:
         """A node's static pod, shown read-only on the master (kubelet's mirror pods)."""
