@@ -70,6 +70,11 @@ KILL_EXIT_CODE = 137  # 128 + SIGKILL
 NOT_FOUND_EXIT_CODE = 127
 SHORT_ID_CHARS = 12
 _POD_NETWORK = "10.88.0."
+# What ``fail`` can make fail: the protocol's operations, and an exec session's engine calls.
+_OPERATIONS = frozenset(
+    {name for name in vars(Runtime) if not name.startswith("_") and name != "close"}
+    | {"exec_resize", "exec_inspect"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +294,7 @@ class FakeRuntime:
         """The next ``times`` calls of ``operation`` (a Runtime method name, or
         ``exec_resize`` / ``exec_inspect`` for a session's calls) raise ``error``; None: every
         call until ``clear_faults``."""
-        if not hasattr(self, operation) and operation not in ("exec_resize", "exec_inspect"):
+        if operation not in _OPERATIONS:
             raise ValueError(f"FakeRuntime has no operation {operation!r}")
         self._faults.setdefault(operation, []).append(_Fault(error, times))
 
@@ -788,9 +793,11 @@ class FakeRuntime:
         del self._images[image.id]
 
     async def ensure_image(self, image: str, pull: str) -> ImageRecord:
+        self._enter("ensure_image")
         return await ensure_image(self, image, pull)
 
     async def ensure_sandbox_image(self, image: str) -> ImageRecord:
+        self._enter("ensure_sandbox_image")
         present = await self.inspect_image(image)
         if present is not None:
             return present

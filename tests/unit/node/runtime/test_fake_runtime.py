@@ -109,8 +109,12 @@ async def test_faults_fail_the_next_calls_then_clear(fake: FakeRuntime) -> None:
     fake.clear_faults()
     await fake.start_container(cid)
     assert fake.calls["start_container"] == 4
-    with pytest.raises(ValueError, match="no operation"):
-        fake.fail("launch_rocket", RuntimeOperationError("x"))
+    for unknown in ("launch_rocket", "close", "calls"):
+        with pytest.raises(ValueError, match="no operation"):
+            fake.fail(unknown, RuntimeOperationError("x"))
+    fake.fail("ensure_image", ImageUnavailableError("composite operations fail too"))
+    with pytest.raises(ImageUnavailableError, match="composite"):
+        await fake.ensure_image(IMAGE, "IfNotPresent")
 
 
 async def test_a_dead_engine_refuses_everything_and_ends_event_streams(
