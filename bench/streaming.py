@@ -4,17 +4,16 @@ relay, and ``nodectl exec POD -- true`` against ``docker exec`` and ``ssh host t
 Run: ``.venv/bin/python bench/streaming.py [--mib 256] [--rounds 3] [--pings 2000] [--execs 10]``
 (needs openssh-server for the ssh baselines: ``apt-get install openssh-server``).
 
-Every path ends at the same echo server: a host-side process that splices each connection's
-bytes back (socket -> pipe -> socket in the kernel, no copies through Python), several times
-faster than any path under test (docs/architecture.md §6: busybox ``nc`` in a container capped every path near
-250 MB/s). The pod is a hostNetwork pod, so ``nodectl port-forward`` reaches the echo on
-127.0.0.1 inside the pod's network namespace (setns, as for any pod) and the baselines reach the
-same port directly. Bulk: ``--mib`` MiB written and the same read back concurrently on
-one connection (throughput = bytes one way / time), paths alternating A B C D … for
-``--rounds`` rounds, medians reported.
-Latency: 1-byte ping-pong, ``--pings`` round trips per path, median. Exec: wall time of the whole
-command, ``--execs`` runs each, alternating. Only loopback and the test's own pod are used.
-"""
+Every path ends at the same echo server: a host-side process that splices each connection's bytes
+back (socket -> pipe -> socket in the kernel, no copies through Python), several times faster than
+any path under test (docs/architecture.md §6: busybox ``nc`` in a container capped every path near
+250 MB/s). The pod is a hostNetwork pod, so ``nodectl port-forward`` reaches the echo on 127.0.0.1
+inside the pod's network namespace (setns, as for any pod) and the baselines reach the same port
+directly. Bulk: ``--mib`` MiB written and the same read back concurrently on one connection
+(throughput = bytes one way / time), paths alternating A B C D … for ``--rounds`` rounds, medians
+reported. Latency: 1-byte ping-pong, ``--pings`` round trips per path, median. Exec: wall time of
+the whole command, ``--execs`` runs each, alternating. Only loopback and the test's own pod are
+used."""
 
 from __future__ import annotations
 

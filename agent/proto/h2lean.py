@@ -1,5 +1,5 @@
-"""h2 without the per-byte copies and the per-frame payload dumps (docs/architecture.md §5, docs/streaming.md): our one guarded
-place for working around h2 4.x / hyperframe 6.x internals.
+"""h2 without the per-byte copies and the per-frame payload dumps: our one guarded place for
+working around h2 4.x / hyperframe 6.x internals (docs/architecture.md §5, docs/streaming.md).
 
 What stock h2 costs a relay, measured on the master (docs/streaming.md, "h2's copies"): every
 received DATA byte is copied three times before the application sees it (appended to the frame
