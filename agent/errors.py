@@ -180,6 +180,13 @@ class CheckpointCorruptError(CheckpointError):
     """The checkpoint file exists but cannot be parsed; it is moved aside."""
 
 
+# -- the daemon's tasks -----------------------------------------------------------------------
+
+
+class TaskEndedError(AgentError):
+    """A task meant to run for the daemon's whole life returned: a bug; the daemon stops."""
+
+
 # -- the node's link to the master ------------------------------------------------------------
 
 
@@ -187,6 +194,11 @@ class MasterUnavailableError(AgentError):
     """The master cannot be reached or answered unexpectedly: retry with back-off."""
 
     http_status = 503
+
+
+class MasterAnswerMalformedError(MasterUnavailableError):
+    """The master sent what its API does not promise (a watch line or listing that is not JSON
+    of the right shape, or too long): counted, and answered by a relist."""
 
 
 class IdentityRejectedError(AgentError):

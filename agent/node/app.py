@@ -1,21 +1,34 @@
-"""The node daemon's composition root: builds every manager with its collaborators and runs
-them under one TaskGroup.
+"""The node daemon's composition root: builds every manager with its collaborators, orders
+them, and runs them under one supervisor (the daemon's one TaskGroup). No behaviour of its own.
 
-Boot order matters for adoption: the checkpoint (or, when it is lost, the manifests our sandboxes
-carry) says which pods are desired *before* anything is reconciled, the static manifest
-directory is scanned once, and only then are containers of undesired pods removed. Stopping the
-agent (SIGTERM/SIGINT) cancels the managers and leaves every container running, as kubelet does.
+Start order (each step's ``start()`` returns before the next begins):
+
+1. ``local-api``: ``/healthz`` answers from the first moment, with the reasons it is not ok.
+2. ``watchdog``: the event-loop heartbeat and systemd's ``WATCHDOG=1``.
+3. ``runtime``: wait until the container runtime answers; make the sandbox image present.
+4. ``pods``: desired state from the checkpoint (or, when it is lost, from the manifests our
+   sandboxes carry); a worker per pod, adopting the containers it finds.
+5. ``manifest-dir`` (if configured): one full scan, then following the directory.
+6. ``runtime-watch``: only now, with every source heard, containers of undesired pods found at
+   start are removed; then runtime events and relists.
+7. ``master-link`` (if configured): starts linking in the background — the agent never waits
+   for the master; pods it assigned before run from the checkpoint meanwhile.
+8. ``readiness``: waits for the first reconcile of every pod, then ``READY=1``.
+
+Stop (SIGTERM/SIGINT, or a failed task) runs the started steps in reverse order, each bounded
+by ``STOP_STEP_TIMEOUT_S`` (an overrun is logged and the stop goes on). No step stops a pod:
+the workers are cancelled and every container is left running, as kubelet does; the checkpoint
+is written a last time. A task that dies, or an eternal loop that returns, fails the daemon
+(exit non-zero; systemd restarts it) after the same orderly stop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import signal
-import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 
 import psutil
 
@@ -24,34 +37,43 @@ from agent.aio.bridge import ThreadBridge
 from agent.aio.clock import Clock, SystemClock
 from agent.aio.logs import kv
 from agent.aio.sdnotify import SystemdNotifier
-from agent.aio.tasks import start_guarded
+from agent.aio.tasks import Lifecycle, Manager, Supervisor
 from agent.config import AgentConfig
-from agent.errors import AgentError
 from agent.events import EventRecorder
 from agent.node.backoff import BackoffPolicy
 from agent.node.health.api import LocalApi
 from agent.node.health.metrics import NodeMetrics
-from agent.node.masterlink.link import LinkState, MasterLink
+from agent.node.health.state import NodeHealth, RuntimeHealth
+from agent.node.health.watchdog import Notifier, Readiness, Watchdog
+from agent.node.masterlink.client import MasterClient
+from agent.node.masterlink.facts import NodeFacts
+from agent.node.masterlink.identity import CertificateRotation, NodeIdentity
+from agent.node.masterlink.lease import LeaseKeeper
+from agent.node.masterlink.link import MasterLink, NodeApiServer
+from agent.node.masterlink.mirrors import MirrorPods
+from agent.node.masterlink.registration import Registrar
+from agent.node.masterlink.state import LinkStatus
+from agent.node.masterlink.status import StatusReporter
+from agent.node.masterlink.watch import MasterPodSource
 from agent.node.pods.checkpoint import CheckpointStore
 from agent.node.pods.manager import PodManager
+from agent.node.pods.runtime_watch import RuntimeGate, RuntimeWatcher
 from agent.node.pods.sources import ManifestDirSource
 from agent.node.pods.specs import SpecContext
-from agent.node.pods.worker import WorkerBook, WorkerDeps
+from agent.node.pods.worker import WorkerDeps
 from agent.node.runtime.base import Runtime
 from agent.node.runtime.docker import DockerRuntime
+from agent.node.streaming.server import NodeApi
 
 log = logging.getLogger(__name__)
 
-RUNTIME_RETRY_INITIAL_S = 0.5
-RUNTIME_RETRY_MAX_S = 10.0
-LOOP_HEARTBEAT_S = 1.0
-LOOP_STALL_S = 10.0
+STOP_STEP_TIMEOUT_S = 10.0
 CHECKPOINT_FILE = "checkpoint.json"
+PKI_DIR = "pki"
 _VIRTUAL_IFACE_PREFIXES = ("lo", "docker", "veth", "br-", "virbr", "cni", "flannel", "cali")
 
-
-class _ShutdownRequested(Exception):
-    """Raised inside the TaskGroup to unwind it on SIGTERM/SIGINT."""
+Sleep = Callable[[float], Awaitable[None]]
+NodeApiFactory = Callable[[PodManager, ThreadBridge], NodeApiServer]
 
 
 def detect_host_ip() -> str:
@@ -68,52 +90,6 @@ def detect_host_ip() -> str:
     return "127.0.0.1"
 
 
-@dataclass(slots=True)
-class HealthState:
-    runtime_up: bool = False
-    runtime_error: str = "runtime: not contacted yet"
-    runtime_errors: int = 0
-    ready: bool = False
-    last_heartbeat: float = 0.0
-    checkpoint_error: str = ""
-    link: LinkState | None = None
-
-    def problems(self) -> list[str]:
-        found = []
-        # An unreachable master is not a problem of the node (it coasts); a refusal is.
-        if self.link is not None and self.link.problem.startswith(
-            ("registration:", "master: the master's CA")
-        ):
-            found.append(self.link.problem)
-        if not self.runtime_up:
-            found.append(self.runtime_error)
-        if not self.ready:
-            found.append("starting: first reconcile of every pod not finished")
-        if self.last_heartbeat and time.monotonic() - self.last_heartbeat > LOOP_STALL_S:
-            found.append("event loop: heartbeat stalled")
-        if self.checkpoint_error:
-            found.append(f"checkpoint: {self.checkpoint_error}")
-        return found
-
-    def conditions(self) -> list[dict[str, str]]:
-        """Node conditions reported to the master beside its lease-based Ready (kubelet's
-        node conditions: one fact each, a reason a machine can match, a message a human reads)."""
-        runtime = {"type": "RuntimeReady", "status": "True", "reason": "RuntimeUp", "message": ""}
-        if not self.runtime_up:
-            runtime.update(status="False", reason="RuntimeUnavailable", message=self.runtime_error)
-        checkpoint = {
-            "type": "CheckpointWritable",
-            "status": "True",
-            "reason": "CheckpointSaved",
-            "message": "",
-        }
-        if self.checkpoint_error:
-            checkpoint.update(
-                status="False", reason="CheckpointWriteFailed", message=self.checkpoint_error
-            )
-        return [runtime, checkpoint]
-
-
 class NodeAgent:
     def __init__(
         self,
@@ -121,49 +97,100 @@ class NodeAgent:
         *,
         runtime: Runtime | None = None,
         clock: Clock | None = None,
-        notifier: SystemdNotifier | None = None,
+        notifier: Notifier | None = None,
         host_ip: str | None = None,
+        node_api: NodeApiFactory | None = None,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
-        self.config = config
+        cfg = self.config = config
         # Resolved before the loop runs (psutil reads /proc), so never on the loop.
-        self._host_ip = host_ip or config.node_ip or detect_host_ip()
-        self.bridge = ThreadBridge(config.runtime_threads, name="runtime")
-        self._docker: DockerRuntime | None = None
+        self._host_ip = host_ip or cfg.node_ip or detect_host_ip()
+        self.bridge = ThreadBridge(cfg.runtime_threads, name="runtime")
+        docker: DockerRuntime | None = None
         if runtime is None:
-            self._docker = DockerRuntime(
+            docker = DockerRuntime(
                 self.bridge,
-                config.node_name,
-                docker_host=config.docker_host,
-                timeout_s=config.runtime_timeout_s,
-                pool_size=config.runtime_threads,
+                cfg.node_name,
+                docker_host=cfg.docker_host,
+                timeout_s=cfg.runtime_timeout_s,
+                pool_size=cfg.runtime_threads,
             )
-            runtime = self._docker
+            runtime = docker
         self.runtime = runtime
         self.clock = clock or SystemClock()
         self.notifier = notifier or SystemdNotifier.from_env()
-        self.health = _Health(self)
-        self.state = HealthState()
-        self.events = EventRecorder(config.node_name)
+        self.supervisor = Supervisor()
+        tasks = self.supervisor.scope
+        self.events = EventRecorder(cfg.node_name)
         self.metrics = NodeMetrics()
-        self.checkpoint = CheckpointStore(config.state_dir / CHECKPOINT_FILE)
         self.pods = PodManager(
-            node_name=config.node_name,
+            node_name=cfg.node_name,
             make_deps=self._worker_deps,
-            checkpoint=self.checkpoint,
+            runtime=runtime,
+            checkpoint=CheckpointStore(cfg.state_dir / CHECKPOINT_FILE),
             bridge=self.bridge,
             metrics=self.metrics,
+            tasks=tasks("pods"),
         )
-        self.api = LocalApi(
-            pods=self.pods,
-            events=self.events,
-            metrics=self.metrics,
-            health=self.health,
-            node_name=config.node_name,
+        runtime_health = RuntimeHealth()
+        link_status = LinkStatus() if cfg.master is not None else None
+        self.health = NodeHealth(
+            runtime=runtime_health,
+            checkpoint_error=lambda: self.pods.checkpoint_error,
+            runtime_errors=(lambda: docker.call_errors) if docker is not None else (lambda: 0),
+            link=link_status,
         )
         self.source: ManifestDirSource | None = None
+        if cfg.manifest_dir is not None:
+            self.source = ManifestDirSource(
+                cfg.manifest_dir,
+                node_name=cfg.node_name,
+                interval_s=cfg.manifest_poll_interval_s,
+                bridge=self.bridge,
+                events=self.events,
+                apply=self.pods.apply_source,
+                tasks=tasks("manifest-dir"),
+            )
         self.link: MasterLink | None = None
+        if link_status is not None:
+            if node_api is None:
+                node_api = self._node_api(docker)
+            self.link = self._master_link(link_status, node_api(self.pods, self.bridge), sleep)
+        managers: list[Manager | None] = [
+            LocalApi(
+                pods=self.pods,
+                events=self.events,
+                metrics=self.metrics,
+                health=self.health,
+                node_name=cfg.node_name,
+                host=cfg.health_host,
+                port=cfg.health_port,
+            ),
+            Watchdog(
+                self.health,
+                self.notifier,
+                fallback_interval_s=cfg.watchdog_interval_s,
+                tasks=tasks("watchdog"),
+                sleep=sleep,
+            ),
+            RuntimeGate(runtime, runtime_health, sandbox_image=cfg.sandbox_image, sleep=sleep),
+            self.pods,
+            self.source,
+            RuntimeWatcher(
+                runtime,
+                self.pods,
+                runtime_health,
+                relist_interval_s=cfg.relist_interval_s,
+                tasks=tasks("runtime-watch"),
+                sleep=sleep,
+            ),
+            self.link,
+            Readiness(self.health, self.notifier, self.pods),
+        ]
+        self.lifecycle = Lifecycle(
+            [m for m in managers if m is not None], step_timeout_s=STOP_STEP_TIMEOUT_S
+        )
         self._stop = asyncio.Event()
-        self._relist_now = asyncio.Event()
 
     def _worker_deps(self, manager: PodManager) -> WorkerDeps:
         cfg = self.config
@@ -185,6 +212,60 @@ class NodeAgent:
             on_synced=manager.on_synced,
         )
 
+    def _node_api(self, docker: DockerRuntime | None) -> NodeApiFactory:
+        def build(pods: PodManager, bridge: ThreadBridge) -> NodeApiServer:
+            return NodeApi(
+                pods,
+                self.config.node_name,
+                self.config.api_addr,
+                streaming_runtime=docker,
+                run_blocking=bridge.run,
+            )
+
+        return build
+
+    def _master_link(self, status: LinkStatus, node_api: NodeApiServer, sleep: Sleep) -> MasterLink:
+        cfg = self.config
+        assert cfg.master is not None
+        client = MasterClient(cfg.master, bind_source=cfg.bind_source)
+        identity = NodeIdentity(
+            cfg.state_dir / PKI_DIR,
+            self.bridge,
+            node_name=cfg.node_name,
+            ca_pins=tuple(cfg.ca_cert_hash),
+        )
+        facts = NodeFacts(
+            self.bridge,
+            self.runtime,
+            state_dir=cfg.state_dir,
+            max_pods=cfg.max_pods,
+            api_addr=cfg.api_addr,
+        )
+        return MasterLink(
+            client=client,
+            identity=identity,
+            registrar=Registrar(
+                identity,
+                facts,
+                client,
+                self.bridge,
+                status,
+                labels=dict(item.split("=", 1) for item in cfg.node_labels),
+                bootstrap_cert=cfg.bootstrap_cert,
+                bootstrap_key=cfg.bootstrap_key,
+            ),
+            lease=LeaseKeeper(cfg.node_name, facts, conditions=self.health.conditions, sleep=sleep),
+            watch=MasterPodSource(cfg.node_name, self.pods, self.metrics, sleep=sleep),
+            reporter=StatusReporter(self.pods, MirrorPods(cfg.node_name, self.pods), sleep=sleep),
+            rotation=CertificateRotation(identity, sleep=sleep),
+            node_api=node_api,
+            status=status,
+            bridge=self.bridge,
+            tasks=self.supervisor.scope("master-link"),
+            backoff_max_s=cfg.master_backoff_max_s,
+            sleep=sleep,
+        )
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -200,182 +281,24 @@ class NodeAgent:
                 node=cfg.node_name,
                 state_dir=str(cfg.state_dir),
                 host_ip=self._host_ip,
+                managers=" -> ".join(m.name for m in self.lifecycle.managers),
             ),
         )
-        await self.api.start(cfg.health_host, cfg.health_port)
         try:
-            async with asyncio.TaskGroup() as group:
-                self.pods.attach(group)
-                start_guarded(group, "heartbeat", self._heartbeat)
-                start_guarded(group, "boot", lambda: self._boot(group))
-                # Not guarded: its exception is the shutdown mechanism, not a failure.
-                group.create_task(self._wait_stop(), name="shutdown-watch")
-        except* _ShutdownRequested:
-            pass
+            async with self.supervisor as supervisor:
+                starting = supervisor.start_guarded("start", self.lifecycle.start)
+                try:
+                    await self._stop.wait()
+                    log.info("stop requested; leaving pods running")
+                finally:
+                    # Also when a task failed: the supervisor cancelled this wait, and the
+                    # failure is raised once every manager has stopped.
+                    starting.cancel()
+                    await asyncio.wait({starting})
+                    await self.lifecycle.stop()
         finally:
-            self.notifier.stopping()
-            await self.api.stop()
-            if self.link is not None:
-                await self.link.node_api.stop()
-            with contextlib.suppress(AgentError):
-                await self.pods.save_now()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
             await self.runtime.close()
             self.bridge.close()
             log.info("node agent stopped; containers left running")
-
-    async def _wait_stop(self) -> None:
-        await self._stop.wait()
-        log.info("stop requested; leaving pods running")
-        raise _ShutdownRequested
-
-    async def _boot(self, group: asyncio.TaskGroup) -> None:
-        cfg = self.config
-        version = await self._wait_for_runtime()
-        log.info("container runtime answers", extra=kv(runtime="docker", version=version))
-        await self.runtime.ensure_sandbox_image(cfg.sandbox_image)
-        restored = await self.pods.load_checkpoint()
-        records = await self.runtime.list_containers()
-        books: dict[str, WorkerBook] = {}
-        if restored is None:
-            pods = self.pods.pods_from_runtime(records)
-            log.info("desired state rebuilt from the runtime", extra=kv(pods=len(pods)))
-        else:
-            pods, books = restored
-            log.info("desired state restored from the checkpoint", extra=kv(pods=len(pods)))
-        self.pods.restore(pods, books)
-        if cfg.manifest_dir is not None:
-            self.source = ManifestDirSource(
-                cfg.manifest_dir,
-                node_name=cfg.node_name,
-                interval_s=cfg.manifest_poll_interval_s,
-                bridge=self.bridge,
-                events=self.events,
-                apply=self.pods.apply_source,
-            )
-            await self.source.scan()
-            start_guarded(group, "manifest-dir", self.source.run)
-        if cfg.master is not None:
-            # Runs beside the pods, never before them: the agent does not wait for the master.
-            self.link = MasterLink(
-                cfg,
-                self.pods,
-                self.bridge,
-                self.runtime,
-                conditions=self.state.conditions,
-                streaming_runtime=self.runtime,
-            )
-            self.state.link = self.link.state
-            start_guarded(group, "master-link", self.link.run)
-        self.pods.adopt(records)
-        start_guarded(group, "checkpoint", self._checkpoint_loop)
-        start_guarded(group, "runtime-events", self._events_loop)
-        start_guarded(group, "relist", self._relist_loop)
-        await self.pods.wait_synced()
-        self.state.ready = True
-        self.notifier.ready(f"running {len(self.pods.workers)} pods")
-        log.info("first reconcile done; agent ready", extra=kv(pods=len(self.pods.workers)))
-
-    async def _wait_for_runtime(self) -> str:
-        delay = RUNTIME_RETRY_INITIAL_S
-        while True:
-            try:
-                version = await self.runtime.ping()
-            except AgentError as exc:
-                self._runtime_down(exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RUNTIME_RETRY_MAX_S)
-                continue
-            self._runtime_ok()
-            return version
-
-    def _runtime_ok(self) -> None:
-        if not self.state.runtime_up:
-            self.state.runtime_up = True
-            self.state.runtime_error = ""
-            self.pods.wake_all()
-
-    def _runtime_down(self, exc: Exception) -> None:
-        message = f"runtime: {exc}"
-        if self.state.runtime_up or self.state.runtime_error != message:
-            log.warning("container runtime unavailable", extra=kv(error=str(exc)))
-        self.state.runtime_up = False
-        self.state.runtime_error = message
-
-    async def _events_loop(self) -> None:
-        delay = RUNTIME_RETRY_INITIAL_S
-        while True:
-            try:
-                async for event in self.runtime.events():
-                    delay = RUNTIME_RETRY_INITIAL_S
-                    if not self.pods.wake(event.pod_uid):
-                        self._relist_now.set()
-            except AgentError as exc:
-                self._runtime_down(exc)
-            # The stream ended: the engine restarted or went away. Resync once it is back.
-            self._relist_now.set()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RUNTIME_RETRY_MAX_S)
-
-    async def _relist_loop(self) -> None:
-        seen: dict[str, set[str]] = {}
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._relist_now.wait(), self.config.relist_interval_s)
-            self._relist_now.clear()
-            try:
-                current = await self.runtime.list_pod_uids()
-            except AgentError as exc:
-                self._runtime_down(exc)
-                continue
-            self._runtime_ok()
-            strays = []
-            for uid, signature in current.items():
-                if seen.get(uid) == signature:
-                    continue
-                if not self.pods.wake(uid) and uid:
-                    strays.append(uid)
-            seen = current
-            for uid in strays:
-                with contextlib.suppress(AgentError):
-                    self.pods.adopt(await self.runtime.list_containers(uid))
-
-    async def _checkpoint_loop(self) -> None:
-        task = asyncio.ensure_future(self.pods.checkpoint_loop())
-        try:
-            while True:
-                await asyncio.sleep(LOOP_HEARTBEAT_S)
-                self.state.checkpoint_error = self.pods.checkpoint_error
-                if task.done():
-                    task.result()
-        finally:
-            task.cancel()
-
-    async def _heartbeat(self) -> None:
-        interval = self.notifier.watchdog_interval_s() or self.config.watchdog_interval_s
-        last_watchdog = 0.0
-        while True:
-            now = time.monotonic()
-            self.state.last_heartbeat = now
-            self.state.runtime_errors = self._docker.call_errors if self._docker else 0
-            if now - last_watchdog >= interval:
-                self.notifier.watchdog()
-                last_watchdog = now
-            await asyncio.sleep(LOOP_HEARTBEAT_S)
-
-
-class _Health:
-    """Adapter giving the local API a read-only view of the agent's health."""
-
-    def __init__(self, agent: NodeAgent) -> None:
-        self._agent = agent
-
-    def problems(self) -> list[str]:
-        return self._agent.state.problems()
-
-    @property
-    def runtime_up(self) -> bool:
-        return self._agent.state.runtime_up
-
-    @property
-    def runtime_errors(self) -> int:
-        return self._agent.state.runtime_errors

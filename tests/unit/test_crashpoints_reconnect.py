@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from agent.errors import ConfigError
-from agent.node.app import HealthState
 from agent.node.backoff import ReconnectBackoff
 from agent.node.crashpoints import ENV_VAR, POINTS, CrashPoints
+from agent.node.health.state import NodeHealth, RuntimeHealth
 
 
 def test_unset_crash_points_do_nothing() -> None:
@@ -103,16 +103,17 @@ def test_reconnect_backoff_rejects_a_cap_below_the_start() -> None:
 
 
 def test_node_conditions_follow_runtime_and_checkpoint_health() -> None:
-    state = HealthState(runtime_up=True, runtime_error="")
+    checkpoint_error = ""
+    runtime = RuntimeHealth(up=True, error="")
+    state = NodeHealth(runtime=runtime, checkpoint_error=lambda: checkpoint_error)
     assert [(c["type"], c["status"]) for c in state.conditions()] == [
         ("RuntimeReady", "True"),
         ("CheckpointWritable", "True"),
     ]
-    state.runtime_up = False
-    state.runtime_error = "runtime: docker: connection refused"
-    state.checkpoint_error = "/var/lib/node-agent/checkpoint.json: write failed: ENOSPC"
-    runtime, checkpoint = state.conditions()
-    assert runtime == {
+    runtime.down(Exception("docker: connection refused"))
+    checkpoint_error = "/var/lib/node-agent/checkpoint.json: write failed: ENOSPC"
+    runtime_condition, checkpoint = state.conditions()
+    assert runtime_condition == {
         "type": "RuntimeReady",
         "status": "False",
         "reason": "RuntimeUnavailable",

@@ -31,6 +31,11 @@ class HealthSource(Protocol):
 
 
 class LocalApi:
+    """Started first and stopped last, so ``/healthz`` explains a slow start (the runtime not
+    answering, the first reconcile not done) and the end of a stop."""
+
+    name = "local-api"
+
     def __init__(
         self,
         *,
@@ -39,7 +44,11 @@ class LocalApi:
         metrics: NodeMetrics,
         health: HealthSource,
         node_name: str,
+        host: str,
+        port: int,
     ) -> None:
+        self._host = host
+        self._port = port
         self._pods = pods
         self._events = events
         self._metrics = metrics
@@ -55,10 +64,10 @@ class LocalApi:
         app.router.add_get("/metrics", self.metrics)
         return app
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self) -> None:
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
         await site.start()
 
     async def stop(self) -> None:

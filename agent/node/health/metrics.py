@@ -41,6 +41,7 @@ class NodeMetrics:
         self.reconcile_seconds = Histogram()
         self.checkpoint_seconds = Histogram()
         self.checkpoint_errors = 0
+        self.master_watch_errors = 0
 
 
 def _escape(value: str) -> str:
@@ -79,6 +80,10 @@ def render(
         "# HELP node_agent_checkpoint_errors_total Failed checkpoint writes.",
         "# TYPE node_agent_checkpoint_errors_total counter",
         f"node_agent_checkpoint_errors_total {metrics.checkpoint_errors}",
+        "# HELP node_agent_master_watch_errors_total Malformed pod watch events and listings "
+        "from the master (each answered by a relist) and pods whose manifest was rejected.",
+        "# TYPE node_agent_master_watch_errors_total counter",
+        f"node_agent_master_watch_errors_total {metrics.master_watch_errors}",
     ]
     lines += metrics.reconcile_seconds.render(
         "node_agent_reconcile_duration_seconds", "Duration of one pod sync."

@@ -2,9 +2,15 @@
 
 Sources (the manifest directory now, the master later) hand over their complete set of pods;
 the manager diffs it against what it runs, starts a worker per new pod, replaces changed ones,
-terminates removed ones, and writes desired state plus worker bookkeeping to the checkpoint.
-On start it restores from the checkpoint and adopts what the runtime already runs: containers
-of desired pods are left alone, containers of any other pod of this node are removed.
+terminates removed ones, and writes desired state plus worker bookkeeping to the checkpoint
+(coalesced, at most one write per ``CHECKPOINT_MIN_INTERVAL_S``).
+
+``start()`` restores the desired pods from the checkpoint (or, when it is lost, from the
+manifests our sandboxes carry) and starts their workers, which adopt the containers they find.
+Containers of any other pod of this node are removed only later, by
+``adopt_found_at_start()``, once every source has had its first say. ``stop()`` cancels the
+workers (their containers keep running) and writes the checkpoint a last time. Every worker
+runs in the manager's own TaskScope.
 """
 
 from __future__ import annotations
@@ -18,14 +24,14 @@ from typing import Any
 
 from agent.aio.bridge import ThreadBridge
 from agent.aio.logs import kv
-from agent.aio.tasks import guarded
+from agent.aio.tasks import TaskScope
 from agent.errors import CheckpointError, ManifestError
 from agent.manifest import parse_pod
 from agent.node import crashpoints
 from agent.node.health.metrics import NodeMetrics
 from agent.node.pods.checkpoint import CheckpointStore
 from agent.node.pods.worker import PodWorker, WorkerBook, WorkerDeps
-from agent.node.runtime.base import ContainerRecord
+from agent.node.runtime.base import ContainerRecord, Runtime
 from agent.types import (
     LABEL_POD_MANIFEST,
     LABEL_POD_SOURCE,
@@ -42,39 +48,65 @@ CHECKPOINT_FORMAT = 1
 
 
 class PodManager:
+    name = "pods"
+
     def __init__(
         self,
         *,
         node_name: str,
         make_deps: Callable[[PodManager], WorkerDeps],
+        runtime: Runtime,
         checkpoint: CheckpointStore,
         bridge: ThreadBridge,
         metrics: NodeMetrics,
+        tasks: TaskScope,
     ) -> None:
         self.node_name = node_name
+        self._runtime = runtime
         self._checkpoint = checkpoint
         self._bridge = bridge
         self._metrics = metrics
+        self._tasks = tasks
         self._deps = make_deps(self)
         self.workers: dict[str, PodWorker] = {}
-        self._group: asyncio.TaskGroup | None = None
+        self._found_at_start: list[ContainerRecord] = []
+        self._restored = False  # until then the checkpoint on disk is the only desired state
         self._dirty = asyncio.Event()
-        self._saved = asyncio.Event()
         self.checkpoint_error = ""
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def attach(self, group: asyncio.TaskGroup) -> None:
-        self._group = group
+    async def start(self) -> None:
+        await self._tasks.start()
+        restored = await self.load_checkpoint()
+        records = await self._runtime.list_containers()
+        books: dict[str, WorkerBook] = {}
+        if restored is None:
+            pods = self.pods_from_runtime(records)
+            log.info("desired state rebuilt from the runtime", extra=kv(pods=len(pods)))
+        else:
+            pods, books = restored
+            log.info("desired state restored from the checkpoint", extra=kv(pods=len(pods)))
+        self.restore(pods, books)
+        self._restored = True
+        self._found_at_start = records
+        self._tasks.spawn("checkpoint", self._checkpoint_loop, eternal=True)
+
+    async def stop(self) -> None:
+        """Cancel the workers (containers keep running) and save the checkpoint — only once
+        it was restored: stopped before that (say, while the runtime was down), the manager
+        knows no pods, and writing that down would make the next start remove them all."""
+        await self._tasks.stop()
+        if self._restored:
+            await self.save_now()
+
+    @property
+    def count(self) -> int:
+        return len(self.workers)
 
     def _spawn(self, worker: PodWorker) -> None:
-        if self._group is None:
-            raise RuntimeError("PodManager.attach() must be called before pods are added")
         self.workers[worker.uid] = worker
-        self._group.create_task(
-            guarded(f"pod-worker:{worker.pod.full_name}", lambda: self._run_worker(worker)),
-            name=f"pod-worker:{worker.uid}",
-        )
+        self._tasks.spawn(f"pod-worker:{worker.pod.full_name}", lambda: self._run_worker(worker))
 
     async def _run_worker(self, worker: PodWorker) -> None:
         try:
@@ -132,6 +164,12 @@ class PodManager:
             if pod.uid not in self.workers:
                 self._spawn(PodWorker(pod, self._deps, books.get(pod.uid)))
 
+    def adopt_found_at_start(self) -> None:
+        """Remove the containers found at start whose pod no source wants (call once every
+        source has had its first say)."""
+        records, self._found_at_start = self._found_at_start, []
+        self.adopt(records)
+
     def adopt(self, records: Iterable[ContainerRecord]) -> None:
         """Start teardown workers for containers of pods that are not desired."""
         strays: dict[str, list[ContainerRecord]] = {}
@@ -183,7 +221,7 @@ class PodManager:
             ]
             if existing is not None:
                 before.append(existing.done)
-            after = _all_set(before) if before else None
+            after = self._all_set(before) if before else None
             log.info("pod added", extra=kv(pod=pod.full_name, uid=uid, source=pod.source))
             self._spawn(PodWorker(pod, self._deps, after=after))
         crashpoints.hit("source-applied")
@@ -243,12 +281,23 @@ class PodManager:
         self._metrics.checkpoint_seconds.observe(time.monotonic() - started)
         return True
 
-    async def checkpoint_loop(self) -> None:
+    async def _checkpoint_loop(self) -> None:
         while True:
             await self._dirty.wait()
             await asyncio.sleep(CHECKPOINT_MIN_INTERVAL_S)  # coalesce bursts into one write
             if not await self.save_now():
                 await asyncio.sleep(CHECKPOINT_RETRY_S)
+
+    def _all_set(self, events: list[asyncio.Event]) -> asyncio.Event:
+        """An event set once every one of ``events`` is set."""
+        combined = asyncio.Event()
+
+        async def wait_all() -> None:
+            await asyncio.gather(*(e.wait() for e in events))
+            combined.set()
+
+        self._tasks.spawn("pod-replacement-wait", wait_all)
+        return combined
 
     # -- reporting -------------------------------------------------------------------------
 
@@ -290,20 +339,3 @@ def _placeholder_pod(record: ContainerRecord) -> Pod:
         manifest={"metadata": {"name": meta.name, "namespace": meta.namespace, "uid": meta.uid}},
         source="orphan",
     )
-
-
-def _all_set(events: list[asyncio.Event]) -> asyncio.Event:
-    """An event set once every one of ``events`` is set."""
-    combined = asyncio.Event()
-
-    async def wait_all() -> None:
-        await asyncio.gather(*(e.wait() for e in events))
-        combined.set()
-
-    task = asyncio.get_running_loop().create_task(wait_all())
-    _BACKGROUND.add(task)
-    task.add_done_callback(_BACKGROUND.discard)
-    return combined
-
-
-_BACKGROUND: set[asyncio.Task[None]] = set()

@@ -5,6 +5,10 @@ for filesystems that never report changes, by polling (a stat per file per inter
 the thread bridge; the 1 s default meets the 2 s pick-up target on its own). A file that fails
 to parse is reported (log line + event) once per change; the pods it held before keep running,
 so a typo in an edit never takes a running pod down, and other files are not affected.
+
+``start()`` scans once (the start sequence relies on the directory having had its say before
+containers of undesired pods are removed) and then follows the directory in the source's own
+TaskScope until ``stop()``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 from agent.aio.bridge import ThreadBridge
 from agent.aio.inotify import DirectoryWatcher
 from agent.aio.logs import kv
+from agent.aio.tasks import TaskScope
 from agent.errors import ManifestError
 from agent.events import EventRecorder
 from agent.manifest import parse_manifests
@@ -77,6 +82,8 @@ def _read(path: Path) -> str:
 
 
 class ManifestDirSource:
+    name = "manifest-dir"
+
     def __init__(
         self,
         directory: Path,
@@ -86,8 +93,10 @@ class ManifestDirSource:
         bridge: ThreadBridge,
         events: EventRecorder,
         apply: Callable[[str, list[Pod]], None],
+        tasks: TaskScope,
     ) -> None:
         self.directory = directory
+        self._tasks = tasks
         self._node_name = node_name
         self._interval_s = interval_s
         self._bridge = bridge
@@ -162,7 +171,15 @@ class ManifestDirSource:
                 by_name[pod.full_name] = pod
         return list(by_name.values())
 
-    async def run(self) -> None:
+    async def start(self) -> None:
+        await self._tasks.start()
+        await self.scan()
+        self._tasks.spawn("manifest-dir", self._follow, eternal=True)
+
+    async def stop(self) -> None:
+        await self._tasks.stop()
+
+    async def _follow(self) -> None:
         watcher = DirectoryWatcher()
         try:
             while True:

@@ -1,0 +1,122 @@
+"""Registration: a CSR and the node's facts to ``POST /v1/registrations``; the certificate the
+master issues is stored as the node's identity.
+
+200 carries the certificate. 202 means an administrator must approve: the request is polled
+(long-poll, ``POLL_WAIT_S``) and the link's condition says it is pending. 403/409 is a refusal
+(the trust policy, a name held by another key): :class:`RegistrationDeniedError`, which the link
+retries slowly. A fleet CA's machine identity, when configured, is presented for the
+client-certificate trust rule, for registration only.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from agent import __version__
+from agent.aio.bridge import ThreadBridge
+from agent.aio.logs import kv
+from agent.aio.tls import client_context
+from agent.errors import MasterUnavailableError, RegistrationDeniedError
+from agent.node.masterlink.client import MasterClient, MasterSession, error_message
+from agent.node.masterlink.facts import NodeFacts
+from agent.node.masterlink.identity import NodeIdentity
+from agent.node.masterlink.state import LinkCondition, LinkStatus
+
+log = logging.getLogger(__name__)
+
+POLL_WAIT_S = 30.0
+PENDING_MESSAGE = "registration: pending approval by an administrator"
+
+
+class Registrar:
+    def __init__(
+        self,
+        identity: NodeIdentity,
+        facts: NodeFacts,
+        client: MasterClient,
+        bridge: ThreadBridge,
+        status: LinkStatus,
+        *,
+        labels: dict[str, str],
+        bootstrap_cert: Path | None = None,
+        bootstrap_key: Path | None = None,
+    ) -> None:
+        self._identity = identity
+        self._facts = facts
+        self._client = client
+        self._bridge = bridge
+        self._status = status
+        self._labels = labels
+        self._bootstrap_cert = bootstrap_cert
+        self._bootstrap_key = bootstrap_key
+
+    async def _request_body(self) -> dict[str, Any]:
+        name = self._identity.node_name
+        addresses = await self._facts.addresses()
+        hostname = socket.gethostname().lower()
+        key_pem = await self._identity.ensure_key()
+        csr = self._identity.csr(key_pem, [name, hostname, *addresses])
+        return {
+            "nodeName": name,
+            "csr": csr.decode(),
+            "addresses": addresses,
+            "hostname": hostname,
+            "capacity": await self._facts.capacity(),
+            "labels": dict(self._labels),
+            "agentVersion": __version__,
+        }
+
+    async def register(self, ca_pem: bytes) -> None:
+        """Register and store the issued certificate; raises RegistrationDeniedError on a
+        refusal, MasterUnavailableError on anything else that went wrong."""
+        body = await self._request_body()
+        tls = await self._bridge.run(
+            functools.partial(
+                client_context,
+                ca_pem,
+                cert_file=self._bootstrap_cert,
+                key_file=self._bootstrap_key,
+            )
+        )
+        async with self._client.session(tls) as session:
+            try:
+                status, answer = await self._post_and_poll(session, body)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                raise MasterUnavailableError(f"registration failed: {exc}") from exc
+        if status in (403, 409):
+            reason = answer.get("reason") or error_message(answer)
+            raise RegistrationDeniedError(f"{status}: {reason}")
+        certificate = answer.get("certificate")
+        if status != 200 or not isinstance(certificate, str):
+            raise MasterUnavailableError(f"registration answered {status}: {answer}")
+        await self._identity.store_cert(certificate.encode())
+        log.info(
+            "registered with the master",
+            extra=kv(master=self._client.base_url, admitted_by=answer.get("admittedBy")),
+        )
+
+    async def _post_and_poll(
+        self, session: MasterSession, body: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        async with session.http.post(session.url("/v1/registrations"), json=body) as resp:
+            status, answer = resp.status, _as_object(await resp.json(content_type=None))
+        while status == 202:
+            self._status.set(LinkCondition.PENDING_APPROVAL, PENDING_MESSAGE)
+            request_id = answer.get("requestId")
+            log.info("registration pending approval", extra=kv(request=request_id))
+            if not isinstance(request_id, str) or not request_id:
+                raise MasterUnavailableError("registration pending without a requestId")
+            path = f"/v1/registrations/{request_id}?timeoutSeconds={POLL_WAIT_S:g}"
+            async with session.http.get(session.url(path)) as resp:
+                status, answer = resp.status, _as_object(await resp.json(content_type=None))
+        return status, answer
+
+
+def _as_object(data: Any) -> dict[str, Any]:
+    return data if isinstance(data, dict) else {"answer": data}

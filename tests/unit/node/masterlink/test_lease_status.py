@@ -1,0 +1,134 @@
+"""Lease renewals with the node's status, pod status reports only when changed, mirror pods,
+and the node facts."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from agent.aio.bridge import ThreadBridge
+from agent.errors import RuntimeUnavailableError
+from agent.manifest import parse_pod
+from agent.node.masterlink.facts import NodeFacts
+from agent.node.masterlink.lease import STATUS_CHECK_S, STATUS_REFRESH_S
+from agent.node.runtime.fake import FakeRuntime
+from tests.unit.node.asyncwait import until
+from tests.unit.node.masterlink.fakemaster import pod_manifest
+from tests.unit.node.masterlink.rig import link_rig
+
+
+async def test_lease_carries_the_status_when_it_changed_and_now_and_then(tmp_path: Path) -> None:
+    async with link_rig(tmp_path) as rig, rig.session() as session:
+        leases = rig.master.record.leases
+        await rig.lease.renew(session)
+        assert leases[-1]["status"]["conditions"] == rig.conditions
+        assert leases[-1]["status"]["addresses"] == ["10.0.0.7"]
+        assert rig.lease.renew_s == 1.0  # as the master says
+
+        rig.clock.now += 1
+        await rig.lease.renew(session)
+        assert leases[-1] == {}  # nothing changed: a bare renewal
+
+        rig.conditions[0] = {"type": "RuntimeReady", "status": "False"}
+        rig.clock.now += 1
+        await rig.lease.renew(session)
+        assert leases[-1]["status"]["conditions"][0]["status"] == "False"
+
+        rig.clock.now += STATUS_REFRESH_S
+        await rig.lease.renew(session)
+        assert "status" in leases[-1]  # sent again though unchanged
+
+        rig.master.lease_renew_s = 0  # a nonsense interval is ignored
+        rig.clock.now += 1
+        await rig.lease.renew(session)
+        assert rig.lease.renew_s == 1.0
+
+
+async def test_node_facts_are_recomputed_only_every_status_check(tmp_path: Path) -> None:
+    async with link_rig(tmp_path) as rig, rig.session() as session:
+        await rig.lease.renew(session)
+        facts = rig.lease._facts  # type: ignore[attr-defined]
+        facts.value = {**facts.value, "addresses": ["10.0.0.8"]}
+        rig.clock.now += 1
+        await rig.lease.renew(session)
+        assert rig.master.record.leases[-1] == {}
+        rig.clock.now += STATUS_CHECK_S
+        await rig.lease.renew(session)
+        assert rig.master.record.leases[-1]["status"]["addresses"] == ["10.0.0.8"]
+
+
+async def test_lease_loop_renews_every_interval(tmp_path: Path) -> None:
+    async with link_rig(tmp_path) as rig, rig.session() as session:
+        await rig.lease.renew(session)
+        loop = asyncio.create_task(rig.lease.run(session))
+        await until(lambda: rig.sleeps.parked == [1.0], "the loop waits one interval")
+        loop.cancel()
+
+
+async def test_status_is_reported_only_when_it_changed(tmp_path: Path) -> None:
+    async with link_rig(tmp_path) as rig, rig.session() as session:
+        rig.master.add_pod(pod_manifest("a", uid="uid-a"), notify=False)
+        await rig.watch.relist(session)
+        worker = rig.pods.workers["uid-a"]
+        await until(lambda: worker.synced_once.is_set(), "a synced")
+        await until(lambda: worker.status.get("phase") == "Running", "a running")
+
+        await rig.reporter.report_once(session)
+        await rig.reporter.report_once(session)
+        reported = [full for full, _ in rig.master.record.statuses]
+        assert reported == ["default/a"]
+
+        worker.status = {**worker.status, "phase": "Failed"}
+        await rig.reporter.report_once(session)
+        assert [s["phase"] for _, s in rig.master.record.statuses] == ["Running", "Failed"]
+
+        rig.master.unavailable = True  # a failed report is retried next time
+        worker.status = {**worker.status, "phase": "Succeeded"}
+        await rig.reporter.report_once(session)
+        rig.master.unavailable = False
+        await rig.reporter.report_once(session)
+        assert [s["phase"] for _, s in rig.master.record.statuses][-1] == "Succeeded"
+        assert len(rig.master.record.statuses) == 3
+
+
+async def test_static_pods_are_mirrored_once_per_spec_and_removed_with_their_file(
+    tmp_path: Path,
+) -> None:
+    async with link_rig(tmp_path) as rig, rig.session() as session:
+        source = "file:/etc/node-agent/manifests/s.yaml"
+        static = parse_pod(pod_manifest("static-s"), source=source)
+        rig.pods.apply_source("file:", [static])
+        await rig.reporter.report_once(session)
+        await rig.reporter.report_once(session)
+        assert rig.master.record.mirrors_put == ["default/static-s"]
+        # Its status goes to the mirror.
+        await until(lambda: rig.pods.workers[static.uid].synced_once.is_set(), "static pod synced")
+        await rig.reporter.report_once(session)
+        assert "default/static-s" in [full for full, _ in rig.master.record.statuses]
+
+        rig.pods.apply_source("file:", [])
+        await rig.reporter.report_once(session)
+        assert rig.master.record.mirrors_deleted == ["default/static-s"]
+
+        # A new session puts every mirror again.
+        rig.pods.apply_source("file:", [static])
+        loop = asyncio.create_task(rig.reporter.run(session))
+        await until(lambda: len(rig.master.record.mirrors_put) == 2, "mirror put again")
+        loop.cancel()
+
+
+async def test_node_facts_read_the_host_and_the_runtime(tmp_path: Path) -> None:
+    bridge = ThreadBridge(2, name="test")
+    runtime = FakeRuntime("n1", capacity_bytes=(10 << 30) + 12345)
+    try:
+        facts = NodeFacts(bridge, runtime, state_dir=tmp_path, max_pods=7, api_addr="0.0.0.0:10250")
+        status = await facts.status()
+        assert status["capacity"]["pods"] == "7"
+        assert int(status["capacity"]["cpu"]) >= 1
+        host = status["addresses"][0] if status["addresses"] else "0.0.0.0"
+        assert status["apiEndpoint"] in (f"{host}:10250", f"[{host}]:10250")
+        assert status["imageFs"]["capacityBytes"] == 10 << 30  # rounded to MiB
+        runtime.fail("image_fs_usage", RuntimeUnavailableError("down"))
+        assert "imageFs" not in await facts.status()
+    finally:
+        bridge.close()
