@@ -61,15 +61,6 @@ class Identity:
     def is_admin(self) -> bool:
         return MASTERS_GROUP in self.groups
 
-    @property
-    def is_proxy(self) -> bool:
-        return PROXIES_GROUP in self.groups
-
-    @property
-    def may_read(self) -> bool:
-        """Read-only access (nodes, pods, events, logs): administrators and viewers."""
-        return self.is_admin or VIEWERS_GROUP in self.groups
-
 
 def generate_key() -> PrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
@@ -282,16 +273,6 @@ def identity_of(cert: x509.Certificate) -> Identity:
         common_name=str(cns[0].value) if cns else "",
         groups=tuple(str(o.value) for o in orgs),
     )
-
-
-def authenticate(der: bytes | None, cas: Sequence[x509.Certificate]) -> Identity:
-    """Who a TLS peer is, from its DER client certificate: issued by one of ``cas`` and valid
-    now, else PkiError."""
-    if not der:
-        raise PkiError("client certificate required")
-    cert = x509.load_der_x509_certificate(der)
-    verify_issued_by(cert, cas)
-    return identity_of(cert)
 
 
 def principal_of(

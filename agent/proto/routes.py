@@ -178,7 +178,3 @@ NODE_ROUTES = RouteTable(
         *_stream_routes(Subject.API),
     ],
 )
-
-# The node's streaming API still reads these until it routes through NODE_ROUTES.
-STREAM_ROUTES = frozenset((r.method, r.pattern[-1]) for r in NODE_ROUTES.routes if r.stream)
-CODE_EXECUTION_ACTIONS = frozenset({"exec", "portforward"})

@@ -13,7 +13,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from agent.errors import PkiError
 from agent.pki.core import (
-    authenticate,
     build_csr,
     cert_to_pem,
     certs_from_pem,
@@ -133,26 +132,3 @@ def test_private_key_files_are_0600(tmp_path: Path) -> None:
     assert key_from_pem(path.read_bytes()).public_key() == key.public_key()
     with pytest.raises(PkiError):
         key_from_pem(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
-
-
-def test_authenticate_a_peer_certificate() -> None:
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    ca_key, ca_cert = create_ca()
-    _, other_ca = create_ca()
-    key = generate_key()
-    cert = issue(
-        ca_key,
-        ca_cert,
-        key.public_key(),
-        common_name="admin",
-        groups=[MASTERS_GROUP],
-        lifetime_s=3600,
-    )
-    der = cert.public_bytes(Encoding.DER)
-    ident = authenticate(der, [other_ca, ca_cert])
-    assert ident.common_name == "admin" and ident.is_admin
-    with pytest.raises(PkiError, match="client certificate required"):
-        authenticate(None, [ca_cert])
-    with pytest.raises(PkiError):
-        authenticate(der, [other_ca])

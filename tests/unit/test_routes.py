@@ -6,12 +6,10 @@ import pytest
 
 from agent.errors import BadRequestError, MethodNotAllowedError, NotFoundError
 from agent.proto.routes import (
-    CODE_EXECUTION_ACTIONS,
     MASTER_ROUTES,
     MAX_PARAM_CHARS,
     MAX_QUERY_FIELDS,
     NODE_ROUTES,
-    STREAM_ROUTES,
     RouteTable,
     Subject,
 )
@@ -105,8 +103,3 @@ def test_the_longest_parameter_is_accepted() -> None:
 def test_malformed_targets_are_400(target: str, problem: str) -> None:
     with pytest.raises(BadRequestError, match=problem):
         MASTER_ROUTES.match("GET", target)
-
-
-def test_the_legacy_stream_route_sets_follow_the_table() -> None:
-    assert {("POST", "exec"), ("POST", "portforward"), ("GET", "logs")} == STREAM_ROUTES
-    assert {action for _, action in STREAM_ROUTES} > CODE_EXECUTION_ACTIONS

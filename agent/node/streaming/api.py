@@ -9,12 +9,13 @@ port-forward and logs, one HTTP/2 stream per session.
   direction; a refused port fails this stream only (502), never the connection.
 * ``GET /v1/namespaces/{ns}/pods/{pod}/logs?container=C&follow=1&tailLines=N&timestamps=1
   &sinceSeconds=S&previous=1``: the container's output, streamed.
-* ``GET /v1/pods``: the pod list, as on HTTP/1.1.
 
-Every request is authorized on its own (client certificate of the cluster CA; administrators
-only, for now) and every exec and port-forward session is audited in the agent log: who, pod,
-container, command or port, duration, exit code. Errors before the session starts are JSON
-``{"error": {"code", "message", "details"}}`` with their status, before any stream data.
+The routes are ``agent.proto.routes.NODE_ROUTES``; every request reaches ``handle`` routed and
+authorized by the node API's edge (``server.py``, ``agent.aio.edge``; the table is
+docs/authorization.md). Every exec and port-forward session is audited in the agent log: who
+(``alice (via system:node-proxy)`` through the master), pod, container, command or port,
+duration, exit code. Errors before the session starts are JSON ``{"error": {"code", "message",
+"details"}}`` with their status, before any stream data.
 """
 
 from __future__ import annotations
@@ -25,31 +26,25 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-from cryptography import x509
-
+from agent.aio.edge import ApiRequest
 from agent.aio.h2conn import H2Stream
 from agent.aio.logs import kv
 from agent.errors import (
     AgentError,
     BadRequestError,
-    ForbiddenError,
     NotFoundError,
     NotRunningError,
-    PkiError,
     PortUnreachableError,
-    UnauthenticatedError,
 )
 from agent.node.pods.manager import PodManager
 from agent.node.runtime.base import ContainerRecord, ExecSession, OutputChannel, Runtime
-from agent.pki.core import Identity, authenticate
 from agent.proto import execframe
 from agent.proto.execframe import Channel
-from agent.proto.routes import CODE_EXECUTION_ACTIONS, STREAM_ROUTES
+from agent.proto.routes import RouteMatch
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +52,6 @@ READ_CHUNK_BYTES = 1 << 20
 PORT_CONNECT_TIMEOUT_S = 5.0
 EXIT_CODE_WAIT_S = 5.0
 EXEC_CONTENT_TYPE = "application/vnd.node-agent.exec"
-USER_HEADER = "node-agent-user"  # set by the master's proxy (PROXIES_GROUP) only
-GROUPS_HEADER = "node-agent-groups"
 
 
 # The name the master link still imports; the streaming API takes any Runtime.
@@ -70,23 +63,17 @@ class Target:
     namespace: str
     pod: str
     action: str
-    query: dict[str, list[str]]
+    query: Mapping[str, list[str]]
+
+    @classmethod
+    def of(cls, match: RouteMatch) -> Target:
+        """A stream route's target: ``/v1/namespaces/{namespace}/pods/{pod}/<action>``."""
+        return cls(
+            match.param("namespace"), match.param("pod"), match.route.pattern[-1], match.query
+        )
 
 
-def parse_target(path: str) -> Target | None:
-    parts = urlsplit(path)
-    segments = parts.path.strip("/").split("/")
-    if len(segments) != 6 or segments[:2] != ["v1", "namespaces"] or segments[3] != "pods":
-        return None
-    return Target(
-        namespace=segments[2],
-        pod=segments[4],
-        action=segments[5],
-        query=parse_qs(parts.query, keep_blank_values=True),
-    )
-
-
-def _flag(query: dict[str, list[str]], name: str) -> bool:
+def _flag(query: Mapping[str, list[str]], name: str) -> bool:
     value = (query.get(name) or [""])[-1].lower()
     if value in ("", "0", "false"):
         return False
@@ -95,7 +82,7 @@ def _flag(query: dict[str, list[str]], name: str) -> bool:
     raise BadRequestError(f"query parameter {name}={value!r}: expected 1/0 or true/false")
 
 
-def _int(query: dict[str, list[str]], name: str, low: int, high: int) -> int | None:
+def _int(query: Mapping[str, list[str]], name: str, low: int, high: int) -> int | None:
     raw = (query.get(name) or [""])[-1]
     if raw == "":
         return None
@@ -139,53 +126,17 @@ class StreamingApi:
         pods: PodManager,
         runtime: Runtime,
         run_blocking: Callable[..., Any],
-        node_name: str,
-        cas: Callable[[], list[x509.Certificate]],
     ) -> None:
         self._pods = pods
         self._runtime = runtime
         self._run_blocking = run_blocking
-        self._node_name = node_name
-        self._cas = cas
 
     # -- entry -----------------------------------------------------------------------------
 
-    async def handle(self, stream: H2Stream) -> None:
-        try:
-            who = self._authorize(stream)
-            await self._route(stream, who)
-        except AgentError as exc:
-            await stream.respond_error(exc.http_status, str(exc))
-
-    def _authorize(self, stream: H2Stream) -> Identity:
-        try:
-            ident = authenticate(stream.conn.peer_cert_der, self._cas())
-        except PkiError as exc:
-            raise UnauthenticatedError(str(exc)) from exc
-        if ident.is_proxy:
-            # The master relays a user's stream: that user is who is authorized and audited.
-            user = stream.header(USER_HEADER) or ""
-            groups = tuple(g for g in (stream.header(GROUPS_HEADER) or "").split(",") if g)
-            if not user:
-                raise ForbiddenError("the master's proxy must say which user it acts for")
-            ident = Identity(common_name=f"{user} (via {ident.common_name})", groups=groups)
-        if not ident.may_read:
-            who = ident.node_name or ident.common_name
-            raise ForbiddenError(f"{who!r} may not use node {self._node_name!r}'s API")
-        return ident
-
-    async def _route(self, stream: H2Stream, who: Identity) -> None:
-        method, path = stream.method, stream.path
-        if method == "GET" and urlsplit(path).path == "/v1/pods":
-            await stream.respond_json(200, {"kind": "PodList", "items": self._pods.pod_list()})
-            return
-        target = parse_target(path)
-        if target is None or (method, target.action) not in STREAM_ROUTES:
-            raise NotFoundError(f"no such endpoint: {method} {urlsplit(path).path}")
-        if target.action in CODE_EXECUTION_ACTIONS and not who.is_admin:
-            # Read-only users (system:viewers) read logs and the pod list; running code in a
-            # pod or reaching its ports is for administrators.
-            raise ForbiddenError(f"{who.common_name!r} may read logs but not {target.action}")
+    async def handle(self, stream: H2Stream, request: ApiRequest) -> None:
+        """One stream route, already authorized by the edge."""
+        target = Target.of(request.match)
+        who = request.principal.name
         worker = next(
             (
                 w
@@ -210,7 +161,7 @@ class StreamingApi:
 
     @staticmethod
     def _container_records(
-        pod: Any, records: list[ContainerRecord], query: dict[str, list[str]]
+        pod: Any, records: list[ContainerRecord], query: Mapping[str, list[str]]
     ) -> tuple[str, list[ContainerRecord]]:
         names = [c.name for c in pod.spec.containers]
         name = (query.get("container") or [""])[-1]
@@ -233,7 +184,7 @@ class StreamingApi:
     async def _exec(
         self,
         stream: H2Stream,
-        who: Identity,
+        who: str,
         pod_name: str,
         pod: Any,
         records: list[ContainerRecord],
@@ -276,7 +227,7 @@ class StreamingApi:
             log.info(
                 "exec session",
                 extra=kv(
-                    who=who.common_name,
+                    who=who,
                     pod=pod_name,
                     container=name,
                     command=" ".join(command),
@@ -315,7 +266,7 @@ class StreamingApi:
     async def _port_forward(
         self,
         stream: H2Stream,
-        who: Identity,
+        who: str,
         pod_name: str,
         records: list[ContainerRecord],
         target: Target,
@@ -369,7 +320,7 @@ class StreamingApi:
             log.info(
                 "port-forward session",
                 extra=kv(
-                    who=who.common_name,
+                    who=who,
                     pod=pod_name,
                     port=port,
                     duration_s=round(time.monotonic() - started, 3),

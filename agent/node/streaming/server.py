@@ -2,11 +2,12 @@
 certificate from the cluster CA, client certificates required.
 
 Served only once the node holds a certificate (after registration). One TLS port speaks
-HTTP/1.1 (aiohttp: ``/healthz``, ``/v1/pods``) and HTTP/2 (exec, port-forward, logs and
-``/v1/pods``; ``streaming.py``), chosen per connection by ALPN. Authorization is per request:
-administrators (``O=system:masters``) may use it; other nodes' certificates may not. A rotated
-node certificate is loaded into the live TLS context, so new connections get it without a
-restart.
+HTTP/1.1 and HTTP/2, chosen per connection by ALPN, through the same edge as the master's API
+(``agent.aio.edge``): ``/healthz`` and ``/v1/pods`` over both, exec, port-forward and logs
+(``api.py``) over HTTP/2. Every request is authorized by the one table (docs/authorization.md):
+administrators use every route, viewers read the pod list and logs, the master's proxy acts for
+the user it names, other nodes' certificates are refused. A rotated node certificate is loaded
+into the live TLS context, so new connections get it without a restart.
 """
 
 from __future__ import annotations
@@ -14,23 +15,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from cryptography import x509
 
+from agent.aio.edge import ApiRequest, ApiResponse, Edge, json_response, text_response
 from agent.aio.h2conn import HANDSHAKE_TIMEOUT_S, AlpnSwitch, H2Connection, serve_factory
 from agent.aio.logs import kv
 from agent.aio.tls import server_context
 from agent.config import split_host_port
-from agent.errors import PkiError
 from agent.node.pods.manager import PodManager
 from agent.node.runtime.base import Runtime
 from agent.node.streaming.api import StreamingApi
-from agent.pki.core import authenticate, certs_from_pem
+from agent.pki.core import certs_from_pem, principal_of
+from agent.proto.authz import Principal
+from agent.proto.routes import NODE_ROUTES
 
 log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_S = 2.0
+H2_SHUTDOWN_GRACE_S = 1.0
 
 
 class NodeApi:
@@ -51,16 +58,17 @@ class NodeApi:
         self._tls: ssl.SSLContext | None = None
         self._ca: list[x509.Certificate] = []
         self._h2_connections: set[H2Connection] = set()
-        self._streaming = (
-            StreamingApi(
-                pods=pods,
-                runtime=streaming_runtime,
-                run_blocking=run_blocking,
-                node_name=node_name,
-                cas=lambda: self._ca,
-            )
+        streaming = (
+            StreamingApi(pods=pods, runtime=streaming_runtime, run_blocking=run_blocking)
             if streaming_runtime is not None
             else None
+        )
+        self._edge = Edge(
+            NODE_ROUTES,
+            {"healthz": self._healthz, "pods.list": self._pods_list},
+            gate=self,
+            streams=streaming.handle if streaming is not None else None,
+            owner=node_name,
         )
 
     @property
@@ -74,30 +82,27 @@ class NodeApi:
 
     async def start(self, tls: ssl.SSLContext) -> None:
         self._tls = tls
-        app = web.Application(middlewares=[self._authorize])
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/v1/pods", self._pods_list)
+        tls.set_alpn_protocols(["h2", "http/1.1"])
         self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=2.0
+            self._edge.aiohttp_app(),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=SHUTDOWN_GRACE_S,
         )
         await self._runner.setup()
         http1 = self._runner.server
         assert http1 is not None
-        factory: Any = http1
-        if self._streaming is not None:
-            tls.set_alpn_protocols(["h2", "http/1.1"])
-            make_h2 = serve_factory(self._streaming.handle, name="node-api")
+        make_h2 = serve_factory(self._edge.serve_h2, name="node-api")
 
-            def h2_connection() -> H2Connection:
-                conn: H2Connection = make_h2()
-                self._h2_connections.add(conn)
-                conn.closed.add_done_callback(lambda _: self._h2_connections.discard(conn))
-                return conn
+        def h2_connection() -> H2Connection:
+            conn: H2Connection = make_h2()
+            self._h2_connections.add(conn)
+            conn.closed.add_done_callback(lambda _: self._h2_connections.discard(conn))
+            return conn
 
-            factory = lambda: AlpnSwitch(h2_connection, http1)  # noqa: E731
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            factory,
+            lambda: AlpnSwitch(h2_connection, http1),
             self._host,
             self._port,
             ssl=tls,
@@ -106,7 +111,7 @@ class NodeApi:
         )
         log.info(
             "node API serving",
-            extra=kv(addr=f"{self._host}:{self._port}", http2=self._streaming is not None),
+            extra=kv(addr=f"{self._host}:{self._port}", streams=self._edge.streams is not None),
         )
 
     def reload_cert(self, cert: Path, key: Path) -> None:
@@ -126,36 +131,25 @@ class NodeApi:
             await self._runner.cleanup()
             self._runner = None
 
-    @web.middleware
-    async def _authorize(self, request: web.Request, handler: object) -> web.StreamResponse:
-        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        try:
-            ident = authenticate(der, self._ca)
-        except PkiError as exc:
-            return web.json_response(
-                {"error": {"code": 401, "message": str(exc), "details": {}}}, status=401
-            )
-        if not ident.is_admin:
-            who = ident.node_name or ident.common_name
-            return web.json_response(
-                {
-                    "error": {
-                        "code": 403,
-                        "message": f"{who!r} may not use node {self._node_name!r}'s API",
-                        "details": {},
-                    }
-                },
-                status=403,
-            )
-        assert callable(handler)
-        response: web.StreamResponse = await handler(request)
-        return response
+    # -- the edge's questions (agent.aio.edge.Gate) ------------------------------------------
 
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok")
+    def principal(self, peer_der: bytes | None, headers: Mapping[str, str]) -> Principal:
+        # The master's proxy is believed about the user it acts for (and only it is).
+        return principal_of(peer_der, self._ca, proxied=headers)
 
-    async def _pods_list(self, request: web.Request) -> web.Response:
-        return web.json_response(
+    def is_current(self, principal: Principal) -> bool:
+        # The node keeps no registry: a certificate of the cluster CA naming this node is it.
+        return True
+
+    async def pod_node(self, namespace: str, pod: str) -> str | None:
+        return self._node_name  # every pod this API knows runs here (Subject.API routes)
+
+    # -- handlers ----------------------------------------------------------------------------
+
+    async def _healthz(self, request: ApiRequest) -> ApiResponse:
+        return text_response("ok")
+
+    async def _pods_list(self, request: ApiRequest) -> ApiResponse:
+        return json_response(
             {"apiVersion": "v1", "kind": "PodList", "items": self._pods.pod_list()}
         )

@@ -55,6 +55,13 @@ def test_cluster_certificates_say_their_role_by_group(
     assert (got.role, got.name, got.groups) == (role, cn, tuple(groups))
 
 
+def test_any_of_several_cluster_cas_will_do() -> None:
+    _, other_ca = create_ca("an older cluster CA")
+    got = principal_of(der("root", [MASTERS_GROUP])[0], [other_ca, CA])
+    assert got.role is Role.ADMIN
+    assert principal_of(der("root", [MASTERS_GROUP])[0], [other_ca]).role is Role.ANONYMOUS
+
+
 def test_a_node_certificate_names_its_node_and_key() -> None:
     cert, key_id = der("system:node:web-1", [NODES_GROUP])
     got = principal_of(cert, [CA])
