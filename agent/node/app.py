@@ -154,7 +154,7 @@ class NodeAgent:
         self.link: MasterLink | None = None
         if link_status is not None:
             if node_api is None:
-                node_api = self._node_api(docker)
+                node_api = self._node_api
             self.link = self._master_link(link_status, node_api(self.pods, self.bridge), sleep)
         managers: list[Manager | None] = [
             LocalApi(
@@ -212,17 +212,14 @@ class NodeAgent:
             on_synced=manager.on_synced,
         )
 
-    def _node_api(self, docker: DockerRuntime | None) -> NodeApiFactory:
-        def build(pods: PodManager, bridge: ThreadBridge) -> NodeApiServer:
-            return NodeApi(
-                pods,
-                self.config.node_name,
-                self.config.api_addr,
-                streaming_runtime=docker,
-                run_blocking=bridge.run,
-            )
-
-        return build
+    def _node_api(self, pods: PodManager, bridge: ThreadBridge) -> NodeApiServer:
+        return NodeApi(
+            pods,
+            self.config.node_name,
+            self.config.api_addr,
+            streaming_runtime=self.runtime,
+            run_blocking=bridge.run,
+        )
 
     def _master_link(self, status: LinkStatus, node_api: NodeApiServer, sleep: Sleep) -> MasterLink:
         cfg = self.config

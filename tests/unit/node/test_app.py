@@ -4,6 +4,7 @@ container running and writes the checkpoint, a failed task that stops the daemon
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import urllib.request
 from pathlib import Path
@@ -13,11 +14,14 @@ import pytest
 
 from agent.config import AgentConfig
 from agent.errors import TaskEndedError
-from agent.node.app import NodeAgent
+from agent.node.app import NodeAgent, detect_host_ip
 from agent.node.runtime.base import ContainerState
 from agent.node.runtime.fake import FakeRuntime
 from tests.helpers import free_port
 from tests.unit.node.asyncwait import until
+from tests.unit.node.masterlink.fakemaster import FakeMaster
+from tests.unit.node.masterlink.fakemaster import pod_manifest as fake_pod_manifest
+from tests.unit.node.masterlink.rig import FakeNodeApi
 
 IMAGE = "busybox:1"
 DEADLINE_S = 10.0
@@ -179,3 +183,56 @@ async def test_an_eternal_loop_that_returns_stops_the_daemon_in_order(tmp_path: 
         await asyncio.wait_for(task, DEADLINE_S)
     assert failed.group_contains(TaskEndedError, match="'relist'")
     assert stopped == [m.name for m in reversed(agent.lifecycle.managers)]
+
+
+async def test_with_a_master_the_link_starts_after_the_pods_and_stops_before_them(
+    tmp_path: Path,
+) -> None:
+    master = await FakeMaster(tmp_path / "master").start()
+    try:
+        master.add_pod(fake_pod_manifest("from-master"), notify=False)
+        cfg = config(
+            tmp_path,
+            master=master.url,
+            ca_cert_hash=(master.pin,),
+            node_labels=("zone=a",),
+            master_backoff_max_s=1.0,
+        )
+        fake = runtime()
+        node_api = FakeNodeApi()
+        agent = NodeAgent(
+            cfg,
+            runtime=fake,
+            notifier=RecordingNotifier(),
+            host_ip="127.0.0.1",
+            node_api=lambda pods, bridge: node_api,
+        )
+        names = [m.name for m in agent.lifecycle.managers]
+        assert names.index("master-link") > names.index("runtime-watch") > names.index("pods")
+        task = asyncio.create_task(agent.run())
+        await until(lambda: agent.link is not None and agent.link.status.connected, "linked")
+        await until(lambda: agent.health.ready, "ready")
+        await until(
+            lambda: (
+                {p.full_name for p in agent.pods.pods_of_source("api").values()}
+                == {"default/from-master"}
+            ),
+            "the master's pod desired",
+        )
+        lease = master.record.leases[0]
+        assert [c["type"] for c in lease["status"]["conditions"]] == [
+            "RuntimeReady",
+            "CheckpointWritable",
+        ]
+        assert master.record.registrations[0]["labels"] == {"zone": "a"}
+        assert node_api.running
+        agent.request_stop()
+        await asyncio.wait_for(task, DEADLINE_S)
+        assert not node_api.running
+        assert "from-master" in checkpointed(cfg)
+    finally:
+        await master.stop()
+
+
+def test_detect_host_ip_is_an_ipv4_address() -> None:
+    assert ipaddress.ip_address(detect_host_ip()).version == 4
