@@ -110,9 +110,12 @@ class RuntimeWatcher:
                         self._relist_now.set()
             except AgentError as exc:
                 self._health.down(exc)
-            # The stream ended: the engine restarted or went away. Resync once it is back.
+            # The stream ended: the engine restarted or went away. Relist now (what changed
+            # meanwhile) and again before each retry, so the relist that finds the engine back
+            # marks the runtime up and wakes every pod without waiting for the next interval.
             self._relist_now.set()
             await self._sleep(delay)
+            self._relist_now.set()
             delay = min(delay * 2, RUNTIME_RETRY_MAX_S)
 
     async def _relist_loop(self) -> None:

@@ -200,7 +200,7 @@ async def test_410_gone_relists_in_place(tmp_path: Path) -> None:
         rig.master.add_pod(pod_manifest("a"), notify=False)
         rig.master.gone_once = True  # the first watch is already too old
         attempt = asyncio.create_task(rig.link.attempt())
-        await connected(rig)
+        await connected(rig, watches=2)
         assert rig.master.record.lists == 2
         assert rig.master.record.watches == [rig.master.revision, rig.master.revision]
 

@@ -1,0 +1,208 @@
+"""Waiting for the runtime at boot, and following it: events wake workers, relists catch what
+events missed, containers of unknown pods are adopted for removal, the runtime's health."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.aio.bridge import ThreadBridge
+from agent.aio.clock import SystemClock
+from agent.aio.tasks import Supervisor
+from agent.errors import RuntimeUnavailableError
+from agent.events import EventRecorder
+from agent.manifest import parse_pod
+from agent.node.backoff import BackoffPolicy
+from agent.node.health.metrics import NodeMetrics
+from agent.node.health.state import RuntimeHealth
+from agent.node.pods.checkpoint import CheckpointStore
+from agent.node.pods.manager import PodManager
+from agent.node.pods.runtime_watch import RuntimeGate, RuntimeWatcher
+from agent.node.pods.specs import SpecContext
+from agent.node.pods.worker import WorkerDeps
+from agent.node.runtime.base import ContainerSpec
+from agent.node.runtime.fake import FakeRuntime
+from agent.types import (
+    KIND_APP,
+    LABEL_CONTAINER,
+    LABEL_KIND,
+    LABEL_NODE,
+    LABEL_POD_NAME,
+    LABEL_POD_NAMESPACE,
+    LABEL_POD_UID,
+)
+from tests.unit.node.asyncwait import until
+
+NODE = "n1"
+IMAGE = "busybox:1"
+
+
+@dataclass
+class Watch:
+    runtime: FakeRuntime
+    pods: PodManager
+    health: RuntimeHealth
+    watcher: RuntimeWatcher
+    sleeps: list[float]
+
+
+@asynccontextmanager
+async def watching(tmp_path: Path) -> AsyncIterator[Watch]:
+    runtime = FakeRuntime(NODE)
+    runtime.add_image(IMAGE, size_bytes=1 << 20)
+    bridge = ThreadBridge(2, name="test")
+    supervisor = Supervisor()
+    health = RuntimeHealth()
+    sleeps: list[float] = []
+
+    async def sleep(delay_s: float) -> None:
+        sleeps.append(delay_s)
+        await asyncio.sleep(0.001)
+
+    def deps(manager: PodManager) -> WorkerDeps:
+        return WorkerDeps(
+            runtime=runtime,
+            bridge=bridge,
+            ctx=SpecContext(
+                node_name=NODE, sandbox_image="pause:1", state_dir=tmp_path, host_ip="127.0.0.1"
+            ),
+            backoff=BackoffPolicy(1.0, 8.0, 60.0),
+            clock=SystemClock(),
+            events=EventRecorder(NODE),
+            on_book_changed=manager.mark_dirty,
+            on_synced=manager.on_synced,
+        )
+
+    pods = PodManager(
+        node_name=NODE,
+        make_deps=deps,
+        runtime=runtime,
+        checkpoint=CheckpointStore(tmp_path / "checkpoint.json"),
+        bridge=bridge,
+        metrics=NodeMetrics(),
+        tasks=supervisor.scope("pods"),
+    )
+    watcher = RuntimeWatcher(
+        runtime,
+        pods,
+        health,
+        relist_interval_s=3600,
+        tasks=supervisor.scope("runtime-watch"),
+        sleep=sleep,
+    )
+    try:
+        async with supervisor:
+            gate = RuntimeGate(runtime, health, sandbox_image="pause:1", sleep=sleep)
+            await gate.start()
+            await pods.start()
+            try:
+                yield Watch(runtime, pods, health, watcher, sleeps)
+            finally:
+                await watcher.stop()
+                await pods.stop()
+                await gate.stop()
+    finally:
+        bridge.close()
+
+
+def stray_spec(uid: str) -> ContainerSpec:
+    return ContainerSpec(
+        name=f"stray-{uid}",
+        image=IMAGE,
+        labels={
+            LABEL_NODE: NODE,
+            LABEL_POD_UID: uid,
+            LABEL_POD_NAME: "stray",
+            LABEL_POD_NAMESPACE: "default",
+            LABEL_CONTAINER: "main",
+            LABEL_KIND: KIND_APP,
+        },
+    )
+
+
+def pod(name: str) -> object:
+    return parse_pod(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"containers": [{"name": "main", "image": IMAGE, "imagePullPolicy": "Never"}]},
+        },
+        source="file:/m/x.yaml",
+        node_name=NODE,
+    )
+
+
+async def test_the_gate_waits_for_the_runtime_with_back_off(tmp_path: Path) -> None:
+    runtime = FakeRuntime(NODE)
+    health = RuntimeHealth()
+    runtime.fail("ping", RuntimeUnavailableError("docker: connection refused"), times=6)
+    delays: list[float] = []
+
+    async def sleep(delay_s: float) -> None:
+        delays.append(delay_s)
+
+    gate = RuntimeGate(runtime, health, sandbox_image="pause:1", sleep=sleep)
+    await gate.start()
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0]
+    assert health.up and health.error == ""
+    assert await runtime.inspect_image("pause:1") is not None
+
+
+async def test_orphans_found_at_start_are_removed_once_sources_had_their_say(
+    tmp_path: Path,
+) -> None:
+    async with watching(tmp_path) as w:
+        stray = await w.runtime.create_container(stray_spec("uid-stray"))
+        await w.runtime.start_container(stray)
+        # Found only by a relist: the watcher adopts it for removal.
+        await w.watcher.start()
+        w.watcher._relist_now.set()
+        await until(lambda: w.runtime.calls["remove_container"] >= 1, "stray removed")
+        await until(lambda: "uid-stray" not in w.pods.workers, "its teardown worker done")
+        assert [r for r in await w.runtime.list_containers() if r.pod_uid == "uid-stray"] == []
+
+
+async def test_events_wake_workers_and_a_dead_engine_is_health(tmp_path: Path) -> None:
+    async with watching(tmp_path) as w:
+        await w.watcher.start()
+        the_pod = pod("a")
+        w.pods.apply_source("file:", [the_pod])  # type: ignore[list-item]
+        worker = w.pods.workers[the_pod.uid]  # type: ignore[attr-defined]
+        await until(lambda: worker.synced_once.is_set(), "a synced")
+        app = next(r for r in await w.runtime.list_containers() if not r.is_sandbox and r.running)
+        w.runtime.exit_container(app.id, 1)  # the die event wakes the worker: it restarts
+        await until(
+            lambda: (
+                (worker.status.get("containerStatuses") or [{}])[0].get("restartCount", 0) >= 1
+                or worker.book.to_json() != {}
+            ),
+            "worker woken by the event",
+        )
+
+        w.runtime.set_down()
+        await until(lambda: not w.health.up, "runtime down seen")
+        assert w.health.error.startswith("runtime: ")
+        w.runtime.set_down(False)
+        await until(lambda: w.health.up, "runtime back after a relist")
+
+
+async def test_a_relist_wakes_changed_pods_and_keeps_its_view_when_the_runtime_fails(
+    tmp_path: Path,
+) -> None:
+    async with watching(tmp_path) as w:
+        the_pod = pod("b")
+        w.pods.apply_source("file:", [the_pod])  # type: ignore[list-item]
+        worker = w.pods.workers[the_pod.uid]  # type: ignore[attr-defined]
+        await until(lambda: worker.synced_once.is_set(), "b synced")
+        seen = await w.watcher.relist({})
+        assert the_pod.uid in seen  # type: ignore[attr-defined]
+        assert await w.watcher.relist(seen) == seen
+        w.runtime.fail("list_pod_uids", RuntimeUnavailableError("gone"))
+        assert await w.watcher.relist(seen) is seen
+        assert not w.health.up
+        assert await w.watcher.relist(seen) == seen
+        assert w.health.up
