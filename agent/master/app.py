@@ -1,7 +1,13 @@
-"""The master daemon's composition root: store, PKI, registry, pods, API, under one TaskGroup.
+"""The master daemon's composition root: loads the store, PKI and registry, builds the managers
+and orders them under one supervisor (the daemon's one TaskGroup).
 
-SIGHUP reloads ``master.toml``: a valid file replaces the registration policy without dropping a
-connection; a bad one is logged and the running policy stays. SIGTERM/SIGINT stop gracefully.
+Managers, in start order: ``watchdog`` (systemd's ``WATCHDOG=1``), ``scheduler``, ``eviction``,
+``loop-lag`` (the event-loop lag sampler behind the API's metrics), ``reload`` (SIGHUP reloads
+``master.toml``: a valid file replaces the registration policy without dropping a connection; a
+bad one is logged and the running policy stays), ``api`` (one port, both protocols; ``READY=1``
+once it listens). SIGTERM/SIGINT (or a failed task) stops them in reverse order, each step
+bounded by ``STOP_STEP_TIMEOUT_S``; the store and the thread bridge are closed last. Each loop
+is an eternal task: one that returns fails the daemon.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import functools
 import gc
 import logging
 import signal
+import ssl
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from cryptography import x509
@@ -23,7 +31,7 @@ from agent.aio.edge import Edge
 from agent.aio.h2conn import HANDSHAKE_TIMEOUT_S, AlpnSwitch, serve_factory
 from agent.aio.logs import kv
 from agent.aio.sdnotify import SystemdNotifier
-from agent.aio.tasks import start_guarded
+from agent.aio.tasks import Lifecycle, Manager, Supervisor, TaskScope
 from agent.aio.tls import server_context
 from agent.errors import BadGatewayError, ConfigError, NotFoundError
 from agent.master.api import MasterApi
@@ -45,10 +53,8 @@ GC_GEN0_THRESHOLD = 20_000
 LISTEN_BACKLOG = 4096
 STORE_THREADS = 4
 SHUTDOWN_GRACE_S = 2.0
-
-
-class _ShutdownRequested(Exception):
-    pass
+STOP_STEP_TIMEOUT_S = 10.0
+WATCHDOG_FALLBACK_S = 10.0
 
 
 def read_client_cas(config: MasterConfig) -> list[x509.Certificate]:
@@ -67,15 +73,42 @@ class Master:
         self.config = config
         self.bridge = ThreadBridge(STORE_THREADS, name="store")
         self.notifier = SystemdNotifier.from_env()
+        self.supervisor = Supervisor()
         self._stop = asyncio.Event()
-        self._reload = asyncio.Event()
+        self.reload_requested = asyncio.Event()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
+        store: SqliteStore | None = None
+        try:
+            store, managers = await self._compose()
+            lifecycle = Lifecycle(managers, step_timeout_s=STOP_STEP_TIMEOUT_S)
+
+            async def start() -> None:
+                await lifecycle.start()
+                _settle_gc()
+
+            async with self.supervisor as supervisor:
+                starting = supervisor.start_guarded("start", start)
+                try:
+                    await self._stop.wait()
+                finally:
+                    starting.cancel()
+                    await asyncio.wait({starting})
+                    await lifecycle.stop()
+        finally:
+            if store is not None:
+                await store.close()
+            self.bridge.close()
+            log.info("node master stopped")
+
+    async def _compose(self) -> tuple[SqliteStore, list[Manager]]:
+        """Load what the managers need (store, PKI, registry) and build them, in start order."""
         cfg = self.config
+        scope = self.supervisor.scope
         pki = await self.bridge.run(ClusterPki.load, cfg.pki_dir)
         client_cas = await self.bridge.run(read_client_cas, cfg)
         store = await SqliteStore.open(
@@ -109,68 +142,21 @@ class Master:
         # One edge, one set of handlers, both protocols: every JSON route over HTTP/1.1
         # (aiohttp) and HTTP/2; the stream routes (the proxy) over HTTP/2.
         edge = Edge(MASTER_ROUTES, self.api.handlers, gate=self.api, streams=self.proxy.handle)
-        # Watches are long-lived streams: on shutdown give requests a moment, then close them
-        # (agents reconnect and resume from their resource version).
-        runner = web.AppRunner(
-            edge.aiohttp_app(),
-            access_log=None,
-            handle_signals=False,
-            shutdown_timeout=SHUTDOWN_GRACE_S,
+        serving = kv(
+            version=__version__,
+            listen=cfg.listen,
+            pin=pki.pin,
+            trust=",".join(cfg.registration.trust),
         )
-        await runner.setup()
-        http1 = runner.server
-        assert http1 is not None
-        make_h2 = serve_factory(edge.serve_h2, name="master-api")
-        # One port for both protocols, chosen per connection by ALPN.
-        server = await loop.create_server(
-            lambda: AlpnSwitch(make_h2, http1),
-            cfg.host,
-            cfg.port,
-            ssl=self.tls,
-            reuse_address=True,
-            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
-            # A fleet reconnecting after a restart arrives at once; asyncio's default backlog
-            # of 100 made the kernel reset connections (the kernel caps it at somaxconn).
-            backlog=LISTEN_BACKLOG,
-        )
-        log.info(
-            "node master serving",
-            extra=kv(
-                version=__version__,
-                listen=cfg.listen,
-                pin=pki.pin,
-                trust=",".join(cfg.registration.trust),
-            ),
-        )
-        # Everything loaded so far lives as long as the process: keep it out of the cyclic GC's
-        # generations, and collect the young generation less often (thousands of connections'
-        # short-lived objects made gen-2 passes the longest pauses of the loop).
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(GC_GEN0_THRESHOLD, 20, 100)
-        self.notifier.ready("serving")
-        try:
-            async with asyncio.TaskGroup() as group:
-                start_guarded(group, "scheduler", self._schedule_loop)
-                start_guarded(group, "eviction", self._eviction_loop)
-                start_guarded(group, "loop-lag", self.api.sample_loop_lag)
-                start_guarded(group, "reload", self._reload_loop)
-                start_guarded(group, "watchdog", self._watchdog_loop)
-                group.create_task(self._wait_stop(), name="shutdown-watch")
-        except* _ShutdownRequested:
-            pass
-        finally:
-            self.notifier.stopping()
-            server.close()
-            await self.proxy.close()
-            await runner.cleanup()
-            await store.close()
-            self.bridge.close()
-            log.info("node master stopped")
-
-    async def _wait_stop(self) -> None:
-        await self._stop.wait()
-        raise _ShutdownRequested
+        managers: list[Manager] = [
+            SystemdWatchdog(self.notifier, scope("watchdog")),
+            Scheduler(self.pods, scope("scheduler")),
+            Eviction(self.pods, min(EVICTION_CHECK_S, cfg.lease_renew_s), scope("eviction")),
+            LoopManager("loop-lag", self.api.sample_loop_lag, scope("loop-lag")),
+            PolicyReload(self, scope("reload")),
+            ApiServer(edge, self.proxy, self.tls, cfg, self.notifier, serving),
+        ]
+        return store, managers
 
     async def _pod_node(self, namespace: str, name: str) -> str:
         node = await self.api.pod_node(namespace, name)
@@ -186,44 +172,166 @@ class Master:
         host, _, port = endpoint.rpartition(":")
         return host.strip("[]"), int(port)
 
-    async def _schedule_loop(self) -> None:
+    async def reload_policy(self) -> None:
+        """Re-read ``master.toml``; a bad file is logged and the running policy stays."""
+        path = self.config.path
+        if path is None:
+            return
+        try:
+            fresh = await self.bridge.run(load_master_config, path)
+            client_cas = await self.bridge.run(read_client_cas, fresh)
+        except ConfigError as exc:
+            log.error("policy reload rejected; the running policy stays", extra=kv(error=str(exc)))
+            return
+        for ca in client_cas:
+            # New fleet CAs are added to the live TLS context; removing one needs a restart.
+            with contextlib.suppress(ValueError):
+                self.tls.load_verify_locations(cadata=ca.public_bytes(Encoding.PEM).decode())
+        self.registry.config = fresh
+        self.registry.client_cas = client_cas
+        self.config = fresh
+        log.info("policy reloaded", extra=kv(trust=",".join(fresh.registration.trust)))
+
+
+def _settle_gc() -> None:
+    """Everything loaded so far lives as long as the process: keep it out of the cyclic GC's
+    generations, and collect the young generation less often (thousands of connections'
+    short-lived objects made gen-2 passes the longest pauses of the loop)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 100)
+
+
+class LoopManager:
+    """A manager that runs one eternal loop in its own TaskScope."""
+
+    def __init__(self, name: str, loop: Callable[[], Awaitable[None]], tasks: TaskScope) -> None:
+        self.name = name
+        self._loop = loop
+        self._tasks = tasks
+
+    async def start(self) -> None:
+        await self._tasks.start()
+        self._tasks.spawn(self.name, self._loop, eternal=True)
+
+    async def stop(self) -> None:
+        await self._tasks.stop()
+
+
+class Scheduler(LoopManager):
+    """Places pending pods when kicked (a node became Ready, a pod was applied) and at least
+    every ``SCHEDULE_INTERVAL_S``."""
+
+    def __init__(self, pods: PodStore, tasks: TaskScope) -> None:
+        super().__init__("scheduler", self._schedule, tasks)
+        self._pods = pods
+
+    async def _schedule(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.pods.kick.wait(), SCHEDULE_INTERVAL_S)
-            self.pods.kick.clear()
-            await self.pods.schedule_pending()
+                await asyncio.wait_for(self._pods.kick.wait(), SCHEDULE_INTERVAL_S)
+            self._pods.kick.clear()
+            await self._pods.schedule_pending()
 
-    async def _eviction_loop(self) -> None:
-        while True:
-            await asyncio.sleep(min(EVICTION_CHECK_S, self.config.lease_renew_s))
-            await self.pods.evict_from_unready_nodes()
 
-    async def _watchdog_loop(self) -> None:
-        interval = self.notifier.watchdog_interval_s() or 10.0
-        while True:
-            self.notifier.watchdog()
-            await asyncio.sleep(interval)
+class Eviction(LoopManager):
+    """Moves scheduler-placed pods off nodes NotReady past the eviction time-out."""
 
-    async def _reload_loop(self) -> None:
+    def __init__(self, pods: PodStore, interval_s: float, tasks: TaskScope) -> None:
+        super().__init__("eviction", self._evict, tasks)
+        self._pods = pods
+        self._interval_s = interval_s
+
+    async def _evict(self) -> None:
         while True:
-            await self._reload.wait()
-            self._reload.clear()
-            path = self.config.path
-            if path is None:
-                continue
-            try:
-                fresh = await self.bridge.run(load_master_config, path)
-                client_cas = await self.bridge.run(read_client_cas, fresh)
-            except ConfigError as exc:
-                log.error(
-                    "policy reload rejected; the running policy stays", extra=kv(error=str(exc))
-                )
-                continue
-            for ca in client_cas:
-                # New fleet CAs are added to the live TLS context; removing one needs a restart.
-                with contextlib.suppress(ValueError):
-                    self.tls.load_verify_locations(cadata=ca.public_bytes(Encoding.PEM).decode())
-            self.registry.config = fresh
-            self.registry.client_cas = client_cas
-            self.config = fresh
-            log.info("policy reloaded", extra=kv(trust=",".join(fresh.registration.trust)))
+            await asyncio.sleep(self._interval_s)
+            await self._pods.evict_from_unready_nodes()
+
+
+class SystemdWatchdog(LoopManager):
+    def __init__(self, notifier: SystemdNotifier, tasks: TaskScope) -> None:
+        super().__init__("watchdog", self._pet, tasks)
+        self._notifier = notifier
+
+    async def _pet(self) -> None:
+        interval_s = self._notifier.watchdog_interval_s() or WATCHDOG_FALLBACK_S
+        while True:
+            self._notifier.watchdog()
+            await asyncio.sleep(interval_s)
+
+
+class PolicyReload(LoopManager):
+    """Reloads the policy on each SIGHUP (the master sets its reload event)."""
+
+    def __init__(self, master: Master, tasks: TaskScope) -> None:
+        super().__init__("reload", self._follow, tasks)
+        self._master = master
+
+    async def _follow(self) -> None:
+        while True:
+            await self._master.reload_requested.wait()
+            self._master.reload_requested.clear()
+            await self._master.reload_policy()
+
+
+class ApiServer:
+    """The master's one port: HTTP/1.1 (aiohttp) and HTTP/2 by ALPN, through one edge.
+    Started last (``READY=1`` once it listens), stopped first (``STOPPING=1``, no new
+    connections, then watches are given ``SHUTDOWN_GRACE_S`` and closed)."""
+
+    name = "api"
+
+    def __init__(
+        self,
+        edge: Edge,
+        proxy: StreamingProxy,
+        tls: ssl.SSLContext,
+        config: MasterConfig,
+        notifier: SystemdNotifier,
+        serving: dict[str, object],
+    ) -> None:
+        self._edge = edge
+        self._proxy = proxy
+        self._tls = tls
+        self._config = config
+        self._notifier = notifier
+        self._serving = serving
+        self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        cfg = self._config
+        # Watches are long-lived streams: on shutdown give requests a moment, then close them
+        # (agents reconnect and resume from their resource version).
+        self._runner = web.AppRunner(
+            self._edge.aiohttp_app(),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=SHUTDOWN_GRACE_S,
+        )
+        await self._runner.setup()
+        http1 = self._runner.server
+        assert http1 is not None
+        make_h2 = serve_factory(self._edge.serve_h2, name="master-api")
+        # One port for both protocols, chosen per connection by ALPN.
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: AlpnSwitch(make_h2, http1),
+            cfg.host,
+            cfg.port,
+            ssl=self._tls,
+            reuse_address=True,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
+            # A fleet reconnecting after a restart arrives at once; asyncio's default backlog
+            # of 100 made the kernel reset connections (the kernel caps it at somaxconn).
+            backlog=LISTEN_BACKLOG,
+        )
+        log.info("node master serving", extra=self._serving)
+        self._notifier.ready("serving")
+
+    async def stop(self) -> None:
+        self._notifier.stopping()
+        if self._server is not None:
+            self._server.close()
+        await self._proxy.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
