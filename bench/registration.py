@@ -267,7 +267,8 @@ async def main_async(args: argparse.Namespace) -> None:
             ) as resp:
                 metrics = resp.read().decode()
             for metric in ("node_master_lease_handling_seconds", "node_master_loop_lag_seconds"):
-                found = dict(re.findall(rf'{metric}{{quantile="([0-9.]+)"}} ([0-9.]+)', metrics))
+                sample = rf'{metric}{{quantile="([0-9.]+)"}} ([0-9.eE+-]+|NaN)'
+                found = dict(re.findall(sample, metrics))
                 p50, p99, top = (float(found[q]) * 1000 for q in ("0.5", "0.99", "1"))
                 print(f"master {metric}: p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {top:.1f} ms")
         finally:

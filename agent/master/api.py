@@ -13,6 +13,7 @@ status the error carries.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -30,6 +31,15 @@ from agent.aio.edge import (
     text_response,
 )
 from agent.aio.logs import kv
+from agent.aio.metrics import (
+    CONTENT_TYPE,
+    DEFAULT_RUN_BLOCKING,
+    RunBlocking,
+    exposition,
+    gauge,
+    new_registry,
+    summary,
+)
 from agent.errors import BadRequestError, CompactedError, NotFoundError
 from agent.master.pods import PodStore, pod_object
 from agent.master.policy import effective_peer
@@ -46,12 +56,17 @@ NDJSON_TYPE = "application/x-ndjson"
 
 class MasterApi:
     def __init__(
-        self, registry: NodeRegistry, pods: PodStore, trusted_proxies: tuple[str, ...]
+        self,
+        registry: NodeRegistry,
+        pods: PodStore,
+        trusted_proxies: tuple[str, ...],
+        run_blocking: RunBlocking = DEFAULT_RUN_BLOCKING,
     ) -> None:
+        self._run_blocking = run_blocking
         self.registry = registry
         self.pods = pods
         self.trusted_proxies = trusted_proxies
-        self.requests_total = 0
+        self.metrics_registry = new_registry()
         # Recent samples (seconds) for /metrics quantiles: lease handling time, and how late
         # the event loop runs a timer (queueing every request sees when the loop is busy).
         self.lease_seconds: deque[float] = deque(maxlen=LATENCY_SAMPLES)
@@ -114,22 +129,29 @@ class MasterApi:
         for record in records:
             by_phase[record["registration"]] = by_phase.get(record["registration"], 0) + 1
             ready += self.registry.readiness(record["name"])[0] == "True"
-        lines = ["# TYPE node_master_nodes gauge"]
-        lines += [
-            f'node_master_nodes{{registration="{p}"}} {n}' for p, n in sorted(by_phase.items())
+        families = [
+            gauge(
+                "node_master_nodes",
+                "Nodes by registration state.",
+                (((phase,), n) for phase, n in sorted(by_phase.items())),
+                labels=("registration",),
+            ),
+            gauge("node_master_nodes_ready", "Nodes whose lease is current.", [((), ready)]),
+            summary(
+                "node_master_lease_handling_seconds",
+                "Time to handle one lease renewal (recent renewals).",
+                self.lease_seconds,
+            ),
+            summary(
+                "node_master_loop_lag_seconds",
+                "How late the event loop runs a timer (recent probes).",
+                self.loop_lag_seconds,
+            ),
         ]
-        lines += ["# TYPE node_master_nodes_ready gauge", f"node_master_nodes_ready {ready}"]
-        for metric, samples in (
-            ("node_master_lease_handling_seconds", self.lease_seconds),
-            ("node_master_loop_lag_seconds", self.loop_lag_seconds),
-        ):
-            lines.append(f"# TYPE {metric} summary")
-            ordered = sorted(samples)
-            for q in (0.5, 0.99, 1.0):
-                value = ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
-                lines.append(f'{metric}{{quantile="{q:g}"}} {value:.6f}')
-            lines.append(f"{metric}_count {len(ordered)}")
-        return text_response("\n".join(lines) + "\n", "text/plain; charset=utf-8")
+        body = await self._run_blocking(
+            functools.partial(exposition, self.metrics_registry, families)
+        )
+        return ApiResponse(200, body, CONTENT_TYPE)
 
     async def ca(self, request: ApiRequest) -> ApiResponse:
         return text_response(

@@ -117,7 +117,9 @@ class Master:
         self.registry = NodeRegistry(store, pki, cfg, client_cas)
         await self.registry.load()
         self.pods = PodStore(store, self.registry)
-        self.api = MasterApi(self.registry, self.pods, cfg.registration.trusted_proxies)
+        self.api = MasterApi(
+            self.registry, self.pods, cfg.registration.trusted_proxies, self.bridge.run
+        )
         ca_pems = [await self.bridge.run(pki.ca_cert_path.read_bytes)] + [
             c.public_bytes(Encoding.PEM) for c in client_cas
         ]

@@ -165,6 +165,7 @@ class NodeAgent:
                 node_name=cfg.node_name,
                 host=cfg.health_host,
                 port=cfg.health_port,
+                run_blocking=self.bridge.run,
             ),
             Watchdog(
                 self.health,

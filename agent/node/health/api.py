@@ -7,11 +7,13 @@ otherwise 503 with the reasons, one per line. ``/v1/pods`` is a Kubernetes-style
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from typing import Protocol
 
 from aiohttp import web
 
+from agent.aio.metrics import CONTENT_TYPE, DEFAULT_RUN_BLOCKING, RunBlocking
 from agent.events import EventRecorder
 from agent.node.health.metrics import NodeMetrics, render
 from agent.node.pods.manager import PodManager
@@ -46,7 +48,9 @@ class LocalApi:
         node_name: str,
         host: str,
         port: int,
+        run_blocking: RunBlocking = DEFAULT_RUN_BLOCKING,
     ) -> None:
+        self._run_blocking = run_blocking
         self._host = host
         self._port = port
         self._pods = pods
@@ -104,11 +108,14 @@ class LocalApi:
             meta = item["metadata"]
             for cs in status.get("containerStatuses", []):
                 restarts.append((meta["namespace"], meta["name"], cs["name"], cs["restartCount"]))
-        text = render(
-            self._metrics,
-            pods_by_phase=phases,
-            restarts=restarts,
-            runtime_errors=self._health.runtime_errors,
-            runtime_up=self._health.runtime_up,
+        body = await self._run_blocking(
+            functools.partial(
+                render,
+                self._metrics,
+                pods_by_phase=phases,
+                restarts=restarts,
+                runtime_errors=self._health.runtime_errors,
+                runtime_up=self._health.runtime_up,
+            )
         )
-        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

@@ -270,7 +270,7 @@ class MasterPodSource:
         self._pods.apply_source(SOURCE_API, list(self.pods.values()))
 
     def _count_error(self, what: str, exc: Exception, **fields: str) -> None:
-        self._metrics.master_watch_errors += 1
+        self._metrics.master_watch_error()
         log.error(what, extra=kv(error=str(exc)[:500], **fields))
 
 

@@ -272,7 +272,7 @@ class PodManager:
                     "checkpoint write failed; previous checkpoint kept", extra=kv(error=str(exc))
                 )
             self.checkpoint_error = str(exc)
-            self._metrics.checkpoint_errors += 1
+            self._metrics.checkpoint_error()
             self._dirty.set()
             return False
         if self.checkpoint_error:
