@@ -9,14 +9,26 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from agent.aio.logs import kv
-from agent.node.masterlink.state import LinkStatus
 
 log = logging.getLogger(__name__)
 
 LOOP_STALL_S = 10.0  # a heartbeat older than this means the event loop is stuck
 STARTING_PROBLEM = "starting: first reconcile of every pod not finished"
+
+
+class LinkView(Protocol):
+    """What health needs of the master link's state (``masterlink.state.LinkStatus``): whether
+    the master refused this node (a problem of the node's) and the message saying why. A
+    protocol, so health stays below the master link in the layers."""
+
+    @property
+    def refused(self) -> bool: ...
+
+    @property
+    def message(self) -> str: ...
 
 
 @dataclass(slots=True)
@@ -49,7 +61,7 @@ class NodeHealth:
         runtime: RuntimeHealth,
         checkpoint_error: Callable[[], str],
         runtime_errors: Callable[[], int] = lambda: 0,
-        link: LinkStatus | None = None,
+        link: LinkView | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.runtime = runtime
