@@ -19,7 +19,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from agent.aio.bridge import ThreadBridge
@@ -60,8 +60,10 @@ class PodManager:
         bridge: ThreadBridge,
         metrics: NodeMetrics,
         tasks: TaskScope,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.node_name = node_name
+        self._sleep = sleep
         self._runtime = runtime
         self._checkpoint = checkpoint
         self._bridge = bridge
@@ -135,10 +137,19 @@ class PodManager:
         for uid, entry in dict(data.get("pods") or {}).items():
             try:
                 pod = parse_pod(entry["manifest"], source=str(entry.get("source", "api")))
-                books[uid] = WorkerBook.from_json(entry.get("book") or {})
             except (ManifestError, KeyError, TypeError, ValueError) as exc:
                 log.error("checkpointed pod skipped", extra=kv(uid=uid, error=str(exc)))
                 continue
+            try:
+                books[uid] = WorkerBook.from_json(entry.get("book") or {})
+            except ValueError as exc:
+                # The pod is still desired: skipping it would remove its running containers as
+                # strays. A fresh book relearns the attempt numbers from the containers' labels;
+                # only the restart back-off starts over.
+                log.error(
+                    "checkpointed worker book unusable, pod kept with a fresh one",
+                    extra=kv(pod=pod.full_name, uid=uid, error=str(exc)),
+                )
             pods.append(pod)
         return pods, books
 
@@ -284,9 +295,9 @@ class PodManager:
     async def _checkpoint_loop(self) -> None:
         while True:
             await self._dirty.wait()
-            await asyncio.sleep(CHECKPOINT_MIN_INTERVAL_S)  # coalesce bursts into one write
+            await self._sleep(CHECKPOINT_MIN_INTERVAL_S)  # coalesce bursts into one write
             if not await self.save_now():
-                await asyncio.sleep(CHECKPOINT_RETRY_S)
+                await self._sleep(CHECKPOINT_RETRY_S)
 
     def _all_set(self, events: list[asyncio.Event]) -> asyncio.Event:
         """An event set once every one of ``events`` is set."""

@@ -54,10 +54,6 @@ EXIT_CODE_WAIT_S = 5.0
 EXEC_CONTENT_TYPE = "application/vnd.node-agent.exec"
 
 
-# The name the master link still imports; the streaming API takes any Runtime.
-StreamingRuntime = Runtime
-
-
 @dataclass(frozen=True, slots=True)
 class Target:
     namespace: str

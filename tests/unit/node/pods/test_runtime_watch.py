@@ -9,20 +9,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.aio.bridge import ThreadBridge
-from agent.aio.clock import SystemClock
-from agent.aio.tasks import Supervisor
 from agent.errors import RuntimeUnavailableError
-from agent.events import EventRecorder
 from agent.manifest import parse_pod
-from agent.node.backoff import BackoffPolicy
-from agent.node.health.metrics import NodeMetrics
 from agent.node.health.state import RuntimeHealth
-from agent.node.pods.checkpoint import CheckpointStore
 from agent.node.pods.manager import PodManager
 from agent.node.pods.runtime_watch import RuntimeGate, RuntimeWatcher
-from agent.node.pods.specs import SpecContext
-from agent.node.pods.worker import WorkerDeps
 from agent.node.runtime.base import ContainerSpec
 from agent.node.runtime.fake import FakeRuntime
 from agent.types import (
@@ -35,9 +26,8 @@ from agent.types import (
     LABEL_POD_UID,
 )
 from tests.unit.node.asyncwait import until
-
-NODE = "n1"
-IMAGE = "busybox:1"
+from tests.unit.node.pods.managerrig import IMAGE, manager_rig
+from tests.unit.node.pods.rig import NODE
 
 
 @dataclass
@@ -51,61 +41,31 @@ class Watch:
 
 @asynccontextmanager
 async def watching(tmp_path: Path) -> AsyncIterator[Watch]:
-    runtime = FakeRuntime(NODE)
-    runtime.add_image(IMAGE, size_bytes=1 << 20)
-    bridge = ThreadBridge(2, name="test")
-    supervisor = Supervisor()
-    health = RuntimeHealth()
-    sleeps: list[float] = []
+    """The pod manager (its own rig) behind the runtime gate, and a watcher not started."""
+    async with manager_rig(tmp_path, start=False) as rig:
+        health = RuntimeHealth()
+        sleeps: list[float] = []
 
-    async def sleep(delay_s: float) -> None:
-        sleeps.append(delay_s)
-        await asyncio.sleep(0.001)
+        async def sleep(delay_s: float) -> None:
+            sleeps.append(delay_s)
+            await asyncio.sleep(0.001)
 
-    def deps(manager: PodManager) -> WorkerDeps:
-        return WorkerDeps(
-            runtime=runtime,
-            bridge=bridge,
-            ctx=SpecContext(
-                node_name=NODE, sandbox_image="pause:1", state_dir=tmp_path, host_ip="127.0.0.1"
-            ),
-            backoff=BackoffPolicy(1.0, 8.0, 60.0),
-            clock=SystemClock(),
-            events=EventRecorder(NODE),
-            on_book_changed=manager.mark_dirty,
-            on_synced=manager.on_synced,
+        watcher = RuntimeWatcher(
+            rig.runtime,
+            rig.pods,
+            health,
+            relist_interval_s=3600,
+            tasks=rig.supervisor.scope("runtime-watch"),
+            sleep=sleep,
         )
-
-    pods = PodManager(
-        node_name=NODE,
-        make_deps=deps,
-        runtime=runtime,
-        checkpoint=CheckpointStore(tmp_path / "checkpoint.json"),
-        bridge=bridge,
-        metrics=NodeMetrics(),
-        tasks=supervisor.scope("pods"),
-    )
-    watcher = RuntimeWatcher(
-        runtime,
-        pods,
-        health,
-        relist_interval_s=3600,
-        tasks=supervisor.scope("runtime-watch"),
-        sleep=sleep,
-    )
-    try:
-        async with supervisor:
-            gate = RuntimeGate(runtime, health, sandbox_image="pause:1", sleep=sleep)
-            await gate.start()
-            await pods.start()
-            try:
-                yield Watch(runtime, pods, health, watcher, sleeps)
-            finally:
-                await watcher.stop()
-                await pods.stop()
-                await gate.stop()
-    finally:
-        bridge.close()
+        gate = RuntimeGate(rig.runtime, health, sandbox_image="pause:1", sleep=sleep)
+        await gate.start()
+        await rig.pods.start()
+        try:
+            yield Watch(rig.runtime, rig.pods, health, watcher, sleeps)
+        finally:
+            await watcher.stop()
+            await gate.stop()
 
 
 def stray_spec(uid: str) -> ContainerSpec:
@@ -174,14 +134,8 @@ async def test_events_wake_workers_and_a_dead_engine_is_health(tmp_path: Path) -
         worker = w.pods.workers[the_pod.uid]  # type: ignore[attr-defined]
         await until(lambda: worker.synced_once.is_set(), "a synced")
         app = next(r for r in await w.runtime.list_containers() if not r.is_sandbox and r.running)
-        w.runtime.exit_container(app.id, 1)  # the die event wakes the worker: it restarts
-        await until(
-            lambda: (
-                (worker.status.get("containerStatuses") or [{}])[0].get("restartCount", 0) >= 1
-                or worker.book.to_json() != {}
-            ),
-            "worker woken by the event",
-        )
+        w.runtime.exit_container(app.id, 1)  # the die event wakes the worker: it books a restart
+        await until(lambda: "main" in worker.book.restarts, "worker woken by the event")
 
         w.runtime.set_down()
         await until(lambda: not w.health.up, "runtime down seen")
@@ -206,3 +160,16 @@ async def test_a_relist_wakes_changed_pods_and_keeps_its_view_when_the_runtime_f
         assert not w.health.up
         assert await w.watcher.relist(seen) == seen
         assert w.health.up
+
+
+async def test_an_event_of_a_pod_without_a_worker_makes_a_relist_remove_it(
+    tmp_path: Path,
+) -> None:
+    async with watching(tmp_path) as w:
+        await w.watcher.start()
+        await until(lambda: w.runtime.calls["events"] == 1, "the watcher follows events")
+        stray = await w.runtime.create_container(stray_spec("uid-late"))  # after the start
+        await w.runtime.start_container(stray)
+        await until(lambda: w.runtime.calls["remove_container"] >= 1, "stray removed")
+        await until(lambda: "uid-late" not in w.pods.workers, "its teardown worker done")
+        assert w.runtime.calls["list_pod_uids"] >= 1  # found by the relist the event asked for
