@@ -311,7 +311,6 @@ class MasterApi:
         body = request.json()
         obj = await self.pods.get(ns, name)
         # Authorized as the node the pod is bound to, or as an administrator (who may also
-        # set the status of a pod bound to no node yet).
-        node = str(obj.get("nodeName") or "") or request.principal.name
-        await self.pods.set_status(ns, name, body, node)
+        # set the status of a pod bound to no node yet: its node is "", never the admin's name).
+        await self.pods.set_status(ns, name, body, str(obj.get("nodeName") or ""))
         return json_response({"updated": f"{ns}/{name}"})
