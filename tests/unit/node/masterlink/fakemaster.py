@@ -111,6 +111,9 @@ class FakeMaster:
         self.reject_identity = False  # 401 to every mTLS route
         self.unavailable = False  # 503 to every route
         self.gone_once = False  # the next watch answers 410 (in-band, as the real master)
+        # A status report changes the pod, so the real master sends it back on the watch (and
+        # the revision moves); off for a test whose revisions must move only by its own hand.
+        self.echo_status = True
         self.lease_renew_s = LEASE_RENEW_S
         # Pods: full name -> object; which node each is bound to (NODE when not said: a test
         # may put a bare object in ``pods``). Every change takes the next resource version and
@@ -222,7 +225,8 @@ class FakeMaster:
         if obj.get("status") == status:
             return  # as the real master: an unchanged status is no change
         obj["status"] = status
-        self._event("MODIFIED", full, self._pod_object(full), notify=True)
+        if self.echo_status:
+            self._event("MODIFIED", full, self._pod_object(full), notify=True)
 
     def compact(self) -> None:
         """Forget the history: a watch from any revision before now gets 410."""
