@@ -187,6 +187,11 @@ class TaskEndedError(AgentError):
     """A task meant to run for the daemon's whole life returned: a bug; the daemon stops."""
 
 
+class InternalError(AgentError):
+    """A request handler failed with a foreign exception (a bug): the client gets 500 with the
+    project's error body, the traceback goes to the log."""
+
+
 # -- the node's link to the master ------------------------------------------------------------
 
 

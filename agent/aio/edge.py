@@ -28,7 +28,9 @@ from agent.aio.logs import kv
 from agent.errors import (
     AgentError,
     BadRequestError,
+    ConnectionClosedError,
     ForbiddenError,
+    InternalError,
     ManifestError,
     MethodNotAllowedError,
     NeedsHttp2Error,
@@ -251,10 +253,13 @@ class Edge:
             )
             if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
                 raise PayloadTooLargeError(f"request body larger than {MAX_BODY_BYTES} bytes")
-            body = await _bounded(request.content.iter_any(), MAX_BODY_BYTES)
+            try:
+                body = await _bounded(request.content.iter_any(), MAX_BODY_BYTES)
+            except ConnectionResetError as exc:  # the client went away mid-body: not a bug
+                raise ConnectionClosedError(f"request body cut off: {exc}") from exc
             response = await self._handle(replace(admitted, body=body))
-        except AgentError as exc:
-            response = error_response(exc)
+        except Exception as exc:
+            response = error_response(_ours(request.method, request.path, exc))
         headers_out = {"Content-Type": response.content_type, **dict(response.headers)}
         if response.stream is None:
             return web.Response(status=response.status, body=response.body, headers=headers_out)
@@ -294,11 +299,12 @@ class Edge:
                 return
             body = await _bounded(_h2_chunks(stream), MAX_BODY_BYTES)
             response = await self._handle(replace(admitted, body=body))
-        except AgentError as exc:
+        except Exception as exc:
+            error = _ours(stream.method, stream.path, exc)
             if stream.responded or stream.local_ended or stream.failed:
-                await stream.respond_error(exc.http_status, str(exc))  # resets if it must
+                await stream.respond_error(error.http_status, str(error))  # resets if it must
                 return
-            response = error_response(exc)
+            response = error_response(error)
         await stream.respond(
             response.status, [("content-type", response.content_type), *response.headers]
         )
@@ -316,6 +322,15 @@ class Edge:
             finally:
                 await _close(response.stream)
         await stream.end()
+
+
+def _ours(method: str, path: str, exc: Exception) -> AgentError:
+    """The error to answer with: ours as it is; a foreign one is a bug in a handler, logged
+    with its traceback and answered 500 with our error body (never the framework's page)."""
+    if isinstance(exc, AgentError):
+        return exc
+    log.error("request handler failed", exc_info=exc, extra=kv(method=method, path=path))
+    return InternalError(f"internal error handling {method} {path}: {type(exc).__name__}")
 
 
 def _ended_early(path: str, exc: AgentError) -> None:
