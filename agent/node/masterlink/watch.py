@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import reprlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -68,13 +69,21 @@ class WatchEvent:
         return f"{meta['namespace']}/{meta['name']}"
 
 
+def _shown(value: Any) -> str:
+    """A value from the wire in a message: bounded in length and depth (``repr`` of a deeply
+    nested list raises RecursionError)."""
+    return reprlib.repr(value)
+
+
 def _revision(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise MasterAnswerMalformedError(f"resourceVersion {value!r} is not an integer")
+        raise MasterAnswerMalformedError(f"resourceVersion {_shown(value)} is not an integer")
     try:
         revision = int(value)
     except ValueError:
-        raise MasterAnswerMalformedError(f"resourceVersion {value!r} is not an integer") from None
+        raise MasterAnswerMalformedError(
+            f"resourceVersion {_shown(value)} is not an integer"
+        ) from None
     if revision < 0:
         raise MasterAnswerMalformedError(f"resourceVersion {value!r} is negative")
     return revision
@@ -100,13 +109,15 @@ def decode_event(line: bytes) -> WatchEvent:
     """One NDJSON line of the pod watch; MasterAnswerMalformedError for anything else."""
     try:
         data = json.loads(line)
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError; nesting
         raise MasterAnswerMalformedError(f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise MasterAnswerMalformedError("event is not a JSON object")
     kind = data.get("type")
-    if kind not in EVENT_TYPES:
-        raise MasterAnswerMalformedError(f"event type {kind!r} is not one of {sorted(EVENT_TYPES)}")
+    if not isinstance(kind, str) or kind not in EVENT_TYPES:  # (a dict is not hashable)
+        raise MasterAnswerMalformedError(
+            f"event type {_shown(kind)} is not one of {sorted(EVENT_TYPES)}"
+        )
     revision = _revision(data["resourceVersion"]) if "resourceVersion" in data else None
     obj = data.get("object")
     if kind == "ERROR":
