@@ -84,9 +84,16 @@ class StreamingProxy:
         loop = asyncio.get_running_loop()
 
         async def up() -> None:
-            while chunk := await user.read():
-                await upstream.write(chunk)
-            await upstream.end()
+            try:
+                while chunk := await user.read():
+                    await upstream.write(chunk)
+                await upstream.end()
+            except StreamingError:
+                # The user is gone (reset, connection lost): end the node's side now, or a
+                # session that writes nothing (a shell waiting for input) would stay open there.
+                if not upstream.failed:
+                    upstream.reset()
+                raise
 
         sender = loop.create_task(up())
         try:

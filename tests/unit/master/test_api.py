@@ -14,7 +14,6 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -48,7 +47,7 @@ from agent.proto.authz import Caller, CallerKind, Principal, Role
 from agent.proto.routes import MASTER_ROUTES
 from tests.unit.master import wire
 from tests.unit.master.rig import MasterRig, NodeKey, csr_for, make_rig, registration
-from tests.unit.master.wire import ANONYMOUS, H1, H2, PROTOCOLS, Client, Credentials, Reply
+from tests.unit.master.wire import H1, H2, PROTOCOLS, Client, Reply
 from tests.unit.node.asyncwait import until
 
 pytestmark = pytest.mark.usefixtures("blockbuster")
@@ -598,52 +597,22 @@ async def test_the_edge_questions_about_callers(api: MasterApi, rig: MasterRig) 
 # -- over the wire: both front-ends on loopback with TLS ---------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Identities:
-    admin: Credentials
-    viewer: Credentials
-    node: Credentials  # n1, with the session's NodeKey
-
-
 @pytest.fixture(scope="session")
-def identities(
+def tls(
     cluster_pki: ClusterPki, tmp_path_factory: pytest.TempPathFactory, n1: NodeKey
-) -> Identities:
-    directory: Path = tmp_path_factory.mktemp("identities")
-    return Identities(
-        admin=wire.user_credentials(cluster_pki, directory, "admin"),
-        viewer=wire.viewer_credentials(cluster_pki, directory),
-        node=wire.node_credentials(cluster_pki, directory, "n1", n1.key),
-    )
-
-
-@pytest.fixture(scope="session")
-def contexts(cluster_pki: ClusterPki, identities: Identities) -> dict[tuple[str, str], Any]:
-    """Client TLS contexts by (identity, protocol), and the server's under ("master", "")."""
-    who = {
-        "admin": identities.admin,
-        "viewer": identities.viewer,
-        "node": identities.node,
-        "anonymous": ANONYMOUS,
-    }
-    found: dict[tuple[str, str], Any] = {
-        (name, proto): wire.client_tls(cluster_pki, creds, proto)
-        for name, creds in who.items()
-        for proto in PROTOCOLS
-    }
-    found["master", ""] = wire.master_tls(cluster_pki)
-    return found
+) -> wire.TlsSet:
+    return wire.tls_set(cluster_pki, tmp_path_factory.mktemp("identities"), n1.key)
 
 
 @dataclass
 class Wire:
     protocol: str
     port: int
-    contexts: dict[tuple[str, str], Any]
+    tls: wire.TlsSet
     clients: list[Client]
 
     def as_(self, who: str) -> Client:
-        client = Client(self.protocol, self.port, self.contexts[who, self.protocol])
+        client = Client(self.protocol, self.port, self.tls.client(who, self.protocol))
         self.clients.append(client)
         return client
 
@@ -654,12 +623,10 @@ def protocol(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def served(
-    api: MasterApi, protocol: str, contexts: dict[tuple[str, str], Any]
-) -> AsyncIterator[Wire]:
+async def served(api: MasterApi, protocol: str, tls: wire.TlsSet) -> AsyncIterator[Wire]:
     edge = Edge(MASTER_ROUTES, api.handlers, gate=api)
-    async with wire.serve(edge, contexts["master", ""]) as port:
-        on = Wire(protocol, port, contexts, [])
+    async with wire.serve(edge, tls.master) as port:
+        on = Wire(protocol, port, tls, [])
         try:
             yield on
         finally:
@@ -756,17 +723,15 @@ async def test_the_pod_watch_streams_ndjson_over_the_wire(
 
 
 async def test_a_compacted_watch_over_the_wire_ends_with_an_in_band_410(
-    protocol: str, cluster_pki: ClusterPki, contexts: dict[tuple[str, str], Any], n1: NodeKey
+    protocol: str, cluster_pki: ClusterPki, tls: wire.TlsSet, n1: NodeKey
 ) -> None:
     rig = make_rig(cluster_pki, store=MemoryStore(history=3))
     api = MasterApi(rig.registry, rig.pods, ())
     await rig.register(n1)
     for i in range(5):
         await call(api, "POST", "/v1/pods", pod(f"p{i}", node="n1"))
-    async with wire.serve(
-        Edge(MASTER_ROUTES, api.handlers, gate=api), contexts["master", ""]
-    ) as port:
-        client = Client(protocol, port, contexts["node", protocol])
+    async with wire.serve(Edge(MASTER_ROUTES, api.handlers, gate=api), tls.master) as port:
+        client = Client(protocol, port, tls.client("node", protocol))
         try:
             watch = await client.watch("/v1/nodes/n1/pods?watch=1&resourceVersion=1")
             assert watch.status == 200  # the stream started; the error is its one line

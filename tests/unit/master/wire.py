@@ -91,6 +91,35 @@ def node_credentials(
     return _write(directory, f"node-{node}", key, cert_to_pem(cert))
 
 
+@dataclass(frozen=True, slots=True)
+class TlsSet:
+    """The master's serving context and client contexts by (identity, protocol) for the
+    identities ``admin``, ``viewer``, ``node`` (node ``n1`` with the given key) and
+    ``anonymous`` (no certificate)."""
+
+    master: ssl.SSLContext
+    clients: Mapping[tuple[str, str], ssl.SSLContext]
+
+    def client(self, who: str, protocol: str) -> ssl.SSLContext:
+        return self.clients[who, protocol]
+
+
+def tls_set(pki: ClusterPki, directory: Path, node_key: PrivateKey) -> TlsSet:
+    """Blocking (writes and reads files): from a sync fixture."""
+    who = {
+        "admin": user_credentials(pki, directory, "admin"),
+        "viewer": viewer_credentials(pki, directory),
+        "node": node_credentials(pki, directory, "n1", node_key),
+        "anonymous": ANONYMOUS,
+    }
+    clients = {
+        (name, protocol): client_tls(pki, creds, protocol)
+        for name, creds in who.items()
+        for protocol in PROTOCOLS
+    }
+    return TlsSet(master_tls(pki), clients)
+
+
 def master_tls(pki: ClusterPki) -> ssl.SSLContext:
     """The master's serving context: client certificates optional, from the cluster CA."""
     return server_context(
@@ -211,13 +240,17 @@ class Client:
         raw = await stream.read_all(READ_LIMIT_BYTES)
         return Reply(stream.status, _h2_headers(await stream.response()), raw)
 
+    async def open_h2(
+        self, method: str, path: str, *, end_stream: bool = False, **headers: str
+    ) -> H2Stream:
+        """An HTTP/2 request stream, its body left to the caller (exec, port-forward)."""
+        conn = await self._h2()
+        return await conn.request(method, path, list(headers.items()), end_stream=end_stream)
+
     async def request_h2(
         self, method: str, path: str, data: bytes = b"", headers: Mapping[str, str] | None = None
     ) -> H2Stream:
-        conn = await self._h2()
-        stream = await conn.request(
-            method, path, list((headers or {}).items()), end_stream=not data
-        )
+        stream = await self.open_h2(method, path, end_stream=not data, **(headers or {}))
         if data:
             await stream.write(data)
             await stream.end()
