@@ -290,7 +290,10 @@ def _q(value: object) -> str:
     """A value as the user wrote it, strings in double quotes like Kubernetes' messages."""
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)
-    return "null" if value is None else repr(value)
+    try:
+        return "null" if value is None else repr(value)
+    except RecursionError:  # a value nested too deeply to show
+        return f"(a deeply nested {_type_name(value)})"
 
 
 def _type_name(value: object) -> str:
