@@ -136,11 +136,17 @@ def validate(config: MasterConfig, where: str) -> None:
     policy = config.registration
     if not policy.trust:
         raise ConfigError(f"{where} [registration]: trust must list at least one rule")
-    for cidr in (*policy.allowed_cidrs, *policy.trusted_proxies):
-        try:
-            ipaddress.ip_network(cidr, strict=False)
-        except ValueError:
-            raise ConfigError(f"{where} [registration]: {cidr!r} is not a CIDR") from None
+    for key, cidrs in (
+        ("allowed_cidrs", policy.allowed_cidrs),
+        ("trusted_proxies", policy.trusted_proxies),
+    ):
+        for cidr in cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"{where} [registration]: {key}: {cidr!r} is not a CIDR"
+                ) from None
     if "ip-allowlist" in policy.trust and not policy.allowed_cidrs:
         raise ConfigError(f"{where} [registration]: ip-allowlist needs allowed_cidrs")
     if "client-cert" in policy.trust:
