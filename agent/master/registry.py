@@ -53,7 +53,11 @@ _TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 def node_csr_key(name: str, csr_pem: str) -> ec.EllipticCurvePublicKey:
     """The public key of a valid CSR for node ``name`` (CN=system:node:<name>)."""
-    csr = load_csr(csr_pem.encode())
+    try:
+        pem = csr_pem.encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate, which a JSON \u escape can carry
+        raise BadRequestError("the CSR is not PEM text") from exc
+    csr = load_csr(pem)
     ident = csr.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     if not ident or ident[0].value != NODE_CN_PREFIX + name:
         raise BadRequestError(f"the CSR's CN must be {NODE_CN_PREFIX}{name}")
@@ -77,6 +81,14 @@ def _strings(value: object, field: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise BadRequestError(f"{field} must be a list of strings")
     return list(value)
+
+
+def _text(value: object, field: str) -> str:
+    """A scalar as text (a node may send a version as a number); an object or a list is
+    refused (its ``str`` could be anything, and raises RecursionError when nested deeply)."""
+    if isinstance(value, dict | list):
+        raise BadRequestError(f"{field} must be a string")
+    return str(value)
 
 
 def _string_map(value: object, field: str) -> dict[str, str]:
@@ -227,10 +239,10 @@ class NodeRegistry:
         rid = request_id(name, key_id)
         facts = {
             "addresses": _strings(body.get("addresses"), "addresses"),
-            "hostname": str(body.get("hostname", "")),
+            "hostname": _text(body.get("hostname", ""), "hostname"),
             "capacity": _string_map(body.get("capacity"), "capacity"),
             "labels": _string_map(body.get("labels"), "labels"),
-            "agentVersion": str(body.get("agentVersion", "")),
+            "agentVersion": _text(body.get("agentVersion", ""), "agentVersion"),
         }
         for _ in range(5):  # compare-and-swap retries against concurrent admin actions
             found = await self.get_record(name)
@@ -417,10 +429,12 @@ class NodeRegistry:
         facts = {
             "addresses": _strings(status.get("addresses"), "status.addresses"),
             "capacity": _string_map(status.get("capacity"), "status.capacity"),
-            "agentVersion": str(status.get("agentVersion", "")),
+            "agentVersion": _text(status.get("agentVersion", ""), "status.agentVersion"),
             "imageFs": _int_map(status.get("imageFs"), "status.imageFs"),
             "nodeConditions": _node_conditions(status.get("conditions")),
-            "apiEndpoint": str(status.get("apiEndpoint", ""))[:MAX_CONDITION_TEXT],
+            "apiEndpoint": _text(status.get("apiEndpoint", ""), "status.apiEndpoint")[
+                :MAX_CONDITION_TEXT
+            ],
         }
         found = await self.get_record(name)
         if found is None or all(found[0].get(k) == v for k, v in facts.items()):
@@ -536,6 +550,8 @@ def _node_conditions(raw: Any) -> list[dict[str, str]]:
             continue
         if item["type"] == "Ready":
             continue
+        if any(isinstance(item.get(key), dict | list) for key in ("status", "reason", "message")):
+            continue  # not a condition: its fields are text
         found.append(
             {
                 key: str(item.get(key, ""))[:MAX_CONDITION_TEXT]

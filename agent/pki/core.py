@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -204,11 +204,13 @@ def build_csr(
 def load_csr(pem: bytes) -> x509.CertificateSigningRequest:
     try:
         csr = x509.load_pem_x509_csr(pem)
-    except ValueError as exc:
+        # Parsed lazily: a damaged key or signature shows only here, as ValueError too.
+        valid, key = csr.is_signature_valid, csr.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
         raise PkiError(f"not a PEM certificate signing request: {exc}") from exc
-    if not csr.is_signature_valid:
+    if not valid:
         raise PkiError("the CSR's signature does not verify")
-    if not isinstance(csr.public_key(), ec.EllipticCurvePublicKey):
+    if not isinstance(key, ec.EllipticCurvePublicKey):
         raise PkiError("the CSR's key must be an EC key (P-256)")
     return csr
 

@@ -14,7 +14,7 @@ import os
 import random
 import reprlib
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from agent.errors import AgentError
@@ -219,18 +219,38 @@ def sample(r: random.Random, makers: list[Callable[[random.Random], T]], count: 
         yield r.choice(makers)(r)
 
 
+def _judge(item: object, exc: Exception | None, spent_s: float) -> bool:
+    """Whether ``item`` was refused (with our error); fails on a foreign error or a hang."""
+    if exc is not None and not isinstance(exc, AgentError):
+        raise AssertionError(f"{type(exc).__name__}: {exc!s:.200} for {show(item)}") from exc
+    assert spent_s < INPUT_BUDGET_S, f"{spent_s:.1f}s for {show(item)}"
+    return exc is not None
+
+
 def holds(parse: Callable[[T], object], inputs: Iterable[T]) -> int:
     """Feed every input to ``parse``: anything but an AgentError escaping, or an input taking
     longer than ``INPUT_BUDGET_S``, fails naming the input. Returns how many were refused."""
     refused = 0
     for item in inputs:
         started = time.perf_counter()
+        error: Exception | None = None
         try:
             parse(item)
-        except AgentError:
-            refused += 1
         except Exception as exc:
-            raise AssertionError(f"{type(exc).__name__}: {exc!s:.200} for {show(item)}") from exc
-        spent_s = time.perf_counter() - started
-        assert spent_s < INPUT_BUDGET_S, f"{spent_s:.1f}s for {show(item)}"
+            error = exc
+        refused += _judge(item, error, time.perf_counter() - started)
+    return refused
+
+
+async def holds_async(parse: Callable[[T], Awaitable[object]], inputs: Iterable[T]) -> int:
+    """``holds`` for a coroutine function."""
+    refused = 0
+    for item in inputs:
+        started = time.perf_counter()
+        error: Exception | None = None
+        try:
+            await parse(item)
+        except Exception as exc:
+            error = exc
+        refused += _judge(item, error, time.perf_counter() - started)
     return refused
