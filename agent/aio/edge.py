@@ -86,7 +86,7 @@ class ApiRequest:
             return {}
         try:
             body = json.loads(self.body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise BadRequestError(f"request body is not JSON: {exc}") from exc
         if not isinstance(body, dict):
             raise BadRequestError("request body must be a JSON object")

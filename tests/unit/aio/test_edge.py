@@ -384,6 +384,8 @@ async def test_a_body_that_is_not_a_json_object_is_400(served: Served, protocol:
     refused(await admin.call("POST", "/v1/pods", b"{not json"), 400, "not JSON")
     refused(await admin.call("POST", "/v1/pods", b"\xff\xfe"), 400, "not JSON")
     refused(await admin.call("POST", "/v1/pods", [1, 2]), 400, "JSON object")
+    # Nested past the decoder's recursion limit (was RecursionError: a 500 for anyone's body).
+    refused(await admin.call("POST", "/v1/pods", b"[" * 100_000), 400, "not JSON")
 
 
 async def test_error_bodies_and_headers_are_the_same_on_both_protocols(served: Served) -> None:
