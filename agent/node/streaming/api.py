@@ -39,6 +39,7 @@ from agent.errors import (
     NotFoundError,
     NotRunningError,
     PortUnreachableError,
+    StreamingError,
 )
 from agent.node.pods.manager import PodManager
 from agent.node.runtime.base import ContainerRecord, ExecSession, OutputChannel, Runtime
@@ -47,6 +48,10 @@ from agent.proto.execframe import Channel
 from agent.proto.routes import RouteMatch
 
 log = logging.getLogger(__name__)
+
+# Blocking (runs in a bridge thread): a connected, non-blocking TCP socket to 127.0.0.1:port
+# as seen from the network namespace of process pid, given (pid, port, timeout_s).
+PortConnector = Callable[[int, int, float], socket.socket]
 
 READ_CHUNK_BYTES = 1 << 20
 PORT_CONNECT_TIMEOUT_S = 5.0
@@ -122,10 +127,12 @@ class StreamingApi:
         pods: PodManager,
         runtime: Runtime,
         run_blocking: Callable[..., Any],
+        connect: PortConnector = connect_in_netns,
     ) -> None:
         self._pods = pods
         self._runtime = runtime
         self._run_blocking = run_blocking
+        self._connect = connect
 
     # -- entry -----------------------------------------------------------------------------
 
@@ -200,15 +207,15 @@ class StreamingApi:
         error = ""
         try:
             await stream.respond(200, [("content-type", EXEC_CONTENT_TYPE)])
-            feeder = asyncio.get_running_loop().create_task(
-                self._exec_input(stream, session, stdin)
-            )
+            loop = asyncio.get_running_loop()
+            feeder = loop.create_task(self._exec_input(stream, session, stdin))
+            output = loop.create_task(self._exec_output(stream, session))
             try:
-                await self._exec_output(stream, session)
+                await self._exec_pump(feeder, output)
             finally:
-                feeder.cancel()
-                with contextlib.suppress(asyncio.CancelledError, AgentError, OSError):
-                    await feeder
+                for task in (feeder, output):
+                    task.cancel()
+                await asyncio.gather(feeder, output, return_exceptions=True)
             exit_code = await session.exit_code(EXIT_CODE_WAIT_S)
             trailers = [("exit-code", str(exit_code if exit_code is not None else -1))]
             if exit_code is None:
@@ -234,6 +241,19 @@ class StreamingApi:
                     error=error,
                 ),
             )
+
+    @staticmethod
+    async def _exec_pump(feeder: asyncio.Task[None], output: asyncio.Task[None]) -> None:
+        """Until the process's output has ended. The client's side failing (its stream reset,
+        its connection gone, a malformed frame) ends the session at once: the process may be
+        waiting for input that will never come, and a quiet process would never notice. Failing
+        to deliver stdin (the process is gone) only ends the input."""
+        await asyncio.wait({feeder, output}, return_when=asyncio.FIRST_COMPLETED)
+        if not output.done():
+            error = feeder.exception()
+            if isinstance(error, StreamingError):
+                raise error
+        await output
 
     async def _exec_input(self, stream: H2Stream, session: ExecSession, stdin: bool) -> None:
         decoder = execframe.FrameDecoder(frozenset({Channel.STDIN, Channel.RESIZE}))
@@ -275,7 +295,7 @@ class StreamingApi:
             raise NotRunningError(f"pod {pod_name} has no running sandbox")
         pid = await self._runtime.container_pid(sandbox.id)
         try:
-            sock = await self._run_blocking(connect_in_netns, pid, port, PORT_CONNECT_TIMEOUT_S)
+            sock = await self._run_blocking(self._connect, pid, port, PORT_CONNECT_TIMEOUT_S)
         except OSError as exc:
             raise PortUnreachableError(
                 f"cannot connect to 127.0.0.1:{port} in pod {pod_name}: {exc.strerror or exc}"

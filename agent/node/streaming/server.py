@@ -29,7 +29,7 @@ from agent.aio.tls import server_context
 from agent.config import split_host_port
 from agent.node.pods.manager import PodManager
 from agent.node.runtime.base import Runtime
-from agent.node.streaming.api import StreamingApi
+from agent.node.streaming.api import PortConnector, StreamingApi, connect_in_netns
 from agent.pki.core import certs_from_pem, principal_of
 from agent.proto.authz import Principal
 from agent.proto.routes import NODE_ROUTES
@@ -49,6 +49,7 @@ class NodeApi:
         *,
         streaming_runtime: Runtime | None = None,
         run_blocking: Any = None,
+        port_connector: PortConnector = connect_in_netns,
     ) -> None:
         self._pods = pods
         self._node_name = node_name
@@ -59,7 +60,12 @@ class NodeApi:
         self._ca: list[x509.Certificate] = []
         self._h2_connections: set[H2Connection] = set()
         streaming = (
-            StreamingApi(pods=pods, runtime=streaming_runtime, run_blocking=run_blocking)
+            StreamingApi(
+                pods=pods,
+                runtime=streaming_runtime,
+                run_blocking=run_blocking,
+                connect=port_connector,
+            )
             if streaming_runtime is not None
             else None
         )
@@ -125,7 +131,10 @@ class NodeApi:
             self._server = None
         # GOAWAY to every HTTP/2 client; running sessions get a short grace to finish.
         await asyncio.gather(
-            *(conn.shutdown("node agent stopping", grace_s=1.0) for conn in self._h2_connections)
+            *(
+                conn.shutdown("node agent stopping", grace_s=H2_SHUTDOWN_GRACE_S)
+                for conn in self._h2_connections
+            )
         )
         if self._runner is not None:
             await self._runner.cleanup()
