@@ -180,6 +180,12 @@ class CheckpointCorruptError(CheckpointError):
     """The checkpoint file exists but cannot be parsed; it is moved aside."""
 
 
+class VolumeError(AgentError):
+    """A pod's volume directory (emptyDir, hostPath DirectoryOrCreate) could not be made."""
+
+    http_status = 500
+
+
 # -- the daemon's tasks -----------------------------------------------------------------------
 
 

@@ -27,6 +27,7 @@ from agent.errors import (
     ImageUnavailableError,
     RuntimeOperationError,
     RuntimeUnavailableError,
+    VolumeError,
 )
 from agent.events import EventRecorder
 from agent.node import crashpoints
@@ -409,7 +410,7 @@ class PodWorker:
         try:
             await self.deps.bridge.run(make)
         except OSError as exc:
-            raise AgentError(f"cannot prepare volumes of {self.pod.full_name}: {exc}") from exc
+            raise VolumeError(f"cannot prepare volumes of {self.pod.full_name}: {exc}") from exc
 
     async def _sync_container(
         self,
