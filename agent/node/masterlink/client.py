@@ -22,11 +22,14 @@ from agent.errors import (
     BadRequestError,
     ConflictError,
     IdentityRejectedError,
+    MasterAnswerMalformedError,
     MasterUnavailableError,
     NotFoundError,
 )
 
 REQUEST_TIMEOUT_S = 30.0
+# The largest answer a call reads (a node's pod listing is the largest: pods times manifests).
+MAX_ANSWER_BYTES = 64 << 20
 _CLIENT_ERRORS: dict[int, type[AgentError]] = {404: NotFoundError, 409: ConflictError}
 
 
@@ -35,6 +38,21 @@ def error_message(data: Any) -> str:
     error = data.get("error") if isinstance(data, dict) else None
     message = error.get("message") if isinstance(error, dict) else None
     return message if isinstance(message, str) else ""
+
+
+def decode_answer(raw: bytes, what: str) -> Any:
+    """The JSON of an answer (None when empty); garbled, or nested beyond what the decoder
+    follows, is :class:`MasterAnswerMalformedError`."""
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError; nesting
+        raise MasterAnswerMalformedError(f"{what}: the answer is not JSON ({exc})") from None
+
+
+def _excerpt(raw: bytes, limit: int = 200) -> str:
+    return raw[:limit].decode("utf-8", "replace")
 
 
 class MasterSession:
@@ -58,19 +76,26 @@ class MasterSession:
                 json=body,
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as resp:
-                data = await resp.json(content_type=None)
+                raw = await resp.content.read(MAX_ANSWER_BYTES + 1)
                 status = resp.status
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            # ValueError: json.JSONDecodeError and UnicodeDecodeError of a garbled answer.
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise MasterUnavailableError(f"{method} {path}: {exc}") from exc
+        if len(raw) > MAX_ANSWER_BYTES:
+            raise MasterAnswerMalformedError(
+                f"{method} {path}: answer over {MAX_ANSWER_BYTES} bytes"
+            )
+        if status < 400:
+            return decode_answer(raw, f"{method} {path}")
+        try:
+            data = decode_answer(raw, f"{method} {path}")
+        except MasterAnswerMalformedError:
+            data = None  # the status says what went wrong; the body is only its explanation
         if status in (401, 403):
             raise IdentityRejectedError(f"{method} {path}: {status} {error_message(data)}")
         if status >= 500:
             raise MasterUnavailableError(f"{method} {path}: {status}")
-        if status >= 400:
-            kind = _CLIENT_ERRORS.get(status, BadRequestError)
-            raise kind(f"{method} {path}: {status} {error_message(data) or json.dumps(data)[:200]}")
-        return data
+        kind = _CLIENT_ERRORS.get(status, BadRequestError)
+        raise kind(f"{method} {path}: {status} {error_message(data) or _excerpt(raw)}")
 
 
 class MasterClient:

@@ -1,0 +1,92 @@
+"""The master link's HTTP edge: whatever the master answers, only our errors come out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from agent.errors import (
+    BadRequestError,
+    ConflictError,
+    IdentityRejectedError,
+    MasterAnswerMalformedError,
+    MasterUnavailableError,
+    NotFoundError,
+)
+from agent.node.masterlink import client
+from agent.node.masterlink.client import MasterSession
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+async def _answer(request: web.Request) -> web.Response:
+    kind = request.match_info["kind"]
+    bodies = {
+        "ok": (200, b'{"a": 1}'),
+        "empty": (200, b""),
+        "garbled": (200, b"\xff{not json"),
+        "deep": (200, DEEP),
+        "huge": (200, b'"' + b"x" * 2048 + b'"'),
+        "404": (404, b'{"error": {"code": 404, "message": "no such pod"}}'),
+        "409": (409, b"plain text conflict"),
+        "422": (422, DEEP),
+        "401": (401, b"{}"),
+        "503": (503, b"busy"),
+    }
+    status, body = bodies[kind]
+    return web.Response(status=status, body=body)
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[MasterSession]:
+    app = web.Application()
+    app.router.add_route("*", "/{kind}", _answer)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    async with aiohttp.ClientSession() as http:
+        yield MasterSession(str(server.make_url("")).rstrip("/"), http)
+    await server.close()
+
+
+async def test_a_json_answer(session: MasterSession) -> None:
+    assert await session.call("GET", "/ok") == {"a": 1}
+    assert await session.call("DELETE", "/empty") is None
+
+
+@pytest.mark.parametrize(
+    ("kind", "error"),
+    [
+        ("garbled", MasterAnswerMalformedError),
+        ("deep", MasterAnswerMalformedError),
+        ("404", NotFoundError),
+        ("409", ConflictError),
+        ("422", BadRequestError),
+        ("401", IdentityRejectedError),
+        ("503", MasterUnavailableError),
+    ],
+)
+async def test_every_bad_answer_is_one_of_ours(
+    session: MasterSession, kind: str, error: type[Exception]
+) -> None:
+    with pytest.raises(error) as info:
+        await session.call("GET", f"/{kind}")
+    assert f"GET /{kind}" in str(info.value)
+    assert len(str(info.value)) < 400  # an excerpt of a hostile body, never all of it
+
+
+async def test_an_answer_over_the_bound_is_refused(
+    session: MasterSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client, "MAX_ANSWER_BYTES", 1024)
+    with pytest.raises(MasterAnswerMalformedError, match="over 1024 bytes"):
+        await session.call("GET", "/huge")
+
+
+async def test_an_unreachable_master(session: MasterSession) -> None:
+    gone = MasterSession("http://127.0.0.1:9", session.http)
+    with pytest.raises(MasterUnavailableError):
+        await gone.call("GET", "/ok")
