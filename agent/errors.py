@@ -282,6 +282,14 @@ class ConnectionClosedError(StreamingError):
     http_status = 503
 
 
+class StreamLimitError(StreamingError):
+    """The peer's concurrent-stream limit is reached: this request is refused, the connection
+    stays (retry later, or on another connection)."""
+
+    http_status = 503
+    h2_error_code = H2_REFUSED_STREAM
+
+
 class NotRunningError(StreamingError):
     """The container of an exec, port-forward or logs request is not running."""
 

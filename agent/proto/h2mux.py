@@ -33,7 +33,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from agent.errors import H2_ENHANCE_YOUR_CALM, ProtocolViolation
+from agent.errors import H2_ENHANCE_YOUR_CALM, ProtocolViolation, StreamLimitError
 from agent.proto import h2lean
 
 Headers = tuple[tuple[str, str], ...]
@@ -443,8 +443,16 @@ class StreamMux:
         """Client side: start a request; returns its stream id."""
         if self.closed:
             raise ProtocolViolation("connection is closing; no new streams")
-        stream_id = int(self._h2.get_next_available_stream_id())
-        self._h2.send_headers(stream_id, list(headers), end_stream=end_stream)
+        try:
+            stream_id = int(self._h2.get_next_available_stream_id())
+        except h2.exceptions.NoAvailableStreamIDError:
+            # 2^30 streams on one connection: it is spent; close it so callers open another.
+            self.close(0, "stream ids exhausted")
+            raise ProtocolViolation("stream ids exhausted on this connection") from None
+        try:
+            self._h2.send_headers(stream_id, list(headers), end_stream=end_stream)
+        except h2.exceptions.TooManyStreamsError as exc:
+            raise StreamLimitError(f"the peer allows no more concurrent streams: {exc}") from exc
         self._open(stream_id)
         if end_stream:
             self._outbound[stream_id].end = self._outbound[stream_id].end_sent = True

@@ -17,7 +17,7 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
-from agent.errors import ProtocolViolation
+from agent.errors import ProtocolViolation, StreamLimitError
 from agent.proto.h2mux import (
     HEADER_BLOCK_SLACK_BYTES,
     MAX_FRAME_BYTES,
@@ -524,3 +524,27 @@ def test_resets_and_pings_in_one_read_are_counted_before_h2_parses_them() -> Non
     with pytest.raises(ProtocolViolation, match="PING/SETTINGS"):
         server.receive_data(pings, 0.0)
     assert len(server.data_to_send()) < 100  # the GOAWAY, and not one PING answer (17 bytes)
+
+
+def test_a_request_over_the_peers_stream_limit_is_refused_and_the_connection_stays() -> None:
+    pair = Pair(server=Limits(max_concurrent_streams=2))
+    first = pair.client.open_stream(REQUEST)
+    pair.client.open_stream(REQUEST)
+    pair.pump()
+    with pytest.raises(StreamLimitError) as info:
+        pair.client.open_stream(REQUEST)
+    assert info.value.http_status == 503
+    assert info.value.h2_error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+    assert not pair.client.closed
+    # One stream ending makes room again.
+    pair.client.reset_stream(first)
+    pair.pump()
+    pair.client.open_stream(REQUEST)
+
+
+def test_spent_stream_ids_close_the_connection() -> None:
+    pair = Pair()
+    pair.client._h2.highest_outbound_stream_id = 2**31 - 1  # the last id was used
+    with pytest.raises(ProtocolViolation, match="stream ids exhausted"):
+        pair.client.open_stream(REQUEST)
+    assert pair.client.closed
