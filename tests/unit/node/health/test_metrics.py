@@ -45,3 +45,9 @@ def test_two_agents_in_one_process_do_not_share_counters() -> None:
     first, second = NodeMetrics(), NodeMetrics()
     first.checkpoint_error()
     assert (first.checkpoint_errors, second.checkpoint_errors) == (1, 0)
+
+
+async def test_reading_a_counter_on_the_loop_does_not_touch_proc(blockbuster: object) -> None:
+    metrics = NodeMetrics()
+    metrics.master_watch_error()
+    assert metrics.master_watch_errors == 1  # blockbuster fails a /proc read on the loop
