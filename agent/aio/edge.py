@@ -10,10 +10,15 @@ route over HTTP/1.1: 426, it needs HTTP/2); the body (at most ``MAX_BODY_BYTES``
 then the handler. A JSON handler takes an ``ApiRequest`` and returns an ``ApiResponse`` (a
 whole body, or chunks from an async iterator for the pod watch); a stream handler gets the
 HTTP/2 stream itself. Errors are ``{"error": {"code", "message", "details"}}`` on both.
+
+``EdgeListener`` serves an edge on one TLS port, the protocol chosen per connection by ALPN,
+and stops it in order (no new connections, GOAWAY to HTTP/2 clients, a grace, then close):
+the master's API and the node's API are each one of these.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import ssl
@@ -23,7 +28,13 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from agent.aio.h2conn import H2Stream
+from agent.aio.h2conn import (
+    HANDSHAKE_TIMEOUT_S,
+    AlpnSwitch,
+    H2Connection,
+    H2Stream,
+    serve_factory,
+)
 from agent.aio.logs import kv
 from agent.errors import (
     AgentError,
@@ -58,6 +69,9 @@ JSON_TYPE = "application/json"
 # 426 must name a protocol to upgrade to (RFC 9110 §15.5.22); the client reconnects with ALPN
 # h2 over TLS (HTTP/2 has no in-band upgrade over TLS, RFC 9113 §3.1).
 _UPGRADE = ("upgrade", "HTTP/2.0")
+ALPN_PROTOCOLS = ("h2", "http/1.1")  # preferred first
+DEFAULT_BACKLOG = 100  # asyncio's own default
+SHUTDOWN_GRACE_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,3 +357,102 @@ async def _close(chunks: AsyncIterator[bytes]) -> None:
     aclose = getattr(chunks, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+# -- the listener: one TLS port, both protocols -----------------------------------------------
+
+
+class EdgeListener:
+    """Serves an ``Edge`` on one TLS port: HTTP/1.1 (aiohttp) and HTTP/2 (``agent.aio.h2conn``)
+    chosen per connection by ALPN (``AlpnSwitch``). ``backlog``: the listen queue (the kernel
+    caps it at somaxconn). ``shutdown_grace_s``: what running requests get at ``stop()``
+    before they are closed — HTTP/1.1 ones (aiohttp fixes it when the runner is built) and,
+    unless ``stop()`` says otherwise, HTTP/2 connections after their GOAWAY."""
+
+    def __init__(
+        self,
+        edge: Edge,
+        tls: ssl.SSLContext,
+        host: str,
+        port: int,
+        *,
+        name: str,
+        backlog: int = DEFAULT_BACKLOG,
+        shutdown_grace_s: float = SHUTDOWN_GRACE_S,
+    ) -> None:
+        self.edge = edge
+        self.tls = tls
+        self._host = host
+        self._port = port
+        self._name = name
+        self._backlog = backlog
+        self._shutdown_grace_s = shutdown_grace_s
+        self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+        # Kept so stop() can send each one GOAWAY (aiohttp tracks its own connections).
+        self._h2_connections: set[H2Connection] = set()
+
+    @property
+    def running(self) -> bool:
+        return self._runner is not None
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the kernel's pick when 0 was asked for)."""
+        if self._server is None or not self._server.sockets:
+            return self._port
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def h2_connections(self) -> int:
+        """How many HTTP/2 connections are open."""
+        return len(self._h2_connections)
+
+    async def start(self) -> None:
+        # AlpnSwitch needs the client to be offered both (the context may come without ALPN).
+        self.tls.set_alpn_protocols(list(ALPN_PROTOCOLS))
+        runner = web.AppRunner(
+            self.edge.aiohttp_app(),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=self._shutdown_grace_s,
+        )
+        await runner.setup()
+        http1 = runner.server
+        assert http1 is not None  # set by setup()
+        make_h2 = serve_factory(self.edge.serve_h2, name=self._name)
+
+        def h2_connection() -> H2Connection:
+            conn: H2Connection = make_h2()
+            self._h2_connections.add(conn)
+            conn.closed.add_done_callback(lambda _: self._h2_connections.discard(conn))
+            return conn
+
+        try:
+            self._server = await asyncio.get_running_loop().create_server(
+                lambda: AlpnSwitch(h2_connection, http1),
+                self._host,
+                self._port,
+                ssl=self.tls,
+                reuse_address=True,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
+                backlog=self._backlog,
+            )
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+
+    async def stop(self, reason: str, *, h2_grace_s: float | None = None) -> None:
+        """No new connections; GOAWAY (with ``reason``) to every HTTP/2 client, whose running
+        streams get ``h2_grace_s`` (default: the listener's grace) while HTTP/1.1 requests get
+        theirs, both at once; then everything left is closed. Safe to call when not started."""
+        server, self._server = self._server, None
+        runner, self._runner = self._runner, None
+        if server is not None:
+            server.close()
+        grace_s = self._shutdown_grace_s if h2_grace_s is None else h2_grace_s
+        await asyncio.gather(
+            *(conn.shutdown(reason, grace_s=grace_s) for conn in list(self._h2_connections)),
+            *([runner.cleanup()] if runner is not None else []),
+        )

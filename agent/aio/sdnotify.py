@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 from collections.abc import Mapping
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 USEC_PER_S = 1_000_000
@@ -36,6 +37,18 @@ def watchdog_interval_s(environ: Mapping[str, str] | None = None) -> float | Non
 def _one_line(text: str) -> str:
     # A newline inside a value would start a new assignment in the datagram (STATUS=x\nREADY=1).
     return " ".join(text.splitlines())
+
+
+class Notifier(Protocol):
+    """What a daemon tells systemd (``SystemdNotifier``; a fake in tests)."""
+
+    def ready(self, status: str = "") -> object: ...
+
+    def stopping(self) -> object: ...
+
+    def watchdog(self) -> object: ...
+
+    def watchdog_interval_s(self) -> float | None: ...
 
 
 class SystemdNotifier:

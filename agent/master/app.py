@@ -21,16 +21,14 @@ import signal
 import ssl
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from agent import __version__
 from agent.aio.bridge import ThreadBridge
-from agent.aio.edge import Edge
-from agent.aio.h2conn import HANDSHAKE_TIMEOUT_S, AlpnSwitch, serve_factory
+from agent.aio.edge import Edge, EdgeListener
 from agent.aio.logs import kv
-from agent.aio.sdnotify import SystemdNotifier
+from agent.aio.sdnotify import Notifier, SystemdNotifier
 from agent.aio.tasks import Lifecycle, Manager, Supervisor, TaskScope
 from agent.aio.tls import server_context
 from agent.errors import BadGatewayError, ConfigError, NotFoundError
@@ -69,19 +67,26 @@ def read_client_cas(config: MasterConfig) -> list[x509.Certificate]:
 
 
 class Master:
-    def __init__(self, config: MasterConfig) -> None:
+    def __init__(self, config: MasterConfig, *, notifier: Notifier | None = None) -> None:
         self.config = config
         self.bridge = ThreadBridge(STORE_THREADS, name="store")
-        self.notifier = SystemdNotifier.from_env()
+        self.notifier = notifier or SystemdNotifier.from_env()
         self.supervisor = Supervisor()
         self._stop = asyncio.Event()
         self.reload_requested = asyncio.Event()
 
+    def request_stop(self) -> None:
+        self._stop.set()
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
+        handlers = {
+            signal.SIGTERM: self.request_stop,
+            signal.SIGINT: self.request_stop,
+            signal.SIGHUP: self.reload_requested.set,
+        }
+        for sig, handler in handlers.items():
+            loop.add_signal_handler(sig, handler)
         store: SqliteStore | None = None
         try:
             store, managers = await self._compose()
@@ -100,6 +105,8 @@ class Master:
                     await asyncio.wait({starting})
                     await lifecycle.stop()
         finally:
+            for sig in handlers:
+                loop.remove_signal_handler(sig)
             if store is not None:
                 await store.close()
             self.bridge.close()
@@ -130,7 +137,6 @@ class Master:
                 pki.serving_key_path,
                 client_ca_pems=ca_pems,
                 require_client_cert=False,
-                alpn=("h2", "http/1.1"),
             )
         )
         proxy_cert, proxy_key = await self.bridge.run(write_proxy_identity, pki, cfg.pki_dir)
@@ -251,7 +257,7 @@ class Eviction(LoopManager):
 
 
 class SystemdWatchdog(LoopManager):
-    def __init__(self, notifier: SystemdNotifier, tasks: TaskScope) -> None:
+    def __init__(self, notifier: Notifier, tasks: TaskScope) -> None:
         super().__init__("watchdog", self._pet, tasks)
         self._notifier = notifier
 
@@ -279,7 +285,8 @@ class PolicyReload(LoopManager):
 class ApiServer:
     """The master's one port: HTTP/1.1 (aiohttp) and HTTP/2 by ALPN, through one edge.
     Started last (``READY=1`` once it listens), stopped first (``STOPPING=1``, no new
-    connections, then watches are given ``SHUTDOWN_GRACE_S`` and closed)."""
+    connections, then requests and watches are given ``SHUTDOWN_GRACE_S`` and closed, then
+    the proxy's links to the nodes)."""
 
     name = "api"
 
@@ -289,51 +296,32 @@ class ApiServer:
         proxy: StreamingProxy,
         tls: ssl.SSLContext,
         config: MasterConfig,
-        notifier: SystemdNotifier,
+        notifier: Notifier,
         serving: dict[str, object],
     ) -> None:
-        self._edge = edge
         self._proxy = proxy
-        self._tls = tls
-        self._config = config
         self._notifier = notifier
         self._serving = serving
-        self._runner: web.AppRunner | None = None
-        self._server: asyncio.Server | None = None
+        # Watches are long-lived streams: on shutdown give requests a moment, then close them
+        # (agents reconnect and resume from their resource version). A fleet reconnecting
+        # after a restart arrives at once: asyncio's default backlog of 100 made the kernel
+        # reset connections.
+        self.listener = EdgeListener(
+            edge,
+            tls,
+            config.host,
+            config.port,
+            name="master-api",
+            backlog=LISTEN_BACKLOG,
+            shutdown_grace_s=SHUTDOWN_GRACE_S,
+        )
 
     async def start(self) -> None:
-        cfg = self._config
-        # Watches are long-lived streams: on shutdown give requests a moment, then close them
-        # (agents reconnect and resume from their resource version).
-        self._runner = web.AppRunner(
-            self._edge.aiohttp_app(),
-            access_log=None,
-            handle_signals=False,
-            shutdown_timeout=SHUTDOWN_GRACE_S,
-        )
-        await self._runner.setup()
-        http1 = self._runner.server
-        assert http1 is not None
-        make_h2 = serve_factory(self._edge.serve_h2, name="master-api")
-        # One port for both protocols, chosen per connection by ALPN.
-        self._server = await asyncio.get_running_loop().create_server(
-            lambda: AlpnSwitch(make_h2, http1),
-            cfg.host,
-            cfg.port,
-            ssl=self._tls,
-            reuse_address=True,
-            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
-            # A fleet reconnecting after a restart arrives at once; asyncio's default backlog
-            # of 100 made the kernel reset connections (the kernel caps it at somaxconn).
-            backlog=LISTEN_BACKLOG,
-        )
+        await self.listener.start()
         log.info("node master serving", extra=self._serving)
         self._notifier.ready("serving")
 
     async def stop(self) -> None:
         self._notifier.stopping()
-        if self._server is not None:
-            self._server.close()
+        await self.listener.stop("node master stopping")
         await self._proxy.close()
-        if self._runner is not None:
-            await self._runner.cleanup()

@@ -36,7 +36,7 @@ from agent import __version__
 from agent.aio.bridge import ThreadBridge
 from agent.aio.clock import Clock, SystemClock
 from agent.aio.logs import kv
-from agent.aio.sdnotify import SystemdNotifier
+from agent.aio.sdnotify import Notifier, SystemdNotifier
 from agent.aio.tasks import Lifecycle, Manager, Supervisor
 from agent.config import AgentConfig
 from agent.events import EventRecorder
@@ -44,7 +44,7 @@ from agent.node.backoff import BackoffPolicy
 from agent.node.health.api import LocalApi
 from agent.node.health.metrics import NodeMetrics
 from agent.node.health.state import NodeHealth, RuntimeHealth
-from agent.node.health.watchdog import Notifier, Readiness, Watchdog
+from agent.node.health.watchdog import Readiness, Watchdog
 from agent.node.masterlink.client import MasterClient
 from agent.node.masterlink.facts import NodeFacts
 from agent.node.masterlink.identity import CertificateRotation, NodeIdentity

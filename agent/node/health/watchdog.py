@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from agent.aio.logs import kv
+from agent.aio.sdnotify import Notifier
 from agent.aio.tasks import TaskScope
 from agent.node.health.state import NodeHealth
 
@@ -17,16 +18,6 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 1.0
 
 Sleep = Callable[[float], Awaitable[None]]
-
-
-class Notifier(Protocol):
-    def ready(self, status: str = "") -> object: ...
-
-    def stopping(self) -> object: ...
-
-    def watchdog(self) -> object: ...
-
-    def watchdog_interval_s(self) -> float | None: ...
 
 
 class SyncedPods(Protocol):

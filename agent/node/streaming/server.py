@@ -12,18 +12,22 @@ into the live TLS context, so new connections get it without a restart.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
 from cryptography import x509
 
-from agent.aio.edge import ApiRequest, ApiResponse, Edge, json_response, text_response
-from agent.aio.h2conn import HANDSHAKE_TIMEOUT_S, AlpnSwitch, H2Connection, serve_factory
+from agent.aio.edge import (
+    ApiRequest,
+    ApiResponse,
+    Edge,
+    EdgeListener,
+    json_response,
+    text_response,
+)
 from agent.aio.logs import kv
 from agent.aio.tls import server_context
 from agent.config import split_host_port
@@ -36,7 +40,6 @@ from agent.proto.routes import NODE_ROUTES
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_GRACE_S = 2.0
 H2_SHUTDOWN_GRACE_S = 1.0
 
 
@@ -54,11 +57,8 @@ class NodeApi:
         self._pods = pods
         self._node_name = node_name
         self._host, self._port = split_host_port(addr, "api_addr")
-        self._runner: web.AppRunner | None = None
-        self._server: asyncio.Server | None = None
-        self._tls: ssl.SSLContext | None = None
+        self._listener: EdgeListener | None = None
         self._ca: list[x509.Certificate] = []
-        self._h2_connections: set[H2Connection] = set()
         streaming = (
             StreamingApi(
                 pods=pods,
@@ -79,7 +79,7 @@ class NodeApi:
 
     @property
     def running(self) -> bool:
-        return self._runner is not None
+        return self._listener is not None
 
     def build_tls(self, cert: Path, key: Path, ca_pem: bytes) -> ssl.SSLContext:
         """Blocking (reads files): call through the thread bridge."""
@@ -87,34 +87,15 @@ class NodeApi:
         return server_context(cert, key, client_ca_pems=[ca_pem], require_client_cert=True)
 
     async def start(self, tls: ssl.SSLContext) -> None:
-        self._tls = tls
-        tls.set_alpn_protocols(["h2", "http/1.1"])
-        self._runner = web.AppRunner(
-            self._edge.aiohttp_app(),
-            access_log=None,
-            handle_signals=False,
-            shutdown_timeout=SHUTDOWN_GRACE_S,
-        )
-        await self._runner.setup()
-        http1 = self._runner.server
-        assert http1 is not None
-        make_h2 = serve_factory(self._edge.serve_h2, name="node-api")
-
-        def h2_connection() -> H2Connection:
-            conn: H2Connection = make_h2()
-            self._h2_connections.add(conn)
-            conn.closed.add_done_callback(lambda _: self._h2_connections.discard(conn))
-            return conn
-
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: AlpnSwitch(h2_connection, http1),
+        listener = EdgeListener(
+            self._edge,
+            tls,
             self._host,
             self._port,
-            ssl=tls,
-            reuse_address=True,
-            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
+            name="node-api",
         )
+        await listener.start()
+        self._listener = listener
         log.info(
             "node API serving",
             extra=kv(addr=f"{self._host}:{self._port}", streams=self._edge.streams is not None),
@@ -122,23 +103,14 @@ class NodeApi:
 
     def reload_cert(self, cert: Path, key: Path) -> None:
         """Blocking: a rotated certificate for new connections."""
-        if self._tls is not None:
-            self._tls.load_cert_chain(cert, key)
+        if self._listener is not None:
+            self._listener.tls.load_cert_chain(cert, key)
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        # GOAWAY to every HTTP/2 client; running sessions get a short grace to finish.
-        await asyncio.gather(
-            *(
-                conn.shutdown("node agent stopping", grace_s=H2_SHUTDOWN_GRACE_S)
-                for conn in self._h2_connections
-            )
-        )
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            # GOAWAY to every HTTP/2 client; running sessions get a short grace to finish.
+            await listener.stop("node agent stopping", h2_grace_s=H2_SHUTDOWN_GRACE_S)
 
     # -- the edge's questions (agent.aio.edge.Gate) ------------------------------------------
 
