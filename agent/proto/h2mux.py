@@ -33,7 +33,13 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from agent.errors import H2_ENHANCE_YOUR_CALM, ProtocolViolation, StreamLimitError
+from agent.errors import (
+    H2_ENHANCE_YOUR_CALM,
+    ConnectionClosedError,
+    ProtocolViolation,
+    StreamLimitError,
+    StreamResetError,
+)
 from agent.proto import h2lean
 
 Headers = tuple[tuple[str, str], ...]
@@ -462,7 +468,14 @@ class StreamMux:
         self, stream_id: int, headers: Iterable[tuple[str, str]], *, end_stream: bool = False
     ) -> None:
         """Server side: the response headers."""
-        self._h2.send_headers(stream_id, list(headers), end_stream=end_stream)
+        try:
+            self._h2.send_headers(stream_id, list(headers), end_stream=end_stream)
+        except h2.exceptions.StreamClosedError as exc:
+            # The peer reset it first (our answer crossed its RST_STREAM).
+            raise StreamResetError(stream_id, exc.error_code or 0, True) from exc
+        except h2.exceptions.ProtocolError as exc:
+            # h2 sends nothing once GOAWAY went either way (python-hyper/h2#1181).
+            raise ConnectionClosedError(f"connection closing: {exc}") from exc
         if end_stream:
             self._finish_local(stream_id)
 
@@ -535,6 +548,11 @@ class StreamMux:
             except h2.exceptions.StreamClosedError:  # pragma: no cover - defensive
                 # h2 closed the stream under us (a reset crossing our data): drop our side.
                 self._forget(stream_id)
+            except h2.exceptions.ProtocolError:
+                # GOAWAY went either way: h2 sends nothing more on this connection
+                # (python-hyper/h2#1181), so what the stream still had to send is lost.
+                self._forget(stream_id)
+                events.append(StreamReset(stream_id, h2.errors.ErrorCodes.CANCEL, False))
 
     def _flush_stream(
         self, stream_id: int, out: _Outbound, now: float, events: list[Event]

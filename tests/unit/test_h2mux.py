@@ -17,7 +17,12 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
-from agent.errors import ProtocolViolation, StreamLimitError
+from agent.errors import (
+    ConnectionClosedError,
+    ProtocolViolation,
+    StreamLimitError,
+    StreamResetError,
+)
 from agent.proto.h2mux import (
     HEADER_BLOCK_SLACK_BYTES,
     MAX_FRAME_BYTES,
@@ -548,3 +553,43 @@ def test_spent_stream_ids_close_the_connection() -> None:
     with pytest.raises(ProtocolViolation, match="stream ids exhausted"):
         pair.client.open_stream(REQUEST)
     assert pair.client.closed
+
+
+def test_after_our_goaway_sending_fails_with_our_errors_only() -> None:
+    # h2 sends nothing once GOAWAY was sent (python-hyper/h2#1181): the caller gets our
+    # errors, and a stream's unsent output ends as a reset of that stream.
+    pair = Pair()
+    answered = pair.client.open_stream(REQUEST)
+    pending = pair.client.open_stream(REQUEST)
+    pair.pump()
+    pair.server.send_headers(pending, [(":status", "200")])
+    pair.server.close(0, "stopping")
+    with pytest.raises(ConnectionClosedError, match="connection closing"):
+        pair.server.send_headers(answered, [(":status", "200")])
+    pair.server.send_data(pending, b"late output", pair.now)
+    resets = [e for e in pair.server.receive_data(b"", pair.now) if isinstance(e, StreamReset)]
+    assert resets == [StreamReset(pending, h2.errors.ErrorCodes.CANCEL, False)]
+    assert pending not in pair.server.stream_ids()
+
+
+def test_after_the_peers_goaway_sending_fails_with_our_errors_only() -> None:
+    pair = Pair()
+    sid = pair.client.open_stream(REQUEST)
+    pair.pump()
+    pair.server.send_headers(sid, [(":status", "200")])
+    pair.server.close(0, "stopping")
+    _, at_client = pair.pump()
+    assert any(isinstance(e, ConnectionEnded) for e in at_client)
+    pair.client.send_data(sid, b"stdin after goaway", pair.now)
+    assert sid not in pair.client.stream_ids()
+
+
+def test_answering_a_stream_the_peer_reset_is_our_reset_error() -> None:
+    pair = Pair()
+    sid = pair.client.open_stream(REQUEST)
+    pair.pump()
+    pair.client.reset_stream(sid)
+    pair.pump()
+    with pytest.raises(StreamResetError) as info:
+        pair.server.send_headers(sid, [(":status", "200")])
+    assert info.value.remote
