@@ -40,6 +40,19 @@ def error_message(data: Any) -> str:
     return message if isinstance(message, str) else ""
 
 
+async def read_bounded(resp: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+    """The whole body, refused (:class:`MasterAnswerMalformedError`) once it passes ``limit``
+    bytes."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise MasterAnswerMalformedError(f"{what}: answer over {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 def decode_answer(raw: bytes, what: str) -> Any:
     """The JSON of an answer (None when empty); garbled, or nested beyond what the decoder
     follows, is :class:`MasterAnswerMalformedError`."""
@@ -76,14 +89,10 @@ class MasterSession:
                 json=body,
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as resp:
-                raw = await resp.content.read(MAX_ANSWER_BYTES + 1)
+                raw = await read_bounded(resp, MAX_ANSWER_BYTES, f"{method} {path}")
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise MasterUnavailableError(f"{method} {path}: {exc}") from exc
-        if len(raw) > MAX_ANSWER_BYTES:
-            raise MasterAnswerMalformedError(
-                f"{method} {path}: answer over {MAX_ANSWER_BYTES} bytes"
-            )
         if status < 400:
             return decode_answer(raw, f"{method} {path}")
         try:

@@ -31,6 +31,7 @@ async def _answer(request: web.Request) -> web.Response:
         "garbled": (200, b"\xff{not json"),
         "deep": (200, DEEP),
         "huge": (200, b'"' + b"x" * 2048 + b'"'),
+        "large": (200, b'["' + b"x" * (4 << 20) + b'"]'),
         "404": (404, b'{"error": {"code": 404, "message": "no such pod"}}'),
         "409": (409, b"plain text conflict"),
         "422": (422, DEEP),
@@ -76,6 +77,12 @@ async def test_every_bad_answer_is_one_of_ours(
         await session.call("GET", f"/{kind}")
     assert f"GET /{kind}" in str(info.value)
     assert len(str(info.value)) < 400  # an excerpt of a hostile body, never all of it
+
+
+async def test_a_large_answer_is_read_whole(session: MasterSession) -> None:
+    # More than one read's worth: the answer must not be cut at what happened to be buffered.
+    [text] = await session.call("GET", "/large")
+    assert len(text) == 4 << 20
 
 
 async def test_an_answer_over_the_bound_is_refused(
