@@ -45,7 +45,7 @@ from agent.master.pods import PodStore, pod_object
 from agent.master.policy import effective_peer
 from agent.master.registry import NodeRegistry
 from agent.pki.core import cert_to_pem, principal_of
-from agent.proto.authz import CallerKind, Principal
+from agent.proto.authz import CallerKind, Principal, Role
 
 log = logging.getLogger(__name__)
 
@@ -309,8 +309,14 @@ class MasterApi:
     async def put_pod_status(self, request: ApiRequest) -> ApiResponse:
         ns, name = request.param("namespace"), request.param("pod")
         body = request.json()
-        obj = await self.pods.get(ns, name)
-        # Authorized as the node the pod is bound to, or as an administrator (who may also
-        # set the status of a pod bound to no node yet: its node is "", never the admin's name).
-        await self.pods.set_status(ns, name, body, str(obj.get("nodeName") or ""))
+        if request.principal.role is Role.NODE:
+            # The edge checked the pod's node when the headers arrived; the body came after, as
+            # slowly as the client liked, and the pod may have been evicted and rebound since:
+            # a node writes only while the pod is bound to it (set_status checks, atomically).
+            node = request.principal.node
+        else:
+            # An administrator writes whatever the pod is bound to now, even to no node yet
+            # (its node is "", never the admin's name).
+            node = str((await self.pods.get(ns, name)).get("nodeName") or "")
+        await self.pods.set_status(ns, name, body, node)
         return json_response({"updated": f"{ns}/{name}"})

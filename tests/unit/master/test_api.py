@@ -569,6 +569,26 @@ async def test_pod_status_from_its_node_and_from_an_administrator(
     assert error["code"] == 400
 
 
+async def test_a_node_cannot_write_the_status_of_a_pod_rebound_while_its_body_was_read(
+    api: MasterApi, rig: MasterRig
+) -> None:
+    # The edge admitted node n1 when the headers arrived (the pod was bound to n1); while
+    # the body trickled in the pod was evicted and bound to n2. The write is judged by the
+    # caller's node, not by wherever the pod is bound now.
+    n1, n2 = await rig.ready_node("n1"), await rig.ready_node("n2")
+    await call(api, "POST", "/v1/pods", pod("moved", node="n2"))
+    target = "/v1/namespaces/default/pods/moved/status"
+    exc, error = await fails(api, "PUT", target, {"phase": "Failed"}, caller=node_caller(n1))
+    assert isinstance(exc, NotFoundError) and error["code"] == 404
+    assert "not bound to n1" in error["message"]
+    got = loads(await call(api, "GET", "/v1/namespaces/default/pods/moved"))
+    assert got["status"] == {"phase": "Pending"}
+    # Its own node still writes it.
+    await call(api, "PUT", target, {"phase": "Running"}, caller=node_caller(n2))
+    got = loads(await call(api, "GET", "/v1/namespaces/default/pods/moved"))
+    assert got["status"] == {"phase": "Running"}
+
+
 async def test_an_administrator_sets_the_status_of_a_pod_bound_to_no_node(
     api: MasterApi, rig: MasterRig
 ) -> None:
