@@ -7,13 +7,18 @@ What is held here: the order of the steps (route → caller → decision → pro
 handler: each refusal comes from the first step that refuses), every refusal's status and
 error body — the same on both protocols —, streamed (NDJSON) responses, a failure after the
 response started, and a foreign exception in a handler (500 with our error body, logged).
+Then ``EdgeListener``, what both daemons serve their API with: both protocols on the one port
+whatever ALPN the context came with, its listen options, a stop that sends GOAWAY and ends
+what outlives the grace on both protocols, a failed start that leaves nothing running.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,30 +28,46 @@ import aiohttp
 import pytest
 
 from agent.aio.edge import (
+    ALPN_PROTOCOLS,
+    DEFAULT_BACKLOG,
     MAX_BODY_BYTES,
     ApiRequest,
     ApiResponse,
     Edge,
+    EdgeListener,
     JsonHandler,
     json_response,
     text_response,
 )
-from agent.aio.h2conn import H2Stream
+from agent.aio.h2conn import HANDSHAKE_TIMEOUT_S, H2Stream, connect
+from agent.aio.tls import server_context
 from agent.errors import (
     BadGatewayError,
+    ConnectionClosedError,
     ManifestError,
     NotFoundError,
     NotRunningError,
+    StreamingError,
     StreamResetError,
     TaskEndedError,
 )
 from agent.master.pki_files import ClusterPki
-from agent.pki.core import generate_key, principal_of
+from agent.pki.core import cert_to_pem, generate_key, principal_of
 from agent.proto.authz import Principal
 from agent.proto.routes import Route, RouteTable, Subject
 from tests.unit.master import wire
 from tests.unit.master.rig import make_cluster_pki
-from tests.unit.master.wire import ANONYMOUS, H1, H2, PROTOCOLS, Client, Credentials, Reply
+from tests.unit.master.wire import (
+    ANONYMOUS,
+    H1,
+    H2,
+    HOST,
+    PROTOCOLS,
+    Client,
+    Credentials,
+    Reply,
+    Watch,
+)
 from tests.unit.node.asyncwait import until
 
 pytestmark = pytest.mark.usefixtures("blockbuster")
@@ -105,6 +126,7 @@ class Stubs:
 
     seen: list[ApiRequest] = field(default_factory=list)
     streams_closed: asyncio.Event = field(default_factory=asyncio.Event)
+    closed_count: int = 0  # endless streams closed so far
 
     def handlers(self) -> dict[str, JsonHandler]:
         echoing = ("pods.create", "nodes.approve", "nodes.lease", "registrations.create")
@@ -166,6 +188,7 @@ class Stubs:
                 yield LINES[0]
                 await asyncio.sleep(0.001)  # a paced producer, as a watch with events is
         finally:
+            self.closed_count += 1
             self.streams_closed.set()
 
     async def stream(self, stream: H2Stream, request: ApiRequest) -> None:
@@ -512,3 +535,132 @@ async def test_an_http1_client_that_disconnects_mid_body_leaves_the_server_servi
     assert health.status == 200
     assert served.stubs.seen == []
     assert "request handler failed" not in caplog.text
+
+
+# -- the listener both daemons serve with ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def http1_only_tls(pki: ClusterPki) -> ssl.SSLContext:
+    """A serving context that offers only HTTP/1.1 by ALPN (the listener must offer both)."""
+    return server_context(
+        pki.serving_cert_path,
+        pki.serving_key_path,
+        client_ca_pems=[cert_to_pem(pki.ca_cert)],
+        alpn=(H1,),
+    )
+
+
+@contextlib.asynccontextmanager
+async def listening(
+    pki: ClusterPki, contexts: dict[str, Any], tls: ssl.SSLContext | None = None, **options: Any
+) -> AsyncIterator[tuple[EdgeListener, Served]]:
+    """The stub edge served by an ``EdgeListener`` on a port the kernel picks."""
+    gate, stubs = StubGate(pki), Stubs()
+    edge = Edge(TABLE, stubs.handlers(), gate=gate, streams=stubs.stream, owner=OWNER)
+    listener = EdgeListener(
+        edge, tls or contexts["server"], HOST, 0, name="test-listener", **options
+    )
+    await listener.start()
+    served = Served(listener.port, contexts, gate, stubs)
+    try:
+        yield listener, served
+    finally:
+        for client in served.clients:
+            await client.close()
+        await listener.stop("test over")
+
+
+async def ended(watch: Watch) -> None:
+    """Read a streamed response until the server ends it, cleanly or not."""
+    with contextlib.suppress(StreamingError, aiohttp.ClientError):
+        async for _ in watch.lines:
+            pass
+
+
+async def test_the_listener_serves_both_protocols_on_one_port_whatever_alpn_it_got(
+    pki: ClusterPki, contexts: dict[str, Any], http1_only_tls: ssl.SSLContext
+) -> None:
+    async with listening(pki, contexts, http1_only_tls) as (listener, served):
+        assert listener.running
+        assert listener.port != 0  # the kernel's pick, as bound
+        for protocol in PROTOCOLS:
+            health = await served.client("anonymous", protocol).call("GET", "/healthz")
+            assert (health.status, health.body) == (200, b"ok"), protocol
+        admin = served.client("admin", H2)
+        stream = await admin.request_h2("POST", "/v1/namespaces/default/pods/p/exec")
+        assert await stream.read_all(1 << 10) == b"hello\n"  # a stream route: HTTP/2 it is
+        assert listener.h2_connections == 2  # tracked, to be sent GOAWAY at stop
+
+
+async def test_the_listener_listens_with_its_options(
+    pki: ClusterPki, contexts: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop = asyncio.get_running_loop()
+    real = loop.create_server
+    seen: list[dict[str, Any]] = []
+
+    async def create_server(*args: Any, **kwargs: Any) -> asyncio.Server:
+        seen.append(kwargs)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "create_server", create_server)
+    async with listening(pki, contexts):
+        pass
+    async with listening(pki, contexts, backlog=4096):
+        pass
+    assert [options["backlog"] for options in seen] == [DEFAULT_BACKLOG, 4096]
+    for options in seen:
+        assert options["ssl"] is contexts["server"]
+        assert options["ssl_handshake_timeout"] == HANDSHAKE_TIMEOUT_S
+        assert options["reuse_address"] is True
+    assert ALPN_PROTOCOLS == (H2, H1)
+
+
+async def test_stop_sends_goaway_and_ends_what_outlives_the_grace_on_both_protocols(
+    pki: ClusterPki, contexts: dict[str, Any]
+) -> None:
+    async with listening(pki, contexts, shutdown_grace_s=0.2) as (listener, served):
+        h2_client, h1_client = served.client("viewer", H2), served.client("viewer", H1)
+        watches = [await c.watch("/v1/nodes?forever=1") for c in (h2_client, h1_client)]
+        for watch in watches:
+            assert await watch.next() == {"n": 1}
+        conn = await h2_client._h2()
+        stopping = asyncio.get_running_loop().create_task(listener.stop("listener stopping"))
+        await until(lambda: conn.mux.closed, "GOAWAY received")
+        await stopping
+        assert not listener.running
+        assert listener.h2_connections == 0
+        for watch in watches:
+            await ended(watch)
+        await until(lambda: served.stubs.closed_count == 2, "both endless streams closed")
+        with pytest.raises(ConnectionClosedError):  # nothing listens any more
+            await connect(HOST, served.port, contexts["anonymous/h2"], name="late")
+        await listener.stop("again")  # a second stop is harmless
+
+
+async def test_stop_gives_http2_its_own_grace_when_told(
+    pki: ClusterPki, contexts: dict[str, Any]
+) -> None:
+    """The node gives sessions a shorter grace than requests: ``stop(h2_grace_s=)``. A grace
+    far beyond the test's deadline shows which one is used: the stop returns anyway."""
+    async with listening(pki, contexts, shutdown_grace_s=3600.0) as (listener, served):
+        watch = await served.client("viewer", H2).watch("/v1/nodes?forever=1")
+        assert await watch.next() == {"n": 1}
+        async with asyncio.timeout(30.0):
+            await listener.stop("node stopping", h2_grace_s=0.1)
+        await ended(watch)
+        assert served.stubs.closed_count == 1
+
+
+async def test_a_listener_that_cannot_listen_raises_and_is_not_running(
+    pki: ClusterPki, contexts: dict[str, Any]
+) -> None:
+    async with listening(pki, contexts) as (first, _):
+        edge = Edge(TABLE, {}, gate=StubGate(pki))
+        second = EdgeListener(edge, contexts["server"], HOST, first.port, name="second")
+        with pytest.raises(OSError):
+            await second.start()
+        assert not second.running
+        assert second.port == first.port  # the one it was asked for
+        await second.stop("never started")  # safe
