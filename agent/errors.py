@@ -133,6 +133,11 @@ class MirrorConflictError(ConflictError):
     """A mirror pod would replace a pod the master owns, or another node's mirror."""
 
 
+class UpdateConflictError(ConflictError):
+    """An object kept changing under our compare-and-swap retries (another writer): nothing
+    was written; the client retries (master side)."""
+
+
 # -- container runtime ------------------------------------------------------------------------
 
 

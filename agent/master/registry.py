@@ -25,11 +25,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from agent.aio.clock import Clock, SystemClock
 from agent.aio.logs import kv
 from agent.errors import (
-    AgentError,
     BadRequestError,
     NameConflictError,
     NotFoundError,
     RegistrationRefusedError,
+    UpdateConflictError,
 )
 from agent.events import EventRecorder
 from agent.master.config import MasterConfig
@@ -332,7 +332,7 @@ class NodeRegistry:
                     extra=kv(node=name, rule=decision.rule, peer=caller_ip),
                 )
                 return self._answer(record)
-        raise AgentError("registration kept conflicting with concurrent changes; retry")
+        raise UpdateConflictError("registration kept conflicting with concurrent changes; retry")
 
     def _decide(self, name: str, caller_ip: str, peer_cert: x509.Certificate | None) -> Decision:
         return evaluate(
@@ -372,7 +372,7 @@ class NodeRegistry:
             change(record)
             if await self._save(record, rev):
                 return record
-        raise AgentError(f"node {name!r} kept changing; retry")
+        raise UpdateConflictError(f"node {name!r} kept changing; retry")
 
     async def approve(self, name: str, *, force_replace: bool = False) -> dict[str, Any]:
         def change(record: dict[str, Any]) -> None:

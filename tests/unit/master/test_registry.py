@@ -13,12 +13,12 @@ from cryptography import x509
 
 from agent.aio.clock import SystemClock
 from agent.errors import (
-    AgentError,
     BadRequestError,
     NameConflictError,
     NotFoundError,
     PkiError,
     RegistrationRefusedError,
+    UpdateConflictError,
 )
 from agent.master.config import RegistrationPolicy
 from agent.master.pki_files import ClusterPki
@@ -416,9 +416,10 @@ async def test_a_record_changed_behind_the_registry_gives_up_with_an_error(
     stored = await rig.store.get(NODES_PREFIX + "n1")
     assert stored is not None
     await rig.store.put(NODES_PREFIX + "n1", stored.value)
-    with pytest.raises(AgentError, match="node 'n1' kept changing; retry"):
+    with pytest.raises(UpdateConflictError, match="node 'n1' kept changing; retry") as caught:
         await rig.registry.set_unschedulable("n1", True)
-    with pytest.raises(AgentError, match="kept conflicting with concurrent changes"):
+    assert caught.value.http_status == 409  # the client may retry, as after any conflict
+    with pytest.raises(UpdateConflictError, match="kept conflicting with concurrent changes"):
         await rig.register(node)
 
 
