@@ -16,6 +16,7 @@ import asyncio
 import functools
 import json
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
@@ -178,6 +179,12 @@ class MasterApi:
             timeout_s = float(request.query("timeoutSeconds", "0") or "0")
         except ValueError as exc:
             raise BadRequestError("timeoutSeconds must be a number") from exc
+        # float() takes "nan" and "inf", which no caller means (and a wait of nan seconds is
+        # a ValueError under uvloop's call_later).
+        if not math.isfinite(timeout_s) or timeout_s < 0:
+            raise BadRequestError(
+                f"timeoutSeconds must be a finite number of seconds >= 0, not {timeout_s}"
+            )
         result = await self.registry.poll(request.param("rid"), timeout_s)
         return json_response(result.body, result.status)
 

@@ -340,8 +340,12 @@ class NodeRegistry:
         )
 
     async def poll(self, rid: str, timeout_s: float) -> RegistrationResult:
-        """Long-poll a pending request until it is decided or ``timeout_s`` passes."""
-        deadline = self.clock.monotonic() + min(timeout_s, MAX_POLL_S)
+        """Long-poll a pending request until it is decided or ``timeout_s`` (at most
+        ``MAX_POLL_S``) passes."""
+        # Written so that nan (min(nan, 60) is nan, which uvloop's call_later refuses with a
+        # ValueError) and negative values wait not at all; the API refuses them with a 400.
+        wait_s = min(timeout_s, MAX_POLL_S) if timeout_s > 0 else 0.0
+        deadline = self.clock.monotonic() + wait_s
         while True:
             record = next((r for r in await self.records() if r.get("requestId") == rid), None)
             if record is None:

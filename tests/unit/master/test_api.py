@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from agent.aio.edge import MAX_BODY_BYTES, ApiRequest, ApiResponse, Edge, error_response
 from agent.errors import (
     AgentError,
+    BadRequestError,
     ManifestError,
     MirrorConflictError,
     NameConflictError,
@@ -244,6 +245,36 @@ async def test_registration_errors(api: MasterApi, rig: MasterRig) -> None:
     rig.policy("ip-allowlist", allowed_cidrs=("192.0.2.0/24",))
     exc, error = await fails(api, "POST", "/v1/registrations", registration(NodeKey("n3")))
     assert isinstance(exc, RegistrationRefusedError) and error["code"] == 403
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "1e999", "-1", "-0.5"])
+async def test_a_poll_timeout_that_is_not_a_finite_duration_is_refused(
+    api: MasterApi, rig: MasterRig, value: str
+) -> None:
+    # float() accepts all of these; none is a time to wait (min(nan, MAX_POLL_S) is nan,
+    # which uvloop refuses to wait: a 500). Refused before the request is even looked up.
+    rig.policy("approval")
+    queued = await call(api, "POST", "/v1/registrations", registration(NodeKey("n2")))
+    for rid in (loads(queued)["requestId"], "nope"):
+        target = f"/v1/registrations/{rid}?timeoutSeconds={value}"
+        exc, error = await fails(api, "GET", target, caller=NOBODY)
+        assert isinstance(exc, BadRequestError) and error["code"] == 400
+        assert "timeoutSeconds" in error["message"]
+    assert rig.registry._changed == {}  # nobody parked
+
+
+async def test_a_poll_timeout_above_the_ceiling_waits_the_ceiling(
+    api: MasterApi, rig: MasterRig
+) -> None:
+    rig.policy("approval")
+    queued = await call(api, "POST", "/v1/registrations", registration(NodeKey("n2")))
+    rid = loads(queued)["requestId"]
+    target = f"/v1/registrations/{rid}?timeoutSeconds=1e300"
+    poll = asyncio.create_task(call(api, "GET", target, caller=NOBODY))
+    await until(lambda: "n2" in rig.registry._changed, "the poll to wait for a decision")
+    assert not poll.done()
+    await call(api, "POST", "/v1/nodes/n2/approve")
+    assert (await poll).status == 200
 
 
 async def test_x_forwarded_for_counts_from_a_trusted_proxy_only(

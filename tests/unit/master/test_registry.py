@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import Any
 
 import pytest
@@ -41,6 +42,7 @@ from agent.pki.core import (
     verify_issued_by,
 )
 from tests.unit.master.rig import LEASE_GRACE_S, MasterRig, NodeKey, csr_for, make_rig
+from tests.unit.node.asyncwait import until
 
 pytestmark = pytest.mark.usefixtures("blockbuster")
 
@@ -280,6 +282,19 @@ async def test_a_poll_answers_pending_when_its_time_is_up(cluster_pki: ClusterPk
     rig = make_rig(cluster_pki, trust=("approval",))
     rid = (await rig.register(NodeKey("n1"))).body["requestId"]
     assert (await rig.registry.poll(rid, 0.01)).status == 202  # waited, nothing decided
+
+
+@pytest.mark.parametrize("timeout_s", [math.nan, -1.0, -math.inf])
+async def test_a_poll_with_no_time_to_wait_answers_at_once(
+    cluster_pki: ClusterPki, timeout_s: float
+) -> None:
+    # min(nan, MAX_POLL_S) is nan: uvloop refuses to wait nan seconds (ValueError, a 500).
+    rig = make_rig(cluster_pki, trust=("approval",))
+    rid = (await rig.register(NodeKey("n1"))).body["requestId"]
+    polling = asyncio.create_task(rig.registry.poll(rid, timeout_s))
+    await until(polling.done, "the poll to answer without waiting")
+    assert polling.result().status == 202
+    assert "n1" not in rig.registry._changed  # it never parked
 
 
 async def test_a_poll_of_a_deleted_node_is_not_found(cluster_pki: ClusterPki) -> None:
