@@ -56,6 +56,8 @@ Sleep = Callable[[float], Awaitable[None]]
 class PodSink(Protocol):
     def apply_source(self, prefix: str, pods: Iterable[Pod]) -> None: ...
 
+    def pods_of_source(self, prefix: str) -> dict[str, Pod]: ...
+
 
 @dataclass(frozen=True, slots=True)
 class WatchEvent:
@@ -196,10 +198,11 @@ class MasterPodSource:
         except MasterAnswerMalformedError as exc:
             self._count_error("malformed pod listing", exc)
             raise
+        running = self._running()
         wanted: dict[str, Pod] = {}
         for obj in items:
             full = _full_name(obj)
-            pod = self._accept(obj, self.pods.get(full))
+            pod = self._accept(obj, self.pods.get(full) or running.get(full))
             if pod is not None:
                 wanted[full] = pod
         self.pods = wanted
@@ -248,7 +251,7 @@ class MasterPodSource:
             changed = self.pods.pop(full, None) is not None
         else:
             known = self.pods.get(full)
-            pod = self._accept(event.object, known)
+            pod = self._accept(event.object, known or self._running().get(full))
             if (
                 pod is None
                 or pod is known
@@ -276,6 +279,12 @@ class MasterPodSource:
         except ManifestError as exc:
             self._count_error("pod from the master rejected", exc, pod=_full_name(obj))
             return known
+
+    def _running(self) -> dict[str, Pod]:
+        """The master's pods the node runs, by full name. After a restart ``self.pods`` is
+        empty while the checkpoint's pods run: they are what "the version the node runs" is
+        until the first listing."""
+        return {p.full_name: p for p in self._pods.pods_of_source(SOURCE_API).values()}
 
     def _apply(self) -> None:
         self._pods.apply_source(SOURCE_API, list(self.pods.values()))

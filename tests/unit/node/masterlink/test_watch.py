@@ -5,6 +5,7 @@ used to end the whole agent)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 
@@ -172,6 +173,40 @@ async def test_mirror_pods_and_unparsable_manifests_are_not_desired_state(
         assert rig.api_pods() == {"default/keep"}
         assert rig.pods.workers["uid-keep"].pod.spec.containers[0].image == "busybox:1"
         assert rig.master.record.lists == lists
+        attempt.cancel()
+
+
+async def test_a_restarted_node_keeps_a_pod_whose_new_manifest_it_cannot_parse(
+    tmp_path: Path,
+) -> None:
+    async with link_rig(tmp_path) as rig:
+        rig.master.add_pod(pod_manifest("keep", uid="uid-keep"), notify=False)
+        attempt = asyncio.create_task(rig.link.attempt())
+        await connected(rig)
+        await until(lambda: rig.pods.workers["uid-keep"].synced_once.is_set(), "keep runs")
+        running = await rig.app_containers()
+        attempt.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await attempt
+        # The agent restarts: the pod runs on from the checkpoint, and the master source
+        # starts as a new one does, knowing no pod and no revision.
+        rig.watch.pods = {}
+        rig.watch.forget_revision()
+        # Meanwhile the master got a version of the pod this node cannot parse.
+        broken = pod_manifest("keep", uid="uid-keep")
+        broken["spec"]["containers"][0]["image"] = ""
+        rig.master.add_pod(broken, notify=False)
+
+        attempt = asyncio.create_task(rig.link.attempt())
+        await connected(rig, watches=2)
+        assert rig.metrics.master_watch_errors >= 1
+        assert rig.api_pods() == {"default/keep"}
+        assert not rig.pods.workers["uid-keep"].terminating
+        assert rig.pods.workers["uid-keep"].pod.spec.containers[0].image == "busybox:1"
+        assert await rig.app_containers() == running
+        assert set(rig.watch.pods) == {"default/keep"}  # still the master's pod: a DELETED ends it
+        rig.master.delete_pod("default/keep")
+        await until(lambda: rig.api_pods() == set(), "keep deleted by the master")
         attempt.cancel()
 
 
