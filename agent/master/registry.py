@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import hashlib
+import ipaddress
 import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,8 +26,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent.aio.clock import Clock, SystemClock
 from agent.aio.logs import kv
+from agent.config import split_host_port
 from agent.errors import (
     BadRequestError,
+    ConfigError,
     NameConflictError,
     NotFoundError,
     RegistrationRefusedError,
@@ -48,6 +52,12 @@ DENIED = "Denied"
 MAX_POLL_S = 60.0
 MAX_NODE_CONDITIONS = 16
 MAX_CONDITION_TEXT = 1024
+# A DNS name's 253 characters, brackets, ":" and a five-digit port: anything longer is refused
+# before it is parsed (or echoed in an error).
+MAX_ENDPOINT_CHARS = 253 + 2 + 1 + 5
+DNS_NAME_MAX_CHARS = 253
+# RFC 1123 host name label, any case (the API endpoint is connected to, not compared).
+_DNS_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
@@ -110,6 +120,47 @@ def _int_map(value: object, field: str) -> dict[str, int]:
     ):
         raise BadRequestError(f"{field} must be an object of integers")
     return {str(k): v for k, v in value.items()}
+
+
+def _is_dns_name(host: str) -> bool:
+    labels = host.split(".")
+    return (
+        len(host) <= DNS_NAME_MAX_CHARS
+        and all(_DNS_LABEL.fullmatch(label) for label in labels)
+        # An all-numeric last label is a mistyped address (10.0.0.300), not a name.
+        and not labels[-1].isdigit()
+    )
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_endpoint(value: str, field: str) -> tuple[str, int]:
+    """``HOST:PORT`` as a node reports where its API listens → (host, port) to connect to: the
+    host an IP address (IPv6 bracketed) or a DNS name, the port 1..65535; else
+    BadRequestError naming ``field``."""
+    if len(value) > MAX_ENDPOINT_CHARS:
+        raise BadRequestError(f"{field} is longer than {MAX_ENDPOINT_CHARS} characters")
+    try:
+        host, port = split_host_port(value, field)
+    except ConfigError as exc:
+        raise BadRequestError(exc.message) from exc
+    if not (_is_ip(host) or _is_dns_name(host)):
+        raise BadRequestError(f"{field}: {host!r} is neither an IP address nor a DNS name")
+    return host, port
+
+
+def _endpoint(value: object, field: str) -> str:
+    """A reported endpoint, checked (``""``: none reported)."""
+    endpoint = _text(value, field)
+    if endpoint:
+        parse_endpoint(endpoint, field)
+    return endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,9 +487,8 @@ class NodeRegistry:
             "agentVersion": _text(status.get("agentVersion", ""), "status.agentVersion"),
             "imageFs": _int_map(status.get("imageFs"), "status.imageFs"),
             "nodeConditions": _node_conditions(status.get("conditions")),
-            "apiEndpoint": _text(status.get("apiEndpoint", ""), "status.apiEndpoint")[
-                :MAX_CONDITION_TEXT
-            ],
+            # Checked here, where the node reports it, so the proxy can always connect to it.
+            "apiEndpoint": _endpoint(status.get("apiEndpoint", ""), "status.apiEndpoint"),
         }
         found = await self.get_record(name)
         if found is None or all(found[0].get(k) == v for k, v in facts.items()):
@@ -448,6 +498,19 @@ class NodeRegistry:
             record.update(facts)
 
         await self._mutate(name, change)
+
+    def api_endpoint(self, name: str) -> tuple[str, int] | None:
+        """Where node ``name``'s API listens, as (host, port) to connect to; None when the node
+        is unknown or has reported none (or its record, written before endpoints were
+        checked, holds one that is not HOST:PORT)."""
+        hit = self._cache.get(name)
+        endpoint = hit[0].get("apiEndpoint") if hit else None
+        if not isinstance(endpoint, str) or not endpoint:
+            return None
+        try:
+            return parse_endpoint(endpoint, "apiEndpoint")
+        except BadRequestError:
+            return None
 
     async def delete(self, name: str) -> None:
         if await self.store.delete(NODES_PREFIX + name) is None:

@@ -454,7 +454,7 @@ async def test_status_updates_write_only_changes(rig: MasterRig) -> None:
             "not a condition",
             {"status": "no type"},
         ],
-        "apiEndpoint": "https://10.0.0.7:10250",
+        "apiEndpoint": "10.0.0.7:10250",
     }
     await rig.registry.update_status("n1", status)
     stored = await record(rig, "n1")
@@ -463,7 +463,7 @@ async def test_status_updates_write_only_changes(rig: MasterRig) -> None:
     assert stored["nodeConditions"] == [
         {"type": "RuntimeReady", "status": "False", "reason": "DockerDown", "message": "x"}
     ]
-    assert stored["apiEndpoint"] == "https://10.0.0.7:10250"
+    assert stored["apiEndpoint"] == "10.0.0.7:10250"
     revision = await store_revision(rig)
     await rig.registry.update_status("n1", status)
     assert await store_revision(rig) == revision
@@ -498,6 +498,81 @@ async def test_a_malformed_status_is_a_bad_request(
     await rig.register(NodeKey("n1"))
     with pytest.raises(BadRequestError, match=message):
         await rig.registry.update_status("n1", status)
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://10.0.0.7:10250",  # a URL, not HOST:PORT
+        "10.0.0.7",
+        ":10250",
+        "10.0.0.7:",
+        "10.0.0.7:0",
+        "10.0.0.7:65536",
+        "10.0.0.7:99999999999999999999",
+        "10.0.0.7:-1",
+        "10.0.0.7:\u0661\u0660",  # digits of another script, which int() would take
+        "fd00::7:10250",  # IPv6 unbracketed: ambiguous
+        "[n1.example]:10250",
+        "[fd00::zz]:10250",
+        "bad host:10250",
+        "n1\x00.example:10250",
+        "n1\n.example:10250",
+        "under_score.example:10250",
+        "-lead.example:10250",
+        "trail-.example:10250",
+        "two..dots:10250",
+        "10.0.0.300:10250",  # all-numeric labels: not an address, not a DNS name
+        "x" * 64 + ".example:10250",  # a label longer than 63
+        "a." * 200 + "example:10250",
+        10250,
+        True,
+    ],
+)
+async def test_a_reported_api_endpoint_must_be_host_and_port(
+    rig: MasterRig, endpoint: object
+) -> None:
+    await rig.register(NodeKey("n1"))
+    with pytest.raises(BadRequestError, match=r"status\.apiEndpoint"):
+        await rig.registry.update_status("n1", {"apiEndpoint": endpoint})
+    assert (await record(rig, "n1")).get("apiEndpoint") is None
+    assert rig.registry.api_endpoint("n1") is None
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "expected"),
+    [
+        ("10.0.0.7:10250", ("10.0.0.7", 10250)),
+        ("[fd00::7]:1", ("fd00::7", 1)),
+        ("n1.example:65535", ("n1.example", 65535)),
+        ("N1-a.Example:443", ("N1-a.Example", 443)),
+        ("n1:10250", ("n1", 10250)),
+    ],
+)
+async def test_a_reported_api_endpoint_is_where_the_master_connects(
+    rig: MasterRig, endpoint: str, expected: tuple[str, int]
+) -> None:
+    await rig.register(NodeKey("n1"))
+    assert rig.registry.api_endpoint("n1") is None  # not reported yet
+    await rig.registry.update_status("n1", {"apiEndpoint": endpoint})
+    assert (await record(rig, "n1"))["apiEndpoint"] == endpoint
+    assert rig.registry.api_endpoint("n1") == expected
+    await rig.registry.update_status("n1", {"apiEndpoint": ""})  # no longer reported
+    assert rig.registry.api_endpoint("n1") is None
+    assert rig.registry.api_endpoint("ghost") is None
+
+
+async def test_an_api_endpoint_stored_before_it_was_checked_counts_as_unreported(
+    rig: MasterRig, cluster_pki: ClusterPki
+) -> None:
+    await rig.register(NodeKey("n1"))
+    stored = await rig.store.get(NODES_PREFIX + "n1")
+    assert stored is not None
+    legacy = {**json.loads(stored.value), "apiEndpoint": "https://n1:99999"}
+    await rig.store.put(NODES_PREFIX + "n1", json.dumps(legacy).encode())
+    restarted = NodeRegistry(rig.store, cluster_pki, rig.registry.config, [], clock=rig.clock)
+    await restarted.load()
+    assert restarted.api_endpoint("n1") is None
 
 
 # -- leases, readiness, the Node object -------------------------------------------------------
@@ -538,7 +613,7 @@ async def test_the_node_object(rig: MasterRig) -> None:
             "capacity": {"cpu": "4", "memory": "8Gi", "pods": "110"},
             "agentVersion": "1.2.3",
             "conditions": [{"type": "RuntimeReady", "status": "True"}],
-            "apiEndpoint": "https://n1:10250",
+            "apiEndpoint": "n1:10250",
         },
     )
     rig.clock.advance(100)
@@ -573,7 +648,7 @@ async def test_the_node_object(rig: MasterRig) -> None:
     ]
     assert status["capacity"] == {"cpu": "4", "memory": "8Gi", "pods": "110"}
     assert status["nodeInfo"] == {"agentVersion": "1.2.3"}
-    assert status["daemonEndpoints"] == {"nodeApi": "https://n1:10250"}
+    assert status["daemonEndpoints"] == {"nodeApi": "n1:10250"}
     assert obj["spec"] == {"unschedulable": False}
     json.dumps(obj)  # served as JSON as is
 
