@@ -20,6 +20,7 @@ import logging
 import signal
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -66,11 +67,27 @@ def read_client_cas(config: MasterConfig) -> list[x509.Certificate]:
         raise ConfigError(f"client_ca_file {path}: {exc}") from exc
 
 
+class Signals(Protocol):
+    """Where the daemon's signal handlers go: the running loop (tests give a fake, so that no
+    real handler replaces the test runner's)."""
+
+    def add_signal_handler(self, sig: int, callback: Callable[[], object]) -> None: ...
+
+    def remove_signal_handler(self, sig: int) -> bool: ...
+
+
 class Master:
-    def __init__(self, config: MasterConfig, *, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        config: MasterConfig,
+        *,
+        notifier: Notifier | None = None,
+        signals: Signals | None = None,
+    ) -> None:
         self.config = config
         self.bridge = ThreadBridge(STORE_THREADS, name="store")
         self.notifier = notifier or SystemdNotifier.from_env()
+        self._signals = signals
         self.supervisor = Supervisor()
         self._stop = asyncio.Event()
         self.reload_requested = asyncio.Event()
@@ -79,14 +96,14 @@ class Master:
         self._stop.set()
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+        signals = self._signals or asyncio.get_running_loop()
         handlers = {
             signal.SIGTERM: self.request_stop,
             signal.SIGINT: self.request_stop,
             signal.SIGHUP: self.reload_requested.set,
         }
         for sig, handler in handlers.items():
-            loop.add_signal_handler(sig, handler)
+            signals.add_signal_handler(sig, handler)
         store: SqliteStore | None = None
         try:
             store, managers = await self._compose()
@@ -106,7 +123,7 @@ class Master:
                     await lifecycle.stop()
         finally:
             for sig in handlers:
-                loop.remove_signal_handler(sig)
+                signals.remove_signal_handler(sig)
             if store is not None:
                 await store.close()
             self.bridge.close()
