@@ -66,6 +66,8 @@ class StreamingProxy:
         node = await self._pod_node(request.param("namespace"), request.param("pod"))
         link = await self._link(node)
         try:
+            # Unambiguous: principal_of grants nothing to a certificate whose groups hold ","
+            # or control characters (agent.pki.core.subject_problem), and the node splits on ",".
             upstream = await link.request(
                 user.method,
                 user.path,

@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 
+from agent.errors import PkiError
 from agent.pki.core import create_ca, generate_key, issue, principal_of, public_key_id
 from agent.pki.names import MASTERS_GROUP, NODES_GROUP, PROXIES_GROUP, VIEWERS_GROUP
 from agent.proto.authz import ANONYMOUS, GROUPS_HEADER, USER_HEADER, Principal, Role
@@ -98,3 +102,55 @@ def test_user_headers_from_anyone_but_the_proxy_are_ignored() -> None:
     forged = {USER_HEADER: "root", GROUPS_HEADER: MASTERS_GROUP}
     got = principal_of(viewer, [CA], proxied=forged)
     assert (got.role, got.name) == (Role.VIEWER, "mallory")
+
+
+def raw_der(cn: str, groups: Sequence[str]) -> bytes:
+    """A certificate from the cluster CA with any subject at all: what ``issue`` refuses to
+    make, but another tool holding the CA key (or an older version) could have made."""
+    now = dt.datetime.now(dt.UTC)
+    subject = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    subject += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(subject))
+        .issuer_name(CA.subject)
+        .public_key(generate_key().public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .sign(CA_KEY, hashes.SHA256())
+    )
+    return cert.public_bytes(Encoding.DER)
+
+
+AMBIGUOUS_SUBJECTS = [
+    # The proxy sends a user's groups to the node as one comma-separated header: this viewer
+    # would be an administrator there.
+    ("mallory", [VIEWERS_GROUP, f"x,{MASTERS_GROUP}"]),
+    ("mallory", [MASTERS_GROUP, "a,b"]),
+    ("mallory", [VIEWERS_GROUP, "line\nbreak"]),
+    ("mallory", [VIEWERS_GROUP, "nul\x00"]),
+    ("mal\rlory", [MASTERS_GROUP]),
+    ("mallory\x7f", [VIEWERS_GROUP]),
+]
+
+
+@pytest.mark.parametrize(("cn", "groups"), AMBIGUOUS_SUBJECTS)
+def test_a_certificate_whose_groups_cannot_travel_in_a_header_is_refused(
+    cn: str, groups: list[str]
+) -> None:
+    got = principal_of(raw_der(cn, groups), [CA], [FLEET])
+    # Known (signed by the cluster CA) but allowed nothing: a 403 that says why.
+    assert (got.role, got.groups) == (Role.USER, ())
+    assert "not accepted" in got.note
+
+
+@pytest.mark.parametrize(("cn", "groups"), AMBIGUOUS_SUBJECTS)
+def test_such_a_certificate_is_never_issued(cn: str, groups: list[str]) -> None:
+    with pytest.raises(PkiError, match="not accepted"):
+        der(cn, groups)
+
+
+def test_printable_names_beyond_ascii_are_fine() -> None:
+    got = principal_of(der("zoë", [VIEWERS_GROUP, "équipe nord"])[0], [CA])
+    assert (got.role, got.name, got.groups) == (Role.VIEWER, "zoë", (VIEWERS_GROUP, "équipe nord"))
