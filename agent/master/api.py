@@ -13,7 +13,6 @@ status the error carries.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import math
@@ -138,20 +137,28 @@ class MasterApi:
                 labels=("registration",),
             ),
             gauge("node_master_nodes_ready", "Nodes whose lease is current.", [((), ready)]),
-            summary(
-                "node_master_lease_handling_seconds",
-                "Time to handle one lease renewal (recent renewals).",
-                self.lease_seconds,
-            ),
-            summary(
-                "node_master_loop_lag_seconds",
-                "How late the event loop runs a timer (recent probes).",
-                self.loop_lag_seconds,
-            ),
         ]
-        body = await self._run_blocking(
-            functools.partial(exposition, self.metrics_registry, families)
-        )
+        # Copied here: the loop appends to the deques while the render runs in a thread.
+        lease_s, lag_s = tuple(self.lease_seconds), tuple(self.loop_lag_seconds)
+
+        def render() -> bytes:
+            # The quantiles sort up to 2 x LATENCY_SAMPLES values: off the loop, like the
+            # process collector's /proc reads.
+            latencies = [
+                summary(
+                    "node_master_lease_handling_seconds",
+                    "Time to handle one lease renewal (recent renewals).",
+                    lease_s,
+                ),
+                summary(
+                    "node_master_loop_lag_seconds",
+                    "How late the event loop runs a timer (recent probes).",
+                    lag_s,
+                ),
+            ]
+            return exposition(self.metrics_registry, [*families, *latencies])
+
+        body = await self._run_blocking(render)
         return ApiResponse(200, body, CONTENT_TYPE)
 
     async def ca(self, request: ApiRequest) -> ApiResponse:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from prometheus_client.core import Metric
 
 from agent.aio.edge import MAX_BODY_BYTES, ApiRequest, ApiResponse, Edge, error_response
 from agent.errors import (
@@ -31,6 +32,7 @@ from agent.errors import (
     PkiError,
     RegistrationRefusedError,
 )
+from agent.master import api as master_api
 from agent.master.api import NDJSON_TYPE, MasterApi
 from agent.master.pki_files import ClusterPki
 from agent.master.pods import MIRROR_ANNOTATION
@@ -177,6 +179,31 @@ async def test_metrics_count_nodes_by_state_ready_nodes_and_lease_handling(
     assert got["node_master_nodes_ready"] == 1
     assert got["node_master_lease_handling_seconds_count"] == 1
     assert "node_master_loop_lag_seconds_count" in got
+
+
+async def test_metrics_quantiles_are_computed_off_the_event_loop(
+    api: MasterApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # /metrics is open to anyone: sorting 2 x 20k samples per scrape must not stall the loop.
+    real_summary = master_api.summary
+    on_loop: list[bool] = []
+
+    def spy(name: str, doc: str, samples: Iterable[float]) -> Metric:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            on_loop.append(False)
+        else:
+            on_loop.append(True)
+        return real_summary(name, doc, samples)
+
+    monkeypatch.setattr(master_api, "summary", spy)
+    api.lease_seconds.extend([0.5, 0.25, 1.0])
+    response = await call(api, "GET", "/metrics", caller=NOBODY)
+    assert on_loop == [False, False]
+    got = samples(response.body)
+    assert got["node_master_lease_handling_seconds_count"] == 3
+    assert got['node_master_lease_handling_seconds{quantile="1"}'] == 1.0
 
 
 # -- registration ------------------------------------------------------------------------------
