@@ -1,18 +1,20 @@
 """HTTP to the master: sessions bound to the configured source address, JSON calls whose
-failures become our errors at this edge.
+failures become our errors at this edge. Every request but the pod watch goes through
+:meth:`MasterSession.request`: a time-out for the whole answer, which is read whole and bounded.
 
 Any transport failure, time-out, 5xx or unparsable answer is :class:`MasterUnavailableError`
 (back off, keep the pods); 401/403 is :class:`IdentityRejectedError` (register again); another
 4xx is :class:`NotFoundError`, :class:`ConflictError` or :class:`BadRequestError`, naming the
-call.
+call — unless the caller tells that status apart itself (``exchange(keep=…)``: registration).
 """
 
 from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -68,6 +70,15 @@ def _excerpt(raw: bytes, limit: int = 200) -> str:
     return raw[:limit].decode("utf-8", "replace")
 
 
+@dataclass(frozen=True, slots=True)
+class RawAnswer:
+    """What the master answered, read whole (and bounded), not yet interpreted."""
+
+    what: str  # "METHOD /path", for messages
+    status: int
+    raw: bytes
+
+
 class MasterSession:
     """One HTTP session to the master (one TLS identity)."""
 
@@ -78,33 +89,70 @@ class MasterSession:
     def url(self, path: str) -> str:
         return f"{self.base_url}{path}"
 
-    async def call(
-        self, method: str, path: str, body: Any = None, *, timeout_s: float = REQUEST_TIMEOUT_S
-    ) -> Any:
-        """A JSON request; the decoded JSON answer of a 2xx."""
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        timeout_s: float | None = None,
+        limit_bytes: int | None = None,
+    ) -> RawAnswer:
+        """A request whose whole answer must arrive within ``timeout_s`` (default
+        ``REQUEST_TIMEOUT_S``): any transport failure or time-out is
+        :class:`MasterUnavailableError`, an answer over ``limit_bytes`` (default
+        ``MAX_ANSWER_BYTES``) :class:`MasterAnswerMalformedError`."""
+        what = f"{method} {path}"
+        limit = MAX_ANSWER_BYTES if limit_bytes is None else limit_bytes
         try:
             async with self.http.request(
                 method,
                 self.url(path),
                 json=body,
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
+                timeout=aiohttp.ClientTimeout(
+                    total=REQUEST_TIMEOUT_S if timeout_s is None else timeout_s
+                ),
             ) as resp:
-                raw = await read_bounded(resp, MAX_ANSWER_BYTES, f"{method} {path}")
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise MasterUnavailableError(f"{method} {path}: {exc}") from exc
+                return RawAnswer(what, resp.status, await read_bounded(resp, limit, what))
+        # OSError: a reset or TLS failure aiohttp passes on unwrapped.
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise MasterUnavailableError(f"{what}: {exc}") from exc
+
+    async def exchange(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        timeout_s: float | None = None,
+        keep: Collection[int] = (),
+    ) -> tuple[int, Any]:
+        """A JSON request: the status and decoded answer of a 2xx or 3xx, or of an error status
+        in ``keep`` (its body decoded leniently: None when it is not JSON); any other error
+        status raises the error that status means."""
+        answer = await self.request(method, path, body, timeout_s=timeout_s)
+        status = answer.status
         if status < 400:
-            return decode_answer(raw, f"{method} {path}")
+            return status, decode_answer(answer.raw, answer.what)
         try:
-            data = decode_answer(raw, f"{method} {path}")
+            data = decode_answer(answer.raw, answer.what)
         except MasterAnswerMalformedError:
             data = None  # the status says what went wrong; the body is only its explanation
+        if status in keep:
+            return status, data
         if status in (401, 403):
-            raise IdentityRejectedError(f"{method} {path}: {status} {error_message(data)}")
+            raise IdentityRejectedError(f"{answer.what}: {status} {error_message(data)}")
         if status >= 500:
-            raise MasterUnavailableError(f"{method} {path}: {status}")
+            raise MasterUnavailableError(f"{answer.what}: {status}")
         kind = _CLIENT_ERRORS.get(status, BadRequestError)
-        raise kind(f"{method} {path}: {status} {error_message(data) or _excerpt(raw)}")
+        raise kind(f"{answer.what}: {status} {error_message(data) or _excerpt(answer.raw)}")
+
+    async def call(
+        self, method: str, path: str, body: Any = None, *, timeout_s: float | None = None
+    ) -> Any:
+        """A JSON request; the decoded JSON answer of a 2xx."""
+        _, data = await self.exchange(method, path, body, timeout_s=timeout_s)
+        return data
 
 
 class MasterClient:
@@ -117,8 +165,8 @@ class MasterClient:
         source = self._bind_source
         http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=tls, local_addr=(source, 0) if source else None),
-            # No total time-out: the pod watch and the registration long-poll are long by
-            # design; each short call sets its own.
+            # No total time-out: the pod watch is long by design (the lease renewal is what
+            # notices a silent master); every request() sets its own.
             timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=REQUEST_TIMEOUT_S, sock_read=None
             ),

@@ -26,8 +26,6 @@ from functools import partial
 from pathlib import Path
 from typing import Protocol
 
-import aiohttp
-
 from agent.aio.bridge import ThreadBridge
 from agent.aio.logs import kv
 from agent.aio.tasks import TaskScope, forever
@@ -157,7 +155,7 @@ class MasterLink:
                 f"registration: {exc}",
                 "registration refused by the master",
             )
-        except (AgentError, aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+        except AgentError as exc:
             self.status.set(LinkCondition.UNREACHABLE, f"master: unreachable: {exc}")
             log.warning(
                 "master unreachable; pods keep running",

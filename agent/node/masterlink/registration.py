@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import reprlib
 import socket
 from pathlib import Path
 from typing import Any
-
-import aiohttp
 
 from agent import __version__
 from agent.aio.bridge import ThreadBridge
@@ -31,6 +30,10 @@ from agent.node.masterlink.state import LinkCondition, LinkStatus
 log = logging.getLogger(__name__)
 
 POLL_WAIT_S = 30.0
+POLL_MARGIN_S = 10.0  # how much longer than POLL_WAIT_S a poll's answer may take to arrive
+# Error statuses registration tells apart itself: 403/409 are refusals with a reason; 401 is
+# not (registration needs no certificate), so it counts as an outage, retried with back-off.
+_ANSWERED = (401, 403, 409)
 PENDING_MESSAGE = "registration: pending approval by an administrator"
 
 
@@ -85,16 +88,15 @@ class Registrar:
             )
         )
         async with self._client.session(tls) as session:
-            try:
-                status, answer = await self._post_and_poll(session, body)
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                raise MasterUnavailableError(f"registration failed: {exc}") from exc
+            status, answer = await self._post_and_poll(session, body)
         if status in (403, 409):
-            reason = answer.get("reason") or error_message(answer)
+            reason = answer.get("reason")
+            if not isinstance(reason, str) or not reason:
+                reason = error_message(answer)
             raise RegistrationDeniedError(f"{status}: {reason}")
         certificate = answer.get("certificate")
         if status != 200 or not isinstance(certificate, str):
-            raise MasterUnavailableError(f"registration answered {status}: {answer}")
+            raise MasterUnavailableError(f"registration answered {status}: {reprlib.repr(answer)}")
         await self._identity.store_cert(certificate.encode())
         log.info(
             "registered with the master",
@@ -104,18 +106,20 @@ class Registrar:
     async def _post_and_poll(
         self, session: MasterSession, body: dict[str, Any]
     ) -> tuple[int, dict[str, Any]]:
-        async with session.http.post(session.url("/v1/registrations"), json=body) as resp:
-            status, answer = resp.status, _as_object(await resp.json(content_type=None))
+        status, answer = await session.exchange("POST", "/v1/registrations", body, keep=_ANSWERED)
         while status == 202:
             self._status.set(LinkCondition.PENDING_APPROVAL, PENDING_MESSAGE)
-            request_id = answer.get("requestId")
+            request_id = _as_object(answer).get("requestId")
             log.info("registration pending approval", extra=kv(request=request_id))
             if not isinstance(request_id, str) or not request_id:
                 raise MasterUnavailableError("registration pending without a requestId")
             path = f"/v1/registrations/{request_id}?timeoutSeconds={POLL_WAIT_S:g}"
-            async with session.http.get(session.url(path)) as resp:
-                status, answer = resp.status, _as_object(await resp.json(content_type=None))
-        return status, answer
+            # The master holds the poll up to POLL_WAIT_S: only a silence past that and the
+            # margin is a master gone (without a reset, nothing else would end the wait).
+            status, answer = await session.exchange(
+                "GET", path, timeout_s=POLL_WAIT_S + POLL_MARGIN_S, keep=_ANSWERED
+            )
+        return status, _as_object(answer)
 
 
 def _as_object(data: Any) -> dict[str, Any]:

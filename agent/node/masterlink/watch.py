@@ -231,7 +231,7 @@ class MasterPodSource:
                     self._count_error("malformed pod watch event; relisting", exc)
                     self.revision = None
                     return True
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:  # as MasterSession.request
             raise MasterUnavailableError(f"pod watch: {exc}") from exc
         raise MasterUnavailableError("pod watch ended")
 

@@ -1,7 +1,7 @@
 """A master on loopback for the master link's unit tests: aiohttp over TLS with a CA made in
 the test, the routes the link uses, and knobs for what a test needs — registration answers,
-identity rejection, outages (every request 503, or the port closed), pods with resource
-versions, junk lines on the pod watch, 410 Gone.
+identity rejection, outages (every request 503, or the port closed, or no answer at all),
+hostile answers, pods with resource versions, junk lines on the pod watch, 410 Gone.
 
 It speaks the master's wire format (docs/master.md), not its logic: no trust policy, no store.
 What it answers is held to the real master's by one contract suite (tests/contracts/
@@ -17,7 +17,7 @@ import asyncio
 import json
 import ssl
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,12 @@ class FakeMaster:
         # the revision moves); off for a test whose revisions must move only by its own hand.
         self.echo_status = True
         self.lease_renew_s = LEASE_RENEW_S
+        # A master gone silent without a reset: a request whose "METHOD /path" starts with one
+        # of these gets no answer (until stop()). And paths answered with these raw bytes
+        # instead (status, body): hostile answers.
+        self.stalled: set[str] = set()
+        self.raw_answers: dict[str, tuple[int, bytes]] = {}
+        self._unstalled = asyncio.Event()
         # Pods: full name -> object; which node each is bound to (NODE when not said: a test
         # may put a bare object in ``pods``). Every change takes the next resource version and
         # is kept in ``history`` for watches to resume from (until compact()).
@@ -144,7 +150,8 @@ class FakeMaster:
         return ctx
 
     async def start(self) -> FakeMaster:
-        app = web.Application()
+        app = web.Application(middlewares=[self._knobs])
+        self._unstalled = asyncio.Event()
         app.router.add_get("/v1/ca", self._ca)
         app.router.add_post("/v1/registrations", self._register)
         app.router.add_get("/v1/registrations/{rid}", self._poll)
@@ -166,6 +173,7 @@ class FakeMaster:
 
     async def stop(self) -> None:
         self.end_watches()
+        self._unstalled.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -260,6 +268,18 @@ class FakeMaster:
         self.approved.add(name)
 
     # -- handlers -------------------------------------------------------------------------
+
+    @web.middleware
+    async def _knobs(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if any(f"{request.method} {request.path}".startswith(s) for s in self.stalled):
+            await self._unstalled.wait()  # set by stop(), so its clean-up need not wait
+            return _error(503, "stalled")
+        if request.path in self.raw_answers:
+            status, body = self.raw_answers[request.path]
+            return web.Response(status=status, body=body)
+        return await handler(request)
 
     def _csr_key(self, name: str, csr_pem: str) -> ec.EllipticCurvePublicKey:
         """The CSR's key; PkiError when it is not a valid CSR for node ``name``."""

@@ -97,3 +97,24 @@ async def test_an_unreachable_master(session: MasterSession) -> None:
     gone = MasterSession("http://127.0.0.1:9", session.http)
     with pytest.raises(MasterUnavailableError):
         await gone.call("GET", "/ok")
+
+
+async def test_an_exchange_keeps_the_statuses_the_caller_tells_apart(
+    session: MasterSession,
+) -> None:
+    assert await session.exchange("GET", "/404", keep=(404,)) == (
+        404,
+        {"error": {"code": 404, "message": "no such pod"}},
+    )
+    assert await session.exchange("GET", "/422", keep=(422,)) == (422, None)  # not JSON: None
+    with pytest.raises(MasterAnswerMalformedError):
+        await session.exchange("GET", "/deep", keep=(200,))  # a 2xx must be JSON
+    with pytest.raises(NotFoundError):
+        await session.exchange("GET", "/404", keep=(409,))
+
+
+async def test_a_raw_request_is_bounded_too(session: MasterSession) -> None:
+    answer = await session.request("GET", "/409")
+    assert (answer.status, answer.raw) == (409, b"plain text conflict")
+    with pytest.raises(MasterAnswerMalformedError, match="over 100 bytes"):
+        await session.request("GET", "/huge", limit_bytes=100)
