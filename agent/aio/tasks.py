@@ -10,7 +10,12 @@ Every background task of a daemon lives in a TaskGroup; none is a bare ``create_
 * :class:`Supervisor` is the daemon's one TaskGroup. Each manager gets a :class:`TaskScope`
   from it in its constructor: its own TaskGroup, hosted by one task of the daemon's group, that
   ``start()`` opens and ``stop()`` cancels and waits for. A failure in any scope fails the
-  whole daemon.
+  whole daemon, *after the same orderly stop as a requested one*: the failed task's exception
+  is recorded, nothing else is cancelled, and the task that entered the supervisor (the
+  daemon's ``run()``, waiting for its stop signal) is interrupted, so that its ``finally``
+  runs the lifecycle's stop; the supervisor raises the failures (an ``ExceptionGroup``) when
+  it is left. A plain TaskGroup would instead cancel every scope at once, before the first
+  manager's ``stop()`` ran.
 * :class:`Lifecycle` starts managers in order and stops the started ones in reverse order, each
   stop step bounded by a time-out; a step that overruns is logged and the next one goes on.
 """
@@ -21,15 +26,20 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import NoReturn, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 from agent.aio.logs import kv
 from agent.errors import TaskEndedError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# The tasks running a Lifecycle.stop() right now: a failure elsewhere must not interrupt an
+# orderly stop already under way (it is recorded and raised when the supervisor is left).
+_stopping: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
 
 
 async def forever(name: str, factory: Callable[[], Awaitable[object]]) -> NoReturn:
@@ -67,15 +77,33 @@ class Supervisor:
     """The daemon's one TaskGroup (an async context manager); hands out :class:`TaskScope`s.
 
     Scopes may be handed out before the group is entered (managers are built first, in the
-    composition root); they are opened only inside it."""
+    composition root); they are opened only inside it.
+
+    No task of the supervisor (a scope's task, a task started here) ever fails the TaskGroup
+    itself: its exception is recorded, and the first one cancels the task that entered the
+    supervisor, unless that task is already running a :meth:`Lifecycle.stop`. That task's
+    ``finally`` runs the orderly stop; leaving the supervisor then raises every recorded
+    failure in an ``ExceptionGroup`` (a cancellation from outside still wins)."""
 
     def __init__(self) -> None:
         self._group: asyncio.TaskGroup | None = None
+        self._parent: asyncio.Task[Any] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._failures: list[Exception] = []
+        self._cancelled_parent = False
+        self._exiting = False
+
+    @property
+    def failures(self) -> tuple[Exception, ...]:
+        return tuple(self._failures)
 
     async def __aenter__(self) -> Supervisor:
         group = asyncio.TaskGroup()
         await group.__aenter__()
         self._group = group
+        self._parent = asyncio.current_task()
+        self._failures = []
+        self._cancelled_parent = self._exiting = False
         return self
 
     async def __aexit__(
@@ -86,18 +114,73 @@ class Supervisor:
     ) -> None:
         group, self._group = self._group, None
         assert group is not None
-        await group.__aexit__(exc_type, exc, tb)
+        self._exiting = True
+        if self._cancelled_parent:
+            self._cancelled_parent = False
+            assert self._parent is not None
+            # Our own cancellation, delivered (or swallowed) in the body: not an exit reason.
+            if self._parent.uncancel() == 0 and isinstance(exc, asyncio.CancelledError):
+                exc_type, exc, tb = None, None, None
+        if self._failures:
+            self._cancel_leftovers()
+        try:
+            await group.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as failed:
+            if self._failures:
+                raise BaseExceptionGroup(
+                    "supervised tasks failed", [*self._failures, *failed.exceptions]
+                ) from None
+            raise
+        finally:
+            self._exiting = False
+        if self._failures:
+            raise ExceptionGroup("supervised tasks failed", self._failures)
 
     def scope(self, name: str) -> TaskScope:
         return TaskScope(self, name)
 
     def start_guarded(
-        self, name: str, factory: Callable[[], Awaitable[T]], *, eternal: bool = False
-    ) -> asyncio.Task[T]:
+        self, name: str, factory: Callable[[], Awaitable[object]], *, eternal: bool = False
+    ) -> asyncio.Task[None]:
         """A task directly in the daemon's group (the start sequence, a scope's host)."""
         if self._group is None:
             raise RuntimeError(f"task {name!r} started outside the supervisor's TaskGroup")
-        return start_guarded(self._group, name, factory, eternal=eternal)
+        task = self._group.create_task(self.supervised(name, factory, eternal=eternal), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def supervised(
+        self, name: str, factory: Callable[[], Awaitable[object]], *, eternal: bool = False
+    ) -> None:
+        """Run ``factory()`` guarded; a failure is recorded here instead of failing the
+        TaskGroup it runs in (which would cancel its siblings before the orderly stop)."""
+        try:
+            await guarded(name, factory, eternal=eternal)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._failed(name, exc)
+
+    def _failed(self, name: str, exc: Exception) -> None:
+        self._failures.append(exc)
+        parent = self._parent
+        if self._exiting:
+            # The orderly stop is over: what is left goes now, as a TaskGroup's abort would.
+            self._cancel_leftovers()
+            return
+        if self._cancelled_parent or parent is None or parent.done():
+            return
+        if parent in _stopping:
+            log.error("task failed during the stop; raised once it is over", extra=kv(task=name))
+            return
+        log.error("task failed; stopping every manager in order", extra=kv(task=name))
+        self._cancelled_parent = True
+        parent.cancel()
+
+    def _cancel_leftovers(self) -> None:
+        for task in self._tasks:
+            task.cancel()
 
 
 class TaskScope:
@@ -128,22 +211,24 @@ class TaskScope:
             async with asyncio.TaskGroup() as group:
                 self._group = group
                 opened.set_result(None)
-                # Held open until stop() cancels it (or a task in it fails, which cancels it
-                # too and makes this host task fail with the task's error).
+                # Held open until stop() cancels it. A task failing in it does not end it:
+                # the supervisor records the failure and the stop comes in order.
                 await asyncio.get_running_loop().create_future()
         finally:
             self._group = None
 
     def spawn(
-        self, name: str, factory: Callable[[], Awaitable[T]], *, eternal: bool = False
-    ) -> asyncio.Task[T]:
+        self, name: str, factory: Callable[[], Awaitable[object]], *, eternal: bool = False
+    ) -> asyncio.Task[None]:
         if self._group is None:
             raise RuntimeError(f"task {name!r} spawned while {self.name!r} is not running")
-        return start_guarded(self._group, name, factory, eternal=eternal)
+        return self._group.create_task(
+            self._supervisor.supervised(name, factory, eternal=eternal), name=name
+        )
 
     async def stop(self) -> None:
-        """Cancel every task of the scope and wait for them. A failure that already ended the
-        scope is not raised again here: the daemon's TaskGroup reports it."""
+        """Cancel every task of the scope and wait for them (failures are the supervisor's to
+        raise, not this step's)."""
         host = self._host
         if host is None:
             return
@@ -198,6 +283,16 @@ class Lifecycle:
 
     async def stop(self) -> list[str]:
         """Stop in reverse start order; returns the names of the steps that overran."""
+        current = asyncio.current_task()
+        if current is not None:
+            _stopping.add(current)
+        try:
+            return await self._stop_in_order()
+        finally:
+            if current is not None:
+                _stopping.discard(current)
+
+    async def _stop_in_order(self) -> list[str]:
         overran: list[str] = []
         while self._started:
             manager = self._started.pop()

@@ -144,3 +144,157 @@ async def test_a_step_interrupted_while_starting_is_stopped_too() -> None:
     await asyncio.wait({starting})
     await lifecycle.stop()
     assert log == ["start a", "start b", "stop b", "stop a"]
+
+
+class ScopedStep:
+    """A manager with one task in its own scope that logs its cancellation; its scope may also
+    hold a task that fails once ``fail`` is set."""
+
+    def __init__(self, name: str, supervisor: Supervisor, log: list[str]) -> None:
+        self.name = name
+        self._tasks = supervisor.scope(name)
+        self._log = log
+        self.running = asyncio.Event()
+        self.fail = asyncio.Event()
+
+    async def start(self) -> None:
+        await self._tasks.start()
+        self._tasks.spawn(f"{self.name}-loop", self._loop, eternal=True)
+        self._tasks.spawn(f"{self.name}-fragile", self._fragile)
+
+    async def _loop(self) -> None:
+        self.running.set()
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            self._log.append(f"{self.name} cancelled")
+            raise
+
+    async def _fragile(self) -> None:
+        await self.fail.wait()
+        raise ValueError(f"{self.name} broke")
+
+    async def stop(self) -> None:
+        self._log.append(f"stop {self.name}")
+        await self._tasks.stop()
+
+
+async def run_like_a_daemon(
+    supervisor: Supervisor, lifecycle: Lifecycle, stop: asyncio.Event
+) -> None:
+    """What both daemons' ``run()`` do with their supervisor and lifecycle."""
+    async with supervisor:
+        starting = supervisor.start_guarded("start", lifecycle.start)
+        try:
+            await stop.wait()
+        finally:
+            starting.cancel()
+            await asyncio.wait({starting})
+            await lifecycle.stop()
+
+
+def _holds(error: BaseException | None, kind: type[Exception], text: str) -> bool:
+    """``error`` is an ExceptionGroup holding a ``kind`` whose message has ``text``."""
+    return isinstance(error, ExceptionGroup) and (
+        error.subgroup(lambda e: isinstance(e, kind) and text in str(e)) is not None
+    )
+
+
+async def _stop_order(*, fail_in: str | None) -> tuple[list[str], BaseException | None]:
+    log: list[str] = []
+    supervisor = Supervisor()
+    steps = [ScopedStep(name, supervisor, log) for name in ("a", "b", "c")]
+    lifecycle = Lifecycle(steps, step_timeout_s=5.0)
+    stop = asyncio.Event()
+    daemon = asyncio.create_task(run_like_a_daemon(supervisor, lifecycle, stop))
+    for step in steps:
+        await asyncio.wait_for(step.running.wait(), 5.0)
+    if fail_in is None:
+        stop.set()
+    else:
+        next(s for s in steps if s.name == fail_in).fail.set()
+    await asyncio.wait({daemon})
+    return log, daemon.exception()
+
+
+async def test_a_failure_stops_in_the_same_order_as_a_requested_stop() -> None:
+    requested, error = await _stop_order(fail_in=None)
+    assert error is None
+    assert requested == ["stop c", "c cancelled", "stop b", "b cancelled", "stop a", "a cancelled"]
+    failed, error = await _stop_order(fail_in="b")
+    assert failed == requested
+    assert _holds(error, ValueError, "b broke")
+
+
+async def test_a_failure_during_the_stop_does_not_cut_it_short() -> None:
+    log: list[str] = []
+    supervisor = Supervisor()
+    a, b = ScopedStep("a", supervisor, log), ScopedStep("b", supervisor, log)
+
+    class BreaksAtStop:
+        name = "breaker"
+
+        async def start(self) -> None:
+            pass
+
+        async def stop(self) -> None:
+            b.fail.set()  # b's fragile task fails while the stop is under way
+            await until(lambda: supervisor.failures != (), "the failure recorded")
+            log.append("stop breaker")
+
+    lifecycle = Lifecycle([a, b, BreaksAtStop()], step_timeout_s=5.0)
+    stop = asyncio.Event()
+    daemon = asyncio.create_task(run_like_a_daemon(supervisor, lifecycle, stop))
+    await asyncio.wait_for(b.running.wait(), 5.0)
+    stop.set()
+    await asyncio.wait({daemon})
+    assert log == ["stop breaker", "stop b", "b cancelled", "stop a", "a cancelled"]
+    error = daemon.exception()
+    assert _holds(error, ValueError, "b broke")
+
+
+async def test_a_failing_start_stops_the_started_managers_in_order() -> None:
+    log: list[str] = []
+    supervisor = Supervisor()
+    a = ScopedStep("a", supervisor, log)
+
+    class BrokenStart:
+        name = "broken"
+
+        async def start(self) -> None:
+            raise ValueError("cannot start")
+
+        async def stop(self) -> None:
+            log.append("stop broken")
+
+    lifecycle = Lifecycle([a, BrokenStart()], step_timeout_s=5.0)
+    with pytest.raises(ExceptionGroup) as failed:
+        await run_like_a_daemon(supervisor, lifecycle, asyncio.Event())
+    assert failed.group_contains(ValueError, match="cannot start")
+    assert log == ["stop broken", "stop a", "a cancelled"]
+
+
+async def test_an_outside_cancellation_still_cancels_a_failing_daemon() -> None:
+    log: list[str] = []
+    supervisor = Supervisor()
+    a = ScopedStep("a", supervisor, log)
+
+    class Stuck:
+        name = "stuck"
+
+        async def start(self) -> None:
+            pass
+
+        async def stop(self) -> None:
+            log.append("stop stuck")
+            await asyncio.get_running_loop().create_future()
+
+    lifecycle = Lifecycle([a, Stuck()], step_timeout_s=60.0)
+    daemon = asyncio.create_task(run_like_a_daemon(supervisor, lifecycle, asyncio.Event()))
+    await asyncio.wait_for(a.running.wait(), 5.0)
+    a.fail.set()
+    await until(lambda: "stop stuck" in log, "the orderly stop under way")
+    daemon.cancel()
+    await asyncio.wait({daemon})
+    assert daemon.cancelled()
+    assert log == ["stop stuck", "a cancelled"]
