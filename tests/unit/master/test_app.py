@@ -49,6 +49,7 @@ from tests.unit.master.rig import NodeKey, make_cluster_pki, registration
 from tests.unit.master.test_pods import manifest
 from tests.unit.master.wire import H1, H2, HOST, PROTOCOLS, Client, TlsSet
 from tests.unit.node.asyncwait import DEADLINE_S, until
+from tests.unit.node.test_app import RecordingNotifier as NodeRecordingNotifier
 
 pytestmark = pytest.mark.usefixtures("blockbuster")
 
@@ -57,24 +58,12 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 FLEET_NODE = "fleet-node"
 
 
-class RecordingNotifier:
+class RecordingNotifier(NodeRecordingNotifier):
     """What systemd would be told, in order; ``interval_s``: the watchdog's (None: unset)."""
 
     def __init__(self, interval_s: float | None = None) -> None:
-        self.states: list[str] = []
+        super().__init__()
         self.interval_s = interval_s
-
-    def ready(self, status: str = "") -> bool:
-        self.states.append("READY")
-        return True
-
-    def stopping(self) -> bool:
-        self.states.append("STOPPING")
-        return True
-
-    def watchdog(self) -> bool:
-        self.states.append("WATCHDOG")
-        return True
 
     def watchdog_interval_s(self) -> float | None:
         return self.interval_s
