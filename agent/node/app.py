@@ -68,6 +68,9 @@ from agent.node.streaming.server import NodeApi
 log = logging.getLogger(__name__)
 
 STOP_STEP_TIMEOUT_S = 10.0
+# The checkpoint's own bridge: saves are serialised anyway, and one thread of its own keeps the
+# last write of a stop from queueing behind abandoned runtime calls (PodManager's docstring).
+CHECKPOINT_THREADS = 1
 CHECKPOINT_FILE = "checkpoint.json"
 PKI_DIR = "pki"
 _VIRTUAL_IFACE_PREFIXES = ("lo", "docker", "veth", "br-", "virbr", "cni", "flannel", "cali")
@@ -106,6 +109,7 @@ class NodeAgent:
         # Resolved before the loop runs (psutil reads /proc), so never on the loop.
         self._host_ip = host_ip or cfg.node_ip or detect_host_ip()
         self.bridge = ThreadBridge(cfg.runtime_threads, name="runtime")
+        self.checkpoint_bridge = ThreadBridge(CHECKPOINT_THREADS, name="checkpoint")
         docker: DockerRuntime | None = None
         if runtime is None:
             docker = DockerRuntime(
@@ -128,7 +132,7 @@ class NodeAgent:
             make_deps=self._worker_deps,
             runtime=runtime,
             checkpoint=CheckpointStore(cfg.state_dir / CHECKPOINT_FILE),
-            bridge=self.bridge,
+            bridge=self.checkpoint_bridge,
             metrics=self.metrics,
             tasks=tasks("pods"),
         )
@@ -299,4 +303,5 @@ class NodeAgent:
                 loop.remove_signal_handler(sig)
             await self.runtime.close()
             self.bridge.close()
+            self.checkpoint_bridge.close()
             log.info("node agent stopped; containers left running")

@@ -11,6 +11,12 @@ Containers of any other pod of this node are removed only later, by
 ``adopt_found_at_start()``, once every source has had its first say. ``stop()`` cancels the
 workers (their containers keep running) and writes the checkpoint a last time. Every worker
 runs in the manager's own TaskScope.
+
+The checkpoint's reads and writes run on a bridge of their own (``bridge``, one thread, built
+by the composition root), not on the runtime's: a cancelled worker abandons its wait on a
+Docker call, but the call goes on in its thread (a stop with its grace period, up to a minute),
+and the last write of ``stop()`` must not queue behind those calls past the stop step's
+time-out.
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ class PodManager:
         self._sleep = sleep
         self._runtime = runtime
         self._checkpoint = checkpoint
-        self._bridge = bridge
+        self._checkpoint_bridge = bridge
         self._metrics = metrics
         self._tasks = tasks
         self._deps = make_deps(self)
@@ -123,7 +129,7 @@ class PodManager:
     async def load_checkpoint(self) -> tuple[list[Pod], dict[str, WorkerBook]] | None:
         """Desired pods and bookkeeping from disk; None when absent or corrupt."""
         try:
-            data = await self._bridge.run(self._checkpoint.load)
+            data = await self._checkpoint_bridge.run(self._checkpoint.load)
         except CheckpointError as exc:
             log.error(
                 "checkpoint unusable, rebuilding desired state from the runtime",
@@ -276,7 +282,7 @@ class PodManager:
         data = self.checkpoint_data()
         started = time.monotonic()
         try:
-            await self._bridge.run(self._checkpoint.save, data)
+            await self._checkpoint_bridge.run(self._checkpoint.save, data)
         except CheckpointError as exc:
             if self.checkpoint_error != str(exc):
                 log.error(

@@ -5,7 +5,8 @@ Workers and the runtime share a ``FakeClock`` (back-offs fire only when a test a
 the runtime is the pod rig's ``TracingRuntime`` (container operations in order); the manager's
 checkpoint loop gets ``CheckpointSleeps``: the coalescing pause
 passes at once, a retry after a failed write waits until the test lets it go. ``restart()``
-makes a new manager on the same runtime and state directory, as an agent restart does.
+makes a new manager on the same runtime and state directory, as an agent restart does. The
+checkpoint gets a bridge of its own, as in the composition root.
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ class ManagerRig:
     events: EventRecorder = field(default_factory=lambda: EventRecorder(NODE))
     sleeps: CheckpointSleeps = field(default_factory=CheckpointSleeps)
     managers: list[PodManager] = field(default_factory=list)  # not stopped yet
+    # The checkpoint's own bridge, as the composition root gives it (PodManager's docstring).
+    checkpoint_bridge: ThreadBridge = field(
+        default_factory=lambda: ThreadBridge(1, name="test-checkpoint")
+    )
     made: int = 0
 
     @property
@@ -133,7 +138,7 @@ class ManagerRig:
             make_deps=deps,
             runtime=self.runtime,
             checkpoint=CheckpointStore(self.checkpoint_path),
-            bridge=self.bridge,
+            bridge=self.checkpoint_bridge,
             metrics=self.metrics,
             tasks=self.supervisor.scope(f"pods-{self.made}"),
             sleep=self.sleeps,
@@ -181,3 +186,4 @@ async def manager_rig(state_dir: Path, *, start: bool = True) -> AsyncIterator[M
                     await each.stop()
     finally:
         bridge.close()
+        rig.checkpoint_bridge.close()

@@ -4,9 +4,11 @@ coalesced checkpoint writes and their failures, start and stop."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from agent.types import (
     SANDBOX_CONTAINER_NAME,
 )
 from tests.unit.node.asyncwait import until
-from tests.unit.node.pods.managerrig import IMAGE, ManagerRig, manager_rig, static_pod
+from tests.unit.node.pods.managerrig import DEADLINE_S, IMAGE, ManagerRig, manager_rig, static_pod
 from tests.unit.node.pods.rig import NODE
 
 pytestmark = pytest.mark.usefixtures("blockbuster")
@@ -390,3 +392,29 @@ async def test_stop_cancels_workers_keeps_containers_and_saves(tmp_path: Path) -
         assert await saved_uids(rig) == {a.uid}
         assert [r.running for r in await rig.app_records(a)] == [True]
         assert rig.runtime.calls["stop_container"] == 0
+
+
+async def test_the_last_write_does_not_queue_behind_abandoned_runtime_calls(
+    tmp_path: Path,
+) -> None:
+    """A cancelled worker abandons its wait on a Docker call, but the call keeps its bridge
+    thread (a stop with its grace period): the last write of ``stop()`` goes through the
+    checkpoint's own bridge, not behind those calls."""
+    release = threading.Event()
+    async with manager_rig(tmp_path) as rig:
+        a = static_pod("a")
+        await rig.apply(a)
+        runtime_threads = 2  # the rig's runtime bridge
+        calls = [asyncio.create_task(rig.bridge.run(release.wait)) for _ in range(runtime_threads)]
+        try:
+            await until(lambda: rig.bridge.calls_running == runtime_threads, "threads all busy")
+            for call in calls:
+                call.cancel()
+            await asyncio.wait(calls)  # abandoned: the threads still block
+            before = writes(rig)
+            await asyncio.wait_for(rig.managers.pop().stop(), DEADLINE_S)
+            assert writes(rig) == before + 1
+            assert not release.is_set()
+        finally:
+            release.set()
+        assert await saved_uids(rig) == {a.uid}
