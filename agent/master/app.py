@@ -190,12 +190,10 @@ class Master:
         return node
 
     async def _node_endpoint(self, node: str) -> tuple[str, int]:
-        found = await self.registry.get_record(node)
-        endpoint = str(found[0].get("apiEndpoint") or "") if found else ""
-        if not endpoint:
+        endpoint = self.registry.api_endpoint(node)  # validated when the node reported it
+        if endpoint is None:
             raise BadGatewayError(f"node {node} has not reported its API endpoint")
-        host, _, port = endpoint.rpartition(":")
-        return host.strip("[]"), int(port)
+        return endpoint
 
     async def reload_policy(self) -> None:
         """Re-read ``master.toml``; a bad file is logged and the running policy stays."""
