@@ -18,6 +18,8 @@ Every background task of a daemon lives in a TaskGroup; none is a bare ``create_
   manager's ``stop()`` ran.
 * :class:`Lifecycle` starts managers in order and stops the started ones in reverse order, each
   stop step bounded by a time-out; a step that overruns is logged and the next one goes on.
+* :func:`run_all` runs a request's few concurrent halves (a port-forward's two directions, a
+  proxied stream's two sides) in a TaskGroup of their own, so none outlives the request.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any, NoReturn, Protocol, TypeVar
 
@@ -307,3 +309,19 @@ class Lifecycle:
             except Exception:
                 log.exception("manager failed to stop", extra=kv(manager=manager.name))
         return overran
+
+
+async def run_all(*coros: Coroutine[Any, Any, None]) -> None:
+    """Run ``coros`` as tasks of one TaskGroup and return once every one has ended: the first
+    to fail cancels the others, and its exception is raised as itself (not in an
+    ``ExceptionGroup``), so callers keep catching the errors they know. Further failures,
+    usually fallout of the first, are named in its notes."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for coro in coros:
+                group.create_task(coro)
+    except BaseExceptionGroup as failed:
+        first, *others = failed.exceptions
+        for other in others:
+            first.add_note(f"also failed: {type(other).__name__}: {other}")
+        raise first from None

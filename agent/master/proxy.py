@@ -16,7 +16,6 @@ a large connection window so that many stalled streams cannot starve the others.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -27,6 +26,7 @@ from cryptography import x509
 from agent.aio.edge import ApiRequest
 from agent.aio.h2conn import H2Connection, H2Stream, connect
 from agent.aio.logs import kv
+from agent.aio.tasks import run_all
 from agent.errors import BadGatewayError, ConnectionClosedError, StreamingError
 from agent.pki.core import identity_of
 from agent.pki.names import NODE_CN_PREFIX
@@ -83,7 +83,8 @@ class StreamingProxy:
                     side.reset()
 
     async def _pump(self, user: H2Stream, upstream: H2Stream) -> None:
-        loop = asyncio.get_running_loop()
+        """Relay both directions, each a task of one TaskGroup (``run_all``): returns once both
+        ended, so nothing outlives the request; a cancellation waits for both too."""
 
         async def up() -> None:
             try:
@@ -93,25 +94,21 @@ class StreamingProxy:
             except StreamingError:
                 # The user is gone (reset, connection lost): end the node's side now, or a
                 # session that writes nothing (a shell waiting for input) would stay open there.
+                # Not raised: ``down`` fails on the reset upstream by itself, and once the
+                # response has ended the user's side failing no longer matters.
                 if not upstream.failed:
                     upstream.reset()
-                raise
 
-        sender = loop.create_task(up())
-        try:
+        async def down() -> None:
             headers = await upstream.response()
             status = upstream.status
             await user.respond(status, [(k, v) for k, v in headers if k in _FORWARDED_HEADERS])
             while chunk := await upstream.read():
                 await user.write(chunk)
             await user.end(upstream.trailers)
-            # The user's side may still be sending (port-forward half-close): let it finish.
-            with contextlib.suppress(StreamingError):
-                await sender
-        finally:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StreamingError):
-                await sender
+            # The user's side may still be sending (port-forward half-close): run_all waits.
+
+        await run_all(up(), down())
 
     # -- node links ----------------------------------------------------------------------
 

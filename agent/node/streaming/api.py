@@ -33,6 +33,7 @@ from typing import Any
 from agent.aio.edge import ApiRequest
 from agent.aio.h2conn import H2Stream
 from agent.aio.logs import kv
+from agent.aio.tasks import run_all
 from agent.errors import (
     AgentError,
     BadRequestError,
@@ -320,18 +321,16 @@ class StreamingApi:
                 await stream.write(data)
             await stream.end()
 
-        tasks: list[asyncio.Task[None]] = []
         try:
             await stream.respond(200, [("content-type", "application/octet-stream")])
-            tasks = [loop.create_task(upstream()), loop.create_task(downstream())]
-            await asyncio.gather(*tasks)
+            # Both directions in one TaskGroup: returns once both ended (one failing cancels
+            # the other), so the socket is closed only after nothing uses it any more.
+            await run_all(upstream(), downstream())
         except (AgentError, OSError) as exc:
             error = str(exc)
             if not stream.failed:
                 stream.reset()
         finally:
-            for task in tasks:
-                task.cancel()
             sock.close()
             log.info(
                 "port-forward session",

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from agent.aio.tasks import Lifecycle, Supervisor, guarded, start_guarded
+from agent.aio.tasks import Lifecycle, Supervisor, guarded, run_all, start_guarded
 from agent.errors import TaskEndedError
 from tests.unit.node.asyncwait import until
 
@@ -298,3 +298,28 @@ async def test_an_outside_cancellation_still_cancels_a_failing_daemon() -> None:
     await asyncio.wait({daemon})
     assert daemon.cancelled()
     assert log == ["stop stuck", "a cancelled"]
+
+
+async def test_run_all_waits_for_every_task_and_raises_the_first_error_itself() -> None:
+    ended: list[str] = []
+
+    async def fails() -> None:
+        await asyncio.sleep(0)
+        raise OSError("gone")
+
+    async def waits() -> None:
+        try:
+            await asyncio.get_running_loop().create_future()
+        finally:
+            await asyncio.sleep(0)  # its own clean-up, awaited before run_all returns
+            ended.append("waits")
+
+    with pytest.raises(OSError, match="gone"):
+        await run_all(fails(), waits())
+    assert ended == ["waits"]
+
+    async def fine() -> None:
+        ended.append("fine")
+
+    await run_all(fine(), fine())
+    assert ended == ["waits", "fine", "fine"]

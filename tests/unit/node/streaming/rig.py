@@ -11,6 +11,7 @@ TLS contexts read files: they are built in the bridge, never in the loop.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import ssl
@@ -108,17 +109,43 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+class WatchedSocket(socket.socket):
+    """A port-forward's socket that notes, when it is closed, which of the session's tasks
+    (its two directions) had not ended yet: closing under a running task is a defect."""
+
+    running_at_close: list[str] | None = None
+
+    def close(self) -> None:
+        if self.running_at_close is None:
+            try:
+                tasks = asyncio.all_tasks()
+            except RuntimeError:  # closed off the loop (collected): no session task to see
+                tasks = set()
+            self.running_at_close = sorted(
+                name
+                for task in tasks
+                if (name := getattr(task.get_coro(), "__name__", "")) in _PORT_FORWARD_TASKS
+            )
+        super().close()
+
+
+_PORT_FORWARD_TASKS = frozenset({"upstream", "downstream"})
+
+
 class LoopbackConnector:
     """The port-forward connector of the tests: a connection to the test's own loopback."""
 
     def __init__(self) -> None:
         self.pids: list[int] = []
+        self.sockets: list[WatchedSocket] = []
 
     def __call__(self, pid: int, port: int, timeout_s: float) -> socket.socket:
         self.pids.append(pid)
-        sock = socket.create_connection((HOST, port), timeout=timeout_s)
+        plain = socket.create_connection((HOST, port), timeout=timeout_s)
+        sock = WatchedSocket(plain.family, plain.type, plain.proto, fileno=plain.detach())
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
+        self.sockets.append(sock)
         return sock
 
 

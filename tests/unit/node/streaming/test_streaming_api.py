@@ -385,6 +385,8 @@ async def test_port_forward_both_ways_and_half_close(
         4 + len(big) + 3,
     )
     assert server.peers_closed == 1
+    (sock,) = rig.connector.sockets
+    assert sock.running_at_close == []
 
 
 async def test_a_refused_port_fails_its_stream_only(
@@ -434,6 +436,8 @@ async def test_a_client_that_resets_its_port_forward_closes_the_connection(
     (entry,) = audit(caplog, "port-forward session")
     assert "reset" in entry["error"]
     await until(lambda: server.peers_closed == 1, "the pod side closed")
+    (sock,) = rig.connector.sockets
+    assert sock.running_at_close == []  # both directions ended before the socket closed
 
 
 async def test_port_forward_refusals(rig: StreamingRig) -> None:
