@@ -2,9 +2,12 @@
 
 Owns the docker SDK (the only module besides its private helpers that may import it, an
 import-linter contract says so): every SDK call runs through the thread bridge, every SDK
-exception is translated here into our error tree, Docker's multiplexed exec stream is taken apart
-here. Only containers labelled with this agent's node name are ever listed, so agents sharing one
-engine never touch each other's containers.
+exception is translated here into our error tree, and so is a malformed answer: each call's
+answer is parsed inside the translated call (``_call``'s ``parse``), so a missing key or a bad
+time becomes a RuntimeOperationError naming the call, never a foreign exception that would end
+a worker and the daemon. Docker's multiplexed exec stream is taken apart here. Only containers
+labelled with this agent's node name are ever listed, so agents sharing one engine never touch
+each other's containers.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
@@ -57,6 +60,7 @@ from agent.node.runtime.pause import PAUSE_PATH, pause_rootfs_tar
 from agent.types import LABEL_NODE, LABEL_POD_UID
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _ZERO_TIME_PREFIX = "0001-01-01"
 _NO_REFERENCE = ("<none>:<none>", "<none>@<none>")
@@ -189,10 +193,22 @@ class DockerRuntime:
         func: Any,
         *args: Any,
         conflict: type[AgentError] = ContainerConflictError,
+        parse: Callable[[Any], Any] | None = None,
         **kwargs: Any,
     ) -> Any:
+        """``func(api, *args, **kwargs)`` on the bridge, its answer through ``parse`` there too;
+        every failure of either comes out as one of our errors naming ``what``."""
+
         def invoke() -> Any:
-            return func(self._api(), *args, **kwargs)
+            answer = func(self._api(), *args, **kwargs)
+            if parse is None:
+                return answer
+            try:
+                return parse(answer)
+            except Exception as exc:
+                raise RuntimeOperationError(
+                    f"{what}: malformed docker answer: {type(exc).__name__}: {exc}"
+                ) from exc
 
         try:
             return await self._bridge.run(invoke)
@@ -206,8 +222,12 @@ class DockerRuntime:
             raise translated from exc
 
     async def ping(self) -> str:
-        info = await self._call("ping", lambda api: api.version())
-        return str(info.get("Version", "unknown"))
+        version: str = await self._call(
+            "ping",
+            lambda api: api.version(),
+            parse=lambda info: str(info.get("Version", "unknown")),
+        )
+        return version
 
     async def image_fs_usage(self) -> dict[str, int]:
         def usage(api: docker.APIClient) -> dict[str, int]:
@@ -236,48 +256,54 @@ class DockerRuntime:
                     continue  # removed between list and inspect
             return found
 
-        inspected = await self._call("list containers", list_and_inspect)
-        return [record_from_inspect(item) for item in inspected]
+        records: list[ContainerRecord] = await self._call(
+            "list containers", list_and_inspect, parse=_each(record_from_inspect)
+        )
+        return records
 
     async def list_container_summaries(self, pod_uid: str) -> list[ContainerRecord]:
         """One pod's containers from a single list call (no inspect per container): what a
         stream needs to find its container, at a third of the cost for a two-container pod."""
         labels = [self._node_filter, f"{LABEL_POD_UID}={pod_uid}"]
-        summaries = await self._call(
-            "list containers", lambda api: api.containers(all=True, filters={"label": labels})
+        records: list[ContainerRecord] = await self._call(
+            "list containers",
+            lambda api: api.containers(all=True, filters={"label": labels}),
+            parse=_each(record_from_summary),
         )
-        return [record_from_summary(item) for item in summaries]
+        return records
 
     async def list_pod_uids(self) -> dict[str, set[str]]:
-        summaries = await self._call(
+        pods: dict[str, set[str]] = await self._call(
             "relist",
             lambda api: api.containers(all=True, filters={"label": [self._node_filter]}),
+            parse=_pod_uids,
         )
-        pods: dict[str, set[str]] = {}
-        for summary in summaries:
-            uid = (summary.get("Labels") or {}).get(LABEL_POD_UID, "")
-            pods.setdefault(uid, set()).add(f"{summary['Id']}:{summary.get('State', '')}")
         return pods
 
     async def inspect_container(self, container_id: str) -> ContainerRecord:
-        data = await self._call(
+        record: ContainerRecord = await self._call(
             f"inspect container {container_id[:12]}",
             lambda api: api.inspect_container(container_id),
+            parse=record_from_inspect,
         )
-        return record_from_inspect(data)
+        return record
 
     # -- images --------------------------------------------------------------------------------
 
     async def list_images(self) -> list[ImageRecord]:
-        summaries = await self._call("list images", lambda api: api.images())
-        return [image_from_summary(item) for item in summaries]
+        images: list[ImageRecord] = await self._call(
+            "list images", lambda api: api.images(), parse=_each(image_from_summary)
+        )
+        return images
 
     async def inspect_image(self, ref: str) -> ImageRecord | None:
         try:
-            data = await self._call(f"inspect image {ref}", lambda api: api.inspect_image(ref))
+            image: ImageRecord = await self._call(
+                f"inspect image {ref}", lambda api: api.inspect_image(ref), parse=image_from_inspect
+            )
         except NotFoundError:
             return None
-        return image_from_inspect(data)
+        return image
 
     async def resolve_image(self, ref: str) -> ResolvedImage:
         found = await self.inspect_image(ref)
@@ -474,19 +500,17 @@ class DockerRuntime:
 
     async def _exec_exit_code(self, exec_id: str) -> int | None:
         """The exit code once the process ended (None if Docker does not know it yet)."""
-        data = await self._call(
-            f"inspect exec {exec_id[:12]}", lambda api: api.exec_inspect(exec_id)
+        code: int | None = await self._call(
+            f"inspect exec {exec_id[:12]}", lambda api: api.exec_inspect(exec_id), parse=_exit_code
         )
-        if data.get("Running"):
-            return None
-        code = data.get("ExitCode")
-        return int(code) if isinstance(code, int) else None
+        return code
 
     async def container_pid(self, container_id: str) -> int:
-        data = await self._call(
-            f"inspect {container_id[:12]}", lambda api: api.inspect_container(container_id)
+        pid: int = await self._call(
+            f"inspect {container_id[:12]}",
+            lambda api: api.inspect_container(container_id),
+            parse=lambda data: int((data.get("State") or {}).get("Pid") or 0),
         )
-        pid = int((data.get("State") or {}).get("Pid") or 0)
         if pid <= 0:
             raise NotRunningError(f"container {container_id[:12]} is not running")
         return pid
@@ -583,6 +607,28 @@ def image_from_inspect(data: dict[str, Any]) -> ImageRecord:
         size_bytes=int(data.get("Size") or 0),
         created_at=_parse_time(data.get("Created")),
     )
+
+
+def _each(parse: Callable[[dict[str, Any]], T]) -> Callable[[list[dict[str, Any]]], list[T]]:
+    """A parser of a list of answers from a parser of one."""
+    return lambda items: [parse(item) for item in items]
+
+
+def _pod_uids(summaries: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """Container ``id:state`` by pod uid, from Docker's container list."""
+    pods: dict[str, set[str]] = {}
+    for summary in summaries:
+        uid = (summary.get("Labels") or {}).get(LABEL_POD_UID, "")
+        pods.setdefault(uid, set()).add(f"{summary['Id']}:{summary.get('State', '')}")
+    return pods
+
+
+def _exit_code(data: dict[str, Any]) -> int | None:
+    """An exec's exit code from its inspect; None while it runs or when Docker has none."""
+    if data.get("Running"):
+        return None
+    code = data.get("ExitCode")
+    return int(code) if isinstance(code, int) else None
 
 
 def _references(values: list[str] | None) -> tuple[str, ...]:

@@ -1,13 +1,19 @@
-"""What the Docker adapter makes of Docker's answers (pure: no engine)."""
+"""What the Docker adapter makes of Docker's answers (no engine: the pure parsers, and the
+adapter on a stub SDK client answering malformed data)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import docker.errors
 import pytest
 import requests
 
+from agent.aio.bridge import ThreadBridge
 from agent.errors import (
     ContainerConflictError,
     ImageConflictError,
@@ -18,6 +24,7 @@ from agent.errors import (
 )
 from agent.node.runtime.base import PullProgress
 from agent.node.runtime.docker import (
+    DockerRuntime,
     _pull_progress,
     _translate,
     image_from_inspect,
@@ -89,3 +96,92 @@ def test_other_docker_failures() -> None:
     assert isinstance(down, RuntimeUnavailableError)
     assert isinstance(_translate(docker.errors.DockerException("x"), "op"), RuntimeUnavailableError)
     assert type(_translate(ValueError("odd"), "op")) is RuntimeOperationError
+
+
+# -- malformed answers, through the adapter ----------------------------------------------------
+
+GOOD_INSPECT: dict[str, Any] = {
+    "Id": "c1",
+    "Name": "/k8s_main_web",
+    "State": {"Status": "running", "Pid": 42, "StartedAt": "2026-12-02T17:28:35.860628742Z"},
+    "Config": {"Labels": {}},
+}
+
+
+class _Api:
+    """The SDK's low-level client, answering every call with ``answer``."""
+
+    def __init__(self, answer: Any) -> None:
+        self._answer = answer
+
+    def _answers(self, *args: Any, **kwargs: Any) -> Any:
+        return self._answer
+
+    version = containers = inspect_container = images = inspect_image = exec_inspect = _answers
+
+
+@dataclass
+class _Client:
+    api: _Api
+
+
+@asynccontextmanager
+async def _docker_answering(answer: Any) -> AsyncIterator[DockerRuntime]:
+    """A DockerRuntime whose client answers every call with ``answer``."""
+    bridge = ThreadBridge(1, name="test-docker")
+    runtime = DockerRuntime(bridge, "n1")
+    runtime._client = _Client(_Api(answer))  # type: ignore[assignment]
+    try:
+        yield runtime
+    finally:
+        bridge.close()
+
+
+def _calls(runtime: DockerRuntime) -> list[tuple[str, Callable[[], Awaitable[object]]]]:
+    """Every call whose answer the adapter parses, with the name its errors carry."""
+    return [
+        ("ping", runtime.ping),
+        ("list containers", runtime.list_containers),
+        ("list containers", lambda: runtime.list_container_summaries("u1")),
+        ("relist", runtime.list_pod_uids),
+        ("inspect container c1", lambda: runtime.inspect_container("c1")),
+        ("list images", runtime.list_images),
+        ("inspect image busybox:1", lambda: runtime.inspect_image("busybox:1")),
+        ("inspect exec e1", lambda: runtime._exec_exit_code("e1")),
+        ("inspect c1", lambda: runtime.container_pid("c1")),
+    ]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        None,  # not even a mapping
+        [{"State": "running"}],  # a list entry without its Id
+        {"Id": "c1", "Created": "yesterday", "State": {"Pid": "x"}, "Running": {}},
+        [{"Id": "c1", "Created": "not a time"}],
+    ],
+    ids=["none", "no-id", "bad-fields", "bad-time"],
+)
+async def test_a_malformed_answer_is_an_operation_error_naming_the_call(answer: Any) -> None:
+    async with _docker_answering(answer) as runtime:
+        failed = 0
+        for what, call in _calls(runtime):
+            try:
+                await call()
+            except RuntimeOperationError as exc:
+                assert str(exc).startswith(f"{what}: "), str(exc)
+                failed += 1
+        # The mapping answers fail the calls that expect a list, the list ones those that
+        # expect a mapping: nothing but RuntimeOperationError escapes, and the failures count.
+        assert failed > 0 and runtime.call_errors == failed
+
+
+async def test_a_well_formed_answer_still_parses_in_the_translated_call() -> None:
+    async with _docker_answering(GOOD_INSPECT) as runtime:
+        record = await runtime.inspect_container("c1")
+        assert (record.id, record.name, record.running) == ("c1", "k8s_main_web", True)
+        assert record.started_at == datetime(2026, 12, 2, 17, 28, 35, 860628, UTC)
+        assert await runtime.container_pid("c1") == 42
+    async with _docker_answering([{"Id": "c1", "State": "exited", "Labels": {}}]) as runtime:
+        assert await runtime.list_pod_uids() == {"": {"c1:exited"}}
+        assert runtime.call_errors == 0
