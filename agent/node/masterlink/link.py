@@ -39,7 +39,7 @@ from agent.errors import (
 )
 from agent.node.backoff import ReconnectBackoff
 from agent.node.masterlink.client import MasterClient, MasterSession
-from agent.node.masterlink.identity import CertificateRotation, NodeIdentity
+from agent.node.masterlink.identity import RECONNECT_ROTATED, CertificateRotation, NodeIdentity
 from agent.node.masterlink.lease import LeaseKeeper
 from agent.node.masterlink.registration import Registrar
 from agent.node.masterlink.state import LinkCondition, LinkStatus
@@ -172,10 +172,13 @@ class MasterLink:
 
     async def _serve_node_api(self, ca_pem: bytes) -> None:
         cert, key = self._identity.cert_path, self._identity.key_path
-        if self._node_api.running:
-            await self._bridge.run(self._node_api.reload_cert, cert, key)
-            return
-        tls = await self._bridge.run(self._node_api.build_tls, cert, key, ca_pem)
+        try:
+            if self._node_api.running:
+                await self._bridge.run(self._node_api.reload_cert, cert, key)
+                return
+            tls = await self._bridge.run(self._node_api.build_tls, cert, key, ca_pem)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise PkiError(f"node API certificate: {exc}") from exc
         try:
             await self._node_api.start(tls)
         except OSError as exc:
@@ -203,7 +206,13 @@ class MasterLink:
                     for name, run in parts.items():
                         group.create_task(forever(name, partial(run, session)), name=name)
             except BaseExceptionGroup as failed:
-                raise most_telling(failed) from None
+                ended = most_telling(failed)
+                # The rotation finishes before the group ends (it shields its renewal): once
+                # it stored a new pair, a 403 to a request made with the old certificate is
+                # the master superseding it, not a reason to register again.
+                if self._rotation.rotated and not isinstance(ended, TaskEndedError):
+                    raise MasterUnavailableError(RECONNECT_ROTATED) from None
+                raise ended from None
 
 
 def most_telling(group: BaseExceptionGroup[BaseException]) -> BaseException:

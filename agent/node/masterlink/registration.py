@@ -20,11 +20,10 @@ from typing import Any
 from agent import __version__
 from agent.aio.bridge import ThreadBridge
 from agent.aio.logs import kv
-from agent.aio.tls import client_context
 from agent.errors import MasterUnavailableError, RegistrationDeniedError
 from agent.node.masterlink.client import MasterClient, MasterSession, error_message
 from agent.node.masterlink.facts import NodeFacts
-from agent.node.masterlink.identity import NodeIdentity
+from agent.node.masterlink.identity import NodeIdentity, tls_context
 from agent.node.masterlink.state import LinkCondition, LinkStatus
 
 log = logging.getLogger(__name__)
@@ -81,7 +80,7 @@ class Registrar:
         body = await self._request_body()
         tls = await self._bridge.run(
             functools.partial(
-                client_context,
+                tls_context,
                 ca_pem,
                 cert_file=self._bootstrap_cert,
                 key_file=self._bootstrap_key,

@@ -58,6 +58,7 @@ class Recorded:
     lists: int = 0
     watches: list[int] = field(default_factory=list)  # resourceVersion of each watch
     rotations: int = 0
+    refused: list[tuple[str, int]] = field(default_factory=list)  # (path, 401 or 403)
     ca_fetches: int = 0
 
 
@@ -120,6 +121,9 @@ class FakeMaster:
         # instead (status, body): hostile answers.
         self.stalled: set[str] = set()
         self.raw_answers: dict[str, tuple[int, bytes]] = {}
+        # Set: a rotation's answer waits for it (the new certificate is issued, the old one
+        # superseded, the node does not know yet).
+        self.hold_rotation: asyncio.Event | None = None
         self._unstalled = asyncio.Event()
         # Pods: full name -> object; which node each is bound to (NODE when not said: a test
         # may put a bare object in ``pods``). Every change takes the next resource version and
@@ -318,16 +322,21 @@ class FakeMaster:
         if route is None:
             return None
         if self.reject_identity:
-            return _error(401, "who are you")
+            return self._refused(request, 401, "who are you")
         principal = self._principal(request)
         current = self.keys.get(principal.node) == principal.key_id
         caller = caller_of(principal, node, current)
         decision = decide(route, caller.kind)
         if decision is Decision.UNAUTHENTICATED:
-            return _error(401, "a client certificate from this cluster is required")
+            return self._refused(request, 401, "a client certificate from this cluster is required")
         if decision is Decision.FORBIDDEN:
-            return _error(403, caller.note or f"node {principal.node!r} may not {request.path}")
+            message = caller.note or f"node {principal.node!r} may not {request.path}"
+            return self._refused(request, 403, message)
         return None
+
+    def _refused(self, request: web.Request, status: int, message: str) -> web.Response:
+        self.record.refused.append((request.path, status))
+        return _error(status, message)
 
     async def _json(self, request: web.Request) -> Any:
         try:
@@ -500,6 +509,7 @@ class FakeMaster:
         except PkiError as exc:
             return _error(400, str(exc))
         self.record.rotations += 1
-        return web.json_response(
-            {"certificate": self._sign(name, key), "caBundle": self.ca_pem.decode()}
-        )
+        certificate = self._sign(name, key)
+        if self.hold_rotation is not None:
+            await self.hold_rotation.wait()
+        return web.json_response({"certificate": certificate, "caBundle": self.ca_pem.decode()})

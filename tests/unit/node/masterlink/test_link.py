@@ -236,6 +236,38 @@ async def test_the_certificate_is_rotated_when_due_and_the_link_reconnects(
         assert len(rig.master.record.registrations) == 1
 
 
+async def test_a_403_to_a_request_made_with_the_old_certificate_does_not_undo_a_rotation(
+    tmp_path: Path,
+) -> None:
+    async with link_rig(tmp_path, rotation_sleep="quick") as rig:
+        rig.master.hold_rotation = asyncio.Event()
+        attempt = asyncio.create_task(rig.link.attempt())
+        await until(lambda: rig.master.record.rotations == 1, "rotation issued, answer held")
+        key_before = rig.identity.key_path.read_bytes()
+        # A pod arrives: its status report goes out with the certificate the master has just
+        # superseded, and is refused.
+        rig.master.add_pod(pod_manifest("p"))
+        await until(
+            lambda: bool(rig.master.record.refused) or attempt.done(),
+            "a request with the old certificate refused",
+        )
+        assert rig.master.record.refused[0][1] == 403
+        rig.master.hold_rotation.set()
+        await asyncio.wait_for(attempt, 10)
+        assert rig.status.condition is LinkCondition.UNREACHABLE, rig.status.message
+        assert "rotated certificate" in rig.status.message
+        assert rig.identity.key_path.read_bytes() != key_before
+        assert await rig.identity.has_valid_cert(rig.master.ca_pem)  # the rotated pair
+        # The next session works with it (and rotates again, its rotation being due at once
+        # here): no registration, so no approval needed.
+        rig.master.hold_rotation = None
+        leases = len(rig.master.record.leases)
+        await asyncio.wait_for(rig.link.attempt(), 10)
+        assert len(rig.master.record.leases) > leases
+        assert "rotated certificate" in rig.status.message
+        assert len(rig.master.record.registrations) == 1
+
+
 async def test_start_and_stop_as_a_manager(tmp_path: Path) -> None:
     async with link_rig(tmp_path) as rig:
         await rig.link.start()
