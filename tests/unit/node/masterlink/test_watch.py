@@ -217,9 +217,10 @@ async def test_a_reconnect_resumes_the_watch_without_a_relist(tmp_path: Path) ->
         await connected(rig)
         rig.master.add_pod(pod_manifest("b"))
         await until(lambda: "default/b" in rig.api_pods(), "b")
-        seen = rig.watch.revision
         rig.master.end_watches()  # the master ended the stream: an outage of the session
         wait_s = await asyncio.wait_for(first, 5)
+        # (Taken once the session is over: until then, status echoes move it.)
+        seen = rig.watch.revision
         assert 0 <= wait_s <= rig.link.backoff.ceiling_s
         assert rig.status.condition is LinkCondition.UNREACHABLE
         assert "pod watch ended" in rig.status.message
