@@ -2,17 +2,17 @@
 
 A static pod is put on the master once per spec (``PUT …/mirrorpods/<ns>/<name>``) and deleted
 there when its manifest file goes. A refusal (say, a pod of the master's with that name) is
-logged and not retried until the spec changes.
+logged and not retried until the spec changes; a put or delete the master could not answer
+(:class:`MasterUnavailableError`: a 5xx, a time-out) is retried at the next sync.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 
 from agent.aio.logs import kv
-from agent.errors import AgentError, IdentityRejectedError
+from agent.errors import AgentError, IdentityRejectedError, MasterUnavailableError
 from agent.node.masterlink.client import MasterSession
 from agent.types import Pod
 
@@ -45,21 +45,31 @@ class MirrorPods:
         for full, pod in static.items():
             if self._mirrored.get(full) == pod.spec_hash:
                 continue
-            try:
-                await session.call(
-                    "PUT", self._path(pod.metadata.namespace, pod.metadata.name), dict(pod.manifest)
-                )
-            except IdentityRejectedError:
-                raise
-            except AgentError as exc:
-                log.warning(
-                    "static pod not mirrored to the master", extra=kv(pod=full, error=str(exc))
-                )
-            self._mirrored[full] = pod.spec_hash  # also after a refusal: not retried every loop
-            put.append(full)
+            path = self._path(pod.metadata.namespace, pod.metadata.name)
+            if await self._decided(session, "PUT", path, dict(pod.manifest), full):
+                self._mirrored[full] = pod.spec_hash  # also after a refusal: not every loop
+                put.append(full)
         for full in list(self._mirrored.keys() - static.keys()):
             namespace, name = full.split("/", 1)
-            with contextlib.suppress(AgentError):
-                await session.call("DELETE", self._path(namespace, name))
-            del self._mirrored[full]
+            if await self._decided(session, "DELETE", self._path(namespace, name), None, full):
+                del self._mirrored[full]
         return put
+
+    async def _decided(
+        self, session: MasterSession, method: str, path: str, body: Any, full: str
+    ) -> bool:
+        """Whether the master decided the call (done, or refused: not retried until the spec
+        changes); False when it could not answer (retried at the next sync)."""
+        try:
+            await session.call(method, path, body)
+        except IdentityRejectedError:
+            raise
+        except MasterUnavailableError as exc:
+            log.info("mirror pod not synced yet", extra=kv(pod=full, call=method, error=str(exc)))
+            return False
+        except AgentError as exc:
+            log.warning(
+                "mirror pod refused by the master",
+                extra=kv(pod=full, call=method, error=str(exc)),
+            )
+        return True

@@ -59,6 +59,7 @@ class Recorded:
     watches: list[int] = field(default_factory=list)  # resourceVersion of each watch
     rotations: int = 0
     refused: list[tuple[str, int]] = field(default_factory=list)  # (path, 401 or 403)
+    requests: list[str] = field(default_factory=list)  # "METHOD /path" of every request
     ca_fetches: int = 0
 
 
@@ -277,6 +278,7 @@ class FakeMaster:
     async def _knobs(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        self.record.requests.append(f"{request.method} {request.path}")
         if any(f"{request.method} {request.path}".startswith(s) for s in self.stalled):
             await self._unstalled.wait()  # set by stop(), so its clean-up need not wait
             return _error(503, "stalled")

@@ -117,6 +117,37 @@ async def test_static_pods_are_mirrored_once_per_spec_and_removed_with_their_fil
         loop.cancel()
 
 
+async def test_a_mirror_is_retried_after_an_outage_but_not_after_a_refusal(
+    tmp_path: Path,
+) -> None:
+    async with link_rig(tmp_path) as rig, rig.session() as session:
+        source = "file:/etc/node-agent/manifests/"
+        static = parse_pod(pod_manifest("static-s"), source=source + "s.yaml")
+        rig.pods.apply_source("file:", [static])
+        rig.master.unavailable = True  # a 503 (or a time-out): the master could not answer
+        await rig.reporter.report_once(session)
+        rig.master.unavailable = False
+        await rig.reporter.report_once(session)
+        assert rig.master.record.mirrors_put == ["default/static-s"]
+
+        # A refusal (a pod of the master's holds the name) is not retried every loop.
+        rig.master.add_pod(pod_manifest("static-t"), notify=False)
+        taken = parse_pod(pod_manifest("static-t"), source=source + "t.yaml")
+        rig.pods.apply_source("file:", [static, taken])
+        for _ in range(3):
+            await rig.reporter.report_once(session)
+        put_t = "PUT /v1/nodes/n1/mirrorpods/default/static-t"
+        assert rig.master.record.requests.count(put_t) == 1
+
+        # A deletion the master could not answer is retried too.
+        rig.master.unavailable = True
+        rig.pods.apply_source("file:", [taken])
+        await rig.reporter.report_once(session)
+        rig.master.unavailable = False
+        await rig.reporter.report_once(session)
+        assert rig.master.record.mirrors_deleted == ["default/static-s"]
+
+
 async def test_node_facts_read_the_host_and_the_runtime(tmp_path: Path) -> None:
     bridge = ThreadBridge(2, name="test")
     runtime = FakeRuntime("n1", capacity_bytes=(10 << 30) + 12345)
