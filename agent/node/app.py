@@ -229,7 +229,7 @@ class NodeAgent:
     def _master_link(self, status: LinkStatus, node_api: NodeApiServer, sleep: Sleep) -> MasterLink:
         cfg = self.config
         assert cfg.master is not None
-        client = MasterClient(cfg.master, bind_source=cfg.bind_source)
+        client = MasterClient(cfg.master, self.bridge, bind_source=cfg.bind_source)
         identity = NodeIdentity(
             cfg.state_dir / PKI_DIR,
             self.bridge,

@@ -184,7 +184,7 @@ class Wire:
         self.master = master
         self.bridge = bridge
         self.directory = directory
-        self.client = MasterClient(master.url)
+        self.client = MasterClient(master.url, bridge)
         self.ca_pem = b""
 
     async def fetch_ca(self) -> bytes:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from agent.aio.bridge import ThreadBridge
 from agent.aio.tls import client_context
 from agent.node.masterlink.client import MasterClient
 from tests.contracts.master_wire import MasterWireContract, pod
@@ -78,10 +79,14 @@ class RealMasterWire:
         )
         filler = pod("compactor")
         filler["spec"]["nodeName"] = "no-such-node"
-        async with MasterClient(self.url).session(tls) as admin:
-            for _ in range(COMPACTING_WRITES // 2):
-                await admin.call("POST", "/v1/pods", filler)
-                await admin.call("DELETE", "/v1/namespaces/default/pods/compactor")
+        bridge = ThreadBridge(1, name="compact")
+        try:
+            async with MasterClient(self.url, bridge).session(tls) as admin:
+                for _ in range(COMPACTING_WRITES // 2):
+                    await admin.call("POST", "/v1/pods", filler)
+                    await admin.call("DELETE", "/v1/namespaces/default/pods/compactor")
+        finally:
+            bridge.close()
 
 
 class RealMasters:

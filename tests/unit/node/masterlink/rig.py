@@ -190,7 +190,7 @@ async def link_rig(
         tasks=supervisor.scope("pods"),
     )
     status = LinkStatus()
-    client = MasterClient(master.url)
+    client = MasterClient(master.url, bridge)
     identity = NodeIdentity(
         tmp_path / "pki", bridge, node_name=NODE, ca_pins=(master.pin,) if pins is None else pins
     )

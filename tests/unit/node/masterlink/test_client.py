@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -9,6 +10,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from agent.aio.bridge import ThreadBridge
 from agent.errors import (
     BadRequestError,
     ConflictError,
@@ -30,6 +32,7 @@ async def _answer(request: web.Request) -> web.Response:
         "empty": (200, b""),
         "garbled": (200, b"\xff{not json"),
         "deep": (200, DEEP),
+        "deep-large": (200, b"[" * (client.PARSE_ON_LOOP_MAX_BYTES + 1)),
         "huge": (200, b'"' + b"x" * 2048 + b'"'),
         "large": (200, b'["' + b"x" * (4 << 20) + b'"]'),
         "404": (404, b'{"error": {"code": 404, "message": "no such pod"}}'),
@@ -48,8 +51,10 @@ async def session() -> AsyncIterator[MasterSession]:
     app.router.add_route("*", "/{kind}", _answer)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
+    bridge = ThreadBridge(1, name="client-test")
     async with aiohttp.ClientSession() as http:
-        yield MasterSession(str(server.make_url("")).rstrip("/"), http)
+        yield MasterSession(str(server.make_url("")).rstrip("/"), http, bridge)
+    bridge.close()
     await server.close()
 
 
@@ -94,7 +99,7 @@ async def test_an_answer_over_the_bound_is_refused(
 
 
 async def test_an_unreachable_master(session: MasterSession) -> None:
-    gone = MasterSession("http://127.0.0.1:9", session.http)
+    gone = MasterSession("http://127.0.0.1:9", session.http, session._bridge)
     with pytest.raises(MasterUnavailableError):
         await gone.call("GET", "/ok")
 
@@ -118,3 +123,25 @@ async def test_a_raw_request_is_bounded_too(session: MasterSession) -> None:
     assert (answer.status, answer.raw) == (409, b"plain text conflict")
     with pytest.raises(MasterAnswerMalformedError, match="over 100 bytes"):
         await session.request("GET", "/huge", limit_bytes=100)
+
+
+async def test_a_large_answer_is_parsed_off_the_loop(
+    session: MasterSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parsed_in: list[str] = []
+    decode = client.decode_answer
+
+    def spy(raw: bytes, what: str) -> object:
+        parsed_in.append(threading.current_thread().name)
+        return decode(raw, what)
+
+    monkeypatch.setattr(client, "decode_answer", spy)
+    loop_thread = threading.current_thread().name
+    assert await session.call("GET", "/ok") == {"a": 1}
+    [text] = await session.call("GET", "/large")
+    assert len(text) == 4 << 20
+    with pytest.raises(MasterAnswerMalformedError):  # its errors come back the same
+        await session.call("GET", "/deep-large")
+    assert parsed_in[0] == loop_thread  # a small answer is not worth a thread hop
+    assert parsed_in[1].startswith("client-test")
+    assert parsed_in[2].startswith("client-test")
