@@ -5,6 +5,7 @@ the typed condition health decides on."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from agent.node.health.state import NodeHealth, RuntimeHealth
 from agent.node.masterlink.link import most_telling
 from agent.node.masterlink.registration import PENDING_MESSAGE
 from agent.node.masterlink.state import LinkCondition, LinkStatus
-from agent.pki.core import certs_from_pem
+from agent.pki.core import certs_from_pem, generate_key
 from tests.unit.node.asyncwait import until
 from tests.unit.node.masterlink.fakemaster import FakeMaster, pod_manifest
 from tests.unit.node.masterlink.rig import Rig, link_rig
@@ -266,6 +267,26 @@ async def test_a_403_to_a_request_made_with_the_old_certificate_does_not_undo_a_
         assert len(rig.master.record.leases) > leases
         assert "rotated certificate" in rig.status.message
         assert len(rig.master.record.registrations) == 1
+
+
+@pytest.mark.parametrize("kind", ["for another key", "without a certificate"])
+async def test_a_rotation_answer_that_is_not_our_new_certificate_keeps_the_current_pair(
+    tmp_path: Path, kind: str
+) -> None:
+    async with link_rig(tmp_path, rotation_sleep="quick") as rig:
+        other = rig.master._sign("n1", generate_key().public_key())  # (superseding ours)
+        answer = {"certificate": other} if kind == "for another key" else {"caBundle": "x"}
+        rig.master.raw_answers["/v1/nodes/n1/certificate"] = (200, json.dumps(answer).encode())
+        rig.master.keys.clear()  # the registration below binds the node's own key again
+        wait_s = await asyncio.wait_for(rig.link.attempt(), 10)
+        assert 0 <= wait_s <= 0.5
+        assert rig.status.condition is LinkCondition.UNREACHABLE
+        assert "certificate rotation" in rig.status.message
+        assert await rig.identity.has_valid_cert(rig.master.ca_pem)  # still the registered pair
+        assert (
+            certs_from_pem(rig.identity.cert_path.read_bytes())[0]
+            != certs_from_pem(other.encode())[0]
+        )
 
 
 async def test_start_and_stop_as_a_manager(tmp_path: Path) -> None:
