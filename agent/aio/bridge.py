@@ -70,13 +70,21 @@ class ThreadBridge:
         stop = threading.Event()
 
         def put(item: object) -> None:
-            fut = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+            if stop.is_set():
+                return
+            coro = queue.put(item)
+            try:
+                fut = asyncio.run_coroutine_threadsafe(coro, loop)
+            except RuntimeError:  # the loop closed under us: nobody is left to read
+                coro.close()
+                return
             while not stop.is_set():
                 try:
                     fut.result(timeout=0.5)
                     return
                 except TimeoutError:
                     continue
+            fut.cancel()
 
         def pump() -> None:
             try:

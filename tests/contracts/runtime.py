@@ -563,6 +563,18 @@ class RuntimeContract:
         finally:
             await session.close()
 
+    async def test_a_resize_after_the_process_ended_does_nothing(
+        self, harness: RuntimeHarness, names: Names
+    ) -> None:
+        cid = await self._running(harness, names)
+        session = await harness.runtime.exec_start(cid, EXEC_TTY, stdin=False, tty=True)
+        try:
+            await read_all(session)
+            assert await session.exit_code(EXIT_CODE_WAIT_S) == 0
+            await session.resize(80, 24)
+        finally:
+            await session.close()
+
     async def test_exec_in_a_container_that_is_not_running(
         self, harness: RuntimeHarness, names: Names
     ) -> None:

@@ -49,6 +49,7 @@ MAX_EVENT_BYTES = 2 << 20
 JUNK_RELIST_DELAY_S = 1.0
 EVENT_TYPES = frozenset({"ADDED", "MODIFIED", "DELETED", "ERROR"})
 GONE = 410
+MAX_MESSAGE_CHARS = 300
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -75,6 +76,12 @@ def _shown(value: Any) -> str:
     """A value from the wire in a message: bounded in length and depth (``repr`` of a deeply
     nested list raises RecursionError)."""
     return reprlib.repr(value)
+
+
+def _message(error: dict[str, Any]) -> str:
+    """The master's message in an in-band error, bounded (JSON logs escape the rest)."""
+    message = error.get("message")
+    return message[:MAX_MESSAGE_CHARS] if isinstance(message, str) else _shown(message)
 
 
 def _revision(value: Any) -> int:
@@ -241,10 +248,13 @@ class MasterPodSource:
         if event.type == "ERROR":
             error = event.object["error"]
             if error.get("code") == GONE:
-                log.info("pod watch history compacted; relisting")
+                log.info(
+                    "pod watch history compacted; relisting",
+                    extra=kv(detail=_message(error)),
+                )
                 self.revision = None
                 return False
-            raise MasterUnavailableError(f"pod watch: {error.get('message', error)}")
+            raise MasterUnavailableError(f"pod watch: {_message(error)}")
         full = event.full_name
         changed = True
         if event.type == "DELETED":

@@ -246,7 +246,10 @@ class ExecSession(Protocol):
 
     async def close_stdin(self) -> None: ...
 
-    async def resize(self, cols: int, rows: int) -> None: ...
+    async def resize(self, cols: int, rows: int) -> None:
+        """Size the session's terminal. Once the process has ended there is no terminal
+        left to size: the call then does nothing (a client's late resize is not an error)."""
+        ...
 
     async def exit_code(self, wait_s: float) -> int | None:
         """The exit code, waiting at most ``wait_s`` for the process to end (None if it has

@@ -493,10 +493,26 @@ class DockerRuntime:
         return DockerExecSession(self, exec_id, sock, tty=tty)
 
     async def _exec_resize(self, exec_id: str, cols: int, rows: int) -> None:
-        await self._call(
-            f"resize exec {exec_id[:12]}",
-            lambda api: api.exec_resize(exec_id, height=rows, width=cols),
-        )
+        try:
+            await self._call(
+                f"resize exec {exec_id[:12]}",
+                lambda api: api.exec_resize(exec_id, height=rows, width=cols),
+            )
+        except NotFoundError:
+            return  # Docker forgets an exec soon after its process ends
+        except RuntimeOperationError:
+            # Docker answers 500 once the process has ended ("cannot resize a stopped
+            # container"); ask whether it still runs rather than trust the wording.
+            try:
+                running = await self._call(
+                    f"inspect exec {exec_id[:12]}",
+                    lambda api: api.exec_inspect(exec_id),
+                    parse=lambda data: bool(data.get("Running")),
+                )
+            except NotFoundError:
+                return
+            if running:
+                raise
 
     async def _exec_exit_code(self, exec_id: str) -> int | None:
         """The exit code once the process ended (None if Docker does not know it yet)."""
