@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from agent import names
 from agent.errors import ManifestError
 from agent.quantity import INT64_MAX, parse_cpu_millis, parse_memory_bytes
 from agent.types import (
@@ -56,30 +57,13 @@ from agent.types import (
 
 DEFAULT_NAMESPACE = "default"
 DEFAULT_GRACE_PERIOD_S = 30
-DNS1123_LABEL_MAX = 63
-DNS1123_SUBDOMAIN_MAX = 253
-LABEL_VALUE_MAX = 63
 PORT_NAME_MAX = 15
 UID_MAX = 128
 ANNOTATIONS_MAX_BYTES = 256 * 1024  # Kubernetes' TotalAnnotationSizeLimitB
 
-_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_QUALIFIED_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 _PORT_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
 _UID = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 
-_LABEL_HELP = "lowercase alphanumerics and '-', start and end alphanumeric, at most 63 characters"
-_SUBDOMAIN_HELP = (
-    "lowercase alphanumerics, '-' and '.', each dot-separated part starting and ending "
-    "alphanumeric, at most 253 characters"
-)
-_KEY_HELP = (
-    "an optional DNS-1123 subdomain prefix and '/', then a name of at most 63 alphanumerics, "
-    "'-', '_' and '.', starting and ending alphanumeric"
-)
-_LABEL_VALUE_HELP = (
-    "at most 63 alphanumerics, '-', '_' and '.', starting and ending alphanumeric, or empty"
-)
 _UID_HELP = (
     f"at most {UID_MAX} alphanumerics, '-', '_' and '.', starting and ending alphanumeric, "
     "such as a UUID"
@@ -396,50 +380,21 @@ def _check_fields(
         raise _fail(f"{prefix}{key}", "unknown field")
 
 
-def _is_dns_label(text: str) -> bool:
-    return len(text) <= DNS1123_LABEL_MAX and _DNS1123_LABEL.fullmatch(text) is not None
-
-
-def _is_dns_subdomain(text: str) -> bool:
-    return len(text) <= DNS1123_SUBDOMAIN_MAX and all(_is_dns_label(p) for p in text.split("."))
-
-
 def _dns_label(value: object, path: str) -> str:
-    text = _string(value, path)
-    if not _is_dns_label(text):
-        raise _fail(path, f"{_q(text)} is not a valid DNS-1123 label ({_LABEL_HELP})")
-    return text
+    return names.check_dns1123_label(_string(value, path), path, _fail)
 
 
 def _dns_subdomain(value: object, path: str) -> str:
-    text = _string(value, path)
-    if not _is_dns_subdomain(text):
-        raise _fail(path, f"{_q(text)} is not a valid DNS-1123 subdomain ({_SUBDOMAIN_HELP})")
-    return text
-
-
-def _qualified_name(key: str, path: str, what: str) -> None:
-    """Label and annotation keys: ``[prefix/]name`` as Kubernetes validates them."""
-    prefix, slash, name = key.rpartition("/")
-    if slash and not _is_dns_subdomain(prefix):
-        raise _fail(
-            path,
-            f"{_q(key)} is not a valid {what} key: the prefix {_q(prefix)} is not a DNS-1123 "
-            f"subdomain ({_SUBDOMAIN_HELP})",
-        )
-    if len(name) > LABEL_VALUE_MAX or _QUALIFIED_NAME.fullmatch(name) is None:
-        raise _fail(path, f"{_q(key)} is not a valid {what} key ({_KEY_HELP})")
+    return names.check_dns1123_subdomain(_string(value, path), path, _fail)
 
 
 def _labels(value: object, path: str) -> dict[str, str]:
     labels = {}
     for key, item in _mapping(value, path).items():
         item_path = f"{path}[{_q(key)}]"
-        _qualified_name(key, item_path, "label")
+        names.check_qualified_name(key, item_path, "label", _fail)
         text = _string(item, item_path, allow_empty=True)
-        if text and (len(text) > LABEL_VALUE_MAX or _QUALIFIED_NAME.fullmatch(text) is None):
-            raise _fail(item_path, f"{_q(text)} is not a valid label value ({_LABEL_VALUE_HELP})")
-        labels[key] = text
+        labels[key] = names.check_label_value(text, item_path, _fail)
     return labels
 
 
@@ -448,7 +403,7 @@ def _annotations(value: object, path: str) -> dict[str, str]:
     size = 0
     for key, item in _mapping(value, path).items():
         item_path = f"{path}[{_q(key)}]"
-        _qualified_name(key, item_path, "annotation")
+        names.check_qualified_name(key, item_path, "annotation", _fail)
         annotations[key] = _string(item, item_path, allow_empty=True)
         size += len(key.encode()) + len(annotations[key].encode())
     if size > ANNOTATIONS_MAX_BYTES:
