@@ -223,6 +223,16 @@ class IdentityRejectedError(AgentError):
     http_status = 401
 
 
+class NotTheMasterError(AgentError, OSError):
+    """The server at the master's address verified against the cluster CA, but its certificate
+    lacks the master's mark (``agent.pki.names.MASTER_URI``): another certificate of the
+    cluster (a node's), not the master. Raised inside the TLS handshake, before anything is
+    sent; an ``OSError`` too, because asyncio, uvloop, aiohttp and ``http.client`` take only an
+    ``OSError`` there for a failed connection (anything else is logged as a crash)."""
+
+    http_status = 502
+
+
 class RegistrationDeniedError(AgentError):
     """The master refused our registration (403/409): retry slowly, report it in health."""
 

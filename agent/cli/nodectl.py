@@ -24,7 +24,7 @@ from typing import Any
 
 from agent import __version__
 from agent.cli.nodectl_control import SESSION_IDLE_S, config_path, control
-from agent.errors import CliError, SessionUnavailableError
+from agent.errors import CliError, NotTheMasterError, SessionUnavailableError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -108,6 +108,16 @@ def client_context(config: ClientConfig, *, check_hostname: bool = True) -> ssl.
     return ctx
 
 
+def master_context(config: ClientConfig) -> ssl.SSLContext:
+    """:func:`client_context` for the master: its certificate must also carry the master's
+    mark, checked in the handshake before anything is sent (a node's certificate, valid for
+    server use under the same CA, is refused with :class:`NotTheMasterError`)."""
+    from agent.aio.tls import with_peer_check
+    from agent.pki.names import master_mark_check
+
+    return with_peer_check(client_context(config), master_mark_check(config.server))
+
+
 class Client:
     """The master's HTTP/1.1 API; connects on the first call (streaming commands that go
     through the proxy never make one)."""
@@ -124,7 +134,7 @@ class Client:
     @property
     def context(self) -> ssl.SSLContext:
         if self._ctx is None:
-            self._ctx = client_context(self.config)
+            self._ctx = master_context(self.config)
         return self._ctx
 
     def call(self, method: str, path: str, body: object | None = None) -> Any:
@@ -141,6 +151,8 @@ class Client:
             self._conn.request(method, path, body=payload, headers=headers)
             response = self._conn.getresponse()
             data = response.read()
+        except NotTheMasterError as exc:  # an OSError too: told apart first
+            raise CliError(exc.message) from exc
         except (OSError, http.client.HTTPException) as exc:
             raise CliError(f"cannot reach the master: {exc}") from exc
         try:

@@ -161,7 +161,7 @@ class SessionHolder:
         self.code = nodectl_control.code_identity()
         self.stamp = file_stamp(config_file)
         self.idle_s = idle_s
-        self.context: ssl.SSLContext = nodectl.client_context(config)
+        self.context: ssl.SSLContext = nodectl.master_context(config)
         self.conn: H2Connection | None = None
         self.served = 0
         self.started = time.time()

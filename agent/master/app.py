@@ -35,7 +35,7 @@ from agent.aio.tls import server_context
 from agent.errors import BadGatewayError, ConfigError, NotFoundError
 from agent.master.api import MasterApi
 from agent.master.config import MasterConfig, load_master_config
-from agent.master.pki_files import ClusterPki, write_proxy_identity
+from agent.master.pki_files import ClusterPki, ensure_master_mark, write_proxy_identity
 from agent.master.pods import PodStore
 from agent.master.proxy import StreamingProxy
 from agent.master.registry import NodeRegistry
@@ -134,6 +134,14 @@ class Master:
         cfg = self.config
         scope = self.supervisor.scope
         pki = await self.bridge.run(ClusterPki.load, cfg.pki_dir)
+        remarked = await self.bridge.run(ensure_master_mark, pki)
+        if remarked is not None:
+            # An upgrade from before the mark: agents of this version refuse a master without
+            # it, so the master (which holds the CA) re-issues its own certificate first.
+            log.warning(
+                "serving certificate re-issued with the master's mark",
+                extra=kv(cert=str(pki.serving_cert_path), names=",".join(remarked)),
+            )
         client_cas = await self.bridge.run(read_client_cas, cfg)
         store = await SqliteStore.open(
             cfg.data_dir / STORE_FILE, self.bridge, history=cfg.store_history_revisions

@@ -16,15 +16,18 @@ from pathlib import Path
 
 from cryptography import x509
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, PkiError
 from agent.pki.core import (
     ADMIN_LIFETIME_DAYS,
     SERVING_LIFETIME_DAYS,
     PrivateKey,
+    cert_names,
     cert_to_pem,
+    certifiable,
     certs_from_pem,
     create_ca,
     generate_key,
+    has_master_mark,
     issue,
     key_from_pem,
     key_to_pem,
@@ -34,6 +37,7 @@ from agent.pki.core import (
 from agent.pki.names import MASTERS_GROUP, PROXIES_GROUP, USER_GROUPS
 
 DAY_S = 24 * 3600
+MASTER_COMMON_NAME = "node-master"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +77,52 @@ class InitResult:
 
 
 def _serving_names(server_names: list[str], listen_host: str) -> list[str]:
-    names = list(server_names) or [socket.gethostname().lower(), "localhost", "127.0.0.1", "::1"]
+    names = list(server_names) or [
+        # A host name a certificate cannot hold (an '_' in it) is left out, not refused.
+        *[n for n in (socket.gethostname().lower(),) if certifiable(n)],
+        "localhost",
+        "127.0.0.1",
+        "::1",
+    ]
     if listen_host not in ("0.0.0.0", "::", ""):
         names.append(listen_host)
+    return names
+
+
+def issue_serving_cert(
+    ca_key: PrivateKey, ca_cert: x509.Certificate, key: PrivateKey, names: Sequence[str]
+) -> bytes:
+    """The master's serving certificate (PEM) for ``names``, with the master's mark
+    (``MASTER_URI``), which agents and nodectl require: no other certificate carries it."""
+    cert = issue(
+        ca_key,
+        ca_cert,
+        key.public_key(),
+        common_name=MASTER_COMMON_NAME,
+        groups=[],
+        sans=names,
+        lifetime_s=SERVING_LIFETIME_DAYS * DAY_S,
+        client=False,
+        server=True,
+        master=True,
+    )
+    return cert_to_pem(cert)
+
+
+def ensure_master_mark(pki: ClusterPki) -> list[str] | None:
+    """Migration from before the master's mark (docs/security.md): a serving certificate
+    without it is issued again, for the same key and the same names (those a certificate may
+    still hold), with the mark; returns those names, or None when it had the mark already.
+    Blocking: at start, through the thread bridge."""
+    try:
+        current = certs_from_pem(pki.serving_cert_path.read_bytes())[0]
+        key = key_from_pem(pki.serving_key_path.read_bytes())
+    except (OSError, IndexError, PkiError) as exc:
+        raise ConfigError(f"{pki.serving_cert_path}: cannot read the serving pair: {exc}") from exc
+    if has_master_mark(current):
+        return None
+    names = [n for n in cert_names(current) if certifiable(n)]
+    write_private(pki.serving_cert_path, issue_serving_cert(pki.ca_key, pki.ca_cert, key, names))
     return names
 
 
@@ -135,19 +182,8 @@ def init_cluster(
     host = listen.rpartition(":")[0].strip("[]")
     names = _serving_names(server_names, host)
     serving_key = generate_key()
-    serving = issue(
-        ca_key,
-        ca_cert,
-        serving_key.public_key(),
-        common_name="node-master",
-        groups=[],
-        sans=names,
-        lifetime_s=SERVING_LIFETIME_DAYS * DAY_S,
-        client=False,
-        server=True,
-    )
     write_private(pki_dir / "master.key", key_to_pem(serving_key))
-    (pki_dir / "master.crt").write_bytes(cert_to_pem(serving))
+    write_private(pki_dir / "master.crt", issue_serving_cert(ca_key, ca_cert, serving_key, names))
     port = listen.rpartition(":")[2]
     first = names[0]
     url_host = f"[{first}]" if _is_ipv6(first) else first

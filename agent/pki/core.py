@@ -26,7 +26,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.errors import PkiError
+from agent.names import is_host_name
 from agent.pki.names import (
+    MASTER_URI,
     MASTERS_GROUP,
     NODE_CN_PREFIX,
     NODES_GROUP,
@@ -193,20 +195,42 @@ def create_ca(common_name: str = "node-agent cluster CA") -> tuple[PrivateKey, x
     return key, cert
 
 
-def _san(names: Iterable[str]) -> x509.SubjectAlternativeName:
+def _general_name(name: str) -> x509.GeneralName | None:
+    """``name`` as an IP address or DNS name entry; None when it is neither (a wildcard, a
+    URI, anything with characters a host name cannot hold)."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    return x509.DNSName(name) if is_host_name(name) else None
+
+
+def certifiable(name: str) -> bool:
+    """Whether a certificate may name ``name``: an IP address or a DNS name (no wildcard)."""
+    return _general_name(name) is not None
+
+
+def _san(names: Iterable[str], *, master: bool = False) -> x509.SubjectAlternativeName:
+    """IP addresses and DNS names, refusing anything else (PkiError): a wildcard, a URI, an
+    empty or malformed name never reaches a certificate. The master's mark (``MASTER_URI``)
+    is added only when ``master`` says so."""
     entries: list[x509.GeneralName] = []
     for name in dict.fromkeys(names):  # de-duplicated, order kept
-        try:
-            entries.append(x509.IPAddress(ipaddress.ip_address(name)))
-        except ValueError:
-            entries.append(x509.DNSName(name))
+        entry = _general_name(name)
+        if entry is None:
+            raise PkiError(f"name {name[:100]!r} is neither an IP address nor a DNS name")
+        entries.append(entry)
+    if master:
+        entries.append(x509.UniformResourceIdentifier(MASTER_URI))
     return x509.SubjectAlternativeName(entries)
 
 
 def build_csr(
     key: PrivateKey, common_name: str, groups: Sequence[str], sans: Iterable[str]
 ) -> bytes:
-    names = list(sans)
+    # Only what can be a host's name is asked for (a CSR's names are a request the master
+    # judges, never copied as they are).
+    names = [n for n in sans if certifiable(n)]
     builder = x509.CertificateSigningRequestBuilder().subject_name(_name(common_name, groups))
     if names:
         builder = builder.add_extension(_san(names), critical=False)
@@ -227,14 +251,23 @@ def load_csr(pem: bytes) -> x509.CertificateSigningRequest:
     return csr
 
 
-def csr_sans(csr: x509.CertificateSigningRequest) -> list[str]:
+def _host_names(extensions: x509.Extensions) -> list[str]:
+    """The IP addresses (first) and DNS names of a SubjectAlternativeName extension."""
     try:
-        ext = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        ext = extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return []
     return [str(v) for v in ext.get_values_for_type(x509.IPAddress)] + list(
         ext.get_values_for_type(x509.DNSName)
     )
+
+
+def csr_sans(csr: x509.CertificateSigningRequest) -> list[str]:
+    """The IP addresses and DNS names a CSR asks for (a request: never issued as is)."""
+    try:
+        return _host_names(csr.extensions)
+    except ValueError:  # a malformed extension: it asks for nothing
+        return []
 
 
 def issue(
@@ -248,9 +281,13 @@ def issue(
     lifetime_s: float,
     client: bool = True,
     server: bool = False,
+    master: bool = False,
 ) -> x509.Certificate:
-    """Sign a leaf certificate. The subject comes from the caller (never from a CSR as is:
-    the master decides the identity, the node only proves possession of its key)."""
+    """Sign a leaf certificate. The subject and names come from the caller (never from a CSR
+    as is: the master decides the identity and the names, the node only proves possession of
+    its key). ``sans`` are IP addresses and DNS names only (PkiError otherwise: no wildcard, no
+    URI); ``master`` adds the master's mark (``MASTER_URI``), which only the master's own
+    serving certificate may carry."""
     problem = subject_problem(common_name, groups)
     if problem:
         raise PkiError(f"subject {common_name!r} {list(groups)!r} not accepted: {problem}")
@@ -278,9 +315,23 @@ def issue(
         )
     )
     names = list(sans)
-    if names:
-        builder = builder.add_extension(_san(names), critical=False)
+    if names or master:
+        builder = builder.add_extension(_san(names, master=master), critical=False)
     return builder.sign(ca_key, hashes.SHA256())
+
+
+def has_master_mark(cert: x509.Certificate) -> bool:
+    """Whether ``cert`` carries the master's mark (a URI SAN ``MASTER_URI``)."""
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    return MASTER_URI in ext.get_values_for_type(x509.UniformResourceIdentifier)
+
+
+def cert_names(cert: x509.Certificate) -> list[str]:
+    """The IP addresses (first) and DNS names a certificate is valid for."""
+    return _host_names(cert.extensions)
 
 
 def identity_of(cert: x509.Certificate) -> Identity:

@@ -2,10 +2,13 @@
 failures become our errors at this edge. Every request but the pod watch goes through
 :meth:`MasterSession.request`: a time-out for the whole answer, which is read whole and bounded.
 
-Any transport failure, time-out, 5xx or unparsable answer is :class:`MasterUnavailableError`
-(back off, keep the pods); 401/403 is :class:`IdentityRejectedError` (register again); another
-4xx is :class:`NotFoundError`, :class:`ConflictError` or :class:`BadRequestError`, naming the
-call — unless the caller tells that status apart itself (``exchange(keep=…)``: registration).
+Every connection is checked for the master's mark once its TLS handshake verified the chain
+(:meth:`MasterClient.session`): a server without it is :class:`NotTheMasterError` before a
+byte is sent. Any other transport failure, time-out, 5xx or unparsable answer is
+:class:`MasterUnavailableError` (back off, keep the pods); 401/403 is
+:class:`IdentityRejectedError` (register again); another 4xx is :class:`NotFoundError`,
+:class:`ConflictError` or :class:`BadRequestError`, naming the call — unless the caller tells
+that status apart itself (``exchange(keep=…)``: registration).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 import aiohttp
 
 from agent.aio.bridge import ThreadBridge
+from agent.aio.tls import with_peer_check
 from agent.errors import (
     AgentError,
     BadRequestError,
@@ -28,7 +32,9 @@ from agent.errors import (
     MasterAnswerMalformedError,
     MasterUnavailableError,
     NotFoundError,
+    NotTheMasterError,
 )
+from agent.pki.names import master_mark_check
 
 REQUEST_TIMEOUT_S = 30.0
 # The largest answer a call reads (a node's pod listing is the largest: pods times manifests).
@@ -68,6 +74,16 @@ def decode_answer(raw: bytes, what: str) -> Any:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError; nesting
         raise MasterAnswerMalformedError(f"{what}: the answer is not JSON ({exc})") from None
+
+
+def transport_error(what: str, exc: BaseException) -> AgentError:
+    """Ours for a request's transport failure (aiohttp's, a time-out, an OSError): the server
+    is not the master (:class:`NotTheMasterError`, from the handshake's check), or the master
+    is unavailable."""
+    cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    if isinstance(cause, NotTheMasterError):
+        return NotTheMasterError(f"{what}: {cause.message}")
+    return MasterUnavailableError(f"{what}: {exc}")
 
 
 def _excerpt(raw: bytes, limit: int = 200) -> str:
@@ -121,7 +137,7 @@ class MasterSession:
                 return RawAnswer(what, resp.status, await read_bounded(resp, limit, what))
         # OSError: a reset or TLS failure aiohttp passes on unwrapped.
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise MasterUnavailableError(f"{what}: {exc}") from exc
+            raise transport_error(what, exc) from exc
 
     async def exchange(
         self,
@@ -177,6 +193,10 @@ class MasterClient:
 
     @asynccontextmanager
     async def session(self, tls: ssl.SSLContext) -> AsyncIterator[MasterSession]:
+        """A session over ``tls``, which, when it verifies the server (every context but the
+        CA fetch's, which its pin checks instead), is made to require the master's mark."""
+        if tls.verify_mode != ssl.CERT_NONE:
+            with_peer_check(tls, master_mark_check(self.base_url))
         source = self._bind_source
         http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=tls, local_addr=(source, 0) if source else None),

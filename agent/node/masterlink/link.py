@@ -33,6 +33,7 @@ from agent.errors import (
     AgentError,
     IdentityRejectedError,
     MasterUnavailableError,
+    NotTheMasterError,
     PkiError,
     RegistrationDeniedError,
     TaskEndedError,
@@ -140,6 +141,12 @@ class MasterLink:
         except PkiError as exc:
             return self._refused(
                 LinkCondition.IDENTITY_UNUSABLE, f"master: {exc}", "node identity unusable"
+            )
+        except NotTheMasterError as exc:
+            return self._refused(
+                LinkCondition.NOT_THE_MASTER,
+                f"master: {exc}",
+                "refusing a server that is not the master",
             )
         except IdentityRejectedError as exc:
             self.status.set(LinkCondition.IDENTITY_REJECTED, f"master: {exc}")

@@ -14,6 +14,7 @@ class LinkCondition(StrEnum):
     PENDING_APPROVAL = "PendingApproval"  # registered, an administrator has not decided yet
     REGISTRATION_DENIED = "RegistrationDenied"  # 403/409: the trust policy refuses the node
     CA_REJECTED = "CaRejected"  # the master's CA does not match the configured pins
+    NOT_THE_MASTER = "NotTheMaster"  # the server lacks the master's mark (a node's certificate)
     IDENTITY_REJECTED = "IdentityRejected"  # our certificate is refused: registering again
     IDENTITY_UNUSABLE = "IdentityUnusable"  # our key or certificate files cannot be used
 
@@ -25,6 +26,7 @@ REFUSALS = frozenset(
         LinkCondition.PENDING_APPROVAL,
         LinkCondition.REGISTRATION_DENIED,
         LinkCondition.CA_REJECTED,
+        LinkCondition.NOT_THE_MASTER,
     }
 )
 

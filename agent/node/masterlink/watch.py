@@ -37,7 +37,7 @@ from agent.errors import (
 )
 from agent.manifest import parse_pod
 from agent.node.health.metrics import NodeMetrics
-from agent.node.masterlink.client import MasterSession
+from agent.node.masterlink.client import MasterSession, transport_error
 from agent.types import Pod
 
 log = logging.getLogger(__name__)
@@ -239,7 +239,7 @@ class MasterPodSource:
                     self.revision = None
                     return True
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:  # as MasterSession.request
-            raise MasterUnavailableError(f"pod watch: {exc}") from exc
+            raise transport_error("pod watch", exc) from exc
         raise MasterUnavailableError("pod watch ended")
 
     def _on_line(self, line: bytes) -> bool:

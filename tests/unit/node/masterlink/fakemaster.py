@@ -102,6 +102,7 @@ class FakeMaster:
             lifetime_s=3600,
             client=False,
             server=True,
+            master=True,  # agents refuse a server without the master's mark
         )
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "master.crt").write_bytes(cert_to_pem(cert))

@@ -320,5 +320,6 @@ def test_status_conditions_are_typed() -> None:
                 LinkCondition.PENDING_APPROVAL,
                 LinkCondition.REGISTRATION_DENIED,
                 LinkCondition.CA_REJECTED,
+                LinkCondition.NOT_THE_MASTER,
             )
         )
