@@ -24,13 +24,9 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from agent.errors import ConfigError
+from agent.names import check_node_name
 
 DEFAULT_CONFIG_PATH = Path("/etc/node-agent/agent.toml")
-DNS1123_SUBDOMAIN_MAX_CHARS = 253
-DNS1123_LABEL_MAX_CHARS = 63
-_DNS1123_SUBDOMAIN = re.compile(
-    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-)
 # What dockerd's json-file driver accepts for max-size (go-units RAMInBytes), checked here so a
 # typo fails at start-up instead of on every container create.
 _DOCKER_SIZE = re.compile(r"^(-1|\d+(\.\d+)? ?[kKmMgGtTpP]?[iI]?[bB]?)$")
@@ -212,14 +208,6 @@ def coerce_value(key: Key, value: object, where: str) -> object:
     return value
 
 
-def _is_dns1123_subdomain(name: str) -> bool:
-    return (
-        0 < len(name) <= DNS1123_SUBDOMAIN_MAX_CHARS
-        and _DNS1123_SUBDOMAIN.match(name) is not None
-        and all(len(label) <= DNS1123_LABEL_MAX_CHARS for label in name.split("."))
-    )
-
-
 def _check_ip(value: str | None, name: str, where: Callable[..., str]) -> None:
     if value is None:
         return
@@ -230,15 +218,15 @@ def _check_ip(value: str | None, name: str, where: Callable[..., str]) -> None:
 
 
 def _validate(cfg: AgentConfig, where: Callable[..., str], node_name_given: bool) -> None:
-    if not _is_dns1123_subdomain(cfg.node_name):
+    def bad_name(field: str, problem: str) -> ConfigError:
         if not node_name_given:
-            raise ConfigError(
-                f"node_name defaults to the hostname {cfg.node_name!r}, which is not a DNS-1123 "
-                "subdomain; set node_name in the config file or --node-name"
+            return ConfigError(
+                f"{field} defaults to the hostname, and {problem}; set {field} in the config "
+                "file or --node-name"
             )
-        raise ConfigError(
-            f"{where('node_name')}: node_name {cfg.node_name!r} is not a DNS-1123 subdomain"
-        )
+        return ConfigError(f"{where(field)}: {field} {problem}")
+
+    check_node_name(cfg.node_name, "node_name", bad_name)
     for name in ("health_addr", "api_addr"):
         try:
             split_host_port(getattr(cfg, name), name)

@@ -39,7 +39,7 @@ def test_bad_flag_value_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_bad_flag_node_name_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert node_agent.main(["run", "--node-name", "Not_Valid", "--config", "/dev/null"]) == 2
-    assert "not a DNS-1123 subdomain" in capsys.readouterr().err
+    assert "not a valid DNS-1123 subdomain" in capsys.readouterr().err
 
 
 def test_master_and_nodectl_usage_errors(

@@ -61,7 +61,9 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_hostname_that_is_not_a_node_name(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "gethostname", lambda: "build_box")
-    with pytest.raises(ConfigError, match=r"defaults to the hostname 'build_box'.*--node-name"):
+    with pytest.raises(
+        ConfigError, match=r'defaults to the hostname, and "build_box" is not.*--node-name'
+    ):
         load_agent_config(None, {}, path_required=False)
     cfg = load_agent_config(None, {"node_name": "build-box"}, path_required=False)
     assert cfg.node_name == "build-box"
@@ -127,9 +129,9 @@ def test_empty_manifest_dir_disables_static_pods(tmp_path: Path) -> None:
         ("backoff_max_s = nan\n", "key 'backoff_max_s' must be a finite number, got nan"),
         ("relist_interval_s = inf\n", "key 'relist_interval_s' must be a finite number"),
         ('log_format = "xml"\n', "must be one of kv, json, got 'xml'"),
-        ('node_name = "Bad_Name"\n', "node_name 'Bad_Name' is not a DNS-1123 subdomain"),
-        (f'node_name = "{"a" * 64}.b"\n', "is not a DNS-1123 subdomain"),
-        ('node_name = ""\n', "is not a DNS-1123 subdomain"),
+        ('node_name = "Bad_Name"\n', 'node_name "Bad_Name" is not a valid DNS-1123 subdomain'),
+        (f'node_name = "{"a" * 64}.b"\n', "is not a valid DNS-1123 subdomain"),
+        ('node_name = ""\n', "is not a valid DNS-1123 subdomain"),
         ('health_addr = "localhost"\n', "not HOST:PORT"),
         ('node_ip = "300.1.1.1"\n', "node_ip '300.1.1.1' is not an IP address"),
         ("backoff_initial_s = 100\nbackoff_max_s = 10\n", "backoff_initial_s <= backoff_max_s"),
