@@ -112,6 +112,18 @@ class PayloadTooLargeError(AgentError):
     http_status = 413
 
 
+class TooManyRequestsError(AgentError):
+    """A client sent more than a limit allows (a source address over its registration rate,
+    the queue of requests waiting for an administrator full): 429, with ``Retry-After``
+    (``retry_after_s``, whole seconds) saying when to try again."""
+
+    http_status = 429
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class NeedsHttp2Error(AgentError):
     """A streaming route (exec, port-forward, logs) was asked for over HTTP/1.1: it needs an
     HTTP/2 connection (ALPN ``h2``). 426 Upgrade Required, RFC 9110 §15.5.22."""
@@ -131,6 +143,11 @@ class NameConflictError(ConflictError):
 
 class MirrorConflictError(ConflictError):
     """A mirror pod would replace a pod the master owns, or another node's mirror."""
+
+
+class KeyMismatchError(ConflictError):
+    """An administrator named a key (its fingerprint) that is not the one waiting: the request
+    they saw was replaced, or they mistyped it; nothing was approved (master side)."""
 
 
 class UpdateConflictError(ConflictError):

@@ -48,6 +48,7 @@ from agent.errors import (
     PayloadTooLargeError,
     RuntimeUnavailableError,
     StreamingError,
+    TooManyRequestsError,
     UnauthenticatedError,
 )
 from agent.proto.authz import (
@@ -139,6 +140,8 @@ def error_response(exc: AgentError) -> ApiResponse:
         headers = (("allow", ", ".join(exc.allow)),)
     elif isinstance(exc, NeedsHttp2Error):
         headers = (_UPGRADE,)
+    elif isinstance(exc, TooManyRequestsError):
+        headers = (("retry-after", str(exc.retry_after_s)),)
     body = json.dumps(error_body(exc.http_status, str(exc), details)).encode()
     return ApiResponse(exc.http_status, body, headers=headers)
 

@@ -303,6 +303,8 @@ def cmd_describe(client: Client, args: argparse.Namespace) -> None:
     import yaml
 
     print(yaml.safe_dump(obj, sort_keys=False), end="")
+    if kind == "nodes":
+        _describe_replacement(args.name, obj)
     kind_name = "Node" if kind == "nodes" else "Pod"
     query = urllib.parse.urlencode({"kind": kind_name, "name": args.name})
     events = client.call("GET", f"/v1/events?{query}")["items"][-20:]
@@ -311,6 +313,21 @@ def cmd_describe(client: Client, args: argparse.Namespace) -> None:
         rows = [["LAST SEEN", "TYPE", "REASON", "MESSAGE"]]
         rows += [[e["lastTimestamp"], e["type"], e["reason"], e["message"]] for e in events]
         print(_table(rows))
+
+
+def _describe_replacement(name: str, node: dict[str, Any]) -> None:
+    """The evidence of a waiting key replacement, and the one command that accepts that key."""
+    waiting = node.get("status", {}).get("registration", {}).get("replacement")
+    if not isinstance(waiting, dict):
+        return
+    print(
+        f"key replacement waiting: {waiting.get('fingerprint')} from {waiting.get('source')} "
+        f"at {waiting.get('requestedAt')} (rule {waiting.get('admittedBy') or '-'})"
+    )
+    print(
+        f"  if this is the key you expect: nodectl approve {name} --force-replace "
+        f"--fingerprint {waiting.get('fingerprint')}"
+    )
 
 
 def _documents(path: str) -> list[dict[str, Any]]:
@@ -355,8 +372,17 @@ def cmd_node_action(client: Client, args: argparse.Namespace) -> None:
     body: dict[str, Any] | None = None
     if getattr(args, "reason", None):
         body = {"reason": args.reason}
+    fingerprint = getattr(args, "fingerprint", None)
     if getattr(args, "force_replace", False):
-        body = {"forceReplace": True}
+        if not fingerprint:
+            raise CliError(
+                f"--force-replace needs --fingerprint sha256:…, the waiting key's fingerprint "
+                f"as `nodectl describe node {args.name}` shows it",
+                EXIT_USAGE,
+            )
+        body = {"forceReplace": True, "fingerprint": fingerprint}
+    elif fingerprint:
+        raise CliError("--fingerprint goes with --force-replace", EXIT_USAGE)
     client.call("POST", f"/v1/nodes/{urllib.parse.quote(args.name)}/{args.command}", body)
     past = {
         "approve": "approved",
@@ -521,6 +547,11 @@ def _parser() -> argparse.ArgumentParser:
                 "--force-replace",
                 action="store_true",
                 help="accept the node's new key (after a reinstall) in place of the registered one",
+            )
+            action.add_argument(
+                "--fingerprint",
+                metavar="sha256:HEX",
+                help="with --force-replace: the new key's fingerprint, as describe node shows it",
             )
     exe = sub.add_parser("exec", help="run a command in a pod's container")
     exe.add_argument("-i", "--stdin", action="store_true", help="pass stdin to the command")

@@ -167,14 +167,21 @@ class MasterApi:
         )
 
     async def register(self, request: ApiRequest) -> ApiResponse:
-        body = request.json()
         who = request.caller
         der = who.principal.cert_der
+        peer = effective_peer(
+            request.peer_ip, request.headers.get("x-forwarded-for"), self.trusted_proxies
+        )
+        if who.kind is not CallerKind.NODE_SELF:
+            # Before the body is parsed: a flood costs a bucket look-up per request.
+            policy = self.registry.config.registration
+            self.registry.rate_limit.take(
+                peer, policy.registration_rate_per_s, policy.registration_burst
+            )
+        body = request.json()
         result = await self.registry.register(
             body,
-            effective_peer(
-                request.peer_ip, request.headers.get("x-forwarded-for"), self.trusted_proxies
-            ),
+            peer,
             x509.load_der_x509_certificate(der) if der and who.kind is CallerKind.FLEET else None,
             # A node re-registering with its current certificate stays trusted.
             who.principal.node if who.kind is CallerKind.NODE_SELF else None,
@@ -207,15 +214,22 @@ class MasterApi:
         return json_response(self.registry.node_object(found[0]))
 
     async def delete_node(self, request: ApiRequest) -> ApiResponse:
-        await self.registry.delete(request.param("node"))
-        return json_response({"deleted": request.param("node")})
+        name = request.param("node")
+        await self.registry.delete(name)
+        await self.pods.delete_mirrors_of(name)  # its static pods are gone from the cluster
+        return json_response({"deleted": name})
 
     async def node_action(self, request: ApiRequest) -> ApiResponse:
         name = request.param("node")
         action = request.match.route.pattern[-1]
         if action == "approve":
             body = request.json(optional=True)
-            record = await self.registry.approve(name, force_replace=bool(body.get("forceReplace")))
+            fingerprint = body.get("fingerprint", "")
+            if not isinstance(fingerprint, str):
+                raise BadRequestError("fingerprint must be a string (sha256:<hex>)")
+            record = await self.registry.approve(
+                name, force_replace=bool(body.get("forceReplace")), fingerprint=fingerprint
+            )
         elif action == "deny":
             body = request.json(optional=True)
             record = await self.registry.deny(name, str(body.get("reason", "")))
@@ -237,6 +251,8 @@ class MasterApi:
         name = request.param("node")
         first = name not in self.registry.leases
         self.registry.renew_lease(name)
+        if first:
+            await self.registry.note_ready(name)
         body = request.json(optional=True)
         if isinstance(body.get("status"), dict):
             await self.registry.update_status(name, body["status"])
@@ -283,7 +299,7 @@ class MasterApi:
         ns, pod = request.param("namespace"), request.param("pod")
         body = request.json()
         meta = body.get("metadata") or {}
-        if meta.get("namespace") != ns or meta.get("name") != pod:
+        if not isinstance(meta, dict) or meta.get("namespace") != ns or meta.get("name") != pod:
             raise BadRequestError("the manifest's namespace/name must match the URL")
         await self.pods.put_mirror(request.param("node"), body)
         return json_response({"mirrored": f"{ns}/{pod}"})
@@ -323,14 +339,18 @@ class MasterApi:
     async def put_pod_status(self, request: ApiRequest) -> ApiResponse:
         ns, name = request.param("namespace"), request.param("pod")
         body = request.json()
+        mirror: bool | None = None
         if request.principal.role is Role.NODE:
             # The edge checked the pod's node when the headers arrived; the body came after, as
             # slowly as the client liked, and the pod may have been evicted and rebound since:
             # a node writes only while the pod is bound to it (set_status checks, atomically).
             node = request.principal.node
+            # Whether the node reports a static pod (to its mirror) or one of ours.
+            flag = request.query("mirror")
+            mirror = None if flag is None else flag in ("1", "true")
         else:
             # An administrator writes whatever the pod is bound to now, even to no node yet
             # (its node is "", never the admin's name).
             node = str((await self.pods.get(ns, name)).get("nodeName") or "")
-        await self.pods.set_status(ns, name, body, node)
+        await self.pods.set_status(ns, name, body, node, mirror)
         return json_response({"updated": f"{ns}/{name}"})

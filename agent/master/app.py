@@ -2,6 +2,7 @@
 and orders them under one supervisor (the daemon's one TaskGroup).
 
 Managers, in start order: ``watchdog`` (systemd's ``WATCHDOG=1``), ``scheduler``, ``eviction``,
+``registration-expiry`` (drops registrations left waiting past their time-to-live),
 ``loop-lag`` (the event-loop lag sampler behind the API's metrics), ``reload`` (SIGHUP reloads
 ``master.toml``: a valid file replaces the registration policy without dropping a connection; a
 bad one is logged and the running policy stays), ``api`` (one port, both protocols; ``READY=1``
@@ -185,6 +186,7 @@ class Master:
             SystemdWatchdog(self.notifier, scope("watchdog")),
             Scheduler(self.pods, scope("scheduler")),
             Eviction(self.pods, min(EVICTION_CHECK_S, cfg.lease_renew_s), scope("eviction")),
+            RegistrationExpiry(self.registry, scope("registration-expiry")),
             LoopManager("loop-lag", self.api.sample_loop_lag, scope("loop-lag")),
             PolicyReload(self, scope("reload")),
             ApiServer(edge, self.proxy, self.tls, cfg, self.notifier, serving),
@@ -277,6 +279,27 @@ class Eviction(LoopManager):
         while True:
             await asyncio.sleep(self._interval_s)
             await self._pods.evict_from_unready_nodes()
+
+
+class RegistrationExpiry(LoopManager):
+    """Drops the registrations left waiting for an administrator past
+    ``pending_registration_ttl_s``, looking every quarter of it (at most every minute; the
+    interval follows a policy reload). ``sleep`` is injectable for tests."""
+
+    def __init__(
+        self,
+        registry: NodeRegistry,
+        tasks: TaskScope,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        super().__init__("registration-expiry", self._expire, tasks)
+        self._registry = registry
+        self._sleep = sleep
+
+    async def _expire(self) -> None:
+        while True:
+            await self._sleep(self._registry.expiry_check_s())
+            await self._registry.expire_pending()
 
 
 class SystemdWatchdog(LoopManager):

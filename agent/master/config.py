@@ -8,6 +8,7 @@ reload uses: a bad file raises and the running policy stays.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,13 @@ from agent.errors import ConfigError
 
 TRUST_RULES = ("open", "ip-allowlist", "client-cert", "approval")
 DEFAULT_NODE_CERT_LIFETIME_S = 30 * 24 * 3600
+DEFAULT_MAX_PENDING_REGISTRATIONS = 1000
+# 1000 requests of a typical size (a CSR and a few labels: ~2 KiB) fit many times over; the
+# largest request the field limits allow (~40 KiB) fits 400 times.
+DEFAULT_MAX_PENDING_BYTES = 16 * 1024 * 1024
+DEFAULT_PENDING_REGISTRATION_TTL_S = 24 * 3600.0
+DEFAULT_REGISTRATION_RATE_PER_S = 5.0
+DEFAULT_REGISTRATION_BURST = 50
 
 MASTER_KEYS: tuple[Key, ...] = (
     Key("listen", str, "HOST:PORT of the HTTPS API"),
@@ -49,6 +57,23 @@ REGISTRATION_KEYS: tuple[Key, ...] = (
     Key("trusted_proxies", list, "peers whose X-Forwarded-For is believed"),
     Key("client_ca_file", Path, "CA bundle for the client-cert rule", optional=True),
     Key("client_cert_name_must_match", bool, "client-cert: CN or a SAN must equal the node name"),
+    Key(
+        "max_pending_registrations",
+        int,
+        "requests waiting for an administrator (new nodes and replacement keys); more get 429",
+    ),
+    Key("max_pending_bytes", int, "total size of the waiting requests, bytes; more get 429"),
+    Key(
+        "pending_registration_ttl_s",
+        float,
+        "a request still waiting after this long is dropped, seconds (the node asks again)",
+    ),
+    Key(
+        "registration_rate_per_s",
+        float,
+        "registration requests per second per source address (IPv6: per /64); more get 429",
+    ),
+    Key("registration_burst", int, "registration requests a source address may send at once"),
 )
 SECTIONS = {"master": MASTER_KEYS, "registration": REGISTRATION_KEYS}
 
@@ -60,6 +85,11 @@ class RegistrationPolicy:
     trusted_proxies: tuple[str, ...] = ()
     client_ca_file: Path | None = None
     client_cert_name_must_match: bool = True
+    max_pending_registrations: int = DEFAULT_MAX_PENDING_REGISTRATIONS
+    max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES
+    pending_registration_ttl_s: float = DEFAULT_PENDING_REGISTRATION_TTL_S
+    registration_rate_per_s: float = DEFAULT_REGISTRATION_RATE_PER_S
+    registration_burst: int = DEFAULT_REGISTRATION_BURST
 
     def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(c, strict=False) for c in self.allowed_cidrs]
@@ -156,6 +186,19 @@ def validate(config: MasterConfig, where: str) -> None:
             raise ConfigError(
                 f"{where} [registration]: client_ca_file {policy.client_ca_file} does not exist"
             )
+    for key, value in (
+        ("max_pending_registrations", policy.max_pending_registrations),
+        ("max_pending_bytes", policy.max_pending_bytes),
+        ("registration_burst", policy.registration_burst),
+    ):
+        if value < 1:
+            raise ConfigError(f"{where} [registration]: {key} must be >= 1")
+    for key, seconds in (
+        ("pending_registration_ttl_s", policy.pending_registration_ttl_s),
+        ("registration_rate_per_s", policy.registration_rate_per_s),
+    ):
+        if not 0 < seconds < math.inf:
+            raise ConfigError(f"{where} [registration]: {key} must be a number > 0")
     if config.lease_renew_s <= 0 or config.lease_grace_s <= config.lease_renew_s:
         raise ConfigError(f"{where} [master]: need 0 < lease_renew_s < lease_grace_s")
     if config.pod_eviction_timeout_s < 0:
@@ -191,4 +234,11 @@ trust = ["open"]
 # trusted_proxies = []                            # peers whose X-Forwarded-For is believed
 # client_ca_file = "/etc/node-master/fleet-ca.pem" # for client-cert
 # client_cert_name_must_match = true
+# Requests waiting for an administrator (approval rule, replacement keys) are bounded; a source
+# address sends at most registration_burst at once and registration_rate_per_s after that.
+# max_pending_registrations = {DEFAULT_MAX_PENDING_REGISTRATIONS}
+# max_pending_bytes = {DEFAULT_MAX_PENDING_BYTES}          # 16 MiB
+# pending_registration_ttl_s = {DEFAULT_PENDING_REGISTRATION_TTL_S:g}         # 24 hours
+# registration_rate_per_s = {DEFAULT_REGISTRATION_RATE_PER_S:g}
+# registration_burst = {DEFAULT_REGISTRATION_BURST}
 """

@@ -5,6 +5,13 @@ Binding is decided once (as in Kubernetes, a pod never moves): ``spec.nodeName``
 otherwise the scheduler picks an Approved, Ready, schedulable node whose free cpu, memory and
 pod slots fit the pod's requests, least allocated first. A pod that fits nowhere stays Pending
 with the reason, and is retried whenever the scheduler runs.
+
+Mirror pods (a node's static pods, shown read-only) are named ``<name>-<node>`` as kubelet
+names them, in the same key space as the pods applied here, so ``nodectl get pods`` never shows
+two pods of one name. A name is the API's first: a node's mirror over an applied pod is refused
+(409, the node logs it), an administrator's ``apply`` over a mirror replaces it (the node's next
+status report finds its mirror gone, puts it again, and logs the refusal). A node's mirrors go
+when the node is deleted.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.aio.logs import kv
-from agent.errors import ManifestError, MirrorConflictError, NotFoundError
+from agent.errors import BadRequestError, ManifestError, MirrorConflictError, NotFoundError
 from agent.manifest import parse_pod
 from agent.master.registry import APPROVED, NodeRegistry
 from agent.master.store.base import EventType, Store
@@ -35,6 +42,12 @@ TERMINAL_PHASES = ("Succeeded", "Failed")
 
 def pod_key(namespace: str, name: str) -> str:
     return f"{PODS_PREFIX}{namespace}/{name}"
+
+
+def mirror_name(name: str, node: str) -> str:
+    """The master's name of node ``node``'s static pod ``name``: ``<name>-<node>``, as kubelet
+    names mirror pods (agent.node.masterlink.mirrors puts them under that name)."""
+    return f"{name}-{node}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +113,13 @@ class PodStore:
                 continue
             obj = json.loads(existing.value)
             if obj.get("mirror"):
-                raise MirrorConflictError(
-                    f"pod {pod.full_name} mirrors a static pod of node {obj['nodeName']}; "
-                    f"change the manifest on that node"
-                )
+                # The API's name wins: the mirror goes, and the pod is created as new.
+                if (
+                    await self.store.delete(key, expected_mod_revision=existing.mod_revision)
+                    is not None
+                ):
+                    self._mirror_replaced(pod.metadata.namespace, pod.metadata.name, obj)
+                continue
             uid = obj["manifest"]["metadata"]["uid"]
             normalised = dict(pod.manifest)
             normalised["metadata"] = {**pod.manifest["metadata"], "uid": uid}
@@ -127,6 +143,23 @@ class PodStore:
                 is not None
             ):
                 return obj, False
+
+    def _mirror_replaced(self, namespace: str, name: str, mirror: dict[str, Any]) -> None:
+        message = (
+            f"pod {namespace}/{name} applied over the mirror pod of node {mirror['nodeName']}; "
+            f"the mirror is dropped and the node's static pod keeps running unmirrored"
+        )
+        log.warning(
+            "mirror pod replaced", extra=kv(pod=f"{namespace}/{name}", node=mirror["nodeName"])
+        )
+        self.registry.events.record(
+            kind="Pod",
+            name=name,
+            namespace=namespace,
+            reason="MirrorReplaced",
+            message=message,
+            warning=True,
+        )
 
     async def _schedule(self, obj: dict[str, Any]) -> None:
         pod = parse_pod(obj["manifest"], source="api")
@@ -243,11 +276,17 @@ class PodStore:
             seconds = self.registry.not_ready_for_s(record["name"])
             if seconds is not None:
                 not_ready[record["name"]] = seconds
-        allowed = eviction_allowed(len(records), len(not_ready), config.disruption_threshold)
+        # Only nodes that were Ready once count toward disruption mode: registrations that
+        # never renewed a lease (fakes, or machines that never came up) would otherwise hold
+        # eviction off cluster-wide. Their pods, if any, still move.
+        counted = [r["name"] for r in records if self.registry.was_ever_ready(r["name"])]
+        allowed = eviction_allowed(
+            len(counted), sum(n in not_ready for n in counted), config.disruption_threshold
+        )
         if not allowed and not self.disrupted:
             log.warning(
                 "disruption mode: too many nodes NotReady at once, evicting no pods",
-                extra=kv(not_ready=len(not_ready), nodes=len(records)),
+                extra=kv(not_ready=len(not_ready), nodes=len(records), counted=len(counted)),
             )
         elif allowed and self.disrupted:
             log.info("disruption mode over", extra=kv(not_ready=len(not_ready), nodes=len(records)))
@@ -331,8 +370,15 @@ class PodStore:
                 return
 
     async def put_mirror(self, node: str, manifest: object) -> None:
-        """A node's static pod, shown read-only on the master (kubelet's mirror pods)."""
+        """A node's static pod, shown read-only on the master (kubelet's mirror pods), under
+        its mirror name ``<name>-<node>``; MirrorConflictError when a pod of the API's or
+        another node's mirror holds the name."""
         pod = parse_pod(manifest, source=f"mirror:{node}")
+        if not pod.metadata.name.endswith(mirror_name("", node)):
+            raise BadRequestError(
+                f"a mirror pod of node {node} is named <static pod name>-{node}, not "
+                f"{pod.metadata.name}"
+            )
         key = pod_key(pod.metadata.namespace, pod.metadata.name)
         while True:
             existing = await self.store.get(key)
@@ -366,6 +412,21 @@ class PodStore:
             raise MirrorConflictError(f"pod {namespace}/{name} is not a mirror pod of node {node}")
         await self.store.delete(item.key, expected_mod_revision=item.mod_revision)
 
+    async def delete_mirrors_of(self, node: str) -> int:
+        """Remove every mirror pod of ``node`` (the node was deleted); returns how many."""
+        removed = 0
+        items, _ = await self.store.list_prefix(PODS_PREFIX)
+        for item in items:
+            obj = json.loads(item.value)
+            if not obj.get("mirror") or obj["nodeName"] != node:
+                continue
+            # A concurrent change (an apply over it) already removed the mirror: nothing to do.
+            if await self.store.delete(item.key, expected_mod_revision=item.mod_revision):
+                removed += 1
+        if removed:
+            log.info("mirror pods of a deleted node removed", extra=kv(node=node, pods=removed))
+        return removed
+
     async def get(self, namespace: str, name: str) -> dict[str, Any]:
         item = await self.store.get(pod_key(namespace, name))
         if item is None:
@@ -381,8 +442,16 @@ class PodStore:
         return objs, rev
 
     async def set_status(
-        self, namespace: str, name: str, status: dict[str, Any], node: str
+        self,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        node: str,
+        mirror: bool | None = None,
     ) -> None:
+        """Write a pod's status while it is bound to ``node``. ``mirror`` (a node's report
+        says which it means): the object must be a mirror pod (True) or not (False), so a
+        static pod's report never lands on an applied pod that took its mirror's name."""
         key = pod_key(namespace, name)
         while True:
             item = await self.store.get(key)
@@ -391,6 +460,10 @@ class PodStore:
             obj = json.loads(item.value)
             if obj["nodeName"] != node:
                 raise NotFoundError(f"pod {namespace}/{name} is not bound to {node}")
+            if mirror is not None and bool(obj.get("mirror")) != mirror:
+                raise MirrorConflictError(
+                    f"pod {namespace}/{name} is {'not ' if mirror else ''}a mirror pod"
+                )
             if obj["status"] == status:
                 return
             obj["status"] = status

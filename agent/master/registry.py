@@ -5,6 +5,12 @@ Denied), trust (the rule that admitted it, certificate expiry), readiness (from 
 schedulability (cordon). Records live in the store under ``/nodes/<name>`` and survive master
 restarts; leases are kept in memory only (they are renewed every few seconds and judged only
 after the master has been up for a full grace period, so losing them on restart costs nothing).
+
+Anonymous callers can make the registry store things, so what they can make it store is
+bounded (docs/security.md, "Registration under load and replacement keys"): each source address
+has a token bucket (:class:`SourceRateLimit`), the requests waiting for an administrator (new
+nodes under ``approval``, replacement keys) are capped in number and bytes and expire, every
+field of a registration has a size limit, and labels follow Kubernetes' rules.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,9 +37,11 @@ from agent.config import split_host_port
 from agent.errors import (
     BadRequestError,
     ConfigError,
+    KeyMismatchError,
     NameConflictError,
     NotFoundError,
     RegistrationRefusedError,
+    TooManyRequestsError,
     UpdateConflictError,
 )
 from agent.events import EventRecorder
@@ -40,7 +49,8 @@ from agent.master.config import MasterConfig
 from agent.master.pki_files import ClusterPki
 from agent.master.policy import Caller, Decision, Verdict, evaluate
 from agent.master.store.base import Store
-from agent.pki.core import cert_to_pem, issue, load_csr, public_key_id
+from agent.names import check_label_value, check_qualified_name, quote
+from agent.pki.core import PIN_PREFIX, cert_to_pem, issue, load_csr, public_key_id
 from agent.pki.names import NODE_CN_PREFIX, NODES_GROUP
 
 log = logging.getLogger(__name__)
@@ -59,6 +69,26 @@ DNS_NAME_MAX_CHARS = 253
 # RFC 1123 host name label, any case (the API endpoint is connected to, not compared).
 _DNS_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+# Size limits of what a node reports (registration and lease status). Labels as Kubernetes
+# (keys are qualified names, values at most 63 characters) plus a count and a total, which
+# Kubernetes leaves to the object size limit; the rest is generous for any real node.
+MAX_LABELS = 64
+MAX_LABELS_BYTES = 16 * 1024  # keys and values together
+MAX_ADDRESSES = 32
+MAX_CAPACITY_ENTRIES = 32
+MAX_FACT_CHARS = 253  # an address, a host name, a capacity name or value, a version
+MAX_CSR_CHARS = 16 * 1024  # a P-256 CSR with a few names is under 1 KiB
+# A full queue of waiting requests frees up only when an administrator acts or a request
+# expires: a client is told to come back in a minute (the agent backs off on its own anyway).
+PENDING_FULL_RETRY_AFTER_S = 60
+# The token buckets kept at once: a bucket that has refilled is dropped first, then the one
+# used least recently (whose source may then start again with a full bucket: the pending cap,
+# not the bucket, is what bounds the store).
+MAX_RATE_SOURCES = 10_000
+IPV6_SOURCE_PREFIX = 64  # one host usually holds a whole /64: its addresses share a bucket
+# How often expired requests are looked for: a quarter of the time-to-live, within bounds.
+EXPIRY_CHECK_MIN_S = 0.25
+EXPIRY_CHECK_MAX_S = 60.0
 
 
 def node_csr_key(name: str, csr_pem: str) -> ec.EllipticCurvePublicKey:
@@ -85,23 +115,33 @@ def _timestamp(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).strftime(_TIMESTAMP_FORMAT)
 
 
-def _strings(value: object, field: str) -> list[str]:
+def _strings(value: object, field: str, max_items: int = MAX_ADDRESSES) -> list[str]:
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise BadRequestError(f"{field} must be a list of strings")
+    if len(value) > max_items:
+        raise BadRequestError(f"{field} has {len(value)} items, more than {max_items}")
+    for item in value:
+        _bounded(item, field)
     return list(value)
 
 
-def _text(value: object, field: str) -> str:
+def _bounded(text: str, field: str, max_chars: int = MAX_FACT_CHARS) -> str:
+    if len(text) > max_chars:
+        raise BadRequestError(f"{field}: {quote(text)} is longer than {max_chars} characters")
+    return text
+
+
+def _text(value: object, field: str, max_chars: int = MAX_FACT_CHARS) -> str:
     """A scalar as text (a node may send a version as a number); an object or a list is
     refused (its ``str`` could be anything, and raises RecursionError when nested deeply)."""
     if isinstance(value, dict | list):
         raise BadRequestError(f"{field} must be a string")
-    return str(value)
+    return _bounded(str(value), field, max_chars)
 
 
-def _string_map(value: object, field: str) -> dict[str, str]:
+def _string_map(value: object, field: str, max_items: int = MAX_CAPACITY_ENTRIES) -> dict[str, str]:
     """A mapping of names to scalars, as strings (capacity quantities may come as numbers)."""
     if value is None:
         return {}
@@ -109,7 +149,29 @@ def _string_map(value: object, field: str) -> dict[str, str]:
         isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value.values()
     ):
         raise BadRequestError(f"{field} must be an object of strings or numbers")
-    return {str(k): str(v) for k, v in value.items()}
+    if len(value) > max_items:
+        raise BadRequestError(f"{field} has {len(value)} entries, more than {max_items}")
+    return {_bounded(str(k), field): _bounded(str(v), field) for k, v in value.items()}
+
+
+def _labels(value: object, field: str) -> dict[str, str]:
+    """Node labels as Kubernetes has them (qualified-name keys, values of at most 63
+    characters), at most ``MAX_LABELS`` of them and ``MAX_LABELS_BYTES`` in all."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise BadRequestError(f"{field} must be an object of strings")
+    if len(value) > MAX_LABELS:
+        raise BadRequestError(f"{field} has {len(value)} labels, more than {MAX_LABELS}")
+    total = sum(len(k) + len(v) for k, v in value.items())
+    if total > MAX_LABELS_BYTES:
+        raise BadRequestError(
+            f"{field} hold {total} characters of keys and values, more than {MAX_LABELS_BYTES}"
+        )
+    for key, text in value.items():
+        check_qualified_name(key, f"{field}[{quote(key)}]", "label")
+        check_label_value(text, f"{field}[{quote(key)}]")
+    return dict(value)
 
 
 def _int_map(value: object, field: str) -> dict[str, int]:
@@ -169,6 +231,79 @@ class RegistrationResult:
     body: dict[str, Any]
 
 
+def key_fingerprint(key_id: str) -> str:
+    """What administrators see of a key: ``sha256:<hex>`` of its SubjectPublicKeyInfo (the
+    record's ``publicKeyId`` is that hex), the form of ``agent.pki.core.spki_pin``."""
+    return PIN_PREFIX + key_id
+
+
+def rate_source(peer_ip: str) -> str:
+    """The token bucket a peer draws from: its IPv4 address (an IPv4-mapped IPv6 one too), or
+    its IPv6 /64, which one host usually holds whole."""
+    try:
+        address = ipaddress.ip_address(peer_ip)
+    except ValueError:
+        return peer_ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, IPV6_SOURCE_PREFIX), strict=False))
+    return str(address)
+
+
+class SourceRateLimit:
+    """A token bucket per source address: ``burst`` requests at once, then ``rate_per_s``.
+    The rate and burst are passed on every call, so a policy reload applies at once. At most
+    ``max_sources`` buckets are kept (refilled ones are forgotten first)."""
+
+    def __init__(self, clock: Clock, max_sources: int = MAX_RATE_SOURCES) -> None:
+        self._clock = clock
+        self._max_sources = max_sources
+        self._buckets: dict[str, tuple[float, float]] = {}  # source -> (tokens, at)
+
+    def take(self, peer_ip: str, rate_per_s: float, burst: int) -> None:
+        """Spend one token of ``peer_ip``'s bucket; TooManyRequestsError when it has none."""
+        source = rate_source(peer_ip)
+        now = self._clock.monotonic()
+        tokens, at = self._buckets.pop(source, (float(burst), now))
+        tokens = min(float(burst), tokens + (now - at) * rate_per_s)
+        self._buckets[source] = (tokens - 1 if tokens >= 1 else tokens, now)  # most recent last
+        if len(self._buckets) > self._max_sources:
+            self._forget(now, rate_per_s, burst)
+        if tokens < 1:
+            retry_after_s = max(1, math.ceil((1 - tokens) / rate_per_s))
+            raise TooManyRequestsError(
+                f"too many registration requests from {source}: at most {burst} at once and "
+                f"{rate_per_s:g} per second; retry in {retry_after_s} s",
+                retry_after_s,
+            )
+
+    def _forget(self, now: float, rate_per_s: float, burst: int) -> None:
+        for source, (tokens, at) in list(self._buckets.items()):
+            if tokens + (now - at) * rate_per_s >= burst:
+                del self._buckets[source]
+        while len(self._buckets) > self._max_sources:
+            del self._buckets[next(iter(self._buckets))]
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+def _is_new_node_request(record: dict[str, Any]) -> bool:
+    """A Pending record of a node never approved (``certExpiry`` is set by the first
+    certificate): a request only an anonymous caller made, so bounded and expiring."""
+    return record["registration"] == PENDING and "certExpiry" not in record
+
+
+def _parse_timestamp(text: object) -> float | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.strptime(text, _TIMESTAMP_FORMAT).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+
+
 class NodeRegistry:
     def __init__(
         self,
@@ -189,6 +324,11 @@ class NodeRegistry:
         self._cache: dict[str, tuple[dict[str, Any], int]] = {}
         self.events = EventRecorder("node-master", component="node-master")
         self._changed: dict[str, asyncio.Event] = {}
+        self._sizes: dict[str, int] = {}  # stored bytes of each record
+        self.rate_limit = SourceRateLimit(self.clock)
+        # Held from the room check of a new waiting request to its write, so concurrent
+        # requests cannot all pass the check and overshoot the cap together.
+        self._queue_lock = asyncio.Lock()
 
     # -- records ---------------------------------------------------------------------------
 
@@ -198,6 +338,7 @@ class NodeRegistry:
         self._cache = {
             i.key.removeprefix(NODES_PREFIX): (json.loads(i.value), i.mod_revision) for i in items
         }
+        self._sizes = {i.key.removeprefix(NODES_PREFIX): len(i.value) for i in items}
 
     async def get_record(self, name: str) -> tuple[dict[str, Any], int] | None:
         """A private copy of the record and its revision (for compare-and-swap)."""
@@ -229,6 +370,7 @@ class NodeRegistry:
             return False
         # This process is the store's only writer, so the cache is updated with every write.
         self._cache[record["name"]] = (copy.deepcopy(record), rev)
+        self._sizes[record["name"]] = len(data)
         self._wake_pollers(record["name"])
         return True
 
@@ -285,6 +427,8 @@ class NodeRegistry:
         csr_pem = body.get("csr")
         if not isinstance(name, str) or not isinstance(csr_pem, str):
             raise BadRequestError("nodeName and csr (PEM) are required strings")
+        if len(csr_pem) > MAX_CSR_CHARS:
+            raise BadRequestError(f"csr is longer than {MAX_CSR_CHARS} characters")
         public_key = node_csr_key(name, csr_pem)
         key_id = public_key_id(public_key)
         rid = request_id(name, key_id)
@@ -292,7 +436,7 @@ class NodeRegistry:
             "addresses": _strings(body.get("addresses"), "addresses"),
             "hostname": _text(body.get("hostname", ""), "hostname"),
             "capacity": _string_map(body.get("capacity"), "capacity"),
-            "labels": _string_map(body.get("labels"), "labels"),
+            "labels": _labels(body.get("labels"), "labels"),
             "agentVersion": _text(body.get("agentVersion", ""), "agentVersion"),
         }
         for _ in range(5):  # compare-and-swap retries against concurrent admin actions
@@ -300,19 +444,17 @@ class NodeRegistry:
             if found is not None:
                 record, rev = found
                 if record["publicKeyId"] != key_id:
-                    # Remembered so an administrator can accept the new key explicitly.
-                    if record.get("replacement", {}).get("publicKeyId") != key_id:
-                        record["replacement"] = {
-                            "publicKeyId": key_id,
-                            "csr": csr_pem,
-                            "requestedAt": self._now_iso(),
-                        }
-                        await self._save(record, rev)
+                    if not await self._request_replacement(
+                        record, rev, key_id, csr_pem, caller_ip, peer_cert
+                    ):
+                        continue
                     raise NameConflictError(
                         f"node {name!r} is registered with a different key; an administrator "
                         f"must run `nodectl delete node {name}` or `nodectl approve {name} "
-                        f"--force-replace` before it can join with this one"
+                        f"--force-replace --fingerprint {key_fingerprint(key_id)}` before it "
+                        f"can join with this one"
                     )
+                was_pending = record["registration"] == PENDING
                 record.update(facts)
                 if trusted_node == name:
                     # Trusted nodes stay trusted whatever the policy says now.
@@ -339,22 +481,16 @@ class NodeRegistry:
                         )
                         record["csr"] = csr_pem
                         record.pop("certificate", None)
+                        if record["registration"] == PENDING and not was_pending:
+                            record["pendingSince"] = self._now_iso()
+                if record == self._cache[name][0]:
+                    return self._answer(record)  # a node asking again: nothing to write
                 if await self._save(record, rev):
                     return self._answer(record)
                 continue
             decision = self._decide(name, caller_ip, peer_cert)
             if decision.verdict is Verdict.REFUSE:
-                self._event(
-                    name,
-                    "RegistrationRefusedError",
-                    f"from {caller_ip}: {decision.reason}",
-                    warning=True,
-                )
-                log.info(
-                    "registration refused",
-                    extra=kv(node=name, peer=caller_ip, reason=decision.reason),
-                )
-                raise RegistrationRefusedError(decision.reason)
+                self._refuse(name, caller_ip, decision)
             record = {
                 "name": name,
                 "publicKeyId": key_id,
@@ -368,9 +504,14 @@ class NodeRegistry:
             }
             if decision.verdict is Verdict.ADMIT:
                 record["certificate"] = self._issue_for(record, public_key)
+                saved = await self._save(record, 0)
             else:
                 record["csr"] = csr_pem
-            if await self._save(record, 0):
+                record["pendingSince"] = record["createdAt"]
+                async with self._queue_lock:
+                    self._check_room(name, len(json.dumps(record, sort_keys=True)))
+                    saved = await self._save(record, 0)
+            if saved:
                 self._event(
                     name,
                     "Registered" if decision.verdict is Verdict.ADMIT else "RegistrationQueued",
@@ -389,6 +530,136 @@ class NodeRegistry:
         return evaluate(
             self.config.registration, Caller(name, caller_ip, peer_cert), self.client_cas
         )
+
+    def _refuse(self, name: str, caller_ip: str, decision: Decision) -> None:
+        self._event(
+            name, "RegistrationRefusedError", f"from {caller_ip}: {decision.reason}", warning=True
+        )
+        log.info(
+            "registration refused", extra=kv(node=name, peer=caller_ip, reason=decision.reason)
+        )
+        raise RegistrationRefusedError(decision.reason)
+
+    async def _request_replacement(
+        self,
+        record: dict[str, Any],
+        rev: int,
+        key_id: str,
+        csr_pem: str,
+        caller_ip: str,
+        peer_cert: x509.Certificate | None,
+    ) -> bool:
+        """A registration for a held name with another key: remembered with its evidence (the
+        key's fingerprint, the source address, the time, the rule that let it in) so that an
+        administrator can accept exactly that key; a request from another key replaces it, with
+        a new event. False when the record changed meanwhile (the caller retries)."""
+        name = record["name"]
+        previous = record.get("replacement")
+        if previous is not None and previous.get("publicKeyId") == key_id:
+            return True  # already waiting: the evidence of its first request stays
+        decision = self._decide(name, caller_ip, peer_cert)
+        if decision.verdict is Verdict.REFUSE:
+            self._refuse(name, caller_ip, decision)
+        fp = key_fingerprint(key_id)
+        record["replacement"] = {
+            "publicKeyId": key_id,
+            "fingerprint": fp,
+            "csr": csr_pem,
+            "source": caller_ip,
+            "requestedAt": self._now_iso(),
+            "admittedBy": decision.rule,
+        }
+        async with self._queue_lock:
+            if previous is None:
+                self._check_room(name, len(json.dumps(record["replacement"])))
+            if not await self._save(record, rev):
+                return False
+        message = (
+            f"a registration from {caller_ip} (rule {decision.rule}) asks to replace the key of "
+            f"node {name} with {fp}; `nodectl approve {name} --force-replace --fingerprint {fp}` "
+            f"accepts it"
+        )
+        if previous is not None:
+            message += (
+                f"; it replaces the waiting request for {key_fingerprint(previous['publicKeyId'])}"
+            )
+        self._event(name, "KeyReplacementRequested", message, warning=True)
+        log.warning(
+            "key replacement requested", extra=kv(node=name, peer=caller_ip, fingerprint=fp)
+        )
+        return True
+
+    # -- the queue of requests waiting for an administrator --------------------------------
+
+    def pending_usage(self) -> tuple[int, int]:
+        """(requests, stored bytes) waiting for an administrator: new nodes' registrations and
+        replacement keys (a record holding one counts whole)."""
+        count = used = 0
+        for name, (record, _) in self._cache.items():
+            if _is_new_node_request(record) or "replacement" in record:
+                count += 1
+                used += self._sizes.get(name, 0)
+        return count, used
+
+    def _check_room(self, name: str, size: int) -> None:
+        """TooManyRequestsError when one more waiting request of ``size`` bytes would pass
+        ``max_pending_registrations`` or ``max_pending_bytes``."""
+        policy = self.config.registration
+        count, used = self.pending_usage()
+        problem = ""
+        if count >= policy.max_pending_registrations:
+            problem = f"{count} requests wait (max_pending_registrations)"
+        elif used + size > policy.max_pending_bytes:
+            problem = f"they hold {used} bytes (max_pending_bytes {policy.max_pending_bytes})"
+        if problem:
+            log.warning("registration queue full", extra=kv(node=name, waiting=count, bytes=used))
+            raise TooManyRequestsError(
+                f"the queue of registrations waiting for an administrator is full: {problem}; "
+                f"retry later",
+                PENDING_FULL_RETRY_AFTER_S,
+            )
+
+    def expiry_check_s(self) -> float:
+        """How long the expiry task waits between rounds: a quarter of the time-to-live."""
+        ttl = self.config.registration.pending_registration_ttl_s
+        return min(max(ttl / 4, EXPIRY_CHECK_MIN_S), EXPIRY_CHECK_MAX_S)
+
+    async def expire_pending(self) -> int:
+        """Drop the waiting requests older than ``pending_registration_ttl_s``: a new node's
+        record goes, a replacement key is forgotten (the node keeps its current key). Returns
+        how many were dropped; each leaves an event."""
+        ttl = self.config.registration.pending_registration_ttl_s
+        now = self.clock.time()
+        expired = 0
+        for name, (record, rev) in list(self._cache.items()):
+            if _is_new_node_request(record):
+                since = _parse_timestamp(record.get("pendingSince") or record.get("createdAt"))
+                if since is None or now - since < ttl:
+                    continue
+                if await self.store.delete(NODES_PREFIX + name, expected_mod_revision=rev) is None:
+                    continue  # changed meanwhile (approved, denied): looked at next round
+                self._forget(name)
+            elif "replacement" in record:
+                waiting = record["replacement"]
+                since = _parse_timestamp(waiting.get("requestedAt"))
+                if since is None or now - since < ttl:
+                    continue
+                kept = copy.deepcopy(record)
+                del kept["replacement"]
+                if not await self._save(kept, rev):
+                    continue
+            else:
+                continue
+            expired += 1
+            self._event(
+                name,
+                "RegistrationExpired",
+                f"the request waited longer than {ttl:g} s for an administrator and was dropped",
+                warning=True,
+            )
+        if expired:
+            log.info("waiting registrations expired", extra=kv(expired=expired))
+        return expired
 
     async def poll(self, rid: str, timeout_s: float) -> RegistrationResult:
         """Long-poll a pending request until it is decided or ``timeout_s`` (at most
@@ -429,14 +700,34 @@ class NodeRegistry:
                 return record
         raise UpdateConflictError(f"node {name!r} kept changing; retry")
 
-    async def approve(self, name: str, *, force_replace: bool = False) -> dict[str, Any]:
+    async def approve(
+        self, name: str, *, force_replace: bool = False, fingerprint: str = ""
+    ) -> dict[str, Any]:
+        """Approve a waiting node; with ``force_replace``, accept its waiting replacement key,
+        which must be the one ``fingerprint`` names (the key the administrator saw)."""
+
         def change(record: dict[str, Any]) -> None:
             if force_replace:
-                replacement = record.pop("replacement", None)
+                replacement = record.get("replacement")
                 if not replacement:
                     raise BadRequestError(
                         f"node {name!r} has no registration from a new key to accept"
                     )
+                waiting = key_fingerprint(replacement["publicKeyId"])
+                wanted = fingerprint.strip().lower()
+                if not wanted:
+                    raise BadRequestError(
+                        f"accepting a new key for node {name!r} needs its fingerprint "
+                        f"(--fingerprint sha256:…): `nodectl describe node {name}` shows the "
+                        f"waiting key's, where it came from and when"
+                    )
+                if wanted != waiting:
+                    raise KeyMismatchError(
+                        f"node {name!r} waits with key {waiting}, not {quote(wanted)}: the "
+                        f"request you saw was replaced (or mistyped); check `nodectl describe "
+                        f"node {name}` and accept only a key you trust"
+                    )
+                del record["replacement"]
                 record["publicKeyId"] = replacement["publicKeyId"]
                 record["requestId"] = request_id(name, replacement["publicKeyId"])
                 record["csr"] = replacement["csr"]
@@ -459,7 +750,12 @@ class NodeRegistry:
         self._event(
             name,
             "Approved",
-            "approved by an administrator" + (" (new key accepted)" if force_replace else ""),
+            "approved by an administrator"
+            + (
+                f" (new key {key_fingerprint(approved['publicKeyId'])} accepted)"
+                if force_replace
+                else ""
+            ),
         )
         return approved
 
@@ -515,7 +811,12 @@ class NodeRegistry:
     async def delete(self, name: str) -> None:
         if await self.store.delete(NODES_PREFIX + name) is None:
             raise NotFoundError(f"node {name!r} not found")
+        self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        """A deleted record's traces in memory."""
         self._cache.pop(name, None)
+        self._sizes.pop(name, None)
         self.leases.pop(name, None)
         self._wake_pollers(name)  # a poll of its request now answers 404
 
@@ -539,6 +840,22 @@ class NodeRegistry:
 
     def renew_lease(self, name: str) -> None:
         self.leases[name] = self.clock.monotonic()
+
+    async def note_ready(self, name: str) -> None:
+        """The node renewed a lease: remembered once (``firstReadyAt``, kept across master
+        restarts), because only nodes that were Ready once count toward disruption mode."""
+        hit = self._cache.get(name)
+        if hit is None or hit[0].get("firstReadyAt"):
+            return
+
+        def change(record: dict[str, Any]) -> None:
+            record.setdefault("firstReadyAt", self._now_iso())
+
+        await self._mutate(name, change)
+
+    def was_ever_ready(self, name: str) -> bool:
+        hit = self._cache.get(name)
+        return hit is not None and bool(hit[0].get("firstReadyAt"))
 
     def readiness(self, name: str) -> tuple[str, str]:
         now = self.clock.monotonic()
@@ -580,6 +897,8 @@ class NodeRegistry:
                     "admittedBy": record.get("admittedBy", ""),
                     "reason": record.get("reason", ""),
                     "certificateExpiry": record.get("certExpiry"),
+                    "keyFingerprint": key_fingerprint(record["publicKeyId"]),
+                    **_waiting(record),
                 },
                 "conditions": [
                     {
@@ -604,6 +923,23 @@ class NodeRegistry:
                 "imageFs": record.get("imageFs", {}),
             },
         }
+
+
+def _waiting(record: dict[str, Any]) -> dict[str, Any]:
+    """What an administrator decides on: since when a new node waits, and the evidence of a
+    waiting replacement key (never its CSR)."""
+    shown: dict[str, Any] = {}
+    if _is_new_node_request(record):
+        shown["pendingSince"] = record.get("pendingSince") or record.get("createdAt")
+    replacement = record.get("replacement")
+    if replacement:
+        shown["replacement"] = {
+            "fingerprint": key_fingerprint(replacement["publicKeyId"]),
+            "source": replacement.get("source", ""),
+            "requestedAt": replacement.get("requestedAt", ""),
+            "admittedBy": replacement.get("admittedBy", ""),
+        }
+    return shown
 
 
 def _node_conditions(raw: Any) -> list[dict[str, str]]:

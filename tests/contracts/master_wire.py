@@ -425,25 +425,31 @@ class MasterWireContract:
     async def test_mirror_pods_are_marked_and_take_their_status(self, wire: Wire) -> None:
         node = wire.node()
         await node.register()
-        static = unique("static")
+        static = f"{unique('static')}-{node.name}"  # kubelet's <name>-<node>
         path = f"/v1/nodes/{node.name}/mirrorpods/default/{static}"
+        unsuffixed = unique("static")
         async with node.session() as session:
             put = await call(session, "PUT", path, pod(static))
             again = await call(session, "PUT", path, pod(static))
             mismatch = await call(session, "PUT", path, pod("another-name"))
-            listed = await node.listed()
-            status = await call(
+            misnamed = await call(
                 session,
                 "PUT",
-                f"/v1/namespaces/default/pods/{static}/status",
-                {"phase": "Running"},
+                f"/v1/nodes/{node.name}/mirrorpods/default/{unsuffixed}",
+                pod(unsuffixed),
             )
+            listed = await node.listed()
+            status_path = f"/v1/namespaces/default/pods/{static}/status"
+            status = await call(session, "PUT", status_path + "?mirror=true", {"phase": "Running"})
+            not_ours = await call(session, "PUT", status_path + "?mirror=false", {"phase": "x"})
             with_status = await node.listed()
             deleted = await call(session, "DELETE", path)
             after = await node.listed()
             deleted_again = await call(session, "DELETE", path)
         assert [put.status, again.status] == [200, 200], (put, again)
         assert mismatch.status == 400 and mismatch.message, mismatch
+        assert misnamed.status == 400 and misnamed.message, misnamed
+        assert not_ours.status == 409 and not_ours.message, not_ours
         mirror = listed[f"default/{static}"]
         assert mirror["metadata"]["annotations"][MIRROR_ANNOTATION]
         assert 200 <= status.status < 300, status

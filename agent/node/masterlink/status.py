@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from agent.aio.logs import kv
-from agent.errors import AgentError, IdentityRejectedError
+from agent.errors import AgentError, ConflictError, IdentityRejectedError, NotFoundError
 from agent.node.masterlink.client import MasterSession
 from agent.node.masterlink.mirrors import SOURCE_FILE_PREFIX, MirrorPods
 from agent.node.masterlink.watch import SOURCE_API
@@ -59,15 +59,24 @@ class StatusReporter:
             encoded = json.dumps(item["status"], sort_keys=True)
             if self._reported.get(full) == encoded:
                 continue
+            static = source != SOURCE_API
+            # A static pod's status goes to its mirror (``<name>-<node>``), while the master
+            # holds it; the flag tells the master which kind of pod the node means.
+            name = self._mirrors.target(meta["namespace"], meta["name"]) if static else meta["name"]
+            if name is None:
+                continue
             try:
                 await session.call(
                     "PUT",
-                    f"/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status",
+                    f"/v1/namespaces/{meta['namespace']}/pods/{name}/status"
+                    f"?mirror={'true' if static else 'false'}",
                     item["status"],
                 )
             except IdentityRejectedError:
                 raise
             except AgentError as exc:
+                if static and isinstance(exc, NotFoundError | ConflictError):
+                    self._mirrors.forget(full)  # the mirror is gone: the next sync says why
                 log.debug("status report skipped", extra=kv(pod=full, error=str(exc)))
                 continue
             self._reported[full] = encoded

@@ -99,6 +99,7 @@ class MasterRig:
         assert (await self.register(node, capacity=cap)).status == 200
         self.registry.config = dataclasses.replace(self.registry.config, registration=policy)
         self.registry.renew_lease(name)
+        await self.registry.note_ready(name)  # as the API does on a node's first lease
         return node
 
     def events(self, kind: str | None = None, name: str | None = None) -> list[tuple[str, str]]:

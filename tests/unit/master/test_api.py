@@ -25,6 +25,7 @@ from agent.aio.edge import MAX_BODY_BYTES, ApiRequest, ApiResponse, Edge, error_
 from agent.errors import (
     AgentError,
     BadRequestError,
+    KeyMismatchError,
     ManifestError,
     MirrorConflictError,
     NameConflictError,
@@ -403,7 +404,20 @@ async def test_a_new_key_conflicts_until_an_administrator_accepts_it(
     new_key = NodeKey("n1")
     exc, error = await fails(api, "POST", "/v1/registrations", registration(new_key))
     assert isinstance(exc, NameConflictError) and error["code"] == 409
-    await call(api, "POST", "/v1/nodes/n1/approve", {"forceReplace": True})
+    fingerprint = f"sha256:{new_key.key_id}"
+    waiting = loads(await call(api, "GET", "/v1/nodes/n1"))["status"]["registration"]
+    assert waiting["replacement"]["fingerprint"] == fingerprint
+    exc, error = await fails(api, "POST", "/v1/nodes/n1/approve", {"forceReplace": True})
+    assert error["code"] == 400 and "--fingerprint" in error["message"]
+    wrong = {"forceReplace": True, "fingerprint": f"sha256:{n1.key_id}"}
+    exc, error = await fails(api, "POST", "/v1/nodes/n1/approve", wrong)
+    assert isinstance(exc, KeyMismatchError) and error["code"] == 409
+    _, error = await fails(
+        api, "POST", "/v1/nodes/n1/approve", {"forceReplace": True, "fingerprint": 1}
+    )
+    assert error["message"] == "fingerprint must be a string (sha256:<hex>)"
+    body = {"forceReplace": True, "fingerprint": fingerprint}
+    await call(api, "POST", "/v1/nodes/n1/approve", body)
     picked = await call(api, "POST", "/v1/registrations", registration(new_key))
     assert picked.status == 200 and loads(picked)["certificate"]
     assert rig.registry.is_current_node("n1", new_key.key_id)
@@ -529,30 +543,54 @@ async def test_a_watch_from_a_compacted_revision_ends_with_410_and_the_node_reli
 async def test_mirror_pods_of_a_node(api: MasterApi, rig: MasterRig) -> None:
     node = await rig.ready_node("n1")
     me = node_caller(node)
-    static = pod("static-web", node="n1")
-    put = await call(api, "PUT", "/v1/nodes/n1/mirrorpods/default/static-web", static, caller=me)
-    assert loads(put) == {"mirrored": "default/static-web"}
-    got = loads(await call(api, "GET", "/v1/namespaces/default/pods/static-web"))
+    static = pod("static-web-n1", node="n1")
+    url = "/v1/nodes/n1/mirrorpods/default/static-web-n1"
+    put = await call(api, "PUT", url, static, caller=me)
+    assert loads(put) == {"mirrored": "default/static-web-n1"}
+    got = loads(await call(api, "GET", "/v1/namespaces/default/pods/static-web-n1"))
     assert got["metadata"]["annotations"][MIRROR_ANNOTATION] == "true"
     _, error = await fails(api, "PUT", "/v1/nodes/n1/mirrorpods/default/other", static, caller=me)
     assert error["message"] == "the manifest's namespace/name must match the URL"
     _, error = await fails(api, "PUT", "/v1/nodes/n1/mirrorpods/default/x", b"", caller=me)
     assert error["code"] == 400
-    # The mirror is read-only on the master: neither applied over nor deleted there.
-    exc, error = await fails(api, "POST", "/v1/pods", static)
-    assert isinstance(exc, MirrorConflictError) and error["code"] == 409
-    exc, _ = await fails(api, "DELETE", "/v1/namespaces/default/pods/static-web")
+    unsuffixed = pod("static-web", node="n1")
+    _, error = await fails(
+        api, "PUT", "/v1/nodes/n1/mirrorpods/default/static-web", unsuffixed, caller=me
+    )
+    assert error["code"] == 400 and "<static pod name>-n1" in error["message"]
+    # The node's status reports say which kind of pod they mean.
+    status_url = "/v1/namespaces/default/pods/static-web-n1/status"
+    await call(api, "PUT", status_url + "?mirror=true", {"phase": "Running"}, caller=me)
+    exc, _ = await fails(api, "PUT", status_url + "?mirror=false", {"phase": "x"}, caller=me)
     assert isinstance(exc, MirrorConflictError)
-    await call(api, "POST", "/v1/pods", pod("api-made", node="n1"))
+    # The mirror is not deleted through the API, and a mirror never takes an API pod's name.
+    exc, _ = await fails(api, "DELETE", "/v1/namespaces/default/pods/static-web-n1")
+    assert isinstance(exc, MirrorConflictError)
+    await call(api, "POST", "/v1/pods", pod("api-made-n1", node="n1"))
     exc, _ = await fails(
-        api, "PUT", "/v1/nodes/n1/mirrorpods/default/api-made", pod("api-made"), caller=me
+        api, "PUT", "/v1/nodes/n1/mirrorpods/default/api-made-n1", pod("api-made-n1"), caller=me
     )
     assert isinstance(exc, MirrorConflictError)
-    exc, _ = await fails(api, "DELETE", "/v1/nodes/n1/mirrorpods/default/api-made", caller=me)
+    exc, _ = await fails(api, "DELETE", "/v1/nodes/n1/mirrorpods/default/api-made-n1", caller=me)
     assert isinstance(exc, MirrorConflictError)
-    gone = await call(api, "DELETE", "/v1/nodes/n1/mirrorpods/default/static-web", caller=me)
-    assert loads(gone) == {"deleted": "default/static-web"}
-    await fails(api, "GET", "/v1/namespaces/default/pods/static-web")
+    gone = await call(api, "DELETE", url, caller=me)
+    assert loads(gone) == {"deleted": "default/static-web-n1"}
+    await fails(api, "GET", "/v1/namespaces/default/pods/static-web-n1")
+
+
+async def test_an_apply_wins_over_a_mirror_and_deleting_a_node_removes_its_mirrors(
+    api: MasterApi, rig: MasterRig
+) -> None:
+    node = await rig.ready_node("n1")
+    me = node_caller(node)
+    for name in ("a-n1", "b-n1"):
+        await call(api, "PUT", f"/v1/nodes/n1/mirrorpods/default/{name}", pod(name), caller=me)
+    applied = await call(api, "POST", "/v1/pods", pod("a-n1", node="n1"))
+    assert applied.status == 201
+    assert MIRROR_ANNOTATION not in loads(applied)["metadata"].get("annotations", {})
+    assert loads(await call(api, "DELETE", "/v1/nodes/n1")) == {"deleted": "n1"}
+    listed = loads(await call(api, "GET", "/v1/pods"))["items"]
+    assert [p["metadata"]["name"] for p in listed] == ["a-n1"]  # the API's pod stays
 
 
 # -- pods --------------------------------------------------------------------------------------
@@ -774,12 +812,12 @@ async def test_pods_mirrors_and_events_over_the_wire(
     status = {"phase": "Running"}
     ok(await node.call("PUT", "/v1/namespaces/default/pods/web/status", status))
     assert ok(await viewer.call("GET", "/v1/namespaces/default/pods/web"))["status"] == status
-    static = pod("static", node="n1")
-    put = await node.call("PUT", "/v1/nodes/n1/mirrorpods/default/static", static)
-    assert ok(put) == {"mirrored": "default/static"}
+    static = pod("static-n1", node="n1")
+    put = await node.call("PUT", "/v1/nodes/n1/mirrorpods/default/static-n1", static)
+    assert ok(put) == {"mirrored": "default/static-n1"}
     names = [p["metadata"]["name"] for p in ok(await viewer.call("GET", "/v1/pods"))["items"]]
-    assert sorted(names) == ["static", "web"]
-    ok(await node.call("DELETE", "/v1/nodes/n1/mirrorpods/default/static"))
+    assert sorted(names) == ["static-n1", "web"]
+    ok(await node.call("DELETE", "/v1/nodes/n1/mirrorpods/default/static-n1"))
     ok(await admin.call("DELETE", "/v1/namespaces/default/pods/web"))
     events = ok(await viewer.call("GET", "/v1/events?kind=Node"))
     assert [e["reason"] for e in events["items"]] == ["Registered"]

@@ -53,7 +53,15 @@ from tests.unit.node.test_app import RecordingNotifier as NodeRecordingNotifier
 
 pytestmark = pytest.mark.usefixtures("blockbuster")
 
-MANAGERS = ["watchdog", "scheduler", "eviction", "loop-lag", "reload", "api"]
+MANAGERS = [
+    "watchdog",
+    "scheduler",
+    "eviction",
+    "registration-expiry",
+    "loop-lag",
+    "reload",
+    "api",
+]
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 FLEET_NODE = "fleet-node"
 

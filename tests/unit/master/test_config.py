@@ -72,6 +72,11 @@ allowed_cidrs = ["10.0.0.0/8", "fd00::/8"]
 trusted_proxies = ["192.0.2.10/32"]
 client_ca_file = "{fleet_ca}"
 client_cert_name_must_match = false
+max_pending_registrations = 50
+max_pending_bytes = 65536
+pending_registration_ttl_s = 30
+registration_rate_per_s = 0.5
+registration_burst = 3
 """,
     )
     config = load_master_config(path)
@@ -92,6 +97,11 @@ client_cert_name_must_match = false
             trusted_proxies=("192.0.2.10/32",),
             client_ca_file=fleet_ca,
             client_cert_name_must_match=False,
+            max_pending_registrations=50,
+            max_pending_bytes=65536,
+            pending_registration_ttl_s=30.0,
+            registration_rate_per_s=0.5,
+            registration_burst=3,
         ),
         path=path,
     )
@@ -112,7 +122,20 @@ client_cert_name_must_match = false
         "trusted_proxies",
         "client_ca_file",
         "client_cert_name_must_match",
+        "max_pending_registrations",
+        "max_pending_bytes",
+        "pending_registration_ttl_s",
+        "registration_rate_per_s",
+        "registration_burst",
     }
+
+
+def test_registration_limits_default_to_the_documented_values(tmp_path: Path) -> None:
+    policy = load_master_config(write(tmp_path, "[registration]\n")).registration
+    assert policy.max_pending_registrations == 1000
+    assert policy.max_pending_bytes == 16 * 1024 * 1024
+    assert policy.pending_registration_ttl_s == 24 * 3600
+    assert (policy.registration_rate_per_s, policy.registration_burst) == (5.0, 50)
 
 
 def test_a_string_for_a_list_is_read_as_its_comma_separated_items(tmp_path: Path) -> None:
@@ -229,6 +252,17 @@ def test_values_of_the_wrong_type(tmp_path: Path, section: str, line: str, expec
         ("[master]\ndisruption_threshold = 0", "[master]: disruption_threshold must be in (0, 1]"),
         ("[master]\ndisruption_threshold = 1.5", "disruption_threshold must be in (0, 1]"),
         ("[master]\nnode_cert_lifetime_s = 1", "[master]: node_cert_lifetime_s must be at least 2"),
+        (
+            "[registration]\nmax_pending_registrations = 0",
+            "[registration]: max_pending_registrations must be >= 1",
+        ),
+        ("[registration]\nmax_pending_bytes = -5", "max_pending_bytes must be >= 1"),
+        ("[registration]\nregistration_burst = 0", "registration_burst must be >= 1"),
+        (
+            "[registration]\npending_registration_ttl_s = 0",
+            "[registration]: pending_registration_ttl_s must be a number > 0",
+        ),
+        ("[registration]\nregistration_rate_per_s = -1", "registration_rate_per_s must be"),
     ],
 )
 def test_bad_values(tmp_path: Path, text: str, expected: str) -> None:

@@ -12,9 +12,15 @@ from typing import Any
 
 import pytest
 
-from agent.errors import CompactedError, ManifestError, MirrorConflictError, NotFoundError
+from agent.errors import (
+    BadRequestError,
+    CompactedError,
+    ManifestError,
+    MirrorConflictError,
+    NotFoundError,
+)
 from agent.master.pki_files import ClusterPki
-from agent.master.pods import MIRROR_ANNOTATION, PODS_PREFIX, pod_key, pod_object
+from agent.master.pods import MIRROR_ANNOTATION, PODS_PREFIX, mirror_name, pod_key, pod_object
 from agent.master.store.memory import MemoryStore
 from tests.unit.master.rig import (
     EVICTION_TIMEOUT_S,
@@ -251,7 +257,7 @@ async def _three_nodes_with_pods(cluster_pki: ClusterPki, **config: Any) -> Mast
     placed = await stored(rig, "placed")
     assert placed["nodeName"] == "n3"  # least allocated, ties to the last name
     await rig.pods.apply(manifest("pinned", node="n3"))
-    await rig.pods.put_mirror("n3", manifest("static"))
+    await rig.pods.put_mirror("n3", manifest("static-n3"))
     await rig.pods.apply(manifest("done"))
     assert (await stored(rig, "done"))["nodeName"] == "n3"
     await rig.pods.set_status("default", "done", {"phase": "Succeeded"}, "n3")
@@ -283,7 +289,7 @@ async def test_scheduled_pods_leave_a_node_not_ready_past_the_timeout(
     assert evicted["status"]["message"].startswith("node n3 NotReady for 30")
     # Bound by name, mirrored, or finished: never moved.
     assert (await stored(rig, "pinned"))["nodeName"] == "n3"
-    assert (await stored(rig, "static"))["nodeName"] == "n3"
+    assert (await stored(rig, "static-n3"))["nodeName"] == "n3"
     assert (await stored(rig, "done"))["nodeName"] == "n3"
     assert [r for r, _ in rig.events("Pod", "placed")][-1] == "Evicted"
     # The node is told the pod left it, and the scheduler places it elsewhere.
@@ -316,6 +322,43 @@ async def test_disruption_mode_is_entered_before_any_node_is_due(
     _keep_alive(rig, "n1", "n2", "n3")
     assert await rig.pods.evict_from_unready_nodes() == 0
     assert not rig.pods.disrupted
+
+
+async def test_nodes_never_ready_do_not_count_toward_disruption_mode(
+    cluster_pki: ClusterPki,
+) -> None:
+    """Registrations that never renew a lease (an attacker's, or machines that never came up)
+    would otherwise be NotReady nodes enough to hold eviction off for the whole cluster."""
+    rig = await _three_nodes_with_pods(cluster_pki)
+    for n in range(20):
+        assert (await rig.register(NodeKey(f"fake-{n}"))).status == 200  # open: Approved
+    rig.clock.advance(LEASE_GRACE_S + EVICTION_TIMEOUT_S + 1)
+    _keep_alive(rig, "n1", "n2")
+    assert not rig.registry.was_ever_ready("fake-0") and rig.registry.was_ever_ready("n3")
+    # 21 of 23 Approved nodes are NotReady, but only n3 of the three that were ever Ready.
+    assert await rig.pods.evict_from_unready_nodes() == 1
+    assert not rig.pods.disrupted
+    assert (await stored(rig, "placed"))["nodeName"] == ""
+    # Ready once, then gone: those count (here two of three: disruption mode).
+    await rig.registry.note_ready("fake-0")
+    rig.registry.renew_lease("fake-0")
+    rig.clock.advance(LEASE_GRACE_S + 1)
+    _keep_alive(rig, "n1")
+    assert await rig.pods.evict_from_unready_nodes() == 0
+    assert rig.pods.disrupted
+
+
+async def test_ever_ready_survives_a_master_restart(cluster_pki: ClusterPki) -> None:
+    rig = make_rig(cluster_pki)
+    await rig.ready_node("n1")
+    revision = (await rig.store.list_prefix(""))[1]
+    await rig.registry.note_ready("n1")  # once only: no second write
+    assert (await rig.store.list_prefix(""))[1] == revision
+    await rig.registry.note_ready("ghost")  # unknown: nothing
+    restarted = make_rig(cluster_pki, store=rig.store)
+    await restarted.registry.load()
+    assert restarted.registry.was_ever_ready("n1")
+    assert not restarted.registry.was_ever_ready("ghost")
 
 
 async def test_eviction_can_be_turned_off(cluster_pki: ClusterPki) -> None:
@@ -385,10 +428,10 @@ async def test_updates_go_through_a_concurrent_change(cluster_pki: ClusterPki) -
     store.interfere_with = key
     await rig.pods.apply(manifest("web", node="n1", image="busybox:2"))
     assert (await stored(rig, "web"))["manifest"]["spec"]["containers"][0]["image"] == "busybox:2"
-    await rig.pods.put_mirror("n1", manifest("static"))
-    store.interfere_with = pod_key("default", "static")
-    await rig.pods.put_mirror("n1", manifest("static", image="busybox:2"))
-    static = await stored(rig, "static")
+    await rig.pods.put_mirror("n1", manifest("static-n1"))
+    store.interfere_with = pod_key("default", "static-n1")
+    await rig.pods.put_mirror("n1", manifest("static-n1", image="busybox:2"))
+    static = await stored(rig, "static-n1")
     assert static["manifest"]["spec"]["containers"][0]["image"] == "busybox:2"
 
 
@@ -438,38 +481,77 @@ async def test_a_status_report_racing_an_update_is_applied_on_the_new_object(
 
 
 async def test_mirror_pods_are_read_only_on_the_master(rig: MasterRig) -> None:
-    await rig.pods.put_mirror("n1", manifest("static"))
-    obj = await stored(rig, "static")
+    await rig.pods.put_mirror("n1", manifest("static-n1"))
+    obj = await stored(rig, "static-n1")
     assert (obj["mirror"], obj["nodeName"], obj["status"]) == (True, "n1", {"phase": "Pending"})
     assert pod_object(obj)["metadata"]["annotations"] == {MIRROR_ANNOTATION: "true"}
     revision = (await rig.store.list_prefix(""))[1]
-    await rig.pods.put_mirror("n1", manifest("static"))  # unchanged: no write
+    await rig.pods.put_mirror("n1", manifest("static-n1"))  # unchanged: no write
     assert (await rig.store.list_prefix(""))[1] == revision
-    await rig.pods.set_status("default", "static", {"phase": "Running"}, "n1")
-    await rig.pods.put_mirror("n1", manifest("static", image="busybox:2"))
-    changed = await stored(rig, "static")
+    await rig.pods.set_status("default", "static-n1", {"phase": "Running"}, "n1", mirror=True)
+    await rig.pods.put_mirror("n1", manifest("static-n1", image="busybox:2"))
+    changed = await stored(rig, "static-n1")
     assert changed["status"] == {"phase": "Running"}  # the status stays with the new manifest
     assert changed["manifest"]["spec"]["containers"][0]["image"] == "busybox:2"
-    with pytest.raises(MirrorConflictError, match="change the manifest on that node"):
-        await rig.pods.apply(manifest("static", node="n1"))
+    with pytest.raises(MirrorConflictError, match="is a mirror pod"):
+        await rig.pods.set_status("default", "static-n1", {"phase": "Failed"}, "n1", mirror=False)
     with pytest.raises(MirrorConflictError, match="remove its manifest on that node"):
-        await rig.pods.delete("default", "static")
-    with pytest.raises(MirrorConflictError, match="already exists on the master"):
-        await rig.pods.put_mirror("n2", manifest("static"))
+        await rig.pods.delete("default", "static-n1")
     with pytest.raises(MirrorConflictError, match="is not a mirror pod of node n2"):
-        await rig.pods.delete_mirror("n2", "default", "static")
-    await rig.pods.delete_mirror("n1", "default", "static")
-    await rig.pods.delete_mirror("n1", "default", "static")  # gone already: fine
+        await rig.pods.delete_mirror("n2", "default", "static-n1")
+    await rig.pods.delete_mirror("n1", "default", "static-n1")
+    await rig.pods.delete_mirror("n1", "default", "static-n1")  # gone already: fine
     with pytest.raises(NotFoundError):
-        await rig.pods.get("default", "static")
+        await rig.pods.get("default", "static-n1")
+
+
+async def test_a_mirror_is_named_after_its_node(rig: MasterRig) -> None:
+    """Kubelet's ``<name>-<node>``: a node can take only names ending in its own, so it can
+    neither squat an API pod's name like ``web`` nor another node's mirror."""
+    for name in ("static", "static-n2", "n1"):
+        with pytest.raises(BadRequestError, match="is named <static pod name>-n1"):
+            await rig.pods.put_mirror("n1", manifest(name))
+    await rig.pods.put_mirror("n1", manifest("static-n1"))
+    with pytest.raises(BadRequestError, match="is named <static pod name>-n2"):
+        await rig.pods.put_mirror("n2", manifest("static-n1"))
+    assert mirror_name("static", "n1") == "static-n1"
 
 
 async def test_a_master_pod_is_not_replaced_by_a_mirror(rig: MasterRig) -> None:
-    await rig.pods.apply(manifest("web", node="n1"))
+    await rig.pods.apply(manifest("web-n1", node="n1"))
     with pytest.raises(MirrorConflictError, match="already exists on the master"):
-        await rig.pods.put_mirror("n1", manifest("web"))
+        await rig.pods.put_mirror("n1", manifest("web-n1"))
     with pytest.raises(MirrorConflictError, match="is not a mirror pod"):
-        await rig.pods.delete_mirror("n1", "default", "web")
+        await rig.pods.delete_mirror("n1", "default", "web-n1")
+    with pytest.raises(MirrorConflictError, match="is not a mirror pod"):
+        await rig.pods.set_status("default", "web-n1", {"phase": "Running"}, "n1", mirror=True)
+    assert (await stored(rig, "web-n1"))["status"] == {"phase": "Pending"}
+
+
+async def test_an_apply_over_a_mirror_wins(rig: MasterRig) -> None:
+    """The API's name comes first: an administrator's pod replaces a mirror of that name (a new
+    object, with a new uid, placed as any new pod), with a warning event."""
+    await rig.ready_node("n2")
+    await rig.pods.put_mirror("n1", manifest("static-n1"))
+    mirror_uid = (await stored(rig, "static-n1"))["manifest"]["metadata"].get("uid")
+    obj, created = await rig.pods.apply(manifest("static-n1"))
+    assert created and not obj.get("mirror")
+    assert obj["nodeName"] == "n2" and obj["manifest"]["metadata"]["uid"] != mirror_uid
+    assert "MirrorReplaced" in [r for r, _ in rig.events("Pod", "static-n1")]
+    # The node's next put of its mirror is refused: the name is the API's now.
+    with pytest.raises(MirrorConflictError, match="already exists on the master"):
+        await rig.pods.put_mirror("n1", manifest("static-n1"))
+
+
+async def test_a_deleted_nodes_mirrors_go_with_it(rig: MasterRig) -> None:
+    await rig.pods.put_mirror("n1", manifest("a-n1"))
+    await rig.pods.put_mirror("n1", manifest("b-n1", namespace="other"))
+    await rig.pods.put_mirror("n2", manifest("a-n2"))
+    await rig.pods.apply(manifest("web", node="n1"))
+    assert await rig.pods.delete_mirrors_of("n1") == 2
+    left = {o["manifest"]["metadata"]["name"] for o in (await rig.pods.list())[0]}
+    assert left == {"a-n2", "web"}  # other nodes' mirrors and the API's pods stay
+    assert await rig.pods.delete_mirrors_of("n1") == 0
 
 
 async def test_pod_object(rig: MasterRig) -> None:
@@ -495,12 +577,12 @@ async def test_watch_node_sends_its_pods_changes(rig: MasterRig) -> None:
     assert await take(watch, 1) == [("MODIFIED", "old", "n1")]
     await rig.pods.apply(manifest("new", node="n1"))
     await rig.pods.apply(manifest("elsewhere", node="n2"))
-    await rig.pods.put_mirror("n1", manifest("static"))
+    await rig.pods.put_mirror("n1", manifest("static-n1"))
     await rig.pods.delete("default", "new")
     await rig.pods.delete("default", "elsewhere")
     assert await take(watch, 3) == [
         ("ADDED", "new", "n1"),
-        ("ADDED", "static", ""),
+        ("ADDED", "static-n1", ""),
         ("DELETED", "new", "n1"),
     ]
     await rig.pods.apply(manifest("last", node="n1"))

@@ -15,6 +15,7 @@ from cryptography import x509
 from agent.aio.clock import SystemClock
 from agent.errors import (
     BadRequestError,
+    KeyMismatchError,
     NameConflictError,
     NotFoundError,
     PkiError,
@@ -315,16 +316,40 @@ async def test_a_poll_of_a_deleted_node_is_not_found(cluster_pki: ClusterPki) ->
 async def test_a_new_key_for_a_registered_name_needs_force_replace(rig: MasterRig) -> None:
     old, new = NodeKey("n1"), NodeKey("n1")
     await rig.register(old)
-    with pytest.raises(NameConflictError, match="nodectl approve n1 --force-replace"):
-        await rig.register(new)
+    new_fp = f"sha256:{new.key_id}"
+    with pytest.raises(
+        NameConflictError, match=f"nodectl approve n1 --force-replace --fingerprint {new_fp}"
+    ):
+        await rig.register(new, ip="192.0.2.7")
     remembered = (await record(rig, "n1"))["replacement"]
     assert remembered["publicKeyId"] == new.key_id
+    evidence = {
+        "fingerprint": new_fp,
+        "source": "192.0.2.7",
+        "requestedAt": "2027-01-15T08:00:00Z",
+        "admittedBy": "open",
+    }
+    shown = rig.registry.node_object(await record(rig, "n1"))["status"]["registration"]
+    assert shown["replacement"] == evidence and shown["keyFingerprint"] == f"sha256:{old.key_id}"
+    assert "csr" not in json.dumps(shown)
+    [(reason, message)] = [e for e in rig.events("Node", "n1") if e[0] != "Registered"]
+    assert reason == "KeyReplacementRequested"
+    assert "from 192.0.2.7 (rule open)" in message and new_fp in message
     revision = await store_revision(rig)
+    rig.clock.advance(60)
     with pytest.raises(NameConflictError):
-        await rig.register(new)  # retries do not rewrite the record
+        await rig.register(new, ip="192.0.2.8")  # retries do not rewrite the record
     assert await store_revision(rig) == revision
+    assert (await record(rig, "n1"))["replacement"]["source"] == "192.0.2.7"  # the first's
     assert rig.registry.is_current_node("n1", old.key_id)  # nothing changes until approved
-    approved = await rig.registry.approve("n1", force_replace=True)
+    with pytest.raises(BadRequestError, match="needs its fingerprint"):
+        await rig.registry.approve("n1", force_replace=True)
+    with pytest.raises(KeyMismatchError, match=f'waits with key {new_fp}, not "sha256:00'):
+        await rig.registry.approve("n1", force_replace=True, fingerprint="sha256:00")
+    assert rig.registry.is_current_node("n1", old.key_id)  # refused: nothing changed
+    approved = await rig.registry.approve(
+        "n1", force_replace=True, fingerprint=f" {new_fp.upper().replace('SHA256', 'sha256')} "
+    )
     assert approved["publicKeyId"] == new.key_id and approved["pickup"] is True
     assert approved["requestId"] == request_id("n1", new.key_id)
     assert not rig.registry.is_current_node("n1", old.key_id)
@@ -334,8 +359,43 @@ async def test_a_new_key_for_a_registered_name_needs_force_replace(rig: MasterRi
     assert "pickup" not in await record(rig, "n1")
     assert rig.events("Node", "n1")[-1] == (
         "Approved",
-        "approved by an administrator (new key accepted)",
+        f"approved by an administrator (new key {new_fp} accepted)",
     )
+
+
+async def test_a_second_replacement_key_replaces_the_first_with_a_new_event(
+    rig: MasterRig,
+) -> None:
+    """The administrator sees every key that asked: approving the one they saw first is refused
+    once another took its place."""
+    await rig.register(NodeKey("n1"))
+    first, second = NodeKey("n1"), NodeKey("n1")
+    with pytest.raises(NameConflictError):
+        await rig.register(first, ip="192.0.2.7")
+    rig.clock.advance(5)
+    with pytest.raises(NameConflictError):
+        await rig.register(second, ip="198.51.100.9")
+    waiting = rig.registry.node_object(await record(rig, "n1"))["status"]["registration"]
+    assert waiting["replacement"]["fingerprint"] == f"sha256:{second.key_id}"
+    assert waiting["replacement"]["source"] == "198.51.100.9"
+    assert waiting["replacement"]["requestedAt"] == "2027-01-15T08:00:05Z"
+    requests = [m for r, m in rig.events("Node", "n1") if r == "KeyReplacementRequested"]
+    assert len(requests) == 2
+    assert f"replaces the waiting request for sha256:{first.key_id}" in requests[1]
+    with pytest.raises(KeyMismatchError, match="the request you saw was replaced"):
+        await rig.registry.approve("n1", force_replace=True, fingerprint=f"sha256:{first.key_id}")
+    approved = await rig.registry.approve(
+        "n1", force_replace=True, fingerprint=f"sha256:{second.key_id}"
+    )
+    assert approved["publicKeyId"] == second.key_id
+
+
+async def test_a_replacement_the_policy_refuses_is_not_remembered(rig: MasterRig) -> None:
+    await rig.register(NodeKey("n1"))
+    rig.policy("ip-allowlist", allowed_cidrs=("10.0.0.0/8",))
+    with pytest.raises(RegistrationRefusedError, match="not in an allowed CIDR"):
+        await rig.register(NodeKey("n1"), ip="192.0.2.7")
+    assert "replacement" not in await record(rig, "n1")
 
 
 async def test_force_replace_needs_a_registration_from_a_new_key(rig: MasterRig) -> None:
@@ -632,6 +692,7 @@ async def test_the_node_object(rig: MasterRig) -> None:
         "admittedBy": "open",
         "reason": "open registration",
         "certificateExpiry": stored["certExpiry"],
+        "keyFingerprint": f"sha256:{stored['publicKeyId']}",
     }
     assert status["conditions"] == [
         {

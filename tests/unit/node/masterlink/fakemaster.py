@@ -461,6 +461,8 @@ class FakeMaster:
         meta = body.get("metadata") if isinstance(body, dict) else None
         if not isinstance(meta, dict) or meta.get("namespace") != ns or meta.get("name") != pod:
             return _error(400, "the manifest's namespace/name must match the URL")
+        if not pod.endswith(f"-{node}"):
+            return _error(400, f"a mirror pod of node {node} is named <static pod name>-{node}")
         if full in self.pods and (full not in self.mirrors or self.node_of(full) != node):
             return _error(409, f"pod {full} already exists on the master")
         self.record.mirrors_put.append(full)
@@ -497,6 +499,11 @@ class FakeMaster:
         body = await self._json(request)
         if not isinstance(body, dict):
             return _error(400, "request body must be a JSON object")
+        flag = request.query.get("mirror")
+        if flag is not None and (flag in ("1", "true")) != (full in self.mirrors):
+            return _error(
+                409, f"pod {full} is {'not ' if full not in self.mirrors else ''}a mirror"
+            )
         self.record.statuses.append((full, body))
         self.set_status(full, body)
         return web.json_response({"updated": full})

@@ -100,15 +100,18 @@ async def test_static_pods_are_mirrored_once_per_spec_and_removed_with_their_fil
         rig.pods.apply_source("file:", [static])
         await rig.reporter.report_once(session)
         await rig.reporter.report_once(session)
-        assert rig.master.record.mirrors_put == ["default/static-s"]
+        # Named as kubelet names mirror pods: <name>-<node>.
+        assert rig.master.record.mirrors_put == ["default/static-s-n1"]
+        assert rig.master.mirrors["default/static-s-n1"]["metadata"]["name"] == "static-s-n1"
         # Its status goes to the mirror.
         await until(lambda: rig.pods.workers[static.uid].synced_once.is_set(), "static pod synced")
         await rig.reporter.report_once(session)
-        assert "default/static-s" in [full for full, _ in rig.master.record.statuses]
+        assert "default/static-s-n1" in [full for full, _ in rig.master.record.statuses]
+        assert "default/static-s" not in [full for full, _ in rig.master.record.statuses]
 
         rig.pods.apply_source("file:", [])
         await rig.reporter.report_once(session)
-        assert rig.master.record.mirrors_deleted == ["default/static-s"]
+        assert rig.master.record.mirrors_deleted == ["default/static-s-n1"]
 
         # A new session puts every mirror again.
         rig.pods.apply_source("file:", [static])
@@ -128,16 +131,19 @@ async def test_a_mirror_is_retried_after_an_outage_but_not_after_a_refusal(
         await rig.reporter.report_once(session)
         rig.master.unavailable = False
         await rig.reporter.report_once(session)
-        assert rig.master.record.mirrors_put == ["default/static-s"]
+        assert rig.master.record.mirrors_put == ["default/static-s-n1"]
 
-        # A refusal (a pod of the master's holds the name) is not retried every loop.
-        rig.master.add_pod(pod_manifest("static-t"), notify=False)
+        # A refusal (a pod of the master's holds the name) is not retried every loop, and the
+        # static pod's status never lands on the master's pod.
+        rig.master.add_pod(pod_manifest("static-t-n1"), notify=False)
         taken = parse_pod(pod_manifest("static-t"), source=source + "t.yaml")
         rig.pods.apply_source("file:", [static, taken])
+        await until(lambda: rig.pods.workers[taken.uid].synced_once.is_set(), "static pod synced")
         for _ in range(3):
             await rig.reporter.report_once(session)
-        put_t = "PUT /v1/nodes/n1/mirrorpods/default/static-t"
+        put_t = "PUT /v1/nodes/n1/mirrorpods/default/static-t-n1"
         assert rig.master.record.requests.count(put_t) == 1
+        assert "default/static-t-n1" not in [full for full, _ in rig.master.record.statuses]
 
         # A deletion the master could not answer is retried too.
         rig.master.unavailable = True
@@ -145,7 +151,31 @@ async def test_a_mirror_is_retried_after_an_outage_but_not_after_a_refusal(
         await rig.reporter.report_once(session)
         rig.master.unavailable = False
         await rig.reporter.report_once(session)
-        assert rig.master.record.mirrors_deleted == ["default/static-s"]
+        assert rig.master.record.mirrors_deleted == ["default/static-s-n1"]
+
+
+async def test_a_mirror_taken_over_by_the_master_is_put_again_and_refused(
+    tmp_path: Path,
+) -> None:
+    """An administrator's apply over a mirror wins on the master: the node's next status
+    report finds its mirror gone, the next sync puts it again and logs the refusal."""
+    async with link_rig(tmp_path) as rig, rig.session() as session:
+        static = parse_pod(pod_manifest("static-s"), source="file:/m/s.yaml")
+        rig.pods.apply_source("file:", [static])
+        await until(lambda: rig.pods.workers[static.uid].synced_once.is_set(), "static pod synced")
+        await rig.reporter.report_once(session)
+        assert [full for full, _ in rig.master.record.statuses] == ["default/static-s-n1"]
+        # The master's pod takes the name (what an apply over the mirror leaves behind).
+        rig.master.mirrors.pop("default/static-s-n1")
+        worker = rig.pods.workers[static.uid]
+        worker.status = {**worker.status, "phase": "Failed"}
+        await rig.reporter.report_once(session)  # 409: not a mirror any more
+        await rig.reporter.report_once(session)  # put again: refused (the API's name)
+        put = "PUT /v1/nodes/n1/mirrorpods/default/static-s-n1"
+        assert rig.master.record.requests.count(put) == 2
+        await rig.reporter.report_once(session)
+        assert rig.master.record.requests.count(put) == 2  # not again every loop
+        assert len(rig.master.record.statuses) == 1  # none landed on the master's pod
 
 
 async def test_node_facts_read_the_host_and_the_runtime(tmp_path: Path) -> None:
