@@ -25,6 +25,7 @@ from typing import Any
 from agent import __version__
 from agent.cli.nodectl_control import SESSION_IDLE_S, config_path, control
 from agent.errors import CliError, NotTheMasterError, SessionUnavailableError
+from agent.names import escape, quote
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -216,6 +217,38 @@ def _pod_row(pod: dict[str, Any], wide: bool, all_namespaces: bool) -> list[str]
     return row
 
 
+def _age(timestamp: str | None, now: float) -> str:
+    """How long ago ``timestamp`` (RFC 3339, UTC) was, as kubectl's AGE column shows it."""
+    import calendar
+    import time
+
+    try:
+        then = calendar.timegm(time.strptime(timestamp or "", "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        return "<unknown>"
+    seconds = max(0, int(now - then))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 3 * 3600:
+        return f"{seconds // 60}m"
+    if seconds < 48 * 3600:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+def _csr_row(request: dict[str, Any], now: float) -> list[str]:
+    """A node's serving-names request; every value the node chose is escaped (it may hold
+    anything a certificate may: never a control character that forges a row)."""
+    spec = request.get("spec", {})
+    return [
+        escape(request["metadata"]["name"]),
+        escape(",".join(spec.get("names", []))) or "-",
+        escape(spec.get("source") or "-"),
+        _age(request["metadata"].get("creationTimestamp"), now),
+        escape(request.get("status", {}).get("condition") or "-"),
+    ]
+
+
 def _emit_documents(items: list[dict[str, Any]], output: str, single: bool) -> None:
     """``-o json|yaml`` as kubectl prints them: ``get TYPE NAME`` prints the object, every other
     get prints a ``List`` (also of zero or one item, so ``jq '.items[]'`` always works)."""
@@ -235,7 +268,12 @@ def _emit_table(
     if not objects:
         print(f"No {kind} found.", file=sys.stderr)
         return
-    if kind == "nodes":
+    if kind == "csr":
+        import time
+
+        header = ["NAME", "REQUESTED NAMES", "SOURCE", "AGE", "CONDITION"]
+        rows = [_csr_row(r, time.time()) for r in objects]
+    elif kind == "nodes":
         header = ["NAME", "STATUS", "REGISTRATION", "TRUST", "VERSION"] + (
             ["INTERNAL-IP", "CERT-EXPIRY"] if wide else []
         )
@@ -259,11 +297,16 @@ def _kinds(spec: str) -> list[str]:
         "pod": "pods",
         "pods": "pods",
         "po": "pods",
+        # Requests for serving names beyond those the master verified (kubectl's CSRs).
+        "csr": "csr",
+        "csrs": "csr",
+        "certificaterequests": "csr",
+        "certificatesigningrequests": "csr",
     }
     kinds = []
     for item in spec.split(","):
         if item not in aliases:
-            raise CliError(f"unknown resource type {item!r} (nodes, pods)", EXIT_USAGE)
+            raise CliError(f"unknown resource type {quote(item)} (nodes, pods, csr)", EXIT_USAGE)
         kinds.append(aliases[item])
     return kinds
 
@@ -273,6 +316,8 @@ def cmd_get(client: Client, args: argparse.Namespace) -> None:
     for kind in _kinds(args.kind):
         if kind == "nodes":
             items = client.call("GET", "/v1/nodes")["items"]
+        elif kind == "csr":
+            items = client.call("GET", "/v1/certificaterequests")["items"]
         else:
             query = (
                 "" if args.all_namespaces else "?namespace=" + urllib.parse.quote(args.namespace)
@@ -281,7 +326,8 @@ def cmd_get(client: Client, args: argparse.Namespace) -> None:
         if args.name:
             items = [item for item in items if item["metadata"]["name"] == args.name]
             if not items:
-                raise CliError(f'Error from server (NotFound): {kind[:-1]} "{args.name}" not found')
+                what = {"nodes": "node", "pods": "pod", "csr": "certificaterequest"}[kind]
+                raise CliError(f"Error from server (NotFound): {what} {quote(args.name)} not found")
         found.append((kind, items))
     if args.output in ("json", "yaml"):
         every = [item for _, items in found for item in items]
@@ -391,6 +437,18 @@ def cmd_node_action(client: Client, args: argparse.Namespace) -> None:
         "uncordon": "uncordoned",
     }[args.command]
     print(f"node/{args.name} {past}")
+
+
+def cmd_certificate(client: Client, args: argparse.Namespace) -> None:
+    """``certificate approve|deny NODE…``: decide on the serving names each node asked for
+    beyond those the master verified (approved ones are on its next certificate)."""
+    past = {"approve": "approved", "deny": "denied"}[args.action]
+    for name in args.names:
+        answer = client.call(
+            "POST", f"/v1/nodes/{urllib.parse.quote(name, safe='')}/servingnames/{args.action}"
+        )
+        decided = answer.get("status", {}).get(past, []) if isinstance(answer, dict) else []
+        print(f"certificaterequest/{escape(name)} {past}: {escape(', '.join(decided)) or '-'}")
 
 
 def _streaming(client: Client, args: argparse.Namespace) -> int | None:
@@ -521,8 +579,8 @@ def _parser() -> argparse.ArgumentParser:
         help="run exec and logs in this process: neither use nor start a nodectl session",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    get = sub.add_parser("get", help="list nodes or pods")
-    get.add_argument("kind", help="nodes, pods, or nodes,pods")
+    get = sub.add_parser("get", help="list nodes, pods or serving-name requests (csr)")
+    get.add_argument("kind", help="nodes, pods, csr, or a list of them: nodes,pods")
     get.add_argument("name", nargs="?")
     get.add_argument("-o", "--output", choices=("wide", "json", "yaml"))
     get.add_argument("-n", "--namespace", default="default")
@@ -553,6 +611,15 @@ def _parser() -> argparse.ArgumentParser:
                 metavar="sha256:HEX",
                 help="with --force-replace: the new key's fingerprint, as describe node shows it",
             )
+    certificate = sub.add_parser(
+        "certificate",
+        help="approve or deny the serving names a node asked for (get csr lists them)",
+        description="A node's certificate names only what the master verified (the node name, "
+        "the address it registered from); other names it asks for wait for an administrator. "
+        "Approved names are on the node's next certificate, denied ones never.",
+    )
+    certificate.add_argument("action", choices=("approve", "deny"))
+    certificate.add_argument("names", nargs="+", metavar="NODE")
     exe = sub.add_parser("exec", help="run a command in a pod's container")
     exe.add_argument("-i", "--stdin", action="store_true", help="pass stdin to the command")
     exe.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
@@ -621,6 +688,7 @@ COMMANDS = {
     "deny": cmd_node_action,
     "cordon": cmd_node_action,
     "uncordon": cmd_node_action,
+    "certificate": cmd_certificate,
     "exec": _streaming,
     "logs": _streaming,
     "port-forward": _streaming,

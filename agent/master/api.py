@@ -41,6 +41,7 @@ from agent.aio.metrics import (
     summary,
 )
 from agent.errors import BadRequestError, CompactedError, NotFoundError
+from agent.master import servingnames
 from agent.master.pods import PodStore, pod_object
 from agent.master.policy import effective_peer
 from agent.master.registry import NodeRegistry
@@ -86,6 +87,9 @@ class MasterApi:
             "nodes.uncordon": self.node_action,
             "nodes.lease": self.renew_lease,
             "nodes.certificate": self.rotate_certificate,
+            "certificaterequests.list": self.list_serving_names,
+            "servingnames.approve": self.decide_serving_names,
+            "servingnames.deny": self.decide_serving_names,
             "nodes.pods": self.node_pods,
             "mirrorpods.put": self.put_mirror,
             "mirrorpods.delete": self.delete_mirror,
@@ -264,13 +268,39 @@ class MasterApi:
 
     async def rotate_certificate(self, request: ApiRequest) -> ApiResponse:
         body = request.json()
-        certificate = await self.registry.rotate(request.param("node"), str(body.get("csr", "")))
+        certificate = await self.registry.rotate(
+            request.param("node"),
+            str(body.get("csr", "")),
+            # The address the rotation came from is the one the new certificate may name.
+            effective_peer(
+                request.peer_ip, request.headers.get("x-forwarded-for"), self.trusted_proxies
+            ),
+        )
         return json_response(
             {
                 "certificate": certificate,
                 "caBundle": cert_to_pem(self.registry.pki.ca_cert).decode(),
             }
         )
+
+    async def list_serving_names(self, request: ApiRequest) -> ApiResponse:
+        """Every node's serving-names request (``nodectl get csr``)."""
+        found = (servingnames.request_object(r) for r in await self.registry.records())
+        items = [item for item in found if item is not None]
+        return json_response(
+            {"apiVersion": "v1", "kind": "ServingNamesRequestList", "items": items}
+        )
+
+    async def decide_serving_names(self, request: ApiRequest) -> ApiResponse:
+        name = request.param("node")
+        approve = request.match.route.pattern[-1] == "approve"
+        record = await self.registry.decide_serving_names(name, approve=approve)
+        log.info(
+            "serving names decided",
+            extra=kv(node=name, approved=approve, by=request.principal.name),
+        )
+        answer = servingnames.request_object(record)
+        return json_response(answer if answer is not None else {})
 
     async def node_pods(self, request: ApiRequest) -> ApiResponse:
         name = request.param("node")

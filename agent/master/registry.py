@@ -45,6 +45,7 @@ from agent.errors import (
     UpdateConflictError,
 )
 from agent.events import EventRecorder
+from agent.master import servingnames
 from agent.master.config import MasterConfig
 from agent.master.pki_files import ClusterPki
 from agent.master.policy import Caller, Decision, Verdict, evaluate
@@ -381,9 +382,8 @@ class NodeRegistry:
     # -- registration ----------------------------------------------------------------------
 
     def _issue_for(self, record: dict[str, Any], public_key: ec.EllipticCurvePublicKey) -> str:
-        names = [record["name"], *record.get("addresses", [])]
-        if record.get("hostname"):
-            names.append(record["hostname"])
+        # Only names the master verified (agent.master.servingnames), never the node's say.
+        names = servingnames.certificate_names(record)
         cert = issue(
             self.pki.ca_key,
             self.pki.ca_cert,
@@ -439,6 +439,7 @@ class NodeRegistry:
             "labels": _labels(body.get("labels"), "labels"),
             "agentVersion": _text(body.get("agentVersion", ""), "agentVersion"),
         }
+        asked = servingnames.asked_names(csr_pem, *facts["addresses"], str(facts["hostname"]))
         for _ in range(5):  # compare-and-swap retries against concurrent admin actions
             found = await self.get_record(name)
             if found is not None:
@@ -456,6 +457,7 @@ class NodeRegistry:
                     )
                 was_pending = record["registration"] == PENDING
                 record.update(facts)
+                servingnames.note(record, asked, caller_ip, self._now_iso())
                 if trusted_node == name:
                     # Trusted nodes stay trusted whatever the policy says now.
                     record["registration"] = APPROVED
@@ -502,6 +504,7 @@ class NodeRegistry:
                 "createdAt": self._now_iso(),
                 **facts,
             }
+            servingnames.note(record, asked, caller_ip, self._now_iso())
             if decision.verdict is Verdict.ADMIT:
                 record["certificate"] = self._issue_for(record, public_key)
                 saved = await self._save(record, 0)
@@ -728,6 +731,10 @@ class NodeRegistry:
                         f"node {name}` and accept only a key you trust"
                     )
                 del record["replacement"]
+                # The new key was seen from there (the evidence the administrator approved).
+                servingnames.note(
+                    record, [], replacement.get("source"), self._now_iso(), keep_request=True
+                )
                 record["publicKeyId"] = replacement["publicKeyId"]
                 record["requestId"] = request_id(name, replacement["publicKeyId"])
                 record["csr"] = replacement["csr"]
@@ -820,14 +827,18 @@ class NodeRegistry:
         self.leases.pop(name, None)
         self._wake_pollers(name)  # a poll of its request now answers 404
 
-    async def rotate(self, name: str, csr_pem: str) -> str:
-        """A trusted node renews over its mTLS session: same name, any new key, no approval."""
+    async def rotate(self, name: str, csr_pem: str, source: str | None = None) -> str:
+        """A trusted node renews over its mTLS session from ``source`` (None: the address seen
+        before): same name, any new key, no approval, and no name the master did not verify
+        (agent.master.servingnames)."""
         public_key = node_csr_key(name, csr_pem)
+        asked = servingnames.asked_names(csr_pem)
         issued: list[str] = []
 
         def change(record: dict[str, Any]) -> None:
             if record["registration"] != APPROVED:
                 raise RegistrationRefusedError(f"node {name!r} is {record['registration']}")
+            servingnames.note(record, asked, source, self._now_iso(), keep_request=True)
             record["publicKeyId"] = public_key_id(public_key)
             record["requestId"] = request_id(name, record["publicKeyId"])
             record["certificate"] = self._issue_for(record, public_key)
@@ -835,6 +846,24 @@ class NodeRegistry:
 
         await self._mutate(name, change)
         return issued[-1]
+
+    async def decide_serving_names(self, name: str, *, approve: bool) -> dict[str, Any]:
+        """An administrator approves (or denies) the serving names node ``name`` asked for:
+        approved ones are on its next certificate, denied ones never."""
+        decided: list[str] = []
+
+        def change(record: dict[str, Any]) -> None:
+            decided[:] = servingnames.decide(record, approve=approve)
+
+        record = await self._mutate(name, change)
+        verb = "approved" if approve else "denied"
+        self._event(
+            name,
+            "ServingNamesApproved" if approve else "ServingNamesDenied",
+            f"serving names {verb} by an administrator: {', '.join(decided)}",
+            warning=not approve,
+        )
+        return record
 
     # -- leases and readiness --------------------------------------------------------------
 
@@ -898,6 +927,7 @@ class NodeRegistry:
                     "reason": record.get("reason", ""),
                     "certificateExpiry": record.get("certExpiry"),
                     "keyFingerprint": key_fingerprint(record["publicKeyId"]),
+                    "servingNames": servingnames.shown(record),
                     **_waiting(record),
                 },
                 "conditions": [

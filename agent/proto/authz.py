@@ -129,6 +129,10 @@ RULES: Mapping[str, frozenset[CallerKind]] = {
     "nodes.uncordon": _ADMINS,
     "nodes.lease": _NODE_OR_ADMIN,
     "nodes.certificate": _NODE_ONLY,  # a new key is proven by the node, not by an admin
+    # The names a node asks for beyond those the master verified: an administrator decides.
+    "certificaterequests.list": _READERS,
+    "servingnames.approve": _ADMINS,
+    "servingnames.deny": _ADMINS,
     "nodes.pods": _NODE_OR_ADMIN,
     "mirrorpods.put": _NODE_ONLY,  # mirrors are written by their node only
     "mirrorpods.delete": _NODE_OR_ADMIN,

@@ -472,6 +472,57 @@ async def test_certificate_rotation_issues_for_the_new_key(
     assert isinstance(exc, RegistrationRefusedError)
 
 
+async def test_a_rotation_names_the_address_it_came_from(
+    api: MasterApi, rig: MasterRig, n1: NodeKey
+) -> None:
+    await rig.register(n1, addresses=[], hostname="")
+    me = node_caller(n1)
+
+    async def rotate(**kw: Any) -> set[str]:
+        response = await call(
+            api, "POST", "/v1/nodes/n1/certificate", {"csr": n1.csr()}, caller=me, **kw
+        )
+        cert = x509.load_pem_x509_certificate(loads(response)["certificate"].encode())
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        return {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+
+    assert await rotate(peer_ip="10.0.0.6") == {"10.0.0.6"}
+    # X-Forwarded-For counts from a trusted proxy only.
+    assert await rotate(peer_ip="10.0.0.7", headers={"x-forwarded-for": "10.9.9.9"}) == {"10.0.0.7"}
+    forwarded = {"x-forwarded-for": "10.0.0.8"}
+    assert await rotate(peer_ip=PROXY_IP, headers=forwarded) == {"10.0.0.8"}
+
+
+async def test_serving_names_are_listed_and_decided_by_an_administrator(
+    api: MasterApi, rig: MasterRig
+) -> None:
+    await rig.register(NodeKey("n1"), addresses=[NODE_IP, "127.0.0.1"], hostname="n1.example")
+    n2 = NodeKey("n2")
+    await rig.register(n2, addresses=[NODE_IP], hostname="")  # asks for nothing more
+    listed = loads(await call(api, "GET", "/v1/certificaterequests", caller=VIEWER))
+    assert listed["kind"] == "ServingNamesRequestList"
+    [request] = listed["items"]
+    assert request["kind"] == "ServingNamesRequest"
+    assert request["spec"] == {
+        "node": "n1",
+        "names": ["127.0.0.1", "n1.example"],
+        "source": NODE_IP,
+    }
+    assert request["status"]["condition"] == "Pending"
+    denied = loads(await call(api, "POST", "/v1/nodes/n1/servingnames/deny"))
+    assert denied["status"]["condition"] == "Denied"
+    assert denied["status"]["denied"] == ["127.0.0.1", "n1.example"]
+    _, error = await fails(api, "POST", "/v1/nodes/n1/servingnames/approve")
+    assert error["code"] == 400 and "no serving names waiting" in error["message"]
+    _, error = await fails(api, "POST", "/v1/nodes/ghost/servingnames/approve")
+    assert error["code"] == 404
+    await rig.register(n2, addresses=[NODE_IP, "10.0.0.9"], hostname="")
+    approved = loads(await call(api, "POST", "/v1/nodes/n2/servingnames/approve"))
+    assert approved["status"]["approved"] == ["10.0.0.9"]
+    [reason] = [r for r, _ in rig.events("Node", "n2") if r.startswith("ServingNames")]
+    assert reason == "ServingNamesApproved"
+
+
 # -- a node's pods and its watch ---------------------------------------------------------------
 
 
@@ -799,6 +850,19 @@ async def test_nodes_over_the_wire(served: Wire, rig: MasterRig, n1: NodeKey) ->
     refused = await node.call("PUT", "/v1/nodes/n1/lease")
     assert refused.status == 403 and "no longer" in refused.error["message"]
     assert ok(await admin.call("DELETE", "/v1/nodes/n1")) == {"deleted": "n1"}
+
+
+async def test_serving_names_over_the_wire(served: Wire, rig: MasterRig, n1: NodeKey) -> None:
+    await rig.register(n1, addresses=[NODE_IP, "127.0.0.1"], hostname="")
+    node, viewer, admin = served.as_("node"), served.as_("viewer"), served.as_("admin")
+    [request] = ok(await viewer.call("GET", "/v1/certificaterequests"))["items"]
+    assert request["status"]["pending"] == ["127.0.0.1"]
+    # A node never decides on its own names, nor does a viewer.
+    for caller in (node, viewer):
+        refused = await caller.call("POST", "/v1/nodes/n1/servingnames/approve")
+        assert refused.status == 403, refused.body
+    decided = ok(await admin.call("POST", "/v1/nodes/n1/servingnames/approve"))
+    assert decided["status"]["approved"] == ["127.0.0.1"]
 
 
 async def test_pods_mirrors_and_events_over_the_wire(

@@ -76,7 +76,10 @@ async def test_open_registration_issues_a_node_certificate(
     assert verify_issued_by(cert, [cluster_pki.ca_cert]) == cluster_pki.ca_cert
     assert identity_of(cert).node_name == "n1"
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert set(sans.get_values_for_type(x509.DNSName)) >= {"n1", "n1.example"}
+    # Only the names the master verified: the node name and the address it registered from;
+    # its host name waits for an administrator (tests/unit/master/test_servingnames.py).
+    assert sans.get_values_for_type(x509.DNSName) == ["n1"]
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["10.0.0.5"]
     assert result.body["caBundle"].startswith("-----BEGIN CERTIFICATE-----")
     assert result.body["leaseRenewSeconds"] == rig.registry.config.lease_renew_s
     stored = await record(rig, "n1")
@@ -693,6 +696,7 @@ async def test_the_node_object(rig: MasterRig) -> None:
         "reason": "open registration",
         "certificateExpiry": stored["certExpiry"],
         "keyFingerprint": f"sha256:{stored['publicKeyId']}",
+        "servingNames": {"verified": ["n1", "10.0.0.5"], "pending": ["n1.example"]},
     }
     assert status["conditions"] == [
         {
