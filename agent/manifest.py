@@ -8,11 +8,15 @@ believe it is in force. The only fields dropped are read-only output fields that
 ``kubectl get -o yaml`` prints (``status``, ``metadata.resourceVersion``, ...), so such output
 can be applied as is.
 
+A hostile manifest gets a :class:`ManifestError` like any other, never another exception: values
+are quoted in messages by :func:`~agent.manifest_loader.shown` (bounded, never a Python repr),
+a lone surrogate in any string is refused (it could not be encoded later), and every check is
+linear in the manifest's size (duplicate names through sets).
+
 It also owns
 
-* the YAML/JSON reading of manifest files: several ``---`` documents or a ``v1 List``; duplicate
-  keys are an error (PyYAML would silently keep the last one, dropping e.g. a whole
-  ``containers`` list);
+* the documents of a manifest text: several ``---`` documents or a ``v1 List``, read by the
+  strict, bounded loader of :mod:`agent.manifest_loader` (duplicate keys, tags, aliases, depth);
 * the normalised manifest (:attr:`Pod.manifest`): what was parsed, with Kubernetes' defaults
   filled in, as plain JSON data; parsing it again gives the same pod;
 * the uid of a pod that has none (static pods): derived from the node name and the normalised
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
 import posixpath
 import re
 import uuid
@@ -31,10 +34,9 @@ from collections.abc import Mapping, Set
 from enum import StrEnum
 from typing import Any, TypeVar
 
-import yaml
-
 from agent import names
 from agent.errors import ManifestError
+from agent.manifest_loader import field_path, has_surrogate, load_yaml, shown, type_name
 from agent.quantity import INT64_MAX, parse_cpu_millis, parse_memory_bytes
 from agent.types import (
     Container,
@@ -217,85 +219,11 @@ _LIST_FIELDS = {"apiVersion", "kind", "items", "metadata"}
 _E = TypeVar("_E", bound=StrEnum)
 
 
-# --- YAML -------------------------------------------------------------------------------------
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that rejects duplicate keys and reports bad scalars with a line."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[object] = set()
-        for key_node, _ in node.value:
-            # A merge key (`<<: *base`) may legitimately repeat what the mapping overrides.
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
-                continue
-            key = self.construct_object(key_node)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping",
-                    node.start_mark,
-                    f"found duplicate key {_q(key)}",
-                    key_node.start_mark,
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
-        try:
-            return super().construct_object(node, deep=deep)
-        except ValueError as exc:  # `2024-13-01`, `!!int x`: PyYAML lets ValueError escape
-            raise yaml.constructor.ConstructorError(
-                None, None, f"invalid value: {exc}", node.start_mark
-            ) from exc
-
-
-def _load_documents(text: str, source: str) -> list[object]:
-    try:
-        return [d for d in yaml.load_all(text, Loader=_StrictLoader) if d is not None]
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ManifestError("", f"invalid YAML{at}: {problem}", source) from None
-    except (ValueError, TypeError) as exc:
-        raise ManifestError("", f"invalid YAML: {exc}", source) from None
-    except RecursionError:
-        raise ManifestError("", "invalid YAML: nested too deeply", source) from None
-
-
 # --- field helpers: each validates one value and names its path on failure -----------------
 
 
 def _fail(path: str, problem: str) -> ManifestError:
     return ManifestError(path, problem)
-
-
-def _q(value: object) -> str:
-    """A value as the user wrote it, strings in double quotes like Kubernetes' messages."""
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    try:
-        return "null" if value is None else repr(value)
-    except RecursionError:  # a value nested too deeply to show
-        return f"(a deeply nested {_type_name(value)})"
-
-
-def _type_name(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, Mapping):
-        return "object"
-    if isinstance(value, list):
-        return "list"
-    return type(value).__name__
 
 
 def _required(raw: Mapping[str, Any], key: str, path: str) -> Any:
@@ -306,10 +234,12 @@ def _required(raw: Mapping[str, Any], key: str, path: str) -> Any:
 
 def _mapping(value: object, path: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
-        raise _fail(path, f"must be an object, got {_type_name(value)}")
+        raise _fail(path, f"must be an object, got {type_name(value)}")
     for key in value:
         if not isinstance(key, str):
-            raise _fail(path, f"keys must be strings, got {_type_name(key)} {_q(key)}")
+            raise _fail(path, f"keys must be strings, got {type_name(key)} {shown(key)}")
+        if has_surrogate(key):  # see _string
+            raise _fail(path, f"the key {shown(key)} holds a lone surrogate (not a character)")
     return value
 
 
@@ -321,7 +251,7 @@ def _object(value: object, path: str) -> Mapping[str, Any]:
 
 def _list(value: object, path: str) -> list[Any]:
     if not isinstance(value, list):
-        raise _fail(path, f"must be a list, got {_type_name(value)}")
+        raise _fail(path, f"must be a list, got {type_name(value)}")
     return value
 
 
@@ -329,24 +259,28 @@ def _string(value: object, path: str, *, allow_empty: bool = False) -> str:
     if not isinstance(value, str):
         # YAML turns unquoted `yes`, `0755`, `1.10` into booleans and numbers.
         hint = " (quote it in YAML)" if isinstance(value, (bool, int, float)) else ""
-        raise _fail(path, f"must be a string, got {_type_name(value)}{hint}")
+        raise _fail(path, f"must be a string, got {type_name(value)}{hint}")
     if not allow_empty and value == "":
         raise _fail(path, "must not be empty")
+    # "\ud800" decodes from JSON but cannot be encoded: the uid's hash, the checkpoint, logs
+    # and events would all fail on it later (the agent crash-looped on one in an annotation).
+    if has_surrogate(value):
+        raise _fail(path, f"{shown(value)} holds a lone surrogate (not a character)")
     return value
 
 
 def _int(value: object, path: str, *, low: int, high: int) -> int:
     # bool is an int subclass in Python; `true` is not a number in a manifest.
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(path, f"must be an integer, got {_type_name(value)}")
+        raise _fail(path, f"must be an integer, got {type_name(value)}")
     if not low <= value <= high:
-        raise _fail(path, f"{value} is out of range (must be between {low} and {high})")
+        raise _fail(path, f"{shown(value)} is out of range (must be between {low} and {high})")
     return value
 
 
 def _bool(value: object, path: str) -> bool:
     if not isinstance(value, bool):
-        raise _fail(path, f"must be a boolean (true or false), got {_type_name(value)}")
+        raise _fail(path, f"must be a boolean (true or false), got {type_name(value)}")
     return value
 
 
@@ -361,7 +295,7 @@ def _enum(kind: type[_E], value: object, path: str) -> _E:
         return kind(text)
     except ValueError:
         choices = ", ".join(member.value for member in kind)
-        raise _fail(path, f"{_q(text)} is not one of {choices}") from None
+        raise _fail(path, f"{shown(text)} is not one of {choices}") from None
 
 
 def _check_fields(
@@ -371,13 +305,12 @@ def _check_fields(
     unsupported: Set[str] = frozenset(),
     dropped: Set[str] = frozenset(),
 ) -> None:
-    prefix = f"{path}." if path else ""
     for key in obj:
         if key in allowed or key in dropped:
             continue
         if key in unsupported:
-            raise _fail(f"{prefix}{key}", "not supported yet")
-        raise _fail(f"{prefix}{key}", "unknown field")
+            raise _fail(field_path(path, key), "not supported yet")
+        raise _fail(field_path(path, key), "unknown field")
 
 
 def _dns_label(value: object, path: str) -> str:
@@ -391,7 +324,7 @@ def _dns_subdomain(value: object, path: str) -> str:
 def _labels(value: object, path: str) -> dict[str, str]:
     labels = {}
     for key, item in _mapping(value, path).items():
-        item_path = f"{path}[{_q(key)}]"
+        item_path = f"{path}[{shown(key)}]"
         names.check_qualified_name(key, item_path, "label", _fail)
         text = _string(item, item_path, allow_empty=True)
         labels[key] = names.check_label_value(text, item_path, _fail)
@@ -402,7 +335,7 @@ def _annotations(value: object, path: str) -> dict[str, str]:
     annotations = {}
     size = 0
     for key, item in _mapping(value, path).items():
-        item_path = f"{path}[{_q(key)}]"
+        item_path = f"{path}[{shown(key)}]"
         names.check_qualified_name(key, item_path, "annotation", _fail)
         annotations[key] = _string(item, item_path, allow_empty=True)
         size += len(key.encode()) + len(annotations[key].encode())
@@ -414,9 +347,9 @@ def _annotations(value: object, path: str) -> dict[str, str]:
 def _absolute_path(value: object, path: str) -> str:
     text = _string(value, path)
     if not text.startswith("/"):
-        raise _fail(path, f"{_q(text)} must be an absolute path (start with '/')")
+        raise _fail(path, f"{shown(text)} must be an absolute path (start with '/')")
     if "\x00" in text:
-        raise _fail(path, f"{_q(text)} must not contain a NUL character")
+        raise _fail(path, f"{shown(text)} must not contain a NUL character")
     return text
 
 
@@ -425,7 +358,7 @@ def _bind_path(value: object, path: str) -> str:
     ``:`` would be read as a separator and mount something else than what was written."""
     text = _absolute_path(value, path)
     if ":" in text:
-        raise _fail(path, f"{_q(text)} must not contain ':'")
+        raise _fail(path, f"{shown(text)} must not contain ':'")
     return text
 
 
@@ -450,13 +383,13 @@ class _Parser:
 
     def pod(self, doc: object) -> tuple[ObjectMeta, PodSpec, dict[str, Any]]:
         if not isinstance(doc, Mapping):
-            raise _fail("", f"a manifest must be an object (a v1 Pod), got {_type_name(doc)}")
+            raise _fail("", f"a manifest must be an object (a v1 Pod), got {type_name(doc)}")
         top = _object(doc, "")
         if not top:
             raise _fail("", "empty document")
         for key, expected in (("apiVersion", "v1"), ("kind", "Pod")):
             if _required(top, key, "") != expected:
-                raise _fail(key, f"must be {_q(expected)}, got {_q(top[key])}")
+                raise _fail(key, f"must be {shown(expected)}, got {shown(top[key])}")
         _check_fields(top, "", _TOP_FIELDS, dropped=_TOP_DROPPED)
         meta, meta_out = self.metadata(_required(top, "metadata", ""))
         spec, spec_out = self.spec(_required(top, "spec", ""))
@@ -474,7 +407,7 @@ class _Parser:
             # The uid names directories under the state dir and goes into container names.
             uid = _string(meta["uid"], "metadata.uid")
             if len(uid) > UID_MAX or _UID.fullmatch(uid) is None:
-                raise _fail("metadata.uid", f"{_q(uid)} is not a valid uid ({_UID_HELP})")
+                raise _fail("metadata.uid", f"{shown(uid)} is not a valid uid ({_UID_HELP})")
         labels = _labels(meta.get("labels", {}), "metadata.labels")
         annotations = _annotations(meta.get("annotations", {}), "metadata.annotations")
         out: dict[str, Any] = {"name": name, "namespace": namespace}
@@ -507,11 +440,15 @@ class _Parser:
         volume_names = {v.name for v in volumes}
         containers: list[Container] = []
         containers_out = []
+        container_names: set[str] = set()  # a set, not a scan: 8,000 containers took 5.7 s
         for i, item in enumerate(raw_containers):
             item_path = f"spec.containers[{i}]"
             container, container_out = self.container(item, item_path, volume_names, host_network)
-            if any(c.name == container.name for c in containers):
-                raise _fail(f"{item_path}.name", f"duplicate container name {_q(container.name)}")
+            if container.name in container_names:
+                raise _fail(
+                    f"{item_path}.name", f"duplicate container name {shown(container.name)}"
+                )
+            container_names.add(container.name)
             containers.append(container)
             containers_out.append(container_out)
         self.check_host_ports(containers)
@@ -573,14 +510,16 @@ class _Parser:
     def volumes(self, value: object, path: str) -> tuple[list[Volume], list[dict[str, Any]]]:
         volumes: list[Volume] = []
         out = []
+        seen: set[str] = set()
         for i, item in enumerate(_list(value, path)):
             item_path = f"{path}[{i}]"
             # Not _object: `emptyDir:` with nothing after it is null and still the source.
             raw = _mapping(item, item_path)
             _check_fields(raw, item_path, {"name", *_VOLUME_SOURCES}, _VOLUME_UNSUPPORTED)
             name = _dns_label(_required(raw, "name", item_path), f"{item_path}.name")
-            if any(v.name == name for v in volumes):
-                raise _fail(f"{item_path}.name", f"duplicate volume name {_q(name)}")
+            if name in seen:
+                raise _fail(f"{item_path}.name", f"duplicate volume name {shown(name)}")
+            seen.add(name)
             sources = [s for s in _VOLUME_SOURCES if s in raw]
             if len(sources) != 1:
                 raise _fail(
@@ -603,11 +542,11 @@ class _Parser:
         host_path = _bind_path(_required(raw, "path", path), f"{path}.path")
         if ".." in host_path.split("/"):
             # As Kubernetes: the path that was reviewed must be the path that is mounted.
-            raise _fail(f"{path}.path", f"{_q(host_path)} must not contain '..'")
+            raise _fail(f"{path}.path", f"{shown(host_path)} must not contain '..'")
         kind = _string(raw.get("type", ""), f"{path}.type", allow_empty=True)
         if kind not in _HOST_PATH_TYPES:
-            choices = ", ".join(_q(t) for t in _HOST_PATH_TYPES)
-            raise _fail(f"{path}.type", f"{_q(kind)} is not one of {choices}")
+            choices = ", ".join(shown(t) for t in _HOST_PATH_TYPES)
+            raise _fail(f"{path}.type", f"{shown(kind)} is not one of {choices}")
         return (
             Volume(name=name, host_path=HostPathVolume(host_path, kind)),
             {"name": name, "hostPath": {"path": host_path, "type": kind}},
@@ -622,7 +561,7 @@ class _Parser:
         if medium:
             raise _fail(
                 f"{path}.medium",
-                f'{_q(medium)} not supported yet (only the default disk medium "")',
+                f'{shown(medium)} not supported yet (only the default disk medium "")',
             )
         entry: dict[str, Any] = {}
         size = None
@@ -639,7 +578,7 @@ class _Parser:
         name = _dns_label(_required(raw, "name", path), f"{path}.name")
         image = _string(_required(raw, "image", path), f"{path}.image")
         if any(ch.isspace() for ch in image):
-            raise _fail(f"{path}.image", f"{_q(image)} must not contain whitespace")
+            raise _fail(f"{path}.image", f"{shown(image)} must not contain whitespace")
         if "imagePullPolicy" in raw:
             pull = _enum(PullPolicy, raw["imagePullPolicy"], f"{path}.imagePullPolicy")
         else:
@@ -698,7 +637,7 @@ class _Parser:
             if any(not " " <= ch <= "~" or ch == "=" for ch in name):
                 raise _fail(
                     f"{item_path}.name",
-                    f"{_q(name)} is not a valid environment variable name "
+                    f"{shown(name)} is not a valid environment variable name "
                     f"(printable ASCII characters except '=')",
                 )
             if "value" in raw and "valueFrom" in raw:
@@ -721,7 +660,7 @@ class _Parser:
         raw = _object(_required(value_from, "fieldRef", path), ref_path)
         _check_fields(raw, ref_path, _FIELD_REF_FIELDS)
         if "apiVersion" in raw and raw["apiVersion"] != "v1":
-            raise _fail(f"{ref_path}.apiVersion", f'must be "v1", got {_q(raw["apiVersion"])}')
+            raise _fail(f"{ref_path}.apiVersion", f'must be "v1", got {shown(raw["apiVersion"])}')
         field_path = _string(_required(raw, "fieldPath", ref_path), f"{ref_path}.fieldPath")
         try:
             return FieldRef(field_path)
@@ -729,7 +668,7 @@ class _Parser:
             supported = ", ".join(f.value for f in FieldRef)
             raise _fail(
                 f"{ref_path}.fieldPath",
-                f"{_q(field_path)} not supported yet (supported: {supported})",
+                f"{shown(field_path)} not supported yet (supported: {supported})",
             ) from None
 
     @staticmethod
@@ -738,6 +677,7 @@ class _Parser:
     ) -> tuple[list[ContainerPort], list[dict[str, Any]]]:
         ports: list[ContainerPort] = []
         out = []
+        port_names: set[str] = set()
         for i, item in enumerate(_list(value, path)):
             item_path = f"{path}[{i}]"
             raw = _object(item, item_path)
@@ -751,7 +691,8 @@ class _Parser:
             protocol = _string(raw.get("protocol", "TCP"), f"{item_path}.protocol")
             if protocol not in _PROTOCOLS:
                 raise _fail(
-                    f"{item_path}.protocol", f"{_q(protocol)} is not one of {', '.join(_PROTOCOLS)}"
+                    f"{item_path}.protocol",
+                    f"{shown(protocol)} is not one of {', '.join(_PROTOCOLS)}",
                 )
             entry: dict[str, Any] = {"containerPort": number, "protocol": protocol}
             name = None
@@ -765,11 +706,12 @@ class _Parser:
                 ):
                     raise _fail(
                         f"{item_path}.name",
-                        f"{_q(name)} is not a valid port name (IANA_SVC_NAME: at most 15 "
+                        f"{shown(name)} is not a valid port name (IANA_SVC_NAME: at most 15 "
                         f"lowercase alphanumerics and '-', at least one letter, no '--')",
                     )
-                if any(p.name == name for p in ports):
-                    raise _fail(f"{item_path}.name", f"duplicate port name {_q(name)}")
+                if name in port_names:
+                    raise _fail(f"{item_path}.name", f"duplicate port name {shown(name)}")
+                port_names.add(name)
                 entry["name"] = name
             host_port = None
             if "hostPort" in raw:
@@ -792,7 +734,7 @@ class _Parser:
                     ipaddress.ip_address(host_ip)
                 except ValueError:
                     raise _fail(
-                        f"{item_path}.hostIP", f"{_q(host_ip)} is not an IP address"
+                        f"{item_path}.hostIP", f"{shown(host_ip)} is not an IP address"
                     ) from None
                 entry["hostIP"] = host_ip
             ports.append(ContainerPort(number, protocol, name, host_port, host_ip))
@@ -809,7 +751,7 @@ class _Parser:
             amounts = _mapping(raw.get(section, {}), f"{path}.{section}")
             parsed[section] = {}
             for resource, amount in amounts.items():
-                where = f"{path}.{section}.{resource}"
+                where = field_path(f"{path}.{section}", resource)
                 if resource == "cpu":
                     parsed[section][resource] = parse_cpu_millis(amount, where)
                 elif resource == "memory":
@@ -828,7 +770,7 @@ class _Parser:
                 request, limit = out["requests"][resource], out["limits"][resource]
                 raise _fail(
                     f"{path}.requests.{resource}",
-                    f"{_q(request)} is more than the limit {_q(limit)} "
+                    f"{shown(request)} is more than the limit {shown(limit)} "
                     f"(a request must be less than or equal to its limit)",
                 )
         resources = Resources(
@@ -852,17 +794,18 @@ class _Parser:
             _check_fields(raw, item_path, _MOUNT_FIELDS, _MOUNT_UNSUPPORTED)
             name = _string(_required(raw, "name", item_path), f"{item_path}.name")
             if name not in volume_names:
-                raise _fail(f"{item_path}.name", f"no volume named {_q(name)} in spec.volumes")
+                raise _fail(f"{item_path}.name", f"no volume named {shown(name)} in spec.volumes")
             target_path = f"{item_path}.mountPath"
             target = _bind_path(_required(raw, "mountPath", item_path), target_path)
-            # `/data` and `/data/` are the same mount point.
-            normal = posixpath.normpath(target)
+            # `/data`, `/data/` and `//data` are the same mount point (normpath keeps a
+            # leading `//`, which POSIX leaves implementation-defined and Linux reads as `/`).
+            normal = "/" + posixpath.normpath(target).lstrip("/")
             if normal == "/":
                 raise _fail(target_path, "must not be '/' (the container's root filesystem)")
             if normal in targets:
                 raise _fail(
                     target_path,
-                    f"{_q(target)} is already a mount point ({path}[{targets[normal]}])",
+                    f"{shown(target)} is already a mount point ({path}[{targets[normal]}])",
                 )
             targets[normal] = i
             read_only = _bool(raw.get("readOnly", False), f"{item_path}.readOnly")
@@ -914,14 +857,15 @@ def parse_pod(
     return _parse_pod(doc, source, node_name, _where(source, label))
 
 
-def parse_manifests(text: str, *, source: str, node_name: str | None = None) -> list[Pod]:
-    """Every pod in a YAML or JSON text, in order.
+def pod_documents(text: str, *, source: str) -> list[tuple[str, object]]:
+    """The pod documents of a YAML or JSON text, each with where it is (``document 2``,
+    ``items[3]``), read by the strict loader (:func:`agent.manifest_loader.load_yaml`).
 
     The text may hold several ``---`` documents (empty ones are skipped) and each document may
-    be a pod or a ``v1 List`` of pods (what ``kubectl get pods -o yaml`` prints). The whole text
-    is rejected if any pod is invalid or if two pods have the same namespace/name.
+    be a pod or a ``v1 List`` of pods (what ``kubectl get pods -o yaml`` prints). ``nodectl
+    apply`` sends these to the master; :func:`parse_manifests` parses them here.
     """
-    documents = _load_documents(text, source)
+    documents = load_yaml(text, source=source)
     located: list[tuple[str, object]] = []  # (where in the text, pod document)
     for n, document in enumerate(documents):
         label = f"document {n + 1}" if len(documents) > 1 else ""
@@ -936,9 +880,19 @@ def parse_manifests(text: str, *, source: str, node_name: str | None = None) -> 
             )
         else:
             located.append((label, document))
+    return located
+
+
+def parse_manifests(text: str, *, source: str, node_name: str | None = None) -> list[Pod]:
+    """Every pod in a YAML or JSON text (see :func:`pod_documents`), in order.
+
+    The whole text is rejected if any pod is invalid or if two pods have the same
+    namespace/name. Linear in the text's size; callers parse texts above
+    :data:`~agent.manifest_loader.OFF_LOOP_BYTES` off the event loop.
+    """
     pods: list[Pod] = []
     seen: dict[str, str] = {}
-    for label, document in located:
+    for label, document in pod_documents(text, source=source):
         pod = _parse_pod(document, source, node_name, _where(source, label))
         if pod.full_name in seen:
             raise ManifestError(
@@ -959,5 +913,5 @@ def _list_items(document: Mapping[Any, Any]) -> list[Any]:
     top = _mapping(document, "")
     _check_fields(top, "", _LIST_FIELDS)
     if top.get("apiVersion", "v1") != "v1":
-        raise _fail("apiVersion", f'must be "v1", got {_q(top["apiVersion"])}')
+        raise _fail("apiVersion", f'must be "v1", got {shown(top["apiVersion"])}')
     return _list(_required(top, "items", ""), "items")

@@ -9,21 +9,24 @@ Like Kubernetes, a memory quantity that is not a whole number of bytes (``0.5``,
 rounded up. A CPU quantity finer than a millicore is an error rather than a silent rounding,
 because it is almost always a typo. Negative quantities and values beyond a signed 64-bit integer
 (what Docker and the kernel take) are rejected; so are exponents beyond ±30, which no real
-quantity needs and which would otherwise let ``1e999999999`` stall the parser.
+quantity needs and which would otherwise let ``1e999999999`` stall the parser, and texts longer
+than :data:`MAX_QUANTITY_CHARS` (a 900,000-digit number took 47 s to convert; the longest real
+quantity, ``9223372036854775807``, has 19 digits).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
 from agent.errors import ManifestError
+from agent.manifest_loader import shown, type_name
 
 INT64_MAX = 2**63 - 1
 MAX_EXPONENT = 30
+MAX_QUANTITY_CHARS = 64
 
 _QUANTITY = re.compile(
     r"(?P<number>[+-]?(?:\d+(?:\.\d*)?|\.\d+))"
@@ -45,25 +48,28 @@ _DECIMAL = {
 _EXPECTED = "a Kubernetes quantity such as 500m, 2, 1.5, 128Mi, 1Gi or 1e3"
 
 
-def _show(value: object) -> str:
-    """A value as the user wrote it: strings in double quotes, like Kubernetes' messages."""
-    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
-
-
 def parse_quantity(value: object, field: str) -> Fraction:
     """The exact, non-negative value of a quantity in base units (cores, bytes)."""
     # bool is an int subclass; "true" is never a quantity.
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ManifestError(field, f"{_show(value)} is not {_EXPECTED}")
+        raise ManifestError(field, f"must be {_EXPECTED}, got {type_name(value)}")
+    # Bounded before any conversion: str() of a huge int is itself slow (or refused).
+    if isinstance(value, int) and value.bit_length() > 4 * MAX_QUANTITY_CHARS:
+        raise ManifestError(field, f"{shown(value)} is too large")
     # Kubernetes trims surrounding whitespace when it decodes a quantity from JSON/YAML.
     text = value.strip() if isinstance(value, str) else repr(value)
+    if len(text) > MAX_QUANTITY_CHARS:
+        raise ManifestError(
+            field,
+            f"{shown(value)} is not {_EXPECTED} (at most {MAX_QUANTITY_CHARS} characters)",
+        )
     match = _QUANTITY.fullmatch(text)
     if match is None:
-        raise ManifestError(field, f"{_show(value)} is not {_EXPECTED}")
+        raise ManifestError(field, f"{shown(value)} is not {_EXPECTED}")
     try:
         number = Fraction(Decimal(match.group("number")))
     except (InvalidOperation, ValueError) as exc:
-        raise ManifestError(field, f"{_show(value)} is not {_EXPECTED}") from exc
+        raise ManifestError(field, f"{shown(value)} is not {_EXPECTED}") from exc
     suffix = match.group("suffix") or ""
     if suffix in _BINARY:
         number *= _BINARY[suffix]
@@ -73,17 +79,17 @@ def parse_quantity(value: object, field: str) -> Fraction:
         exponent = int(suffix[1:])
         if abs(exponent) > MAX_EXPONENT:
             raise ManifestError(
-                field, f"{_show(value)}: exponent out of range (at most ±{MAX_EXPONENT})"
+                field, f"{shown(value)}: exponent out of range (at most ±{MAX_EXPONENT})"
             )
         number *= Fraction(10) ** exponent
     if number < 0:
-        raise ManifestError(field, f"{_show(value)} must not be negative")
+        raise ManifestError(field, f"{shown(value)} must not be negative")
     return number
 
 
 def _checked(amount: int, value: object, field: str) -> int:
     if amount > INT64_MAX:
-        raise ManifestError(field, f"{_show(value)} is too large")
+        raise ManifestError(field, f"{shown(value)} is too large")
     return amount
 
 
@@ -91,7 +97,7 @@ def parse_cpu_millis(value: object, field: str) -> int:
     """CPU in millicores: ``"500m"`` → 500, ``"1"``/``1`` → 1000, ``0.25`` → 250."""
     millis = parse_quantity(value, field) * 1000
     if millis.denominator != 1:
-        raise ManifestError(field, f"{_show(value)} is finer than 1m (one millicore)")
+        raise ManifestError(field, f"{shown(value)} is finer than 1m (one millicore)")
     return _checked(int(millis), value, field)
 
 

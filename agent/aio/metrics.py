@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from typing import Protocol, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -27,13 +28,19 @@ from prometheus_client.registry import Collector
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
-# Rendering reads /proc (the process collector): it runs off the event loop, on the daemon's
-# thread bridge (``ThreadBridge.run``) or, by default, ``asyncio.to_thread``.
-RunBlocking = Callable[[Callable[[], bytes]], Awaitable[bytes]]
+_T = TypeVar("_T")
 
 
-async def _to_thread(render: Callable[[], bytes]) -> bytes:
-    return await asyncio.to_thread(render)
+class RunBlocking(Protocol):
+    """Runs a blocking call off the event loop: the daemon's thread bridge
+    (``ThreadBridge.run``) or, by default, ``asyncio.to_thread``. Rendering reads /proc (the
+    process collector); the master also parses large manifests with it."""
+
+    def __call__(self, func: Callable[[], _T], /) -> Awaitable[_T]: ...
+
+
+async def _to_thread(func: Callable[[], _T], /) -> _T:
+    return await asyncio.to_thread(func)
 
 
 DEFAULT_RUN_BLOCKING: RunBlocking = _to_thread

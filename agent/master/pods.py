@@ -86,9 +86,11 @@ class PodStore:
         self.kick = asyncio.Event()  # set when scheduling may now succeed
         self.disrupted = False  # too many nodes NotReady at once: evicting nothing
 
-    async def apply(self, manifest: object) -> tuple[dict[str, Any], bool]:
-        """Create or update a pod; returns the stored object and whether it was created."""
-        pod = parse_pod(manifest, source="api")
+    async def apply(self, manifest: object, pod: Pod | None = None) -> tuple[dict[str, Any], bool]:
+        """Create or update a pod; returns the stored object and whether it was created.
+        ``pod``: the manifest already parsed (the API parses a large one off the loop)."""
+        if pod is None:
+            pod = parse_pod(manifest, source="api")
         given = manifest.get("metadata", {}).get("uid") if isinstance(manifest, dict) else None
         key = pod_key(pod.metadata.namespace, pod.metadata.name)
         while True:

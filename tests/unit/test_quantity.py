@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from agent.errors import ManifestError
@@ -99,9 +101,14 @@ def test_memory(value: object, size: int) -> None:
         ("inf", "is not a Kubernetes quantity"),
         (float("inf"), "is not a Kubernetes quantity"),
         (float("nan"), "is not a Kubernetes quantity"),
-        (True, "True is not a Kubernetes quantity"),
-        (None, "None is not a Kubernetes quantity"),
-        ([1], "is not a Kubernetes quantity"),
+        # No Python repr (`True`, `None`, `[1]`): JSON's names of the types.
+        (
+            True,
+            "must be a Kubernetes quantity such as 500m, 2, 1.5, 128Mi, 1Gi or 1e3, got boolean",
+        ),
+        (None, "got null"),
+        ([1], "got list"),
+        ({"a": 1}, "got object"),
         ("-1", '"-1" must not be negative'),
         ("-1Mi", "must not be negative"),
         (-5, "-5 must not be negative"),
@@ -111,6 +118,8 @@ def test_memory(value: object, size: int) -> None:
         ("8Ei", '"8Ei" is too large'),
         ("1e30", "is too large"),
         (2**63, "is too large"),
+        # str() would refuse it (so would pytest's id for it)
+        pytest.param(10**5000, "(an integer of some 5000 digits) is too large", id="10**5000"),
     ],
 )
 def test_bad_memory(value: object, problem: str) -> None:
@@ -132,7 +141,10 @@ def test_bad_memory(value: object, problem: str) -> None:
         ("-500m", "must not be negative"),
         ("1Ei", "is too large"),  # more millicores than an int64 holds
         ("one", "is not a Kubernetes quantity"),
-        (False, "is not a Kubernetes quantity"),
+        (
+            False,
+            "must be a Kubernetes quantity such as 500m, 2, 1.5, 128Mi, 1Gi or 1e3, got boolean",
+        ),
     ],
 )
 def test_bad_cpu(value: object, problem: str) -> None:
@@ -145,3 +157,18 @@ def test_bad_cpu(value: object, problem: str) -> None:
 def test_largest_values() -> None:
     assert parse_memory_bytes(str(INT64_MAX), "f") == INT64_MAX
     assert parse_cpu_millis(f"{INT64_MAX}m", "f") == INT64_MAX
+
+
+@pytest.mark.parametrize("parse", [parse_memory_bytes, parse_cpu_millis])
+def test_a_long_quantity_is_refused_before_it_is_converted(parse: Any) -> None:
+    """900,000 digits took 47 s in Decimal/Fraction; the cap is on characters, checked first."""
+    digits = "1" * 900_000
+    with pytest.raises(ManifestError) as info:
+        parse(digits, "spec.x")
+    assert info.value.problem.endswith(
+        "is not a Kubernetes quantity such as 500m, 2, 1.5, 128Mi, 1Gi or 1e3 (at most 64 "
+        "characters)"
+    )
+    assert '"' + "1" * 100 + '"… (900000 characters)' in info.value.problem  # quoted, bounded
+    assert len(str(info.value)) < 300
+    assert parse("0" * 62 + "1k", "f") == parse("1k", "f")  # 64 characters: still a quantity

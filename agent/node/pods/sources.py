@@ -4,7 +4,12 @@ Changes are noticed through inotify (``agent.aio.inotify``, milliseconds) and, a
 for filesystems that never report changes, by polling (a stat per file per interval, through
 the thread bridge; the 1 s default meets the 2 s pick-up target on its own). A file that fails
 to parse is reported (log line + event) once per change; the pods it held before keep running,
-so a typo in an edit never takes a running pod down, and other files are not affected.
+so a typo in an edit never takes a running pod down, and other files are not affected. No file
+can stop the agent, at boot or later: the loader and parser answer a hostile text with a
+``ManifestError`` (``agent.manifest_loader``), a file larger than 64 KiB is parsed on the thread
+bridge rather than the event loop, a file name that is not UTF-8 is shown escaped, and anything
+else a file could still provoke is caught per file, logged with its traceback and reported like
+a parse error.
 
 ``start()`` scans once (the start sequence relies on the directory having had its say before
 containers of undesired pods are removed) and then follows the directory in the source's own
@@ -28,13 +33,14 @@ from agent.aio.tasks import TaskScope
 from agent.errors import ManifestError
 from agent.events import EventRecorder
 from agent.manifest import parse_manifests
+from agent.manifest_loader import MAX_MANIFEST_BYTES, OFF_LOOP_BYTES
+from agent.names import escape
 from agent.types import Pod
 
 log = logging.getLogger(__name__)
 
 SOURCE_PREFIX = "file:"
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
-MAX_MANIFEST_BYTES = 1 << 20
 SETTLE_S = 0.05
 
 
@@ -70,15 +76,21 @@ def _listing(directory: Path) -> dict[Path, tuple[int, int, int]]:
     return found
 
 
+def _shown(path: Path) -> str:
+    """A file's path for messages: a name that is not UTF-8 comes from ``os.listdir`` with lone
+    surrogates (``\udcff``) that nothing downstream could encode; escaped here."""
+    return escape(str(path))
+
+
 def _read(path: Path) -> str:
     with path.open("rb") as handle:
         data = handle.read(MAX_MANIFEST_BYTES + 1)
     if len(data) > MAX_MANIFEST_BYTES:
-        raise ManifestError("", f"file larger than {MAX_MANIFEST_BYTES} bytes", str(path))
+        raise ManifestError("", f"file larger than {MAX_MANIFEST_BYTES} bytes", _shown(path))
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ManifestError("", f"not UTF-8: {exc}", str(path)) from exc
+        raise ManifestError("", f"not UTF-8 (at byte {exc.start})", _shown(path)) from None
 
 
 class ManifestDirSource:
@@ -103,7 +115,7 @@ class ManifestDirSource:
         self._events = events
         self._apply = apply
         self._files: dict[Path, _FileState] = {}
-        self.errors: dict[str, str] = {}
+        self.errors: dict[str, str] = {}  # by file (its path escaped): the message
 
     async def scan(self) -> None:
         """One pass: re-read changed files and hand the full pod set to the manager."""
@@ -111,7 +123,7 @@ class ManifestDirSource:
         changed = False
         for path in self._files.keys() - listing.keys():
             del self._files[path]
-            self.errors.pop(str(path), None)
+            self.errors.pop(_shown(path), None)
             changed = True
         for path, sig in listing.items():
             known = self._files.get(path)
@@ -125,28 +137,43 @@ class ManifestDirSource:
     async def _load(
         self, path: Path, sig: tuple[int, int, int], known: _FileState | None
     ) -> _FileState:
-        source = f"{SOURCE_PREFIX}{path}"
+        shown = _shown(path)
+        source = f"{SOURCE_PREFIX}{shown}"
         try:
+            if shown != str(path):
+                raise ManifestError("", "the file name is not UTF-8: rename the file", shown)
             text = await self._bridge.run(_read, path)
-            pods = parse_manifests(text, source=source, node_name=self._node_name)
-        except (ManifestError, OSError) as exc:
-            message = str(exc) if isinstance(exc, ManifestError) else f"{path}: {exc}"
-            self.errors[str(path)] = message
-            log.error(
-                "bad manifest file ignored; pods it held keep running",
-                extra=kv(file=str(path), error=message),
-            )
-            self._events.record(
-                kind="ManifestFile",
-                name=path.name,
-                namespace="",
-                reason="FailedToParse",
-                message=message,
-                warning=True,
-            )
-            return _FileState(sig, known.pods if known else (), error=message)
-        self.errors.pop(str(path), None)
-        return _FileState(sig, tuple(pods))
+            if len(text) > OFF_LOOP_BYTES:
+                pods = await self._bridge.run(
+                    parse_manifests, text, source=source, node_name=self._node_name
+                )
+            else:
+                pods = parse_manifests(text, source=source, node_name=self._node_name)
+        except ManifestError as exc:
+            message = str(exc)
+        except OSError as exc:
+            message = f"{shown}: {escape(str(exc))}"
+        except Exception as exc:
+            # A bulkhead: whatever a file provokes, the agent and its other pods carry on.
+            log.exception("reading a manifest file failed", extra=kv(file=shown))
+            message = f"{shown}: could not be read ({type(exc).__name__}; see the agent's log)"
+        else:
+            self.errors.pop(_shown(path), None)
+            return _FileState(sig, tuple(pods))
+        self.errors[_shown(path)] = message
+        log.error(
+            "bad manifest file ignored; pods it held keep running",
+            extra=kv(file=shown, error=message),
+        )
+        self._events.record(
+            kind="ManifestFile",
+            name=escape(path.name),
+            namespace="",
+            reason="FailedToParse",
+            message=message,
+            warning=True,
+        )
+        return _FileState(sig, known.pods if known else (), error=message)
 
     def _pods(self) -> list[Pod]:
         by_name: dict[str, Pod] = {}
@@ -156,8 +183,8 @@ class ManifestDirSource:
                 if other is not None:
                     first = other.source.removeprefix(SOURCE_PREFIX)
                     message = f"pod {pod.full_name} is also defined in {first}; ignored here"
-                    if self.errors.get(str(path)) != message:
-                        self.errors[str(path)] = message
+                    if self.errors.get(_shown(path)) != message:
+                        self.errors[_shown(path)] = message
                         log.error("duplicate static pod", extra=kv(file=str(path), error=message))
                         self._events.record(
                             kind="ManifestFile",

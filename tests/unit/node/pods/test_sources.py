@@ -1,11 +1,13 @@
 """The manifest directory as a pod source (``agent.node.pods.sources``): scans hand the whole
 static pod set over; bad files are events that leave the pods they held running; removed,
 renamed, oversized and non-UTF-8 files; duplicates; following the directory by inotify and by
-polling (a directory that appears later)."""
+polling (a directory that appears later); hostile files (issue 14, item 9) at boot and later, a
+file name that is not UTF-8, the bulkhead around each file, large files parsed off the loop."""
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +17,11 @@ import pytest
 from agent.aio.bridge import ThreadBridge
 from agent.aio.tasks import Supervisor
 from agent.events import EventRecorder
+from agent.manifest import parse_manifests
+from agent.manifest_loader import OFF_LOOP_BYTES
 from agent.node.pods.sources import MAX_MANIFEST_BYTES, SOURCE_PREFIX, ManifestDirSource
 from agent.types import Pod
+from tests.hostile_manifests import FILES
 from tests.unit.node.asyncwait import until
 
 pytestmark = pytest.mark.usefixtures("blockbuster")
@@ -228,3 +233,76 @@ async def test_a_directory_that_appears_later_is_found_by_polling(tmp_path: Path
         finally:
             await source.stop()
             bridge.close()
+
+
+async def test_no_hostile_file_stops_the_source_at_boot_or_later(manifests: Dir) -> None:
+    """Issue 14, item 9: every hostile manifest of the corpus, present at the first scan and
+    written later over a good file, is a FailedToParse naming the path; the other pods stay."""
+    await manifests.write("good.yaml", manifest("good"))
+    for hostile in FILES:
+        await manifests.write(f"boot-{hostile.id}.yaml", hostile.text)
+    await manifests.source.start()
+    assert manifests.names == {"good"}
+    for hostile in FILES:
+        error = manifests.source.errors[str(manifests.path / f"boot-{hostile.id}.yaml")]
+        assert f": {hostile.field}" in error and hostile.problem in error, (hostile.id, error)
+    await manifests.write("later.yaml", manifest("later"))
+    await until(lambda: manifests.names == {"good", "later"}, "later picked up")
+    for hostile in FILES:
+        await manifests.write("later.yaml", hostile.text)
+        await until(lambda: str(manifests.path / "later.yaml") in manifests.source.errors, "seen")
+        assert manifests.names == {"good", "later"}  # the pod it held keeps running
+        await manifests.write("later.yaml", manifest("later"))
+        await until(lambda: str(manifests.path / "later.yaml") not in manifests.source.errors, "ok")
+
+
+async def test_a_file_name_that_is_not_utf8_is_reported_escaped(manifests: Dir) -> None:
+    await manifests.run(os.mkdir, manifests.path)
+    name = os.fsdecode(b"caf\xe9.yaml")  # a lone surrogate in the str
+
+    def write() -> None:
+        (manifests.path / name).write_text(manifest("cafe"))
+
+    await manifests.run(write)
+    await manifests.source.scan()
+    assert manifests.names == set()
+    [(key, error)] = manifests.source.errors.items()
+    assert key.endswith("caf\\udce9.yaml") and "the file name is not UTF-8" in error
+    assert manifests.warnings() == [("FailedToParse", "caf\\udce9.yaml")]
+
+
+async def test_whatever_a_file_provokes_the_source_carries_on(
+    manifests: Dir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bulkhead: an exception the parser should never raise is still one file's error."""
+    await manifests.write("a.yaml", manifest("a"))
+    await manifests.write("b.yaml", manifest("b"))
+
+    def parse(text: str, *, source: str, node_name: str | None = None) -> list[Pod]:
+        if "name: a" in text:
+            raise RuntimeError("a bug")
+        return parse_manifests(text, source=source, node_name=node_name)
+
+    monkeypatch.setattr("agent.node.pods.sources.parse_manifests", parse)
+    await manifests.source.scan()
+    assert manifests.names == {"b"}
+    error = manifests.source.errors[str(manifests.path / "a.yaml")]
+    assert error.endswith("a.yaml: could not be read (RuntimeError; see the agent's log)")
+
+
+async def test_a_large_file_is_parsed_off_the_event_loop(
+    manifests: Dir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: dict[str, str] = {}  # file name: the thread that parsed it
+
+    def parse(text: str, *, source: str, node_name: str | None = None) -> list[Pod]:
+        threads[Path(source).name] = threading.current_thread().name
+        return parse_manifests(text, source=source, node_name=node_name)
+
+    monkeypatch.setattr("agent.node.pods.sources.parse_manifests", parse)
+    await manifests.write("small.yaml", manifest("small"))
+    await manifests.write("large.yaml", manifest("large") + "#" * OFF_LOOP_BYTES + "\n")
+    await manifests.source.scan()
+    assert manifests.names == {"small", "large"}
+    loop_thread = threading.current_thread().name
+    assert threads["small.yaml"] == loop_thread and threads["large.yaml"] != loop_thread
