@@ -165,7 +165,7 @@ def background(cmd: list[str], ready: Callable[[subprocess.Popen[str]], int]) ->
             proc.kill()
 
 
-def nodectl_forward(master: MasterProcess, direct: bool, echo_port: int) -> list[str]:
+def nodectl_forward(master: MasterProcess, pod: str, direct: bool, echo_port: int) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -174,7 +174,7 @@ def nodectl_forward(master: MasterProcess, direct: bool, echo_port: int) -> list
         str(master.admin_conf),
         "port-forward",
         *(["--direct"] if direct else []),
-        "bench",
+        pod,
         f"0:{echo_port}",
     ]
 
@@ -268,14 +268,14 @@ def timed(cmd: list[str]) -> float:
 
 
 def bench_bulk(
-    master: MasterProcess, echo_port: int, sshd: Sshd, args: argparse.Namespace
+    master: MasterProcess, pod: str, echo_port: int, sshd: Sshd, args: argparse.Namespace
 ) -> list[str]:
     """Port-forward throughput and 1-byte latency against ssh -L and socat; the ratio lines."""
     size = args.mib << 20
     socat_port, ssh_port = free_port(), free_port()
     with (
-        background(nodectl_forward(master, True, echo_port), forwarded_port) as direct,
-        background(nodectl_forward(master, False, echo_port), forwarded_port) as via_master,
+        background(nodectl_forward(master, pod, True, echo_port), forwarded_port) as direct,
+        background(nodectl_forward(master, pod, False, echo_port), forwarded_port) as via_master,
         background(
             [
                 "socat",
@@ -324,15 +324,15 @@ def bench_bulk(
 
 
 def bench_exec(
-    master: MasterProcess, container_id: str, sshd: Sshd, args: argparse.Namespace
+    master: MasterProcess, pod: str, container_id: str, sshd: Sshd, args: argparse.Namespace
 ) -> list[str]:
     """Wall time of one short exec against docker exec and ssh; the ratio lines."""
     installed = installed_python(Path(tempfile.mkdtemp(prefix="bench-nodectl-")))
     conf = str(master.admin_conf)
     nodectl = [installed_nodectl(installed), "--config", conf]
     exec_paths = {
-        "nodectl exec (via master)": [*nodectl, "exec", "bench", "--", "true"],
-        "nodectl exec --direct": [*nodectl, "exec", "--direct", "bench", "--", "true"],
+        "nodectl exec (via master)": [*nodectl, "exec", pod, "--", "true"],
+        "nodectl exec --direct": [*nodectl, "exec", "--direct", pod, "--", "true"],
         "nodectl exec (dev venv)": [
             sys.executable,
             "-m",
@@ -340,7 +340,7 @@ def bench_exec(
             "--config",
             conf,
             "exec",
-            "bench",
+            pod,
             "--",
             "true",
         ],
@@ -361,7 +361,7 @@ def bench_exec(
     for _ in range(args.execs):
         for name, cmd in exec_paths.items():
             walls[name].append(timed(cmd))
-    default_exec = [*by_default, "exec", "bench", "--", "true"]
+    default_exec = [*by_default, "exec", pod, "--", "true"]
     try:
         first_s = timed(default_exec)
         wait_for(lambda: session_status(by_default) is not None, what="the session started")
@@ -419,6 +419,7 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="bench-streaming-"))
     master = MasterProcess(root / "master").start(blockbuster=False)
     node = f"bench-stream-{uuid.uuid4().hex[:6]}"
+    mirror = f"bench-{node}"  # the static pod "bench" as nodectl sees it: its mirror pod
     agent = AgentProcess(
         root / "agent", node, master=master.url, ca_cert_hash=[master.pin], log_level="info"
     )
@@ -445,7 +446,7 @@ def main() -> int:
             ),
             what="node API endpoint",
         )
-        wait_for(lambda: "bench" in master.pods(), what="mirror pod")
+        wait_for(lambda: mirror in master.pods(), what="mirror pod")
         wait_port(echo_port)
         app = next(
             c for c in node_containers(client, node) if c.labels.get("io.node-agent.kind") == "app"
@@ -453,9 +454,9 @@ def main() -> int:
         parts = set(args.parts.split(","))
         ratios: list[str] = []
         if "bulk" in parts:
-            ratios += bench_bulk(master, echo_port, sshd, args)
+            ratios += bench_bulk(master, mirror, echo_port, sshd, args)
         if "exec" in parts:
-            ratios += bench_exec(master, app.id, sshd, args)
+            ratios += bench_exec(master, mirror, app.id, sshd, args)
         print("targets:")
         for line in ratios:
             print(f"  {line}")

@@ -14,7 +14,16 @@ from typing import Any
 import docker
 import pytest
 
-from agent.pki.core import cert_to_pem, create_ca, generate_key, issue, key_to_pem
+from agent.pki.core import (
+    PIN_PREFIX,
+    cert_to_pem,
+    create_ca,
+    generate_key,
+    issue,
+    key_from_pem,
+    key_to_pem,
+    public_key_id,
+)
 from agent.pki.names import MASTERS_GROUP
 from tests.helpers import (
     AgentProcess,
@@ -222,11 +231,36 @@ def test_name_hijack_is_refused(make_master: MakeMaster, make_agent: MakeAgent) 
     wait_for(lambda: health_says(thief, "409"), what="409 for a name bound to another key")
     after = master.node("shared-name")
     assert after is not None and before is not None
-    assert after["status"]["registration"] == before["status"]["registration"]
+    # Nothing of the node changes (its key, certificate, phase); the request is remembered
+    # beside it as evidence, the key only by its fingerprint (issue 14, item 4).
+    registration = dict(after["status"]["registration"])
+    waiting = registration.pop("replacement")
+    assert registration == before["status"]["registration"]
+    key = key_from_pem((thief.state_dir / "pki" / "node.key").read_bytes())
+    fingerprint = PIN_PREFIX + public_key_id(key.public_key())
+    assert waiting["fingerprint"] == fingerprint, waiting
+    assert waiting["source"] == "127.0.0.1" and waiting["admittedBy"] == "open", waiting
+    assert waiting["requestedAt"].endswith("Z"), waiting
+    assert fingerprint != registration["keyFingerprint"]
     assert first.get("/healthz") == (200, "ok")
-    # The administrator accepts the new key (a reinstalled machine): the old one is out.
+    described = master.nodectl("describe", "node", "shared-name")
+    assert described.returncode == 0, described.stderr
+    assert (
+        f"key replacement waiting: {fingerprint} from 127.0.0.1 at {waiting['requestedAt']}"
+        in described.stdout
+    ), described.stdout
+    assert "KeyReplacementRequested" in described.stdout
+    # The administrator accepts the new key (a reinstalled machine), but only the key they saw.
     first.stop()
     done = master.nodectl("approve", "shared-name", "--force-replace")
+    assert done.returncode == 2 and "needs --fingerprint" in done.stderr, done.stderr
+    wrong = "sha256:" + "0" * 64
+    done = master.nodectl("approve", "shared-name", "--force-replace", "--fingerprint", wrong)
+    assert done.returncode != 0 and f"waits with key {fingerprint}" in done.stderr, done.stderr
+    unchanged = master.node("shared-name")
+    assert unchanged is not None
+    assert unchanged["status"]["registration"] == after["status"]["registration"]
+    done = master.nodectl("approve", "shared-name", "--force-replace", "--fingerprint", fingerprint)
     assert done.returncode == 0, done.stderr
     wait_for(lambda: thief.get("/healthz") == (200, "ok"), timeout_s=90, what="the new key joined")
     wait_for(lambda: node_ready(master, "shared-name"), what="node Ready with its new key")
@@ -522,32 +556,58 @@ def test_node_status_follows_the_node(make_master: MakeMaster, make_agent: MakeA
 def test_static_pods_are_mirrored_read_only(
     make_master: MakeMaster, make_agent: MakeAgent, tmp_path: Path
 ) -> None:
+    """Mirror pods are named ``<name>-<node>``, cannot block an administrator's pod of that
+    name, and go with their node (issue 14, item 7)."""
     master = make_master().start()
     agent = join(make_agent, master)
-    path = agent.write_manifest("static.yaml", pod_manifest("static-web", [sleeper()]))
+    web_file = agent.write_manifest("static.yaml", pod_manifest("static-web", [sleeper()]))
+    agent.write_manifest("keep.yaml", pod_manifest("static-keep", [sleeper()]))
     agent.start()
+    web, keep = (f"{name}-{agent.node_name}" for name in ("static-web", "static-keep"))
 
-    def mirrored_running() -> dict | None:
-        pod = master.pods().get("static-web")
+    def running(name: str) -> dict[str, Any] | None:
+        pod = master.pods().get(name)
         return pod if pod and pod["status"].get("phase") == "Running" else None
 
-    pod = wait_for(mirrored_running, timeout_s=60, what="mirror pod Running on the master")
+    pod = wait_for(lambda: running(web), timeout_s=60, what="mirror pod Running on the master")
+    wait_for(lambda: running(keep), timeout_s=60, what="second mirror pod Running")
     assert pod["metadata"]["annotations"]["node-agent.io/mirror"] == "true"
     assert pod["spec"]["nodeName"] == agent.node_name
-    done = master.nodectl("delete", "pod", "static-web")
+    assert "static-web" not in master.pods()  # only under its mirror name
+    done = master.nodectl("delete", "pod", web)
     assert done.returncode != 0 and "mirrors a static pod" in done.stderr
-    clash = tmp_path / "clash.yaml"
-    clash.write_text(json.dumps(pod_manifest("static-web", [sleeper()])))
-    done = master.nodectl("apply", "-f", str(clash))
-    assert done.returncode != 0 and "mirrors a static pod" in done.stderr
-    assert agent.pod("static-web") is not None  # the node's static pod is untouched
 
-    path.unlink()
-    wait_for(
-        lambda: "static-web" not in master.pods(),
-        timeout_s=60,
-        what="mirror removed with the manifest",
-    )
+    # The API's name comes first: an administrator's pod of the mirror's name replaces it.
+    clash = tmp_path / "clash.yaml"
+    clash.write_text(json.dumps(pod_manifest(web, [sleeper()])))
+    done = master.nodectl("apply", "-f", str(clash))
+    assert done.returncode == 0, done.stderr
+    applied = wait_for(lambda: running(web), timeout_s=60, what="the applied pod Running")
+    assert "node-agent.io/mirror" not in (applied["metadata"].get("annotations") or {})
+    described = master.nodectl("describe", "pod", web)
+    assert "MirrorReplaced" in described.stdout, described.stdout
+    static = agent.pod("static-web")
+    assert static is not None and static["status"]["phase"] == "Running"  # untouched
+
+    # The node drops its static pod: its mirror delete cannot take the applied pod with it.
+    web_file.unlink()
+
+    def refused_delete() -> bool:
+        lines = [json.loads(line) for line in agent.log_path.read_text().splitlines() if line]
+        return any(
+            e.get("msg") == "mirror pod refused by the master" and e.get("call") == "DELETE"
+            for e in lines
+        )
+
+    wait_for(refused_delete, timeout_s=60, what="the node's mirror delete refused")
+    survivor = master.pods().get(web)
+    assert survivor is not None and survivor["metadata"]["uid"] == applied["metadata"]["uid"]
+
+    # Deleting the node removes its mirrors.
+    agent.stop()
+    done = master.nodectl("delete", "node", agent.node_name)
+    assert done.returncode == 0, done.stderr
+    assert keep not in master.pods()
 
 
 def test_node_api_serves_admins_only(

@@ -66,6 +66,12 @@ def runtime_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def mirror_of(agent: AgentProcess, name: str = "box") -> str:
+    """The master's name of the agent's static pod ``name``: its mirror pod ``<name>-<node>``,
+    which nodectl addresses (through the master or directly) like any pod."""
+    return f"{name}-{agent.node_name}"
+
+
 @pytest.fixture
 def cluster(
     make_master: Callable[..., MasterProcess], make_agent: Callable[..., AgentProcess]
@@ -87,7 +93,7 @@ def cluster(
         return bool(node.get("status", {}).get("daemonEndpoints", {}).get("nodeApi"))
 
     wait_for(endpoint_known, what="node API endpoint reported")
-    wait_for(lambda: "box" in master.pods(), what="mirror pod of box on the master")
+    wait_for(lambda: mirror_of(agent) in master.pods(), what="mirror pod of box on the master")
     return master, agent
 
 
@@ -145,13 +151,14 @@ def test_exec_passes_stdin_separates_streams_and_returns_the_exit_code(
 
 
 def _exec_checks(master: MasterProcess, agent: AgentProcess, route: list[str]) -> None:
-    done = nodectl(master, "exec", *route, "-i", "box", "-c", "web", "--", "cat", stdin="hello\n")
+    box = mirror_of(agent)
+    done = nodectl(master, "exec", *route, "-i", box, "-c", "web", "--", "cat", stdin="hello\n")
     assert (done.returncode, done.stdout, done.stderr) == (0, "hello\n", "")
     done = nodectl(
         master,
         "exec",
         *route,
-        "box",
+        box,
         "-c",
         "web",
         "--",
@@ -166,7 +173,7 @@ def _exec_checks(master: MasterProcess, agent: AgentProcess, route: list[str]) -
         "exec",
         *route,
         "-i",
-        "box",
+        box,
         "-c",
         "web",
         "--",
@@ -185,10 +192,11 @@ def _exec_checks(master: MasterProcess, agent: AgentProcess, route: list[str]) -
 
 
 def test_exec_errors_are_clear(cluster: tuple[MasterProcess, AgentProcess]) -> None:
-    master, _ = cluster
-    done = nodectl(master, "exec", "box", "-c", "nope", "--", "true")
+    master, agent = cluster
+    box = mirror_of(agent)
+    done = nodectl(master, "exec", box, "-c", "nope", "--", "true")
     assert done.returncode == 1 and "container 'nope' not found" in done.stderr
-    done = nodectl(master, "exec", "box", "--", "true")
+    done = nodectl(master, "exec", box, "--", "true")
     assert done.returncode == 1 and "several containers" in done.stderr
     done = nodectl(master, "exec", "ghost", "--", "true")
     assert done.returncode == 1 and "ghost" in done.stderr
@@ -198,16 +206,16 @@ def test_exec_errors_are_clear(cluster: tuple[MasterProcess, AgentProcess]) -> N
 def test_exec_tty_session_in_tmux_sees_resize_and_exits(
     cluster: tuple[MasterProcess, AgentProcess], tmp_path: Path, runtime_dir: Path, route: str
 ) -> None:
-    master, _ = cluster
+    master, agent = cluster
     with contextlib.ExitStack() as stack:
         if route == "session":
             served = stack.enter_context(nodectl_session(master))
-        _tty_in_tmux(master, tmp_path, runtime_dir)
+        _tty_in_tmux(master, mirror_of(agent), tmp_path, runtime_dir)
         if route == "session":
             assert served() == 1  # raw mode, resizes and the exit code all through the session
 
 
-def _tty_in_tmux(master: MasterProcess, tmp_path: Path, runtime_dir: Path) -> None:
+def _tty_in_tmux(master: MasterProcess, box: str, tmp_path: Path, runtime_dir: Path) -> None:
     tmux = shutil.which("tmux")
     assert tmux, "tmux is installed by scripts/bootstrap.sh"
     session = f"nodectl-{uuid.uuid4().hex[:6]}"
@@ -215,7 +223,7 @@ def _tty_in_tmux(master: MasterProcess, tmp_path: Path, runtime_dir: Path) -> No
     command = (
         f"cd {REPO_ROOT} && XDG_RUNTIME_DIR={runtime_dir} PYTHONPATH={REPO_ROOT} "
         f"{sys.executable} -m agent.cli.nodectl_control --config {master.admin_conf} "
-        f"exec -i -t box -c web -- sh; echo $? > {marker}"
+        f"exec -i -t {box} -c web -- sh; echo $? > {marker}"
     )
     subprocess.run(
         [tmux, "new-session", "-d", "-s", session, "-x", "80", "-y", "24", command], check=True
@@ -231,8 +239,14 @@ def _tty_in_tmux(master: MasterProcess, tmp_path: Path, runtime_dir: Path) -> No
         subprocess.run([tmux, "send-keys", "-t", session, "stty size", "Enter"], check=True)
         wait_for(lambda: re.search(r"^24 80\s*$", pane(), re.M), what="stty size 24 80")
         subprocess.run([tmux, "resize-window", "-t", session, "-x", "100", "-y", "30"], check=True)
-        subprocess.run([tmux, "send-keys", "-t", session, "stty size", "Enter"], check=True)
-        wait_for(lambda: re.search(r"^30 100\s*$", pane(), re.M), what="stty size after resize")
+
+        def resized() -> bool:
+            # Asked again until it shows: the keys typed next can reach the shell before the
+            # resize (a signal, then a frame, then Docker's resize call) has reached the pty.
+            subprocess.run([tmux, "send-keys", "-t", session, "stty size", "Enter"], check=True)
+            return bool(re.search(r"^30 100\s*$", pane(), re.M))
+
+        wait_for(resized, interval_s=1.0, what="stty size after resize")
         subprocess.run([tmux, "send-keys", "-t", session, "exit 7", "Enter"], check=True)
         wait_for(lambda: marker.exists() and marker.read_text().strip(), what="nodectl exited")
         assert marker.read_text().strip() == "7"
@@ -243,14 +257,15 @@ def _tty_in_tmux(master: MasterProcess, tmp_path: Path, runtime_dir: Path) -> No
 def test_session_hands_back_what_it_cannot_run_and_outlives_its_clients(
     cluster: tuple[MasterProcess, AgentProcess],
 ) -> None:
-    master, _ = cluster
+    master, agent = cluster
+    box = mirror_of(agent)
     with nodectl_session(master) as served:
         again = nodectl(master, "session", "start")
         assert again.returncode == 1 and "already running" in again.stderr
         # Usage errors and --direct run in the invocation itself, as without a session.
-        usage = nodectl(master, "exec", "box")
+        usage = nodectl(master, "exec", box)
         assert usage.returncode == 2 and "exec needs a command" in usage.stderr
-        direct = nodectl(master, "exec", "--direct", "box", "-c", "web", "--", "echo", "d")
+        direct = nodectl(master, "exec", "--direct", box, "-c", "web", "--", "echo", "d")
         assert (direct.returncode, direct.stdout) == (0, "d\n")
         assert served() == 0
         # The node's errors reach the invocation's stderr with the same exit status.
@@ -261,7 +276,7 @@ def test_session_hands_back_what_it_cannot_run_and_outlives_its_clients(
         interrupted = subprocess.Popen(
             [
                 *(sys.executable, "-m", "agent.cli.nodectl_control"),
-                *("--config", str(master.admin_conf), "exec", "box", "-c", "web"),
+                *("--config", str(master.admin_conf), "exec", box, "-c", "web"),
                 *("--", "sleep", "300"),
             ],
             cwd=REPO_ROOT,
@@ -282,7 +297,7 @@ def test_session_hands_back_what_it_cannot_run_and_outlives_its_clients(
             lambda: "running: 0" in nodectl(master, "session", "status").stdout,
             what="the interrupted command cancelled",
         )
-        logs = nodectl(master, "logs", "--tail", "2", "box", "-c", "talker")
+        logs = nodectl(master, "logs", "--tail", "2", box, "-c", "talker")
         assert logs.returncode == 0 and len(logs.stdout.split()) == 2
         assert served() == 2
 
@@ -290,7 +305,8 @@ def test_session_hands_back_what_it_cannot_run_and_outlives_its_clients(
 def test_session_ends_when_idle_or_when_its_config_changes(
     cluster: tuple[MasterProcess, AgentProcess], tmp_path: Path
 ) -> None:
-    master, _ = cluster
+    master, agent = cluster
+    box = mirror_of(agent)
     unreachable = tmp_path / "unreachable.conf"
     unreachable.write_text(
         re.sub(r'server = "[^"]*"', 'server = "https://127.0.0.1:1"', master.admin_conf.read_text())
@@ -313,7 +329,7 @@ def test_session_ends_when_idle_or_when_its_config_changes(
     long_running = subprocess.Popen(
         [
             *(sys.executable, "-m", "agent.cli.nodectl_control"),
-            *("--config", str(master.admin_conf), "exec", "box", "-c", "web", "--"),
+            *("--config", str(master.admin_conf), "exec", box, "-c", "web", "--"),
             *("sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done; echo survived"),
         ],
         cwd=REPO_ROOT,
@@ -331,10 +347,10 @@ def test_session_ends_when_idle_or_when_its_config_changes(
         # A session must not serve credentials that were replaced on disk: it hands new
         # commands back (they run standalone with the new file), lets the running one finish,
         # and ends.
-        done = nodectl(master, "exec", "box", "-c", "web", "--", "echo", "fresh")
+        done = nodectl(master, "exec", box, "-c", "web", "--", "echo", "fresh")
         assert (done.returncode, done.stdout) == (0, "fresh\n")
         assert running()  # still finishing the long-running command
-        assert nodectl(master, "exec", "box", "-c", "web", "--", "touch", gate).returncode == 0
+        assert nodectl(master, "exec", box, "-c", "web", "--", "touch", gate).returncode == 0
         out, _ = long_running.communicate(timeout=30)
         assert (long_running.returncode, out) == (0, "survived\n")
     finally:
@@ -352,14 +368,13 @@ def test_a_session_of_older_nodectl_code_hands_back_and_ends(
 ) -> None:
     from agent.cli import nodectl_control
 
-    master, _ = cluster
+    master, agent = cluster
+    box = mirror_of(agent)
     assert nodectl(master, "session", "start").returncode == 0
     try:
         config = nodectl_control.config_path(str(master.admin_conf))
         # What a nodectl upgraded since the session started sends: another code identity.
-        upgraded = nodectl_control.encode_fields(
-            ["9.9.9:0:0:0", config, "exec", "box", "--", "true"]
-        )
+        upgraded = nodectl_control.encode_fields(["9.9.9:0:0:0", config, "exec", box, "--", "true"])
         with socket.socket(fileno=nodectl_control.connect(config).detach()) as sock:
             sock.sendmsg(
                 [b"R" + upgraded],
@@ -377,7 +392,8 @@ def test_a_session_of_older_nodectl_code_hands_back_and_ends(
 def test_exec_starts_a_session_for_the_next_commands_by_default(
     cluster: tuple[MasterProcess, AgentProcess], tmp_path: Path
 ) -> None:
-    master, _ = cluster
+    master, agent = cluster
+    box = mirror_of(agent)
     conf = tmp_path / "persist.conf"
     default = master.admin_conf.read_text().replace(NO_SESSION_LINE, "")
     assert "\nsession_idle_timeout_s" not in default  # only the commented example
@@ -390,10 +406,10 @@ def test_exec_starts_a_session_for_the_next_commands_by_default(
     try:
         # run() captures output until EOF: had the session kept the caller's stdout or
         # stderr, this would hang until the session ended.
-        first = run("exec", "box", "-c", "web", "--", "echo", "one")
+        first = run("exec", box, "-c", "web", "--", "echo", "one")
         assert (first.returncode, first.stdout) == (0, "one\n"), first.stderr
         wait_for(lambda: run("session", "status").returncode == 0, what="the session started")
-        second = run("exec", "box", "-c", "web", "--", "echo", "two")
+        second = run("exec", box, "-c", "web", "--", "echo", "two")
         assert (second.returncode, second.stdout) == (0, "two\n"), second.stderr
         status = run("session", "status").stdout
         assert "commands served: 1," in status and "idle timeout: 600s" in status, status
@@ -408,7 +424,8 @@ def test_exec_starts_a_session_for_the_next_commands_by_default(
 def port_forward(
     cluster: tuple[MasterProcess, AgentProcess],
 ) -> Iterator[Callable[..., dict[int, int]]]:
-    master, _ = cluster
+    master, agent = cluster
+    box = mirror_of(agent)
     procs: list[subprocess.Popen[str]] = []
 
     def start(*ports: str, direct: bool = False) -> dict[int, int]:
@@ -421,7 +438,7 @@ def port_forward(
                 str(master.admin_conf),
                 "port-forward",
                 *(["--direct"] if direct else []),
-                "box",
+                box,
                 *ports,
             ],
             stdout=subprocess.PIPE,
@@ -527,13 +544,14 @@ def test_logs_tail_follow_and_previous(
     cluster: tuple[MasterProcess, AgentProcess], docker_client: docker.DockerClient
 ) -> None:
     master, agent = cluster
+    box = mirror_of(agent)
     wait_for(
-        lambda: len(nodectl(master, "logs", "box", "-c", "talker").stdout.split()) >= 5,
+        lambda: len(nodectl(master, "logs", box, "-c", "talker").stdout.split()) >= 5,
         what="talker wrote lines",
     )
-    tail = nodectl(master, "logs", "--tail", "2", "box", "-c", "talker")
+    tail = nodectl(master, "logs", "--tail", "2", box, "-c", "talker")
     assert tail.returncode == 0 and len(tail.stdout.split()) == 2
-    stamped = nodectl(master, "logs", "--tail", "1", "--timestamps", "box", "-c", "talker")
+    stamped = nodectl(master, "logs", "--tail", "1", "--timestamps", box, "-c", "talker")
     assert re.match(r"\d{4}-\d\d-\d\dT\S+ line-\d+$", stamped.stdout.strip())
 
     follow = subprocess.Popen(
@@ -547,7 +565,7 @@ def test_logs_tail_follow_and_previous(
             "-f",
             "--tail",
             "0",
-            "box",
+            box,
             "-c",
             "talker",
         ],
@@ -566,9 +584,9 @@ def test_logs_tail_follow_and_previous(
         follow.kill()
         follow.wait()
 
-    before = nodectl(master, "logs", "--previous", "box", "-c", "talker")
+    before = nodectl(master, "logs", "--previous", box, "-c", "talker")
     assert before.returncode == 1 and "no previous terminated container" in before.stderr
-    current = nodectl(master, "logs", "box", "-c", "talker").stdout
+    current = nodectl(master, "logs", box, "-c", "talker").stdout
     talker = next(
         c
         for c in node_containers(docker_client, agent.node_name)
@@ -582,7 +600,7 @@ def test_logs_tail_follow_and_previous(
         ),
         what="talker restarted",
     )
-    previous = nodectl(master, "logs", "--previous", "box", "-c", "talker")
+    previous = nodectl(master, "logs", "--previous", box, "-c", "talker")
     assert previous.returncode == 0 and previous.stdout.startswith(current.splitlines()[0])
 
 
@@ -637,7 +655,8 @@ def test_a_viewer_reads_pods_and_logs_but_may_not_exec_or_delete(
 ) -> None:
     from agent.cli import node_master
 
-    master, _ = cluster
+    master, agent = cluster
+    box = mirror_of(agent)
     conf = tmp_path / "alice.conf"
     args = ["issue-user", "alice", "--data-dir", str(master.root), "--out", str(conf)]
     assert node_master.main(args) == 0
@@ -648,15 +667,15 @@ def test_a_viewer_reads_pods_and_logs_but_may_not_exec_or_delete(
         return nodectl(master, *argv, config=conf)
 
     listed = as_alice("get", "pods", "-o", "wide")
-    assert listed.returncode == 0 and "box" in listed.stdout, listed.stderr
-    logs = as_alice("logs", *route, "--tail", "3", "box", "-c", "talker")
+    assert listed.returncode == 0 and box in listed.stdout, listed.stderr
+    logs = as_alice("logs", *route, "--tail", "3", box, "-c", "talker")
     assert logs.returncode == 0, logs.stderr
     assert re.fullmatch(r"(line-\d+\n){3}", logs.stdout), logs.stdout
-    refused = as_alice("exec", *route, "box", "-c", "web", "--", "touch", "/tmp/alice-was-here")
+    refused = as_alice("exec", *route, box, "-c", "web", "--", "touch", "/tmp/alice-was-here")
     assert refused.returncode == 1
     assert "'alice' may read logs but not exec" in refused.stderr
-    still = nodectl(master, "exec", "box", "-c", "web", "--", "ls", "/tmp")
+    still = nodectl(master, "exec", box, "-c", "web", "--", "ls", "/tmp")
     assert still.returncode == 0 and "alice-was-here" not in still.stdout
-    deleted = as_alice("delete", "pod", "box")
+    deleted = as_alice("delete", "pod", box)
     assert deleted.returncode == 1 and "viewer 'alice' may not DELETE" in deleted.stderr
-    assert "box" in master.pods()
+    assert box in master.pods()

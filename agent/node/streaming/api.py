@@ -43,6 +43,8 @@ from agent.errors import (
     StreamingError,
 )
 from agent.node.pods.manager import PodManager
+from agent.node.pods.sources import SOURCE_PREFIX as STATIC_SOURCE_PREFIX
+from agent.node.pods.worker import PodWorker
 from agent.node.runtime.base import ContainerRecord, ExecSession, OutputChannel, Runtime
 from agent.proto import execframe
 from agent.proto.execframe import Channel
@@ -141,18 +143,7 @@ class StreamingApi:
         """One stream route, already authorized by the edge."""
         target = Target.of(request.match)
         who = request.principal.name
-        worker = next(
-            (
-                w
-                for w in self._pods.workers.values()
-                if not w.terminating
-                and w.pod.metadata.namespace == target.namespace
-                and w.pod.metadata.name == target.pod
-            ),
-            None,
-        )
-        if worker is None:
-            raise NotFoundError(f"pod {target.namespace}/{target.pod} not found on this node")
+        worker = self._worker(target.namespace, target.pod)
         records = await self._runtime.list_container_summaries(worker.uid)
         if target.action == "exec":
             await self._exec(stream, who, worker.pod.full_name, worker.pod, records, target)
@@ -160,6 +151,34 @@ class StreamingApi:
             await self._port_forward(stream, who, worker.pod.full_name, records, target)
         else:
             await self._logs(stream, worker.pod, records, target)
+
+    def _worker(self, namespace: str, pod: str) -> PodWorker:
+        """The live worker of ``namespace/pod``: a pod of that name, or else the static pod
+        whose mirror pod on the master is named so (``<name>-<node>``,
+        agent.node.masterlink.mirrors), since that is the name users see in ``nodectl get
+        pods`` and the master's proxy relays unchanged. A pod of the exact name comes first
+        (an administrator's pod may hold a mirror's name)."""
+        live = [
+            w
+            for w in self._pods.workers.values()
+            if not w.terminating and w.pod.metadata.namespace == namespace
+        ]
+        found = next((w for w in live if w.pod.metadata.name == pod), None)
+        suffix = f"-{self._pods.node_name}"
+        if found is None and pod.endswith(suffix):
+            static = pod.removesuffix(suffix)
+            found = next(
+                (
+                    w
+                    for w in live
+                    if w.pod.metadata.name == static
+                    and w.pod.source.startswith(STATIC_SOURCE_PREFIX)
+                ),
+                None,
+            )
+        if found is None:
+            raise NotFoundError(f"pod {namespace}/{pod} not found on this node")
+        return found
 
     # -- responses -------------------------------------------------------------------------
 

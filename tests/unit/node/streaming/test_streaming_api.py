@@ -10,6 +10,7 @@ import json
 import logging
 import ssl
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from agent.pki.names import MASTERS_GROUP, VIEWERS_GROUP
 from agent.proto import execframe
 from agent.proto.execframe import Channel
 from tests.unit.node.asyncwait import until
+from tests.unit.node.pods.managerrig import IMAGE, static_pod
+from tests.unit.node.pods.rig import NODE
 from tests.unit.node.streaming.rig import (
     DUO,
     HOST,
@@ -238,6 +241,32 @@ async def test_through_the_masters_proxy_the_user_it_names_is_authorized_and_aud
     assert allowed.trailers == {"exit-code": "3"}
     (entry,) = audit(caplog, "exec session")
     assert entry["who"] == "root (via system:node-proxy)"
+
+
+async def test_a_static_pod_answers_to_its_mirror_pods_name(
+    rig: StreamingRig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``nodectl get pods`` shows a static pod as its mirror ``<name>-<node>``, and the master's
+    proxy relays that name unchanged: the node finds the static pod under it, and only a static
+    pod of its own node (a pod of the exact name comes first)."""
+    with caplog.at_level(logging.INFO, logger="agent.node.streaming.api"):
+        reply = await rig.call(path(f"web-{NODE}", "exec", command=SH))
+    assert reply.status == 200 and reply.trailers == {"exit-code": "3"}
+    (entry,) = audit(caplog, "exec session")
+    assert entry["pod"] == "default/web"
+    logs = await rig.call(path(f"done-{NODE}", "logs"), method="GET")
+    assert logs.status == 200 and logs.body == b"finished\n"
+    for absent in ("web-n2", f"web-{NODE}-{NODE}", f"api-{NODE}"):
+        missing = await rig.call(path(absent, "exec", command=SH))
+        assert missing.status == 404, absent
+        assert f"pod default/{absent} not found on this node" in missing.error["message"]
+    # A pod from the master holds the mirror name of a static pod: that name is the pod's.
+    taken = static_pod(f"web-{NODE}", {"name": "main", "image": IMAGE, "command": ["finish"]})
+    api_pod = static_pod("api", {"name": "main", "image": IMAGE, "command": ["finish"]})
+    await rig.pods.apply(replace(taken, source="api"), replace(api_pod, source="api"), prefix="api")
+    taken_logs = await rig.call(path(f"web-{NODE}", "logs"), method="GET")
+    assert taken_logs.status == 200 and taken_logs.body == b"finished\n"
+    assert (await rig.call(path(f"api-{NODE}", "logs"), method="GET")).status == 404
 
 
 # -- logs -------------------------------------------------------------------------------------
