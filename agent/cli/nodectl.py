@@ -441,14 +441,22 @@ def cmd_node_action(client: Client, args: argparse.Namespace) -> None:
 
 def cmd_certificate(client: Client, args: argparse.Namespace) -> None:
     """``certificate approve|deny NODE…``: decide on the serving names each node asked for
-    beyond those the master verified (approved ones are on its next certificate)."""
+    beyond those the master verified (approved ones are on its next certificate). The names
+    decided are those listed now, sent along, so that a request the node changed meanwhile is
+    refused (409) rather than approved unseen."""
     past = {"approve": "approved", "deny": "denied"}[args.action]
+    listed = client.call("GET", "/v1/certificaterequests")["items"]
+    waiting = {r["metadata"]["name"]: r.get("status", {}).get("pending", []) for r in listed}
     for name in args.names:
-        answer = client.call(
-            "POST", f"/v1/nodes/{urllib.parse.quote(name, safe='')}/servingnames/{args.action}"
+        names = waiting.get(name)
+        if not names:
+            raise CliError(f"node {quote(name)} has no serving names waiting for a decision")
+        client.call(
+            "POST",
+            f"/v1/nodes/{urllib.parse.quote(name, safe='')}/servingnames/{args.action}",
+            {"names": names},
         )
-        decided = answer.get("status", {}).get(past, []) if isinstance(answer, dict) else []
-        print(f"certificaterequest/{escape(name)} {past}: {escape(', '.join(decided)) or '-'}")
+        print(f"certificaterequest/{escape(name)} {past}: {escape(', '.join(names))}")
 
 
 def _streaming(client: Client, args: argparse.Namespace) -> int | None:

@@ -294,7 +294,12 @@ class MasterApi:
     async def decide_serving_names(self, request: ApiRequest) -> ApiResponse:
         name = request.param("node")
         approve = request.match.route.pattern[-1] == "approve"
-        record = await self.registry.decide_serving_names(name, approve=approve)
+        names = request.json(optional=True).get("names")
+        if names is not None and (
+            not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+        ):
+            raise BadRequestError("names must be a list of strings (those nodectl get csr shows)")
+        record = await self.registry.decide_serving_names(name, approve=approve, names=names)
         log.info(
             "serving names decided",
             extra=kv(node=name, approved=approve, by=request.principal.name),

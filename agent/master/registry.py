@@ -847,13 +847,16 @@ class NodeRegistry:
         await self._mutate(name, change)
         return issued[-1]
 
-    async def decide_serving_names(self, name: str, *, approve: bool) -> dict[str, Any]:
-        """An administrator approves (or denies) the serving names node ``name`` asked for:
-        approved ones are on its next certificate, denied ones never."""
+    async def decide_serving_names(
+        self, name: str, *, approve: bool, names: list[str] | None = None
+    ) -> dict[str, Any]:
+        """An administrator approves (or denies) the serving names node ``name`` asked for
+        (``names``: exactly those they saw): approved ones are on its next certificate, denied
+        ones never."""
         decided: list[str] = []
 
         def change(record: dict[str, Any]) -> None:
-            decided[:] = servingnames.decide(record, approve=approve)
+            decided[:] = servingnames.decide(record, approve=approve, names=names)
 
         record = await self._mutate(name, change)
         verb = "approved" if approve else "denied"

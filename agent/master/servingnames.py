@@ -30,7 +30,7 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
-from agent.errors import BadRequestError, PkiError
+from agent.errors import BadRequestError, ConflictError, PkiError
 from agent.names import quote
 from agent.pki.core import certifiable, csr_sans, load_csr
 
@@ -130,20 +130,34 @@ def pending(record: dict[str, Any]) -> list[str]:
     return [n for n in state.get("requested", []) if n not in decided]
 
 
-def decide(record: dict[str, Any], *, approve: bool) -> list[str]:
+def decide(
+    record: dict[str, Any], *, approve: bool, names: Iterable[str] | None = None
+) -> list[str]:
     """An administrator's decision on the pending names (approved: they join the verified
-    names; denied: never issued, never asked for again); returns those names. Nothing pending
-    is BadRequestError."""
-    names = pending(record)
-    if not names:
+    names; denied: never issued, never asked for again); returns those names. ``names``: the
+    ones the administrator saw (``nodectl`` sends those it listed), decided on exactly, so a
+    request the node changed meanwhile is never approved unseen: a name among them that is no
+    longer pending is ConflictError. Nothing pending is BadRequestError."""
+    waiting = pending(record)
+    if not waiting:
         raise BadRequestError(
             f"node {quote(record['name'])} has no serving names waiting for a decision"
         )
+    if names is not None:
+        seen = list(dict.fromkeys(names))
+        gone = [n for n in seen if n not in waiting]
+        if gone or not seen:
+            raise ConflictError(
+                f"node {quote(record['name'])} does not ask for "
+                f"{', '.join(quote(n) for n in gone) or 'nothing'} now (its request changed): "
+                "look at `nodectl get csr` again"
+            )
+        waiting = [n for n in waiting if n in seen]
     state = _state(record)
     key = "approved" if approve else "denied"
-    state[key] = [*state.get(key, []), *names]
+    state[key] = [*state.get(key, []), *waiting]
     state["decision"] = APPROVED if approve else DENIED
-    return names
+    return waiting
 
 
 def shown(record: dict[str, Any]) -> dict[str, Any]:

@@ -71,6 +71,9 @@ ALLOWED: dict[str, dict[str, int]] = {
         "nodes.uncordon": 404,
         "nodes.lease": 400,
         "nodes.certificate": 400,
+        "certificaterequests.list": 200,
+        "servingnames.approve": 400,  # an optional body, but not a JSON object
+        "servingnames.deny": 400,
         "nodes.pods": 200,
         "mirrorpods.put": 400,
         "mirrorpods.delete": 200,
@@ -93,6 +96,8 @@ ALLOWED: dict[str, dict[str, int]] = {
     },
 }
 WITH_BODY = {"POST", "PUT"}
+# A body is JSON and says so (another content type is 415 before any handler).
+JSON_HEADERS = (("content-type", "application/json"),)
 
 
 @dataclass(frozen=True)
@@ -167,9 +172,8 @@ async def over_h2(
     try:
         for route, path, body in requests:
             try:
-                stream = await conn.request(
-                    route.method, path, list(who.headers), end_stream=not body
-                )
+                headers = [*who.headers, *(JSON_HEADERS if body else ())]
+                stream = await conn.request(route.method, path, headers, end_stream=not body)
                 if body:
                     await stream.write(body)
                     await stream.end()
@@ -193,8 +197,9 @@ async def over_http1(
     async with aiohttp.ClientSession(connector=connector) as session:
         for route, path, body in requests:
             try:
+                headers = dict((*who.headers, *(JSON_HEADERS if body else ())))
                 async with session.request(
-                    route.method, base + path, data=body or None, headers=dict(who.headers)
+                    route.method, base + path, data=body or None, headers=headers
                 ) as resp:
                     await resp.read()
                     statuses.append(resp.status)

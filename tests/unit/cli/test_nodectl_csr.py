@@ -34,20 +34,18 @@ def _request(
 
 
 class StubClient:
-    """The master's answers from memory; remembers the calls."""
+    """The master's answers from memory; remembers the calls and their bodies."""
 
     def __init__(self, requests: list[dict[str, Any]]) -> None:
         self.requests = requests
-        self.calls: list[tuple[str, str]] = []
+        self.calls: list[tuple[str, str, object | None]] = []
 
     def call(self, method: str, path: str, body: object | None = None) -> Any:
-        self.calls.append((method, path))
+        self.calls.append((method, path, body))
         if (method, path) == ("GET", "/v1/certificaterequests"):
             return {"kind": "ServingNamesRequestList", "items": self.requests}
-        if path.endswith("/servingnames/approve"):
-            return {"status": {"approved": ["127.0.0.1"]}}
-        if path.endswith("/servingnames/deny"):
-            raise CliError('Error from server (400): node "n2" has no serving names waiting')
+        if path.endswith(("/servingnames/approve", "/servingnames/deny")):
+            return {}
         raise AssertionError(f"unexpected call {method} {path}")
 
 
@@ -75,7 +73,7 @@ def test_get_csr_prints_kubectl_like_columns(
         ["n2", "10.0.0.9", "10.0.0.5", "4h", "Approved"],
         ["n3", "10.0.0.8", "10.0.0.5", "3d", "Denied"],
     ]
-    assert client.calls == [("GET", "/v1/certificaterequests")]
+    assert client.calls == [("GET", "/v1/certificaterequests", None)]
 
 
 def test_the_ages_of_kubectl() -> None:
@@ -118,22 +116,33 @@ def test_get_csr_of_an_unknown_node_and_of_none(capsys: pytest.CaptureFixture[st
     assert capsys.readouterr().err == "No csr found.\n"
 
 
-def test_certificate_approve_and_deny(capsys: pytest.CaptureFixture[str]) -> None:
-    client = StubClient([])
+def test_certificate_decides_on_exactly_the_names_listed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    client = StubClient([_request("n1", ["127.0.0.1", "n1.example"]), _request("a/b", ["x.y"])])
     run(client, "certificate", "approve", "n1")
-    assert client.calls == [("POST", "/v1/nodes/n1/servingnames/approve")]
-    assert capsys.readouterr().out == "certificaterequest/n1 approved: 127.0.0.1\n"
-    with pytest.raises(CliError, match="no serving names waiting"):
-        run(client, "certificate", "deny", "n2")
-    assert client.calls[-1] == ("POST", "/v1/nodes/n2/servingnames/deny")
+    assert client.calls[-1] == (
+        "POST",
+        "/v1/nodes/n1/servingnames/approve",
+        {"names": ["127.0.0.1", "n1.example"]},
+    )
+    assert capsys.readouterr().out == "certificaterequest/n1 approved: 127.0.0.1, n1.example\n"
+    run(client, "certificate", "deny", "a/b")  # a node name is one path segment, whatever it is
+    assert client.calls[-1] == ("POST", "/v1/nodes/a%2Fb/servingnames/deny", {"names": ["x.y"]})
+    assert capsys.readouterr().out == "certificaterequest/a/b denied: x.y\n"
 
 
-def test_certificate_needs_a_verb_and_a_node(capsys: pytest.CaptureFixture[str]) -> None:
+def test_certificate_for_a_node_with_nothing_waiting_sends_nothing() -> None:
+    decided = _request("n1", [])
+    client = StubClient([decided])
+    for node in ("n1", "ghost\n"):
+        with pytest.raises(CliError, match=r'node "(n1|ghost\\n)" has no serving names waiting'):
+            run(client, "certificate", "approve", node)
+    assert [method for method, _, _ in client.calls] == ["GET", "GET"]
+
+
+def test_certificate_needs_a_verb_and_a_node() -> None:
     for argv in (["certificate"], ["certificate", "approve"], ["certificate", "sign", "n1"]):
         with pytest.raises(SystemExit) as exited:
             nodectl.parse_args(argv)
         assert exited.value.code == nodectl.EXIT_USAGE
-    # A node name is one path segment, whatever it holds.
-    client = StubClient([])
-    run(client, "certificate", "approve", "a/b")
-    assert client.calls == [("POST", "/v1/nodes/a%2Fb/servingnames/approve")]

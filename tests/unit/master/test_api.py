@@ -516,9 +516,19 @@ async def test_serving_names_are_listed_and_decided_by_an_administrator(
     assert error["code"] == 400 and "no serving names waiting" in error["message"]
     _, error = await fails(api, "POST", "/v1/nodes/ghost/servingnames/approve")
     assert error["code"] == 404
-    await rig.register(n2, addresses=[NODE_IP, "10.0.0.9"], hostname="")
-    approved = loads(await call(api, "POST", "/v1/nodes/n2/servingnames/approve"))
+    await rig.register(n2, addresses=[NODE_IP, "10.0.0.9", "10.0.0.10"], hostname="")
+    for bad in ({"names": "10.0.0.9"}, {"names": [1]}):
+        _, error = await fails(api, "POST", "/v1/nodes/n2/servingnames/approve", bad)
+        assert error["message"].startswith("names must be a list of strings")
+    _, error = await fails(
+        api, "POST", "/v1/nodes/n2/servingnames/approve", {"names": ["127.0.0.1"]}
+    )
+    assert error["code"] == 409 and "its request changed" in error["message"]
+    approved = loads(
+        await call(api, "POST", "/v1/nodes/n2/servingnames/approve", {"names": ["10.0.0.9"]})
+    )
     assert approved["status"]["approved"] == ["10.0.0.9"]
+    assert approved["status"]["pending"] == ["10.0.0.10"]
     [reason] = [r for r, _ in rig.events("Node", "n2") if r.startswith("ServingNames")]
     assert reason == "ServingNamesApproved"
 

@@ -12,7 +12,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from agent.errors import BadRequestError, NameConflictError, NotFoundError
+from agent.errors import BadRequestError, ConflictError, NameConflictError, NotFoundError
 from agent.master import servingnames
 from agent.master.config import RegistrationPolicy
 from agent.master.pki_files import ClusterPki
@@ -220,6 +220,24 @@ async def test_denied_names_are_never_issued_nor_asked_for_again(rig: MasterRig)
     # A name it never asked for before is a new request.
     await rig.register(node, ip="10.0.0.5", csr=csr, addresses=["10.9.9.9"], hostname="")
     assert servingnames.pending(await stored(rig, "n1")) == ["10.9.9.9"]
+
+
+async def test_a_decision_covers_exactly_the_names_the_administrator_saw(
+    rig: MasterRig,
+) -> None:
+    node = NodeKey("n1")
+    await rig.register(node, ip="10.0.0.5", addresses=["10.0.0.8", "10.0.0.9"], hostname="")
+    await rig.registry.decide_serving_names("n1", approve=True, names=["10.0.0.9"])
+    assert servingnames.pending(await stored(rig, "n1")) == ["10.0.0.8"]
+    # The node changed its request after the administrator looked: nothing is decided.
+    await rig.register(node, ip="10.0.0.5", addresses=["127.0.0.1"], hostname="")
+    with pytest.raises(ConflictError, match=r'does not ask for "10\.0\.0\.8" now'):
+        await rig.registry.decide_serving_names("n1", approve=True, names=["10.0.0.8"])
+    with pytest.raises(ConflictError, match="does not ask for nothing"):
+        await rig.registry.decide_serving_names("n1", approve=True, names=[])
+    assert servingnames.pending(await stored(rig, "n1")) == ["127.0.0.1"]
+    rotated = await rig.registry.rotate("n1", node.csr(), "10.0.0.5")
+    assert names_on(rotated) == {"n1", "10.0.0.5", "10.0.0.9"}
 
 
 async def test_decisions_on_an_unknown_node_are_not_found(rig: MasterRig) -> None:
