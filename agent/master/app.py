@@ -92,6 +92,7 @@ class Master:
         self.supervisor = Supervisor()
         self._stop = asyncio.Event()
         self.reload_requested = asyncio.Event()
+        self.policy_reloaded = asyncio.Event()  # wakes the registration expiry
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -186,7 +187,7 @@ class Master:
             SystemdWatchdog(self.notifier, scope("watchdog")),
             Scheduler(self.pods, scope("scheduler")),
             Eviction(self.pods, min(EVICTION_CHECK_S, cfg.lease_renew_s), scope("eviction")),
-            RegistrationExpiry(self.registry, scope("registration-expiry")),
+            RegistrationExpiry(self.registry, scope("registration-expiry"), self.policy_reloaded),
             LoopManager("loop-lag", self.api.sample_loop_lag, scope("loop-lag")),
             PolicyReload(self, scope("reload")),
             ApiServer(edge, self.proxy, self.tls, cfg, self.notifier, serving),
@@ -223,6 +224,7 @@ class Master:
         self.registry.config = fresh
         self.registry.client_cas = client_cas
         self.config = fresh
+        self.policy_reloaded.set()
         log.info("policy reloaded", extra=kv(trust=",".join(fresh.registration.trust)))
 
 
@@ -283,22 +285,30 @@ class Eviction(LoopManager):
 
 class RegistrationExpiry(LoopManager):
     """Drops the registrations left waiting for an administrator past
-    ``pending_registration_ttl_s``, looking every quarter of it (at most every minute; the
-    interval follows a policy reload). ``sleep`` is injectable for tests."""
+    ``pending_registration_ttl_s``, looking every quarter of it (at most every minute), and at
+    once when ``wake`` is set (a policy reload: its time-to-live may be shorter now).
+    ``pause`` is injectable for tests."""
 
     def __init__(
         self,
         registry: NodeRegistry,
         tasks: TaskScope,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        wake: asyncio.Event | None = None,
+        pause: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__("registration-expiry", self._expire, tasks)
         self._registry = registry
-        self._sleep = sleep
+        self._wake = wake or asyncio.Event()
+        self._pause = pause or self._until_woken
+
+    async def _until_woken(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
 
     async def _expire(self) -> None:
         while True:
-            await self._sleep(self._registry.expiry_check_s())
+            await self._pause(self._registry.expiry_check_s())
             await self._registry.expire_pending()
 
 

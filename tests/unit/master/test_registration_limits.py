@@ -31,6 +31,7 @@ from agent.master.registry import (
 )
 from tests.unit.master.rig import MasterRig, NodeKey, make_rig, registration
 from tests.unit.master.test_api import NOBODY, VIEWER, call, fails, loads, node_caller
+from tests.unit.node.asyncwait import until
 from tests.unit.node.pods.fakeclock import FakeClock
 
 pytestmark = pytest.mark.usefixtures("blockbuster")
@@ -222,13 +223,28 @@ async def test_the_expiry_task_runs_every_quarter_ttl(cluster_pki: ClusterPki) -
         await asyncio.sleep(0)
 
     async with Supervisor() as supervisor:
-        manager = RegistrationExpiry(rig.registry, supervisor.scope("expiry"), sleep)
+        manager = RegistrationExpiry(rig.registry, supervisor.scope("expiry"), pause=sleep)
         await manager.start()
         await asyncio.wait_for(rounds.wait(), 10)
         await manager.stop()
     assert waits == [50.0] * 5  # a quarter of the time-to-live
     assert await waiting(rig) == []  # gone after four rounds (200 s)
     assert "RegistrationExpired" in [r for r, _ in rig.events("Node", "n1")]
+
+
+async def test_a_policy_reload_wakes_the_expiry_at_once(cluster_pki: ClusterPki) -> None:
+    rig = approval_rig(cluster_pki)
+    await rig.register(NodeKey("n1"))
+    rig.clock.advance(TTL_S / 2)
+    wake = asyncio.Event()
+    async with Supervisor() as supervisor:
+        manager = RegistrationExpiry(rig.registry, supervisor.scope("expiry"), wake)
+        await manager.start()
+        assert await waiting(rig) == ["n1"]  # the first look is a minute away
+        rig.policy("approval", pending_registration_ttl_s=TTL_S / 4)  # what a SIGHUP does
+        wake.set()
+        await until(lambda: not rig.registry.pending_usage()[0], "expired after the reload")
+        await manager.stop()
 
 
 async def test_the_check_interval_is_bounded(cluster_pki: ClusterPki) -> None:
