@@ -431,10 +431,32 @@ def _path_at(text: str, line: int, column: int) -> tuple[str, int]:
     found = None
     # Up to the end of the position's line (where the pure-Python parser stops at the latest).
     end = _line_end(text, line)
-    parser_class = yaml.SafeLoader if end <= PY_REPLAY_CHARS else _Base
+    if end <= PY_REPLAY_CHARS:
+        # and not deeper than the walk goes: the pure-Python scanner's look-ahead is quadratic
+        # in the flow collections open at once (libyaml's stops at 1,000 of them).
+        replay, parser_class = _flow_cut(text[:end]), yaml.SafeLoader
+    else:
+        replay, parser_class = text[:end], _Base
     with contextlib.suppress(yaml.YAMLError, _Refused, RecursionError):  # then: the path so far
-        found = _events(text[:end], walk, (line, column), parser_class)
+        found = _events(replay, walk, (line, column), parser_class)
     return walk.path() if found is None else found, max(walk.documents, 1)
+
+
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _flow_cut(text: str) -> str:
+    """``text`` up to where more than :data:`MAX_DEPTH` brackets are open (counted naively, a
+    bracket in a string too: a cut too early only shortens an error's path)."""
+    depth = 0
+    for bracket in _BRACKET.finditer(text):
+        if bracket.group() in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return text[: bracket.end()]
+        else:
+            depth = max(0, depth - 1)
+    return text
 
 
 def _surrogate_error(text: str, source: str) -> ManifestError | None:

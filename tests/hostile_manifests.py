@@ -1,7 +1,8 @@
 """The hostile manifests of issue 14 (item 9 of "Why": found by fuzzing the parser and the two
 paths into it), one corpus for the unit tests of the parser (tests/unit/test_manifest_loader.py)
-and the system test that drops them into a real agent's manifest directory and applies them to
-a real master with ``nodectl`` (tests/system/test_hostile_manifests.py).
+and the integration test that drops them into a real agent's manifest directory and applies them
+to a real master with ``nodectl`` (tests/integration/test_hostile_manifests.py), and the bench
+that measures each one's time and memory (bench/hostile_manifests.py).
 
 Each entry is the text of a file (YAML, as an operator would write it) and, where a JSON request
 body can carry the same attack, that body for ``POST /v1/pods``; with the field path the error

@@ -376,28 +376,43 @@ def _describe_replacement(name: str, node: dict[str, Any]) -> None:
     )
 
 
-def _documents(path: str) -> list[dict[str, Any]]:
-    import yaml
+def _documents(path: str) -> list[tuple[str, object]]:
+    """The pod documents of a file (``-``: standard input), each with where it is, read by the
+    strict loader the master and the agent use (``agent.manifest_loader``): a repeated key, a
+    tag, an alias bomb, 5,000-deep nesting are errors naming the path, never a traceback."""
+    from agent.errors import ManifestError
+    from agent.manifest import pod_documents
+    from agent.manifest_loader import MAX_MANIFEST_BYTES
 
+    shown = escape(path)
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except OSError as exc:
-        raise CliError(f"{path}: {exc}", EXIT_USAGE) from exc
-    except yaml.YAMLError as exc:
-        raise CliError(f"{path}: invalid YAML: {exc}", EXIT_USAGE) from exc
-    out: list[dict[str, Any]] = []
-    for doc in docs:
-        if isinstance(doc, dict) and doc.get("kind") == "List":
-            out.extend(doc.get("items") or [])
+        if path == "-":
+            data = sys.stdin.buffer.read(MAX_MANIFEST_BYTES + 1)
         else:
-            out.append(doc)
-    return out
+            with Path(path).open("rb") as handle:
+                data = handle.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise CliError(f"{shown}: {escape(str(exc))}", EXIT_USAGE) from exc
+    try:
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise ManifestError("", f"larger than {MAX_MANIFEST_BYTES} bytes", shown)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ManifestError("", f"not UTF-8 (at byte {exc.start})", shown) from None
+        return pod_documents(text, source=shown)
+    except ManifestError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
 
 
 def cmd_apply(client: Client, args: argparse.Namespace) -> None:
-    for doc in _documents(args.filename):
-        obj = client.call("POST", "/v1/pods", doc)
+    for label, doc in _documents(args.filename):
+        try:
+            obj = client.call("POST", "/v1/pods", doc)
+        except CliError as exc:
+            if label:  # which of the file's pods the master refused
+                raise CliError(f"{label}: {exc}", exc.exit_code) from None
+            raise
         print(f"pod/{obj['metadata']['name']} applied")
 
 

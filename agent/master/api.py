@@ -13,6 +13,8 @@ status the error carries.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import math
@@ -41,18 +43,27 @@ from agent.aio.metrics import (
     summary,
 )
 from agent.errors import BadRequestError, CompactedError, NotFoundError
+from agent.manifest import parse_pod
+from agent.manifest_loader import OFF_LOOP_BYTES, load_json
 from agent.master import servingnames
 from agent.master.pods import PodStore, pod_object
 from agent.master.policy import effective_peer
 from agent.master.registry import NodeRegistry
 from agent.pki.core import cert_to_pem, principal_of
 from agent.proto.authz import CallerKind, Principal, Role
+from agent.types import Pod
 
 log = logging.getLogger(__name__)
 
 LATENCY_SAMPLES = 20_000
 LOOP_LAG_PROBE_S = 0.05
 NDJSON_TYPE = "application/x-ndjson"
+
+
+def _read_pod(body: bytes) -> tuple[object, Pod]:
+    """A ``POST /v1/pods`` body: the strict loader's JSON, then the manifest parser."""
+    manifest = load_json(body, source="api")
+    return manifest, parse_pod(manifest, source="api")
 
 
 class MasterApi:
@@ -345,7 +356,19 @@ class MasterApi:
         return json_response({"deleted": f"{ns}/{pod}"})
 
     async def apply_pod(self, request: ApiRequest) -> ApiResponse:
-        obj, created = await self.pods.apply(request.json())
+        # The rules of every JSON body: its type (415), syntax, depth (400). A ValueError is a
+        # number too long for Python's int(): the loader below names it with its path.
+        with contextlib.suppress(ValueError):
+            request.json()
+        # Then the manifest loader's rules (duplicate keys, surrogates, long numbers: what
+        # nodectl's and the agent's YAML path refuse, naming the field path) and the parser;
+        # off the loop for a large body.
+        body = request.body
+        if len(body) > OFF_LOOP_BYTES:
+            manifest, pod = await self._run_blocking(functools.partial(_read_pod, body))
+        else:
+            manifest, pod = _read_pod(body)
+        obj, created = await self.pods.apply(manifest, pod)
         return json_response(pod_object(obj), 201 if created else 200)
 
     async def list_pods(self, request: ApiRequest) -> ApiResponse:
