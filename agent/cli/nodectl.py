@@ -351,6 +351,7 @@ def cmd_describe(client: Client, args: argparse.Namespace) -> None:
     print(yaml.safe_dump(obj, sort_keys=False), end="")
     if kind == "nodes":
         _describe_replacement(args.name, obj)
+        _describe_serving_names(args.name, obj)
     kind_name = "Node" if kind == "nodes" else "Pod"
     query = urllib.parse.urlencode({"kind": kind_name, "name": args.name})
     events = client.call("GET", f"/v1/events?{query}")["items"][-20:]
@@ -373,6 +374,19 @@ def _describe_replacement(name: str, node: dict[str, Any]) -> None:
     print(
         f"  if this is the key you expect: nodectl approve {name} --force-replace "
         f"--fingerprint {waiting.get('fingerprint')}"
+    )
+
+
+def _describe_serving_names(name: str, node: dict[str, Any]) -> None:
+    """The names the node asked for that wait for an administrator, and the commands."""
+    shown = node.get("status", {}).get("registration", {}).get("servingNames")
+    waiting = shown.get("pending") if isinstance(shown, dict) else None
+    if not waiting:
+        return
+    print(f"serving names waiting: {escape(', '.join(waiting))}")
+    print(
+        f"  nodectl certificate approve {escape(name)} puts them on its next certificate; "
+        f"nodectl certificate deny {escape(name)} refuses them"
     )
 
 

@@ -39,6 +39,7 @@ class StubClient:
     def __init__(self, requests: list[dict[str, Any]]) -> None:
         self.requests = requests
         self.calls: list[tuple[str, str, object | None]] = []
+        self.node: dict[str, Any] = {}
 
     def call(self, method: str, path: str, body: object | None = None) -> Any:
         self.calls.append((method, path, body))
@@ -46,6 +47,10 @@ class StubClient:
             return {"kind": "ServingNamesRequestList", "items": self.requests}
         if path.endswith(("/servingnames/approve", "/servingnames/deny")):
             return {}
+        if path.startswith("/v1/nodes/"):
+            return self.node
+        if path.startswith("/v1/events"):
+            return {"items": []}
         raise AssertionError(f"unexpected call {method} {path}")
 
 
@@ -146,3 +151,20 @@ def test_certificate_needs_a_verb_and_a_node() -> None:
         with pytest.raises(SystemExit) as exited:
             nodectl.parse_args(argv)
         assert exited.value.code == nodectl.EXIT_USAGE
+
+
+def test_describe_node_shows_the_names_waiting(capsys: pytest.CaptureFixture[str]) -> None:
+    client = StubClient([])
+    pending = ["127.0.0.1", "a.example\nforged"]
+    client.node = {
+        "kind": "Node",
+        "metadata": {"name": "n1"},
+        "status": {"registration": {"servingNames": {"verified": ["n1"], "pending": pending}}},
+    }
+    run(client, "describe", "node", "n1")
+    out = capsys.readouterr().out
+    assert "serving names waiting: 127.0.0.1, a.example\\nforged\n" in out
+    assert "nodectl certificate approve n1 puts them on its next certificate" in out
+    client.node["status"]["registration"]["servingNames"]["pending"] = []
+    run(client, "describe", "node", "n1")
+    assert "serving names waiting" not in capsys.readouterr().out
