@@ -6,7 +6,8 @@ path segment of its routes (:mod:`agent.proto.routes`), the agent's config (``no
 pod manifests (:mod:`agent.manifest`). They follow Kubernetes' validation:
 
 * node and pod names are DNS-1123 subdomains: at most 253 characters, lowercase alphanumerics,
-  ``-`` and ``.``, each dot-separated part starting and ending alphanumeric;
+  ``-`` and ``.``, each dot-separated part starting and ending alphanumeric; a node name at most
+  :data:`NODE_NAME_MAX_CHARS` (52), which its certificate's CN can hold;
 * namespace, container and volume names are DNS-1123 labels: at most 63 characters, lowercase
   alphanumerics and ``-``, starting and ending alphanumeric;
 * label and annotation keys are qualified names (an optional DNS-1123 subdomain prefix and
@@ -33,6 +34,13 @@ DNS1123_LABEL_MAX_CHARS = 63
 DNS1123_SUBDOMAIN_MAX_CHARS = 253
 LABEL_VALUE_MAX_CHARS = 63
 QUOTE_MAX_CHARS = 100  # of a value quoted in a message; the rest is counted, not shown
+# A node's certificate names it in its subject's CN, "system:node:<name>" (agent.pki.names,
+# which this bottom layer cannot import; tests/unit/test_names.py holds them equal), and X.509
+# bounds a CN to 64 characters (RFC 5280, ub-common-name): a longer name could be registered
+# but never given a certificate. Kubernetes' own bound is the subdomain's 253.
+X509_CN_MAX_CHARS = 64
+_NODE_CN_PREFIX = "system:node:"
+NODE_NAME_MAX_CHARS = X509_CN_MAX_CHARS - len(_NODE_CN_PREFIX)  # 52
 
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _QUALIFIED_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
@@ -134,8 +142,20 @@ def check_dns1123_subdomain(text: str, field: str, fail: Fail = bad_request) -> 
     return text
 
 
+def check_node_name(text: str, field: str, fail: Fail = bad_request) -> str:
+    """A DNS-1123 subdomain of at most :data:`NODE_NAME_MAX_CHARS` characters."""
+    check_dns1123_subdomain(text, field, fail)
+    if len(text) > NODE_NAME_MAX_CHARS:
+        raise fail(
+            field,
+            f"{quote(text)} is longer than {NODE_NAME_MAX_CHARS} characters, the most a node "
+            f"name may have (its certificate's CN, {_NODE_CN_PREFIX}<name>, holds at most "
+            f"{X509_CN_MAX_CHARS})",
+        )
+    return text
+
+
 # The kinds of names, by what Kubernetes calls them; the aliases say which check each takes.
-check_node_name = check_dns1123_subdomain
 check_pod_name = check_dns1123_subdomain
 check_namespace = check_dns1123_label
 check_container_name = check_dns1123_label

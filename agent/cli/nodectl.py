@@ -162,8 +162,12 @@ class Client:
             decoded = {"raw": data.decode(errors="replace")}
         if response.status >= 400:
             error = decoded.get("error", {}) if isinstance(decoded, dict) else {}
-            message = error.get("message") or data.decode(errors="replace")
-            raise CliError(f"Error from server ({response.status}): {message}")
+            message = error.get("message") if isinstance(error, dict) else None
+            if not isinstance(message, str) or not message:
+                message = data.decode(errors="replace")
+            # The server's words on one line: a newline or an escape sequence in them (a name
+            # the server echoes) can neither forge a line nor drive the terminal.
+            raise CliError(f"Error from server ({response.status}): {escape(message)}")
         return decoded
 
 
@@ -171,6 +175,9 @@ class Client:
 
 
 def _table(rows: list[list[str]]) -> str:
+    """Aligned columns of cells the rows' makers escaped (``agent.names.escape``): what the
+    server sends (a node's name, an event's message) can neither forge a row nor drive the
+    terminal."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
@@ -202,7 +209,8 @@ def _node_row(node: dict[str, Any], wide: bool) -> list[str]:
             a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"
         )
         row += [addresses or "-", reg.get("certificateExpiry") or "-"]
-    return row
+    # Every value the node or the server chose, escaped: a newline in a name cannot forge a row.
+    return [escape(str(cell)) for cell in row]
 
 
 def _pod_row(pod: dict[str, Any], wide: bool, all_namespaces: bool) -> list[str]:
@@ -214,7 +222,7 @@ def _pod_row(pod: dict[str, Any], wide: bool, all_namespaces: bool) -> list[str]
         row.insert(0, pod["metadata"]["namespace"])
     if wide:
         row += [pod["status"].get("podIP") or "-", pod["spec"].get("nodeName") or "<none>"]
-    return row
+    return [escape(str(cell)) for cell in row]
 
 
 def _age(timestamp: str | None, now: float) -> str:
@@ -249,6 +257,23 @@ def _csr_row(request: dict[str, Any], now: float) -> list[str]:
     ]
 
 
+def _yaml(document: object) -> str:
+    """``document`` as YAML in which every string holding a control or invisible character is
+    double-quoted with escapes (``"a\\nb"``), never a multi-line scalar whose second line could
+    pass for a line nodectl wrote; non-ASCII is escaped too (PyYAML's default)."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+        style = None if data.isprintable() else '"'
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+    Dumper.add_representer(str, text)
+    return yaml.dump(document, Dumper=Dumper, sort_keys=False)
+
+
 def _emit_documents(items: list[dict[str, Any]], output: str, single: bool) -> None:
     """``-o json|yaml`` as kubectl prints them: ``get TYPE NAME`` prints the object, every other
     get prints a ``List`` (also of zero or one item, so ``jq '.items[]'`` always works)."""
@@ -256,9 +281,7 @@ def _emit_documents(items: list[dict[str, Any]], output: str, single: bool) -> N
     if output == "json":
         print(json.dumps(document, indent=2))
         return
-    import yaml
-
-    print(yaml.safe_dump(document, sort_keys=False), end="")
+    print(_yaml(document), end="")
 
 
 def _emit_table(
@@ -346,9 +369,7 @@ def cmd_describe(client: Client, args: argparse.Namespace) -> None:
             "GET",
             f"/v1/namespaces/{urllib.parse.quote(args.namespace)}/pods/{urllib.parse.quote(args.name)}",
         )
-    import yaml
-
-    print(yaml.safe_dump(obj, sort_keys=False), end="")
+    print(_yaml(obj), end="")
     if kind == "nodes":
         _describe_replacement(args.name, obj)
         _describe_serving_names(args.name, obj)
@@ -358,7 +379,10 @@ def cmd_describe(client: Client, args: argparse.Namespace) -> None:
     print("events:" if events else "events: <none>")
     if events:
         rows = [["LAST SEEN", "TYPE", "REASON", "MESSAGE"]]
-        rows += [[e["lastTimestamp"], e["type"], e["reason"], e["message"]] for e in events]
+        rows += [
+            [escape(str(e.get(key, ""))) for key in ("lastTimestamp", "type", "reason", "message")]
+            for e in events
+        ]
         print(_table(rows))
 
 
@@ -367,13 +391,14 @@ def _describe_replacement(name: str, node: dict[str, Any]) -> None:
     waiting = node.get("status", {}).get("registration", {}).get("replacement")
     if not isinstance(waiting, dict):
         return
-    print(
-        f"key replacement waiting: {waiting.get('fingerprint')} from {waiting.get('source')} "
-        f"at {waiting.get('requestedAt')} (rule {waiting.get('admittedBy') or '-'})"
+    fingerprint, source, at, rule = (
+        escape(str(waiting.get(key) or "-"))
+        for key in ("fingerprint", "source", "requestedAt", "admittedBy")
     )
+    print(f"key replacement waiting: {fingerprint} from {source} at {at} (rule {rule})")
     print(
-        f"  if this is the key you expect: nodectl approve {name} --force-replace "
-        f"--fingerprint {waiting.get('fingerprint')}"
+        f"  if this is the key you expect: nodectl approve {escape(name)} --force-replace "
+        f"--fingerprint {fingerprint}"
     )
 
 
@@ -427,20 +452,20 @@ def cmd_apply(client: Client, args: argparse.Namespace) -> None:
             if label:  # which of the file's pods the master refused
                 raise CliError(f"{label}: {exc}", exc.exit_code) from None
             raise
-        print(f"pod/{obj['metadata']['name']} applied")
+        print(f"pod/{escape(str(obj['metadata']['name']))} applied")
 
 
 def cmd_delete(client: Client, args: argparse.Namespace) -> None:
     [kind] = _kinds(args.kind)
     if kind == "nodes":
         client.call("DELETE", f"/v1/nodes/{urllib.parse.quote(args.name)}")
-        print(f'node "{args.name}" deleted')
+        print(f"node {quote(args.name)} deleted")
     else:
         client.call(
             "DELETE",
             f"/v1/namespaces/{urllib.parse.quote(args.namespace)}/pods/{urllib.parse.quote(args.name)}",
         )
-        print(f'pod "{args.name}" deleted')
+        print(f"pod {quote(args.name)} deleted")
 
 
 def cmd_node_action(client: Client, args: argparse.Namespace) -> None:
@@ -465,7 +490,7 @@ def cmd_node_action(client: Client, args: argparse.Namespace) -> None:
         "cordon": "cordoned",
         "uncordon": "uncordoned",
     }[args.command]
-    print(f"node/{args.name} {past}")
+    print(f"node/{escape(args.name)} {past}")
 
 
 def cmd_certificate(client: Client, args: argparse.Namespace) -> None:

@@ -50,7 +50,7 @@ from agent.master.config import MasterConfig
 from agent.master.pki_files import ClusterPki
 from agent.master.policy import Caller, Decision, Verdict, evaluate
 from agent.master.store.base import Store
-from agent.names import check_label_value, check_qualified_name, quote
+from agent.names import check_label_value, check_node_name, check_qualified_name, quote
 from agent.pki.core import PIN_PREFIX, cert_to_pem, issue, load_csr, public_key_id
 from agent.pki.names import NODE_CN_PREFIX, NODES_GROUP
 
@@ -427,6 +427,9 @@ class NodeRegistry:
         csr_pem = body.get("csr")
         if not isinstance(name, str) or not isinstance(csr_pem, str):
             raise BadRequestError("nodeName and csr (PEM) are required strings")
+        # The one check of every edge (agent.names): a name becomes a store key, a path
+        # segment, a certificate's CN and a row of `nodectl get nodes`.
+        check_node_name(name, "nodeName")
         if len(csr_pem) > MAX_CSR_CHARS:
             raise BadRequestError(f"csr is longer than {MAX_CSR_CHARS} characters")
         public_key = node_csr_key(name, csr_pem)

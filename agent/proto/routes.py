@@ -4,21 +4,26 @@ targets for both (sans-IO): method + path → route name and path parameters, or
 Each route says whether it is a JSON route (served over HTTP/1.1 and HTTP/2 alike) or a stream
 route (exec, port-forward, logs: HTTP/2 only), and whose node a request concerns (``Subject``),
 which the authorization table (``agent.proto.authz``) needs to tell a node acting on itself from
-one acting on another. Path parameters are percent-decoded and validated here, once: non-empty,
-at most ``MAX_PARAM_CHARS``, no ``/`` and no control characters. An unknown path is 404; a
-known path with another method is 405 with the methods it takes.
+one acting on another. Path parameters are percent-decoded and validated here, once, each by
+the check of its kind in :mod:`agent.names` (``_PARAM_CHECKS``: a node or pod name is a DNS-1123
+subdomain, a namespace a DNS-1123 label): a segment that cannot name anything (``*``,
+``system:masters``, ``a/b`` encoded, a NUL, non-ASCII, over 253 characters) is a 400 quoting it
+escaped, before any handler sees it. An empty segment or an unknown path is 404; a known path
+with another method is 405 with the methods it takes.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote
 
-from agent.errors import BadRequestError, MethodNotAllowedError, NotFoundError
+from agent import names
+from agent.errors import AgentError, BadRequestError, MethodNotAllowedError, NotFoundError
 
-MAX_PARAM_CHARS = 253  # a DNS subdomain, Kubernetes' longest object name
+MAX_PARAM_CHARS = names.DNS1123_SUBDOMAIN_MAX_CHARS  # Kubernetes' longest object name
 MAX_QUERY_FIELDS = 1000
 _PARAM_PREFIX = "{"
 
@@ -78,11 +83,37 @@ class RouteMatch:
         return values[-1] if values else default
 
 
+REQUEST_ID_MAX_CHARS = 64  # a SHA-256 in hex; the registry uses the first 32 digits
+# A registration's id is a token the registry derived: lowercase alphanumerics and '-'.
+_REQUEST_ID = re.compile(r"[-a-z0-9]+")
+
+
+def _check_request_id(text: str, field: str, fail: names.Fail) -> str:
+    if len(text) > REQUEST_ID_MAX_CHARS or _REQUEST_ID.fullmatch(text) is None:
+        raise fail(
+            field,
+            f"{names.quote(text)} is not a registration id (at most {REQUEST_ID_MAX_CHARS} "
+            "lowercase alphanumerics and '-')",
+        )
+    return text
+
+
+# Every path parameter of every route, by its name, and the check of its kind (every route
+# matching its own path, in tests/unit/test_routes.py, proves none is missing).
+_PARAM_CHECKS: Mapping[str, Callable[[str, str, names.Fail], str]] = {
+    "node": names.check_node_name,
+    "namespace": names.check_namespace,
+    "pod": names.check_pod_name,
+    "rid": _check_request_id,
+}
+
+
+def _param_error(name: str, problem: str) -> AgentError:
+    return BadRequestError(f"path parameter {name}: {problem}")
+
+
 def _check_param(name: str, value: str) -> None:
-    if len(value) > MAX_PARAM_CHARS:
-        raise BadRequestError(f"path parameter {name} is longer than {MAX_PARAM_CHARS} characters")
-    if "/" in value or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
-        raise BadRequestError(f"path parameter {name}={value!r} holds '/' or a control character")
+    _PARAM_CHECKS[name](value, name, _param_error)
 
 
 class RouteTable:
@@ -97,7 +128,7 @@ class RouteTable:
         """Resolve ``target`` (``/path?query`` as sent, percent-encoded) for ``method``."""
         raw_path, _, raw_query = target.partition("?")
         if not raw_path.startswith("/"):
-            raise BadRequestError(f"request target {target[:100]!r} is not an absolute path")
+            raise BadRequestError(f"request target {names.quote(target)} is not an absolute path")
         try:
             segments = [unquote(s, errors="strict") for s in raw_path[1:].split("/")]
             query = parse_qs(

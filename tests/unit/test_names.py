@@ -6,6 +6,8 @@ import pytest
 
 from agent import names
 from agent.errors import AgentError, BadRequestError, ConfigError
+from agent.pki.core import build_csr, generate_key
+from agent.pki.names import NODE_CN_PREFIX, NODES_GROUP
 
 HOSTILE = [
     "",
@@ -29,7 +31,23 @@ HOSTILE = [
 
 @pytest.mark.parametrize("text", ["a", "node-1", "a.b.c", "0", "x" * 63, "x" * 63 + ".y"])
 def test_valid_subdomains_pass(text: str) -> None:
-    assert names.check_node_name(text, "name") == text
+    assert names.check_pod_name(text, "name") == text
+    if len(text) <= names.NODE_NAME_MAX_CHARS:
+        assert names.check_node_name(text, "name") == text
+
+
+def test_a_node_name_fits_its_certificate() -> None:
+    """The CN of a node's certificate is ``system:node:<name>``, at most 64 characters."""
+    assert names.NODE_NAME_MAX_CHARS + len(NODE_CN_PREFIX) == names.X509_CN_MAX_CHARS == 64
+    longest = "n" * 40 + "." + "n" * 11
+    assert names.check_node_name(longest, "name") == longest
+    for text in (longest + "n", "a" * 53, "a" * 63 + ".b"):
+        with pytest.raises(BadRequestError, match=r"longer than 52 characters.*system:node:"):
+            names.check_node_name(text, "nodeName")
+    # Issued for real: the longest name's certificate can be made.
+    key = generate_key()
+    csr = build_csr(key, NODE_CN_PREFIX + longest, [NODES_GROUP], [longest])
+    assert csr.startswith(b"-----BEGIN CERTIFICATE REQUEST-----")
 
 
 def test_a_subdomain_may_be_253_characters_of_labels() -> None:
