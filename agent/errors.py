@@ -112,6 +112,13 @@ class PayloadTooLargeError(AgentError):
     http_status = 413
 
 
+class UnsupportedMediaTypeError(AgentError):
+    """A request body came with a content type the API does not read (its JSON routes read
+    ``application/json`` only, never a form or text guessed to be JSON): 415."""
+
+    http_status = 415
+
+
 class TooManyRequestsError(AgentError):
     """A client sent more than a limit allows (a source address over its registration rate,
     the queue of requests waiting for an administrator full): 429, with ``Retry-After``

@@ -7,7 +7,9 @@ Every request goes through the same steps, in this order, on both protocols: the
 (its certificate mapped to a principal by the API's ``Gate``, then to its column of the
 authorization table); the decision (``agent.proto.authz``: 401, 403); the protocol (a stream
 route over HTTP/1.1: 426, it needs HTTP/2); the body (at most ``MAX_BODY_BYTES``, else 413);
-then the handler. A JSON handler takes an ``ApiRequest`` and returns an ``ApiResponse`` (a
+its type (a JSON route reads ``application/json`` only, else 415: :mod:`agent.proto.jsonbody`);
+then the handler, which decodes a JSON body through ``ApiRequest.json`` (nesting bounded, else
+400). A JSON handler takes an ``ApiRequest`` and returns an ``ApiResponse`` (a
 whole body, or chunks from an async iterator for the pod watch); a stream handler gets the
 HTTP/2 stream itself. Errors are ``{"error": {"code", "message", "details"}}`` on both.
 
@@ -38,7 +40,6 @@ from agent.aio.h2conn import (
 from agent.aio.logs import kv
 from agent.errors import (
     AgentError,
-    BadRequestError,
     ConnectionClosedError,
     ForbiddenError,
     InternalError,
@@ -61,12 +62,13 @@ from agent.proto.authz import (
     needs_subject,
     refusal,
 )
+from agent.proto.jsonbody import JSON_MEDIA_TYPE, check_content_type, decode_object
 from agent.proto.routes import RouteMatch, RouteTable, Subject
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20
-JSON_TYPE = "application/json"
+JSON_TYPE = JSON_MEDIA_TYPE
 # 426 must name a protocol to upgrade to (RFC 9110 §15.5.22); the client reconnects with ALPN
 # h2 over TLS (HTTP/2 has no in-band upgrade over TLS, RFC 9113 §3.1).
 _UPGRADE = ("upgrade", "HTTP/2.0")
@@ -96,16 +98,12 @@ class ApiRequest:
         return self.match.query_value(name, default)
 
     def json(self, *, optional: bool = False) -> dict[str, Any]:
-        """The body as a JSON object; ``optional``: an empty body is ``{}``."""
+        """The body as a JSON object (:func:`agent.proto.jsonbody.decode_object`: nested at
+        most ``MAX_JSON_DEPTH`` deep, else 400; the edge checked its type before the handler
+        ran); ``optional``: an empty body is ``{}``."""
         if optional and not self.body:
             return {}
-        try:
-            body = json.loads(self.body)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-            raise BadRequestError(f"request body is not JSON: {exc}") from exc
-        if not isinstance(body, dict):
-            raise BadRequestError("request body must be a JSON object")
-        return body
+        return decode_object(self.body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,14 +237,20 @@ class Edge:
             )
         return ApiRequest(match, caller, headers, b"", peer_ip)
 
-    async def _handle(self, request: ApiRequest) -> ApiResponse:
+    async def _handle(self, admitted: ApiRequest, body: bytes) -> ApiResponse:
+        """The handler of a JSON route, given its body (any body: JSON, or 415)."""
+        if body:
+            check_content_type(admitted.headers.get("content-type"))
+        request = replace(admitted, body=body)
         return await self.handlers[request.match.route.name](request)
 
     # -- HTTP/1.1 (aiohttp) ------------------------------------------------------------------
 
     def aiohttp_app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
-        app.router.add_route("*", "/{tail:.*}", self._serve_http1)
+        # Every path, a decoded newline included (``.`` would not match one, and aiohttp would
+        # answer its own plain-text 404): the route table is ours to apply.
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self._serve_http1)
         return app
 
     async def _serve_http1(self, request: web.Request) -> web.StreamResponse:
@@ -274,7 +278,7 @@ class Edge:
                 body = await _bounded(request.content.iter_any(), MAX_BODY_BYTES)
             except ConnectionResetError as exc:  # the client went away mid-body: not a bug
                 raise ConnectionClosedError(f"request body cut off: {exc}") from exc
-            response = await self._handle(replace(admitted, body=body))
+            response = await self._handle(admitted, body)
         except Exception as exc:
             response = error_response(_ours(request.method, request.path, exc))
         headers_out = {"Content-Type": response.content_type, **dict(response.headers)}
@@ -315,7 +319,7 @@ class Edge:
                 await self.streams(stream, admitted)
                 return
             body = await _bounded(_h2_chunks(stream), MAX_BODY_BYTES)
-            response = await self._handle(replace(admitted, body=body))
+            response = await self._handle(admitted, body)
         except Exception as exc:
             error = _ours(stream.method, stream.path, exc)
             if stream.responded or stream.local_ended or stream.failed:

@@ -54,6 +54,7 @@ from agent.errors import (
 from agent.master.pki_files import ClusterPki
 from agent.pki.core import cert_to_pem, generate_key, principal_of
 from agent.proto.authz import Principal
+from agent.proto.jsonbody import MAX_JSON_DEPTH
 from agent.proto.routes import Route, RouteTable, Subject
 from tests.unit.master import wire
 from tests.unit.master.rig import make_cluster_pki
@@ -338,7 +339,8 @@ async def test_the_route_comes_before_the_caller(served: Served, protocol: str) 
     refused(not_allowed, 405, "DELETE", "GET, POST")
     assert not_allowed.headers["allow"] == "GET, POST"
     # A control character in a path parameter: 400, before anyone is asked who calls.
-    refused(await anonymous.call("PUT", "/v1/nodes/a%01b/lease"), 400, "control character")
+    refused(await anonymous.call("PUT", "/v1/nodes/a%01b/lease"), 400, "a\\x01b", "DNS-1123")
+    refused(await anonymous.call("PUT", "/v1/nodes/a%0Ab/lease"), 400, "a\\nb", "DNS-1123")
     refused(await anonymous.call("GET", "/v1/%ff"), 400, "request target")
     assert served.stubs.seen == []
 
@@ -404,11 +406,90 @@ async def test_a_body_without_a_length_is_bounded_too(served: Served) -> None:
 
 async def test_a_body_that_is_not_a_json_object_is_400(served: Served, protocol: str) -> None:
     admin = served.client("admin", protocol)
-    refused(await admin.call("POST", "/v1/pods", b"{not json"), 400, "not JSON")
-    refused(await admin.call("POST", "/v1/pods", b"\xff\xfe"), 400, "not JSON")
+    refused(await admin.call("POST", "/v1/pods", b"{not json"), 400, "not JSON", "line 1 column 2")
+    refused(await admin.call("POST", "/v1/pods", b"\xff\xfe"), 400, "not JSON", "not UTF-8")
     refused(await admin.call("POST", "/v1/pods", [1, 2]), 400, "JSON object")
-    # Nested past the decoder's recursion limit (was RecursionError: a 500 for anyone's body).
-    refused(await admin.call("POST", "/v1/pods", b"[" * 100_000), 400, "not JSON")
+    refused(await admin.call("POST", "/v1/pods", b'{"a": NaN}'), 400, "NaN is not a JSON number")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000,  # past the decoder's recursion limit (was a RecursionError: a 500)
+        b'{"a": ' * (MAX_JSON_DEPTH + 1) + b"1" + b"}" * (MAX_JSON_DEPTH + 1),  # just past
+        b'{"a": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",  # well-formed, 400 KB
+    ],
+    ids=["unclosed", "one-too-deep", "deep-and-well-formed"],
+)
+async def test_a_body_nested_past_the_bound_is_400_naming_it(
+    served: Served, protocol: str, body: bytes
+) -> None:
+    reply = await served.client("admin", protocol).call("POST", "/v1/pods", body)
+    refused(reply, 400, f"more than {MAX_JSON_DEPTH} deep", "nesting")
+
+
+async def test_a_body_nested_to_the_bound_is_read(served: Served, protocol: str) -> None:
+    """Brackets inside strings (escaped quotes and backslashes among them) are not nesting."""
+    inner: object = {"s": '[[{{\\"\\', "t": "\\"}
+    for _ in range(MAX_JSON_DEPTH - 2):  # 1 + 62 + the outer object: 64 deep, the bound
+        inner = [inner]
+    reply = await served.client("admin", protocol).call("POST", "/v1/pods", {"deep": inner})
+    assert reply.status == 201, reply.body
+    assert reply.json()["body"] == {"deep": inner}
+
+
+@pytest.mark.parametrize(
+    ("content_type", "words"),
+    [
+        (None, ["without a Content-Type", "application/json"]),
+        ("text/plain", ['"text/plain"', "application/json only"]),
+        ("application/x-www-form-urlencoded", ["x-www-form-urlencoded"]),
+        ("application/jsonx", ["jsonx"]),
+        ("application/json; charset=latin-1", ["charset=utf-8"]),
+        ("application/json; boundary=x", ["takes no parameter"]),
+        ("text/plain\u202e", ['"text/plain\\u202e"']),  # quoted escaped
+    ],
+)
+async def test_a_body_of_another_type_is_415(
+    served: Served, protocol: str, content_type: str | None, words: list[str]
+) -> None:
+    """Even a body that would parse as JSON: nothing is guessed (a form or ``text/plain`` is
+    what a browser sends cross-site without asking)."""
+    admin = served.client("admin", protocol)
+    body = b'{"a": 1}'
+    if content_type is not None:
+        reply = await admin.call("POST", "/v1/pods", body, headers={"content-type": content_type})
+    elif protocol == H2:
+        stream = await admin.request_h2("POST", "/v1/pods", body)  # no header but the path's
+        reply = Reply(stream.status, dict(await stream.response()), await stream.read_all(4096))
+    else:  # aiohttp would label raw bytes application/octet-stream unless told not to
+        async with admin._h1().post("/v1/pods", data=body, skip_auto_headers=["content-type"]) as r:
+            reply = Reply(r.status, {k.lower(): v for k, v in r.headers.items()}, await r.read())
+    refused(reply, 415, *words)
+    assert served.stubs.seen == []  # refused before the handler
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json",
+        "Application/JSON",
+        "application/json; charset=utf-8",
+        'application/json;charset="UTF-8"',
+        "application/json ; charset=utf8",
+    ],
+)
+async def test_json_with_or_without_its_charset_is_read(
+    served: Served, protocol: str, content_type: str
+) -> None:
+    admin = served.client("admin", protocol)
+    reply = await admin.call(
+        "POST", "/v1/pods", b'{"a": 1}', headers={"content-type": content_type}
+    )
+    assert reply.status == 201, reply.body
+    assert reply.json()["body"] == {"a": 1}
+    # No body at all needs no type: an optional body may be absent.
+    assert (await admin.call("POST", "/v1/nodes/n1/approve")).json()["body"] == {}
 
 
 async def test_error_bodies_and_headers_are_the_same_on_both_protocols(served: Served) -> None:
@@ -416,6 +497,8 @@ async def test_error_bodies_and_headers_are_the_same_on_both_protocols(served: S
         ("anonymous", "GET", "/v1/nothing", None),
         ("anonymous", "PATCH", "/v1/pods", None),
         ("anonymous", "PUT", "/v1/nodes/a%7fb/lease", None),
+        ("anonymous", "PUT", "/v1/nodes/a%0Ab/lease", None),  # a newline: ours, not aiohttp's 404
+        ("anonymous", "GET", "/v1/nothing%0A/here", None),
         ("anonymous", "POST", "/v1/pods", {}),
         ("viewer", "POST", "/v1/pods", {}),
         ("n2", "PUT", "/v1/nodes/n1/lease", {}),

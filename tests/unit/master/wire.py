@@ -229,9 +229,12 @@ class Client:
         *,
         headers: Mapping[str, str] | None = None,
     ) -> Reply:
-        """One request, its whole answer; ``body``: bytes as they are, else JSON."""
+        """One request, its whole answer; ``body``: bytes as they are, else JSON. A body goes
+        as ``application/json`` (what the API reads) unless ``headers`` name another type."""
         data = _encode(body)
         extra = dict(headers or {})
+        if data and not any(k.lower() == "content-type" for k in extra):
+            extra["content-type"] = "application/json"
         if self.protocol == H1:
             async with self._h1().request(method, path, data=data, headers=extra) as resp:
                 raw = await resp.read()
