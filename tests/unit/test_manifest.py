@@ -437,9 +437,9 @@ def test_duplicate_pod_in_a_list_rejected() -> None:
         ),
         (
             "apiVersion: v1\nkind: Pod\nkind: Pod\n",
-            'l.yaml: kind: invalid YAML (line 3, column 1): duplicate key "kind"',
+            'l.yaml: kind: duplicate key "kind" (line 3, column 1)',
         ),
-        ("a:\n  b: 1\n  b: 2\n", 'l.yaml: a.b: invalid YAML (line 3, column 3): duplicate key "b"'),
+        ("a:\n  b: 1\n  b: 2\n", 'l.yaml: a.b: duplicate key "b" (line 3, column 3)'),
         ("a: !!int x\n", 'l.yaml: a: "x" is not a valid int (line 1, column 4)'),
         (
             "a: !!python/object:os.system x\n",
@@ -448,7 +448,7 @@ def test_duplicate_pod_in_a_list_rejected() -> None:
         ("[" * 5000, "l.yaml: "),
         (
             '{"kind": "Pod", "kind": "Pod"}',
-            'l.yaml: kind: invalid YAML (line 1, column 17): duplicate key "kind"',
+            'l.yaml: kind: duplicate key "kind" (line 1, column 17)',
         ),
     ],
 )

@@ -8,7 +8,8 @@ Four generators, 10,500 documents in all on every run (CI included; some 30-40 s
 YAML texts assembled from the language's sharp pieces (tags, anchors, aliases, merge keys,
 escapes, directives, indentation, flow punctuation); a valid manifest with such pieces spliced
 in at any point; random values (lone surrogates, huge integers, odd keys, deep nesting) written
-as YAML and as JSON; and a valid pod with one field anywhere replaced by a random value.
+as YAML and as JSON; and a valid pod with one field anywhere replaced by a random value. A fifth
+(1,500 more) holds the loader's reading to PyYAML's wherever both take a text.
 
 The seed is fixed (``FUZZ_SEED``, as the other fuzz tests: another value explores further), so
 a failure is reproduced by running the test again; hypothesis shrinks it to a small example.
@@ -25,7 +26,7 @@ from hypothesis import strategies as st
 
 from agent.errors import AgentError, ManifestError
 from agent.manifest import parse_manifests, parse_pod
-from agent.manifest_loader import load_json
+from agent.manifest_loader import load_json, load_yaml
 from tests.unit.fuzz.inputs import SEED
 from tests.unit.test_manifest import FULL
 
@@ -149,3 +150,50 @@ def test_a_pod_with_one_field_replaced(path: list[int], value: Any) -> None:
     _parses_or_is_ours(parse_pod, doc, source="api")
     body = _as_json(doc).encode()
     _parses_or_is_ours(lambda: parse_pod(load_json(body, source="api"), source="api"))
+
+
+class _Reference(yaml.SafeLoader):
+    """PyYAML's safe loader as ours reads YAML: dates and ``=`` stay strings."""
+
+
+_Reference.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if not tag.endswith(("timestamp", "value"))]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _canonical(value: Any) -> Any:
+    """``value`` comparable across loaders: NaN equal to itself, mappings in key order."""
+    if isinstance(value, float) and value != value:
+        return "NaN"
+    if isinstance(value, list):
+        return [_canonical(item) for item in value]
+    if isinstance(value, dict):
+        return sorted((repr(key), _canonical(item)) for key, item in value.items())
+    return (type(value).__name__, value)
+
+
+@seed(SEED)
+@settings(FUZZ, max_examples=1500)
+@given(
+    st.sampled_from([*_BASES, "base: &b {x: 1, y: [2]}\nm: {<<: *b, x: 3}\n"]),
+    st.lists(st.tuples(st.floats(0, 1), st.lists(_piece, min_size=1, max_size=3)), max_size=3),
+)
+def test_what_the_loader_takes_it_reads_as_pyyaml(
+    base: str, splices: list[tuple[float, list[str]]]
+) -> None:
+    """Ours builds the data from the parser's events (no composing, no PyYAML constructors):
+    wherever both loaders take a text, they read the same values."""
+    text = base
+    for where, pieces in splices:
+        at = int(where * len(text))
+        text = text[:at] + "".join(pieces) + text[at:]
+    try:
+        ours = load_yaml(text, source="fuzz.yaml")
+    except ManifestError:
+        return
+    try:
+        theirs = [d for d in yaml.load_all(text, Loader=_Reference) if d is not None]
+    except (yaml.YAMLError, TypeError, ValueError, KeyError, IndexError, AttributeError):
+        return  # (PyYAML's own crashes on what it should refuse: issue 14)
+    assert _canonical(ours) == _canonical(theirs)
