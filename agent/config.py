@@ -15,6 +15,7 @@ import argparse
 import difflib
 import ipaddress
 import math
+import os
 import re
 import socket
 import tomllib
@@ -31,6 +32,9 @@ DEFAULT_CONFIG_PATH = Path("/etc/node-agent/agent.toml")
 # typo fails at start-up instead of on every container create.
 _DOCKER_SIZE = re.compile(r"^(-1|\d+(\.\d+)? ?[kKmMgGtTpP]?[iI]?[bB]?)$")
 PORT_MAX = 65535
+API_SOCKET_NAME = "api.sock"
+# sun_path is 108 bytes on Linux, the terminating NUL included.
+UNIX_SOCKET_PATH_MAX_BYTES = 107
 
 LogFormat = Literal["kv", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -66,9 +70,9 @@ AGENT_KEYS: tuple[Key, ...] = (
         "node name (DNS-1123 subdomain; default: the lowercased hostname)",
         default_doc="the lowercased hostname",
     ),
-    Key("state_dir", Path, "state directory: checkpoint, emptyDir volumes"),
+    Key("state_dir", Path, "state directory (0700): checkpoint, pki/, api.sock, emptyDir volumes"),
     Key("manifest_dir", Path, "directory of static pod manifests (empty string disables)", True),
-    Key("health_addr", str, "HOST:PORT of the local read-only API (/healthz, /v1/pods, /metrics)"),
+    Key("health_addr", str, "HOST:PORT of the local health port (/healthz, /metrics only)"),
     Key("docker_host", str, "Docker Engine URL (default: $DOCKER_HOST or the local socket)", True),
     Key("sandbox_image", str, "image of the pod sandbox; built locally if absent and unpullable"),
     Key("node_ip", str, "IP address reported as hostIP (default: first global IPv4)", True),
@@ -100,6 +104,15 @@ AGENT_KEYS: tuple[Key, ...] = (
         "source IP for connections to the master (multi-homed hosts, tests)",
         True,
     ),
+    Key(
+        "allowed_host_paths",
+        list,
+        "path prefixes hostPath volumes may use (unset: any; [] refuses every hostPath)",
+        True,
+        default_doc="any path",
+    ),
+    Key("allow_host_network", bool, "whether pods may use hostNetwork"),
+    Key("allow_host_ports", bool, "whether pods may use hostPort"),
 )
 _KEYS = {k.name: k for k in AGENT_KEYS}
 
@@ -140,6 +153,14 @@ class AgentConfig:
     bootstrap_cert: Path | None = None
     bootstrap_key: Path | None = None
     bind_source: str | None = None
+    allowed_host_paths: tuple[str, ...] | None = None
+    allow_host_network: bool = True
+    allow_host_ports: bool = True
+
+    @property
+    def api_socket(self) -> Path:
+        """The local read-only API (pods, events): a Unix socket only root reaches."""
+        return self.state_dir / API_SOCKET_NAME
 
     @property
     def health_host(self) -> str:
@@ -267,6 +288,17 @@ def _validate(cfg: AgentConfig, where: Callable[..., str], node_name_given: bool
         )
     if cfg.master is not None and not cfg.master.startswith("https://"):
         raise ConfigError(f"{where('master')}: master {cfg.master!r} must be an https:// URL")
+    if len(os.fsencode(cfg.api_socket)) > UNIX_SOCKET_PATH_MAX_BYTES:
+        raise ConfigError(
+            f"{where('state_dir')}: state_dir is too long for its socket {API_SOCKET_NAME} "
+            f"(a Unix socket path has at most {UNIX_SOCKET_PATH_MAX_BYTES} bytes)"
+        )
+    for prefix in cfg.allowed_host_paths or ():
+        if not prefix.startswith("/") or "\0" in prefix:
+            raise ConfigError(
+                f"{where('allowed_host_paths')}: allowed_host_paths entry {prefix!r} is not an "
+                "absolute path"
+            )
     for label in cfg.node_labels:
         if "=" not in label:
             raise ConfigError(
@@ -383,6 +415,8 @@ def _default_doc(key: Key) -> str:
     default = spec.default if spec.default is not MISSING else None
     if default is None or default == ():
         return "unset"
+    if isinstance(default, bool):
+        return f"`{str(default).lower()}`"  # as TOML spells it
     return f"`{default}`"
 
 

@@ -50,7 +50,8 @@ In another shell:
   $VENV/nodectl logs -f demo-web -c fetcher
   $VENV/nodectl exec -it demo-web -c web -- sh
   $VENV/nodectl port-forward demo-web 18080:8080      # then: curl -s 127.0.0.1:18080/
-  curl -s http://127.0.0.1:10248/v1/pods | python3 -m json.tool
+  curl -s http://127.0.0.1:10248/healthz
+  curl -s --unix-socket $DEMO/state/api.sock http://local/v1/pods | python3 -m json.tool
 Ctrl-C stops both daemons.
 EOT
 tail -f "$DEMO/agent.log"

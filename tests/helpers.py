@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import http.client
 import io
 import json
 import os
@@ -169,6 +170,33 @@ def sleeper(name: str = "main", seconds: int = 3600) -> dict[str, Any]:
     return {"name": name, "command": ["sh", "-c", f"trap 'exit 0' TERM; sleep {seconds} & wait"]}
 
 
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout_s: float) -> None:
+        super().__init__("local", timeout=timeout_s)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self._path))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def unix_get(path: Path, target: str, timeout_s: float = 5.0) -> tuple[int, str]:
+    """``curl --unix-socket PATH http://local/TARGET``: status and body."""
+    conn = _UnixConnection(path, timeout_s)
+    try:
+        conn.request("GET", target, headers={"Host": "local"})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
+
+
 class AgentProcess:
     """A real ``node-agent run`` process with its own node name, state and manifest dirs."""
 
@@ -205,7 +233,13 @@ class AgentProcess:
 
     @property
     def url(self) -> str:
+        """The health port: ``/healthz`` and ``/metrics`` only."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def socket_path(self) -> Path:
+        """The local read-only API (pods, events): root's Unix socket in the state dir."""
+        return self.state_dir / "api.sock"
 
     def start(
         self,
@@ -241,7 +275,12 @@ class AgentProcess:
             self.wait_healthy()
         return self
 
+    def api_get(self, path: str) -> tuple[int, str]:
+        """GET on the local read-only API's socket (a path, so in no network namespace)."""
+        return unix_get(self.socket_path, path)
+
     def get(self, path: str) -> tuple[int, str]:
+        """GET on the health port."""
         with in_netns(self.netns):
             try:
                 with urllib.request.urlopen(self.url + path, timeout=5) as resp:
@@ -268,7 +307,7 @@ class AgentProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def pods(self) -> dict[str, dict[str, Any]]:
-        status, body = self.get("/v1/pods")
+        status, body = self.api_get("/v1/pods")
         assert status == 200, body
         return {
             f"{p['metadata']['namespace']}/{p['metadata']['name']}": p
@@ -279,7 +318,7 @@ class AgentProcess:
         return self.pods().get(f"{namespace}/{name}")
 
     def events(self) -> list[dict[str, Any]]:
-        status, body = self.get("/v1/events")
+        status, body = self.api_get("/v1/events")
         assert status == 200, body
         items: list[dict[str, Any]] = json.loads(body)["items"]
         return items

@@ -6,6 +6,7 @@ Imports stay inside the subcommands so ``node-agent version`` starts fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -148,12 +149,20 @@ def _doctor(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "version":
-        print(f"node-agent {__version__}")
-        return 0
-    if args.command == "doctor":
-        return _doctor(args)
-    return _run(args)
+    from agent.aio.private import restrict_umask
+
+    # Before anything is created: the checkpoint, the node's key and the API socket are the
+    # owner's only, whatever umask the shell had (pod volumes get their modes explicitly).
+    loose = restrict_umask()
+    try:
+        if args.command == "version":
+            print(f"node-agent {__version__}")
+            return 0
+        if args.command == "doctor":
+            return _doctor(args)
+        return _run(args)
+    finally:
+        os.umask(loose)  # for an in-process caller (the tests)
 
 
 if __name__ == "__main__":

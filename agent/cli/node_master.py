@@ -4,6 +4,7 @@ master, ``issue-user`` (a nodectl config for a viewer or another admin), print t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _init(args: argparse.Namespace) -> int:
+    from agent.aio.private import PRIVATE_DIR_MODE
     from agent.config import split_host_port
     from agent.errors import ConfigError
     from agent.master.config import render_master_toml
@@ -57,6 +59,10 @@ def _init(args: argparse.Namespace) -> int:
     try:
         split_host_port(args.listen, "--listen")
         data_dir = args.data_dir.resolve()
+        # The data dir is the master's own: private even when it was made by hand beforehand
+        # (what init writes is private through the umask main() set).
+        data_dir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+        data_dir.chmod(PRIVATE_DIR_MODE)
         result = init_cluster(
             data_dir,
             server_names=args.server_name,
@@ -67,6 +73,9 @@ def _init(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"node-master: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except OSError as exc:
+        print(f"node-master: data dir {args.data_dir}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     print(f"cluster initialised in {data_dir}")
     print(f"  CA pin:   {result.pin}")
     print(f"  config:   {result.config_path}")
@@ -131,14 +140,22 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "version":
-        print(f"node-master {__version__}")
-        return 0
-    if args.command == "init":
-        return _init(args)
-    if args.command == "issue-user":
-        return _issue_user(args)
-    return _run(args)
+    from agent.aio.private import restrict_umask
+
+    # Before anything is created: the CA key, master.toml, the store and its -wal/-shm (which
+    # SQLite creates itself) are the owner's only, whatever umask the shell had.
+    loose = restrict_umask()
+    try:
+        if args.command == "version":
+            print(f"node-master {__version__}")
+            return 0
+        if args.command == "init":
+            return _init(args)
+        if args.command == "issue-user":
+            return _issue_user(args)
+        return _run(args)
+    finally:
+        os.umask(loose)  # for an in-process caller (the tests)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from agent import __version__
 from agent.aio.bridge import ThreadBridge
 from agent.aio.edge import Edge, EdgeListener
 from agent.aio.logs import kv
+from agent.aio.private import tighten_tree
 from agent.aio.sdnotify import Notifier, SystemdNotifier
 from agent.aio.tasks import Lifecycle, Manager, Supervisor, TaskScope
 from agent.aio.tls import server_context
@@ -135,6 +136,9 @@ class Master:
         """Load what the managers need (store, PKI, registry) and build them, in start order."""
         cfg = self.config
         scope = self.supervisor.scope
+        # Private files: what an older version, a restored backup or an operator loosened is
+        # made owner-only again, each path named in a warning (agent.aio.private).
+        await self.bridge.run(tighten_tree, cfg.data_dir)
         pki = await self.bridge.run(ClusterPki.load, cfg.pki_dir)
         remarked = await self.bridge.run(ensure_master_mark, pki)
         if remarked is not None:

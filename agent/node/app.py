@@ -3,7 +3,10 @@ them, and runs them under one supervisor (the daemon's one TaskGroup). No behavi
 
 Start order (each step's ``start()`` returns before the next begins):
 
-1. ``local-api``: ``/healthz`` answers from the first moment, with the reasons it is not ok.
+0. Before any: the state dir and what it holds made owner-only (``agent.aio.private``; each
+   path that was looser is logged), pod volumes excepted.
+1. ``local-api``: ``/healthz`` answers from the first moment, with the reasons it is not ok;
+   the read-only API on ``<state_dir>/api.sock``.
 2. ``watchdog``: the event-loop heartbeat and systemd's ``WATCHDOG=1``.
 3. ``runtime``: wait until the container runtime answers; make the sandbox image present.
 4. ``pods``: desired state from the checkpoint (or, when it is lost, from the manifests our
@@ -29,6 +32,7 @@ import ipaddress
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import psutil
 
@@ -36,6 +40,7 @@ from agent import __version__
 from agent.aio.bridge import ThreadBridge
 from agent.aio.clock import Clock, SystemClock
 from agent.aio.logs import kv
+from agent.aio.private import PRIVATE_DIR_MODE, tighten_tree
 from agent.aio.sdnotify import Notifier, SystemdNotifier
 from agent.aio.tasks import Lifecycle, Manager, Supervisor
 from agent.config import AgentConfig
@@ -55,11 +60,12 @@ from agent.node.masterlink.registration import Registrar
 from agent.node.masterlink.state import LinkStatus
 from agent.node.masterlink.status import StatusReporter
 from agent.node.masterlink.watch import MasterPodSource
+from agent.node.pods.admission import AdmissionPolicy
 from agent.node.pods.checkpoint import CheckpointStore
 from agent.node.pods.manager import PodManager
 from agent.node.pods.runtime_watch import RuntimeGate, RuntimeWatcher
 from agent.node.pods.sources import ManifestDirSource
-from agent.node.pods.specs import SpecContext
+from agent.node.pods.specs import POD_DIRS, SpecContext
 from agent.node.pods.worker import WorkerDeps
 from agent.node.runtime.base import Runtime
 from agent.node.runtime.docker import DockerRuntime
@@ -91,6 +97,13 @@ def detect_host_ip() -> str:
             if not ip.is_loopback and not ip.is_link_local:
                 return str(ip)
     return "127.0.0.1"
+
+
+def prepare_state_dir(state_dir: Path) -> list[Path]:
+    """The state dir, made if missing, and everything in it owner-only (blocking); the pods'
+    volumes (``pods/``) keep the modes their pods need. Returns the paths that were looser."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    return tighten_tree(state_dir, skip=(POD_DIRS,))
 
 
 class NodeAgent:
@@ -135,6 +148,11 @@ class NodeAgent:
             bridge=self.checkpoint_bridge,
             metrics=self.metrics,
             tasks=tasks("pods"),
+            admission=AdmissionPolicy(
+                allowed_host_paths=cfg.allowed_host_paths,
+                allow_host_network=cfg.allow_host_network,
+                allow_host_ports=cfg.allow_host_ports,
+            ),
         )
         runtime_health = RuntimeHealth()
         link_status = LinkStatus() if cfg.master is not None else None
@@ -169,7 +187,8 @@ class NodeAgent:
                 node_name=cfg.node_name,
                 host=cfg.health_host,
                 port=cfg.health_port,
-                run_blocking=self.bridge.run,
+                socket_path=cfg.api_socket,
+                bridge=self.bridge,
             ),
             Watchdog(
                 self.health,
@@ -287,6 +306,7 @@ class NodeAgent:
             ),
         )
         try:
+            await self.bridge.run(prepare_state_dir, cfg.state_dir)
             async with self.supervisor as supervisor:
                 starting = supervisor.start_guarded("start", self.lifecycle.start)
                 try:

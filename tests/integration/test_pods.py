@@ -434,7 +434,8 @@ def test_health_and_metrics(make_agent: MakeAgent) -> None:
     # prometheus_client's process collector, scraped without blocking the loop (blockbuster).
     assert samples[("process_resident_memory_bytes", ())] > 0
     assert samples[("process_open_fds", ())] > 0
-    status, body = agent.get("/v1/pods")
+    assert agent.get("/v1/pods")[0] == 404  # the health port shows no pod spec
+    status, body = agent.api_get("/v1/pods")
     assert json.loads(body)["kind"] == "PodList"
 
 

@@ -139,6 +139,15 @@ def test_empty_manifest_dir_disables_static_pods(tmp_path: Path) -> None:
         ("runtime_threads = 0\n", "runtime_threads must be >= 1"),
         ('container_log_max_size = "ten megs"\n', "is not a size like 10m"),
         ('sandbox_image = " "\n', "sandbox_image must not be empty"),
+        (
+            'allowed_host_paths = ["/srv", "srv/data"]\n',
+            "allowed_host_paths entry 'srv/data' is not an absolute path",
+        ),
+        ("allow_host_network = 0\n", "key 'allow_host_network' must be bool, got 0"),
+        (
+            f'state_dir = "/{"s" * 100}"\n',
+            "state_dir is too long for its socket api.sock (a Unix socket path has at most 107",
+        ),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path: Path, text: str, message: str) -> None:
@@ -277,8 +286,23 @@ def test_bad_flag_value_is_an_argparse_error(
     assert "Traceback" not in err
 
 
+def test_admission_policy_keys(tmp_path: Path) -> None:
+    defaults = load_agent_config(None, {"node_name": "n"}, path_required=False)
+    assert defaults.allowed_host_paths is None  # any path, as before the policy existed
+    assert (defaults.allow_host_network, defaults.allow_host_ports) == (True, True)
+    text = 'node_name = "n"\nallowed_host_paths = []\nallow_host_network = false\n'
+    cfg = load_agent_config(write(tmp_path, text), {}, path_required=True)
+    assert cfg.allowed_host_paths == () and cfg.allow_host_network is False
+    args = parser().parse_args(["--allowed-host-paths", "/srv,/var/log", "--no-allow-host-ports"])
+    cfg = load_agent_config(
+        None, {**overrides_from_args(args), "node_name": "n"}, path_required=False
+    )
+    assert cfg.allowed_host_paths == ("/srv", "/var/log") and cfg.allow_host_ports is False
+    assert cfg.api_socket == Path("/var/lib/node-agent/api.sock")
+
+
 def test_bool_keys_get_a_no_flag(monkeypatch: pytest.MonkeyPatch) -> None:
-    # No agent key is a bool today; the generator must still do the right thing for one.
+    # A bool key of its own: the generator must do the right thing for any one.
     monkeypatch.setattr(config_module, "AGENT_KEYS", (Key("use_thing", bool, "use the thing"),))
     p = parser()
     assert p.parse_args([]).use_thing is None

@@ -7,11 +7,19 @@ same rule as the memory store); a watch from before that gets :class:`CompactedE
 410, like Kubernetes' "too old resource version") and relists. All sqlite calls run in the
 thread bridge under one lock (one connection, serialized writes, which is what SQLite does
 anyway); ``synchronous=FULL`` so an acknowledged change survives a power cut, not only a crash.
+
+The files are the owner's only (0600, the directory 0700: set explicitly, whatever the umask),
+and deleted values do not linger in them: ``secure_delete`` zeroes freed content, and every
+compaction of the history ends with a truncating WAL checkpoint, so a deleted object (kept in
+the history for watchers, as etcd keeps it until compaction) is gone from the database and the
+``-wal`` file at the first compaction after it left the history window.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -32,6 +40,8 @@ from agent.master.store.history import (
 )
 
 T = TypeVar("T")
+DIR_MODE = 0o700
+FILE_MODE = 0o600
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
     key TEXT PRIMARY KEY,
@@ -90,14 +100,28 @@ class SqliteStore(Store):
         return store
 
     def _open(self, db: sqlite3.Connection | None) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        # Created private before SQLite opens it; SQLite gives -wal and -shm the database
+        # file's mode, and they are set again below in case an older version made them.
+        os.close(os.open(self._path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
         conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA secure_delete=ON")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
+        for path in (self._path, *self.side_files()):
+            with contextlib.suppress(FileNotFoundError):
+                path.chmod(FILE_MODE)
         conn.executescript(_SCHEMA)
         row = conn.execute("SELECT value FROM meta WHERE name='revision'").fetchone()
         self.revision = int(row[0]) if row else 0
         self._db = conn
+
+    def side_files(self) -> tuple[Path, Path]:
+        """The ``-wal`` and ``-shm`` files SQLite keeps beside the database."""
+        return (
+            self._path.with_name(self._path.name + "-wal"),
+            self._path.with_name(self._path.name + "-shm"),
+        )
 
     async def _run(self, func: Callable[[sqlite3.Connection | None], T]) -> T:
         def locked() -> T:
@@ -158,6 +182,10 @@ class SqliteStore(Store):
         conn.execute("COMMIT")
         if result is not None:
             self.revision = result
+            if compaction_floor(result, self._history) is not None:
+                # What the compaction freed is zeroed in the WAL's pages; this moves them into
+                # the database and empties the WAL, whose older frames still hold the values.
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return result
 
     async def get(self, key: str) -> KeyValue | None:

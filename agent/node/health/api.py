@@ -1,19 +1,37 @@
-"""The local read-only API on the health address (default ``127.0.0.1:10248``).
+"""The local health port and the local read-only API.
 
-``/healthz`` answers 200 ``ok`` only when the runtime answers and the event loop is live;
-otherwise 503 with the reasons, one per line. ``/v1/pods`` is a Kubernetes-style PodList,
-``/v1/events`` the recent node events, ``/metrics`` Prometheus text.
+The health port (``health_addr``, default ``127.0.0.1:10248``) serves ``/healthz`` and
+``/metrics`` only, as kubelet's 10248 does: anything on the host reaches it, a ``hostNetwork``
+pod included, so it carries nothing a pod may not know (the metrics name pods and containers,
+never a spec or an env value). ``/healthz`` answers 200 ``ok`` only when the runtime answers
+and the event loop is live; otherwise 503 with the reasons, one per line.
+
+The read-only API (``/v1/pods``, a Kubernetes-style PodList with every pod's spec, env values
+included; ``/v1/events``, the recent node events; and the two above) is served on a Unix
+socket, ``<state_dir>/api.sock``, mode 0600: only root (the agent's user) reaches it
+(``curl --unix-socket <state_dir>/api.sock http://local/v1/pods``). It is bound under umask 077
+so it is never reachable by others, not even for the moment between ``bind`` and ``chmod``; a
+stale socket of a previous run is removed first, and the socket is removed at stop. Admins and
+viewers read the pod list remotely on the authenticated node API.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import socket
+import stat
 from collections import Counter
+from pathlib import Path
 from typing import Protocol
 
 from aiohttp import web
 
-from agent.aio.metrics import CONTENT_TYPE, DEFAULT_RUN_BLOCKING, RunBlocking
+from agent.aio.bridge import ThreadBridge
+from agent.aio.metrics import CONTENT_TYPE
+from agent.aio.private import PRIVATE_FILE_MODE, PRIVATE_UMASK
+from agent.errors import ConfigError
 from agent.events import EventRecorder
 from agent.node.health.metrics import NodeMetrics, render
 from agent.node.pods.manager import PodManager
@@ -48,36 +66,62 @@ class LocalApi:
         node_name: str,
         host: str,
         port: int,
-        run_blocking: RunBlocking = DEFAULT_RUN_BLOCKING,
+        socket_path: Path,
+        bridge: ThreadBridge,
     ) -> None:
-        self._run_blocking = run_blocking
+        self._bridge = bridge
         self._host = host
         self._port = port
+        self.socket_path = socket_path
         self._pods = pods
         self._events = events
         self._metrics = metrics
         self._health = health
         self._node_name = node_name
-        self._runner: web.AppRunner | None = None
+        self._runners: list[web.AppRunner] = []
+        self._bound = False  # the socket file is ours to remove
 
-    def app(self) -> web.Application:
+    def port_app(self) -> web.Application:
+        """The health port's routes: nothing that names a pod's spec."""
         app = web.Application()
         app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/v1/pods", self.pods)
-        app.router.add_get("/v1/events", self.events)
         app.router.add_get("/metrics", self.metrics)
         return app
 
+    def socket_app(self) -> web.Application:
+        app = self.port_app()
+        app.router.add_get("/v1/pods", self.pods)
+        app.router.add_get("/v1/events", self.events)
+        return app
+
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
-        await site.start()
+        port = await self._runner(self.port_app())
+        await web.TCPSite(port, self._host, self._port, reuse_address=True).start()
+        try:
+            sock = await self._bridge.run(bind_private_socket, self.socket_path)
+        except OSError as exc:
+            raise ConfigError(f"local API socket {self.socket_path}: {exc}") from exc
+        self._bound = True
+        try:
+            local = await self._runner(self.socket_app())
+            await web.SockSite(local, sock).start()
+        except BaseException:
+            sock.close()
+            raise
+
+    async def _runner(self, app: web.Application) -> web.AppRunner:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._runners.append(runner)
+        return runner
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        runners, self._runners = self._runners, []
+        for runner in reversed(runners):
+            await runner.cleanup()
+        if self._bound:
+            self._bound = False
+            await self._bridge.run(remove_socket, self.socket_path)
 
     async def healthz(self, request: web.Request) -> web.Response:
         problems = self._health.problems()
@@ -108,7 +152,7 @@ class LocalApi:
             meta = item["metadata"]
             for cs in status.get("containerStatuses", []):
                 restarts.append((meta["namespace"], meta["name"], cs["name"], cs["restartCount"]))
-        body = await self._run_blocking(
+        body = await self._bridge.run(
             functools.partial(
                 render,
                 self._metrics,
@@ -119,3 +163,38 @@ class LocalApi:
             )
         )
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+def remove_socket(path: Path) -> None:
+    """Remove a Unix socket left at ``path`` (blocking); anything else there is refused, so a
+    mistyped ``state_dir`` never costs a file."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FileExistsError(f"{path} exists and is not a socket; not removing it")
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def bind_private_socket(path: Path) -> socket.socket:
+    """A listening Unix socket at ``path``, mode 0600 from its first moment (blocking): a
+    stale one is removed, the directory made if missing, and the bind runs under umask 077
+    (the agent's umask already; set again in case this runs elsewhere)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    remove_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        previous = os.umask(PRIVATE_UMASK)
+        try:
+            sock.bind(os.fspath(path))
+        finally:
+            os.umask(previous)
+        os.chmod(path, PRIVATE_FILE_MODE)
+        sock.listen(socket.SOMAXCONN)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

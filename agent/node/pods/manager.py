@@ -26,6 +26,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from agent.aio.bridge import ThreadBridge
@@ -35,6 +36,7 @@ from agent.errors import CheckpointError, ManifestError
 from agent.manifest import parse_pod
 from agent.node import crashpoints
 from agent.node.health.metrics import NodeMetrics
+from agent.node.pods.admission import ADMIT_ALL, Admission, Rejection
 from agent.node.pods.checkpoint import CheckpointStore
 from agent.node.pods.worker import PodWorker, WorkerBook, WorkerDeps
 from agent.node.runtime.base import ContainerRecord, Runtime
@@ -51,6 +53,23 @@ log = logging.getLogger(__name__)
 CHECKPOINT_MIN_INTERVAL_S = 0.2
 CHECKPOINT_RETRY_S = 5.0
 CHECKPOINT_FORMAT = 1
+PHASE_FAILED = "Failed"
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedPod:
+    """A pod a source wants that this node's admission policy refuses: it never runs, and it
+    is listed ``Failed`` (reason and message from the rejection) until its source drops it."""
+
+    pod: Pod
+    rejection: Rejection
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "phase": PHASE_FAILED,
+            "reason": self.rejection.reason,
+            "message": self.rejection.message,
+        }
 
 
 class PodManager:
@@ -66,9 +85,11 @@ class PodManager:
         bridge: ThreadBridge,
         metrics: NodeMetrics,
         tasks: TaskScope,
+        admission: Admission = ADMIT_ALL,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.node_name = node_name
+        self._admission = admission
         self._sleep = sleep
         self._runtime = runtime
         self._checkpoint = checkpoint
@@ -77,6 +98,7 @@ class PodManager:
         self._tasks = tasks
         self._deps = make_deps(self)
         self.workers: dict[str, PodWorker] = {}
+        self.rejected: dict[str, RejectedPod] = {}
         self._found_at_start: list[ContainerRecord] = []
         self._restored = False  # until then the checkpoint on disk is the only desired state
         self._dirty = asyncio.Event()
@@ -177,9 +199,40 @@ class PodManager:
         return list(pods.values())
 
     def restore(self, pods: Iterable[Pod], books: dict[str, WorkerBook]) -> None:
-        for pod in pods:
+        """Workers for ``pods`` — those the admission policy still admits (it may have been
+        narrowed since they were checkpointed: the others' containers are then strays)."""
+        for pod in self._admit(pods):
             if pod.uid not in self.workers:
                 self._spawn(PodWorker(pod, self._deps, books.get(pod.uid)))
+
+    def _admit(self, pods: Iterable[Pod]) -> list[Pod]:
+        """The pods the policy admits; the others are recorded as rejected (an event when a
+        pod, its spec or the reason is new)."""
+        admitted = []
+        for pod in pods:
+            rejection = self._admission.check(pod)
+            if rejection is None:
+                self.rejected.pop(pod.uid, None)
+                admitted.append(pod)
+                continue
+            known = self.rejected.get(pod.uid)
+            self.rejected[pod.uid] = RejectedPod(pod, rejection)
+            if known is not None and known.pod.spec_hash == pod.spec_hash:
+                continue
+            log.warning(
+                "pod refused by the node's admission policy",
+                extra=kv(pod=pod.full_name, uid=pod.uid, rule=rejection.rule),
+            )
+            self._deps.events.record(
+                kind="Pod",
+                name=pod.metadata.name,
+                namespace=pod.metadata.namespace,
+                reason=rejection.reason,
+                message=rejection.message,
+                warning=True,
+                uid=pod.uid,
+            )
+        return admitted
 
     def adopt_found_at_start(self) -> None:
         """Remove the containers found at start whose pod no source wants (call once every
@@ -209,6 +262,13 @@ class PodManager:
     # -- sources ---------------------------------------------------------------------------
 
     def pods_of_source(self, prefix: str) -> dict[str, Pod]:
+        """The pods of a source this node holds: running, and rejected by admission."""
+        rejected = {
+            uid: r.pod for uid, r in self.rejected.items() if r.pod.source.startswith(prefix)
+        }
+        return {**rejected, **self._running_of_source(prefix)}
+
+    def _running_of_source(self, prefix: str) -> dict[str, Pod]:
         return {
             uid: w.pod
             for uid, w in self.workers.items()
@@ -216,12 +276,20 @@ class PodManager:
         }
 
     def apply_source(self, prefix: str, pods: Iterable[Pod]) -> None:
-        """Make the pods whose source starts with ``prefix`` exactly ``pods``."""
-        wanted = {p.uid: p for p in pods}
-        current = self.pods_of_source(prefix)
+        """Make the pods whose source starts with ``prefix`` exactly ``pods`` (those the
+        admission policy refuses are recorded, not run; a running one whose new spec is
+        refused is stopped)."""
+        given = list(pods)
+        given_uids = {p.uid for p in given}
+        for uid in [u for u, r in self.rejected.items() if r.pod.source.startswith(prefix)]:
+            if uid not in given_uids:
+                del self.rejected[uid]
+        wanted = {p.uid: p for p in self._admit(given)}
+        current = self._running_of_source(prefix)
         for uid in current.keys() - wanted.keys():
             self.workers[uid].terminate()
-            log.info("pod deleted by its source", extra=kv(pod=current[uid].full_name, uid=uid))
+            why = "refused by admission" if uid in self.rejected else "deleted by its source"
+            log.info("pod stopped", extra=kv(pod=current[uid].full_name, uid=uid, why=why))
         for uid, pod in wanted.items():
             existing = self.workers.get(uid)
             if existing is not None and not existing.terminating:
@@ -322,22 +390,30 @@ class PodManager:
         self._metrics.reconcile_seconds.observe(seconds)
 
     def pod_list(self) -> list[dict[str, Any]]:
+        """Every pod of the node as a v1 Pod: the workers' and the rejected ones (a rejected
+        pod whose old worker still stops is listed once, rejected)."""
+        entries: dict[str, tuple[Pod, dict[str, Any], bool]] = {
+            uid: (w.pod, w.status or {"phase": "Pending"}, w.terminating)
+            for uid, w in self.workers.items()
+        }
+        for uid, rejected in self.rejected.items():
+            entries[uid] = (rejected.pod, rejected.status(), False)
         items = []
-        for worker in sorted(self.workers.values(), key=lambda w: w.pod.full_name):
-            manifest = worker.pod.manifest
+        for pod, status, terminating in sorted(entries.values(), key=lambda e: e[0].full_name):
+            manifest = pod.manifest
             item = {
                 "apiVersion": "v1",
                 "kind": "Pod",
                 "metadata": dict(manifest.get("metadata", {})),
                 "spec": manifest.get("spec", {}),
-                "status": worker.status or {"phase": "Pending"},
+                "status": status,
             }
-            if worker.terminating:
+            if terminating:
                 item["metadata"]["deletionTimestamp"] = "pending"
             item["metadata"].setdefault("annotations", {})
             item["metadata"]["annotations"] = {
                 **item["metadata"]["annotations"],
-                "node-agent.io/source": worker.pod.source,
+                "node-agent.io/source": pod.source,
             }
             items.append(item)
         return items

@@ -35,6 +35,7 @@ NANO_CPUS_PER_MILLI = 1_000_000
 MIN_CPU_SHARES = 2
 CPU_SHARES_PER_CPU = 1024
 MILLIS_PER_CPU = 1000
+POD_DIRS = "pods"  # <state_dir>/pods/<uid>/volumes: the pods' emptyDir volumes
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +61,7 @@ def container_name(pod: Pod, name: str, attempt: int) -> str:
 
 
 def pod_volume_dir(ctx: SpecContext, pod_uid: str) -> Path:
-    return ctx.state_dir / "pods" / pod_uid / "volumes"
+    return ctx.state_dir / POD_DIRS / pod_uid / "volumes"
 
 
 def _labels(ctx: SpecContext, pod: Pod, name: str, kind: str, attempt: int) -> dict[str, str]:

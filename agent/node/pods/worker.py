@@ -43,6 +43,8 @@ SYNC_RETRY_INITIAL_S = 1.0
 SYNC_RETRY_MAX_S = 30.0
 MIN_WAKE_S = 0.01  # a deadline already passed still yields to the loop once
 RECORDS_KEPT_PER_CONTAINER = 2  # the current one and the previous one (``logs --previous``)
+EMPTY_DIR_MODE = 0o777  # as kubelet: any user of the pod may write
+HOST_PATH_DIR_MODE = 0o755  # hostPath DirectoryOrCreate, as kubelet
 
 
 @dataclass(slots=True)
@@ -151,6 +153,17 @@ class _Waiting:
     message: str = ""
     retry_at: float = 0.0
     delay_s: float = 0.0
+
+
+def _make_dirs(path: Path, mode: int) -> None:
+    """``mkdir -p`` with ``mode`` on every directory it creates (not on existing ones)."""
+    missing: list[Path] = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        directory.mkdir(exist_ok=True)
+        directory.chmod(mode)
 
 
 def should_restart(policy: RestartPolicy, exit_code: int | None) -> bool:
@@ -402,10 +415,14 @@ class PodWorker:
         base = pod_volume_dir(self.deps.ctx, self.uid)
 
         def make() -> None:
+            # Modes set explicitly: the agent runs under umask 077 (agent.aio.private), and a
+            # pod's volumes are as Kubernetes makes them whatever user its containers run as.
+            if empty_dirs:
+                base.mkdir(parents=True, exist_ok=True, mode=0o700)
             for name in empty_dirs:
-                (base / name).mkdir(parents=True, exist_ok=True, mode=0o777)
+                _make_dirs(base / name, EMPTY_DIR_MODE)
             for path in host_dirs:
-                Path(path).mkdir(parents=True, exist_ok=True, mode=0o755)
+                _make_dirs(Path(path), HOST_PATH_DIR_MODE)
 
         try:
             await self.deps.bridge.run(make)

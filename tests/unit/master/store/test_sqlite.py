@@ -4,6 +4,7 @@ transactions that roll back. The behaviour it shares with every store is in the 
 
 from __future__ import annotations
 
+import os
 import re
 import stat
 from pathlib import Path
@@ -55,3 +56,50 @@ async def test_a_failed_write_rolls_back_and_the_store_goes_on(
     assert await store.list_prefix("/") == ([await store.get("/k")], rev)
     assert await store.put("/k", b"2") == rev + 1
     await store.close()
+
+
+def _files_of(store: SqliteStore, path: Path) -> dict[str, tuple[int, bytes]]:
+    """Mode and bytes of the database and the side files that exist (blocking)."""
+    found = {}
+    for each in (path, *store.side_files()):
+        if each.exists():
+            found[each.name] = (stat.S_IMODE(each.stat().st_mode), each.read_bytes())
+    return found
+
+
+async def test_its_files_are_private_whatever_the_umask(
+    tmp_path: Path, bridge: ThreadBridge
+) -> None:
+    path = tmp_path / "data" / "store.db"
+    loose = os.umask(0o022)  # the usual shell umask: files 0644 unless set explicitly
+    try:
+        store = await SqliteStore.open(path, bridge)
+        await store.put("/k", b"v")
+        files = await bridge.run(_files_of, store, path)
+    finally:
+        os.umask(loose)
+    assert set(files) == {"store.db", "store.db-wal", "store.db-shm"}
+    assert {name: mode for name, (mode, _) in files.items()} == dict.fromkeys(files, 0o600)
+    assert stat.S_IMODE((await bridge.run(path.parent.stat)).st_mode) == 0o700
+    await store.close()
+
+
+SECRET = b"DB_PASSWORD-hunter2-d7c1f0"
+
+
+async def test_a_deleted_value_is_gone_from_the_files_once_the_history_drops_it(
+    tmp_path: Path, bridge: ThreadBridge
+) -> None:
+    path = tmp_path / "store.db"
+    store = await SqliteStore.open(path, bridge, history=4)
+    await store.put("/pods/default/db", b'{"env": "' + SECRET + b'"}' + b" " * 3000)
+    files = await bridge.run(_files_of, store, path)
+    assert any(SECRET in data for _, data in files.values())  # the grep below can see it
+    await store.delete("/pods/default/db")
+    for n in range(8):  # past the history window: the log's copies are compacted
+        await store.put(f"/nodes/n{n}", b"x" * 100)
+    files = await bridge.run(_files_of, store, path)
+    assert not [name for name, (_, data) in files.items() if SECRET in data]
+    assert await store.get("/nodes/n7") is not None
+    await store.close()
+    assert SECRET not in await bridge.run(path.read_bytes)

@@ -24,6 +24,7 @@ from agent.events import EventRecorder
 from agent.manifest import parse_pod
 from agent.node.backoff import BackoffPolicy
 from agent.node.health.metrics import NodeMetrics
+from agent.node.pods.admission import ADMIT_ALL, Admission
 from agent.node.pods.checkpoint import CheckpointStore
 from agent.node.pods.manager import CHECKPOINT_RETRY_S, PodManager
 from agent.node.pods.specs import SpecContext
@@ -102,6 +103,7 @@ class ManagerRig:
         default_factory=lambda: ThreadBridge(1, name="test-checkpoint")
     )
     made: int = 0
+    admission: Admission = ADMIT_ALL  # what the next manager made admits
 
     @property
     def checkpoint_path(self) -> Path:
@@ -141,6 +143,7 @@ class ManagerRig:
             bridge=self.checkpoint_bridge,
             metrics=self.metrics,
             tasks=self.supervisor.scope(f"pods-{self.made}"),
+            admission=self.admission,
             sleep=self.sleeps,
         )
         self.managers.append(manager)
@@ -166,14 +169,16 @@ class ManagerRig:
 
 
 @asynccontextmanager
-async def manager_rig(state_dir: Path, *, start: bool = True) -> AsyncIterator[ManagerRig]:
-    """A rig with one manager (started unless ``start=False``); every manager it made is
-    stopped at the end, then the bridge closed."""
+async def manager_rig(
+    state_dir: Path, *, start: bool = True, admission: Admission = ADMIT_ALL
+) -> AsyncIterator[ManagerRig]:
+    """A rig with one manager (started unless ``start=False``) admitting what ``admission``
+    admits; every manager it made is stopped at the end, then the bridge closed."""
     clock = FakeClock()
     runtime = TracingRuntime(clock)
     runtime.add_image(IMAGE, size_bytes=1 << 20)
     bridge = ThreadBridge(2, name="test-pods")
-    rig = ManagerRig(state_dir, runtime, bridge, Supervisor(), clock)
+    rig = ManagerRig(state_dir, runtime, bridge, Supervisor(), clock, admission=admission)
     try:
         async with rig.supervisor:
             manager = rig.new_manager()
