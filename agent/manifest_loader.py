@@ -438,9 +438,10 @@ class _Build(_Walk):
     def _key(self, top: _Open, key: object, event: yaml.Event) -> None:
         text = event.value if isinstance(event, yaml.ScalarEvent) else "?"
         if isinstance(key, (dict, list)):
-            raise _Refused(
-                self.path("?"), "a key must be a scalar, not a collection", event.start_mark
-            )
+            frame = self.frames[-1]
+            children, frame.children = frame.children, 0  # the mapping's own path
+            where, frame.children = self.path(), children
+            raise _Refused(where, "a key must be a scalar, not a collection", event.start_mark)
         assert isinstance(top.value, dict)
         if key is not _MERGE and key in top.value:
             # Python's equality: the keys `1` and `true` (or `1` and `01`) would collapse.

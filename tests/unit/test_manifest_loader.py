@@ -144,6 +144,48 @@ def test_aliases_within_the_bound_and_merge_keys_work() -> None:
     assert doc["c2"] == {"args": ["a", "b"]}
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # PyYAML's order: keys written in the mapping win; of a list of sources the first wins;
+        # of several `<<` keys the later one
+        (
+            "a: &a {x: 1, y: 1}\nb: &b {x: 2, z: 2}\nm: {<<: [*a, *b], y: 3}\n",
+            {"x": 1, "y": 3, "z": 2},
+        ),
+        ("a: &a {x: 1}\nb: &b {x: 2}\nm: {<<: *a, <<: *b}\n", {"x": 2}),
+        ("a: &a {x: 1}\nm: {x: 0, <<: *a}\n", {"x": 0}),
+        ("m: {a: <<, '<<': b}\n", {"a": "<<", "<<": "b"}),  # a value, a quoted key: text
+        ("m: {1: a, 1.5: b, null: c, false: d}\n", {1: "a", 1.5: "b", None: "c", False: "d"}),
+        (
+            "m: {a: 0x1F, b: 017, c: 1_000, d: .inf, e: ~, f: yes, g: '1', h: !!str 1}\n",
+            {
+                "a": 31,
+                "b": 15,
+                "c": 1000,
+                "d": float("inf"),
+                "e": None,
+                "f": True,
+                "g": "1",
+                "h": "1",
+            },
+        ),
+    ],
+)
+def test_yaml_1_1_as_pyyaml_reads_it(text: str, expected: dict[object, object]) -> None:
+    [doc] = load_yaml(text, source="t")
+    assert doc["m"] == expected
+
+
+def test_an_alias_is_the_same_value_and_collections_are_not_keys() -> None:
+    [doc] = load_yaml("a: &a [1]\nb: *a\n", source="t")
+    assert doc["b"] is doc["a"]  # shared, as PyYAML shares it (and counted twice: the bound)
+    with pytest.raises(ManifestError, match=r"^t: m: a key must be a scalar, not a collection"):
+        load_yaml("m: {[1]: a}\n", source="t")
+    with pytest.raises(ManifestError, match=r"<< merges a mapping or a list of mappings, not a"):
+        load_yaml("m: {<<: [1]}\n", source="t")
+
+
 def test_aliases_count_what_they_expand_to() -> None:
     """Each alias counts the full size of what it names: ten of a 100 KB value pass the 1 MiB
     bound, eleven do not (nor do nested ones that multiply: the billion laughs)."""
