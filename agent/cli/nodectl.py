@@ -174,6 +174,12 @@ class Client:
 # -- output ----------------------------------------------------------------------------------
 
 
+def _segment(text: str) -> str:
+    """``text`` as one path segment (or query value): a ``/`` in a name is encoded, so the
+    master answers "not a valid name" (400) instead of "no such route"."""
+    return urllib.parse.quote(text, safe="")
+
+
 def _table(rows: list[list[str]]) -> str:
     """Aligned columns of cells the rows' makers escaped (``agent.names.escape``): what the
     server sends (a node's name, an event's message) can neither forge a row nor drive the
@@ -342,9 +348,7 @@ def cmd_get(client: Client, args: argparse.Namespace) -> None:
         elif kind == "csr":
             items = client.call("GET", "/v1/certificaterequests")["items"]
         else:
-            query = (
-                "" if args.all_namespaces else "?namespace=" + urllib.parse.quote(args.namespace)
-            )
+            query = "" if args.all_namespaces else "?namespace=" + _segment(args.namespace)
             items = client.call("GET", "/v1/pods" + query)["items"]
         if args.name:
             items = [item for item in items if item["metadata"]["name"] == args.name]
@@ -363,11 +367,11 @@ def cmd_get(client: Client, args: argparse.Namespace) -> None:
 def cmd_describe(client: Client, args: argparse.Namespace) -> None:
     [kind] = _kinds(args.kind)
     if kind == "nodes":
-        obj = client.call("GET", f"/v1/nodes/{urllib.parse.quote(args.name)}")
+        obj = client.call("GET", f"/v1/nodes/{_segment(args.name)}")
     else:
         obj = client.call(
             "GET",
-            f"/v1/namespaces/{urllib.parse.quote(args.namespace)}/pods/{urllib.parse.quote(args.name)}",
+            f"/v1/namespaces/{_segment(args.namespace)}/pods/{_segment(args.name)}",
         )
     print(_yaml(obj), end="")
     if kind == "nodes":
@@ -458,12 +462,12 @@ def cmd_apply(client: Client, args: argparse.Namespace) -> None:
 def cmd_delete(client: Client, args: argparse.Namespace) -> None:
     [kind] = _kinds(args.kind)
     if kind == "nodes":
-        client.call("DELETE", f"/v1/nodes/{urllib.parse.quote(args.name)}")
+        client.call("DELETE", f"/v1/nodes/{_segment(args.name)}")
         print(f"node {quote(args.name)} deleted")
     else:
         client.call(
             "DELETE",
-            f"/v1/namespaces/{urllib.parse.quote(args.namespace)}/pods/{urllib.parse.quote(args.name)}",
+            f"/v1/namespaces/{_segment(args.namespace)}/pods/{_segment(args.name)}",
         )
         print(f"pod {quote(args.name)} deleted")
 
@@ -483,7 +487,7 @@ def cmd_node_action(client: Client, args: argparse.Namespace) -> None:
         body = {"forceReplace": True, "fingerprint": fingerprint}
     elif fingerprint:
         raise CliError("--fingerprint goes with --force-replace", EXIT_USAGE)
-    client.call("POST", f"/v1/nodes/{urllib.parse.quote(args.name)}/{args.command}", body)
+    client.call("POST", f"/v1/nodes/{_segment(args.name)}/{args.command}", body)
     past = {
         "approve": "approved",
         "deny": "denied",

@@ -26,6 +26,7 @@ from typing import Any
 from agent.aio.h2conn import H2Connection, H2Stream, connect
 from agent.aio.malloc import tune_malloc
 from agent.errors import CliError, ConnectionClosedError, StreamingError
+from agent.names import escape, quote
 from agent.proto import execframe
 from agent.proto.execframe import Channel
 
@@ -68,16 +69,18 @@ class NodeTarget:
 
 def resolve_node(call: Callable[[str, str], Any], namespace: str, pod: str) -> NodeTarget:
     """The node running ``namespace/pod`` and its API endpoint, asked of the master."""
-    quoted = f"{urllib.parse.quote(namespace)}/pods/{urllib.parse.quote(pod)}"
+    quoted = f"{urllib.parse.quote(namespace, safe='')}/pods/{urllib.parse.quote(pod, safe='')}"
     obj = call("GET", f"/v1/namespaces/{quoted}")
-    node = (obj.get("spec") or {}).get("nodeName") or ""
+    node = str((obj.get("spec") or {}).get("nodeName") or "")
     if not node:
-        raise CliError(f"pod {namespace}/{pod} is not bound to a node yet")
-    node_obj = call("GET", f"/v1/nodes/{urllib.parse.quote(node)}")
+        raise CliError(f"pod {quote(namespace)}/{quote(pod)} is not bound to a node yet")
+    node_obj = call("GET", f"/v1/nodes/{urllib.parse.quote(node, safe='')}")
     endpoint = ((node_obj.get("status") or {}).get("daemonEndpoints") or {}).get("nodeApi") or ""
     if not endpoint:
-        raise CliError(f"node {node} has not reported its API endpoint yet")
-    host, _, port = endpoint.rpartition(":")
+        raise CliError(f"node {quote(node)} has not reported its API endpoint yet")
+    host, _, port = str(endpoint).rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise CliError(f"node {quote(node)} reports a bad API endpoint {quote(str(endpoint))}")
     return NodeTarget(node, host.strip("[]"), int(port))
 
 
@@ -89,7 +92,7 @@ async def open_node(target: NodeTarget, ctx: ssl.SSLContext) -> H2Connection:
     got = conn.peer_common_name  # the chain was verified against the cluster CA
     if got != want:
         await conn.shutdown("wrong node")
-        raise CliError(f"{target.host}:{target.port} is {got!r}, not {want!r}")
+        raise CliError(f"{escape(target.host)}:{target.port} is {quote(got)}, not {quote(want)}")
     return conn
 
 
@@ -97,9 +100,10 @@ async def _error_of(stream: H2Stream) -> str:
     body = await stream.read_all(1 << 20)
     import json
 
-    with contextlib.suppress(ValueError, AttributeError):
-        return str(json.loads(body)["error"]["message"])
-    return body.decode(errors="replace")
+    # The node's words, escaped: a newline or an escape sequence cannot forge a line.
+    with contextlib.suppress(ValueError, LookupError, TypeError):
+        return escape(str(json.loads(body)["error"]["message"]))
+    return escape(body.decode(errors="replace"))
 
 
 async def _response(stream: H2Stream) -> None:

@@ -182,6 +182,7 @@ def test_hostile_node_names_are_refused_at_every_edge(served: Api, tmp_path: Pat
                 assert done.returncode == 2, done.stderr
             else:
                 assert len(done.stderr.splitlines()) == 1, done.stderr  # no forged line
+                assert ("(404)" if empty else "(400)") in done.stderr, (label, done.stderr)
 
     # Nothing was stored: the table shows the one valid node, one row, nothing forged.
     for flags in ((), ("-o", "wide")):

@@ -7,12 +7,13 @@ this holds whatever a server (an older master, a fake one) answers."""
 from __future__ import annotations
 
 import io
+import urllib.parse
 from typing import Any
 
 import pytest
 import yaml
 
-from agent.cli import nodectl
+from agent.cli import nodectl, nodectl_stream
 from agent.errors import CliError
 
 # A forged row, a terminal escape (clear screen), a right-to-left override, a NUL, a tab.
@@ -189,3 +190,57 @@ def test_documents_hold_hostile_values_escaped_and_intact(
     assert all(line.isprintable() for line in out.splitlines()), out
     document = yaml.safe_load(out)  # JSON is YAML: one reader for both
     assert [n["metadata"]["name"] for n in document["items"]] == HOSTILE
+
+
+def _resolver(node: str, endpoint: object) -> Any:
+    def call(method: str, path: str) -> Any:
+        if path.startswith("/v1/namespaces/"):
+            return {"spec": {"nodeName": node}}
+        assert path == "/v1/nodes/" + urllib.parse.quote(node, safe=""), path
+        return {"status": {"daemonEndpoints": {"nodeApi": endpoint}}}
+
+    return call
+
+
+@pytest.mark.parametrize(
+    ("node", "endpoint", "words"),
+    [
+        ("n\x1b[2J", "", "has not reported its API endpoint"),
+        ("a/b\nforged", "", "has not reported"),
+        ("n1", "10.0.0.1:http\n", "bad API endpoint"),
+        ("n1", "no-port", "bad API endpoint"),
+        ("n1", "10.0.0.1:99999", "bad API endpoint"),
+        ("n1", 7, "bad API endpoint"),
+    ],
+)
+def test_exec_direct_escapes_what_the_master_says_of_the_node(
+    node: str, endpoint: object, words: str
+) -> None:
+    with pytest.raises(CliError) as caught:
+        nodectl_stream.resolve_node(_resolver(node, endpoint), "default", "web")
+    assert words in caught.value.message
+    assert caught.value.message.isprintable(), caught.value.message
+    target = nodectl_stream.resolve_node(_resolver("n1", "[::1]:10250"), "default", "web")
+    assert (target.node, target.host, target.port) == ("n1", "::1", 10250)
+
+
+class _Stream:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    async def read_all(self, limit: int) -> bytes:
+        return self.body
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"error": {"message": "a\\nb\\u001b[2J"}}',
+        b'{"error": "no object"}',
+        b"plain\nError from node (200): ok\x1b[31m",
+        b"\xff\xfe",
+    ],
+)
+async def test_a_nodes_error_is_one_escaped_line(body: bytes) -> None:
+    message = await nodectl_stream._error_of(_Stream(body))  # type: ignore[arg-type]
+    assert message.isprintable(), message
