@@ -116,6 +116,11 @@ def is_dns1123_subdomain(text: str) -> bool:
     )
 
 
+def is_node_name(text: str) -> bool:
+    """What :func:`check_node_name` accepts."""
+    return len(text) <= NODE_NAME_MAX_CHARS and is_dns1123_subdomain(text)
+
+
 def is_host_name(host: str) -> bool:
     """An RFC 1123 host name in any case (an endpoint to connect to), not an IP address."""
     labels = host.split(".")

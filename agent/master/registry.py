@@ -50,7 +50,13 @@ from agent.master.config import MasterConfig
 from agent.master.pki_files import ClusterPki
 from agent.master.policy import Caller, Decision, Verdict, evaluate
 from agent.master.store.base import Store
-from agent.names import check_label_value, check_node_name, check_qualified_name, quote
+from agent.names import (
+    check_label_value,
+    check_node_name,
+    check_qualified_name,
+    is_node_name,
+    quote,
+)
 from agent.pki.core import PIN_PREFIX, cert_to_pem, issue, load_csr, public_key_id
 from agent.pki.names import NODE_CN_PREFIX, NODES_GROUP
 
@@ -340,6 +346,13 @@ class NodeRegistry:
             i.key.removeprefix(NODES_PREFIX): (json.loads(i.value), i.mod_revision) for i in items
         }
         self._sizes = {i.key.removeprefix(NODES_PREFIX): len(i.value) for i in items}
+        for name in self._cache:
+            if not is_node_name(name):  # stored by a master older than the name checks
+                log.warning(
+                    "a node record under a name no route can address (not a valid node name): "
+                    "it is listed, but no request can renew, approve or delete it",
+                    extra=kv(node=name),  # both log formats escape a field's value
+                )
 
     async def get_record(self, name: str) -> tuple[dict[str, Any], int] | None:
         """A private copy of the record and its revision (for compare-and-swap)."""
