@@ -67,7 +67,7 @@ AGENT_KEYS: tuple[Key, ...] = (
     Key(
         "node_name",
         str,
-        "node name (DNS-1123 subdomain; default: the lowercased hostname)",
+        "node name (DNS-1123 subdomain, ≤ 52 characters; default: the lowercased hostname)",
         default_doc="the lowercased hostname",
     ),
     Key("state_dir", Path, "state directory (0700): checkpoint, pki/, api.sock, emptyDir volumes"),
