@@ -67,6 +67,11 @@ class BadRequestError(AgentError):
     http_status = 400
 
 
+class JsonNumberTooLongError(BadRequestError):
+    """A JSON body holds an integer longer than Python converts (4,300 digits): a 400 at the
+    edge; the manifest loader, which can name its field path, reads such a body itself."""
+
+
 class PkiError(AgentError):
     """A key, CSR or certificate is invalid, or a chain or pin does not verify."""
 

@@ -158,7 +158,7 @@ class Client:
             raise CliError(f"cannot reach the master: {exc}") from exc
         try:
             decoded = json.loads(data) if data else {}
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, an integer past 4,300 digits, nesting
             decoded = {"raw": data.decode(errors="replace")}
         if response.status >= 400:
             error = decoded.get("error", {}) if isinstance(decoded, dict) else {}

@@ -42,7 +42,7 @@ from agent.aio.metrics import (
     new_registry,
     summary,
 )
-from agent.errors import BadRequestError, CompactedError, NotFoundError
+from agent.errors import BadRequestError, CompactedError, JsonNumberTooLongError, NotFoundError
 from agent.manifest import parse_pod
 from agent.manifest_loader import OFF_LOOP_BYTES, load_json
 from agent.master import servingnames
@@ -356,9 +356,9 @@ class MasterApi:
         return json_response({"deleted": f"{ns}/{pod}"})
 
     async def apply_pod(self, request: ApiRequest) -> ApiResponse:
-        # The rules of every JSON body: its type (415), syntax, depth (400). A ValueError is a
-        # number too long for Python's int(): the loader below names it with its path.
-        with contextlib.suppress(ValueError):
+        # The rules of every JSON body: its type (415), syntax, depth (400). A number too long
+        # for Python's int() is left to the loader below, which names it with its path.
+        with contextlib.suppress(JsonNumberTooLongError):
             request.json()
         # Then the manifest loader's rules (duplicate keys, surrogates, long numbers: what
         # nodectl's and the agent's YAML path refuse, naming the field path) and the parser;

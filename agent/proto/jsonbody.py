@@ -20,7 +20,7 @@ from array import array
 from itertools import accumulate
 from typing import Any
 
-from agent.errors import BadRequestError, UnsupportedMediaTypeError
+from agent.errors import BadRequestError, JsonNumberTooLongError, UnsupportedMediaTypeError
 from agent.names import quote
 
 JSON_MEDIA_TYPE = "application/json"
@@ -126,6 +126,10 @@ def decode_object(body: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> dict[str, 
         ) from exc
     except RecursionError as exc:  # not reached under the bound; kept so it can never be a 500
         raise BadRequestError("request body is not JSON: nested too deeply") from exc
+    except ValueError as exc:  # an integer past Python's 4,300-digit conversion limit
+        raise JsonNumberTooLongError(
+            "request body is not JSON for us: it holds an integer over 4300 digits"
+        ) from exc
     if not isinstance(decoded, dict):
         raise BadRequestError("request body must be a JSON object")
     return decoded

@@ -71,6 +71,8 @@ def test_deep_chains_either_side_of_the_bound() -> None:
         (b'{"a": Infinity}', "Infinity is not a JSON number"),
         (b'{"a": -Infinity}', "Infinity is not a JSON number"),
         (b"[" * 100_000, f"more than {MAX_JSON_DEPTH} deep"),
+        # json.loads raises a bare ValueError past Python's integer-conversion limit.
+        (b'{"a": ' + b"1" * 5000 + b"}", "integer over 4300 digits"),
     ],
 )
 def test_decoding_refusals_are_400_naming_the_problem(body: bytes, problem: str) -> None:
