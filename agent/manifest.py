@@ -464,7 +464,11 @@ class _Parser:
             high=INT64_MAX,
         )
         node_name = (
-            _dns_subdomain(spec["nodeName"], "spec.nodeName")
+            # The node-name check, not the pod-name one: a name no node can have (over 52
+            # characters) is refused here instead of never binding.
+            names.check_node_name(
+                _string(spec["nodeName"], "spec.nodeName"), "spec.nodeName", _fail
+            )
             if "nodeName" in spec
             else self.node_name
         )

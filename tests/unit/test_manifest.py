@@ -637,6 +637,7 @@ REJECTIONS: list[tuple[str, Any, str, str]] = [
     ("spec.hostNetwork", "yes", "spec.hostNetwork", "must be a boolean (true or false)"),
     ("spec.hostNetwork", 1, "spec.hostNetwork", "must be a boolean (true or false), got integer"),
     ("spec.nodeName", "Node_1", "spec.nodeName", "DNS-1123 subdomain"),
+    ("spec.nodeName", "n" * 53, "spec.nodeName", "longer than 52 characters, the most a node"),
     # containers
     ("spec.containers.0.bogus", 1, f"{C0}.bogus", "unknown field"),
     ("spec.containers.0.name", DELETE, f"{C0}.name", "required"),
