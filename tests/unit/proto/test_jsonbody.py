@@ -121,3 +121,9 @@ def test_anything_else_is_415(value: str | None, problem: str) -> None:
     assert problem in caught.value.message
     assert caught.value.http_status == 415
     assert caught.value.message.isprintable()
+
+
+def test_a_decoder_recursion_past_a_raised_bound_is_still_a_400() -> None:
+    # With the bound lifted past what the C decoder follows, its RecursionError is ours too.
+    with pytest.raises(BadRequestError, match="nested too deeply"):
+        decode_object(b'{"a": ' + b"[" * 200_000 + b"]" * 200_000 + b"}", max_depth=10**6)
