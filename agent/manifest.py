@@ -43,14 +43,22 @@ from agent.types import (
     ContainerPort,
     EmptyDirVolume,
     EnvVar,
+    ExecAction,
     FieldRef,
+    GRPCAction,
     HostPathVolume,
+    HTTPGetAction,
+    HTTPHeader,
     ObjectMeta,
     Pod,
     PodSpec,
+    Probe,
+    ProbeAction,
+    ProbeKind,
     PullPolicy,
     Resources,
     RestartPolicy,
+    TCPSocketAction,
     Volume,
     VolumeMount,
     _frozen_map,
@@ -369,6 +377,197 @@ def _default_pull_policy(image: str) -> PullPolicy:
     last = image.rsplit("/", 1)[-1]  # a registry host may carry a `:port`
     tag = last.partition(":")[2]
     return PullPolicy.ALWAYS if tag in ("", "latest") else PullPolicy.IF_NOT_PRESENT
+
+
+# --- handlers and probes -----------------------------------------------------------------------
+# Kubernetes' handler shapes (exec, httpGet, tcpSocket, grpc), shared by probes and lifecycle
+# hooks, and the probes' timing fields with Kubernetes' defaults and bounds.
+
+INT32_MAX = 2**31 - 1
+_HTTP_SCHEMES = ("HTTP", "HTTPS")
+_HTTP_GET_FIELDS = {"path", "port", "host", "scheme", "httpHeaders"}
+_HTTP_HEADER_FIELDS = {"name", "value"}
+_TCP_SOCKET_FIELDS = {"port", "host"}
+_GRPC_FIELDS = {"port", "service"}
+_EXEC_FIELDS = {"command"}
+_PROBE_HANDLERS = ("exec", "httpGet", "tcpSocket", "grpc")
+_PROBE_TIMING = {
+    # field: (default, lowest)
+    "initialDelaySeconds": (0, 0),
+    "periodSeconds": (10, 1),
+    "timeoutSeconds": (1, 1),
+    "successThreshold": (1, 1),
+    "failureThreshold": (3, 1),
+}
+_PROBE_FIELDS = {*_PROBE_HANDLERS, *_PROBE_TIMING, "terminationGracePeriodSeconds"}
+# RFC 9110's token: what an HTTP header name may hold.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _no_controls(text: str, path: str) -> str:
+    """A value that goes into a request line or header as is: CR, LF or any other control
+    character would let a manifest write a second header or request."""
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
+        raise _fail(path, f"{shown(text)} must not contain control characters")
+    return text
+
+
+def _handler_port(value: object, path: str, port_names: Set[str]) -> int | str:
+    """A port by number, or by the name of one of the container's ports (Kubernetes resolves
+    the name when probing and fails the probe if there is none; refused here instead)."""
+    if isinstance(value, str):
+        if value not in port_names:
+            raise _fail(path, f"no port named {shown(value)} in the container's ports")
+        return value
+    return _int(value, path, low=1, high=65535)
+
+
+def _host(value: object, path: str) -> str:
+    text = _no_controls(_string(value, path), path)
+    if any(ch.isspace() or ch in "/?#@" for ch in text):
+        raise _fail(path, f"{shown(text)} is not a host name or IP address")
+    return text
+
+
+def exec_action(value: object, path: str) -> tuple[ExecAction, dict[str, Any]]:
+    """``exec: {command: [...]}`` (a handler of probes and lifecycle hooks)."""
+    raw = _object(value, path)
+    _check_fields(raw, path, _EXEC_FIELDS)
+    command = _strings(_required(raw, "command", path), f"{path}.command")
+    if not command:
+        raise _fail(f"{path}.command", "must not be empty")
+    return ExecAction(command), {"command": list(command)}
+
+
+def http_get_action(
+    value: object, path: str, port_names: Set[str]
+) -> tuple[HTTPGetAction, dict[str, Any]]:
+    """``httpGet`` (a handler of probes and lifecycle hooks); ``port_names``: the container's."""
+    raw = _object(value, path)
+    _check_fields(raw, path, _HTTP_GET_FIELDS)
+    port = _handler_port(_required(raw, "port", path), f"{path}.port", port_names)
+    target = _no_controls(_string(raw.get("path", "/"), f"{path}.path"), f"{path}.path")
+    if " " in target:
+        raise _fail(f"{path}.path", f"{shown(target)} must not contain spaces")
+    if not target.startswith("/"):
+        target = "/" + target  # as kubelet joins it to the URL
+    scheme = _string(raw.get("scheme", "HTTP"), f"{path}.scheme")
+    if scheme not in _HTTP_SCHEMES:
+        raise _fail(f"{path}.scheme", f"{shown(scheme)} is not one of HTTP, HTTPS")
+    out: dict[str, Any] = {"path": target, "port": port, "scheme": scheme}
+    host = None
+    if "host" in raw:
+        host = _host(raw["host"], f"{path}.host")
+        out["host"] = host
+    headers: list[HTTPHeader] = []
+    for i, item in enumerate(_list(raw.get("httpHeaders", []), f"{path}.httpHeaders")):
+        item_path = f"{path}.httpHeaders[{i}]"
+        header = _object(item, item_path)
+        _check_fields(header, item_path, _HTTP_HEADER_FIELDS)
+        name = _string(_required(header, "name", item_path), f"{item_path}.name")
+        if _HEADER_NAME.fullmatch(name) is None:
+            raise _fail(f"{item_path}.name", f"{shown(name)} is not a valid HTTP header name")
+        text = _string(header.get("value", ""), f"{item_path}.value", allow_empty=True)
+        headers.append(HTTPHeader(name, _no_controls(text, f"{item_path}.value")))
+    if headers:
+        out["httpHeaders"] = [{"name": h.name, "value": h.value} for h in headers]
+    return HTTPGetAction(port, target, host, scheme, tuple(headers)), out
+
+
+def tcp_socket_action(
+    value: object, path: str, port_names: Set[str]
+) -> tuple[TCPSocketAction, dict[str, Any]]:
+    """``tcpSocket`` (a handler of probes and lifecycle hooks)."""
+    raw = _object(value, path)
+    _check_fields(raw, path, _TCP_SOCKET_FIELDS)
+    port = _handler_port(_required(raw, "port", path), f"{path}.port", port_names)
+    out: dict[str, Any] = {"port": port}
+    host = None
+    if "host" in raw:
+        host = _host(raw["host"], f"{path}.host")
+        out["host"] = host
+    return TCPSocketAction(port, host), out
+
+
+def grpc_action(value: object, path: str) -> tuple[GRPCAction, dict[str, Any]]:
+    """``grpc`` (probes only): the port is a number, as in Kubernetes."""
+    raw = _object(value, path)
+    _check_fields(raw, path, _GRPC_FIELDS)
+    port = _int(_required(raw, "port", path), f"{path}.port", low=1, high=65535)
+    service = _string(raw.get("service", ""), f"{path}.service", allow_empty=True)
+    out: dict[str, Any] = {"port": port}
+    if service:
+        out["service"] = _no_controls(service, f"{path}.service")
+    return GRPCAction(port, service), out
+
+
+def probe(
+    value: object, path: str, kind: ProbeKind, port_names: Set[str]
+) -> tuple[Probe, dict[str, Any]]:
+    """One probe (``startupProbe``, ``readinessProbe``, ``livenessProbe``) of a container."""
+    raw = _object(value, path)
+    _check_fields(raw, path, _PROBE_FIELDS)
+    handlers = [h for h in _PROBE_HANDLERS if h in raw]
+    if not handlers:
+        raise _fail(path, f"must have a handler (one of {', '.join(_PROBE_HANDLERS)})")
+    if len(handlers) > 1:
+        raise _fail(path, f"must have exactly one handler, got {', '.join(handlers)}")
+    handler = handlers[0]
+    where = f"{path}.{handler}"
+    action: ProbeAction
+    if handler == "exec":
+        action, action_out = exec_action(raw[handler], where)
+    elif handler == "httpGet":
+        action, action_out = http_get_action(raw[handler], where, port_names)
+    elif handler == "tcpSocket":
+        action, action_out = tcp_socket_action(raw[handler], where, port_names)
+    else:
+        action, action_out = grpc_action(raw[handler], where)
+    out: dict[str, Any] = {handler: action_out}
+    timing: dict[str, int] = {}
+    for key, (default, low) in _PROBE_TIMING.items():
+        timing[key] = _int(raw.get(key, default), f"{path}.{key}", low=low, high=INT32_MAX)
+        out[key] = timing[key]
+    if kind is not ProbeKind.READINESS and timing["successThreshold"] != 1:
+        raise _fail(f"{path}.successThreshold", f"must be 1 for a {kind.value} probe")
+    grace = None
+    if "terminationGracePeriodSeconds" in raw:
+        grace_path = f"{path}.terminationGracePeriodSeconds"
+        if kind is ProbeKind.READINESS:
+            raise _fail(grace_path, "must not be set for a readiness probe")
+        grace = _int(raw["terminationGracePeriodSeconds"], grace_path, low=1, high=INT64_MAX)
+        out["terminationGracePeriodSeconds"] = grace
+    return (
+        Probe(
+            action=action,
+            initial_delay_s=timing["initialDelaySeconds"],
+            period_s=timing["periodSeconds"],
+            timeout_s=timing["timeoutSeconds"],
+            success_threshold=timing["successThreshold"],
+            failure_threshold=timing["failureThreshold"],
+            termination_grace_period_s=grace,
+        ),
+        out,
+    )
+
+
+_PROBE_KEYS = (
+    ("startupProbe", ProbeKind.STARTUP),
+    ("readinessProbe", ProbeKind.READINESS),
+    ("livenessProbe", ProbeKind.LIVENESS),
+)
+
+
+def _probes(
+    raw: Mapping[str, Any], path: str, ports: list[ContainerPort], out: dict[str, Any]
+) -> dict[ProbeKind, Probe]:
+    """The container's probes, their normalised form added to ``out``."""
+    port_names = {p.name for p in ports if p.name is not None}
+    probes: dict[ProbeKind, Probe] = {}
+    for key, kind in _PROBE_KEYS:
+        if key in raw:
+            probes[kind], out[key] = probe(raw[key], f"{path}.{key}", kind, port_names)
+    return probes
 
 
 # --- the parser -----------------------------------------------------------------------------

@@ -93,6 +93,67 @@ class VolumeMount:
     read_only: bool = False
 
 
+# --- handlers and probes ---------------------------------------------------------------------
+# Handler actions are Kubernetes' shapes, shared by probes and lifecycle hooks. A port is a
+# number, or the name of one of the container's ports (checked when the manifest is parsed).
+
+
+@dataclass(frozen=True, slots=True)
+class ExecAction:
+    command: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPHeader:
+    name: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPGetAction:
+    port: int | str
+    path: str = "/"
+    host: str | None = None  # None: the pod's IP
+    scheme: str = "HTTP"  # HTTP or HTTPS
+    headers: tuple[HTTPHeader, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TCPSocketAction:
+    port: int | str
+    host: str | None = None  # None: the pod's IP
+
+
+@dataclass(frozen=True, slots=True)
+class GRPCAction:
+    """grpc.health.v1.Health/Check on ``port`` of the pod's IP (plain-text HTTP/2)."""
+
+    port: int
+    service: str = ""
+
+
+ProbeAction = ExecAction | HTTPGetAction | TCPSocketAction | GRPCAction
+
+
+class ProbeKind(StrEnum):
+    STARTUP = "startup"
+    READINESS = "readiness"
+    LIVENESS = "liveness"
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """One probe of a container, with Kubernetes' defaults (seconds as in the manifest)."""
+
+    action: ProbeAction
+    initial_delay_s: int = 0
+    period_s: int = 10
+    timeout_s: int = 1
+    success_threshold: int = 1
+    failure_threshold: int = 3
+    termination_grace_period_s: int | None = None  # None: the pod's
+
+
 @dataclass(frozen=True, slots=True)
 class Container:
     name: str
@@ -105,6 +166,16 @@ class Container:
     resources: Resources = field(default_factory=Resources)
     working_dir: str | None = None
     volume_mounts: tuple[VolumeMount, ...] = ()
+    startup_probe: Probe | None = None
+    readiness_probe: Probe | None = None
+    liveness_probe: Probe | None = None
+
+    def probe(self, kind: ProbeKind) -> Probe | None:
+        if kind is ProbeKind.STARTUP:
+            return self.startup_probe
+        if kind is ProbeKind.READINESS:
+            return self.readiness_probe
+        return self.liveness_probe
 
 
 @dataclass(frozen=True, slots=True)
