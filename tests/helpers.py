@@ -227,6 +227,7 @@ class AgentProcess:
             "manifest_poll_interval_s": 0.5,
         }
         values.update(config)
+        self.state_dir = Path(values["state_dir"])  # a test may put it elsewhere (a tmpfs)
         lines = [f"{k} = {json.dumps(v)}" for k, v in values.items()]
         self.config_path.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen[bytes] | None = None
