@@ -151,17 +151,17 @@ _CONTAINER_FIELDS = {
     "resources",
     "workingDir",
     "volumeMounts",
+    "startupProbe",
+    "readinessProbe",
+    "livenessProbe",
 }
 _CONTAINER_UNSUPPORTED = {
     "envFrom",
     "lifecycle",
-    "livenessProbe",
-    "readinessProbe",
     "resizePolicy",
     "restartPolicy",
     "restartPolicyRules",
     "securityContext",
-    "startupProbe",
     "stdin",
     "stdinOnce",
     "terminationMessagePath",
@@ -811,6 +811,7 @@ class _Parser:
         )
         if mounts_out:
             out["volumeMounts"] = mounts_out
+        probes = _probes(raw, path, ports, out)
         container = Container(
             name=name,
             image=image,
@@ -822,6 +823,9 @@ class _Parser:
             resources=resources,
             working_dir=working_dir,
             volume_mounts=tuple(mounts),
+            startup_probe=probes.get(ProbeKind.STARTUP),
+            readiness_probe=probes.get(ProbeKind.READINESS),
+            liveness_probe=probes.get(ProbeKind.LIVENESS),
         )
         return container, out
 

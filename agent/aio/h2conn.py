@@ -428,12 +428,13 @@ class H2Connection(asyncio.Protocol):
         *,
         authority: str = "",
         end_stream: bool = False,
+        scheme: str = "https",
     ) -> H2Stream:
         if self.closed.done():
             raise ConnectionClosedError("connection closed")
         request_headers: Headers = (
             (":method", method),
-            (":scheme", "https"),
+            (":scheme", scheme),
             (":authority", authority or "node"),
             (":path", path),
             *headers,

@@ -9,8 +9,10 @@ Start order (each step's ``start()`` returns before the next begins):
    the read-only API on ``<state_dir>/api.sock``.
 2. ``watchdog``: the event-loop heartbeat and systemd's ``WATCHDOG=1``.
 3. ``runtime``: wait until the container runtime answers; make the sandbox image present.
-4. ``pods``: desired state from the checkpoint (or, when it is lost, from the manifests our
-   sandboxes carry); a worker per pod, adopting the containers it finds.
+4. ``prober`` (the probe workers' scope: the pod workers start and cancel probes as their
+   containers start and stop), then ``pods``: desired state from the checkpoint (or, when it
+   is lost, from the manifests our sandboxes carry); a worker per pod, adopting the
+   containers it finds.
 5. ``manifest-dir`` (if configured): one full scan, then following the directory.
 6. ``runtime-watch``: only now, with every source heard, containers of undesired pods found at
    start are removed; then runtime events and relists.
@@ -67,6 +69,7 @@ from agent.node.pods.runtime_watch import RuntimeGate, RuntimeWatcher
 from agent.node.pods.sources import ManifestDirSource
 from agent.node.pods.specs import POD_DIRS, SpecContext
 from agent.node.pods.worker import WorkerDeps
+from agent.node.probes.prober import ProberManager
 from agent.node.runtime.base import Runtime
 from agent.node.runtime.docker import DockerRuntime
 from agent.node.streaming.server import NodeApi
@@ -140,6 +143,14 @@ class NodeAgent:
         tasks = self.supervisor.scope
         self.events = EventRecorder(cfg.node_name)
         self.metrics = NodeMetrics()
+        # Results wake the pod's worker; self.pods is made just below.
+        self.prober = ProberManager(
+            runtime=runtime,
+            events=self.events,
+            clock=self.clock,
+            tasks=tasks("prober"),
+            on_change=self._probe_changed,
+        )
         self.pods = PodManager(
             node_name=cfg.node_name,
             make_deps=self._worker_deps,
@@ -198,6 +209,7 @@ class NodeAgent:
                 sleep=sleep,
             ),
             RuntimeGate(runtime, runtime_health, sandbox_image=cfg.sandbox_image, sleep=sleep),
+            self.prober,
             self.pods,
             self.source,
             RuntimeWatcher(
@@ -234,7 +246,11 @@ class NodeAgent:
             events=self.events,
             on_book_changed=manager.mark_dirty,
             on_synced=manager.on_synced,
+            prober=self.prober,
         )
+
+    def _probe_changed(self, pod_uid: str) -> None:
+        self.pods.wake(pod_uid)
 
     def _node_api(self, pods: PodManager, bridge: ThreadBridge) -> NodeApiServer:
         return NodeApi(

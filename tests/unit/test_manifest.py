@@ -983,9 +983,6 @@ NOT_SUPPORTED_YET: list[tuple[str, Any]] = [
     *(
         (f"spec.containers.0.{name}", value)
         for name, value in [
-            ("livenessProbe", {"exec": {"command": ["true"]}}),
-            ("readinessProbe", {}),
-            ("startupProbe", {}),
             ("lifecycle", {}),
             ("securityContext", {"privileged": True}),
             ("envFrom", []),
@@ -1150,8 +1147,8 @@ def test_messages_quoted_in_the_docs() -> None:
         return str(reject(doc))
 
     assert (
-        message(_set(base(), "spec.containers.0.livenessProbe", {}))
-        == "pods/web.yaml: spec.containers[0].livenessProbe: not supported yet"
+        message(_set(base(), "spec.containers.0.securityContext", {}))
+        == "pods/web.yaml: spec.containers[0].securityContext: not supported yet"
     )
     assert (
         message(_set(base(), "spec.containers.0.bogus", 1))

@@ -39,6 +39,8 @@ class ContainerView:
     waiting_reason: str | None = None
     waiting_message: str = ""
     will_restart: bool = True
+    started: bool = True  # while running: its startup probe passed (or it has none)
+    ready: bool = True  # while running: its readiness probe passes (or it has none)
 
 
 def _terminated(record: ContainerRecord) -> dict[str, Any]:
@@ -84,8 +86,8 @@ def container_status(view: ContainerView) -> dict[str, Any]:
         "name": view.name,
         "state": state,
         "lastState": _terminated(last_record) if last_record is not None else {},
-        "ready": record is not None and record.running and "running" in state,
-        "started": record is not None and record.running,
+        "ready": record is not None and record.running and "running" in state and view.ready,
+        "started": record is not None and record.running and view.started,
         "restartCount": view.restart_count,
         "image": view.image,
         "imageID": record.image_id if record is not None else "",

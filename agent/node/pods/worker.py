@@ -34,6 +34,7 @@ from agent.node import crashpoints
 from agent.node.backoff import BackoffPolicy, RestartState
 from agent.node.pods.specs import SpecContext, app_spec, pod_volume_dir, sandbox_spec
 from agent.node.pods.status import PHASE_PENDING, ContainerView, pod_status
+from agent.node.probes.base import NO_PROBES, ProbeFailure, Prober
 from agent.node.runtime.base import ContainerRecord, ContainerState, Runtime
 from agent.types import Container, Pod, PullPolicy, RestartPolicy
 
@@ -145,6 +146,7 @@ class WorkerDeps:
     on_book_changed: Callable[[], None]
     on_synced: Callable[[PodWorker, float], None]
     timers: Timers = field(default_factory=LoopTimers)
+    prober: Prober = NO_PROBES
 
 
 @dataclass(slots=True)
@@ -334,8 +336,48 @@ class PodWorker:
         if old:
             await self._stop_and_remove(old)
             self._records = [r for r in self._records if r not in old]
+        self._sync_probes(pod_ip)
         self._refresh_status(pod_ip)
         return next_wake
+
+    def _sync_probes(self, pod_ip: str) -> None:
+        """The prober learns which app containers run now (new ones get probe workers,
+        stopped ones lose theirs)."""
+        running = {}
+        for container in self.pod.spec.containers:
+            mine = _attempts_of(self._records, container.name)
+            if mine and mine[-1].running:
+                running[container.name] = mine[-1]
+        self.deps.prober.sync_pod(self.pod, running, pod_ip)
+
+    async def _kill_unhealthy(
+        self, container: Container, record: ContainerRecord, failure: ProbeFailure
+    ) -> None:
+        """A liveness or startup probe failed for good: stop the container (its probe's grace
+        period, else the pod's); the next sync restarts it per restartPolicy, with back-off."""
+        grace_s = failure.grace_s
+        if grace_s is None:
+            grace_s = self.pod.spec.termination_grace_period_s
+        log.info(
+            "container failed its probe, killing it",
+            extra=kv(
+                pod=self.pod.full_name,
+                container=container.name,
+                probe=failure.kind.value,
+                error=failure.message,
+            ),
+        )
+        self.deps.events.record(
+            kind="Pod",
+            name=self.pod.metadata.name,
+            namespace=self.pod.metadata.namespace,
+            uid=self.uid,
+            reason="Killing",
+            message=f"Container {container.name} failed {failure.kind.value} probe, "
+            "will be restarted",
+        )
+        await self.deps.runtime.stop_container(record.id, grace_s)
+        self.wake()  # the next sync sees it exited and applies the restart policy
 
     def _learn_attempts(self, records: list[ContainerRecord]) -> None:
         changed = False
@@ -442,6 +484,9 @@ class PodWorker:
         moved = name in self._sandbox_moved
         if latest is not None and latest.running:
             self._waiting.pop(name, None)
+            failure = self.deps.prober.state(self.uid, latest.id).failure
+            if failure is not None:
+                await self._kill_unhealthy(container, latest, failure)
             return None
         if latest is not None and latest.state is ContainerState.CREATED and not latest.error:
             # Created by an incarnation that died before starting it: start it now.
@@ -576,6 +621,7 @@ class PodWorker:
             await runtime.remove_container(record.id)
 
     async def _teardown(self, records: list[ContainerRecord]) -> None:
+        self.deps.prober.forget_pod(self.uid)
         await self._stop_and_remove(records)
         crashpoints.hit("pod-torn-down")
         base = pod_volume_dir(self.deps.ctx, self.uid).parent
@@ -619,6 +665,7 @@ class PodWorker:
                     current.exit_code if current.exit_code is not None else 128,
                 )
             )
+            started, ready = self._readiness(current)
             views.append(
                 ContainerView(
                     name=container.name,
@@ -629,6 +676,8 @@ class PodWorker:
                     waiting_reason=waiting.reason if waiting else None,
                     waiting_message=waiting.message if waiting else "",
                     will_restart=will_restart,
+                    started=started,
+                    ready=ready,
                 )
             )
         start = self.book.start_time
@@ -641,6 +690,14 @@ class PodWorker:
             previous=self.status,
             now=datetime.fromtimestamp(self.deps.clock.time(), UTC),
         )
+
+    def _readiness(self, current: ContainerRecord | None) -> tuple[bool, bool]:
+        """(started, ready) of an app container while it runs: the one place where what
+        decides readiness (its probes) is merged."""
+        if current is None or not current.running:
+            return False, False
+        state = self.deps.prober.state(self.uid, current.id)
+        return state.started, state.ready
 
     def restart_counts(self) -> dict[str, int]:
         return {s["name"]: int(s["restartCount"]) for s in self.status.get("containerStatuses", [])}

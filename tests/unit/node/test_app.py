@@ -105,6 +105,7 @@ async def test_start_order_ready_and_a_stop_that_leaves_pods_running(tmp_path: P
         "local-api",
         "watchdog",
         "runtime",
+        "prober",
         "pods",
         "manifest-dir",
         "runtime-watch",
@@ -174,7 +175,7 @@ async def test_an_eternal_loop_that_returns_stops_the_daemon_in_order(tmp_path: 
             await original()
 
         manager.stop = stop  # type: ignore[method-assign]
-    watcher = agent.lifecycle.managers[5]
+    watcher = next(m for m in agent.lifecycle.managers if m.name == "runtime-watch")
     watcher._relist_loop = events_end  # type: ignore[attr-defined]
     task = asyncio.create_task(agent.run())
     await until(lambda: agent.health.ready, "agent ready")
