@@ -49,18 +49,25 @@ from agent.types import (
     HostPathVolume,
     HTTPGetAction,
     HTTPHeader,
+    Lifecycle,
+    LifecycleAction,
     ObjectMeta,
     Pod,
     PodSpec,
+    PreStartAction,
+    PreStartHook,
     Probe,
     ProbeAction,
     ProbeKind,
     PullPolicy,
     Resources,
     RestartPolicy,
+    SleepAction,
     TCPSocketAction,
     Volume,
     VolumeMount,
+    WaitCondition,
+    WaitForAction,
     _frozen_map,
     canonical_json,
 )
@@ -154,10 +161,10 @@ _CONTAINER_FIELDS = {
     "startupProbe",
     "readinessProbe",
     "livenessProbe",
+    "lifecycle",
 }
 _CONTAINER_UNSUPPORTED = {
     "envFrom",
-    "lifecycle",
     "resizePolicy",
     "restartPolicy",
     "restartPolicyRules",
@@ -570,6 +577,146 @@ def _probes(
     return probes
 
 
+# --- lifecycle hooks ----------------------------------------------------------------------------
+# postStart and preStop as Kubernetes (exec, httpGet, tcpSocket — deprecated there, accepted —
+# and sleep); preStart is our extension: a list of preconditions (exec, httpGet, tcpSocket,
+# waitFor), each checked until it passes, with its own timing (docs/manifests.md).
+
+_LIFECYCLE_FIELDS = {"postStart", "preStop", "preStart"}
+_LIFECYCLE_HANDLERS = ("exec", "httpGet", "tcpSocket", "sleep")
+_PRE_START_HANDLERS = ("exec", "httpGet", "tcpSocket", "waitFor")
+_PRE_START_TIMING = {
+    # field: (default, lowest); failureThreshold has no default (only the deadline bounds it)
+    "timeoutSeconds": (1, 1),
+    "periodSeconds": (2, 1),
+    "deadlineSeconds": (300, 1),
+}
+_PRE_START_FIELDS = {*_PRE_START_HANDLERS, *_PRE_START_TIMING, "failureThreshold"}
+_WAIT_FOR_FIELDS = {"pod", "namespace", "condition"}
+
+
+def _one_handler(raw: Mapping[str, Any], path: str, choices: tuple[str, ...]) -> str:
+    handlers = [h for h in choices if h in raw]
+    if not handlers:
+        raise _fail(path, f"must have a handler (one of {', '.join(choices)})")
+    if len(handlers) > 1:
+        raise _fail(path, f"must have exactly one handler, got {', '.join(handlers)}")
+    return handlers[0]
+
+
+def sleep_action(value: object, path: str) -> tuple[SleepAction, dict[str, Any]]:
+    """``sleep: {seconds: N}`` (postStart and preStop)."""
+    raw = _object(value, path)
+    _check_fields(raw, path, {"seconds"})
+    seconds = _int(_required(raw, "seconds", path), f"{path}.seconds", low=0, high=INT32_MAX)
+    return SleepAction(seconds), {"seconds": seconds}
+
+
+def wait_for_action(value: object, path: str) -> tuple[WaitForAction, dict[str, Any]]:
+    """``waitFor: {pod, namespace, condition}``; no namespace means the pod's own."""
+    raw = _object(value, path)
+    _check_fields(raw, path, _WAIT_FOR_FIELDS)
+    pod = _dns_subdomain(_required(raw, "pod", path), f"{path}.pod")
+    out: dict[str, Any] = {"pod": pod}
+    namespace = None
+    if "namespace" in raw:
+        namespace = _dns_label(raw["namespace"], f"{path}.namespace")
+        out["namespace"] = namespace
+    condition = _enum(WaitCondition, raw.get("condition", "Ready"), f"{path}.condition")
+    out["condition"] = condition.value
+    return WaitForAction(pod, namespace, condition), out
+
+
+def lifecycle_handler(
+    value: object, path: str, port_names: Set[str]
+) -> tuple[LifecycleAction, dict[str, Any]]:
+    """A ``postStart`` or ``preStop`` handler."""
+    raw = _object(value, path)
+    _check_fields(raw, path, set(_LIFECYCLE_HANDLERS))
+    handler = _one_handler(raw, path, _LIFECYCLE_HANDLERS)
+    where = f"{path}.{handler}"
+    action: LifecycleAction
+    if handler == "exec":
+        action, action_out = exec_action(raw[handler], where)
+    elif handler == "httpGet":
+        action, action_out = http_get_action(raw[handler], where, port_names)
+    elif handler == "tcpSocket":
+        action, action_out = tcp_socket_action(raw[handler], where, port_names)
+    else:
+        action, action_out = sleep_action(raw[handler], where)
+    return action, {handler: action_out}
+
+
+def pre_start_hook(
+    value: object, path: str, port_names: Set[str]
+) -> tuple[PreStartHook, dict[str, Any]]:
+    """One precondition of ``lifecycle.preStart``."""
+    raw = _object(value, path)
+    _check_fields(raw, path, _PRE_START_FIELDS)
+    handler = _one_handler(raw, path, _PRE_START_HANDLERS)
+    where = f"{path}.{handler}"
+    action: PreStartAction
+    if handler == "exec":
+        action, action_out = exec_action(raw[handler], where)
+    elif handler == "httpGet":
+        action, action_out = http_get_action(raw[handler], where, port_names)
+    elif handler == "tcpSocket":
+        action, action_out = tcp_socket_action(raw[handler], where, port_names)
+    else:
+        action, action_out = wait_for_action(raw[handler], where)
+    out: dict[str, Any] = {handler: action_out}
+    timing: dict[str, int] = {}
+    for key, (default, low) in _PRE_START_TIMING.items():
+        timing[key] = _int(raw.get(key, default), f"{path}.{key}", low=low, high=INT32_MAX)
+        out[key] = timing[key]
+    threshold = None
+    if "failureThreshold" in raw:
+        threshold = _int(raw["failureThreshold"], f"{path}.failureThreshold", low=1, high=INT32_MAX)
+        out["failureThreshold"] = threshold
+    hook = PreStartHook(
+        action=action,
+        timeout_s=timing["timeoutSeconds"],
+        period_s=timing["periodSeconds"],
+        failure_threshold=threshold,
+        deadline_s=timing["deadlineSeconds"],
+    )
+    return hook, out
+
+
+def _lifecycle(
+    raw: Mapping[str, Any], path: str, ports: list[ContainerPort], out: dict[str, Any]
+) -> Lifecycle:
+    """The container's ``lifecycle``, its normalised form added to ``out``."""
+    if "lifecycle" not in raw:
+        return Lifecycle()
+    where = f"{path}.lifecycle"
+    lifecycle = _object(raw["lifecycle"], where)
+    _check_fields(lifecycle, where, _LIFECYCLE_FIELDS)
+    port_names = {p.name for p in ports if p.name is not None}
+    normal: dict[str, Any] = {}
+    post_start = pre_stop = None
+    if "postStart" in lifecycle:
+        post_start, normal["postStart"] = lifecycle_handler(
+            lifecycle["postStart"], f"{where}.postStart", port_names
+        )
+    if "preStop" in lifecycle:
+        pre_stop, normal["preStop"] = lifecycle_handler(
+            lifecycle["preStop"], f"{where}.preStop", port_names
+        )
+    hooks: list[PreStartHook] = []
+    if "preStart" in lifecycle:
+        hooks_out = []
+        for i, item in enumerate(_list(lifecycle["preStart"], f"{where}.preStart")):
+            hook, hook_out = pre_start_hook(item, f"{where}.preStart[{i}]", port_names)
+            hooks.append(hook)
+            hooks_out.append(hook_out)
+        if hooks_out:
+            normal["preStart"] = hooks_out
+    if normal:
+        out["lifecycle"] = normal
+    return Lifecycle(pre_start=tuple(hooks), post_start=post_start, pre_stop=pre_stop)
+
+
 # --- the parser -----------------------------------------------------------------------------
 
 
@@ -812,6 +959,7 @@ class _Parser:
         if mounts_out:
             out["volumeMounts"] = mounts_out
         probes = _probes(raw, path, ports, out)
+        lifecycle = _lifecycle(raw, path, ports, out)
         container = Container(
             name=name,
             image=image,
@@ -826,6 +974,7 @@ class _Parser:
             startup_probe=probes.get(ProbeKind.STARTUP),
             readiness_probe=probes.get(ProbeKind.READINESS),
             liveness_probe=probes.get(ProbeKind.LIVENESS),
+            lifecycle=lifecycle,
         )
         return container, out
 

@@ -154,6 +154,55 @@ class Probe:
     termination_grace_period_s: int | None = None  # None: the pod's
 
 
+# --- lifecycle hooks (docs/manifests.md) ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SleepAction:
+    """``sleep: {seconds: N}`` (postStart and preStop)."""
+
+    seconds: int
+
+
+class WaitCondition(StrEnum):
+    READY = "Ready"
+
+
+@dataclass(frozen=True, slots=True)
+class WaitForAction:
+    """``waitFor`` (a preStart precondition, our extension): another pod on this node has
+    the condition."""
+
+    pod: str
+    namespace: str | None = None  # None: the namespace of the pod that waits
+    condition: WaitCondition = WaitCondition.READY
+
+
+LifecycleAction = ExecAction | HTTPGetAction | TCPSocketAction | SleepAction
+PreStartAction = ExecAction | HTTPGetAction | TCPSocketAction | WaitForAction
+
+
+@dataclass(frozen=True, slots=True)
+class PreStartHook:
+    """One precondition of ``lifecycle.preStart`` (our extension), checked every ``period_s``
+    (each check bounded by ``timeout_s``) until it passes; it has failed after
+    ``failure_threshold`` failed checks in a row (None: no such bound) or ``deadline_s``
+    seconds after its first check, whichever comes first."""
+
+    action: PreStartAction
+    timeout_s: int = 1
+    period_s: int = 2
+    failure_threshold: int | None = None
+    deadline_s: int = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Lifecycle:
+    pre_start: tuple[PreStartHook, ...] = ()
+    post_start: LifecycleAction | None = None
+    pre_stop: LifecycleAction | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Container:
     name: str
@@ -169,6 +218,7 @@ class Container:
     startup_probe: Probe | None = None
     readiness_probe: Probe | None = None
     liveness_probe: Probe | None = None
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
     def probe(self, kind: ProbeKind) -> Probe | None:
         if kind is ProbeKind.STARTUP:

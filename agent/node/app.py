@@ -52,6 +52,7 @@ from agent.node.health.api import LocalApi
 from agent.node.health.metrics import NodeMetrics
 from agent.node.health.state import NodeHealth, RuntimeHealth
 from agent.node.health.watchdog import Readiness, Watchdog
+from agent.node.hooks.runner import Hooks
 from agent.node.masterlink.client import MasterClient
 from agent.node.masterlink.facts import NodeFacts
 from agent.node.masterlink.identity import CertificateRotation, NodeIdentity
@@ -247,7 +248,21 @@ class NodeAgent:
             on_book_changed=manager.mark_dirty,
             on_synced=manager.on_synced,
             prober=self.prober,
+            hooks=Hooks(self.runtime, pod_condition=self._pod_condition),
         )
+
+    def _pod_condition(self, namespace: str, name: str, condition: str) -> bool | None:
+        """A preStart ``waitFor``: the condition of the pod ``namespace/name`` on this node
+        (None: no such pod here)."""
+        for worker in self.pods.workers.values():
+            meta = worker.pod.metadata
+            if worker.terminating or meta.namespace != namespace or meta.name != name:
+                continue
+            for entry in worker.status.get("conditions", []):
+                if entry.get("type") == condition:
+                    return bool(entry.get("status") == "True")
+            return False
+        return None
 
     def _probe_changed(self, pod_uid: str) -> None:
         self.pods.wake(pod_uid)

@@ -983,7 +983,6 @@ NOT_SUPPORTED_YET: list[tuple[str, Any]] = [
     *(
         (f"spec.containers.0.{name}", value)
         for name, value in [
-            ("lifecycle", {}),
             ("securityContext", {"privileged": True}),
             ("envFrom", []),
             ("stdin", True),

@@ -98,6 +98,10 @@ def container_status(view: ContainerView) -> dict[str, Any]:
 
 
 def pod_phase(pod: Pod, views: Sequence[ContainerView]) -> str:
+    # A container that was never created and never will be (its preStart preconditions
+    # failed under restartPolicy Never) counts as one that failed.
+    gave_up = [v.current is None and not v.will_restart for v in views]
+    views = [v for v, out in zip(views, gave_up, strict=True) if not out]
     records = [v.current for v in views]
     if any(r is not None and r.running for r in records):
         return PHASE_RUNNING
@@ -109,7 +113,8 @@ def pod_phase(pod: Pod, views: Sequence[ContainerView]) -> str:
             PHASE_RUNNING if pod.spec.restart_policy is not RestartPolicy.NEVER else PHASE_PENDING
         )
     codes = [r.exit_code for r in records if r is not None]
-    return PHASE_SUCCEEDED if all(code == 0 for code in codes) else PHASE_FAILED
+    failed = any(gave_up) or not all(code == 0 for code in codes)
+    return PHASE_FAILED if failed else PHASE_SUCCEEDED
 
 
 def _condition(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,11 +33,21 @@ from agent.errors import (
 from agent.events import EventRecorder
 from agent.node import crashpoints
 from agent.node.backoff import BackoffPolicy, RestartState
+from agent.node.handlers import HandlerResult
+from agent.node.hooks.preconditions import PreconditionRun, Verdict
+from agent.node.hooks.runner import Hooks, HookTarget, LifecycleHooks
 from agent.node.pods.specs import SpecContext, app_spec, pod_volume_dir, sandbox_spec
 from agent.node.pods.status import PHASE_PENDING, ContainerView, pod_status
 from agent.node.probes.base import NO_PROBES, ProbeFailure, Prober
 from agent.node.runtime.base import ContainerRecord, ContainerState, Runtime
-from agent.types import Container, Pod, PullPolicy, RestartPolicy
+from agent.types import (
+    Container,
+    LifecycleAction,
+    Pod,
+    PreStartHook,
+    PullPolicy,
+    RestartPolicy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +67,9 @@ class WorkerBook:
     restarts: dict[str, RestartState] = field(default_factory=dict)
     sandbox_attempt: int = -1
     start_time: float | None = None
+    # Container name -> the sandbox attempt in which its preStart preconditions passed: an
+    # agent restart does not check them again for a container that has started in it.
+    prestart_done: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -63,6 +77,7 @@ class WorkerBook:
             "restarts": {name: rs.to_json() for name, rs in self.restarts.items()},
             "sandbox_attempt": self.sandbox_attempt,
             "start_time": self.start_time,
+            "prestart_done": dict(self.prestart_done),
         }
 
     @classmethod
@@ -96,6 +111,12 @@ class WorkerBook:
                 book.get("sandbox_attempt", -1), "worker book sandbox_attempt"
             ),
             start_time=float(start) if start is not None else None,
+            prestart_done={
+                str(name): _integer(value, f"worker book prestart_done[{name!r}]")
+                for name, value in _object(
+                    book.get("prestart_done") or {}, "worker book prestart_done"
+                ).items()
+            },
         )
 
 
@@ -146,6 +167,7 @@ class WorkerDeps:
     on_book_changed: Callable[[], None]
     on_synced: Callable[[PodWorker, float], None]
     timers: Timers = field(default_factory=LoopTimers)
+    hooks: LifecycleHooks | None = None  # None: Hooks on the runtime, without waitFor lookups
     prober: Prober = NO_PROBES
 
 
@@ -155,6 +177,22 @@ class _Waiting:
     message: str = ""
     retry_at: float = 0.0
     delay_s: float = 0.0
+
+
+@dataclass(slots=True)
+class _PreStart:
+    """A container's preconditions between syncs (in memory: after an agent restart a
+    pending run starts over; a passed one is in the book)."""
+
+    run: PreconditionRun | None = None
+    hook: int = -1  # the hook last reported as pending (one event per hook)
+    delay_s: float = 0.0  # the back-off after the last failed run
+    retry_at: float = 0.0  # wall clock
+    gave_up: bool = False  # failed under restartPolicy Never
+
+
+PRE_STOP_MIN_GRACE_S = 2  # kubelet: what is left for SIGTERM when preStop used the whole grace
+POST_START_TIMEOUT_S = 300.0  # a postStart that runs longer has failed (kubelet: no bound)
 
 
 def _make_dirs(path: Path, mode: int) -> None:
@@ -218,6 +256,10 @@ class PodWorker:
         # Set only by a completed teardown: terminate() may arrive in the middle of a normal
         # sync, and the worker must then sync once more to actually remove the pod.
         self._torn_down = False
+        self._prestart: dict[str, _PreStart] = {}
+        self._pod_ip_now = ""
+        self._replaced: Pod | None = None
+        self._hooks = deps.hooks or Hooks(deps.runtime)
 
     @property
     def uid(self) -> str:
@@ -227,6 +269,8 @@ class PodWorker:
         self._wake.set()
 
     def update(self, pod: Pod) -> None:
+        if pod.spec_hash != self.pod.spec_hash:
+            self._replaced = self.pod  # its containers' preStop hooks run when they stop
         self.pod = pod
         self.wake()
 
@@ -294,6 +338,7 @@ class PodWorker:
             # container's spec): a fixed image or command must not wait out the broken one's.
             self._spec_hash = pod.spec_hash
             self._waiting.clear()
+            self._prestart.clear()
             if self.book.restarts:
                 self.book.restarts.clear()
                 self.deps.on_book_changed()
@@ -312,6 +357,7 @@ class PodWorker:
             self.book.start_time = now
             self.deps.on_book_changed()
         pod_ip = self.deps.ctx.host_ip if pod.spec.host_network else sandbox.ip_address
+        self._pod_ip_now = pod_ip  # for the hooks of this sync's starts and stops
         await self._ensure_volumes()
 
         wanted = {c.name for c in pod.spec.containers}
@@ -526,8 +572,81 @@ class PodWorker:
         waiting = self._waiting.get(name)
         if waiting is not None and now < waiting.retry_at:
             return waiting.retry_at - now
+        if container.lifecycle.pre_start and self.book.prestart_done.get(name) != sandbox.attempt:
+            wait_s = await self._preconditions(container, sandbox, pod_ip, now)
+            if wait_s is not None or self.book.prestart_done.get(name) != sandbox.attempt:
+                return wait_s
         self._sandbox_moved.discard(name)
         return await self._create_and_start(container, sandbox, pod_ip, now)
+
+    async def _preconditions(
+        self, container: Container, sandbox: ContainerRecord, pod_ip: str, now: float
+    ) -> float | None:
+        """Step the container's preStart preconditions; passed → recorded in the book (the
+        caller creates the container), else the seconds until the next step (None: never,
+        under restartPolicy Never after a failure)."""
+        name = container.name
+        state = self._prestart.setdefault(name, _PreStart())
+        if state.gave_up:
+            return None
+        if now < state.retry_at:
+            return state.retry_at - now
+        clock = self.deps.clock
+        if state.run is None:
+            state.run = PreconditionRun(container.lifecycle.pre_start, clock.monotonic())
+            state.hook = -1
+        attempt = self.book.attempts.get(name, -1) + 1
+        spec = app_spec(self.deps.ctx, self.pod, container, attempt, sandbox.id, pod_ip)
+        target = HookTarget(self.pod, container, pod_ip, spec=spec)
+
+        async def check(index: int, hook: PreStartHook) -> HandlerResult:
+            return await self._hooks.check(target, index, hook)
+
+        status = await state.run.step(clock.monotonic, check)
+        if status.verdict is Verdict.PASSED:
+            self._prestart.pop(name, None)
+            self._waiting.pop(name, None)
+            self.book.prestart_done[name] = sandbox.attempt
+            self.deps.on_book_changed()
+            self._event(
+                "PreStartHookSucceeded", f"container {name}: every preStart precondition passed"
+            )
+            return None
+        if status.verdict is Verdict.PENDING:
+            self._waiting[name] = _Waiting("PreStartHookPending", status.message)
+            if state.hook != status.hook:
+                state.hook = status.hook
+                self._event("PreStartHookPending", f"container {name}: {status.message}")
+            return status.next_check_in_s
+        state.run = None
+        policy = self.pod.spec.restart_policy
+        if policy is RestartPolicy.NEVER:
+            state.gave_up = True
+            message = status.message
+            self._waiting[name] = _Waiting("PreStartHookFailed", message)
+            self._event("PreStartHookFailed", f"container {name}: {message}", warning=True)
+            return None
+        state.delay_s = self.deps.backoff.next_delay(state.delay_s or None, 0.0)
+        state.retry_at = now + state.delay_s
+        message = f"{status.message} (back-off {state.delay_s:g}s)"
+        self._waiting[name] = _Waiting("PreStartHookFailed", message, retry_at=state.retry_at)
+        self._event("PreStartHookFailed", f"container {name}: {message}", warning=True)
+        log.warning(
+            "preStart precondition failed",
+            extra=kv(pod=self.pod.full_name, container=name, error=status.message),
+        )
+        return state.delay_s
+
+    def _event(self, reason: str, message: str, *, warning: bool = False) -> None:
+        self.deps.events.record(
+            kind="Pod",
+            name=self.pod.metadata.name,
+            namespace=self.pod.metadata.namespace,
+            uid=self.uid,
+            reason=reason,
+            message=message,
+            warning=warning,
+        )
 
     async def _create_and_start(
         self, container: Container, sandbox: ContainerRecord, pod_ip: str, now: float
@@ -585,7 +704,32 @@ class PodWorker:
             reason="Started" if attempt == 0 else "Restarted",
             message=f"container {container.name} started (attempt {attempt})",
         )
+        post_start = container.lifecycle.post_start
+        if post_start is not None:
+            await self._post_start(container, container_id, post_start)
         return None
+
+    async def _post_start(
+        self, container: Container, container_id: str, action: LifecycleAction
+    ) -> None:
+        """Kubernetes: a postStart that fails kills the container, which then restarts per
+        the pod's restartPolicy (its exit is judged like any other)."""
+        target = HookTarget(self.pod, container, self._pod_ip_now, container_id=container_id)
+        result = await self._hooks.run(target, action, POST_START_TIMEOUT_S)
+        if result.ok:
+            return
+        self._event(
+            "FailedPostStartHook",
+            f"container {container.name}: postStart hook failed: {result.message}",
+            warning=True,
+        )
+        log.warning(
+            "postStart hook failed, killing the container",
+            extra=kv(pod=self.pod.full_name, container=container.name, error=result.message),
+        )
+        await self.deps.runtime.stop_container(
+            container_id, self.pod.spec.termination_grace_period_s
+        )
 
     def _retry_later(self, name: str, reason: str, message: str, now: float) -> float:
         previous = self._waiting.get(name)
@@ -613,12 +757,41 @@ class PodWorker:
         grace_s = self.pod.spec.termination_grace_period_s
         apps = [r for r in records if not r.is_sandbox]
         sandboxes = [r for r in records if r.is_sandbox]
-        await asyncio.gather(*(runtime.stop_container(r.id, grace_s) for r in apps if r.running))
+        running = [r for r in sandboxes if r.running]
+        pod_ip = self._pod_ip(running[-1]) if running else self._pod_ip_now
+        await asyncio.gather(*(self._stop_app(r, grace_s, pod_ip) for r in apps if r.running))
         crashpoints.hit("containers-stopped")
         await asyncio.gather(*(runtime.remove_container(r.id) for r in apps))
         crashpoints.hit("containers-removed")
         for record in sandboxes:
             await runtime.remove_container(record.id)
+
+    async def _stop_app(self, record: ContainerRecord, grace_s: int, pod_ip: str) -> None:
+        """Stop a running container, its preStop hook first (Kubernetes): the hook counts
+        against the grace period, and whatever it leaves (at least PRE_STOP_MIN_GRACE_S) is
+        SIGTERM's. The hook is the one of the spec the container was made from (the current
+        one, or the one it replaces)."""
+        specs = [p for p in (self.pod, self._replaced) if p is not None]
+        made_from = next((p for p in specs if p.spec_hash == record.pod_hash), None)
+        container = made_from.container(record.container_name) if made_from else None
+        action = container.lifecycle.pre_stop if container is not None else None
+        if container is not None and action is not None:
+            clock = self.deps.clock
+            started = clock.monotonic()
+            target = HookTarget(self.pod, container, pod_ip, container_id=record.id)
+            result = await self._hooks.run(target, action, float(grace_s))
+            if not result.ok:
+                self._event(
+                    "FailedPreStopHook",
+                    f"container {container.name}: preStop hook failed: {result.message}",
+                    warning=True,
+                )
+            used_s = clock.monotonic() - started
+            grace_s = max(PRE_STOP_MIN_GRACE_S, math.ceil(grace_s - used_s))
+        await self.deps.runtime.stop_container(record.id, grace_s)
+
+    def _pod_ip(self, sandbox: ContainerRecord) -> str:
+        return self.deps.ctx.host_ip if self.pod.spec.host_network else sandbox.ip_address
 
     async def _teardown(self, records: list[ContainerRecord]) -> None:
         self.deps.prober.forget_pod(self.uid)
@@ -657,7 +830,8 @@ class PodWorker:
             current = mine[-1] if mine else None
             previous = mine[-2] if len(mine) > 1 else None
             waiting = self._waiting.get(container.name)
-            will_restart = (
+            gave_up = (state := self._prestart.get(container.name)) is not None and state.gave_up
+            will_restart = not gave_up and (
                 current is None
                 or current.running
                 or should_restart(

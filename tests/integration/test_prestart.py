@@ -1,0 +1,283 @@
+"""preStart preconditions (issue 15 item 2, our extension) against the real engine through a
+real agent process: a container waits in PreStartHookPending for a TCP service and starts at
+the first check after it appears; one that never passes ends in PreStartHookFailed after its
+deadline; an exec precondition runs in a helper container in the pod's network namespace, with
+the container's env and volumes, never on the host.
+
+Node events do not reach the master yet (issue 17): the events are read from the node's own
+API (``api.sock``), where ``nodectl describe pod`` will find them once they are forwarded.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from tests.helpers import (
+    AgentProcess,
+    free_port,
+    node_containers,
+    pod_manifest,
+    running_phase,
+    sleeper,
+    wait_for,
+)
+
+pytestmark = pytest.mark.docker
+
+MakeAgent = Callable[..., AgentProcess]
+PERIOD_S = 2
+
+
+def waiting_of(agent: AgentProcess, pod: str, container: str = "main") -> dict[str, Any]:
+    found = agent.pod(pod)
+    if found is None:
+        return {}
+    for status in found["status"].get("containerStatuses", []):
+        if status["name"] == container:
+            state: dict[str, Any] = status["state"].get("waiting", {})
+            return state
+    return {}
+
+
+def app_containers(client: docker.DockerClient, node: str, pod: str) -> list[str]:
+    """The names of the pod's app containers (not the sandbox, not a precondition's helper)."""
+    return [
+        c.name
+        for c in node_containers(client, node)
+        if c.labels.get("io.node-agent.pod.name") == pod
+        and c.labels.get("io.node-agent.kind") == "app"
+    ]
+
+
+@pytest.fixture
+def listener() -> Iterator[Callable[[int], socket.socket]]:
+    """A TCP service on the host's loopback that the test starts when it wants."""
+    sockets: list[socket.socket] = []
+
+    def listen(port: int) -> socket.socket:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(16)
+        sock.settimeout(0)
+        sockets.append(sock)
+        return sock
+
+    yield listen
+    for sock in sockets:
+        sock.close()
+
+
+def accepted(sock: socket.socket) -> int:
+    """Connections the service has had, accepting (and closing) each."""
+    count = 0
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except BlockingIOError:
+            return count
+        conn.close()
+        count += 1
+
+
+def test_waits_for_a_tcp_service_then_starts_at_the_first_check_after_it_appears(
+    make_agent: MakeAgent,
+    docker_client: docker.DockerClient,
+    listener: Callable[[int], socket.socket],
+) -> None:
+    agent = make_agent().start()
+    port = free_port()
+    app = sleeper()
+    app["lifecycle"] = {
+        "preStart": [
+            {
+                "tcpSocket": {"host": "127.0.0.1", "port": port},
+                "periodSeconds": PERIOD_S,
+                "deadlineSeconds": 600,
+            }
+        ]
+    }
+    agent.write_manifest("dep.yaml", pod_manifest("dep", [app]))
+    state = wait_for(
+        lambda: (
+            waiting_of(agent, "dep").get("reason") == "PreStartHookPending"
+            and waiting_of(agent, "dep")
+        ),
+        what="PreStartHookPending",
+    )
+    assert state["message"].startswith(
+        f"waiting for preStart[0] (tcpSocket 127.0.0.1:{port}): dial tcp 127.0.0.1:{port}:"
+    )
+    events = wait_for(
+        lambda: [e for e in agent.events() if e["reason"] == "PreStartHookPending"],
+        what="the PreStartHookPending event",
+    )
+    assert len(events) == 1 and events[0]["involvedObject"]["name"] == "dep"
+    assert app_containers(docker_client, agent.node_name, "dep") == []
+    assert agent.pod("dep")["status"]["phase"] == "Pending"  # type: ignore[index]
+
+    service = listener(port)  # the service appears
+    pod = wait_for(lambda: running_phase(agent, "dep"), what="pod dep Running")
+    # The first check after the service appeared passed and started the container: the service
+    # saw exactly one connection (a second one would be a check a period later), and none after.
+    assert accepted(service) == 1
+    assert len(app_containers(docker_client, agent.node_name, "dep")) == 1
+    reasons = [e["reason"] for e in agent.events() if e["involvedObject"]["name"] == "dep"]
+    assert reasons.index("PreStartHookSucceeded") < reasons.index("Started")
+    assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
+
+
+def test_a_precondition_that_never_passes_fails_after_its_deadline(
+    make_agent: MakeAgent, docker_client: docker.DockerClient
+) -> None:
+    agent = make_agent().start()
+    port = free_port()  # nobody listens there
+    app = sleeper()
+    app["lifecycle"] = {
+        "preStart": [
+            {
+                "tcpSocket": {"host": "127.0.0.1", "port": port},
+                "periodSeconds": 1,
+                "deadlineSeconds": 3,
+            }
+        ]
+    }
+    agent.write_manifest("never.yaml", pod_manifest("never", [app], restart_policy="Never"))
+    pod = wait_for(
+        lambda: (p := agent.pod("never")) and p["status"]["phase"] == "Failed" and p,
+        what="pod never Failed",
+    )
+    waiting = pod["status"]["containerStatuses"][0]["state"]["waiting"]
+    assert waiting["reason"] == "PreStartHookFailed"
+    assert waiting["message"].startswith(
+        f"preStart[0] (tcpSocket 127.0.0.1:{port}) not passed within its deadline of 3s: "
+        f"dial tcp 127.0.0.1:{port}:"
+    )
+    failed = [e for e in agent.events() if e["reason"] == "PreStartHookFailed"]
+    assert len(failed) == 1
+    assert failed[0]["type"] == "Warning"
+    assert failed[0]["message"] == f"container main: {waiting['message']}"
+    assert app_containers(docker_client, agent.node_name, "never") == []
+
+
+def test_an_always_pod_backs_off_and_checks_again(
+    make_agent: MakeAgent, listener: Callable[[int], socket.socket]
+) -> None:
+    agent = make_agent().start()
+    port = free_port()
+    app = sleeper()
+    app["lifecycle"] = {
+        "preStart": [
+            {
+                "tcpSocket": {"host": "127.0.0.1", "port": port},
+                "periodSeconds": 1,
+                "deadlineSeconds": 1,
+            }
+        ]
+    }
+    agent.write_manifest("retry.yaml", pod_manifest("retry", [app]))
+    wait_for(
+        lambda: len([e for e in agent.events() if e["reason"] == "PreStartHookFailed"]) >= 2,
+        what="two failed runs (a back-off between them)",
+    )
+    assert "back-off" in next(
+        e["message"] for e in agent.events() if e["reason"] == "PreStartHookFailed"
+    )
+    listener(port)
+    wait_for(lambda: running_phase(agent, "retry"), what="pod retry Running")
+
+
+def test_exec_precondition_runs_in_the_pod_network_never_on_the_host(
+    make_agent: MakeAgent, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    agent = make_agent().start()
+    marker = Path("/tmp") / f"prestart-marker-{uuid.uuid4().hex}"
+    marker.write_text("only on the host\n")
+    try:
+        # A web server bound to the pod's own loopback only: the host cannot reach it.
+        server = {
+            "name": "server",
+            "command": [
+                "sh",
+                "-c",
+                "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 127.0.0.1:7000 -h /www",
+            ],
+        }
+        check = (
+            f"test ! -e {marker} && wget -q -O /dev/null http://127.0.0.1:7000/ "
+            f'&& echo "checked by $WHO" > /work/seen'
+        )
+        app = {
+            "name": "main",
+            "command": ["sh", "-c", "cat /work/seen; exec sleep 3600"],
+            "env": [{"name": "WHO", "value": "the helper"}],
+            "volumeMounts": [{"name": "work", "mountPath": "/work"}],
+            "lifecycle": {
+                "preStart": [
+                    {
+                        "exec": {"command": ["sh", "-c", check]},
+                        "periodSeconds": 1,
+                        "timeoutSeconds": 10,
+                        "deadlineSeconds": 120,
+                    }
+                ]
+            },
+        }
+        manifest = pod_manifest(
+            "netcheck", [server, app], volumes=[{"name": "work", "emptyDir": {}}]
+        )
+        agent.write_manifest("netcheck.yaml", manifest)
+        pod = wait_for(lambda: running_phase(agent, "netcheck"), what="pod netcheck Running")
+        main_id = next(
+            c["containerID"] for c in pod["status"]["containerStatuses"] if c["name"] == "main"
+        ).removeprefix("docker://")
+        wait_for(
+            lambda: b"checked by the helper" in docker_client.containers.get(main_id).logs(),
+            what="the helper's note, written with the container's env into its volume",
+        )
+        # The helpers are gone; only the sandbox and the two containers remain.
+        kinds = sorted(
+            c.labels.get("io.node-agent.kind")
+            for c in node_containers(docker_client, agent.node_name)
+        )
+        assert kinds == ["app", "app", "sandbox"]
+    finally:
+        marker.unlink()
+
+
+def test_exec_precondition_cannot_see_the_host(
+    make_agent: MakeAgent, docker_client: docker.DockerClient
+) -> None:
+    """The converse: a check that passes only if it ran on the host never passes."""
+    agent = make_agent().start()
+    marker = Path("/tmp") / f"pm-{uuid.uuid4().hex[:8]}"  # short: the message is bounded
+    marker.write_text("only on the host\n")
+    try:
+        app = sleeper()
+        app["lifecycle"] = {
+            "preStart": [
+                {
+                    "exec": {"command": ["sh", "-c", f"cat {marker}"]},
+                    "periodSeconds": 1,
+                    "timeoutSeconds": 10,
+                    "deadlineSeconds": 3,
+                }
+            ]
+        }
+        agent.write_manifest("host.yaml", pod_manifest("host", [app], restart_policy="Never"))
+        pod = wait_for(
+            lambda: (p := agent.pod("host")) and p["status"]["phase"] == "Failed" and p,
+            what="pod host Failed",
+        )
+        message = pod["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+        assert f"exited with 1: cat: can't open '{marker}'" in message
+        assert app_containers(docker_client, agent.node_name, "host") == []
+    finally:
+        marker.unlink()
