@@ -12,14 +12,18 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent.aio.tasks import Supervisor
+from agent.node.handlers import HandlerResult
 from agent.node.pods.worker import PodWorker
+from agent.node.probes import prober as prober_module
 from agent.node.probes.prober import ProberManager
 from agent.node.runtime.fake import Script
 from agent.types import Pod
 from tests.unit.node.asyncwait import until
 from tests.unit.node.pods.builders import UID, container, make_pod
-from tests.unit.node.pods.rig import Rig
+from tests.unit.node.pods.rig import HOST_IP, Rig
 from tests.unit.node.probes.proberrig import FirstTick, clock_sleep
 
 
@@ -206,3 +210,26 @@ async def test_removing_the_pod_cancels_its_probes(tmp_path: Path) -> None:
         await p.rig.finished(worker)
         await p.settle()
         assert p.prober.workers == 0
+
+
+@pytest.mark.parametrize(("host_network", "address"), [(False, "10.88.0."), (True, HOST_IP)])
+async def test_network_probes_go_to_the_pod_ip_or_the_node_address_on_the_host_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, host_network: bool, address: str
+) -> None:
+    asked: list[tuple[str, int]] = []
+
+    async def tcp_socket(host: str, port: int, timeout_s: float, sleep: object) -> HandlerResult:
+        asked.append((host, port))
+        return HandlerResult(True)
+
+    monkeypatch.setattr(prober_module, "tcp_socket", tcp_socket)
+    async with probed_rig(tmp_path) as p:
+        probe = {"tcpSocket": {"port": "http"}, "periodSeconds": 5}
+        ports = [{"name": "http", "containerPort": 8080}]
+        extra: dict[str, Any] = {"hostNetwork": True} if host_network else {}
+        worker = await p.start(make_pod(container(ports=ports, readinessProbe=probe), **extra))
+        await p.tick(0)
+        await until(lambda: status_of(worker)["ready"], "the container to be ready")
+        [(host, port)] = asked
+        assert host.startswith(address) and port == 8080
+        assert host == worker.status["podIP"]
