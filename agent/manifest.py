@@ -32,15 +32,17 @@ import re
 import uuid
 from collections.abc import Mapping, Set
 from enum import StrEnum
+from fractions import Fraction
 from typing import Any, TypeVar
 
 from agent import names
 from agent.errors import ManifestError
 from agent.manifest_loader import field_path, has_surrogate, load_yaml, shown, type_name
-from agent.quantity import INT64_MAX, parse_cpu_millis, parse_memory_bytes
+from agent.quantity import INT64_MAX, parse_cpu_millis, parse_memory_bytes, parse_quantity
 from agent.types import (
     Container,
     ContainerPort,
+    ContainerResource,
     EmptyDirVolume,
     EnvVar,
     ExecAction,
@@ -60,6 +62,7 @@ from agent.types import (
     ProbeAction,
     ProbeKind,
     PullPolicy,
+    ResourceFieldRef,
     Resources,
     RestartPolicy,
     SleepAction,
@@ -177,8 +180,24 @@ _CONTAINER_UNSUPPORTED = {
     "volumeDevices",
 }
 _ENV_FIELDS = {"name", "value", "valueFrom"}
-_VALUE_FROM_UNSUPPORTED = {"configMapKeyRef", "secretKeyRef", "resourceFieldRef", "fileKeyRef"}
+_VALUE_FROM_SOURCES = ("fieldRef", "resourceFieldRef")
+_VALUE_FROM_UNSUPPORTED = {"configMapKeyRef", "secretKeyRef", "fileKeyRef"}
 _FIELD_REF_FIELDS = {"fieldPath", "apiVersion"}
+# `metadata.labels['app']`: a subscripted path (Kubernetes' SplitMaybeSubscriptedPath).
+_SUBSCRIPTED_FIELD = re.compile(r"(metadata\.labels|metadata\.annotations)\['(.*)'\]", re.DOTALL)
+_FIELD_PATHS_HELP = (
+    "metadata.name, metadata.namespace, metadata.uid, metadata.labels['<key>'], "
+    "metadata.annotations['<key>'], spec.nodeName, spec.serviceAccountName, status.podIP, "
+    "status.podIPs, status.hostIP, status.hostIPs"
+)
+_RESOURCE_FIELD_REF_FIELDS = {"containerName", "resource", "divisor"}
+# Kubernetes' validContainerResourceDivisorForCPU / ForMemory, as exact values (cores, bytes).
+_CPU_DIVISORS = {Fraction(1, 1000), Fraction(1)}
+_MEMORY_DIVISORS = {
+    Fraction(base**power)
+    for base, powers in ((1000, range(7)), (1024, range(1, 7)))
+    for power in powers
+}
 _PORT_FIELDS = {"containerPort", "protocol", "name", "hostPort", "hostIP"}
 _PROTOCOLS = ("TCP", "UDP", "SCTP")
 _RESOURCES_FIELDS = {"limits", "requests"}
@@ -798,6 +817,7 @@ class _Parser:
             containers.append(container)
             containers_out.append(container_out)
         self.check_host_ports(containers)
+        self.check_resource_refs(containers)
         restart_policy = _enum(
             RestartPolicy,
             spec.get("restartPolicy", RestartPolicy.ALWAYS.value),
@@ -840,6 +860,21 @@ class _Parser:
             ),
             out,
         )
+
+    @staticmethod
+    def check_resource_refs(containers: list[Container]) -> None:
+        """A ``resourceFieldRef.containerName`` names a container of the pod (kubelet would
+        fail the container at start; refused here instead)."""
+        known = {c.name for c in containers}
+        for i, container in enumerate(containers):
+            for j, var in enumerate(container.env):
+                ref = var.resource_ref
+                name = ref.container_name if ref is not None else None
+                if name is not None and name not in known:
+                    raise _fail(
+                        f"spec.containers[{i}].env[{j}].valueFrom.resourceFieldRef.containerName",
+                        f"no container named {shown(name)} in this pod",
+                    )
 
     @staticmethod
     def check_host_ports(containers: list[Container]) -> None:
@@ -999,9 +1034,11 @@ class _Parser:
             if "value" in raw and "valueFrom" in raw:
                 raise _fail(item_path, "value and valueFrom are mutually exclusive")
             if "valueFrom" in raw:
-                ref = _Parser.field_ref(raw["valueFrom"], f"{item_path}.valueFrom")
-                env.append(EnvVar(name=name, field_ref=ref))
-                out.append({"name": name, "valueFrom": {"fieldRef": {"fieldPath": ref.value}}})
+                var, value_from = _Parser.value_from(
+                    name, raw["valueFrom"], f"{item_path}.valueFrom"
+                )
+                env.append(var)
+                out.append({"name": name, "valueFrom": value_from})
             else:
                 text = _string(raw.get("value", ""), f"{item_path}.value", allow_empty=True)
                 env.append(EnvVar(name=name, value=text))
@@ -1009,23 +1046,101 @@ class _Parser:
         return env, out
 
     @staticmethod
-    def field_ref(value: object, path: str) -> FieldRef:
+    def value_from(name: str, value: object, path: str) -> tuple[EnvVar, dict[str, Any]]:
         value_from = _object(value, path)
-        _check_fields(value_from, path, {"fieldRef"}, _VALUE_FROM_UNSUPPORTED)
-        ref_path = f"{path}.fieldRef"
-        raw = _object(_required(value_from, "fieldRef", path), ref_path)
+        _check_fields(value_from, path, set(_VALUE_FROM_SOURCES), _VALUE_FROM_UNSUPPORTED)
+        sources = [s for s in _VALUE_FROM_SOURCES if s in value_from]
+        if len(sources) != 1:
+            raise _fail(
+                path,
+                f"must have exactly one source ({' or '.join(_VALUE_FROM_SOURCES)}), "
+                f"got {len(sources)}",
+            )
+        if "fieldRef" in value_from:
+            ref, key = _Parser.field_ref(value_from["fieldRef"], f"{path}.fieldRef")
+            field = f"{ref.value}['{key}']" if key else ref.value
+            var = EnvVar(name=name, field_ref=ref, field_key=key)
+            return var, {"fieldRef": {"fieldPath": field}}
+        resource, entry = _Parser.resource_field_ref(
+            value_from["resourceFieldRef"], f"{path}.resourceFieldRef"
+        )
+        return EnvVar(name=name, resource_ref=resource), {"resourceFieldRef": entry}
+
+    @staticmethod
+    def field_ref(value: object, ref_path: str) -> tuple[FieldRef, str]:
+        """The field and, for labels and annotations, the key (else "")."""
+        raw = _object(value, ref_path)
         _check_fields(raw, ref_path, _FIELD_REF_FIELDS)
         if "apiVersion" in raw and raw["apiVersion"] != "v1":
             raise _fail(f"{ref_path}.apiVersion", f'must be "v1", got {shown(raw["apiVersion"])}')
-        field_path = _string(_required(raw, "fieldPath", ref_path), f"{ref_path}.fieldPath")
+        where = f"{ref_path}.fieldPath"
+        field_path = _string(_required(raw, "fieldPath", ref_path), where)
+        subscripted = _SUBSCRIPTED_FIELD.fullmatch(field_path)
+        if subscripted is not None:
+            ref = FieldRef(subscripted.group(1))
+            key = subscripted.group(2)
+            # Kubernetes: a label name, and an annotation key checked in lower case.
+            what = "label" if ref is FieldRef.LABEL else "annotation"
+            names.check_qualified_name(
+                key if ref is FieldRef.LABEL else key.lower(), where, what, _fail
+            )
+            return ref, key
+        plain: FieldRef | None
         try:
-            return FieldRef(field_path)
+            plain = FieldRef(field_path)
         except ValueError:
-            supported = ", ".join(f.value for f in FieldRef)
+            plain = None
+        if plain is None or plain in (FieldRef.LABEL, FieldRef.ANNOTATION):
+            # The whole map (`metadata.labels`) is for downwardAPI volumes only, as Kubernetes.
             raise _fail(
-                f"{ref_path}.fieldPath",
-                f"{shown(field_path)} not supported yet (supported: {supported})",
+                where, f"{shown(field_path)} not supported yet (supported: {_FIELD_PATHS_HELP})"
+            )
+        return plain, ""
+
+    @staticmethod
+    def resource_field_ref(value: object, path: str) -> tuple[ResourceFieldRef, dict[str, Any]]:
+        raw = _object(value, path)
+        _check_fields(raw, path, _RESOURCE_FIELD_REF_FIELDS)
+        container_name = None
+        out: dict[str, Any] = {}
+        if "containerName" in raw:
+            # Checked against the pod's containers in spec(), once they are all known.
+            container_name = _dns_label(raw["containerName"], f"{path}.containerName")
+            out["containerName"] = container_name
+        resource_path = f"{path}.resource"
+        text = _string(_required(raw, "resource", path), resource_path)
+        try:
+            resource = ContainerResource(text)
+        except ValueError:
+            choices = ", ".join(r.value for r in ContainerResource)
+            raise _fail(
+                resource_path, f"{shown(text)} not supported yet (supported: {choices})"
             ) from None
+        out["resource"] = resource.value
+        cpu = resource in (ContainerResource.LIMITS_CPU, ContainerResource.REQUESTS_CPU)
+        divisor = Fraction(1)
+        if "divisor" in raw:
+            divisor_path = f"{path}.divisor"
+            written = parse_quantity(raw["divisor"], divisor_path)
+            # Kept as written, like resources; "0" is what `kubectl get -o yaml` prints for an
+            # unset divisor, and means 1, as in kubelet.
+            out["divisor"] = str(raw["divisor"])
+            if written != 0:
+                allowed = _CPU_DIVISORS if cpu else _MEMORY_DIVISORS
+                if written not in allowed:
+                    choices = (
+                        "1m, 1"
+                        if cpu
+                        else "1, 1k, 1M, 1G, 1T, 1P, 1E, 1Ki, 1Mi, 1Gi, 1Ti, 1Pi, 1Ei"
+                    )
+                    raise _fail(
+                        divisor_path,
+                        f"{shown(raw['divisor'])} is not a valid divisor for {resource.value} "
+                        f"(one of {choices})",
+                    )
+                divisor = written
+        units = int(divisor * 1000) if cpu else int(divisor)
+        return ResourceFieldRef(resource, container_name, units), out
 
     @staticmethod
     def ports(

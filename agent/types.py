@@ -50,14 +50,44 @@ class PullPolicy(StrEnum):
 
 
 class FieldRef(StrEnum):
-    """Downward-API fields an env var may reference (``valueFrom.fieldRef.fieldPath``)."""
+    """Downward-API fields an env var may reference (``valueFrom.fieldRef.fieldPath``).
+
+    ``LABEL`` and ``ANNOTATION`` take a key (``metadata.labels['app']``: :attr:`EnvVar.field_key`).
+    """
 
     POD_NAME = "metadata.name"
     POD_NAMESPACE = "metadata.namespace"
     POD_UID = "metadata.uid"
+    LABEL = "metadata.labels"
+    ANNOTATION = "metadata.annotations"
     NODE_NAME = "spec.nodeName"
+    SERVICE_ACCOUNT_NAME = "spec.serviceAccountName"
     POD_IP = "status.podIP"
+    POD_IPS = "status.podIPs"
     HOST_IP = "status.hostIP"
+    HOST_IPS = "status.hostIPs"
+
+
+class ContainerResource(StrEnum):
+    """What ``valueFrom.resourceFieldRef.resource`` may name."""
+
+    LIMITS_CPU = "limits.cpu"
+    LIMITS_MEMORY = "limits.memory"
+    REQUESTS_CPU = "requests.cpu"
+    REQUESTS_MEMORY = "requests.memory"
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceFieldRef:
+    """A container's cpu or memory request or limit, divided by ``divisor`` (rounded up).
+
+    ``container_name`` is None for the container itself. ``divisor`` is in millicores for cpu
+    (1 for ``1m``, 1000 for ``1``, the parser's default) and in bytes for memory.
+    """
+
+    resource: ContainerResource
+    container_name: str | None = None
+    divisor: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +95,8 @@ class EnvVar:
     name: str
     value: str = ""
     field_ref: FieldRef | None = None
+    field_key: str = ""  # the key of a LABEL or ANNOTATION field_ref
+    resource_ref: ResourceFieldRef | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,6 +103,13 @@ def detect_host_ip() -> str:
     return "127.0.0.1"
 
 
+def detect_node_allocatable() -> tuple[int, int]:
+    """The node's cpu (millicores) and memory (bytes), what it reports as capacity (blocking:
+    psutil reads /proc)."""
+    # Whole KiB, as node_capacity reports it to the master.
+    return (psutil.cpu_count() or 1) * 1000, psutil.virtual_memory().total // 1024 * 1024
+
+
 def prepare_state_dir(state_dir: Path) -> list[Path]:
     """The state dir, made if missing, and everything in it owner-only (blocking); the pods'
     volumes (``pods/``) keep the modes their pods need. Returns the paths that were looser."""
@@ -125,6 +132,7 @@ class NodeAgent:
         cfg = self.config = config
         # Resolved before the loop runs (psutil reads /proc), so never on the loop.
         self._host_ip = host_ip or cfg.node_ip or detect_host_ip()
+        self._allocatable = detect_node_allocatable()
         self.bridge = ThreadBridge(cfg.runtime_threads, name="runtime")
         self.checkpoint_bridge = ThreadBridge(CHECKPOINT_THREADS, name="checkpoint")
         docker: DockerRuntime | None = None
@@ -241,6 +249,8 @@ class NodeAgent:
                 host_ip=self._host_ip,
                 log_max_size=cfg.container_log_max_size,
                 log_max_files=cfg.container_log_max_files,
+                node_cpu_millis=self._allocatable[0],
+                node_memory_bytes=self._allocatable[1],
             ),
             backoff=BackoffPolicy(cfg.backoff_initial_s, cfg.backoff_max_s, cfg.backoff_reset_s),
             clock=self.clock,

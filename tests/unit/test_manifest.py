@@ -683,14 +683,14 @@ REJECTIONS: list[tuple[str, Any, str, str]] = [
     (
         "spec.containers.0.env",
         [{"name": "A", "valueFrom": {"resourceFieldRef": {}}}],
-        f"{C0}.env[0].valueFrom.resourceFieldRef",
-        "not supported yet",
+        f"{C0}.env[0].valueFrom.resourceFieldRef.resource",
+        "required",
     ),
     (
         "spec.containers.0.env",
         [{"name": "A", "valueFrom": {}}],
-        f"{C0}.env[0].valueFrom.fieldRef",
-        "required",
+        f"{C0}.env[0].valueFrom",
+        "must have exactly one source (fieldRef or resourceFieldRef), got 0",
     ),
     (
         "spec.containers.0.env",

@@ -26,8 +26,10 @@ from agent.types import (
     LABEL_POD_UID,
     SANDBOX_CONTAINER_NAME,
     Container,
+    ContainerResource,
     FieldRef,
     Pod,
+    ResourceFieldRef,
     canonical_json,
 )
 
@@ -48,6 +50,10 @@ class SpecContext:
     host_ip: str
     log_max_size: str = "10m"
     log_max_files: int = 3
+    # The node's allocatable cpu (millicores) and memory (bytes): what a resourceFieldRef to an
+    # unset limit gives, as kubelet does (defaultPodLimitsForDownwardAPI).
+    node_cpu_millis: int = 0
+    node_memory_bytes: int = 0
 
 
 def container_name(pod: Pod, name: str, attempt: int) -> str:
@@ -106,18 +112,52 @@ def sandbox_spec(ctx: SpecContext, pod: Pod, attempt: int) -> ContainerSpec:
     )
 
 
+def resource_value(ctx: SpecContext, container: Container, ref: ResourceFieldRef) -> str:
+    """A request or limit divided by the divisor, rounded up, as kubelet computes it
+    (``ExtractContainerResourceValue``): an unset limit is the node's allocatable, an unset
+    request is 0."""
+    res = container.resources
+    amount = {
+        ContainerResource.LIMITS_CPU: (
+            res.cpu_limit_millis if res.cpu_limit_millis is not None else ctx.node_cpu_millis
+        ),
+        ContainerResource.LIMITS_MEMORY: (
+            res.memory_limit_bytes if res.memory_limit_bytes is not None else ctx.node_memory_bytes
+        ),
+        ContainerResource.REQUESTS_CPU: res.cpu_request_millis or 0,
+        ContainerResource.REQUESTS_MEMORY: res.memory_request_bytes or 0,
+    }[ref.resource]
+    return str(-(-amount // max(1, ref.divisor)))
+
+
 def resolve_env(pod: Pod, container: Container, ctx: SpecContext, pod_ip: str) -> dict[str, str]:
     values = {
         FieldRef.POD_NAME: pod.metadata.name,
         FieldRef.POD_NAMESPACE: pod.metadata.namespace,
         FieldRef.POD_UID: pod.uid,
         FieldRef.NODE_NAME: pod.spec.node_name or ctx.node_name,
+        # We have no service accounts: Kubernetes' value for a pod without one.
+        FieldRef.SERVICE_ACCOUNT_NAME: "",
         FieldRef.POD_IP: pod_ip,
+        FieldRef.POD_IPS: pod_ip,  # comma-separated in Kubernetes; a pod here has one address
         FieldRef.HOST_IP: ctx.host_ip,
+        FieldRef.HOST_IPS: ctx.host_ip,
     }
     env: dict[str, str] = {}
     for var in container.env:  # later duplicates win, as in Kubernetes
-        env[var.name] = values[var.field_ref] if var.field_ref is not None else var.value
+        if var.resource_ref is not None:
+            named = var.resource_ref.container_name
+            target = pod.container(named) if named is not None else container
+            # The parser checked the name; a pod built otherwise gets the container's own.
+            env[var.name] = resource_value(ctx, target or container, var.resource_ref)
+        elif var.field_ref is FieldRef.LABEL:
+            env[var.name] = pod.metadata.labels.get(var.field_key, "")
+        elif var.field_ref is FieldRef.ANNOTATION:
+            env[var.name] = pod.metadata.annotations.get(var.field_key, "")
+        elif var.field_ref is not None:
+            env[var.name] = values[var.field_ref]
+        else:
+            env[var.name] = var.value
     return env
 
 
