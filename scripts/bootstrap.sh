@@ -34,7 +34,9 @@ die() { echo "bootstrap: $*" >&2; exit 1; }
 systemd_booted() { [[ -d /run/systemd/system ]]; }
 
 # -- Debian packages --------------------------------------------------------------------------
-PACKAGES=(docker.io iproute2 busybox-static python3-venv tmux socat procps ca-certificates curl)
+# gcc and libc6-dev: tests/integration/test_notify.py builds its static sd_notify helper.
+PACKAGES=(docker.io iproute2 busybox-static python3-venv tmux socat procps ca-certificates curl
+  gcc libc6-dev)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)

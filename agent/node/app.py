@@ -10,9 +10,10 @@ Start order (each step's ``start()`` returns before the next begins):
 2. ``watchdog``: the event-loop heartbeat and systemd's ``WATCHDOG=1``.
 3. ``runtime``: wait until the container runtime answers; make the sandbox image present.
 4. ``prober`` (the probe workers' scope: the pod workers start and cancel probes as their
-   containers start and stop), then ``pods``: desired state from the checkpoint (or, when it
-   is lost, from the manifests our sandboxes carry); a worker per pod, adopting the
-   containers it finds.
+   containers start and stop), ``notify`` (the containers' sd_notify sockets, which the pod
+   workers open; its stop closes them), then ``pods``: desired state from the checkpoint
+   (or, when it is lost, from the manifests our sandboxes carry); a worker per pod, adopting
+   the containers it finds.
 5. ``manifest-dir`` (if configured): one full scan, then following the directory.
 6. ``runtime-watch``: only now, with every source heard, containers of undesired pods found at
    start are removed; then runtime events and relists.
@@ -63,13 +64,14 @@ from agent.node.masterlink.registration import Registrar
 from agent.node.masterlink.state import LinkStatus
 from agent.node.masterlink.status import StatusReporter
 from agent.node.masterlink.watch import MasterPodSource
+from agent.node.notify.hub import NotifyHub
 from agent.node.pods.admission import AdmissionPolicy
 from agent.node.pods.checkpoint import CheckpointStore
 from agent.node.pods.manager import PodManager
 from agent.node.pods.runtime_watch import RuntimeGate, RuntimeWatcher
 from agent.node.pods.sources import ManifestDirSource
 from agent.node.pods.specs import POD_DIRS, SpecContext
-from agent.node.pods.worker import WorkerDeps
+from agent.node.pods.worker import LoopTimers, WorkerDeps
 from agent.node.probes.prober import ProberManager
 from agent.node.runtime.base import Runtime
 from agent.node.runtime.docker import DockerRuntime
@@ -152,6 +154,14 @@ class NodeAgent:
         tasks = self.supervisor.scope
         self.events = EventRecorder(cfg.node_name)
         self.metrics = NodeMetrics()
+        # Containers' sd_notify sockets (node-agent.io/notify), read on the loop.
+        self.notify = NotifyHub(
+            cfg.state_dir / POD_DIRS,
+            bridge=self.bridge,
+            clock=self.clock,
+            timers=LoopTimers(),
+            registry=self.metrics.registry,
+        )
         # Results wake the pod's worker; self.pods is made just below.
         self.prober = ProberManager(
             runtime=runtime,
@@ -219,6 +229,7 @@ class NodeAgent:
             ),
             RuntimeGate(runtime, runtime_health, sandbox_image=cfg.sandbox_image, sleep=sleep),
             self.prober,
+            self.notify,
             self.pods,
             self.source,
             RuntimeWatcher(
@@ -258,6 +269,7 @@ class NodeAgent:
             on_book_changed=manager.mark_dirty,
             on_synced=manager.on_synced,
             prober=self.prober,
+            notify=self.notify,
             hooks=Hooks(self.runtime, pod_condition=self._pod_condition),
         )
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.annotations import NO_NOTIFY, notify_settings
+from agent.errors import ManifestError
+from agent.node.notify import wire as notify_wire
 from agent.node.runtime.base import ContainerSpec, Mount, PortBinding
 from agent.types import (
     KIND_APP,
@@ -161,6 +164,26 @@ def resolve_env(pod: Pod, container: Container, ctx: SpecContext, pod_ip: str) -
     return env
 
 
+def notify_setup(
+    ctx: SpecContext, pod: Pod, container: Container, env: dict[str, str]
+) -> list[Mount]:
+    """A notify container's socket directory, mounted read-only (the socket stays writable:
+    a read-only mount refuses writes to files, not datagrams to a socket), and
+    ``$NOTIFY_SOCKET`` (ours wins over one the manifest sets) with ``$WATCHDOG_USEC`` when it
+    has a watchdog, as systemd sets them for a service."""
+    try:
+        settings = notify_settings(pod.metadata.annotations, {c.name for c in pod.spec.containers})
+    except ManifestError:  # refused by the parser already; a pod built otherwise has none
+        settings = NO_NOTIFY
+    if not settings.wants(container.name):
+        return []
+    env[notify_wire.NOTIFY_SOCKET_ENV] = notify_wire.CONTAINER_SOCKET
+    if settings.watchdog_s is not None:
+        env[notify_wire.WATCHDOG_USEC_ENV] = str(settings.watchdog_s * notify_wire.USEC_PER_S)
+    source = notify_wire.container_dir(pod_volume_dir(ctx, pod.uid).parent, container.name)
+    return [Mount(source=str(source), target=notify_wire.CONTAINER_DIR, read_only=True)]
+
+
 def app_spec(
     ctx: SpecContext,
     pod: Pod,
@@ -178,6 +201,8 @@ def app_spec(
         else:
             source = str(pod_volume_dir(ctx, pod.uid) / volume.name)
         mounts.append(Mount(source=source, target=mount.mount_path, read_only=mount.read_only))
+    env = resolve_env(pod, container, ctx, pod_ip)
+    mounts.extend(notify_setup(ctx, pod, container, env))
     res = container.resources
     cpu_shares = None
     if res.cpu_request_millis is not None:
@@ -191,7 +216,7 @@ def app_spec(
         # Kubernetes semantics: command replaces ENTRYPOINT, args replace CMD.
         entrypoint=container.command or None,
         cmd=container.args or None,
-        env=resolve_env(pod, container, ctx, pod_ip),
+        env=env,
         working_dir=container.working_dir,
         network_of=sandbox_id,
         mounts=tuple(mounts),

@@ -41,6 +41,9 @@ class ContainerView:
     will_restart: bool = True
     started: bool = True  # while running: its startup probe passed (or it has none)
     ready: bool = True  # while running: its readiness probe passes (or it has none)
+    # While running: the last sd_notify STATUS= (escaped, bounded), shown as the running
+    # state's message (our extension: Kubernetes' running state has only startedAt).
+    notify_status: str = ""
 
 
 def _terminated(record: ContainerRecord) -> dict[str, Any]:
@@ -71,7 +74,10 @@ def _state(view: ContainerView) -> dict[str, Any]:
             waiting["message"] = view.waiting_message
         return {"waiting": waiting}
     if record.running:
-        return {"running": {"startedAt": rfc3339(record.started_at)}}
+        running: dict[str, Any] = {"startedAt": rfc3339(record.started_at)}
+        if view.notify_status:
+            running["message"] = view.notify_status
+        return {"running": running}
     return _terminated(record)
 
 

@@ -36,6 +36,7 @@ from agent.node.backoff import BackoffPolicy, RestartState
 from agent.node.handlers import HandlerResult
 from agent.node.hooks.preconditions import PreconditionRun, Verdict
 from agent.node.hooks.runner import Hooks, HookTarget, LifecycleHooks
+from agent.node.notify.hub import NotifyGate, NotifyView
 from agent.node.pods.specs import SpecContext, app_spec, pod_volume_dir, sandbox_spec
 from agent.node.pods.status import PHASE_PENDING, ContainerView, pod_status
 from agent.node.probes.base import NO_PROBES, ProbeFailure, Prober
@@ -45,6 +46,7 @@ from agent.types import (
     LifecycleAction,
     Pod,
     PreStartHook,
+    ProbeKind,
     PullPolicy,
     RestartPolicy,
 )
@@ -169,6 +171,7 @@ class WorkerDeps:
     timers: Timers = field(default_factory=LoopTimers)
     hooks: LifecycleHooks | None = None  # None: Hooks on the runtime, without waitFor lookups
     prober: Prober = NO_PROBES
+    notify: NotifyGate | None = None  # sd_notify sockets (None: no container uses them)
 
 
 @dataclass(slots=True)
@@ -359,6 +362,8 @@ class PodWorker:
         pod_ip = self.deps.ctx.host_ip if pod.spec.host_network else sandbox.ip_address
         self._pod_ip_now = pod_ip  # for the hooks of this sync's starts and stops
         await self._ensure_volumes()
+        if self.deps.notify is not None:  # the sockets exist before a container can write
+            await self.deps.notify.sync(pod, self.wake)
 
         wanted = {c.name for c in pod.spec.containers}
         unknown = [r for r in records if not r.is_sandbox and r.container_name not in wanted]
@@ -392,9 +397,26 @@ class PodWorker:
         running = {}
         for container in self.pod.spec.containers:
             mine = _attempts_of(self._records, container.name)
-            if mine and mine[-1].running:
+            if mine and mine[-1].running and self._notify_started(mine[-1]):
                 running[container.name] = mine[-1]
         self.deps.prober.sync_pod(self.pod, running, pod_ip)
+
+    def _notify_started(self, record: ContainerRecord) -> bool:
+        """An sd_notify container has started once it said READY=1 (its startup gate: no
+        probe runs before); any other container once it runs."""
+        view = self._notify_view(record)
+        return view is None or (view.attempt == record.attempt and view.started)
+
+    def _notify_status(self, record: ContainerRecord | None) -> str:
+        """The STATUS= this very attempt sent, if any."""
+        if record is None or not record.running:
+            return ""
+        view = self._notify_view(record)
+        return view.status if view is not None and view.attempt == record.attempt else ""
+
+    def _notify_view(self, record: ContainerRecord) -> NotifyView | None:
+        notify = self.deps.notify
+        return notify.view(self.uid, record.container_name) if notify is not None else None
 
     async def _kill_unhealthy(
         self, container: Container, record: ContainerRecord, failure: ProbeFailure
@@ -531,6 +553,20 @@ class PodWorker:
         if latest is not None and latest.running:
             self._waiting.pop(name, None)
             failure = self.deps.prober.state(self.uid, latest.id).failure
+            view = self._notify_view(latest)
+            # The sd_notify watchdog is its liveness.
+            if (
+                failure is None
+                and view is not None
+                and view.attempt == latest.attempt
+                and view.expired
+            ):
+                self._event(
+                    "Unhealthy",
+                    f"container {name}: sd_notify watchdog: {view.expired}",
+                    warning=True,
+                )
+                failure = ProbeFailure(ProbeKind.LIVENESS, f"sd_notify watchdog: {view.expired}")
             if failure is not None:
                 await self._kill_unhealthy(container, latest, failure)
             return None
@@ -666,6 +702,8 @@ class PodWorker:
         spec = app_spec(self.deps.ctx, self.pod, container, attempt, sandbox.id, pod_ip)
         self.book.attempts[name] = attempt
         self.deps.on_book_changed()
+        if self.deps.notify is not None:  # the new process must say READY=1 itself
+            self.deps.notify.begin(self.uid, name, attempt)
         crashpoints.hit("container-create")
         try:
             container_id = await runtime.create_container(spec)
@@ -795,6 +833,8 @@ class PodWorker:
 
     async def _teardown(self, records: list[ContainerRecord]) -> None:
         self.deps.prober.forget_pod(self.uid)
+        if self.deps.notify is not None:
+            await self.deps.notify.close(self.uid)
         await self._stop_and_remove(records)
         crashpoints.hit("pod-torn-down")
         base = pod_volume_dir(self.deps.ctx, self.uid).parent
@@ -852,6 +892,7 @@ class PodWorker:
                     will_restart=will_restart,
                     started=started,
                     ready=ready,
+                    notify_status=self._notify_status(current),
                 )
             )
         start = self.book.start_time
@@ -871,7 +912,15 @@ class PodWorker:
         if current is None or not current.running:
             return False, False
         state = self.deps.prober.state(self.uid, current.id)
-        return state.started, state.ready
+        started, ready = state.started, state.ready
+        # sd_notify: READY=1 of this very attempt, and it still holds (not reloading,
+        # stopping, or past its watchdog).
+        view = self._notify_view(current)
+        if view is not None:
+            mine = view.attempt == current.attempt
+            started = started and mine and view.started
+            ready = ready and mine and view.ready
+        return started, ready
 
     def restart_counts(self) -> dict[str, int]:
         return {s["name"]: int(s["restartCount"]) for s in self.status.get("containerStatuses", [])}

@@ -106,6 +106,7 @@ async def test_start_order_ready_and_a_stop_that_leaves_pods_running(tmp_path: P
         "watchdog",
         "runtime",
         "prober",
+        "notify",
         "pods",
         "manifest-dir",
         "runtime-watch",
