@@ -184,10 +184,19 @@ def test_a_flood_changes_nothing_for_other_pods(
             f"while true; do {HELPER_MOUNT}/sdnotify WATCHDOG=1; sleep 0.3; done",
         ],
     }
+    # ... and another pod's exec probes every second (a late one times out and counts).
+    probed = {
+        "name": "probed",
+        "command": ["sh", "-c", "touch /tmp/ok && exec sleep 3600"],
+        "readinessProbe": {"exec": {"command": ["cat", "/tmp/ok"]}, "periodSeconds": 1},
+        "livenessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1},
+    }
+    agent.write_manifest("probed.yaml", pod_manifest("probed", [probed]))
     agent.write_manifest(
         "steady.yaml",
         notify_pod("steady", [steady], helper_dir, {NOTIFY: "steady", WATCHDOG: "2"}),
     )
+    wait_for(lambda: condition(agent, "probed", "Ready") == "True", what="probed Ready")
     wait_for(lambda: condition(agent, "steady", "Ready") == "True", what="steady Ready")
     agent.write_manifest("flood.yaml", notify_pod("flood", [flood], helper_dir, {NOTIFY: "flood"}))
     flood_id = wait_for(lambda: running_id(agent, "flood", "flood"), what="flood running")
@@ -207,5 +216,42 @@ def test_a_flood_changes_nothing_for_other_pods(
     assert steady_status is not None
     assert steady_status["restartCount"] == 0 and steady_status["ready"] is True
     assert condition(agent, "steady", "Ready") == "True"
+    probed_status = container_status(agent, "probed", "probed")
+    assert probed_status is not None
+    assert probed_status["restartCount"] == 0 and probed_status["ready"] is True
+    assert condition(agent, "probed", "Ready") == "True"
     assert not [e for e in agent.events() if e["reason"] == "Unhealthy"]
     assert agent.get("/healthz") == (200, "ok")
+
+
+def test_an_agent_restart_keeps_a_ready_container_ready_and_watched(
+    make_agent: MakeAgent, docker_client: docker.DockerClient, helper_dir: Path
+) -> None:
+    agent = make_agent().start()
+    app = {
+        "name": "app",
+        "command": [
+            "sh",
+            "-c",
+            f"{HELPER_MOUNT}/sdnotify READY=1 STATUS=up && "
+            # Pings fail (and are retried) while no agent has the socket bound.
+            f"while true; do {HELPER_MOUNT}/sdnotify WATCHDOG=1 2>/dev/null; sleep 0.3; done",
+        ],
+    }
+    agent.write_manifest(
+        "again.yaml", notify_pod("again", [app], helper_dir, {NOTIFY: "app", WATCHDOG: "3"})
+    )
+    wait_for(lambda: condition(agent, "again", "Ready") == "True", what="pod Ready")
+    first = running_id(agent, "again", "app")
+
+    agent.kill9()
+    agent.start()
+    # The new agent binds the socket again in the mounted directory: the container's pings
+    # reach it (a whole watchdog interval of them), and what it said before is remembered.
+    wait_for(lambda: _metric(agent, "accepted") >= 12, what="pings heard by the new agent")
+    wait_for(lambda: condition(agent, "again", "Ready") == "True", what="Ready after the restart")
+    status = container_status(agent, "again", "app")
+    assert status is not None
+    assert status["restartCount"] == 0 and running_id(agent, "again", "app") == first
+    assert status["state"]["running"]["message"] == "up"
+    assert not [e for e in agent.events() if e["reason"] == "Unhealthy"]
