@@ -444,7 +444,7 @@ class PodWorker:
             message=f"Container {container.name} failed {failure.kind.value} probe, "
             "will be restarted",
         )
-        await self.deps.runtime.stop_container(record.id, grace_s)
+        await self._stop_app(record, grace_s, self._pod_ip_now)  # its preStop first
         self.wake()  # the next sync sees it exited and applies the restart policy
 
     def _learn_attempts(self, records: list[ContainerRecord]) -> None:

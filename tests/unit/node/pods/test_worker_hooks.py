@@ -17,9 +17,10 @@ from blockbuster import BlockBuster
 from agent.node.handlers import PASSED, HandlerResult
 from agent.node.hooks.runner import KIND_PRESTART, Hooks, HookTarget
 from agent.node.pods.worker import PodWorker, WorkerBook
+from agent.node.probes.base import UNPROBED, NoProbes, ProbeFailure, ProbeState
 from agent.node.runtime.base import ContainerSpec
 from agent.node.runtime.fake import Script
-from agent.types import LABEL_KIND, LifecycleAction, PreStartHook, SleepAction
+from agent.types import LABEL_KIND, LifecycleAction, PreStartHook, ProbeKind, SleepAction
 from tests.unit.node.asyncwait import until
 from tests.unit.node.pods.builders import container, make_pod
 from tests.unit.node.pods.fakeclock import FakeClock
@@ -364,3 +365,29 @@ async def test_pre_stop_of_the_replaced_spec_runs_when_the_spec_changes(
     assert rig.runtime.one(worker.uid, "c").running  # the new one, without a preStop
     await rig.step(worker, worker.terminate)
     assert len(hooks.runs) == 1
+
+
+class FailingProber(NoProbes):
+    """A prober whose liveness probe has failed for the containers listed."""
+
+    def __init__(self) -> None:
+        self.failing: set[str] = set()
+
+    def state(self, pod_uid: str, container_id: str) -> ProbeState:
+        if container_id in self.failing:
+            return ProbeState(failure=ProbeFailure(ProbeKind.LIVENESS, "probe failed", 7))
+        return UNPROBED
+
+
+async def test_a_liveness_kill_runs_pre_stop_first(rig: Rig, hooks: ScriptedHooks) -> None:
+    prober = FailingProber()
+    pod = make_pod(hooked(preStop={"exec": {"command": ["drain"]}}))
+    deps = dataclasses.replace(rig.deps, hooks=hooks, prober=prober)
+    worker = rig.spawn(pod, deps=deps)
+    await rig.wait_syncs(worker, 1)
+    first = rig.runtime.one(worker.uid, "c")
+    prober.failing = {first.id}
+    await rig.step(worker)
+    # The hook gets the probe's grace period, SIGTERM what is left of it.
+    assert hooks.runs == [(first.id, pod.spec.containers[0].lifecycle.pre_stop, 7.0)]
+    assert ("stop", APP, "7") in rig.runtime.trace
