@@ -2,7 +2,9 @@
 real agent process: a container waits in PreStartHookPending for a TCP service and starts at
 the first check after it appears; one that never passes ends in PreStartHookFailed after its
 deadline; an exec precondition runs in a helper container in the pod's network namespace, with
-the container's env and volumes, never on the host.
+the container's env and volumes, never on the host; completion survives an agent restart.
+Also Kubernetes' postStart (a failure kills the container, which restarts) and preStop (it runs
+before SIGTERM).
 
 Node events do not reach the master yet (issue 17): the events are read from the node's own
 API (``api.sock``), where ``nodectl describe pod`` will find them once they are forwarded.
@@ -366,3 +368,55 @@ def test_nodectl_describe_pod_shows_prestart_hook_failed(
     flat = " ".join(out.replace('"', " ").split())  # YAML folds and quotes long strings
     assert "tcpSocket 127.0.0.1:" in flat and "not passed within its deadline of 2s" in flat
     assert "phase: Failed" in out
+
+
+def test_pre_stop_runs_before_sigterm(
+    make_agent: MakeAgent, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    """The container's SIGTERM handler finds what its preStop hook (an exec in it) wrote."""
+    agent = make_agent().start()
+    out = tmp_path / "out"
+    out.mkdir(mode=0o777)
+    app = {
+        "name": "main",
+        "command": [
+            "sh",
+            "-c",
+            "trap 'test -e /out/prestop && echo ordered > /out/term; exit 0' TERM; "
+            "sleep 3600 & wait",
+        ],
+        "volumeMounts": [{"name": "out", "mountPath": "/out"}],
+        "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", "echo hook > /out/prestop"]}}},
+    }
+    manifest = pod_manifest(
+        "stopper",
+        [app],
+        grace_s=10,
+        volumes=[{"name": "out", "hostPath": {"path": str(out), "type": "Directory"}}],
+    )
+    path = agent.write_manifest("stopper.yaml", manifest)
+    wait_for(lambda: running_phase(agent, "stopper"), what="pod stopper Running")
+    path.unlink()
+    wait_for(lambda: not node_containers(docker_client, agent.node_name), what="pod removed")
+    assert (out / "prestop").read_text() == "hook\n"
+    assert (out / "term").read_text() == "ordered\n"
+
+
+def test_a_failed_post_start_kills_the_container_which_restarts(make_agent: MakeAgent) -> None:
+    agent = make_agent().start()
+    app = sleeper()
+    app["lifecycle"] = {"postStart": {"exec": {"command": ["sh", "-c", "echo no >&2; exit 3"]}}}
+    agent.write_manifest("post.yaml", pod_manifest("post", [app]))
+
+    def restarted() -> list[dict[str, Any]] | None:
+        failed = [e for e in agent.events() if e["reason"] == "FailedPostStartHook"]
+        pod = agent.pod("post")
+        restarts = pod["status"]["containerStatuses"][0]["restartCount"] if pod else 0
+        return failed if len(failed) >= 2 and restarts >= 1 else None
+
+    failed = wait_for(restarted, what="two failed postStart hooks and a restart")
+    assert failed[0]["type"] == "Warning"
+    assert failed[0]["message"] == (
+        "container main: postStart hook failed: command 'sh -c echo no >&2; exit 3' "
+        "exited with 3: no"
+    )
