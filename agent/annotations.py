@@ -14,7 +14,8 @@ node reads them with the same functions.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import posixpath
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from agent.errors import ManifestError
@@ -23,6 +24,7 @@ from agent.manifest_loader import shown
 NOTIFY = "node-agent.io/notify"
 NOTIFY_WATCHDOG_SECONDS = "node-agent.io/notify-watchdog-seconds"
 WATCHDOG_MAX_S = 24 * 3600  # a day; a longer watchdog watches nothing
+NOTIFY_CONTAINER_DIR = "/run/node-agent/notify"  # where a notify container has its socket
 _MAX_DIGITS = 6
 
 
@@ -79,3 +81,22 @@ def notify_settings(annotations: Mapping[str, str], containers: Collection[str])
         if not names:
             raise ManifestError(where, f"needs containers in {shown(NOTIFY)} to watch")
     return NotifySettings(frozenset(names), watchdog_s)
+
+
+def check_notify_mounts(
+    settings: NotifySettings, containers: Iterable[tuple[str, Sequence[str]]]
+) -> None:
+    """No notify container mounts a volume at :data:`NOTIFY_CONTAINER_DIR` or under it (the
+    runtime would refuse the duplicate mount point, or hide the socket). ``containers``: each
+    app container's name and mount paths, in the pod's order."""
+    for i, (name, paths) in enumerate(containers):
+        if not settings.wants(name):
+            continue
+        for j, path in enumerate(paths):
+            normal = "/" + posixpath.normpath(path).lstrip("/")
+            if normal == NOTIFY_CONTAINER_DIR or normal.startswith(NOTIFY_CONTAINER_DIR + "/"):
+                raise ManifestError(
+                    f"spec.containers[{i}].volumeMounts[{j}].mountPath",
+                    f"{shown(path)} is where the notify socket of {shown(name)} is mounted "
+                    f"({shown(NOTIFY)}): mount elsewhere than {NOTIFY_CONTAINER_DIR}",
+                )

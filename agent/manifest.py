@@ -36,7 +36,7 @@ from fractions import Fraction
 from typing import Any, TypeVar
 
 from agent import names
-from agent.annotations import notify_settings
+from agent.annotations import check_notify_mounts, notify_settings
 from agent.errors import ManifestError
 from agent.manifest_loader import field_path, has_surrogate, load_yaml, shown, type_name
 from agent.quantity import INT64_MAX, parse_cpu_millis, parse_memory_bytes, parse_quantity
@@ -1307,7 +1307,10 @@ def derive_uid(manifest: Mapping[str, Any], node_name: str | None) -> str:
 def _parse_pod(doc: object, source: str, node_name: str | None, where: str) -> Pod:
     try:
         meta, spec, manifest = _Parser(node_name).pod(doc)
-        notify_settings(meta.annotations, {c.name for c in spec.containers})
+        notify = notify_settings(meta.annotations, {c.name for c in spec.containers})
+        check_notify_mounts(
+            notify, [(c.name, [m.mount_path for m in c.volume_mounts]) for c in spec.containers]
+        )
     except ManifestError as exc:
         raise ManifestError(exc.field, exc.problem, where) from None
     if not meta.uid:

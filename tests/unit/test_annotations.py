@@ -88,3 +88,25 @@ def test_bad_notify_annotations_name_the_annotation(
     assert info.value.field == field
     assert problem in info.value.problem
     assert str(info.value).startswith(f"p.yaml: {field}: ")
+
+
+@pytest.mark.parametrize(
+    "mount", ["/run/node-agent/notify", "/run/node-agent/notify/x", "//run/node-agent/notify/"]
+)
+def test_a_notify_container_may_not_mount_over_its_socket(mount: str) -> None:
+    doc = pod_doc({"node-agent.io/notify": "worker"})
+    doc["spec"]["volumes"] = [{"name": "v", "emptyDir": {}}]
+    doc["spec"]["containers"][1]["volumeMounts"] = [
+        {"name": "v", "mountPath": "/data"},
+        {"name": "v", "mountPath": mount},
+    ]
+    with pytest.raises(ManifestError) as info:
+        parse_pod(doc, source="p.yaml")
+    assert info.value.field == "spec.containers[1].volumeMounts[1].mountPath"
+    assert 'is where the notify socket of "worker" is mounted' in info.value.problem
+    # Elsewhere, or in a container without notify, it is any path.
+    doc["spec"]["containers"][1]["volumeMounts"][1]["mountPath"] = "/run/node-agent"
+    parse_pod(doc, source="p.yaml")
+    doc["spec"]["containers"][0]["volumeMounts"] = [{"name": "v", "mountPath": mount}]
+    doc["spec"]["containers"][1]["volumeMounts"] = []
+    parse_pod(doc, source="p.yaml")

@@ -17,13 +17,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.annotations import NOTIFY_CONTAINER_DIR
+
 MAX_DATAGRAM_BYTES = 4096  # a datagram above this is dropped (systemd reads up to 4 KiB too)
 STATUS_MAX_CHARS = 256  # STATUS= as shown in the pod's status, escaped, then cut
 RATE_PER_S = 10.0  # datagrams a socket may deliver per second, sustained ...
 BURST = 20  # ... and at once
 NOTIFY_DIR = "notify"  # under the pod's directory
 SOCKET_NAME = "notify.sock"
-CONTAINER_DIR = "/run/node-agent/notify"
+CONTAINER_DIR = NOTIFY_CONTAINER_DIR
 CONTAINER_SOCKET = f"{CONTAINER_DIR}/{SOCKET_NAME}"
 NOTIFY_SOCKET_ENV = "NOTIFY_SOCKET"
 WATCHDOG_USEC_ENV = "WATCHDOG_USEC"  # what sd_watchdog_enabled(3) reads in the container
