@@ -409,3 +409,41 @@ async def test_close_and_containers_leaving_the_annotation(hub: NotifyHub, tmp_p
     assert hub.view(UID, "web") is None
     with sender(socket_path(tmp_path)) as s, pytest.raises(ConnectionRefusedError):
         s.send(b"READY=1")
+
+
+async def test_a_corrupt_state_file_starts_afresh(
+    tmp_path: Path, bridge: ThreadBridge, clock: FakeClock
+) -> None:
+    state = tmp_path / "pods" / UID / "notify" / "state.json"
+    for text in ("{not json", '["a list"]', '{"web": {"attempt": true, "ready": "yes"}}'):
+
+        def write(text: str = text) -> None:
+            state.parent.mkdir(parents=True, exist_ok=True)
+            state.write_text(text)
+
+        await asyncio.to_thread(write)
+        hub = NotifyHub(tmp_path / "pods", bridge=bridge, clock=clock, timers=clock)
+        try:
+            await hub.sync(notify_pod(), Wakes())
+            view = hub.view(UID, "web")
+            assert view is not None
+            assert (view.attempt, view.ready, view.started) == (-1, False, False)
+        finally:
+            await hub.stop()
+
+
+async def test_closing_a_paused_socket(hub: NotifyHub, tmp_path: Path, clock: FakeClock) -> None:
+    await hub.sync(notify_pod(), Wakes())
+    hub.begin(UID, "web", 0)
+
+    def send_all() -> None:
+        with sender(socket_path(tmp_path)) as s:
+            s.sock.settimeout(5.0)  # from a thread: waits while the queue is full
+            for n in range(BURST + 1):
+                s.send(f"STATUS={n}".encode())
+
+    await asyncio.to_thread(send_all)
+    await until(lambda: hub.count("rate_limited") == 1, "paused")
+    await hub.close(UID)
+    clock.advance(1.0)  # the resume timer was cancelled with the socket
+    assert hub.view(UID, "web") is None
