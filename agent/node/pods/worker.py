@@ -10,6 +10,7 @@ agent restart neither resets back-off nor restarts running containers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import shutil
@@ -262,6 +263,7 @@ class PodWorker:
         self._prestart: dict[str, _PreStart] = {}
         self._pod_ip_now = ""
         self._replaced: Pod | None = None
+        self._terminate_requested = asyncio.Event()  # ends a precondition check in flight
         self._hooks = deps.hooks or Hooks(deps.runtime)
 
     @property
@@ -279,6 +281,7 @@ class PodWorker:
 
     def terminate(self) -> None:
         self.terminating = True
+        self._terminate_requested.set()
         self.wake()
 
     async def run(self) -> None:
@@ -636,9 +639,25 @@ class PodWorker:
         target = HookTarget(self.pod, container, pod_ip, spec=spec)
 
         async def check(index: int, hook: PreStartHook) -> HandlerResult:
-            return await self._hooks.check(target, index, hook)
+            # A check may take its whole timeout (an exec helper longer): a deletion of the
+            # pod does not wait for it.
+            work = asyncio.ensure_future(self._hooks.check(target, index, hook))
+            stop = asyncio.ensure_future(self._terminate_requested.wait())
+            try:
+                await asyncio.wait((work, stop), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+                if not work.done():
+                    work.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await work
+            if work.cancelled():
+                return HandlerResult.failed("the pod is being deleted")
+            return work.result()
 
         status = await state.run.step(clock.monotonic, check)
+        if self.terminating:
+            return None  # the next sync removes the pod; nothing to report
         if status.verdict is Verdict.PASSED:
             self._prestart.pop(name, None)
             self._waiting.pop(name, None)

@@ -303,6 +303,25 @@ async def test_wait_for_another_pod_ready(rig: Rig) -> None:
     assert apps(rig, worker) == [APP]
 
 
+class StuckHooks(ScriptedHooks):
+    """Checks that never end on their own (an exec helper that hangs)."""
+
+    async def check(self, target: HookTarget, index: int, hook: PreStartHook) -> HandlerResult:
+        self.checks.append((target.container.name, index))
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_deleting_the_pod_does_not_wait_for_a_check_in_flight(rig: Rig) -> None:
+    hooks = StuckHooks()
+    worker = spawn(rig, make_pod(hooked(TCP_HOOK)), hooks)
+    await until(lambda: hooks.checks, "the check in flight")
+    worker.terminate()
+    await rig.finished(worker)
+    assert rig.runtime.now(worker.uid) == []
+    assert "PreStartHookFailed" not in [r for r, _ in events(rig)]
+
+
 # -- postStart and preStop ----------------------------------------------------------------------
 
 
