@@ -51,10 +51,19 @@ PASSED = HandlerResult(True)
 
 
 def bounded_text(text: str, limit: int = MESSAGE_MAX_CHARS) -> str:
-    """``text`` on one line, at most ``limit`` characters (what events and status can carry;
-    escaping for display is the printer's business)."""
-    flat = " ".join(text.split())
+    """``text`` on one line, at most ``limit`` characters, any other character that does not
+    print written as an escape (``\\x1b``): what events and status carry comes from a
+    container's output, and must not drive a terminal that shows it raw. (Printers escape
+    again for their own medium.)"""
+    flat = "".join(_printable(ch) for ch in " ".join(text.split()))
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _printable(ch: str) -> str:
+    if ch.isprintable():
+        return ch
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 class TimedOut(Exception):

@@ -57,6 +57,10 @@ async def http_server() -> AsyncIterator[tuple[int, list[bytes]]]:
 
 def test_bounded_text_is_one_bounded_line() -> None:
     assert handlers.bounded_text("a\nb\t c") == "a b c"
+    assert handlers.bounded_text("red \x1b[31m\x00 \u2028 bell\x07") == (
+        "red \\x1b[31m\\x00 bell\\x07"
+    )
+    assert handlers.bounded_text("café ✓") == "café ✓"
     long = handlers.bounded_text("x" * 1000, 10)
     assert len(long) == 10 and long.endswith("…")
 
