@@ -173,3 +173,28 @@ async def test_an_event_of_a_pod_without_a_worker_makes_a_relist_remove_it(
         await until(lambda: w.runtime.calls["remove_container"] >= 1, "stray removed")
         await until(lambda: "uid-late" not in w.pods.workers, "its teardown worker done")
         assert w.runtime.calls["list_pod_uids"] >= 1  # found by the relist the event asked for
+
+
+async def test_an_exec_wakes_no_worker(tmp_path: Path) -> None:
+    """A probe's or nodectl's exec changes no container state: its events are not a reason to
+    sync the pod (a relist and an inspect of each of its containers)."""
+    async with watching(tmp_path) as w:
+        await w.watcher.start()
+        the_pod = pod("a")
+        w.pods.apply_source("file:", [the_pod])  # type: ignore[list-item]
+        worker = w.pods.workers[the_pod.uid]  # type: ignore[attr-defined]
+        await until(lambda: worker.synced_once.is_set(), "a synced")
+        woken: list[str] = []
+        wake = w.pods.wake
+
+        def recording_wake(uid: str) -> bool:
+            woken.append(uid)
+            return wake(uid)
+
+        w.pods.wake = recording_wake  # type: ignore[method-assign]
+        app = next(r for r in await w.runtime.list_containers() if not r.is_sandbox and r.running)
+        session = await w.runtime.exec_start(app.id, ["true"], stdin=False, tty=False)
+        assert await session.exit_code(1.0) is not None  # exec_create, exec_start, exec_die
+        w.runtime.exit_container(app.id, 1)  # then a die, after them in the stream
+        await until(lambda: "main" in worker.book.restarts, "the die event's wake-up")
+        assert woken == [the_pod.uid]  # type: ignore[attr-defined]
