@@ -233,3 +233,21 @@ async def test_network_probes_go_to_the_pod_ip_or_the_node_address_on_the_host_n
         [(host, port)] = asked
         assert host.startswith(address) and port == 8080
         assert host == worker.status["podIP"]
+
+
+async def test_a_liveness_kill_runs_the_pre_stop_hook_first(tmp_path: Path) -> None:
+    async with probed_rig(tmp_path) as p:
+        p.answer("alive?", 1)
+        p.answer("drain", 3)  # a preStop that fails: its event shows that it ran, and when
+        pod = make_pod(
+            container(
+                livenessProbe=exec_probe("alive?", failureThreshold=1),
+                lifecycle={"preStop": {"exec": {"command": ["drain"]}}},
+            )
+        )
+        await p.start(pod)
+        await p.tick(0)
+        await until(lambda: not p.rig.runtime.one(UID, "c").running, "the liveness kill")
+        reasons = [e["reason"] for e in p.rig.events.list()]
+        assert reasons.index("Unhealthy") < reasons.index("Killing")
+        assert reasons.index("Killing") < reasons.index("FailedPreStopHook")
