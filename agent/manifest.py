@@ -108,6 +108,7 @@ _META_UNSUPPORTED = {
 }
 _SPEC_FIELDS = {
     "containers",
+    "initContainers",
     "volumes",
     "restartPolicy",
     "terminationGracePeriodSeconds",
@@ -129,7 +130,6 @@ _SPEC_UNSUPPORTED = {
     "hostname",
     "hostnameOverride",
     "imagePullSecrets",
-    "initContainers",
     "nodeSelector",
     "os",
     "overhead",
@@ -180,6 +180,9 @@ _CONTAINER_UNSUPPORTED = {
     "tty",
     "volumeDevices",
 }
+# What an init container must not have (Kubernetes' validateInitContainers): it runs to
+# completion, so nothing probes it or hooks its start and stop.
+_INIT_FORBIDDEN = ("lifecycle", "livenessProbe", "readinessProbe", "startupProbe")
 _ENV_FIELDS = {"name", "value", "valueFrom"}
 _VALUE_FROM_SOURCES = ("fieldRef", "resourceFieldRef")
 _VALUE_FROM_UNSUPPORTED = {"configMapKeyRef", "secretKeyRef", "fileKeyRef"}
@@ -818,6 +821,9 @@ class _Parser:
             containers.append(container)
             containers_out.append(container_out)
         self.check_host_ports(containers)
+        init_containers, init_out = self.init_containers(
+            spec.get("initContainers", []), volume_names, host_network, container_names
+        )
         self.check_resource_refs(containers)
         restart_policy = _enum(
             RestartPolicy,
@@ -841,6 +847,7 @@ class _Parser:
         )
         out: dict[str, Any] = {
             "containers": containers_out,
+            **({"initContainers": init_out} if init_out else {}),
             "restartPolicy": restart_policy.value,
             "terminationGracePeriodSeconds": grace,
         }
@@ -853,6 +860,7 @@ class _Parser:
         return (
             PodSpec(
                 containers=tuple(containers),
+                init_containers=tuple(init_containers),
                 volumes=tuple(volumes),
                 restart_policy=restart_policy,
                 termination_grace_period_s=grace,
@@ -876,6 +884,40 @@ class _Parser:
                         f"spec.containers[{i}].env[{j}].valueFrom.resourceFieldRef.containerName",
                         f"no container named {shown(name)} in this pod",
                     )
+
+    def init_containers(
+        self, value: object, volume_names: Set[str], host_network: bool, app_names: Set[str]
+    ) -> tuple[list[Container], list[dict[str, Any]]]:
+        """``spec.initContainers``: containers as the app ones, minus what only a long-running
+        container can have. Kubernetes' rules: names unique across init and app containers;
+        no probes and no lifecycle (an init container's success is its exit code). Sidecars
+        (``restartPolicy: Always``) are not supported yet (docs/decisions.md)."""
+        path = "spec.initContainers"
+        containers: list[Container] = []
+        out = []
+        seen: set[str] = set()
+        for i, item in enumerate(_list(value, path)):
+            item_path = f"{path}[{i}]"
+            raw = _object(item, item_path)
+            for key in _INIT_FORBIDDEN:
+                if key in raw:
+                    raise _fail(f"{item_path}.{key}", "must not be set for init containers")
+            if "restartPolicy" in raw:
+                raise _fail(
+                    f"{item_path}.restartPolicy",
+                    "not supported yet (sidecar init containers, restartPolicy: Always)",
+                )
+            container, container_out = self.container(raw, item_path, volume_names, host_network)
+            if container.name in seen or container.name in app_names:
+                raise _fail(
+                    f"{item_path}.name",
+                    f"duplicate container name {shown(container.name)} "
+                    f"(unique across initContainers and containers)",
+                )
+            seen.add(container.name)
+            containers.append(container)
+            out.append(container_out)
+        return containers, out
 
     @staticmethod
     def check_host_ports(containers: list[Container]) -> None:

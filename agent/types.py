@@ -30,6 +30,7 @@ LABEL_POD_MANIFEST = LABEL_PREFIX + "pod.manifest"
 
 KIND_SANDBOX = "sandbox"
 KIND_APP = "app"
+KIND_INIT = "init"  # an init container: runs to completion before the app containers
 SANDBOX_CONTAINER_NAME = "POD"
 
 
@@ -290,6 +291,7 @@ class ObjectMeta:
 @dataclass(frozen=True, slots=True)
 class PodSpec:
     containers: tuple[Container, ...]
+    init_containers: tuple[Container, ...] = ()  # run in order, each to success, before them
     volumes: tuple[Volume, ...] = ()
     restart_policy: RestartPolicy = RestartPolicy.ALWAYS
     termination_grace_period_s: int = 30

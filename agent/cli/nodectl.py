@@ -222,13 +222,69 @@ def _node_row(node: dict[str, Any], wide: bool) -> list[str]:
 def _pod_row(pod: dict[str, Any], wide: bool, all_namespaces: bool) -> list[str]:
     statuses = pod["status"].get("containerStatuses", [])
     ready = f"{sum(1 for c in statuses if c.get('ready'))}/{len(pod['spec'].get('containers', []))}"
-    restarts = str(sum(int(c.get("restartCount", 0)) for c in statuses))
-    row = [pod["metadata"]["name"], ready, pod["status"].get("phase", "Pending"), restarts]
+    status, restart_count = _pod_status(pod)
+    row = [pod["metadata"]["name"], ready, status, str(restart_count)]
     if all_namespaces:
         row.insert(0, pod["metadata"]["namespace"])
     if wide:
         row += [pod["status"].get("podIP") or "-", pod["spec"].get("nodeName") or "<none>"]
     return [escape(str(cell)) for cell in row]
+
+
+def _pod_status(pod: dict[str, Any]) -> tuple[str, int]:
+    """The STATUS and RESTARTS columns as kubectl computes them (its printPod): the phase (or
+    the pod's reason); while initializing, the first init container that has not succeeded
+    (``Init:N/M``, ``Init:<waiting reason>`` such as ``Init:CrashLoopBackOff``,
+    ``Init:<terminated reason>`` such as ``Init:Error``) and the init containers' restarts;
+    once initialized, the last app container's waiting or terminated reason, if any."""
+    status = pod.get("status", {})
+    reason = str(status.get("reason") or status.get("phase") or "Pending")
+    restarts = 0
+    initializing = False
+    inits = status.get("initContainerStatuses") or []
+    total = len(pod.get("spec", {}).get("initContainers") or inits)
+    for i, container in enumerate(inits):
+        restarts += int(container.get("restartCount", 0))
+        state = container.get("state") or {}
+        terminated, waiting = state.get("terminated"), state.get("waiting")
+        if terminated is not None and terminated.get("exitCode") == 0:
+            continue
+        initializing = True
+        if terminated is not None:
+            reason = (
+                f"Init:{terminated['reason']}"
+                if terminated.get("reason")
+                else f"Init:ExitCode:{terminated.get('exitCode')}"
+            )
+        elif waiting is not None and waiting.get("reason") not in (None, "", "PodInitializing"):
+            reason = f"Init:{waiting['reason']}"
+        else:
+            reason = f"Init:{i}/{total}"
+        break
+    initialized = any(
+        c.get("type") == "Initialized" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+    if not initializing or initialized:
+        restarts = 0
+        has_running = False
+        for container in reversed(status.get("containerStatuses") or []):
+            restarts += int(container.get("restartCount", 0))
+            state = container.get("state") or {}
+            terminated, waiting = state.get("terminated"), state.get("waiting")
+            if waiting is not None and waiting.get("reason"):
+                reason = str(waiting["reason"])
+            elif terminated is not None:
+                reason = str(terminated.get("reason") or f"ExitCode:{terminated.get('exitCode')}")
+            elif container.get("ready") and state.get("running") is not None:
+                has_running = True
+        if reason == "Completed" and has_running:
+            ready = any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in status.get("conditions") or []
+            )
+            reason = "Running" if ready else "NotReady"
+    return reason, restarts
 
 
 def _age(timestamp: str | None, now: float) -> str:

@@ -944,7 +944,6 @@ NOT_SUPPORTED_YET: list[tuple[str, Any]] = [
     *(
         (f"spec.{name}", value)
         for name, value in [
-            ("initContainers", [{"name": "i", "image": "x"}]),
             ("ephemeralContainers", []),
             ("affinity", {}),
             ("tolerations", []),

@@ -7,7 +7,7 @@ extra swap, memory request → MemoryReservation).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agent.annotations import NO_NOTIFY, notify_settings
@@ -16,6 +16,7 @@ from agent.node.notify import wire as notify_wire
 from agent.node.runtime.base import ContainerSpec, Mount, PortBinding
 from agent.types import (
     KIND_APP,
+    KIND_INIT,
     KIND_SANDBOX,
     LABEL_ATTEMPT,
     LABEL_CONTAINER,
@@ -229,3 +230,19 @@ def app_spec(
         log_max_size=ctx.log_max_size,
         log_max_files=ctx.log_max_files,
     )
+
+
+def init_spec(
+    ctx: SpecContext,
+    pod: Pod,
+    container: Container,
+    attempt: int,
+    sandbox_id: str,
+    pod_ip: str,
+) -> ContainerSpec:
+    """An init container: made as an app container (same mounts, env, resources, network),
+    told apart by its kind label, so that adoption after a restart, status and orphan
+    cleanup see it for what it is. Its name needs no mark: container names are unique across
+    init and app containers (the parser's rule)."""
+    spec = app_spec(ctx, pod, container, attempt, sandbox_id, pod_ip)
+    return replace(spec, labels={**spec.labels, LABEL_KIND: KIND_INIT})

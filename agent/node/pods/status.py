@@ -8,7 +8,7 @@ JSON document the API serves and the master will receive.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +20,7 @@ PHASE_RUNNING = "Running"
 PHASE_SUCCEEDED = "Succeeded"
 PHASE_FAILED = "Failed"
 PHASE_UNKNOWN = "Unknown"
+POD_INITIALIZING = "PodInitializing"  # the waiting reason of containers before init is done
 PHASES = (PHASE_PENDING, PHASE_RUNNING, PHASE_SUCCEEDED, PHASE_FAILED, PHASE_UNKNOWN)
 
 
@@ -123,6 +124,28 @@ def pod_phase(pod: Pod, views: Sequence[ContainerView]) -> str:
     return PHASE_FAILED if failed else PHASE_SUCCEEDED
 
 
+def init_container_status(view: ContainerView) -> dict[str, Any]:
+    """An init container's status: ``ready`` once it has succeeded, as kubelet reports it."""
+    status = container_status(view)
+    record = view.current
+    status["ready"] = (
+        "terminated" in status["state"] and record is not None and record.exit_code == 0
+    )
+    return status
+
+
+def _init_failed(pod: Pod, views: Sequence[ContainerView]) -> bool:
+    """An init container failed and will not run again (``restartPolicy: Never``): the pod
+    has failed (kubelet's getPhase)."""
+    return pod.spec.restart_policy is RestartPolicy.NEVER and any(
+        v.current is not None
+        and v.current.ever_started
+        and not v.current.running
+        and (v.current.exit_code != 0 or v.current.oom_killed)
+        for v in views
+    )
+
+
 def _condition(
     kind: str, ok: bool, previous: dict[str, dict[str, Any]], now: datetime, reason: str = ""
 ) -> dict[str, Any]:
@@ -148,15 +171,35 @@ def pod_status(
     start_time: datetime | None,
     previous: dict[str, Any] | None,
     now: datetime,
+    init_views: Sequence[ContainerView] = (),
+    initialized: bool = True,
 ) -> dict[str, Any]:
+    if init_views:
+        # kubelet: in a pod with init containers, a container not created yet waits with
+        # reason PodInitializing (not ContainerCreating).
+        views = [
+            replace(v, waiting_reason=POD_INITIALIZING)
+            if v.waiting_reason is None and (v.current is None or not v.current.ever_started)
+            else v
+            for v in views
+        ]
+        init_views = [
+            replace(v, waiting_reason=POD_INITIALIZING)
+            if v.waiting_reason is None and v.current is None
+            else v
+            for v in init_views
+        ]
     statuses = [container_status(v) for v in views]
-    phase = pod_phase(pod, views)
+    if initialized:
+        phase = pod_phase(pod, views)
+    else:
+        phase = PHASE_FAILED if _init_failed(pod, init_views) else PHASE_PENDING
     all_ready = bool(statuses) and all(s["ready"] for s in statuses)
     before = {c["type"]: c for c in (previous or {}).get("conditions", [])}
     not_ready = "ContainersNotReady"
     conditions = [
         _condition("PodScheduled", True, before, now),
-        _condition("Initialized", True, before, now),
+        _condition("Initialized", initialized, before, now, "ContainersNotInitialized"),
         _condition("ContainersReady", all_ready, before, now, not_ready),
         _condition("Ready", all_ready, before, now, not_ready),
     ]
@@ -169,4 +212,6 @@ def pod_status(
         "startTime": rfc3339(start_time),
         "containerStatuses": statuses,
     }
+    if init_views:
+        status["initContainerStatuses"] = [init_container_status(v) for v in init_views]
     return status

@@ -38,7 +38,13 @@ from agent.node.handlers import HandlerResult
 from agent.node.hooks.preconditions import PreconditionRun, Verdict
 from agent.node.hooks.runner import Hooks, HookTarget, LifecycleHooks
 from agent.node.notify.hub import NotifyGate, NotifyView
-from agent.node.pods.specs import SpecContext, app_spec, pod_volume_dir, sandbox_spec
+from agent.node.pods.specs import (
+    SpecContext,
+    app_spec,
+    init_spec,
+    pod_volume_dir,
+    sandbox_spec,
+)
 from agent.node.pods.status import PHASE_PENDING, ContainerView, pod_status
 from agent.node.probes.base import NO_PROBES, ProbeFailure, Prober
 from agent.node.runtime.base import ContainerRecord, ContainerState, Runtime
@@ -70,6 +76,9 @@ class WorkerBook:
     restarts: dict[str, RestartState] = field(default_factory=dict)
     sandbox_attempt: int = -1
     start_time: float | None = None
+    # The sandbox attempt in which every init container succeeded (-1: not yet). Tied to the
+    # sandbox because a pod whose sandbox is lost runs its init containers again (Kubernetes).
+    init_done_sandbox: int = -1
     # Container name -> the sandbox attempt in which its preStart preconditions passed: an
     # agent restart does not check them again for a container that has started in it.
     prestart_done: dict[str, int] = field(default_factory=dict)
@@ -80,6 +89,7 @@ class WorkerBook:
             "restarts": {name: rs.to_json() for name, rs in self.restarts.items()},
             "sandbox_attempt": self.sandbox_attempt,
             "start_time": self.start_time,
+            "init_done_sandbox": self.init_done_sandbox,
             "prestart_done": dict(self.prestart_done),
         }
 
@@ -114,6 +124,9 @@ class WorkerBook:
                 book.get("sandbox_attempt", -1), "worker book sandbox_attempt"
             ),
             start_time=float(start) if start is not None else None,
+            init_done_sandbox=_integer(
+                book.get("init_done_sandbox", -1), "worker book init_done_sandbox"
+            ),
             prestart_done={
                 str(name): _integer(value, f"worker book prestart_done[{name!r}]")
                 for name, value in _object(
@@ -219,10 +232,21 @@ def should_restart(policy: RestartPolicy, exit_code: int | None) -> bool:
 
 
 def _attempts_of(records: list[ContainerRecord], name: str) -> list[ContainerRecord]:
-    """The app containers of ``name``, oldest attempt first."""
+    """The containers (app or init: their names are unique in a pod) of ``name``, oldest
+    attempt first."""
     return sorted(
         (r for r in records if not r.is_sandbox and r.container_name == name),
         key=lambda r: r.attempt,
+    )
+
+
+def _succeeded(record: ContainerRecord) -> bool:
+    """Ran and exited 0 (an init container that is done)."""
+    return (
+        record.ever_started
+        and not record.running
+        and record.state is not ContainerState.CREATED
+        and record.exit_code == 0
     )
 
 
@@ -257,6 +281,7 @@ class PodWorker:
         self._records: list[ContainerRecord] = []
         self._sandbox_moved: set[str] = set()
         self._spec_hash = pod.spec_hash
+        self._initialized = False  # every init container succeeded in the current sandbox
         # Set only by a completed teardown: terminate() may arrive in the middle of a normal
         # sync, and the worker must then sync once more to actually remove the pod.
         self._torn_down = False
@@ -368,13 +393,14 @@ class PodWorker:
         if self.deps.notify is not None:  # the sockets exist before a container can write
             await self.deps.notify.sync(pod, self.wake)
 
-        wanted = {c.name for c in pod.spec.containers}
+        wanted = {c.name for c in (*pod.spec.init_containers, *pod.spec.containers)}
         unknown = [r for r in records if not r.is_sandbox and r.container_name not in wanted]
         if unknown:
             await self._stop_and_remove(unknown)
 
-        next_wake: float | None = None
-        for container in pod.spec.containers:
+        # The app containers wait until every init container has succeeded.
+        self._initialized, next_wake = await self._sync_init(records, sandbox, pod_ip, now)
+        for container in pod.spec.containers if self._initialized else ():
             mine = _attempts_of(records, container.name)
             wait_s = await self._sync_container(container, mine, sandbox, pod_ip, now)
             if wait_s is not None:
@@ -384,7 +410,7 @@ class PodWorker:
         self._records = await runtime.list_containers(self.uid)
         old = [
             record
-            for container in pod.spec.containers
+            for container in (*pod.spec.init_containers, *pod.spec.containers)
             for record in _attempts_of(self._records, container.name)[:-RECORDS_KEPT_PER_CONTAINER]
         ]
         if old:
@@ -479,14 +505,16 @@ class PodWorker:
 
         # The pod's network namespace is gone: containers still running inside it are cut
         # off, so they are stopped and started again in the new sandbox without back-off.
+        # Init containers, even exited ones, belonged to the lost sandbox: they all run again
+        # in the new one, as Kubernetes does.
         apps = [r for r in records if not r.is_sandbox]
-        orphaned = [r for r in apps if r.running or r.state is ContainerState.CREATED]
+        orphaned = [r for r in apps if r.running or r.state is ContainerState.CREATED or r.is_init]
         if orphaned:
             await self._stop_and_remove(orphaned)
             records = [r for r in records if r not in orphaned]
             for record in orphaned:
                 self._waiting.pop(record.container_name, None)
-        self._sandbox_moved = {r.container_name for r in orphaned}
+        self._sandbox_moved = {r.container_name for r in orphaned if not r.is_init}
         attempt = self.book.sandbox_attempt + 1
         await runtime.ensure_sandbox_image(self.deps.ctx.sandbox_image)
         spec = sandbox_spec(self.deps.ctx, self.pod, attempt)
@@ -541,6 +569,44 @@ class PodWorker:
             await self.deps.bridge.run(make)
         except OSError as exc:
             raise VolumeError(f"cannot prepare volumes of {self.pod.full_name}: {exc}") from exc
+
+    async def _sync_init(
+        self,
+        records: list[ContainerRecord],
+        sandbox: ContainerRecord,
+        pod_ip: str,
+        now: float,
+    ) -> tuple[bool, float | None]:
+        """Run the init containers in order, each to success; (initialized, seconds until a
+        timer-driven resync). A failed one is retried per the pod's restartPolicy with the
+        app containers' back-off (``_sync_container``); under ``Never`` the pod has failed.
+
+        Completion is in the book (checkpointed) for the sandbox it happened in, so an agent
+        restart never runs the init containers of a running pod again. Without the book (a
+        checkpoint lost, or written just before the crash), the runtime is the evidence, as
+        for kubelet: an app container running, or every init container's last run a success.
+        """
+        inits = self.pod.spec.init_containers
+        if not inits or self.book.init_done_sandbox == sandbox.attempt:
+            return True, None
+        app_running = any(r.running for r in records if not r.is_sandbox and not r.is_init)
+        for container in inits:
+            mine = _attempts_of(records, container.name)
+            if (mine and _succeeded(mine[-1])) or app_running:
+                continue
+            # The first init container that has not succeeded: started, restarted after its
+            # back-off, or (Never) left failed. The next one waits for it.
+            return False, await self._sync_container(container, mine, sandbox, pod_ip, now)
+        self.book.init_done_sandbox = sandbox.attempt
+        self.deps.on_book_changed()
+        log.info(
+            "pod initialized",
+            extra=kv(pod=self.pod.full_name, uid=self.uid, sandbox_attempt=sandbox.attempt),
+        )
+        return True, None
+
+    def _is_init(self, container: Container) -> bool:
+        return any(c.name == container.name for c in self.pod.spec.init_containers)
 
     async def _sync_container(
         self,
@@ -718,7 +784,8 @@ class PodWorker:
                 else "ImagePullBackOff"
             )
             return self._retry_later(name, reason, str(exc), now)
-        spec = app_spec(self.deps.ctx, self.pod, container, attempt, sandbox.id, pod_ip)
+        make_spec = init_spec if self._is_init(container) else app_spec
+        spec = make_spec(self.deps.ctx, self.pod, container, attempt, sandbox.id, pod_ip)
         self.book.attempts[name] = attempt
         self.deps.on_book_changed()
         if self.deps.notify is not None:  # the new process must say READY=1 itself
@@ -923,7 +990,29 @@ class PodWorker:
             start_time=datetime.fromtimestamp(start, UTC) if start is not None else None,
             previous=self.status,
             now=datetime.fromtimestamp(self.deps.clock.time(), UTC),
+            init_views=self._init_views(),
+            initialized=self._initialized,
         )
+
+    def _init_views(self) -> list[ContainerView]:
+        views = []
+        for container in self.pod.spec.init_containers:
+            mine = _attempts_of(self._records, container.name)
+            current = mine[-1] if mine else None
+            waiting = self._waiting.get(container.name)
+            views.append(
+                ContainerView(
+                    name=container.name,
+                    image=container.image,
+                    current=current,
+                    previous=mine[-2] if len(mine) > 1 else None,
+                    restart_count=max(0, current.attempt) if current is not None else 0,
+                    waiting_reason=waiting.reason if waiting else None,
+                    waiting_message=waiting.message if waiting else "",
+                    will_restart=self.pod.spec.restart_policy is not RestartPolicy.NEVER,
+                )
+            )
+        return views
 
     def _readiness(self, current: ContainerRecord | None) -> tuple[bool, bool]:
         """(started, ready) of an app container while it runs: the one place where what

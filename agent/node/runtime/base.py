@@ -17,6 +17,7 @@ from typing import Protocol
 
 from agent.errors import ImageUnavailableError
 from agent.types import (
+    KIND_INIT,
     KIND_SANDBOX,
     LABEL_ATTEMPT,
     LABEL_CONTAINER,
@@ -79,6 +80,11 @@ class ContainerRecord:
     @property
     def is_sandbox(self) -> bool:
         return self.labels.get(LABEL_KIND) == KIND_SANDBOX
+
+    @property
+    def is_init(self) -> bool:
+        """An init container (runs to completion before the pod's app containers)."""
+        return self.labels.get(LABEL_KIND) == KIND_INIT
 
     @property
     def attempt(self) -> int:

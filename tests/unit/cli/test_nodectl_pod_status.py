@@ -1,0 +1,140 @@
+"""``nodectl get pods``' STATUS and RESTARTS columns as kubectl computes them (printPod),
+above all the init states: ``Init:N/M``, ``Init:<waiting reason>``, ``Init:<terminated
+reason>``, then the app containers' reasons once the pod is initialized."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from agent.cli.nodectl import _pod_row, _pod_status
+
+RUNNING = {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
+DONE = {"terminated": {"exitCode": 0, "reason": "Completed"}}
+INITIALIZING = {"waiting": {"reason": "PodInitializing"}}
+
+
+def init(state: dict[str, Any], restarts: int = 0) -> dict[str, Any]:
+    return {"name": "i", "state": state, "restartCount": restarts, "ready": "terminated" in state}
+
+
+def app(state: dict[str, Any], restarts: int = 0, ready: bool = False) -> dict[str, Any]:
+    return {"name": "c", "state": state, "restartCount": restarts, "ready": ready}
+
+
+def pod(
+    phase: str,
+    inits: list[dict[str, Any]] | None = None,
+    apps: list[dict[str, Any]] | None = None,
+    initialized: bool | None = None,
+    ready: bool = False,
+) -> dict[str, Any]:
+    conditions = [{"type": "Ready", "status": str(ready)}]
+    if initialized is not None:
+        conditions.append({"type": "Initialized", "status": str(initialized)})
+    status: dict[str, Any] = {"phase": phase, "conditions": conditions}
+    spec: dict[str, Any] = {"containers": [{"name": "c"}] * max(1, len(apps or []))}
+    if inits is not None:
+        status["initContainerStatuses"] = inits
+        spec["initContainers"] = [{"name": f"i{n}"} for n in range(len(inits))]
+    if apps is not None:
+        status["containerStatuses"] = apps
+    return {"metadata": {"name": "p", "namespace": "default"}, "spec": spec, "status": status}
+
+
+@pytest.mark.parametrize(
+    ("obj", "expected"),
+    [
+        (pod("Running", apps=[app(RUNNING, ready=True)], ready=True), ("Running", 0)),
+        (pod("Pending"), ("Pending", 0)),
+        (
+            pod("Pending", inits=[init(RUNNING), init(INITIALIZING)], initialized=False),
+            ("Init:0/2", 0),
+        ),
+        (pod("Pending", inits=[init(DONE), init(RUNNING)], initialized=False), ("Init:1/2", 0)),
+        (
+            pod(
+                "Pending",
+                inits=[init(DONE), init(INITIALIZING)],
+                apps=[app(INITIALIZING)],
+                initialized=False,
+            ),
+            ("Init:1/2", 0),
+        ),
+        (
+            pod(
+                "Pending",
+                inits=[
+                    init({"waiting": {"reason": "CrashLoopBackOff"}}, restarts=3),
+                    init(INITIALIZING),
+                ],
+                apps=[app(INITIALIZING)],
+                initialized=False,
+            ),
+            ("Init:CrashLoopBackOff", 3),
+        ),
+        (
+            pod(
+                "Failed",
+                inits=[init({"terminated": {"exitCode": 1, "reason": "Error"}})],
+                apps=[app(INITIALIZING)],
+                initialized=False,
+            ),
+            ("Init:Error", 0),
+        ),
+        (
+            pod("Failed", inits=[init({"terminated": {"exitCode": 3}})], initialized=False),
+            ("Init:ExitCode:3", 0),
+        ),
+        (
+            pod(
+                "Pending",
+                inits=[init({"waiting": {"reason": "ErrImageNeverPull"}})],
+                initialized=False,
+            ),
+            ("Init:ErrImageNeverPull", 0),
+        ),
+        # Initialized: the app containers speak, their restarts count, not the init ones'.
+        (
+            pod(
+                "Running",
+                inits=[init(DONE, restarts=4)],
+                apps=[app({"waiting": {"reason": "CrashLoopBackOff"}}, restarts=2)],
+                initialized=True,
+            ),
+            ("CrashLoopBackOff", 2),
+        ),
+        (
+            pod(
+                "Running",
+                inits=[init(DONE, restarts=4)],
+                apps=[app(RUNNING, 1, True)],
+                initialized=True,
+                ready=True,
+            ),
+            ("Running", 1),
+        ),
+        (
+            pod("Failed", apps=[app({"terminated": {"exitCode": 2, "reason": "Error"}})]),
+            ("Error", 0),
+        ),
+        (pod("Failed", apps=[app({"terminated": {"exitCode": 2}})]), ("ExitCode:2", 0)),
+        # One container completed, another still running: Running (Ready) or NotReady.
+        (
+            pod("Running", apps=[app(RUNNING, ready=True), app(DONE)], ready=True),
+            ("Running", 0),
+        ),
+        (pod("Running", apps=[app(RUNNING, ready=True), app(DONE)]), ("NotReady", 0)),
+        (pod("Succeeded", apps=[app(DONE)]), ("Completed", 0)),
+    ],
+)
+def test_status_column_as_kubectl(obj: dict[str, Any], expected: tuple[str, int]) -> None:
+    assert _pod_status(obj) == expected
+
+
+def test_the_row_escapes_a_reason_the_server_chose() -> None:
+    obj = pod("Pending", inits=[init({"waiting": {"reason": "Bad\nrow"}})], initialized=False)
+    row = _pod_row(obj, wide=False, all_namespaces=False)
+    assert "\n" not in row[2]
+    assert row[2].startswith("Init:Bad")
