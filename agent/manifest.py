@@ -2,7 +2,7 @@
 
 This is the only producer of :class:`~agent.types.Pod`. It accepts the subset documented in
 ``docs/manifests.md`` and rejects everything else with a :class:`ManifestError` naming the field
-path (``spec.containers[1].livenessProbe: not supported yet``): a field we do not implement is
+path (``spec.containers[1].envFrom: not supported yet``): a field we do not implement is
 never silently ignored, because an operator who wrote a probe or a securityContext must not
 believe it is in force. The only fields dropped are read-only output fields that
 ``kubectl get -o yaml`` prints (``status``, ``metadata.resourceVersion``, ...), so such output

@@ -287,7 +287,7 @@ def test_bad_manifest_does_not_disturb_good_ones(make_agent: MakeAgent) -> None:
     agent = make_agent().start()
     agent.write_manifest("good-1.yaml", pod_manifest("good-1", [sleeper()]))
     bad = pod_manifest("bad", [sleeper()])
-    bad["spec"]["containers"][0]["livenessProbe"] = {"exec": {"command": ["true"]}}
+    bad["spec"]["containers"][0]["envFrom"] = [{"configMapRef": {"name": "x"}}]
     agent.write_manifest("bad.yaml", bad)
     agent.write_manifest("good-2.yaml", pod_manifest("good-2", [sleeper()]))
     (agent.manifest_dir / "broken.yaml").write_text(
@@ -306,7 +306,7 @@ def test_bad_manifest_does_not_disturb_good_ones(make_agent: MakeAgent) -> None:
 
     events = reported_events = wait_for(reported, what="bad files reported as events")
     messages = " ".join(e["message"] for e in reported_events)
-    assert "spec.containers[0].livenessProbe" in messages
+    assert "spec.containers[0].envFrom" in messages
     assert "broken.yaml" in messages
     assert all(e["type"] == "Warning" for e in events)
     assert agent.get("/healthz") == (200, "ok")
