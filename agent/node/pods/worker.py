@@ -464,14 +464,9 @@ class PodWorker:
                 error=failure.message,
             ),
         )
-        self.deps.events.record(
-            kind="Pod",
-            name=self.pod.metadata.name,
-            namespace=self.pod.metadata.namespace,
-            uid=self.uid,
-            reason="Killing",
-            message=f"Container {container.name} failed {failure.kind.value} probe, "
-            "will be restarted",
+        self._event(
+            "Killing",
+            f"Container {container.name} failed {failure.kind.value} probe, will be restarted",
         )
         await self._stop_app(record, grace_s, self._pod_ip_now)  # its preStop first
         self.wake()  # the next sync sees it exited and applies the restart policy
@@ -534,14 +529,7 @@ class PodWorker:
         if not fresh or not fresh[0].running:
             raise RuntimeOperationError(f"sandbox {spec.name} did not stay running")
         log.info("sandbox started", extra=kv(pod=self.pod.full_name, uid=self.uid, attempt=attempt))
-        self.deps.events.record(
-            kind="Pod",
-            name=self.pod.metadata.name,
-            namespace=self.pod.metadata.namespace,
-            uid=self.uid,
-            reason="SandboxStarted",
-            message=f"pod sandbox {spec.name} started",
-        )
+        self._event("SandboxStarted", f"pod sandbox {spec.name} started")
         return fresh[0], records
 
     async def _ensure_volumes(self) -> None:
@@ -820,13 +808,9 @@ class PodWorker:
             "container started",
             extra=kv(pod=self.pod.full_name, container=container.name, attempt=attempt),
         )
-        self.deps.events.record(
-            kind="Pod",
-            name=self.pod.metadata.name,
-            namespace=self.pod.metadata.namespace,
-            uid=self.uid,
-            reason="Started" if attempt == 0 else "Restarted",
-            message=f"container {container.name} started (attempt {attempt})",
+        self._event(
+            "Started" if attempt == 0 else "Restarted",
+            f"container {container.name} started (attempt {attempt})",
         )
         post_start = container.lifecycle.post_start
         if post_start is not None:
@@ -865,15 +849,7 @@ class PodWorker:
                 pod=self.pod.full_name, container=name, reason=reason, error=message, retry_s=delay
             ),
         )
-        self.deps.events.record(
-            kind="Pod",
-            name=self.pod.metadata.name,
-            namespace=self.pod.metadata.namespace,
-            uid=self.uid,
-            reason=reason,
-            message=message,
-            warning=True,
-        )
+        self._event(reason, message, warning=True)
         return delay
 
     async def _stop_and_remove(self, records: list[ContainerRecord]) -> None:
@@ -928,14 +904,7 @@ class PodWorker:
         self._records = []
         self._torn_down = True
         log.info("pod removed", extra=kv(pod=self.pod.full_name, uid=self.uid))
-        self.deps.events.record(
-            kind="Pod",
-            name=self.pod.metadata.name,
-            namespace=self.pod.metadata.namespace,
-            uid=self.uid,
-            reason="Killed",
-            message=f"pod {self.pod.full_name} removed from the node",
-        )
+        self._event("Killed", f"pod {self.pod.full_name} removed from the node")
 
     # -- status ----------------------------------------------------------------------------
 
