@@ -30,7 +30,7 @@ import ipaddress
 import posixpath
 import re
 import uuid
-from collections.abc import Mapping, Set
+from collections.abc import Callable, Mapping, Set
 from enum import StrEnum
 from fractions import Fraction
 from typing import Any, TypeVar
@@ -537,22 +537,8 @@ def probe(
     """One probe (``startupProbe``, ``readinessProbe``, ``livenessProbe``) of a container."""
     raw = _object(value, path)
     _check_fields(raw, path, _PROBE_FIELDS)
-    handlers = [h for h in _PROBE_HANDLERS if h in raw]
-    if not handlers:
-        raise _fail(path, f"must have a handler (one of {', '.join(_PROBE_HANDLERS)})")
-    if len(handlers) > 1:
-        raise _fail(path, f"must have exactly one handler, got {', '.join(handlers)}")
-    handler = handlers[0]
-    where = f"{path}.{handler}"
-    action: ProbeAction
-    if handler == "exec":
-        action, action_out = exec_action(raw[handler], where)
-    elif handler == "httpGet":
-        action, action_out = http_get_action(raw[handler], where, port_names)
-    elif handler == "tcpSocket":
-        action, action_out = tcp_socket_action(raw[handler], where, port_names)
-    else:
-        action, action_out = grpc_action(raw[handler], where)
+    handler, action_any, action_out = _handler_action(raw, path, _PROBE_HANDLERS, port_names)
+    action: ProbeAction = action_any
     out: dict[str, Any] = {handler: action_out}
     timing: dict[str, int] = {}
     for key, (default, low) in _PROBE_TIMING.items():
@@ -627,6 +613,24 @@ def _one_handler(raw: Mapping[str, Any], path: str, choices: tuple[str, ...]) ->
     return handlers[0]
 
 
+def _handler_action(
+    raw: Mapping[str, Any], path: str, choices: tuple[str, ...], port_names: Set[str]
+) -> tuple[str, Any, dict[str, Any]]:
+    """The one handler of a probe or hook among ``choices``: its name, its action and its
+    normalised form (each kind of handler has one parser, shared by probes and hooks)."""
+    handler = _one_handler(raw, path, choices)
+    where = f"{path}.{handler}"
+    value = raw[handler]
+    action: Any
+    if handler == "httpGet":
+        action, action_out = http_get_action(value, where, port_names)
+    elif handler == "tcpSocket":
+        action, action_out = tcp_socket_action(value, where, port_names)
+    else:
+        action, action_out = _PLAIN_ACTIONS[handler](value, where)
+    return handler, action, action_out
+
+
 def sleep_action(value: object, path: str) -> tuple[SleepAction, dict[str, Any]]:
     """``sleep: {seconds: N}`` (postStart and preStop)."""
     raw = _object(value, path)
@@ -650,23 +654,24 @@ def wait_for_action(value: object, path: str) -> tuple[WaitForAction, dict[str, 
     return WaitForAction(pod, namespace, condition), out
 
 
+# The handlers whose parser needs no container port names (every name in a handler tuple above
+# is either here or httpGet/tcpSocket).
+_PLAIN_ACTIONS: Mapping[str, Callable[[object, str], tuple[Any, dict[str, Any]]]] = {
+    "exec": exec_action,
+    "grpc": grpc_action,
+    "sleep": sleep_action,
+    "waitFor": wait_for_action,
+}
+
+
 def lifecycle_handler(
     value: object, path: str, port_names: Set[str]
 ) -> tuple[LifecycleAction, dict[str, Any]]:
     """A ``postStart`` or ``preStop`` handler."""
     raw = _object(value, path)
     _check_fields(raw, path, set(_LIFECYCLE_HANDLERS))
-    handler = _one_handler(raw, path, _LIFECYCLE_HANDLERS)
-    where = f"{path}.{handler}"
-    action: LifecycleAction
-    if handler == "exec":
-        action, action_out = exec_action(raw[handler], where)
-    elif handler == "httpGet":
-        action, action_out = http_get_action(raw[handler], where, port_names)
-    elif handler == "tcpSocket":
-        action, action_out = tcp_socket_action(raw[handler], where, port_names)
-    else:
-        action, action_out = sleep_action(raw[handler], where)
+    handler, action_any, action_out = _handler_action(raw, path, _LIFECYCLE_HANDLERS, port_names)
+    action: LifecycleAction = action_any
     return action, {handler: action_out}
 
 
@@ -676,17 +681,8 @@ def pre_start_hook(
     """One precondition of ``lifecycle.preStart``."""
     raw = _object(value, path)
     _check_fields(raw, path, _PRE_START_FIELDS)
-    handler = _one_handler(raw, path, _PRE_START_HANDLERS)
-    where = f"{path}.{handler}"
-    action: PreStartAction
-    if handler == "exec":
-        action, action_out = exec_action(raw[handler], where)
-    elif handler == "httpGet":
-        action, action_out = http_get_action(raw[handler], where, port_names)
-    elif handler == "tcpSocket":
-        action, action_out = tcp_socket_action(raw[handler], where, port_names)
-    else:
-        action, action_out = wait_for_action(raw[handler], where)
+    handler, action_any, action_out = _handler_action(raw, path, _PRE_START_HANDLERS, port_names)
+    action: PreStartAction = action_any
     out: dict[str, Any] = {handler: action_out}
     timing: dict[str, int] = {}
     for key, (default, low) in _PRE_START_TIMING.items():
