@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 
 from agent.aio.h2conn import H2Connection
-from agent.errors import StreamingError
+from agent.errors import ProtocolViolation, StreamingError
 from agent.node.handlers import PASSED, HandlerResult, Sleep, TimedOut, bounded
 from agent.proto.h2mux import CLIENT_LIMITS, header
 
@@ -45,15 +45,15 @@ def request_message(service: str) -> bytes:
 def response_status(data: bytes) -> int:
     """The ``status`` of a length-prefixed ``HealthCheckResponse`` (0, UNKNOWN, if absent).
 
-    Raises ValueError for anything that is not one uncompressed message."""
+    Raises ProtocolViolation (ours) for anything that is not one uncompressed message."""
     if len(data) < _MESSAGE_PREFIX_BYTES:
-        raise ValueError("no gRPC message in the response")
+        raise ProtocolViolation("no gRPC message in the response")
     if data[0] != 0:
-        raise ValueError("compressed gRPC message (not asked for)")
+        raise ProtocolViolation("compressed gRPC message (not asked for)")
     length = int.from_bytes(data[1:5], "big")
     body = data[_MESSAGE_PREFIX_BYTES:]
     if len(body) != length:
-        raise ValueError(f"gRPC message of {len(body)} bytes, announced {length}")
+        raise ProtocolViolation(f"gRPC message of {len(body)} bytes, announced {length}")
     status, i = 0, 0
     while i < len(body):
         key, i = _read_varint(body, i)
@@ -70,9 +70,9 @@ def response_status(data: bytes) -> int:
         elif wire == 1:
             i += 8
         else:
-            raise ValueError(f"unexpected protobuf wire type {wire}")
+            raise ProtocolViolation(f"unexpected protobuf wire type {wire}")
     if i > len(body):
-        raise ValueError("truncated protobuf message")
+        raise ProtocolViolation("truncated protobuf message")
     return status
 
 
@@ -80,7 +80,7 @@ def _read_varint(data: bytes, i: int) -> tuple[int, int]:
     value, shift = 0, 0
     while True:
         if i >= len(data) or shift > 63:
-            raise ValueError("truncated protobuf varint")
+            raise ProtocolViolation("truncated protobuf varint")
         byte = data[i]
         i += 1
         value |= (byte & 0x7F) << shift

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from agent.aio.h2conn import H2Stream, serve_factory
+from agent.errors import ProtocolViolation
 from agent.node.probes.grpc import request_message, response_status
 from tests.unit.node.probes.proberrig import probed_pod, prober_rig
 
@@ -157,5 +158,5 @@ def test_health_check_messages() -> None:
     ],
 )
 def test_malformed_health_check_responses(data: bytes, problem: str) -> None:
-    with pytest.raises(ValueError, match=problem):
+    with pytest.raises(ProtocolViolation, match=problem):
         response_status(data)
