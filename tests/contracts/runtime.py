@@ -53,6 +53,14 @@ RUNS = (
     "-c",
     "trap 'exit 143' TERM; while [ ! -f /tmp/exit ]; do sleep 0.05; done; exit $(cat /tmp/exit)",
 )
+# One that traps SIGTERM and exits cleanly: a stop ends it with 0, not 143. TRAPPED answers 0
+# once the trap is set, so the stop cannot race the shell's start.
+RUNS_EXITS_0_ON_TERM = (
+    "sh",
+    "-c",
+    "trap 'exit 0' TERM; touch /tmp/trapped; while true; do sleep 0.05; done",
+)
+TRAPPED = ("test", "-f", "/tmp/trapped")
 EXITS_3 = ("sh", "-c", "echo out; echo err >&2; exit 3")
 PRINTS_LINES = ("sh", "-c", "echo one; echo two; echo three")
 EXEC_SPLIT = ("sh", "-c", "printf exec-out; printf exec-err >&2; exit 7")
@@ -61,6 +69,8 @@ EXEC_CAT = ("cat",)
 
 COMMANDS: dict[tuple[str, ...], Script] = {
     RUNS: Script(exit_code=None),
+    RUNS_EXITS_0_ON_TERM: Script(exit_code=None, stop_exit_code=0),
+    TRAPPED: Script(exit_code=0),
     EXITS_3: Script(stdout=b"out\n", stderr=b"err\n", exit_code=3),
     PRINTS_LINES: Script(stdout=b"one\ntwo\nthree\n", exit_code=0),
     EXEC_SPLIT: Script(stdout=b"exec-out", stderr=b"exec-err", exit_code=7),
@@ -362,6 +372,27 @@ class RuntimeContract:
         await wait_state(runtime, cid, ContainerState.EXITED)
         assert (await runtime.inspect_container(cid)).exit_code == 42
         await events.wait_for(cid, "create", "start", "die")
+
+    async def test_a_process_that_traps_sigterm_stops_with_its_own_exit_code(
+        self, harness: RuntimeHarness, names: Names
+    ) -> None:
+        runtime = harness.runtime
+        cid = await runtime.create_container(names.spec(RUNS_EXITS_0_ON_TERM))
+        await runtime.start_container(cid)
+
+        async def trapped() -> bool:
+            session = await runtime.exec_start(cid, TRAPPED, stdin=False, tty=False)
+            try:
+                await read_all(session)
+                return await session.exit_code(EXIT_CODE_WAIT_S) == 0
+            finally:
+                await session.close()
+
+        await eventually(trapped, "the shell to set its SIGTERM trap")
+        await runtime.stop_container(cid, 5)
+        stopped = await runtime.inspect_container(cid)
+        assert stopped.state is ContainerState.EXITED
+        assert stopped.exit_code == 0
 
     async def test_a_stopped_container_starts_again(
         self, harness: RuntimeHarness, names: Names

@@ -82,6 +82,10 @@ class WorkerBook:
     # Container name -> the sandbox attempt in which its preStart preconditions passed: an
     # agent restart does not check them again for a container that has started in it.
     prestart_done: dict[str, int] = field(default_factory=dict)
+    # Container name -> the attempt the agent killed for failing its liveness or startup probe
+    # (or sd_notify watchdog). Kubernetes restarts such a container under every policy but
+    # Never, whatever its exit code: a process that exits 0 on SIGTERM is still unhealthy.
+    killed_unhealthy: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -91,6 +95,7 @@ class WorkerBook:
             "start_time": self.start_time,
             "init_done_sandbox": self.init_done_sandbox,
             "prestart_done": dict(self.prestart_done),
+            "killed_unhealthy": dict(self.killed_unhealthy),
         }
 
     @classmethod
@@ -131,6 +136,12 @@ class WorkerBook:
                 str(name): _integer(value, f"worker book prestart_done[{name!r}]")
                 for name, value in _object(
                     book.get("prestart_done") or {}, "worker book prestart_done"
+                ).items()
+            },
+            killed_unhealthy={
+                str(name): _integer(value, f"worker book killed_unhealthy[{name!r}]")
+                for name, value in _object(
+                    book.get("killed_unhealthy") or {}, "worker book killed_unhealthy"
                 ).items()
             },
         )
@@ -468,8 +479,23 @@ class PodWorker:
             "Killing",
             f"Container {container.name} failed {failure.kind.value} probe, will be restarted",
         )
+        # Booked (and checkpointed) before the stop: an agent killed in between still
+        # restarts it under OnFailure when the process exits 0 on SIGTERM.
+        self.book.killed_unhealthy[container.name] = record.attempt
+        self.deps.on_book_changed()
         await self._stop_app(record, grace_s, self._pod_ip_now)  # its preStop first
         self.wake()  # the next sync sees it exited and applies the restart policy
+
+    def _restarts(self, exited: ContainerRecord) -> bool:
+        """Whether an exited app container is restarted: by its exit code under the pod's
+        policy, and always (but under Never) when the agent killed it as unhealthy."""
+        policy = self.pod.spec.restart_policy
+        if policy is not RestartPolicy.NEVER and (
+            self.book.killed_unhealthy.get(exited.container_name) == exited.attempt
+        ):
+            return True
+        exit_code = exited.exit_code if exited.exit_code is not None else 128
+        return should_restart(policy, exit_code)
 
     def _learn_attempts(self, records: list[ContainerRecord]) -> None:
         changed = False
@@ -633,7 +659,7 @@ class PodWorker:
 
         if latest is not None and not moved:
             exit_code = latest.exit_code if latest.exit_code is not None else 128
-            if not should_restart(self.pod.spec.restart_policy, exit_code):
+            if not self._restarts(latest):
                 self._waiting.pop(name, None)
                 return None
             restart = self.book.restarts.get(name)
@@ -927,12 +953,7 @@ class PodWorker:
             waiting = self._waiting.get(container.name)
             gave_up = (state := self._prestart.get(container.name)) is not None and state.gave_up
             will_restart = not gave_up and (
-                current is None
-                or current.running
-                or should_restart(
-                    self.pod.spec.restart_policy,
-                    current.exit_code if current.exit_code is not None else 128,
-                )
+                current is None or current.running or self._restarts(current)
             )
             started, ready = self._readiness(current)
             views.append(

@@ -88,6 +88,9 @@ class Script:
     stderr: bytes = b""
     exit_code: int | None = 0
     echo_stdin: bool = False
+    # What a container's main process exits with when stopped (SIGTERM): 143 if SIGTERM ends
+    # it, 0 for one that traps it and exits cleanly.
+    stop_exit_code: int = STOP_EXIT_CODE
 
 
 RUNS_UNTIL_STOPPED = Script(exit_code=None)
@@ -582,7 +585,8 @@ class FakeRuntime:
         if container is None or container.state is not ContainerState.RUNNING:
             return
         self._emit("kill", container)
-        self._exit(container, STOP_EXIT_CODE)
+        script = self._scripts.get(self._command(container.spec), RUNS_UNTIL_STOPPED)
+        self._exit(container, script.stop_exit_code)
         self._emit("stop", container)
 
     async def remove_container(self, container_id: str) -> None:

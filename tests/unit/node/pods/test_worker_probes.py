@@ -251,3 +251,41 @@ async def test_a_liveness_kill_runs_the_pre_stop_hook_first(tmp_path: Path) -> N
         reasons = [e["reason"] for e in p.rig.events.list()]
         assert reasons.index("Unhealthy") < reasons.index("Killing")
         assert reasons.index("Killing") < reasons.index("FailedPreStopHook")
+
+
+async def test_on_failure_restarts_a_liveness_killed_container_that_exits_0(
+    tmp_path: Path,
+) -> None:
+    """Kubernetes restarts a container it killed for its liveness probe under every policy
+    but Never, whatever its exit code: one that traps SIGTERM and exits 0 is still
+    unhealthy. The kill is booked, so the decision survives an agent restart."""
+    async with probed_rig(tmp_path) as p:
+        p.answer("alive?", 1)
+        p.rig.runtime.script_command(["serve"], Script(exit_code=None, stop_exit_code=0))
+        pod = make_pod(
+            container(command=["serve"], livenessProbe=exec_probe("alive?", failureThreshold=1)),
+            restart_policy="OnFailure",
+        )
+        worker = await p.start(pod)
+        await p.tick(0)
+        await until(
+            lambda: (
+                status_of(worker)["state"].get("waiting", {}).get("reason") == "CrashLoopBackOff"
+            ),
+            "the killed container to wait for its restart",
+        )
+        assert p.rig.runtime.one(UID, "c").exit_code == 0
+        assert worker.book.killed_unhealthy == {"c": 0}
+        assert worker.status["phase"] == "Running"  # not Succeeded: it will run again
+        await p.tick(10)
+        await until(lambda: p.rig.runtime.one(UID, "c").attempt == 1, "the restart")
+
+
+async def test_on_failure_leaves_a_container_that_exits_0_on_its_own(tmp_path: Path) -> None:
+    """The booked kill is of one attempt: a later attempt that ends 0 by itself completes."""
+    async with probed_rig(tmp_path) as p:
+        p.rig.runtime.script_command(["job"], Script(exit_code=0))
+        worker = await p.start(make_pod(container(command=["job"]), restart_policy="OnFailure"))
+        await until(lambda: worker.status["phase"] == "Succeeded", "the pod to succeed")
+        assert worker.book.killed_unhealthy == {}
+        assert p.rig.runtime.one(UID, "c").attempt == 0

@@ -34,6 +34,9 @@ def test_round_trip_through_json_text() -> None:
         restarts={"web": RestartState(delay_s=40.0, not_before=1000.5, handled_attempt=2)},
         sandbox_attempt=1,
         start_time=999.25,
+        init_done_sandbox=1,
+        prestart_done={"web": 1},
+        killed_unhealthy={"web": 2},
     )
     back = WorkerBook.from_json(json.loads(json.dumps(book.to_json())))
     assert back == book
@@ -58,6 +61,7 @@ def test_empty_book_round_trips_and_defaults() -> None:
         ({"attempts": {"web": 1.5}}, r"worker book attempts\['web'\]: expected an integer"),
         ({"attempts": {"web": True}}, r"worker book attempts\['web'\]: expected an integer"),
         ({"restarts": 3}, r"worker book restarts: expected an object, got int"),
+        ({"killed_unhealthy": {"web": "x"}}, r"worker book killed_unhealthy\['web'\]"),
         ({"restarts": {"web": 3}}, r"worker book restarts\['web'\]: expected an object"),
         (
             {"restarts": {"web": {"delay_s": "soon"}}},
