@@ -249,12 +249,109 @@ class EventLog:
             await asyncio.gather(self._task, return_exceptions=True)
 
 
-class RuntimeContract:
-    """The tests; a subclass provides the ``harness`` fixture."""
+class RuntimeExecContract:
+    """The exec tests alone, for an implementation whose exec path is an alternative of one
+    that passes the whole suite (DockerRuntime through the SDK rather than on the loop); a
+    subclass provides the ``harness`` fixture."""
 
     @pytest.fixture
     def names(self, harness: RuntimeHarness) -> Names:
         return Names(node_name=harness.node_name, image=harness.image)
+
+    # -- exec --------------------------------------------------------------------------------
+
+    async def _running(self, harness: RuntimeHarness, names: Names) -> str:
+        cid = await harness.runtime.create_container(names.spec())
+        await harness.runtime.start_container(cid)
+        return cid
+
+    async def test_exec_separates_stdout_and_stderr(
+        self, harness: RuntimeHarness, names: Names
+    ) -> None:
+        cid = await self._running(harness, names)
+        session = await harness.runtime.exec_start(cid, EXEC_SPLIT, stdin=False, tty=False)
+        try:
+            out = await read_all(session)
+            assert out == {OutputChannel.STDOUT: b"exec-out", OutputChannel.STDERR: b"exec-err"}
+            assert await session.exit_code(EXIT_CODE_WAIT_S) == 7
+            assert await session.read() == (OutputChannel.STDOUT, b"")  # EOF stays EOF
+        finally:
+            await session.close()
+        await session.close()  # idempotent
+
+    async def test_exec_stdin_until_eof(self, harness: RuntimeHarness, names: Names) -> None:
+        cid = await self._running(harness, names)
+        session = await harness.runtime.exec_start(cid, EXEC_CAT, stdin=True, tty=False)
+        try:
+            await session.write(b"hello ")
+            channel, first = await asyncio.wait_for(session.read(), WAIT_S)
+            assert channel is OutputChannel.STDOUT
+            assert first == b"hello "  # echoed before stdin ends: it is a live stream
+            await session.write(b"world\n")
+            await session.close_stdin()
+            out = await read_all(session)
+            assert out[OutputChannel.STDOUT] == b"world\n"
+            assert await session.exit_code(EXIT_CODE_WAIT_S) == 0
+        finally:
+            await session.close()
+
+    async def test_exec_with_a_tty_has_one_output_and_resizes(
+        self, harness: RuntimeHarness, names: Names
+    ) -> None:
+        cid = await self._running(harness, names)
+        session = await harness.runtime.exec_start(cid, EXEC_TTY, stdin=False, tty=True)
+        try:
+            await session.resize(100, 40)
+            out = await read_all(session)
+            assert out[OutputChannel.STDERR] == b""
+            assert b"tty-out" in out[OutputChannel.STDOUT]
+            assert b"tty-err" in out[OutputChannel.STDOUT]
+            assert await session.exit_code(EXIT_CODE_WAIT_S) == 0
+        finally:
+            await session.close()
+
+    async def test_a_resize_after_the_process_ended_does_nothing(
+        self, harness: RuntimeHarness, names: Names
+    ) -> None:
+        cid = await self._running(harness, names)
+        session = await harness.runtime.exec_start(cid, EXEC_TTY, stdin=False, tty=True)
+        try:
+            await read_all(session)
+            assert await session.exit_code(EXIT_CODE_WAIT_S) == 0
+            await session.resize(80, 24)
+        finally:
+            await session.close()
+
+    async def test_exec_in_a_container_that_is_not_running(
+        self, harness: RuntimeHarness, names: Names
+    ) -> None:
+        runtime = harness.runtime
+        created = await runtime.create_container(names.spec())
+        with pytest.raises(NotRunningError):
+            await runtime.exec_start(created, EXEC_SPLIT, stdin=False, tty=False)
+        exited = await runtime.create_container(names.spec(EXITS_3))
+        await runtime.start_container(exited)
+        await wait_state(runtime, exited, ContainerState.EXITED)
+        with pytest.raises(NotRunningError):
+            await runtime.exec_start(exited, EXEC_SPLIT, stdin=False, tty=False)
+
+    async def test_exec_ends_when_its_container_stops(
+        self, harness: RuntimeHarness, names: Names
+    ) -> None:
+        cid = await self._running(harness, names)
+        session = await harness.runtime.exec_start(cid, EXEC_CAT, stdin=True, tty=False)
+        try:
+            await harness.runtime.stop_container(cid, 5)
+            out = await read_all(session)
+            assert out[OutputChannel.STDERR] == b""
+            code = await session.exit_code(EXIT_CODE_WAIT_S)
+            assert code is None or code != 0
+        finally:
+            await session.close()
+
+
+class RuntimeContract(RuntimeExecContract):
+    """The tests; a subclass provides the ``harness`` fixture."""
 
     @pytest.fixture
     async def events(self, harness: RuntimeHarness, names: Names) -> AsyncIterator[EventLog]:
@@ -541,97 +638,6 @@ class RuntimeContract:
     async def test_logs_of_a_missing_container(self, harness: RuntimeHarness) -> None:
         with pytest.raises(NotFoundError):
             await read_logs(harness.runtime, "0" * 64)
-
-    # -- exec --------------------------------------------------------------------------------
-
-    async def _running(self, harness: RuntimeHarness, names: Names) -> str:
-        cid = await harness.runtime.create_container(names.spec())
-        await harness.runtime.start_container(cid)
-        return cid
-
-    async def test_exec_separates_stdout_and_stderr(
-        self, harness: RuntimeHarness, names: Names
-    ) -> None:
-        cid = await self._running(harness, names)
-        session = await harness.runtime.exec_start(cid, EXEC_SPLIT, stdin=False, tty=False)
-        try:
-            out = await read_all(session)
-            assert out == {OutputChannel.STDOUT: b"exec-out", OutputChannel.STDERR: b"exec-err"}
-            assert await session.exit_code(EXIT_CODE_WAIT_S) == 7
-            assert await session.read() == (OutputChannel.STDOUT, b"")  # EOF stays EOF
-        finally:
-            await session.close()
-        await session.close()  # idempotent
-
-    async def test_exec_stdin_until_eof(self, harness: RuntimeHarness, names: Names) -> None:
-        cid = await self._running(harness, names)
-        session = await harness.runtime.exec_start(cid, EXEC_CAT, stdin=True, tty=False)
-        try:
-            await session.write(b"hello ")
-            channel, first = await asyncio.wait_for(session.read(), WAIT_S)
-            assert channel is OutputChannel.STDOUT
-            assert first == b"hello "  # echoed before stdin ends: it is a live stream
-            await session.write(b"world\n")
-            await session.close_stdin()
-            out = await read_all(session)
-            assert out[OutputChannel.STDOUT] == b"world\n"
-            assert await session.exit_code(EXIT_CODE_WAIT_S) == 0
-        finally:
-            await session.close()
-
-    async def test_exec_with_a_tty_has_one_output_and_resizes(
-        self, harness: RuntimeHarness, names: Names
-    ) -> None:
-        cid = await self._running(harness, names)
-        session = await harness.runtime.exec_start(cid, EXEC_TTY, stdin=False, tty=True)
-        try:
-            await session.resize(100, 40)
-            out = await read_all(session)
-            assert out[OutputChannel.STDERR] == b""
-            assert b"tty-out" in out[OutputChannel.STDOUT]
-            assert b"tty-err" in out[OutputChannel.STDOUT]
-            assert await session.exit_code(EXIT_CODE_WAIT_S) == 0
-        finally:
-            await session.close()
-
-    async def test_a_resize_after_the_process_ended_does_nothing(
-        self, harness: RuntimeHarness, names: Names
-    ) -> None:
-        cid = await self._running(harness, names)
-        session = await harness.runtime.exec_start(cid, EXEC_TTY, stdin=False, tty=True)
-        try:
-            await read_all(session)
-            assert await session.exit_code(EXIT_CODE_WAIT_S) == 0
-            await session.resize(80, 24)
-        finally:
-            await session.close()
-
-    async def test_exec_in_a_container_that_is_not_running(
-        self, harness: RuntimeHarness, names: Names
-    ) -> None:
-        runtime = harness.runtime
-        created = await runtime.create_container(names.spec())
-        with pytest.raises(NotRunningError):
-            await runtime.exec_start(created, EXEC_SPLIT, stdin=False, tty=False)
-        exited = await runtime.create_container(names.spec(EXITS_3))
-        await runtime.start_container(exited)
-        await wait_state(runtime, exited, ContainerState.EXITED)
-        with pytest.raises(NotRunningError):
-            await runtime.exec_start(exited, EXEC_SPLIT, stdin=False, tty=False)
-
-    async def test_exec_ends_when_its_container_stops(
-        self, harness: RuntimeHarness, names: Names
-    ) -> None:
-        cid = await self._running(harness, names)
-        session = await harness.runtime.exec_start(cid, EXEC_CAT, stdin=True, tty=False)
-        try:
-            await harness.runtime.stop_container(cid, 5)
-            out = await read_all(session)
-            assert out[OutputChannel.STDERR] == b""
-            code = await session.exit_code(EXIT_CODE_WAIT_S)
-            assert code is None or code != 0
-        finally:
-            await session.close()
 
     # -- images ------------------------------------------------------------------------------
 

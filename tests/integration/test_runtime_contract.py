@@ -18,7 +18,12 @@ from blockbuster import BlockBuster
 from agent.aio.bridge import ThreadBridge
 from agent.node.runtime.base import Runtime, split_reference
 from agent.node.runtime.docker import DockerRuntime
-from tests.contracts.runtime import CONTRACT_LABEL, RuntimeContract, read_all
+from tests.contracts.runtime import (
+    CONTRACT_LABEL,
+    RuntimeContract,
+    RuntimeExecContract,
+    read_all,
+)
 from tests.helpers import TEST_IMAGE, remove_node_containers
 
 pytestmark = pytest.mark.docker
@@ -39,11 +44,11 @@ def _tiny_image_tar(content: bytes) -> bytes:
 
 
 class DockerHarness:
-    def __init__(self, client: docker.DockerClient) -> None:
+    def __init__(self, client: docker.DockerClient, *, lean_exec: bool = True) -> None:
         self.client = client
         self.node_name = f"rt-contract-{uuid.uuid4().hex[:10]}"
         self.bridge = ThreadBridge(BRIDGE_THREADS, name="contract")
-        self.runtime = DockerRuntime(self.bridge, self.node_name)
+        self.runtime = DockerRuntime(self.bridge, self.node_name, lean_exec=lean_exec)
         self.image = TEST_IMAGE
         self.unpullable = UNPULLABLE
         self.refs: list[str] = []
@@ -93,15 +98,36 @@ class DockerHarness:
                 self.client.api.remove_image(ref, force=True)
 
 
+@contextlib.asynccontextmanager
+async def docker_harness(
+    client: docker.DockerClient, *, lean_exec: bool = True
+) -> AsyncIterator[DockerHarness]:
+    harness = DockerHarness(client, lean_exec=lean_exec)
+    try:
+        yield harness
+    finally:
+        await harness.runtime.close()
+        await asyncio.to_thread(harness.clean_up)
+        harness.bridge.close()
+
+
 class TestDockerRuntime(RuntimeContract):
+    """Exec on the loop (engine.py): the engine is on its Unix socket."""
+
     @pytest.fixture
     async def harness(
         self, docker_client: docker.DockerClient, blockbuster: BlockBuster
     ) -> AsyncIterator[DockerHarness]:
-        harness = DockerHarness(docker_client)
-        try:
+        async with docker_harness(docker_client) as harness:
             yield harness
-        finally:
-            await harness.runtime.close()
-            await asyncio.to_thread(harness.clean_up)
-            harness.bridge.close()
+
+
+class TestDockerRuntimeSdkExec(RuntimeExecContract):
+    """Exec through docker-py, the path any ``docker_host`` other than a Unix socket takes."""
+
+    @pytest.fixture
+    async def harness(
+        self, docker_client: docker.DockerClient, blockbuster: BlockBuster
+    ) -> AsyncIterator[DockerHarness]:
+        async with docker_harness(docker_client, lean_exec=False) as harness:
+            yield harness

@@ -16,12 +16,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import docker
 import docker.errors
@@ -56,6 +58,7 @@ from agent.node.runtime.base import (
     split_reference,
 )
 from agent.node.runtime.dockerstream import DockerStreamDemux
+from agent.node.runtime.engine import Answer, EngineClient, judge, unix_socket_path
 from agent.node.runtime.pause import PAUSE_PATH, pause_rootfs_tar
 from agent.types import LABEL_NODE, LABEL_POD_UID
 
@@ -65,6 +68,7 @@ T = TypeVar("T")
 _ZERO_TIME_PREFIX = "0001-01-01"
 _NO_REFERENCE = ("<none>:<none>", "<none>@<none>")
 EXEC_READ_CHUNK_BYTES = 1 << 20
+_EXEC_ID = re.compile(r"[0-9a-f]{64}")  # what Docker names an exec: it goes into a URL path
 EXIT_CODE_FIRST_POLL_S = 0.001
 EXIT_CODE_MAX_POLL_S = 0.02
 
@@ -161,13 +165,19 @@ class DockerRuntime:
         docker_host: str | None = None,
         timeout_s: float = 60.0,
         pool_size: int = 8,
+        lean_exec: bool = True,
     ) -> None:
+        """``lean_exec=False`` keeps exec on the SDK even on a Unix socket (the contract
+        suite runs that path too, as other ``docker_host`` schemes take it)."""
         self._bridge = bridge
         self._node_filter = f"{LABEL_NODE}={node_name}"
         self._docker_host = docker_host
         self._timeout_s = timeout_s
         self._pool_size = pool_size
         self._client: docker.DockerClient | None = None
+        # Exec's calls on the loop when the engine is on a Unix socket (engine.py says why).
+        path = unix_socket_path(docker_host, os.environ.get("DOCKER_HOST")) if lean_exec else None
+        self._engine = EngineClient(path, timeout_s=timeout_s) if path else None
         self.call_errors = 0
 
     def _api(self) -> docker.APIClient:
@@ -459,6 +469,8 @@ class DockerRuntime:
             raise _translate(exc, "docker events") from exc
 
     async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.close()
         client, self._client = self._client, None
         if client is not None:
             await self._bridge.run(client.close)
@@ -470,6 +482,8 @@ class DockerRuntime:
     ) -> DockerExecSession:
         """Create and start an exec on the hijacked attach socket (set non-blocking, for the
         event loop): two Docker calls, as ``docker exec``."""
+        if self._engine is not None:
+            return await self._lean_exec_start(self._engine, container_id, command, stdin, tty)
 
         def start(api: docker.APIClient) -> tuple[str, socket.socket]:
             created = api.exec_create(
@@ -492,7 +506,70 @@ class DockerRuntime:
         )
         return DockerExecSession(self, exec_id, sock, tty=tty)
 
+    async def _engine_call(
+        self,
+        engine: EngineClient,
+        what: str,
+        method: str,
+        target: str,
+        body: Any = None,
+        *,
+        conflict: type[AgentError] = RuntimeOperationError,
+    ) -> Any:
+        """One lean Engine call judged by its status; failures counted as ``_call`` does."""
+        try:
+            return judge(what, await engine.call(what, method, target, body), conflict=conflict)
+        except NotFoundError:
+            raise
+        except AgentError:
+            self.call_errors += 1
+            raise
+
+    async def _lean_exec_start(
+        self,
+        engine: EngineClient,
+        container_id: str,
+        command: Sequence[str],
+        stdin: bool,
+        tty: bool,
+    ) -> DockerExecSession:
+        what = f"exec in {container_id[:12]}"
+        created = await self._engine_call(
+            engine,
+            what,
+            "POST",
+            f"/containers/{quote(container_id, safe='')}/exec",
+            {
+                "AttachStdin": stdin,
+                "AttachStdout": True,
+                "AttachStderr": True,
+                "Tty": tty,
+                "Cmd": list(command),
+            },
+            conflict=NotRunningError,
+        )
+        exec_id = created.get("Id") if isinstance(created, dict) else None
+        if not isinstance(exec_id, str) or not _EXEC_ID.fullmatch(exec_id):
+            self.call_errors += 1
+            raise RuntimeOperationError(f"{what}: malformed docker answer: no exec id")
+        try:
+            status, body, sock, rest = await engine.upgrade(
+                what, f"/exec/{exec_id}/start", {"Detach": False, "Tty": tty}
+            )
+            if status not in (101, 200):
+                judge(what, Answer(status, {}, body), conflict=NotRunningError)
+                raise RuntimeOperationError(f"{what}: docker answered {status}")
+        except NotFoundError:
+            raise
+        except AgentError:
+            self.call_errors += 1
+            raise
+        return DockerExecSession(self, exec_id, sock, tty=tty, initial=rest)
+
     async def _exec_resize(self, exec_id: str, cols: int, rows: int) -> None:
+        if self._engine is not None:
+            await self._lean_exec_resize(self._engine, exec_id, cols, rows)
+            return
         try:
             await self._call(
                 f"resize exec {exec_id[:12]}",
@@ -514,8 +591,36 @@ class DockerRuntime:
             if running:
                 raise
 
+    async def _lean_exec_resize(
+        self, engine: EngineClient, exec_id: str, cols: int, rows: int
+    ) -> None:
+        what = f"resize exec {exec_id[:12]}"
+        try:
+            await self._engine_call(
+                engine, what, "POST", f"/exec/{exec_id}/resize?h={int(rows)}&w={int(cols)}"
+            )
+        except NotFoundError:
+            return  # Docker forgets an exec soon after its process ends
+        except RuntimeOperationError:
+            # As on the SDK path: a 500 once the process has ended; ask whether it runs.
+            try:
+                data = await self._engine_call(
+                    engine, f"inspect exec {exec_id[:12]}", "GET", f"/exec/{exec_id}/json"
+                )
+            except NotFoundError:
+                return
+            if isinstance(data, dict) and data.get("Running"):
+                raise
+
     async def _exec_exit_code(self, exec_id: str) -> int | None:
         """The exit code once the process ended (None if Docker does not know it yet)."""
+        if self._engine is not None:
+            what = f"inspect exec {exec_id[:12]}"
+            data = await self._engine_call(self._engine, what, "GET", f"/exec/{exec_id}/json")
+            if not isinstance(data, dict):
+                self.call_errors += 1
+                raise RuntimeOperationError(f"{what}: malformed docker answer: not an object")
+            return _exit_code(data)
         code: int | None = await self._call(
             f"inspect exec {exec_id[:12]}", lambda api: api.exec_inspect(exec_id), parse=_exit_code
         )
@@ -669,13 +774,24 @@ class DockerExecSession:
     __slots__ = ("_demux", "_pending", "_runtime", "_sock", "id")
 
     def __init__(
-        self, runtime: DockerRuntime, exec_id: str, sock: socket.socket, *, tty: bool
+        self,
+        runtime: DockerRuntime,
+        exec_id: str,
+        sock: socket.socket,
+        *,
+        tty: bool,
+        initial: bytes = b"",
     ) -> None:
         self.id = exec_id
         self._runtime = runtime
         self._sock = sock
         self._demux = None if tty else DockerStreamDemux()
         self._pending: deque[tuple[OutputChannel, bytes]] = deque()
+        if initial:  # stream bytes that came with the answer's head
+            if self._demux is None:
+                self._pending.append((OutputChannel.STDOUT, initial))
+            else:
+                self._pending.extend(self._demux.feed(initial))
 
     async def read(self) -> tuple[OutputChannel, bytes]:
         loop = asyncio.get_running_loop()

@@ -129,7 +129,7 @@ class _Client:
 async def _docker_answering(answer: Any) -> AsyncIterator[DockerRuntime]:
     """A DockerRuntime whose client answers every call with ``answer``."""
     bridge = ThreadBridge(1, name="test-docker")
-    runtime = DockerRuntime(bridge, "n1")
+    runtime = DockerRuntime(bridge, "n1", lean_exec=False)  # exec too through the SDK
     runtime._client = _Client(_Api(answer))  # type: ignore[assignment]
     try:
         yield runtime
