@@ -820,7 +820,7 @@ class _Parser:
         init_containers, init_out = self.init_containers(
             spec.get("initContainers", []), volume_names, host_network, container_names
         )
-        self.check_resource_refs(containers)
+        self.check_resource_refs(containers, init_containers)
         restart_policy = _enum(
             RestartPolicy,
             spec.get("restartPolicy", RestartPolicy.ALWAYS.value),
@@ -867,19 +867,20 @@ class _Parser:
         )
 
     @staticmethod
-    def check_resource_refs(containers: list[Container]) -> None:
-        """A ``resourceFieldRef.containerName`` names a container of the pod (kubelet would
-        fail the container at start; refused here instead)."""
-        known = {c.name for c in containers}
-        for i, container in enumerate(containers):
-            for j, var in enumerate(container.env):
-                ref = var.resource_ref
-                name = ref.container_name if ref is not None else None
-                if name is not None and name not in known:
-                    raise _fail(
-                        f"spec.containers[{i}].env[{j}].valueFrom.resourceFieldRef.containerName",
-                        f"no container named {shown(name)} in this pod",
-                    )
+    def check_resource_refs(containers: list[Container], init_containers: list[Container]) -> None:
+        """A ``resourceFieldRef.containerName`` names a container of the pod, app or init, as
+        kubelet resolves it (kubelet would fail the container at start; refused here instead)."""
+        known = {c.name for c in (*containers, *init_containers)}
+        for where, group in (("containers", containers), ("initContainers", init_containers)):
+            for i, container in enumerate(group):
+                for j, var in enumerate(container.env):
+                    ref = var.resource_ref
+                    name = ref.container_name if ref is not None else None
+                    if name is not None and name not in known:
+                        raise _fail(
+                            f"spec.{where}[{i}].env[{j}].valueFrom.resourceFieldRef.containerName",
+                            f"no container named {shown(name)} in this pod",
+                        )
 
     def init_containers(
         self, value: object, volume_names: Set[str], host_network: bool, app_names: Set[str]

@@ -328,7 +328,8 @@ class Pod:
         return manifest_hash(self.manifest)
 
     def container(self, name: str) -> Container | None:
-        for c in self.spec.containers:
+        """The app or init container ``name`` (names are unique across both)."""
+        for c in (*self.spec.containers, *self.spec.init_containers):
             if c.name == name:
                 return c
         return None

@@ -57,8 +57,18 @@ class Fit:
 
 
 def _requests(pod: Pod) -> tuple[int, int]:
-    cpu = sum(c.resources.cpu_request_millis or 0 for c in pod.spec.containers)
-    memory = sum(c.resources.memory_request_bytes or 0 for c in pod.spec.containers)
+    """(cpu millis, memory bytes) the pod needs on a node: per resource, the larger of its
+    app containers' sum and its largest init container (Kubernetes' effective request: init
+    containers run one at a time, before the app containers)."""
+    apps, inits = pod.spec.containers, pod.spec.init_containers
+    cpu = max(
+        sum(c.resources.cpu_request_millis or 0 for c in apps),
+        max((c.resources.cpu_request_millis or 0 for c in inits), default=0),
+    )
+    memory = max(
+        sum(c.resources.memory_request_bytes or 0 for c in apps),
+        max((c.resources.memory_request_bytes or 0 for c in inits), default=0),
+    )
     return cpu, memory
 
 

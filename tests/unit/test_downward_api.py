@@ -165,6 +165,29 @@ def test_resource_field_ref_of_another_container() -> None:
     assert env_of(pod) == {"CPU": "250", "OWN": "4000"}
 
 
+def test_resource_field_ref_naming_an_init_container_and_from_one() -> None:
+    """kubelet resolves containerName among init containers too, and an init container's own
+    env may use resourceFieldRef; a name in neither list is refused with the init path."""
+    document = doc(resource("INIT_MEM", resource="requests.memory", containerName="setup"))
+    document["spec"]["initContainers"] = [
+        {
+            "name": "setup",
+            "image": "img:1",
+            "resources": {"requests": {"memory": "32Mi"}},
+            "env": [resource("SIDE", resource="limits.memory", containerName="side")],
+        }
+    ]
+    pod = parse_pod(document, source="p.yaml")
+    assert env_of(pod) == {"INIT_MEM": str(32 * 1024 * 1024)}
+    init_env = resolve_env(pod, pod.spec.init_containers[0], CTX, "172.17.0.9")
+    assert init_env == {"SIDE": str(64 * 1024 * 1024)}
+    document["spec"]["initContainers"][0]["env"][0]["valueFrom"]["resourceFieldRef"][
+        "containerName"
+    ] = "ghost"
+    error = reject(document)
+    assert error.field == "spec.initContainers[0].env[0].valueFrom.resourceFieldRef.containerName"
+
+
 VF = f"{C0}.env[0].valueFrom"
 
 

@@ -186,7 +186,10 @@ class StreamingApi:
     def _container_records(
         pod: Any, records: list[ContainerRecord], query: Mapping[str, list[str]]
     ) -> tuple[str, list[ContainerRecord]]:
+        # An init container is named explicitly (kubectl logs -c init-x); the default is the
+        # pod's one app container, as kubectl's.
         names = [c.name for c in pod.spec.containers]
+        init_names = [c.name for c in pod.spec.init_containers]
         name = (query.get("container") or [""])[-1]
         if not name:
             if len(names) != 1:
@@ -194,8 +197,11 @@ class StreamingApi:
                     f"pod has several containers, choose one with container= {names}"
                 )
             name = names[0]
-        if name not in names:
-            raise NotFoundError(f"container {name!r} not found in pod (containers: {names})")
+        if name not in names and name not in init_names:
+            known = f"containers: {names}" + (
+                f", init containers: {init_names}" if init_names else ""
+            )
+            raise NotFoundError(f"container {name!r} not found in pod ({known})")
         mine = sorted(
             (r for r in records if not r.is_sandbox and r.container_name == name),
             key=lambda r: r.attempt,

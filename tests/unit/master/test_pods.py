@@ -208,6 +208,31 @@ async def test_the_least_allocated_node_that_fits_wins(rig: MasterRig) -> None:
     )
 
 
+async def test_init_containers_count_as_kubernetes_effective_request(rig: MasterRig) -> None:
+    """Per resource, max(sum of the app containers, the largest init container)."""
+    await rig.ready_node("n1", cpu="2", memory="4Gi")
+
+    def with_init(name: str, cpu: str, memory: str) -> dict[str, Any]:
+        obj = manifest(name, cpu="500m", memory="1Gi")
+        obj["spec"]["initContainers"] = [
+            {"name": "setup", "image": "busybox:1", "resources": {"requests": {"cpu": cpu}}},
+            {
+                "name": "migrate",
+                "image": "busybox:1",
+                "resources": {"requests": {"memory": memory}},
+            },
+        ]
+        return obj
+
+    too_big, _ = await rig.pods.apply(with_init("big-init", cpu="3", memory="1Gi"))
+    assert condition(too_big)["message"] == "0/1 nodes are available: 1 insufficient cpu"
+    placed, _ = await rig.pods.apply(with_init("fits", cpu="1500m", memory="3Gi"))
+    assert placed["nodeName"] == "n1"  # 1.5 CPU and 3Gi: within 2 CPU and 4Gi
+    # What it holds is its effective request (1.5 CPU, 3Gi), not the app's (0.5, 1Gi).
+    after, _ = await rig.pods.apply(manifest("next", cpu="1", memory="512Mi"))
+    assert condition(after)["message"] == "0/1 nodes are available: 1 insufficient cpu"
+
+
 async def test_finished_pods_hold_no_capacity(rig: MasterRig) -> None:
     await rig.ready_node("n1", cpu="1", pods="1")
     await rig.pods.apply(manifest("job", cpu="1"))

@@ -32,6 +32,7 @@ from tests.unit.node.asyncwait import until
 from tests.unit.node.pods.managerrig import IMAGE, static_pod
 from tests.unit.node.pods.rig import NODE
 from tests.unit.node.streaming.rig import (
+    DONE,
     DUO,
     HOST,
     WEB,
@@ -293,6 +294,41 @@ async def test_logs_whole_tail_timestamps_and_since(rig: StreamingRig) -> None:
     rig.runtime.write_log(rig.app(DUO, "b"), b"from b\n")
     duo = await rig.call(path("duo", "logs", container="b"), method="GET")
     assert (duo.status, duo.body) == (200, b"from b\n")
+
+
+async def test_an_init_containers_logs_by_name_and_the_app_by_default(rig: StreamingRig) -> None:
+    """As kubectl: ``logs -c <init>`` reads an init container (finished or not); without
+    ``container=`` the pod's one app container is meant, init containers do not count."""
+    rig.pods.runtime.script_command(["setup"], Script(stdout=b"set up\n", exit_code=0))
+    inited = static_pod(
+        "inited",
+        {"name": "main", "image": IMAGE, "command": ["serve"]},
+        initContainers=[{"name": "setup", "image": IMAGE, "command": ["setup"]}],
+    )
+    await rig.pods.apply(WEB, DUO, DONE, inited)  # the file source's whole set, plus one
+    # No runtime watcher in this rig: the init container's exit wakes the worker by hand.
+    await until(
+        lambda: any(
+            r.container_name == "setup" and not r.running for r in rig.runtime.now(inited.uid)
+        ),
+        "the init container to finish",
+    )
+    rig.pods.pods.wake(inited.uid)
+    await until(
+        lambda: any(r.container_name == "main" and r.running for r in rig.runtime.now(inited.uid)),
+        "the app container to run",
+    )
+    setup = await rig.call(path("inited", "logs", container="setup"), method="GET")
+    assert (setup.status, setup.body) == (200, b"set up\n")
+    rig.runtime.write_log(rig.app(inited), b"app\n")
+    app = await rig.call(path("inited", "logs"), method="GET")
+    assert (app.status, app.body) == (200, b"app\n")
+    ghost = await rig.call(path("inited", "logs", container="ghost"), method="GET")
+    assert ghost.status == 404
+    assert "init containers: ['setup']" in ghost.error["message"]
+    # exec into it: it has finished, so it is not running.
+    done = await rig.call(path("inited", "exec", command="true", container="setup"))
+    assert done.status == 409 and "is not running" in done.error["message"]
 
 
 async def test_logs_follow_until_the_container_ends(rig: StreamingRig) -> None:
