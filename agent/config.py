@@ -18,13 +18,15 @@ import math
 import os
 import re
 import socket
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from agent.errors import ConfigError
+from agent.errors import BadRequestError, ConfigError
+from agent.jointoken import FORMAT_HELP, parse_token
 from agent.names import check_node_name
 
 DEFAULT_CONFIG_PATH = Path("/etc/node-agent/agent.toml")
@@ -35,6 +37,7 @@ PORT_MAX = 65535
 API_SOCKET_NAME = "api.sock"
 # sun_path is 108 bytes on Linux, the terminating NUL included.
 UNIX_SOCKET_PATH_MAX_BYTES = 107
+TOKEN_FILE_MAX_BYTES = 4096  # a token and a newline; more is not a token file
 
 LogFormat = Literal["kv", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -99,6 +102,13 @@ AGENT_KEYS: tuple[Key, ...] = (
     ),
     Key("bootstrap_key", Path, "private key of bootstrap_cert", True),
     Key(
+        "token",
+        str,
+        "join token (ID.SECRET) for the token trust rule, sent at registration only",
+        True,
+    ),
+    Key("token_file", Path, "file holding the join token (0600; instead of token)", True),
+    Key(
         "bind_source",
         str,
         "source IP for connections to the master (multi-homed hosts, tests)",
@@ -152,6 +162,8 @@ class AgentConfig:
     api_addr: str = "0.0.0.0:10250"
     bootstrap_cert: Path | None = None
     bootstrap_key: Path | None = None
+    token: str | None = field(default=None, repr=False)  # a secret: kept out of reprs and logs
+    token_file: Path | None = None
     bind_source: str | None = None
     allowed_host_paths: tuple[str, ...] | None = None
     allow_host_network: bool = True
@@ -286,6 +298,7 @@ def _validate(cfg: AgentConfig, where: Callable[..., str], node_name_given: bool
             f"{where('bootstrap_cert', 'bootstrap_key')}: bootstrap_cert and bootstrap_key go "
             "together"
         )
+    _check_token(cfg, where)
     if cfg.master is not None and not cfg.master.startswith("https://"):
         raise ConfigError(f"{where('master')}: master {cfg.master!r} must be an https:// URL")
     if len(os.fsencode(cfg.api_socket)) > UNIX_SOCKET_PATH_MAX_BYTES:
@@ -304,6 +317,47 @@ def _validate(cfg: AgentConfig, where: Callable[..., str], node_name_given: bool
             raise ConfigError(
                 f"{where('node_labels')}: node_labels entry {label!r} is not KEY=VALUE"
             )
+
+
+def _check_token(cfg: AgentConfig, where: Callable[..., str]) -> None:
+    if cfg.token is not None and cfg.token_file is not None:
+        raise ConfigError(f"{where('token', 'token_file')}: set token or token_file, not both")
+    if cfg.token is not None:
+        try:
+            parse_token(cfg.token, "token")
+        except BadRequestError as exc:  # names the format, never the value
+            raise ConfigError(f"{where('token')}: {exc}") from None
+    # token_file is read where it is used, at registration (a node that holds its certificate
+    # starts without it: the file may be gone), by read_token_file; doctor checks it too.
+
+
+def read_token_file(path: Path) -> str:
+    """The join token in ``path`` (blocking): the file must be a regular file the owner only
+    may read (0600, like every secret the agent keeps) and hold one token; ConfigError naming
+    the file and the problem, never the content."""
+    try:
+        # Not a link (the file itself must be private), and no wait on a FIFO.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"token_file {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"token_file {path}: not a regular file")
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            raise ConfigError(
+                f"token_file {path}: mode {stat.S_IMODE(st.st_mode):04o} lets others read the "
+                f"token; chmod 600 {path}"
+            )
+        data = os.read(fd, TOKEN_FILE_MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    try:
+        return str(parse_token(data.decode("ascii"), f"token_file {path}"))
+    except (UnicodeDecodeError, BadRequestError):
+        raise ConfigError(
+            f"token_file {path}: does not hold a join token ({FORMAT_HELP})"
+        ) from None
 
 
 def unknown_key(path: Path | str, name: str, known: Mapping[str, object]) -> ConfigError:

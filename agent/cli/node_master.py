@@ -1,5 +1,6 @@
-"""``node-master``: ``init`` a cluster (CA, serving cert, admin credentials, config), ``run`` the
-master, ``issue-user`` (a nodectl config for a viewer or another admin), print the ``version``."""
+"""``node-master``: ``init`` a cluster (CA, serving cert, admin credentials, config, a first join
+token), ``run`` the master, ``issue-user`` (a nodectl config for a viewer or another admin),
+``token`` (join tokens: ``agent.cli.node_master_token``), print the ``version``."""
 
 from __future__ import annotations
 
@@ -46,11 +47,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     user.add_argument("--out", type=Path, metavar="FILE", help="default DIR/users/NAME.conf")
     sub.add_parser("version", help="print the version")
+    from agent.cli import node_master_token
+
+    node_master_token.add_parser(sub)
     return parser
 
 
 def _init(args: argparse.Namespace) -> int:
     from agent.aio.private import PRIVATE_DIR_MODE
+    from agent.cli.node_master_token import first_token, join_line
     from agent.config import split_host_port
     from agent.errors import ConfigError
     from agent.master.config import render_master_toml
@@ -70,6 +75,9 @@ def _init(args: argparse.Namespace) -> int:
             force=args.force,
             render_config=render_master_toml(data_dir, args.listen),
         )
+        from agent.master.app import STORE_FILE
+
+        token = first_token(data_dir, data_dir / STORE_FILE)
     except ConfigError as exc:
         print(f"node-master: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -81,7 +89,13 @@ def _init(args: argparse.Namespace) -> int:
     print(f"  config:   {result.config_path}")
     print(f"  admin:    {result.admin_conf}  (nodectl --config {result.admin_conf} get nodes)")
     print("join a node with:")
-    print(f"  node-agent run --master {result.server_url} --ca-cert-hash {result.pin}")
+    if token is None:  # a re-init (--force) of a cluster whose master may run
+        print(f"  node-agent run --master {result.server_url} --ca-cert-hash {result.pin}")
+        print("  (and a token from `node-master token create` if [registration] trust needs one)")
+    else:
+        print(f"  {join_line(result.server_url, result.pin, token)}")
+        print("  (the token expires in 24 h and is shown this once; `node-master token create`")
+        print('  makes more; it admits nodes when [registration] trust lists "token")')
     return 0
 
 
@@ -99,6 +113,17 @@ def _issue_user(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     print(f"user {args.name}: {path}  (nodectl --config {path} get pods)")
     return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from agent.cli import node_master_token
+    from agent.errors import CliError
+
+    try:
+        return node_master_token.run(args)
+    except CliError as exc:
+        print(f"node-master: {exc}", file=sys.stderr)
+        return exc.code
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -153,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _init(args)
         if args.command == "issue-user":
             return _issue_user(args)
+        if args.command == "token":
+            return _token(args)
         return _run(args)
     finally:
         os.umask(loose)  # for an in-process caller (the tests)

@@ -49,6 +49,7 @@ from agent.master import servingnames
 from agent.master.pods import PodStore, pod_object
 from agent.master.policy import effective_peer
 from agent.master.registry import NodeRegistry
+from agent.master.tokens import DEFAULT_TTL_S, check_description, check_labels, check_usages
 from agent.pki.core import cert_to_pem, principal_of
 from agent.proto.authz import CallerKind, Principal, Role
 from agent.types import Pod
@@ -110,6 +111,9 @@ class MasterApi:
             "pods.get": self.get_pod,
             "pods.delete": self.delete_pod,
             "pods.status": self.put_pod_status,
+            "tokens.create": self.create_token,
+            "tokens.list": self.list_tokens,
+            "tokens.delete": self.delete_token,
         }
 
     async def sample_loop_lag(self) -> None:
@@ -412,3 +416,28 @@ class MasterApi:
             node = str((await self.pods.get(ns, name)).get("nodeName") or "")
         await self.pods.set_status(ns, name, body, node, mirror)
         return json_response({"updated": f"{ns}/{name}"})
+
+    async def create_token(self, request: ApiRequest) -> ApiResponse:
+        """A new join token: the only answer that ever holds its secret."""
+        body = request.json(optional=True)
+        token, shown = await self.registry.tokens.create(
+            ttl_s=body.get("ttlSeconds", DEFAULT_TTL_S),
+            usages=check_usages(body.get("usages")),
+            labels=check_labels(body.get("labels")),
+            description=check_description(body.get("description")),
+        )
+        log.info(
+            "join token created",
+            extra=kv(token=token.id, expires=shown["expiresAt"], by=request.principal.name),
+        )
+        return json_response({**shown, "token": str(token)}, 201)
+
+    async def list_tokens(self, request: ApiRequest) -> ApiResponse:
+        items = await self.registry.tokens.list()
+        return json_response({"apiVersion": "v1", "kind": "JoinTokenList", "items": items})
+
+    async def delete_token(self, request: ApiRequest) -> ApiResponse:
+        token_id = request.param("token")
+        await self.registry.tokens.delete(token_id)
+        log.info("join token deleted", extra=kv(token=token_id, by=request.principal.name))
+        return json_response({"deleted": token_id})

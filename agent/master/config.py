@@ -17,7 +17,7 @@ from typing import Any
 from agent.config import Key, coerce_value, read_toml, split_host_port, unknown_key
 from agent.errors import ConfigError
 
-TRUST_RULES = ("open", "ip-allowlist", "client-cert", "approval")
+TRUST_RULES = ("open", "ip-allowlist", "client-cert", "token", "approval")
 DEFAULT_NODE_CERT_LIFETIME_S = 30 * 24 * 3600
 DEFAULT_MAX_PENDING_REGISTRATIONS = 1000
 # 1000 requests of a typical size (a CSR and a few labels: ~2 KiB) fit many times over; the
@@ -227,7 +227,8 @@ data_dir = "{data_dir}"
 
 [registration]
 # Ordered trust rules; the first that admits a node wins, "approval" queues it for an admin,
-# no rule admitting means 403. Rules: open, ip-allowlist, client-cert, approval.
+# no rule admitting means 403. Rules: open, ip-allowlist, client-cert, token (a join token
+# from `node-master token create`), approval.
 # Nodes already holding a certificate from this cluster stay trusted whatever this says.
 trust = ["open"]
 # allowed_cidrs = ["10.0.0.0/8", "fd00::/8"]      # for ip-allowlist

@@ -16,6 +16,7 @@ from cryptography import x509
 
 from agent.errors import ConfigError, PkiError
 from agent.master.config import TRUST_RULES, RegistrationPolicy
+from agent.master.tokens import TokenCheck
 from agent.pki.core import identity_of, verify_issued_by
 
 
@@ -39,6 +40,8 @@ class Caller:
     node_name: str
     peer_ip: str
     client_cert: x509.Certificate | None = None
+    # The join token presented, as the store judged it (None: none was presented).
+    token: TokenCheck | None = None
 
 
 def _in_networks(
@@ -89,6 +92,13 @@ def evaluate(
                 reasons.append(f"client-cert: certificate is not for node {caller.node_name!r}")
                 continue
             return Decision(Verdict.ADMIT, rule, "client certificate from a trusted fleet CA")
+        elif rule == "token":
+            if caller.token is None:
+                reasons.append("token: no join token was presented")
+            elif not caller.token.valid:
+                reasons.append(f"token: {caller.token.reason}")
+            else:
+                return Decision(Verdict.ADMIT, rule, f"join token {caller.token.token_id}")
         elif rule == "approval":
             return Decision(Verdict.QUEUE, rule, "waiting for an administrator's approval")
         else:  # the config loader allows only TRUST_RULES; a policy built in code may not

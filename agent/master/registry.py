@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import hashlib
 import ipaddress
 import json
@@ -45,11 +46,13 @@ from agent.errors import (
     UpdateConflictError,
 )
 from agent.events import EventRecorder
+from agent.jointoken import JoinToken, parse_token
 from agent.master import servingnames
 from agent.master.config import MasterConfig
 from agent.master.pki_files import ClusterPki
 from agent.master.policy import Caller, Decision, Verdict, evaluate
 from agent.master.store.base import Store
+from agent.master.tokens import JoinTokens, TokenCheck
 from agent.names import (
     check_label_value,
     check_node_name,
@@ -333,6 +336,7 @@ class NodeRegistry:
         self._changed: dict[str, asyncio.Event] = {}
         self._sizes: dict[str, int] = {}  # stored bytes of each record
         self.rate_limit = SourceRateLimit(self.clock)
+        self.tokens = JoinTokens(store, self.clock)
         # Held from the room check of a new waiting request to its write, so concurrent
         # requests cannot all pass the check and overshoot the cap together.
         self._queue_lock = asyncio.Lock()
@@ -455,6 +459,8 @@ class NodeRegistry:
             "labels": _labels(body.get("labels"), "labels"),
             "agentVersion": _text(body.get("agentVersion", ""), "agentVersion"),
         }
+        token = parse_token(body["token"]) if body.get("token") is not None else None
+        judge = _Judge(self, name, caller_ip, peer_cert, token)
         asked = servingnames.asked_names(csr_pem, *facts["addresses"], str(facts["hostname"]))
         for _ in range(5):  # compare-and-swap retries against concurrent admin actions
             found = await self.get_record(name)
@@ -462,7 +468,7 @@ class NodeRegistry:
                 record, rev = found
                 if record["publicKeyId"] != key_id:
                     if not await self._request_replacement(
-                        record, rev, key_id, csr_pem, caller_ip, peer_cert
+                        record, rev, key_id, csr_pem, caller_ip, await judge.check()
                     ):
                         continue
                     raise NameConflictError(
@@ -473,6 +479,7 @@ class NodeRegistry:
                     )
                 was_pending = record["registration"] == PENDING
                 record.update(facts)
+                _apply_token_labels(record)
                 servingnames.note(record, asked, caller_ip, self._now_iso())
                 if trusted_node == name:
                     # Trusted nodes stay trusted whatever the policy says now.
@@ -486,10 +493,11 @@ class NodeRegistry:
                 else:
                     # Approved once (certificate lost or expired), or waiting: back through
                     # the policy, which may have changed since (a SIGHUP reload).
-                    decision = self._decide(name, caller_ip, peer_cert)
+                    decision = await judge.decide()
                     record["admittedBy"] = decision.rule
                     record["reason"] = decision.reason
                     if decision.verdict is Verdict.ADMIT:
+                        judge.note_token(record, decision)
                         record["registration"] = APPROVED
                         record["certificate"] = self._issue_for(record, public_key)
                         record.pop("csr", None)
@@ -506,7 +514,7 @@ class NodeRegistry:
                 if await self._save(record, rev):
                     return self._answer(record)
                 continue
-            decision = self._decide(name, caller_ip, peer_cert)
+            decision = await judge.decide()
             if decision.verdict is Verdict.REFUSE:
                 self._refuse(name, caller_ip, decision)
             record = {
@@ -522,6 +530,7 @@ class NodeRegistry:
             }
             servingnames.note(record, asked, caller_ip, self._now_iso())
             if decision.verdict is Verdict.ADMIT:
+                judge.note_token(record, decision)
                 record["certificate"] = self._issue_for(record, public_key)
                 saved = await self._save(record, 0)
             else:
@@ -545,10 +554,8 @@ class NodeRegistry:
                 return self._answer(record)
         raise UpdateConflictError("registration kept conflicting with concurrent changes; retry")
 
-    def _decide(self, name: str, caller_ip: str, peer_cert: x509.Certificate | None) -> Decision:
-        return evaluate(
-            self.config.registration, Caller(name, caller_ip, peer_cert), self.client_cas
-        )
+    def _decide(self, caller: Caller) -> Decision:
+        return evaluate(self.config.registration, caller, self.client_cas)
 
     def _refuse(self, name: str, caller_ip: str, decision: Decision) -> None:
         self._event(
@@ -566,7 +573,7 @@ class NodeRegistry:
         key_id: str,
         csr_pem: str,
         caller_ip: str,
-        peer_cert: x509.Certificate | None,
+        caller: Caller,
     ) -> bool:
         """A registration for a held name with another key: remembered with its evidence (the
         key's fingerprint, the source address, the time, the rule that let it in) so that an
@@ -576,7 +583,7 @@ class NodeRegistry:
         previous = record.get("replacement")
         if previous is not None and previous.get("publicKeyId") == key_id:
             return True  # already waiting: the evidence of its first request stays
-        decision = self._decide(name, caller_ip, peer_cert)
+        decision = self._decide(caller)
         if decision.verdict is Verdict.REFUSE:
             self._refuse(name, caller_ip, decision)
         fp = key_fingerprint(key_id)
@@ -972,6 +979,60 @@ class NodeRegistry:
                 "imageFs": record.get("imageFs", {}),
             },
         }
+
+
+class _Judge:
+    """The trust policy's verdict on one registration request, with its join token: the token
+    is looked up once (a read), and a use of it is taken only when the ``token`` rule is the
+    one that admits (a compare-and-swap; a use lost to another node sends the policy on to its
+    next rules with the reason). One use per request, however often the request retries."""
+
+    def __init__(
+        self,
+        registry: NodeRegistry,
+        name: str,
+        caller_ip: str,
+        peer_cert: x509.Certificate | None,
+        token: JoinToken | None,
+    ) -> None:
+        self._registry = registry
+        self._caller = Caller(name, caller_ip, peer_cert)
+        self._token = token
+        self._checked: TokenCheck | None = None
+        self._taken: TokenCheck | None = None
+
+    async def check(self) -> Caller:
+        """The caller with its token as the store judges it now (nothing is written)."""
+        if self._token is None or "token" not in self._registry.config.registration.trust:
+            return self._caller
+        if self._checked is None:
+            self._checked = await self._registry.tokens.check(self._token)
+        return dataclasses.replace(self._caller, token=self._taken or self._checked)
+
+    async def decide(self) -> Decision:
+        caller = await self.check()
+        decision = self._registry._decide(caller)
+        if decision.rule != "token" or decision.verdict is not Verdict.ADMIT:
+            return decision
+        if self._taken is None:
+            assert self._token is not None  # the rule admits only with one
+            self._taken = await self._registry.tokens.use(self._token)
+        return self._registry._decide(dataclasses.replace(caller, token=self._taken))
+
+    def note_token(self, record: dict[str, Any], decision: Decision) -> None:
+        """On a node the token rule admitted: which token, and its labels (kept apart so that
+        the node's own labels, reported again at each registration, never replace them)."""
+        if decision.rule != "token" or self._taken is None:
+            return
+        record["joinToken"] = self._taken.token_id
+        record["tokenLabels"] = dict(self._taken.labels)
+        _apply_token_labels(record)
+
+
+def _apply_token_labels(record: dict[str, Any]) -> None:
+    """A token's labels are the administrator's: they win over the node's own."""
+    if record.get("tokenLabels"):
+        record["labels"] = {**record.get("labels", {}), **record["tokenLabels"]}
 
 
 def _waiting(record: dict[str, Any]) -> dict[str, Any]:

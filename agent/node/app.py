@@ -60,6 +60,7 @@ from agent.node.masterlink.identity import CertificateRotation, NodeIdentity
 from agent.node.masterlink.lease import LeaseKeeper
 from agent.node.masterlink.link import MasterLink, NodeApiServer
 from agent.node.masterlink.mirrors import MirrorPods
+from agent.node.masterlink.registration import STATE_FILE as REGISTRATION_STATE_FILE
 from agent.node.masterlink.registration import Registrar
 from agent.node.masterlink.state import LinkStatus
 from agent.node.masterlink.status import StatusReporter
@@ -327,6 +328,9 @@ class NodeAgent:
                 labels=dict(item.split("=", 1) for item in cfg.node_labels),
                 bootstrap_cert=cfg.bootstrap_cert,
                 bootstrap_key=cfg.bootstrap_key,
+                token=cfg.token,
+                token_file=cfg.token_file,
+                state_file=cfg.state_dir / REGISTRATION_STATE_FILE,
             ),
             lease=LeaseKeeper(cfg.node_name, facts, conditions=self.health.conditions, sleep=sleep),
             watch=MasterPodSource(cfg.node_name, self.pods, self.metrics, sleep=sleep),

@@ -142,6 +142,10 @@ RULES: Mapping[str, frozenset[CallerKind]] = {
     "pods.get": _READERS,
     "pods.delete": _ADMINS,
     "pods.status": _NODE_OR_ADMIN,  # the node the pod is bound to (an unbound pod: admins)
+    # Join tokens admit nodes: only administrators make, list or delete them.
+    "tokens.create": _ADMINS,
+    "tokens.list": _ADMINS,
+    "tokens.delete": _ADMINS,
     # Running code in a pod or reaching its ports is for administrators; logs are readable.
     "pods.exec": _ADMINS,
     "pods.portforward": _ADMINS,

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote
 
-from agent import names
+from agent import jointoken, names
 from agent.errors import AgentError, BadRequestError, MethodNotAllowedError, NotFoundError
 
 MAX_PARAM_CHARS = names.DNS1123_SUBDOMAIN_MAX_CHARS  # Kubernetes' longest object name
@@ -98,6 +98,12 @@ def _check_request_id(text: str, field: str, fail: names.Fail) -> str:
     return text
 
 
+def _check_token_id(text: str, field: str, fail: names.Fail) -> str:
+    if not jointoken.is_token_id(text):
+        raise fail(field, f"{names.quote(text)} is not a join token id (6 of a-z and 0-9)")
+    return text
+
+
 # Every path parameter of every route, by its name, and the check of its kind (every route
 # matching its own path, in tests/unit/test_routes.py, proves none is missing).
 _PARAM_CHECKS: Mapping[str, Callable[[str, str, names.Fail], str]] = {
@@ -105,6 +111,7 @@ _PARAM_CHECKS: Mapping[str, Callable[[str, str, names.Fail], str]] = {
     "namespace": names.check_namespace,
     "pod": names.check_pod_name,
     "rid": _check_request_id,
+    "token": _check_token_id,
 }
 
 
@@ -205,6 +212,9 @@ MASTER_ROUTES = RouteTable(
         Route("pods.get", "GET", _POD),
         Route("pods.delete", "DELETE", _POD),
         Route("pods.status", "PUT", (*_POD, "status"), subject=Subject.POD),
+        Route("tokens.create", "POST", ("v1", "tokens")),
+        Route("tokens.list", "GET", ("v1", "tokens")),
+        Route("tokens.delete", "DELETE", ("v1", "tokens", "{token}")),
         *_stream_routes(Subject.NONE),
     ],
 )

@@ -18,6 +18,7 @@ import pytest
 from agent.errors import CompactedError, StoreError
 from agent.master.store.base import EventType, KeyValue, Store, WatchEvent
 from agent.master.store.history import HISTORY_REVISIONS, WATCH_BATCH_EVENTS
+from agent.master.tokens import TOKENS_PREFIX, JoinTokens
 
 WAIT_S = 10.0  # a deadline for conditions that hold at once when the store works
 
@@ -68,6 +69,19 @@ async def take(events: AsyncIterator[WatchEvent], n: int) -> list[WatchEvent]:
 
 async def revision_of(store: Store) -> int:
     return (await store.list_prefix("/"))[1]
+
+
+class FixedClock:
+    """Join tokens judge expiry by the wall clock: one that stands still unless moved."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
 
 
 def triples(events: list[WatchEvent]) -> list[tuple[EventType, str, bytes]]:
@@ -353,6 +367,40 @@ class StoreContract:
             with pytest.raises(CompactedError, match="newer than the store"):
                 await take(reopened.watch("/k/", last), 1)
             assert await reopened.put("/k/c", b"3") == 1
+
+    # -- join tokens (agent.master.tokens keeps them in the store: every backend has them) --
+
+    async def test_join_tokens_are_kept_listed_judged_and_deleted(
+        self, stores: StoreHarness
+    ) -> None:
+        store = await stores.open()
+        clock = FixedClock()
+        tokens = JoinTokens(store, clock)
+        token, shown = await tokens.create(ttl_s=60, usages=2, labels={"zone": "b"})
+        assert [t["id"] for t in await tokens.list()] == [token.id] == [shown["id"]]
+        stored = await store.get(TOKENS_PREFIX + token.id)
+        assert stored is not None and token.secret.encode() not in stored.value
+        assert (await tokens.use(token)).labels == {"zone": "b"}
+        assert (await tokens.check(token)).valid
+        clock.now += 61
+        expired = await tokens.check(token)
+        assert not expired.valid and "expired" in expired.reason
+        await tokens.delete(token.id)
+        assert await tokens.list() == []
+        assert "unknown" in (await tokens.check(token)).reason
+
+    async def test_of_nodes_racing_for_a_tokens_last_use_exactly_one_wins(
+        self, stores: StoreHarness
+    ) -> None:
+        store = await stores.open()
+        tokens = JoinTokens(store, FixedClock())
+        token, _ = await tokens.create(usages=2)
+        assert (await tokens.use(token)).valid
+        results = await asyncio.gather(*(tokens.use(token) for _ in range(10)))
+        assert sum(r.valid for r in results) == 1
+        assert all("used up" in r.reason for r in results if not r.valid)
+        [listed] = await tokens.list()
+        assert (listed["used"], listed["usesLeft"]) == (2, 0)
 
     async def test_history_must_be_at_least_one_revision(self, stores: StoreHarness) -> None:
         with pytest.raises(ValueError, match="history"):

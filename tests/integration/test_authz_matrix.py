@@ -86,6 +86,9 @@ ALLOWED: dict[str, dict[str, int]] = {
         "pods.exec": 404,
         "pods.portforward": 404,
         "pods.logs": 404,
+        "tokens.create": 400,  # an optional body, but not a JSON object
+        "tokens.list": 200,
+        "tokens.delete": 404,
     },
     "node": {
         "healthz": 200,
@@ -135,6 +138,7 @@ def request_for(route: Route, node: str) -> tuple[str, bytes]:
         "namespace": "default",
         "pod": BOUND_POD if route.name in ("pods.status", "pods.get") else GHOST,
         "rid": "0" * 64,
+        "token": "0" * 6,
     }
     path = "/" + "/".join(values[s[1:-1]] if s.startswith("{") else s for s in route.pattern)
     return path, NOT_JSON_OBJECT if route.method in WITH_BODY else b""

@@ -52,7 +52,8 @@ def test_master_and_nodectl_usage_errors(
     bad.write_text('[registration]\ntrust = ["opne"]\n')
     assert node_master.main(["run", "--config", str(bad)]) == 2
     assert (
-        "'opne' is not one of open, ip-allowlist, client-cert, approval" in capsys.readouterr().err
+        "'opne' is not one of open, ip-allowlist, client-cert, token, approval"
+        in capsys.readouterr().err
     )
     assert nodectl.main(["--config", str(tmp_path / "none"), "get", "pods"]) == 2
     assert "no nodectl config" in capsys.readouterr().err

@@ -316,3 +316,72 @@ def test_table_matches_dataclass_and_docs() -> None:
     assert config_table_markdown() in docs, (
         "docs/configuration.md is out of date; paste agent.config.config_table_markdown()"
     )
+
+
+# -- join token ------------------------------------------------------------------------------
+
+TOKEN = "abc123.0123456789abcdef"
+
+
+def test_a_join_token_from_the_file_a_flag_or_a_token_file(tmp_path: Path) -> None:
+    assert (
+        load_agent_config(write(tmp_path, f'token = "{TOKEN}"\n'), {}, path_required=True).token
+        == TOKEN
+    )
+    assert load_agent_config(None, {"token": TOKEN}, path_required=False).token == TOKEN
+    secret = tmp_path / "token"
+    secret.write_text(TOKEN + "\n")
+    secret.chmod(0o600)
+    cfg = load_agent_config(None, {"token_file": str(secret)}, path_required=False)
+    assert cfg.token_file == secret and cfg.token is None
+    assert config_module.read_token_file(secret) == TOKEN
+    assert TOKEN not in repr(load_agent_config(None, {"token": TOKEN}, path_required=False))
+
+
+@pytest.mark.parametrize(
+    ("mode", "content", "message"),
+    [
+        (0o644, TOKEN, "mode 0644 lets others read the token; chmod 600"),
+        (0o640, TOKEN, "mode 0640 lets others read the token"),
+        (0o600, "abc123.SECRETSECRETSECRE", "does not hold a join token"),
+        (0o600, "", "does not hold a join token"),
+        (0o600, "\xff\xfe", "does not hold a join token"),
+    ],
+)
+def test_a_token_file_must_be_private_and_hold_a_token(
+    tmp_path: Path, mode: int, content: str, message: str
+) -> None:
+    secret = tmp_path / "token"
+    secret.write_text(content)
+    secret.chmod(mode)
+    # Read where it is used (registration): start-up does not need it.
+    assert load_agent_config(None, {"token_file": str(secret)}, path_required=False)
+    with pytest.raises(ConfigError, match=f"token_file {secret}: {message}") as caught:
+        config_module.read_token_file(secret)
+    assert "SECRET" not in str(caught.value)
+
+
+def test_a_token_file_that_is_missing_or_not_a_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="No such file or directory"):
+        config_module.read_token_file(tmp_path / "absent")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        config_module.read_token_file(tmp_path)
+    link = tmp_path / "link"
+    target = tmp_path / "target"
+    target.write_text(TOKEN)
+    target.chmod(0o600)
+    link.symlink_to(target)
+    with pytest.raises(ConfigError, match="token_file"):  # O_NOFOLLOW: a link is not the file
+        config_module.read_token_file(link)
+
+
+def test_a_malformed_token_or_both_ways_are_refused_without_the_value(tmp_path: Path) -> None:
+    path = write(tmp_path, 'token = "abc123.SECRETSECRETSECRE"\n')
+    with pytest.raises(ConfigError, match=f"{path}: token is not a join token") as caught:
+        load_agent_config(path, {}, path_required=True)
+    assert "SECRET" not in str(caught.value)
+    secret = tmp_path / "token"
+    secret.write_text(TOKEN)
+    secret.chmod(0o600)
+    with pytest.raises(ConfigError, match="set token or token_file, not both"):
+        load_agent_config(None, {"token": TOKEN, "token_file": str(secret)}, path_required=False)

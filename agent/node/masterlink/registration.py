@@ -5,26 +5,39 @@ master issues is stored as the node's identity.
 (long-poll, ``POLL_WAIT_S``) and the link's condition says it is pending. 403/409 is a refusal
 (the trust policy, a name held by another key): :class:`RegistrationDeniedError`, which the link
 retries slowly. A fleet CA's machine identity, when configured, is presented for the
-client-certificate trust rule, for registration only.
+client-certificate trust rule, and a join token (``token`` or ``token_file``, read again at each
+attempt) for the token rule: both for registration only, which a node holding a valid
+certificate never does again (renewals and reconnects use the certificate), so a token deleted
+or expired after the node joined changes nothing for it. The token is never logged.
+
+Each outcome is written to ``<state_dir>/registration.json`` (0600, :data:`STATE_FILE`): the
+phase (``Registered``, ``Pending``, ``Denied``), the master's reason for a refusal (which
+never holds the token's secret: the master does not echo it), the master's URL and the time.
+It is the node's registration state for ``node-agent doctor`` and people; the link's condition
+in health says the same in memory.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import reprlib
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
 from agent import __version__
 from agent.aio.bridge import ThreadBridge
 from agent.aio.logs import kv
-from agent.errors import MasterUnavailableError, RegistrationDeniedError
+from agent.config import read_token_file
+from agent.errors import ConfigError, MasterUnavailableError, RegistrationDeniedError
 from agent.node.masterlink.client import MasterClient, MasterSession, error_message
 from agent.node.masterlink.facts import NodeFacts
 from agent.node.masterlink.identity import NodeIdentity, tls_context
 from agent.node.masterlink.state import LinkCondition, LinkStatus
+from agent.pki.core import write_private
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +47,28 @@ POLL_MARGIN_S = 10.0  # how much longer than POLL_WAIT_S a poll's answer may tak
 # not (registration needs no certificate), so it counts as an outage, retried with back-off.
 _ANSWERED = (401, 403, 409)
 PENDING_MESSAGE = "registration: pending approval by an administrator"
+STATE_FILE = "registration.json"
+REGISTERED, PENDING, DENIED = "Registered", "Pending", "Denied"
+
+
+def write_state(path: Path, phase: str, master: str, **details: object) -> None:
+    """Record the registration's latest outcome (blocking; atomic, 0600)."""
+    state = {
+        "phase": phase,
+        "master": master,
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **details,
+    }
+    write_private(path, json.dumps(state, sort_keys=True).encode() + b"\n")
+
+
+def read_state(path: Path) -> dict[str, Any] | None:
+    """The recorded registration state (blocking): None when the node never registered."""
+    try:
+        state = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
 
 
 class Registrar:
@@ -48,6 +83,9 @@ class Registrar:
         labels: dict[str, str],
         bootstrap_cert: Path | None = None,
         bootstrap_key: Path | None = None,
+        token: str | None = None,
+        token_file: Path | None = None,
+        state_file: Path | None = None,
     ) -> None:
         self._identity = identity
         self._facts = facts
@@ -57,6 +95,26 @@ class Registrar:
         self._labels = labels
         self._bootstrap_cert = bootstrap_cert
         self._bootstrap_key = bootstrap_key
+        self._token = token
+        self._token_file = token_file
+        self._state_file = state_file
+
+    async def _note(self, phase: str, **details: object) -> None:
+        if self._state_file is not None:
+            await self._bridge.run(
+                functools.partial(
+                    write_state, self._state_file, phase, self._client.base_url, **details
+                )
+            )
+
+    async def _join_token(self) -> str | None:
+        if self._token_file is None:
+            return self._token
+        try:
+            return await self._bridge.run(read_token_file, self._token_file)
+        except ConfigError as exc:  # the file changed since start-up: say so, retry slowly
+            await self._note(DENIED, reason=str(exc), status=0)
+            raise RegistrationDeniedError(str(exc)) from None
 
     async def _request_body(self) -> dict[str, Any]:
         name = self._identity.node_name
@@ -64,7 +122,7 @@ class Registrar:
         hostname = socket.gethostname().lower()
         key_pem = await self._identity.ensure_key()
         csr = self._identity.csr(key_pem, [name, hostname, *addresses])
-        return {
+        body: dict[str, Any] = {
             "nodeName": name,
             "csr": csr.decode(),
             "addresses": addresses,
@@ -73,6 +131,10 @@ class Registrar:
             "labels": dict(self._labels),
             "agentVersion": __version__,
         }
+        token = await self._join_token()
+        if token is not None:
+            body["token"] = token
+        return body
 
     async def register(self, ca_pem: bytes) -> None:
         """Register and store the issued certificate; raises RegistrationDeniedError on a
@@ -92,11 +154,13 @@ class Registrar:
             reason = answer.get("reason")
             if not isinstance(reason, str) or not reason:
                 reason = error_message(answer)
+            await self._note(DENIED, reason=reason, status=status)
             raise RegistrationDeniedError(f"{status}: {reason}")
         certificate = answer.get("certificate")
         if status != 200 or not isinstance(certificate, str):
             raise MasterUnavailableError(f"registration answered {status}: {reprlib.repr(answer)}")
         await self._identity.store_cert(certificate.encode())
+        await self._note(REGISTERED, admittedBy=str(answer.get("admittedBy", "")))
         log.info(
             "registered with the master",
             extra=kv(master=self._client.base_url, admitted_by=answer.get("admittedBy")),
@@ -109,6 +173,7 @@ class Registrar:
         while status == 202:
             self._status.set(LinkCondition.PENDING_APPROVAL, PENDING_MESSAGE)
             request_id = _as_object(answer).get("requestId")
+            await self._note(PENDING, requestId=str(request_id))
             log.info("registration pending approval", extra=kv(request=request_id))
             if not isinstance(request_id, str) or not request_id:
                 raise MasterUnavailableError("registration pending without a requestId")

@@ -151,3 +151,45 @@ async def test_lease_status_regressions(pki: ClusterPki, status: dict[str, Any])
     record = await rig.registry.get_record("n1")
     assert record is not None
     assert all(isinstance(v, str) for c in record[0].get("nodeConditions", []) for v in c.values())
+
+
+async def test_registration_bodies_with_join_tokens(pki: ClusterPki) -> None:
+    """The token field (a trust boundary: anyone may send one) mutated from valid tokens of the
+    store and random; the store's tokens keep their counts and a valid one still admits."""
+    r = rng("registration-token")
+    rig = make_rig(pki, trust=("token", "approval"))
+    limited, _ = await rig.registry.tokens.create(usages=1_000_000)
+    expired, _ = await rig.registry.tokens.create(ttl_s=1)
+    rig.clock.advance(2)
+    texts = [str(limited), str(expired), "abc123.0123456789abcdef"]
+    keys = [NodeKey("t1"), NodeKey("t2")]
+
+    def mutated_token(r: random.Random) -> Any:
+        return {**registration(r.choice(keys)), "token": mutate_text(r, r.choice(texts))}
+
+    def structured_token(r: random.Random) -> Any:
+        return {**registration(r.choice(keys)), "token": random_structure(r)}
+
+    def odd_token(r: random.Random) -> Any:
+        token = r.choice(
+            [
+                r.choice(texts).upper(),
+                r.choice(texts) + "\x00",
+                " " * 90 + r.choice(texts),
+                r.choice(texts)[:7] + "\ud800" * 16,
+                "\u0661" * 23,
+                r.choice(texts) * 1000,
+            ]
+        )
+        return {**registration(r.choice(keys)), "token": token}
+
+    await holds_async(
+        lambda body: rig.registry.register(body, "10.0.0.5", None, None),
+        sample(r, [mutated_token, structured_token, odd_token], COUNT),
+    )
+    [listed] = [t for t in await rig.registry.tokens.list() if t["id"] == limited.id]
+    used = listed["used"]
+    fresh = await rig.register(NodeKey("fresh"), token=str(limited))
+    assert (fresh.status, fresh.body["admittedBy"]) == (200, "token")
+    [listed] = [t for t in await rig.registry.tokens.list() if t["id"] == limited.id]
+    assert listed["used"] == used + 1

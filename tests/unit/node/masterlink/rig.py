@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agent.aio.bridge import ThreadBridge
 from agent.aio.clock import SystemClock
@@ -150,6 +151,7 @@ async def link_rig(
     rotation_sleep: str = "park",
     watch_max_bytes: int | None = None,
     start_master: bool = True,
+    registrar_options: dict[str, Any] | None = None,
 ) -> AsyncIterator[Rig]:
     master = master or FakeMaster(tmp_path / "master")
     if start_master:
@@ -219,6 +221,7 @@ async def link_rig(
         bridge,
         status,
         labels={"zone": "a"},
+        **(registrar_options or {}),
     )
     link = MasterLink(
         client=client,

@@ -6,6 +6,7 @@ read and RecursionError uncaught)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from agent.node.masterlink import client, registration
 from agent.node.masterlink.identity import CA_BUNDLE_MAX_BYTES
 from agent.node.masterlink.state import LinkCondition
+from tests.unit.node.asyncwait import until
 from tests.unit.node.masterlink.rig import Rig, link_rig
 
 QUICK_TIMEOUT_S = 0.3
@@ -74,3 +76,76 @@ async def test_a_hostile_answer_is_an_outage_or_a_refusal_never_a_crash(
         assert says in rig.status.message
         assert len(rig.status.message) < 1000  # an excerpt of a hostile body, never all of it
         assert not rig.identity.cert_path.exists()
+
+
+# -- join tokens and the registration state (<state_dir>/registration.json) ---------------------
+
+TOKEN = "abc123.0123456789abcdef"
+
+
+async def registered(rig: Rig) -> None:
+    """One attempt registers and connects; then it is ended (the session would run on)."""
+    attempt = asyncio.create_task(rig.link.attempt())
+    try:
+        await until(
+            lambda: rig.status.condition is LinkCondition.CONNECTED or attempt.done(), "connected"
+        )
+        assert not attempt.done(), attempt.result()
+    finally:
+        attempt.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await attempt
+
+
+async def test_the_join_token_goes_with_the_registration_and_the_state_says_registered(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state" / registration.STATE_FILE
+    options = {"token": TOKEN, "state_file": state}
+    async with link_rig(tmp_path, registrar_options=options) as rig:
+        await registered(rig)
+        [body] = rig.master.record.registrations
+        assert body["token"] == TOKEN
+        assert rig.identity.cert_path.exists()
+        recorded = registration.read_state(state)
+        assert recorded is not None and recorded["phase"] == registration.REGISTERED
+        assert recorded["master"] == rig.master.url
+        assert oct(state.stat().st_mode & 0o777) == "0o600"
+
+
+async def test_a_refusal_is_recorded_with_its_reason(tmp_path: Path) -> None:
+    state = tmp_path / "state" / registration.STATE_FILE
+    reason = "no trust rule admits this node: token: join token abc123 expired at 2027-01-16"
+    async with link_rig(tmp_path, registrar_options={"token": TOKEN, "state_file": state}) as rig:
+        rig.master.registration = lambda _n: (403, {"status": "Denied", "reason": reason})
+        await asyncio.wait_for(rig.link.attempt(), HANG_DEADLINE_S)
+        assert rig.status.condition is LinkCondition.REGISTRATION_DENIED
+        assert reason in rig.status.message
+        recorded = registration.read_state(state)
+        assert recorded is not None
+        assert (recorded["phase"], recorded["reason"], recorded["status"]) == (
+            registration.DENIED,
+            reason,
+            403,
+        )
+        assert TOKEN not in state.read_text()
+
+
+async def test_a_token_file_is_read_at_each_attempt_and_a_loosened_one_is_not_sent(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state" / registration.STATE_FILE
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o644)
+    options = {"token_file": token_file, "state_file": state}
+    async with link_rig(tmp_path, registrar_options=options) as rig:
+        await asyncio.wait_for(rig.link.attempt(), HANG_DEADLINE_S)
+        assert rig.status.condition is LinkCondition.REGISTRATION_DENIED
+        assert "chmod 600" in rig.status.message
+        assert rig.master.record.registrations == []  # nothing was sent
+        recorded = registration.read_state(state)
+        assert recorded is not None and "mode 0644" in recorded["reason"]
+        token_file.chmod(0o600)
+        await registered(rig)
+        assert [b["token"] for b in rig.master.record.registrations] == [TOKEN]
