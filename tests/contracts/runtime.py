@@ -31,6 +31,7 @@ from agent.errors import (
     RuntimeUnavailableError,
 )
 from agent.node.runtime.base import (
+    LIFECYCLE_ACTIONS,
     ContainerSpec,
     ContainerState,
     ExecSession,
@@ -600,6 +601,24 @@ class RuntimeContract(RuntimeExecContract):
         assert all(e.pod_uid == spec.labels[LABEL_POD_UID] for e in mine)
         actions = events.actions(cid)
         assert actions.index("create") < actions.index("start") < actions.index("die")
+
+    async def test_events_are_lifecycle_actions_only_not_execs(
+        self, harness: RuntimeHarness, names: Names, events: EventLog
+    ) -> None:
+        runtime = harness.runtime
+        cid = await runtime.create_container(names.spec())
+        await runtime.start_container(cid)
+        session = await runtime.exec_start(cid, EXEC_SPLIT, stdin=False, tty=False)
+        try:
+            await read_all(session)
+            assert await session.exit_code(EXIT_CODE_WAIT_S) == 7
+        finally:
+            await session.close()
+        await harness.make_exit(cid, 0)  # itself an exec; then a die, after all of them
+        await events.wait_for(cid, "die")
+        actions = events.actions(cid)
+        assert set(actions) <= LIFECYCLE_ACTIONS, actions
+        assert not [a for a in actions if a.startswith("exec")]
 
     # -- logs --------------------------------------------------------------------------------
 

@@ -28,26 +28,6 @@ log = logging.getLogger(__name__)
 
 RUNTIME_RETRY_INITIAL_S = 0.5
 RUNTIME_RETRY_MAX_S = 10.0
-# Events that change nothing a pod worker decides from: an exec (a probe, a hook, nodectl exec)
-# or an attach must not make the pod's worker relist and inspect the pod. With exec probes every
-# 10 s on 100 pods, those syncs were 60 % of the agent's CPU (bench/probes.py).
-STATELESS_ACTIONS = frozenset(
-    {
-        "attach",
-        "detach",
-        "resize",
-        "top",
-        "export",
-        "copy",
-        "commit",
-        "archive-path",
-        "extract-to-dir",
-        "exec_create",
-        "exec_start",
-        "exec_die",
-        "exec_detach",
-    }
-)
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -127,8 +107,10 @@ class RuntimeWatcher:
             try:
                 async for event in self._runtime.events():
                     delay = RUNTIME_RETRY_INITIAL_S
-                    if event.action in STATELESS_ACTIONS:
-                        continue
+                    # Runtimes report LIFECYCLE_ACTIONS only (Docker filters them): an exec
+                    # (a probe, a hook, nodectl exec) never makes a pod relist; with exec probes
+                    # every 10 s on 100 pods those syncs were 60 % of the agent's CPU
+                    # (bench/probes.py).
                     if not self._pods.wake(event.pod_uid):
                         self._relist_now.set()
             except AgentError as exc:

@@ -44,6 +44,7 @@ from agent.errors import (
     RuntimeUnavailableError,
 )
 from agent.node.runtime.base import (
+    LIFECYCLE_ACTIONS,
     ContainerRecord,
     ContainerSpec,
     ContainerState,
@@ -449,7 +450,13 @@ class DockerRuntime:
             return iter(
                 api.events(
                     decode=True,
-                    filters={"type": "container", "label": [self._node_filter]},
+                    # Docker filters the actions: the execs of probes and hooks never
+                    # cross into the agent (nor cost dockerd an encode).
+                    filters={
+                        "type": "container",
+                        "label": [self._node_filter],
+                        "event": sorted(LIFECYCLE_ACTIONS),
+                    },
                 )
             )
 

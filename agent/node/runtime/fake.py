@@ -43,6 +43,7 @@ from agent.errors import (
     RuntimeUnavailableError,
 )
 from agent.node.runtime.base import (
+    LIFECYCLE_ACTIONS,
     ContainerRecord,
     ContainerSpec,
     ContainerState,
@@ -220,7 +221,6 @@ class FakeExecSession:
         self._exit = code
         self._output.put_nowait((OutputChannel.STDOUT, b""))
         self._done.set()
-        self._runtime._emit("exec_die", self._container)
 
     async def read(self) -> tuple[OutputChannel, bytes]:
         if self._ended:
@@ -398,6 +398,7 @@ class FakeRuntime:
         raise fault.error
 
     def _emit(self, action: str, container: _Container) -> None:
+        assert action in LIFECYCLE_ACTIONS, action  # the protocol's promise, as Docker's filter
         if container.spec.labels.get(LABEL_NODE) != self.node_name:
             return
         event = RuntimeEvent(
@@ -613,8 +614,6 @@ class FakeRuntime:
                 f"exec in {container_id[:SHORT_ID_CHARS]}: container is not running"
             )
         script = self._scripts.get(tuple(command)) or _not_found_script(command)
-        self._emit("exec_create", container)
-        self._emit("exec_start", container)
         session = FakeExecSession(
             self,
             _new_id("exec", container.id, next(self._serial)),

@@ -194,7 +194,7 @@ async def test_an_exec_wakes_no_worker(tmp_path: Path) -> None:
         w.pods.wake = recording_wake  # type: ignore[method-assign]
         app = next(r for r in await w.runtime.list_containers() if not r.is_sandbox and r.running)
         session = await w.runtime.exec_start(app.id, ["true"], stdin=False, tty=False)
-        assert await session.exit_code(1.0) is not None  # exec_create, exec_start, exec_die
+        assert await session.exit_code(1.0) is not None  # no event: execs are not lifecycle
         w.runtime.exit_container(app.id, 1)  # then a die, after them in the stream
         await until(lambda: "main" in worker.book.restarts, "the die event's wake-up")
         assert woken == [the_pod.uid]  # type: ignore[attr-defined]
