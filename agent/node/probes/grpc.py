@@ -22,6 +22,33 @@ SERVING = 1
 _STATUS_NAMES = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
 _MESSAGE_PREFIX_BYTES = 5  # compressed flag, 4-byte big-endian length
 
+# The status codes of the gRPC protocol (grpc/doc/statuscodes.md), for messages: a health
+# server answers NOT_FOUND (5) for a service it does not know.
+GRPC_CODE_NAMES = {
+    str(code): name
+    for code, name in enumerate(
+        (
+            "OK",
+            "CANCELLED",
+            "UNKNOWN",
+            "INVALID_ARGUMENT",
+            "DEADLINE_EXCEEDED",
+            "NOT_FOUND",
+            "ALREADY_EXISTS",
+            "PERMISSION_DENIED",
+            "RESOURCE_EXHAUSTED",
+            "FAILED_PRECONDITION",
+            "ABORTED",
+            "OUT_OF_RANGE",
+            "UNIMPLEMENTED",
+            "INTERNAL",
+            "UNAVAILABLE",
+            "DATA_LOSS",
+            "UNAUTHENTICATED",
+        )
+    )
+}
+
 
 def _varint(value: int) -> bytes:
     out = bytearray()
@@ -136,7 +163,9 @@ async def _check(host: str, port: int, where: str, service: str) -> int:
             raise ValueError("no grpc-status in the response")
         if code != "0":
             message = header(trailers, "grpc-message") or ""
-            raise ValueError(f"grpc-status {code} {message}".strip())
+            name = GRPC_CODE_NAMES.get(code)
+            shown = f"grpc-status {code} ({name})" if name else f"grpc-status {code}"
+            raise ValueError(f"{shown} {message}".strip())
         return response_status(body)
     finally:
         transport.close()
