@@ -60,6 +60,7 @@ CONTAINER_DIR_MODE = 0o711  # what is mounted: any user in the container may rea
 SOCKET_MODE = 0o666  # ... and write to it, whatever uid the container runs as
 STATE_FILE = "state.json"
 READS_PER_WAKE = 64  # datagrams read per readiness callback before yielding to the loop
+STALE_DATAGRAMS_DROPPED_MAX = 4096  # at a new attempt: more than a receive queue holds
 STATUS_WAKE_DELAY_S = 1.0  # a STATUS= change refreshes the pod's status at most this often
 RESULTS = ("accepted", "rate_limited", "oversize", "malformed")
 
@@ -281,6 +282,7 @@ class NotifyHub:
         if entry is None or channel is None:
             return
         self._disarm(channel)
+        self._drop_queued(channel)
         channel.attempt = attempt
         channel.ready = channel.started = channel.stopping = False
         channel.status = channel.expired = ""
@@ -400,6 +402,18 @@ class NotifyHub:
         channel.sock.close()
 
     # -- reading -----------------------------------------------------------------------------
+
+    def _drop_queued(self, channel: _Channel) -> None:
+        """Drop the datagrams still queued on the socket: their sender is the previous attempt,
+        which has exited (a worker begins an attempt once the last one ended), so a READY=1 it
+        sent just before dying must not make the new process ready before it says so itself.
+        Bounded: the socket's receive queue holds a few hundred datagrams at most."""
+        for _ in range(STALE_DATAGRAMS_DROPPED_MAX):
+            try:
+                channel.sock.recv(MAX_DATAGRAM_BYTES + 1)
+            except OSError:  # BlockingIOError: the queue is empty
+                return
+            self._datagrams.labels("stale").inc()
 
     def _readable(self, channel: _Channel) -> None:
         for _ in range(READS_PER_WAKE):

@@ -182,6 +182,27 @@ async def test_ready_status_reloading_stopping(
     )
 
 
+async def test_a_new_attempt_drops_what_the_previous_one_left_queued(
+    hub: NotifyHub, tmp_path: Path
+) -> None:
+    """READY=1 sent by a process just before it died, still queued when the worker begins the
+    next attempt, must not make the new process ready: begin() drops the queue."""
+    await hub.sync(notify_pod(), Wakes())
+    hub.begin(UID, "web", 0)
+    with sender(socket_path(tmp_path)) as s:
+        # Sent and still unread (the loop has not run since): the old attempt's last words.
+        s.send(b"READY=1")
+        s.send(b"STATUS=old")
+        hub.begin(UID, "web", 1)
+        assert hub.count("stale") == 2
+        view = hub.view(UID, "web")
+        assert view is not None and (view.attempt, view.ready, view.status) == (1, False, "")
+        s.send(b"STATUS=new")  # the new process is heard
+        await until(lambda: hub.count("accepted") == 1, "the new attempt's datagram")
+        view = hub.view(UID, "web")
+        assert view is not None and view.status == "new" and not view.ready
+
+
 async def test_watchdog_armed_by_ready_expires_without_pings(
     hub: NotifyHub, tmp_path: Path, clock: FakeClock
 ) -> None:
