@@ -15,42 +15,24 @@ import pytest
 from blockbuster import BlockBuster
 
 from agent.node.handlers import PASSED, HandlerResult
-from agent.node.hooks.runner import KIND_PRESTART, Hooks, HookTarget
+from agent.node.hooks.fake import HANG, FakeHooks
+from agent.node.hooks.runner import KIND_PRESTART, Hooks
 from agent.node.pods.worker import PodWorker, WorkerBook
-from agent.node.probes.base import UNPROBED, NoProbes, ProbeFailure, ProbeState
+from agent.node.probes.fake import FakeProber
 from agent.node.runtime.base import ContainerSpec
 from agent.node.runtime.fake import Script
-from agent.types import LABEL_KIND, LifecycleAction, PreStartHook, ProbeKind, SleepAction
+from agent.types import LABEL_KIND, ProbeKind, SleepAction
 from tests.unit.node.asyncwait import until
 from tests.unit.node.pods.builders import container, make_pod
 from tests.unit.node.pods.fakeclock import FakeClock
 from tests.unit.node.pods.rig import Rig
+from tests.unit.node.probes.proberrig import FirstTick
 
 APP = "c_web_shop_abcdef12_0"
 TCP_HOOK = {"tcpSocket": {"host": "10.9.9.9", "port": 5432}, "periodSeconds": 2}
 
 
-class ScriptedHooks:
-    """LifecycleHooks whose answers the test sets: preconditions whose index is in
-    ``passing`` pass; postStart/preStop handlers answer ``handler_result``."""
-
-    def __init__(self) -> None:
-        self.passing: set[int] = set()
-        self.checks: list[tuple[str, int]] = []
-        self.runs: list[tuple[str, LifecycleAction, float | None]] = []
-        self.handler_result = PASSED
-
-    async def check(self, target: HookTarget, index: int, hook: PreStartHook) -> HandlerResult:
-        self.checks.append((target.container.name, index))
-        if index in self.passing:
-            return PASSED
-        return HandlerResult.failed("dial tcp 10.9.9.9:5432: connection refused")
-
-    async def run(
-        self, target: HookTarget, action: LifecycleAction, timeout_s: float | None
-    ) -> HandlerResult:
-        self.runs.append((target.container_id, action, timeout_s))
-        return self.handler_result
+REFUSED = HandlerResult.failed("dial tcp 10.9.9.9:5432: connection refused")
 
 
 def clock_sleep(clock: FakeClock) -> Callable[[float], Awaitable[None]]:
@@ -78,8 +60,11 @@ async def rig(tmp_path: Path, blockbuster: BlockBuster) -> AsyncIterator[Rig]:
 
 
 @pytest.fixture
-def hooks() -> ScriptedHooks:
-    return ScriptedHooks()
+def hooks(rig: Rig) -> FakeHooks:
+    """Preconditions refused until a test makes them pass; handlers pass."""
+    hooks = FakeHooks(sleep=clock_sleep(rig.clock))
+    hooks.answer_check(0, REFUSED)
+    return hooks
 
 
 def spawn(rig: Rig, pod: Any, hooks: Any, book: WorkerBook | None = None) -> PodWorker:
@@ -117,7 +102,7 @@ def hooked(*pre_start: dict[str, Any], **lifecycle: Any) -> dict[str, Any]:
 
 
 async def test_the_container_waits_pending_and_starts_once_the_precondition_passes(
-    rig: Rig, hooks: ScriptedHooks
+    rig: Rig, hooks: FakeHooks
 ) -> None:
     worker = await started(rig, make_pod(hooked(TCP_HOOK)), hooks)
     assert apps(rig, worker) == []
@@ -131,7 +116,7 @@ async def test_the_container_waits_pending_and_starts_once_the_precondition_pass
     await rig.advance(worker, 2)  # the next check, still failing: no new event
     assert hooks.checks == [("c", 0), ("c", 0)]
     assert [r for r, _ in events(rig)].count("PreStartHookPending") == 1
-    hooks.passing = {0}
+    hooks.answer_check(0, PASSED)
     await rig.advance(worker, 2)  # within one period of the service appearing
     assert apps(rig, worker) == [APP]
     assert rig.runtime.one(worker.uid, "c").running
@@ -142,7 +127,7 @@ async def test_the_container_waits_pending_and_starts_once_the_precondition_pass
 
 
 async def test_the_deadline_fails_the_hook_and_the_pod_backs_off(
-    rig: Rig, hooks: ScriptedHooks
+    rig: Rig, hooks: FakeHooks
 ) -> None:
     hook = {**TCP_HOOK, "deadlineSeconds": 5}
     worker = await started(rig, make_pod(hooked(hook)), hooks)
@@ -168,13 +153,13 @@ async def test_the_deadline_fails_the_hook_and_the_pod_backs_off(
         await rig.advance(worker, step)
     assert waiting(worker)["message"].endswith("(back-off 20s)")  # doubled
     await rig.advance(worker, 20)
-    hooks.passing = {0}
+    hooks.answer_check(0, PASSED)
     await rig.advance(worker, 2)
     assert apps(rig, worker) == [APP]
 
 
 async def test_the_failure_threshold_ends_a_run_before_its_deadline(
-    rig: Rig, hooks: ScriptedHooks
+    rig: Rig, hooks: FakeHooks
 ) -> None:
     hook = {**TCP_HOOK, "failureThreshold": 2}
     worker = await started(rig, make_pod(hooked(hook)), hooks)
@@ -183,9 +168,7 @@ async def test_the_failure_threshold_ends_a_run_before_its_deadline(
     assert "2 failed checks in a row" in waiting(worker)["message"]
 
 
-async def test_restart_policy_never_gives_up_and_the_pod_fails(
-    rig: Rig, hooks: ScriptedHooks
-) -> None:
+async def test_restart_policy_never_gives_up_and_the_pod_fails(rig: Rig, hooks: FakeHooks) -> None:
     hook = {**TCP_HOOK, "deadlineSeconds": 2}
     worker = await started(rig, make_pod(hooked(hook), restart_policy="Never"), hooks)
     await rig.advance(worker, 2)
@@ -198,7 +181,7 @@ async def test_restart_policy_never_gives_up_and_the_pod_fails(
 
 
 async def test_a_container_without_preconditions_is_not_held_by_one_with(
-    rig: Rig, hooks: ScriptedHooks
+    rig: Rig, hooks: FakeHooks
 ) -> None:
     pod = make_pod(hooked(TCP_HOOK), container("plain"))
     worker = await started(rig, pod, hooks)
@@ -207,15 +190,16 @@ async def test_a_container_without_preconditions_is_not_held_by_one_with(
 
 
 async def test_completion_is_checkpointed_a_restarted_agent_checks_nothing(
-    rig: Rig, hooks: ScriptedHooks
+    rig: Rig, hooks: FakeHooks
 ) -> None:
-    hooks.passing = {0}
+    hooks.answer_check(0, PASSED)
     worker = await started(rig, make_pod(hooked(TCP_HOOK)), hooks)
     assert apps(rig, worker) == [APP]
     book = WorkerBook.from_json(worker.book.to_json())  # the checkpoint's round trip
     assert book.prestart_done == {"c": 0}
     await rig.stop(worker)
-    again = ScriptedHooks()  # the precondition would fail now
+    again = FakeHooks()
+    again.answer_check(0, REFUSED)  # the precondition would fail now
     revived = await started(rig, make_pod(hooked(TCP_HOOK)), again, book)
     assert again.checks == []
     assert rig.runtime.one(revived.uid, "c").running
@@ -228,11 +212,11 @@ async def test_completion_is_checkpointed_a_restarted_agent_checks_nothing(
     assert rig.runtime.one(revived.uid, "c").attempt == 1
 
 
-async def test_a_new_sandbox_checks_the_preconditions_again(rig: Rig, hooks: ScriptedHooks) -> None:
-    hooks.passing = {0}
+async def test_a_new_sandbox_checks_the_preconditions_again(rig: Rig, hooks: FakeHooks) -> None:
+    hooks.answer_check(0, PASSED)
     worker = await started(rig, make_pod(hooked(TCP_HOOK)), hooks)
     rig.runtime.exit_container(rig.runtime.one(worker.uid, "POD").id, 137)
-    hooks.passing = set()
+    hooks.answer_check(0, REFUSED)
     await rig.step(worker)
     assert len(hooks.checks) == 2
     assert waiting(worker)["reason"] == "PreStartHookPending"
@@ -303,17 +287,10 @@ async def test_wait_for_another_pod_ready(rig: Rig) -> None:
     assert apps(rig, worker) == [APP]
 
 
-class StuckHooks(ScriptedHooks):
-    """Checks that never end on their own (an exec helper that hangs)."""
-
-    async def check(self, target: HookTarget, index: int, hook: PreStartHook) -> HandlerResult:
-        self.checks.append((target.container.name, index))
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
-
-
-async def test_deleting_the_pod_does_not_wait_for_a_check_in_flight(rig: Rig) -> None:
-    hooks = StuckHooks()
+async def test_deleting_the_pod_does_not_wait_for_a_check_in_flight(
+    rig: Rig, hooks: FakeHooks
+) -> None:
+    hooks.answer_check(0, HANG)  # a check that does not answer (an exec helper that hangs)
     worker = spawn(rig, make_pod(hooked(TCP_HOOK)), hooks)
     await until(lambda: hooks.checks, "the check in flight")
     worker.terminate()
@@ -326,9 +303,9 @@ async def test_deleting_the_pod_does_not_wait_for_a_check_in_flight(rig: Rig) ->
 
 
 async def test_a_failed_post_start_kills_the_container_which_restarts_per_policy(
-    rig: Rig, hooks: ScriptedHooks
+    rig: Rig, hooks: FakeHooks
 ) -> None:
-    hooks.handler_result = HandlerResult.failed("command 'setup' exited with 2")
+    hooks.answer_handler(HandlerResult.failed("command 'setup' exited with 2"))
     pod = make_pod(hooked(postStart={"exec": {"command": ["setup"]}}))
     worker = await started(rig, pod, hooks)
     first = rig.runtime.one(worker.uid, "c")
@@ -339,16 +316,19 @@ async def test_a_failed_post_start_kills_the_container_which_restarts_per_policy
     assert failed == ["container c: postStart hook failed: command 'setup' exited with 2"]
     await rig.step(worker)
     assert waiting(worker)["reason"] == "CrashLoopBackOff"
-    hooks.handler_result = PASSED
+    hooks.answer_handler(PASSED)
     await rig.advance(worker, 10)
     assert rig.runtime.one(worker.uid, "c").running
     assert rig.runtime.one(worker.uid, "c").attempt == 1
 
 
 async def test_a_post_start_that_passes_leaves_the_container_running(
-    rig: Rig, hooks: ScriptedHooks
+    rig: Rig, hooks: FakeHooks
 ) -> None:
-    worker = await started(rig, make_pod(hooked(postStart={"sleep": {"seconds": 1}})), hooks)
+    worker = spawn(rig, make_pod(hooked(postStart={"sleep": {"seconds": 1}})), hooks)
+    await until(lambda: 1 in rig.clock.pending_s(), "the postStart sleep")
+    rig.clock.advance(1)
+    await rig.wait_syncs(worker, 1)
     assert rig.runtime.one(worker.uid, "c").running
     assert [run[1] for run in hooks.runs] == [SleepAction(1)]
 
@@ -372,7 +352,7 @@ async def test_pre_stop_runs_before_sigterm_within_the_grace_period(
 
 
 async def test_pre_stop_of_the_replaced_spec_runs_when_the_spec_changes(
-    rig: Rig, hooks: ScriptedHooks
+    rig: Rig, hooks: FakeHooks
 ) -> None:
     pod = make_pod(hooked(preStop={"exec": {"command": ["drain"]}}))
     worker = await started(rig, pod, hooks)
@@ -386,27 +366,27 @@ async def test_pre_stop_of_the_replaced_spec_runs_when_the_spec_changes(
     assert len(hooks.runs) == 1
 
 
-class FailingProber(NoProbes):
-    """A prober whose liveness probe has failed for the containers listed."""
-
-    def __init__(self) -> None:
-        self.failing: set[str] = set()
-
-    def state(self, pod_uid: str, container_id: str) -> ProbeState:
-        if container_id in self.failing:
-            return ProbeState(failure=ProbeFailure(ProbeKind.LIVENESS, "probe failed", 7))
-        return UNPROBED
-
-
-async def test_a_liveness_kill_runs_pre_stop_first(rig: Rig, hooks: ScriptedHooks) -> None:
-    prober = FailingProber()
-    pod = make_pod(hooked(preStop={"exec": {"command": ["drain"]}}))
+async def test_a_liveness_kill_runs_pre_stop_first(rig: Rig, hooks: FakeHooks) -> None:
+    workers: dict[str, PodWorker] = {}
+    prober = FakeProber(
+        clock=rig.clock,
+        timers=rig.clock,
+        on_change=lambda uid: workers[uid].wake(),
+        rng=FirstTick(),
+    )
+    probe = {"exec": {"command": ["alive?"]}, "terminationGracePeriodSeconds": 7}
+    pod = make_pod(
+        container(
+            livenessProbe={**probe, "failureThreshold": 1},
+            lifecycle={"preStop": {"exec": {"command": ["drain"]}}},
+        )
+    )
     deps = dataclasses.replace(rig.deps, hooks=hooks, prober=prober)
-    worker = rig.spawn(pod, deps=deps)
+    worker = workers[pod.uid] = rig.spawn(pod, deps=deps)
     await rig.wait_syncs(worker, 1)
     first = rig.runtime.one(worker.uid, "c")
-    prober.failing = {first.id}
-    await rig.step(worker)
+    prober.answer("c", ProbeKind.LIVENESS, HandlerResult.failed("probe failed"))
+    await rig.step(worker, lambda: rig.clock.advance(0))  # the probe's first run fails it
     # The hook gets the probe's grace period, SIGTERM what is left of it.
     assert hooks.runs == [(first.id, pod.spec.containers[0].lifecycle.pre_stop, 7.0)]
     assert ("stop", APP, "7") in rig.runtime.trace

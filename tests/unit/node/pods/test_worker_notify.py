@@ -1,12 +1,12 @@
 """The pod worker with sd_notify containers (issue 15 item 5), on the FakeRuntime with the fake
-clock and a fake notify gate: sockets before containers, READY=1 gates started/ready and the
+clock, the FakeNotify gate and the FakeProber: sockets before containers, READY=1 gates started/ready and the
 probes, a stale attempt's word does not count, a missed watchdog restarts with back-off, the
 pod's sockets close with it; and the spec a notify container gets."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,80 +14,14 @@ import pytest
 from blockbuster import BlockBuster
 
 from agent.manifest import parse_pod
-from agent.node.notify.hub import NotifyView
+from agent.node.notify.fake import FakeNotify
 from agent.node.pods.specs import app_spec
 from agent.node.pods.worker import PodWorker
-from agent.node.probes.base import UNPROBED, ProbeState
-from agent.node.runtime.base import ContainerRecord, Mount
+from agent.node.probes.fake import FakeProber
+from agent.node.runtime.base import Mount
 from agent.types import Pod
 from tests.unit.node.pods.builders import UID, make_ctx
 from tests.unit.node.pods.rig import Rig
-
-
-@dataclass
-class Said:
-    attempt: int = -1
-    ready: bool = False
-    started: bool = False
-    expired: str = ""
-    status: str = ""
-
-
-class FakeNotify:
-    """A NotifyGate whose containers say what the test makes them say."""
-
-    def __init__(self) -> None:
-        self.said: dict[tuple[str, str], Said] = {}
-        self.calls: list[tuple[str, ...]] = []
-        self.wake: Callable[[], None] | None = None
-        self.wanted: set[str] = {"web"}
-
-    async def sync(self, pod: Pod, wake: Callable[[], None]) -> None:
-        self.calls.append(("sync", pod.uid))
-        self.wake = wake
-        for name in self.wanted:
-            self.said.setdefault((pod.uid, name), Said())
-
-    def begin(self, pod_uid: str, container: str, attempt: int) -> None:
-        self.calls.append(("begin", container, str(attempt)))
-        if (pod_uid, container) in self.said:
-            self.said[(pod_uid, container)] = Said(attempt=attempt)
-
-    def view(self, pod_uid: str, container: str) -> NotifyView | None:
-        said = self.said.get((pod_uid, container))
-        if said is None:
-            return None
-        return NotifyView(
-            attempt=said.attempt,
-            ready=said.ready,
-            started=said.started,
-            stopping=False,
-            expired=said.expired,
-            status=said.status,
-            watchdog_s=10,
-        )
-
-    async def close(self, pod_uid: str) -> None:
-        self.calls.append(("close", pod_uid))
-
-    def say(self, container: str, **fields: Any) -> None:
-        said = self.said[(UID, container)]
-        for key, value in fields.items():
-            setattr(said, key, value)
-
-
-class RecordingProber:
-    def __init__(self) -> None:
-        self.running: dict[str, str] = {}
-
-    def sync_pod(self, pod: Pod, running: Mapping[str, ContainerRecord], pod_ip: str) -> None:
-        self.running = {name: record.id for name, record in running.items()}
-
-    def state(self, pod_uid: str, container_id: str) -> ProbeState:
-        return UNPROBED
-
-    def forget_pod(self, pod_uid: str) -> None:
-        self.running = {}
 
 
 def notify_pod(restart_policy: str = "Always") -> Pod:
@@ -126,20 +60,25 @@ async def rig(tmp_path: Path, blockbuster: BlockBuster) -> AsyncIterator[Rig]:
 
 
 @pytest.fixture
-def notify() -> FakeNotify:
-    return FakeNotify()
+def notify(rig: Rig) -> FakeNotify:
+    return FakeNotify(clock=rig.clock, timers=rig.clock)
 
 
 @pytest.fixture
-def prober() -> RecordingProber:
-    return RecordingProber()
+def prober(rig: Rig) -> FakeProber:
+    return FakeProber(clock=rig.clock, timers=rig.clock, on_change=lambda uid: None)
 
 
-async def start(rig: Rig, notify: FakeNotify, prober: RecordingProber, pod: Pod) -> PodWorker:
+async def start(rig: Rig, notify: FakeNotify, prober: FakeProber, pod: Pod) -> PodWorker:
     deps = replace(rig.deps, notify=notify, prober=prober)
     worker = rig.spawn(pod, deps=deps)
     await rig.wait_syncs(worker, 1)
     return worker
+
+
+def probed(prober: FakeProber) -> set[str]:
+    """The containers the worker last told the prober run (so that they get probed)."""
+    return set(prober.synced.get(UID, {}))
 
 
 def statuses(worker: PodWorker) -> dict[str, dict[str, Any]]:
@@ -151,7 +90,7 @@ def conditions(worker: PodWorker) -> dict[str, str]:
 
 
 async def test_sockets_before_containers_and_ready_only_after_ready_1(
-    rig: Rig, notify: FakeNotify, prober: RecordingProber
+    rig: Rig, notify: FakeNotify, prober: FakeProber
 ) -> None:
     worker = await start(rig, notify, prober, notify_pod())
     # The sockets were synced before any container was created; each attempt begins unready.
@@ -163,11 +102,9 @@ async def test_sockets_before_containers_and_ready_only_after_ready_1(
     assert conditions(worker)["Ready"] == "False"
     assert worker.status["phase"] == "Running"
     # READY=1 is the startup gate: no probe runs on web before it.
-    assert set(prober.running) == {"plain"}
+    assert probed(prober) == {"plain"}
 
-    notify.say("web", ready=True, started=True, status="serving \\x1b")
-    assert notify.wake is not None
-    await rig.step(worker, notify.wake)
+    await rig.step(worker, lambda: notify.send(UID, "web", b"READY=1\nSTATUS=serving \x1b"))
     web = statuses(worker)["web"]
     assert (web["started"], web["ready"]) == (True, True)
     assert web["state"]["running"]["message"] == "serving \\x1b"  # STATUS=, as the hub escaped it
@@ -178,37 +115,37 @@ async def test_sockets_before_containers_and_ready_only_after_ready_1(
         "ContainersReady": "True",
         "Ready": "True",
     }
-    assert set(prober.running) == {"web", "plain"}
+    assert probed(prober) == {"web", "plain"}
 
-    # RELOADING=1 (or STOPPING=1): ready ends, started stays.
-    notify.say("web", ready=False)
-    await rig.step(worker, notify.wake)
+    # RELOADING=1: ready ends, started stays.
+    await rig.step(worker, lambda: notify.send(UID, "web", b"RELOADING=1"))
     web = statuses(worker)["web"]
     assert (web["started"], web["ready"]) == (True, False)
     assert conditions(worker)["Ready"] == "False"
 
 
 async def test_the_word_of_another_attempt_does_not_count(
-    rig: Rig, notify: FakeNotify, prober: RecordingProber
+    rig: Rig, notify: FakeNotify, prober: FakeProber
 ) -> None:
     worker = await start(rig, notify, prober, notify_pod())
-    notify.say("web", attempt=7, ready=True, started=True)  # e.g. a state file from before
-    await rig.step(worker)
+    # The gate's word is of attempt 7 (e.g. a state file from before), not of the running 0.
+    notify.begin(UID, "web", 7)
+    await rig.step(worker, lambda: notify.send(UID, "web", b"READY=1"))
+    said = notify.view(UID, "web")
+    assert said is not None and (said.attempt, said.ready) == (7, True)
     assert statuses(worker)["web"]["ready"] is False
-    assert set(prober.running) == {"plain"}
+    assert probed(prober) == {"plain"}
 
 
 async def test_missed_watchdog_kills_and_restarts_with_back_off(
-    rig: Rig, notify: FakeNotify, prober: RecordingProber
+    rig: Rig, notify: FakeNotify, prober: FakeProber
 ) -> None:
     worker = await start(rig, notify, prober, notify_pod())
-    notify.say("web", ready=True, started=True)
-    await rig.step(worker, notify.wake)
+    await rig.step(worker, lambda: notify.send(UID, "web", b"READY=1"))
     first = rig.runtime.one(UID, "web")
     assert first.running
 
-    notify.say("web", ready=False, expired="no WATCHDOG=1 for 10s")
-    await rig.step(worker, notify.wake)
+    await rig.step(worker, lambda: rig.clock.advance(10))  # no WATCHDOG=1 for the interval
     assert not rig.runtime.one(UID, "web").running  # stopped, not yet restarted
     events = [(e["reason"], e["message"]) for e in rig.events.list()]
     assert ("Unhealthy", "container web: sd_notify watchdog: no WATCHDOG=1 for 10s") in events
@@ -228,7 +165,7 @@ async def test_missed_watchdog_kills_and_restarts_with_back_off(
 
 
 async def test_the_pods_sockets_close_with_it(
-    rig: Rig, notify: FakeNotify, prober: RecordingProber
+    rig: Rig, notify: FakeNotify, prober: FakeProber
 ) -> None:
     worker = await start(rig, notify, prober, notify_pod())
     worker.terminate()
