@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     add_config_flags(run)
     doctor = sub.add_parser("doctor", help="check that this host can run the agent")
     doctor.add_argument("--config", metavar="FILE")
+    doctor.add_argument("-o", "--output", choices=("text", "json"), default="text")
     add_config_flags(doctor)
     sub.add_parser("version", help="print the version")
     return parser
@@ -88,63 +89,14 @@ def _serve(config: object) -> int:
     return 0
 
 
-def _engine_version(config: object) -> str:
-    """Ask the container engine for its version, through the runtime adapter."""
-    import asyncio
-
-    from agent.aio.bridge import ThreadBridge
-    from agent.config import AgentConfig
-    from agent.node.runtime.docker import DockerRuntime
-
-    assert isinstance(config, AgentConfig)
-
-    async def ping() -> str:
-        bridge = ThreadBridge(1, name="doctor")
-        runtime = DockerRuntime(
-            bridge,
-            config.node_name,
-            docker_host=config.docker_host,
-            timeout_s=config.runtime_timeout_s,
-            pool_size=1,
-        )
-        try:
-            return await runtime.ping()
-        finally:
-            await runtime.close()
-            bridge.close()
-
-    return asyncio.run(ping())
-
-
 def _doctor(args: argparse.Namespace) -> int:
-    from agent.config import AgentConfig
-    from agent.errors import AgentError, ConfigError
+    from pathlib import Path
 
-    try:
-        config = _load(args)
-    except ConfigError as exc:
-        print(f"config: FAIL {exc}")
-        return EXIT_CONFIG
-    assert isinstance(config, AgentConfig)
-    print(f"config: ok (node {config.node_name})")
-    ok = True
-    try:
-        print(f"docker: ok (engine {_engine_version(config)})")
-    except AgentError as exc:
-        print(f"docker: FAIL {exc}")
-        ok = False
-    try:
-        config.state_dir.mkdir(parents=True, exist_ok=True)
-        probe = config.state_dir / ".doctor-probe"
-        probe.write_text("ok")
-        probe.unlink()
-        print(f"state dir: ok ({config.state_dir})")
-    except OSError as exc:
-        print(f"state dir: FAIL {exc}")
-        ok = False
-    if config.manifest_dir is not None and not config.manifest_dir.is_dir():
-        print(f"manifest dir: WARN {config.manifest_dir} does not exist (no static pods)")
-    return 0 if ok else EXIT_FAILED
+    from agent.config import overrides_from_args
+    from agent.doctor import node
+
+    path = Path(args.config) if args.config else None
+    return node.main(path, overrides_from_args(args), args.output)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     user.add_argument("--out", type=Path, metavar="FILE", help="default DIR/users/NAME.conf")
     sub.add_parser("version", help="print the version")
+    doctor = sub.add_parser("doctor", help="check that this host can run the master")
+    doctor.add_argument("--config", required=True, type=Path, metavar="FILE")
+    doctor.add_argument("-o", "--output", choices=("text", "json"), default="text")
     from agent.cli import node_master_token
 
     node_master_token.add_parser(sub)
@@ -180,6 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _issue_user(args)
         if args.command == "token":
             return _token(args)
+        if args.command == "doctor":
+            from agent.doctor import master
+
+            return master.main(args.config, args.output)
         return _run(args)
     finally:
         os.umask(loose)  # for an in-process caller (the tests)
