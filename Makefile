@@ -68,6 +68,26 @@ test-system-pkg: bootstrap
 bench: bootstrap
 	$(PY) bench/pod_start.py $(BENCH_ARGS)
 
+# deb and rpm packages of node-agent and node-master into dist/ (docs/packaging.md);
+# `make deb VERSION=0.2.0` builds another version from this tree. `make lock` refreshes
+# packaging/requirements.lock after a dependency change. test-packaging checks what they built.
+VERSION ?=
+.PHONY: deb rpm lock test-packaging
+deb:
+	$(BOOTSTRAP) --no-docker --packaging
+	VERSION=$(VERSION) bash packaging/build.sh deb
+
+rpm:
+	$(BOOTSTRAP) --no-docker --packaging
+	VERSION=$(VERSION) bash packaging/build.sh rpm
+
+lock:
+	$(BOOTSTRAP) --no-docker
+	bash packaging/lock.sh
+
+test-packaging: deb rpm
+	VERSION=$(VERSION) $(PY) -m pytest -q -p no:cacheprovider packaging/tests $(PYTEST_ARGS)
+
 clean:
 	if docker info >/dev/null 2>&1; then \
 	  ids=$$(docker ps -aq --filter label=io.node-agent.node=$(DEMO_NODE)); \

@@ -6,6 +6,7 @@
 # Flags: --no-docker  packages and venv only (lint, unit tests): no dockerd, no images
 #        --no-images  do not build the test images
 #        --no-venv    do not create/update .venv
+#        --packaging  also the package build and check tools (make deb/rpm/test-packaging)
 # Environment: BOOTSTRAP_DOCKER_WAIT_S (default 60): how long to wait for dockerd to answer.
 set -euo pipefail
 
@@ -18,12 +19,14 @@ DOCKER_WAIT_S=${BOOTSTRAP_DOCKER_WAIT_S:-60}
 WANT_DOCKER=1
 WANT_VENV=1
 WANT_IMAGES=1
+WANT_PACKAGING=0
 for arg in "$@"; do
   case "$arg" in
     --no-docker) WANT_DOCKER=0 WANT_IMAGES=0 ;;
     --no-images) WANT_IMAGES=0 ;;
     --no-venv) WANT_VENV=0 ;;
-    *) echo "bootstrap: unknown flag $arg (known: --no-docker --no-images --no-venv)" >&2; exit 2 ;;
+    --packaging) WANT_PACKAGING=1 ;;
+    *) echo "bootstrap: unknown flag $arg (known: --no-docker --no-images --no-venv --packaging)" >&2; exit 2 ;;
   esac
 done
 
@@ -37,6 +40,11 @@ systemd_booted() { [[ -d /run/systemd/system ]]; }
 # gcc and libc6-dev: tests/integration/test_notify.py builds its static sd_notify helper.
 PACKAGES=(docker.io iproute2 busybox-static python3-venv tmux socat procps ca-certificates curl
   gcc libc6-dev)
+# packaging/build.sh and packaging/tests: dpkg-deb, lintian, rpmbuild and rpm (Debian's rpm),
+# cloud-init's schema check, systemd-analyze (its units are never started here).
+if ((WANT_PACKAGING)); then
+  PACKAGES+=(dpkg-dev fakeroot lintian rpm cloud-init systemd)
+fi
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
