@@ -187,3 +187,28 @@ def test_doctor_on_a_healthy_node_and_on_each_problem(
     assert code == 1 and failing(checks) == {"node certificate"}
     assert "no node certificate" in checks["node certificate"]["detail"]
     cert.write_bytes(kept)
+
+
+def test_doctor_shows_why_the_master_refused_the_node(
+    make_master: MakeMaster, make_agent: MakeAgent
+) -> None:
+    master = make_master()
+    master.configure(trust=["token"])
+    master.start()
+    agent = make_agent(
+        master=master.url,
+        ca_cert_hash=[master.pin],
+        master_backoff_max_s=1.0,
+        token="abcdef.0123456789abcdef",  # well formed, never created
+    )
+    agent.start(wait_ready=False)
+    state = agent.state_dir / "registration.json"
+    wait_for(lambda: state.exists() and "Denied" in state.read_text(), what="refusal recorded")
+
+    text = run("agent.cli.node_agent", "--config", str(agent.config_path))
+    assert text.returncode == 1
+    [line] = [line for line in text.stdout.splitlines() if line.startswith("✗ registration:")]
+    assert f"denied by {master.url}" in line and "abcdef" in line and "(HTTP 403)" in line
+    assert "0123456789abcdef" not in text.stdout  # the secret is never shown
+    fix = text.stdout.splitlines()[text.stdout.splitlines().index(line) + 1]
+    assert fix.startswith("    fix: give the node a valid join token")
