@@ -14,7 +14,7 @@ import contextlib
 import logging
 import math
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -721,19 +721,8 @@ class PodWorker:
         async def check(index: int, hook: PreStartHook) -> HandlerResult:
             # A check may take its whole timeout (an exec helper longer): a deletion of the
             # pod does not wait for it.
-            work = asyncio.ensure_future(self._hooks.check(target, index, hook))
-            stop = asyncio.ensure_future(self._terminate_requested.wait())
-            try:
-                await asyncio.wait((work, stop), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stop.cancel()
-                if not work.done():
-                    work.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await work
-            if work.cancelled():
-                return HandlerResult.failed("the pod is being deleted")
-            return work.result()
+            result = await self._unless_deleted(self._hooks.check(target, index, hook))
+            return result or HandlerResult.failed("the pod is being deleted")
 
         status = await state.run.step(clock.monotonic, check)
         if self.terminating:
@@ -771,6 +760,23 @@ class PodWorker:
             extra=kv(pod=self.pod.full_name, container=name, error=status.message),
         )
         return state.delay_s
+
+    async def _unless_deleted(
+        self, hook: Coroutine[Any, Any, HandlerResult]
+    ) -> HandlerResult | None:
+        """``hook``'s result, or None once the pod's deletion is asked for (the hook is then
+        cancelled: a deletion never waits for a precondition's or a postStart's timeout)."""
+        work = asyncio.ensure_future(hook)
+        stop = asyncio.ensure_future(self._terminate_requested.wait())
+        try:
+            await asyncio.wait((work, stop), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+        return None if work.cancelled() else work.result()
 
     def _event(self, reason: str, message: str, *, warning: bool = False) -> None:
         self.deps.events.record(
@@ -849,7 +855,9 @@ class PodWorker:
         """Kubernetes: a postStart that fails kills the container, which then restarts per
         the pod's restartPolicy (its exit is judged like any other)."""
         target = HookTarget(self.pod, container, self._pod_ip_now, container_id=container_id)
-        result = await self._hooks.run(target, action, POST_START_TIMEOUT_S)
+        result = await self._unless_deleted(self._hooks.run(target, action, POST_START_TIMEOUT_S))
+        if result is None:
+            return  # the pod is being deleted: the next sync stops the container
         if result.ok:
             return
         self._event(

@@ -4,6 +4,7 @@ restarts and back-off, replacement, deletion, adoption, runtime and image faults
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,13 +18,16 @@ from agent.errors import (
     RuntimeOperationError,
     RuntimeUnavailableError,
 )
+from agent.node.hooks.runner import Hooks
 from agent.node.pods.specs import app_spec, sandbox_spec
 from agent.node.pods.worker import PodWorker, WorkerBook
 from agent.node.runtime.base import ContainerState
 from agent.node.runtime.fake import Script
 from agent.types import Container, ObjectMeta, Pod, PodSpec
+from tests.unit.node.asyncwait import until
 from tests.unit.node.pods.builders import UID, container, make_pod
 from tests.unit.node.pods.rig import DEADLINE_S, HOST_IP, SANDBOX_IMAGE, Rig
+from tests.unit.node.probes.proberrig import clock_sleep
 
 SANDBOX = "POD_web_shop_abcdef12"
 
@@ -360,6 +364,21 @@ async def test_deleted_while_a_create_is_in_flight(rig: Rig) -> None:
     assert rig.runtime.now(UID) == []
     assert ("create", name("c", 0)) in rig.runtime.trace
     assert rig.runtime.trace[-1] == ("remove", f"{SANDBOX}_0")
+
+
+async def test_deleted_while_its_post_start_hook_runs(rig: Rig) -> None:
+    """A deletion cancels a running postStart (here a 300 s sleep on the fake clock, which
+    never moves): the container is stopped and removed without waiting for the hook, and no
+    FailedPostStartHook is reported for it."""
+    hooks = Hooks(rig.runtime, sleep=clock_sleep(rig.clock))
+    pod = make_pod(container(lifecycle={"postStart": {"sleep": {"seconds": 300}}}))
+    worker = rig.spawn(pod, deps=dataclasses.replace(rig.deps, hooks=hooks))
+    await until(lambda: 300 in rig.clock.pending_s(), "the postStart sleep")
+    assert rig.runtime.one(UID, "c").running
+    worker.terminate()
+    await rig.finished(worker)
+    assert rig.runtime.now(UID) == []
+    assert "FailedPostStartHook" not in reasons(rig)
 
 
 async def test_teardown_is_retried_while_the_runtime_is_down(rig: Rig) -> None:
