@@ -39,7 +39,7 @@ from agent.doctor.core import (
     report,
     run_checks,
 )
-from agent.doctor.node import MasterCheckError, judge_unit
+from agent.doctor.node import OWN_TIMEOUT_SHARE, MasterCheckError, judge_unit
 from agent.errors import AgentError, ConfigError, PkiError
 from agent.master.config import MasterConfig, load_master_config
 from agent.pki.core import (
@@ -229,7 +229,7 @@ class MasterDoctor:
         url_host = f"[{connect}]" if ":" in connect else connect
         url = f"https://{url_host}:{self.config.port}/v1/nodes"
         connector = aiohttp.TCPConnector(ssl=ctx, force_close=True)
-        timeout = aiohttp.ClientTimeout(total=self._timeout_s)
+        timeout = aiohttp.ClientTimeout(total=self._timeout_s * OWN_TIMEOUT_SHARE)
         async with (
             aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
             session.get(url) as resp,

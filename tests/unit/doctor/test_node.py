@@ -143,11 +143,17 @@ def base(tmp_path: Path) -> Iterator[AgentConfig]:
     )
 
 
-async def doctor(config: AgentConfig, tmp_path: Path) -> dict[str, CheckResult]:
+async def doctor(
+    config: AgentConfig, tmp_path: Path, timeout_s: float = 1.5
+) -> dict[str, CheckResult]:
     bridge = ThreadBridge(4, name="test-doctor")
     try:
         checker = NodeDoctor(
-            config, bridge, environ={}, systemctl=(str(tmp_path / "no-systemctl"),)
+            config,
+            bridge,
+            environ={},
+            systemctl=(str(tmp_path / "no-systemctl"),),
+            timeout_s=timeout_s,
         )
         return {r.name: r for r in await checker.run()}
     finally:
@@ -184,6 +190,17 @@ async def test_no_docker_no_master_and_nothing_created(base: AgentConfig, tmp_pa
     assert results["state dir"].ok and "creates" in results["state dir"].detail
     assert results["health port"].ok and results["api port"].ok
     assert results["systemd"].ok and "skipped" in results["systemd"].detail
+
+
+async def test_a_master_that_never_answers(base: AgentConfig, tmp_path: Path) -> None:
+    with socket.socket() as silent:  # accepts connections (the backlog), never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"https://127.0.0.1:{silent.getsockname()[1]}"
+        results = await doctor(replace(base, master=url), tmp_path, timeout_s=0.3)
+    reached = results["master"]
+    assert not reached.ok and reached.detail == f"{url} is not reachable: no answer within 0.24 s"
+    assert "not reachable" in results["clock"].detail
 
 
 async def test_static_only_node_skips_the_master(base: AgentConfig, tmp_path: Path) -> None:
