@@ -6,7 +6,7 @@
 #
 # Environment: VERSION (default: agent.__version__; digits and dots, written into the packaged
 # agent/__init__.py so that N and N+1 can be built from one tree), DIST (default dist),
-# BUILD_DIR (default build/pkg). Needs PyPI (the lock's wheels, cached in BUILD_DIR, and
+# BUILD_DIR (default build/pkg; builds sharing one wait for each other). Needs PyPI (the lock's wheels, cached in BUILD_DIR, and
 # setuptools for the project's wheel) and nothing else from the network.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +36,10 @@ done
 # Reproducible dates and mtimes: the last commit's time.
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
 mkdir -p "$DIST" "$BUILD_DIR"
+BUILD_DIR=$(cd "$BUILD_DIR" && pwd)  # absolute from here on (rpmbuild, pip)
+# One build at a time per BUILD_DIR (its stage and source trees are shared by every version).
+exec 9>"$BUILD_DIR/.lock"
+flock 9
 pip() { "$PY" -m pip --isolated --disable-pip-version-check "$@"; }
 
 # -- the lock's wheels, downloaded once per lock content --------------------------------------
@@ -60,7 +64,7 @@ rm -rf "$src" "$BUILD_DIR/wheel-$VERSION"
 mkdir -p "$src"
 git ls-files -z agent pyproject.toml README.md | xargs -0 cp --parents -t "$src"
 sed -i "s/^__version__ = .*/__version__ = \"$VERSION\"/" "$src/agent/__init__.py"
-pip wheel -q --no-deps -w "$BUILD_DIR/wheel-$VERSION" "./$src" >/dev/null
+pip wheel -q --no-deps -w "$BUILD_DIR/wheel-$VERSION" "$src" >/dev/null
 project_wheel=$(echo "$BUILD_DIR/wheel-$VERSION"/node_agent-"$VERSION"-py3-none-any.whl)
 [[ -f "$project_wheel" ]] || die "no project wheel $project_wheel"
 
@@ -177,7 +181,7 @@ CONTROL
 
 # -- rpm ------------------------------------------------------------------------------------------
 build_rpm() {
-  local pkg=$1 priority=$2 root=$BUILD_DIR/stage/$1/root top=$REPO/$BUILD_DIR/rpm
+  local pkg=$1 priority=$2 root=$BUILD_DIR/stage/$1/root top=$BUILD_DIR/rpm
   stage "$pkg" /usr/lib/systemd/system
   rm -rf "$top"
   mkdir -p "$top"/{BUILD,RPMS,SPECS,SRPMS,BUILDROOT}
@@ -187,7 +191,7 @@ build_rpm() {
   fi
   sed -e "s/@PACKAGE@/$pkg/g" -e "s/@PRIORITY@/$priority/g" -e "s/@VERSION@/$VERSION/g" \
     -e "s|@SUMMARY@|$(summary "$pkg")|g" -e "s|@HOMEPAGE@|$HOMEPAGE|g" \
-    -e "s|@STAGE@|$REPO/$root|g" packaging/rpm/package.spec |
+    -e "s|@STAGE@|$root|g" packaging/rpm/package.spec |
     awk -v note="$note" '{ sub(/@PURGE_NOTE@/, note); print }' >"$spec"
   if [[ $pkg == node-agent ]]; then
     printf '%%dir /etc/node-agent\n%%dir /etc/node-agent/manifests\n%%config(noreplace) /etc/node-agent/agent.toml\n%%doc /usr/share/doc/node-agent/configuration.md\n' >>"$spec"
