@@ -18,8 +18,9 @@ bootstrap:
 
 # pytest's exit status is make's: failures (1) and "no tests collected" (5) both fail the target.
 # The package tests (tests/system/pkg) are test-system-pkg's, which .ci/run runs after this one.
+# The unit tests ran once already, under coverage-units: the last step runs the rest.
 test: bootstrap coverage-proto coverage-units
-	$(PY) -m pytest -q --ignore=tests/system/pkg $(PYTEST_ARGS)
+	$(PY) -m pytest -q --ignore=tests/unit --ignore=tests/system/pkg $(PYTEST_ARGS)
 
 # The sans-IO protocol core is held to 100 % branch coverage by its own unit tests.
 coverage-proto:
