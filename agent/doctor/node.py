@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import encodings.idna  # noqa: F401 - see below
 import os
 import socket
 import time
@@ -66,6 +67,10 @@ from agent.pki.core import (
     verify_issued_by,
 )
 from agent.pki.names import master_mark_check
+
+# encodings.idna: ssl encodes a TLS server name with the idna codec, which Python imports on its
+# first use; imported here, before the loop runs, so that this import never happens on the loop
+# (where it would wait for the import lock a bridge thread may hold).
 
 # Free space the state dir needs: the checkpoint is rewritten whole on every change and
 # emptyDir volumes live there; below this a write can fail at any moment.
