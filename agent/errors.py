@@ -366,5 +366,15 @@ class CliError(AgentError):
         return self.exit_code
 
 
+class ServerError(CliError):
+    """nodectl: the master refused a request (4xx/5xx); printed as kubectl prints it,
+    ``Error from server (NotFound): pods "x" not found``."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"Error from server ({reason}): {message}")
+        self.status = status
+        self.reason = reason
+
+
 class SessionUnavailableError(AgentError):
     """nodectl: no usable session for this config; the caller runs the command itself."""

@@ -24,7 +24,7 @@ from typing import Any
 
 from agent import __version__
 from agent.cli.nodectl_control import SESSION_IDLE_S, config_path, control
-from agent.errors import CliError, NotTheMasterError, SessionUnavailableError
+from agent.errors import CliError, NotTheMasterError, ServerError, SessionUnavailableError
 from agent.names import escape, quote
 
 EXIT_ERROR = 1
@@ -167,8 +167,43 @@ class Client:
                 message = data.decode(errors="replace")
             # The server's words on one line: a newline or an escape sequence in them (a name
             # the server echoes) can neither forge a line nor drive the terminal.
-            raise CliError(f"Error from server ({response.status}): {escape(message)}")
+            status = response.status
+            reason = HTTP_REASONS.get(status, f"HTTP {status}")
+            raise ServerError(status, reason, escape(message))
         return decoded
+
+
+# kubectl's names for the API's statuses (metav1.StatusReason), in its "Error from server (…)".
+HTTP_REASONS = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    406: "NotAcceptable",
+    409: "Conflict",
+    410: "Gone",
+    413: "RequestEntityTooLarge",
+    415: "UnsupportedMediaType",
+    422: "Invalid",
+    429: "TooManyRequests",
+    500: "InternalError",
+    502: "BadGateway",
+    503: "ServiceUnavailable",
+    504: "Timeout",
+}
+
+
+@contextlib.contextmanager
+def named(resource: str, name: str) -> Iterator[None]:
+    """A request for one named object: the master's 404 becomes kubectl's words for it,
+    ``Error from server (NotFound): pods "x" not found``."""
+    try:
+        yield
+    except ServerError as exc:
+        if exc.status != 404:
+            raise
+        raise ServerError(404, "NotFound", f"{resource} {quote(name)} not found") from None
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -409,8 +444,8 @@ def cmd_get(client: Client, args: argparse.Namespace) -> None:
         if args.name:
             items = [item for item in items if item["metadata"]["name"] == args.name]
             if not items:
-                what = {"nodes": "node", "pods": "pod", "csr": "certificaterequest"}[kind]
-                raise CliError(f"Error from server (NotFound): {what} {quote(args.name)} not found")
+                what = {"nodes": "nodes", "pods": "pods", "csr": "certificaterequests"}[kind]
+                raise ServerError(404, "NotFound", f"{what} {quote(args.name)} not found")
         found.append((kind, items))
     if args.output in ("json", "yaml"):
         every = [item for _, items in found for item in items]
@@ -420,15 +455,24 @@ def cmd_get(client: Client, args: argparse.Namespace) -> None:
         _emit_table(items, kind, args.output, args.all_namespaces)
 
 
+def _one_kind(spec: str, verb: str) -> str:
+    """The one kind of node or pod a verb on one object takes."""
+    kinds = _kinds(spec)
+    if len(kinds) != 1 or kinds[0] not in ("nodes", "pods"):
+        raise CliError(f"{verb} takes one resource type: nodes or pods, not {quote(spec)}", 2)
+    return kinds[0]
+
+
 def cmd_describe(client: Client, args: argparse.Namespace) -> None:
-    [kind] = _kinds(args.kind)
-    if kind == "nodes":
-        obj = client.call("GET", f"/v1/nodes/{_segment(args.name)}")
-    else:
-        obj = client.call(
-            "GET",
-            f"/v1/namespaces/{_segment(args.namespace)}/pods/{_segment(args.name)}",
-        )
+    kind = _one_kind(args.kind, "describe")
+    with named(kind, args.name):
+        if kind == "nodes":
+            obj = client.call("GET", f"/v1/nodes/{_segment(args.name)}")
+        else:
+            obj = client.call(
+                "GET",
+                f"/v1/namespaces/{_segment(args.namespace)}/pods/{_segment(args.name)}",
+            )
     print(_yaml(obj), end="")
     if kind == "nodes":
         _describe_replacement(args.name, obj)
@@ -516,16 +560,17 @@ def cmd_apply(client: Client, args: argparse.Namespace) -> None:
 
 
 def cmd_delete(client: Client, args: argparse.Namespace) -> None:
-    [kind] = _kinds(args.kind)
-    if kind == "nodes":
-        client.call("DELETE", f"/v1/nodes/{_segment(args.name)}")
-        print(f"node {quote(args.name)} deleted")
-    else:
-        client.call(
-            "DELETE",
-            f"/v1/namespaces/{_segment(args.namespace)}/pods/{_segment(args.name)}",
-        )
-        print(f"pod {quote(args.name)} deleted")
+    kind = _one_kind(args.kind, "delete")
+    with named(kind, args.name):
+        if kind == "nodes":
+            client.call("DELETE", f"/v1/nodes/{_segment(args.name)}")
+            print(f"node {quote(args.name)} deleted")
+        else:
+            client.call(
+                "DELETE",
+                f"/v1/namespaces/{_segment(args.namespace)}/pods/{_segment(args.name)}",
+            )
+            print(f"pod {quote(args.name)} deleted")
 
 
 def cmd_node_action(client: Client, args: argparse.Namespace) -> None:
@@ -543,7 +588,8 @@ def cmd_node_action(client: Client, args: argparse.Namespace) -> None:
         body = {"forceReplace": True, "fingerprint": fingerprint}
     elif fingerprint:
         raise CliError("--fingerprint goes with --force-replace", EXIT_USAGE)
-    client.call("POST", f"/v1/nodes/{_segment(args.name)}/{args.command}", body)
+    with named("nodes", args.name):
+        client.call("POST", f"/v1/nodes/{_segment(args.name)}/{args.command}", body)
     past = {
         "approve": "approved",
         "deny": "denied",
@@ -826,10 +872,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         client = Client(load_config(args.config))
         code = COMMANDS[args.command](client, args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at the interpreter's exit
+    except ServerError as exc:
+        print(exc, file=sys.stderr)  # kubectl's shape, as is: Error from server (NotFound): …
+        return exc.code
     except CliError as exc:
         print(f"nodectl: {exc}", file=sys.stderr)
         return exc.code
+    except BrokenPipeError:
+        return _closed_pipe()
     return code or 0
+
+
+EXIT_SIGPIPE = 128 + 13  # what the shell reports for a coreutils tool ended by SIGPIPE
+
+
+def _closed_pipe() -> int:
+    """The reader of stdout went away (``nodectl get pods | head -1``): stop quietly, as
+    coreutils tools do. What is still buffered for stdout is dropped, not flushed again at exit
+    (which would print Python's "Exception ignored … BrokenPipeError")."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return EXIT_SIGPIPE
 
 
 if __name__ == "__main__":

@@ -286,6 +286,9 @@ def logs_query(args: argparse.Namespace) -> dict[str, str]:
     return query
 
 
+NO_TTY_MESSAGE = b"Unable to use a TTY - input is not a terminal or the right kind of file\n"
+
+
 async def exec_or_logs(
     conn: H2Connection,
     args: argparse.Namespace,
@@ -295,6 +298,12 @@ async def exec_or_logs(
     """``nodectl exec`` (the remote exit code) or ``nodectl logs`` (0), from parsed arguments:
     run by the invocation itself or by a session holder for it."""
     if args.command == "exec":
+        tty = args.tty
+        if tty and not os.isatty(stdio.stdin):
+            # kubectl's words; then on without a terminal, so piped input ends the command
+            # (a remote TTY would wait for input that the pipe's end never reaches).
+            await stdio.write(stdio.stderr, NO_TTY_MESSAGE)
+            tty = False
         return await exec_session(
             conn,
             args.namespace,
@@ -302,7 +311,7 @@ async def exec_or_logs(
             args.container,
             list(args.cmd),
             stdin=args.stdin,
-            tty=args.tty,
+            tty=tty,
             stdio=stdio,
             resized=resized,
         )
@@ -389,7 +398,12 @@ async def port_forward_session(
     bound: list[tuple[int, int]] = []
     try:
         for pair in pairs:
-            server = await asyncio.start_server(handler(pair.remote), address, pair.local)
+            try:
+                server = await asyncio.start_server(handler(pair.remote), address, pair.local)
+            except OSError as exc:  # busy port, an address not of this host: kubectl's words
+                raise CliError(
+                    f"Unable to listen on port {pair.local}: {exc.strerror or exc}"
+                ) from None
             servers.append(server)
             port = server.sockets[0].getsockname()[1]
             bound.append((port, pair.remote))

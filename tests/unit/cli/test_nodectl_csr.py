@@ -115,7 +115,7 @@ def test_get_csr_as_documents(output: str, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_get_csr_of_an_unknown_node_and_of_none(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(CliError, match='certificaterequest "ghost" not found'):
+    with pytest.raises(CliError, match='certificaterequests "ghost" not found'):
         run(StubClient([_request("n1", ["127.0.0.1"])]), "get", "csr", "ghost")
     run(StubClient([]), "get", "csr")
     assert capsys.readouterr().err == "No csr found.\n"

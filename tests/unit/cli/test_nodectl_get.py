@@ -89,7 +89,7 @@ def test_several_kinds_print_one_list(output: str, capsys: pytest.CaptureFixture
 
 
 def test_get_missing_name_is_not_found(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(CliError, match='pod "nope" not found'):
+    with pytest.raises(CliError, match=r'Error from server \(NotFound\): pods "nope" not found'):
         _get(StubClient([], [_pod("web")]), "pods", "nope", "json")
     assert capsys.readouterr().out == ""
 

@@ -177,7 +177,7 @@ def test_a_server_error_message_is_one_escaped_line(body: bytes) -> None:
     with pytest.raises(CliError) as caught:
         client.call("POST", "/v1/registrations", {"nodeName": "x"})
     message = caught.value.message
-    assert message.startswith("Error from server (400): ")
+    assert message.startswith("Error from server (BadRequest): ")
     assert message.isprintable(), repr(message)
 
 
