@@ -254,6 +254,26 @@ def test_make_venv_refuses_a_wheel_that_is_not_the_locks(rpm_root: Path, tmp_pat
     assert not (prefix / "venv").exists()
 
 
+def test_make_venv_installs_its_own_versions_wheel_beside_an_older_one(
+    rpm_root: Path, tmp_path: Path
+) -> None:
+    """An rpm upgrade runs the new %post while the old package's files (its wheel too) are
+    still installed: make-venv must take the wheel of its VERSION, not every node_agent wheel."""
+    prefix = tmp_path / "node-agent"
+    shutil.copytree(
+        rpm_root / "opt" / "node-agent",
+        prefix,
+        symlinks=True,
+        ignore=shutil.ignore_patterns("venv*"),
+    )
+    own = prefix / "wheels" / f"node_agent-{VERSION}-py3-none-any.whl"
+    shutil.copy(own, prefix / "wheels" / "node_agent-0.0.1-py3-none-any.whl")
+    run(prefix / "bin" / "make-venv")
+    assert run(prefix / "venv" / "bin" / "node-agent", "version").stdout.strip() == (
+        f"node-agent {VERSION}"
+    )
+
+
 def test_make_venv_prune_keeps_only_the_current_venv(rpm_root: Path) -> None:
     prefix = rpm_root / "opt" / "node-master"
     (prefix / "venv-0.0.1-py311").mkdir()
