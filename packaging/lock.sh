@@ -41,7 +41,7 @@ platform_args=()
 for p in "${PLATFORMS[@]}"; do platform_args+=(--platform "$p"); done
 for v in "${PYTHONS[@]}"; do
   # --isolated: PyPI itself, not a mirror or constraints file configured on this machine.
-  "$PY" -m pip --isolated download -q --no-deps --only-binary=:all: --implementation cp \
+  "$PY" -m pip --isolated --disable-pip-version-check download -q --no-deps --only-binary=:all: --implementation cp \
     --python-version "$v" "${platform_args[@]}" -d "$tmp/wheels" -r "$tmp/pins.txt"
 done
 {
@@ -57,8 +57,9 @@ done
       xargs -0 sha256sum | awk '{print "    --hash=sha256:" $1 " \\"}' | sed '$ s/ \\$//'
   done <"$tmp/pins.txt"
 } >"$OUT.new"
-if grep -B1 -E '^[a-z0-9._-]+==[^ ]+ \\$' "$OUT.new" | grep -qE '==[^ ]+ \\$' &&
-  awk '/==/{p=$0; getline; if ($0 !~ /--hash/) {print "no wheel for " p; bad=1}} END{exit bad}' "$OUT.new"; then
+# Every pin must be followed by at least one hash (a wheel for some python of PYTHONS).
+if awk '/==/ { pin = $1; getline; if ($0 !~ /--hash/) { print "no wheel for " pin; bad = 1 } }
+  END { exit bad }' "$OUT.new"; then
   mv "$OUT.new" "$OUT"
 else
   echo "lock: some pin has no wheel (see above)" >&2
