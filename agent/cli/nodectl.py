@@ -226,11 +226,17 @@ def _table(rows: list[list[str]]) -> str:
     )
 
 
-def _node_row(node: dict[str, Any], wide: bool) -> list[str]:
+def _node_ready(node: dict[str, Any]) -> str:
+    """The node's Ready condition: ``Ready``, ``NotReady`` or ``Unknown``."""
     ready: dict[str, Any] = next(
-        (c for c in node["status"]["conditions"] if c["type"] == "Ready"), {}
+        (c for c in node.get("status", {}).get("conditions") or [] if c.get("type") == "Ready"),
+        {},
     )
-    status = {"True": "Ready", "False": "NotReady"}.get(ready.get("status", ""), "Unknown")
+    return {"True": "Ready", "False": "NotReady"}.get(ready.get("status", ""), "Unknown")
+
+
+def _node_row(node: dict[str, Any], wide: bool, now: float | None = None) -> list[str]:
+    status = _node_ready(node)
     if node["spec"].get("unschedulable"):
         status += ",SchedulingDisabled"
     # The node's own failing conditions (Docker down, checkpoint not writable) by reason.
@@ -238,40 +244,77 @@ def _node_row(node: dict[str, Any], wide: bool) -> list[str]:
         if condition.get("type") != "Ready" and condition.get("status") == "False":
             status += f",{condition.get('reason') or condition['type']}"
     reg = node["status"]["registration"]
+    info = node["status"].get("nodeInfo") or {}
     row = [
         node["metadata"]["name"],
         status,
         reg["phase"],
         reg.get("admittedBy") or "-",
-        node["status"]["nodeInfo"].get("agentVersion") or "-",
+        _age(node["metadata"].get("creationTimestamp"), _now(now)),
+        info.get("agentVersion") or "-",
     ]
     if wide:
         addresses = ",".join(
             a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"
         )
-        row += [addresses or "-", reg.get("certificateExpiry") or "-"]
+        # The agent runs pods on the Docker Engine only; its version when the node reports it.
+        runtime = info.get("containerRuntimeVersion") or "docker"
+        row += [addresses or "-", runtime, reg.get("certificateExpiry") or "-"]
     # Every value the node or the server chose, escaped: a newline in a name cannot forge a row.
     return [escape(str(cell)) for cell in row]
 
 
-def _pod_row(pod: dict[str, Any], wide: bool, all_namespaces: bool) -> list[str]:
+def _now(now: float | None) -> float:
+    import time
+
+    return time.time() if now is None else now
+
+
+def _pod_row(
+    pod: dict[str, Any],
+    wide: bool,
+    all_namespaces: bool,
+    *,
+    now: float | None = None,
+    lost: frozenset[str] = frozenset(),
+) -> list[str]:
+    """A pod's row; ``lost``: the nodes that are not Ready (the pods on them are NodeLost)."""
     statuses = pod["status"].get("containerStatuses", [])
     ready = f"{sum(1 for c in statuses if c.get('ready'))}/{len(pod['spec'].get('containers', []))}"
-    status, restart_count = _pod_status(pod)
-    row = [pod["metadata"]["name"], ready, status, str(restart_count)]
+    node = pod["spec"].get("nodeName") or ""
+    status, restart_count = _pod_status(pod, node_lost=bool(node) and node in lost)
+    age = _age(pod["metadata"].get("creationTimestamp"), _now(now))
+    row = [pod["metadata"]["name"], ready, status, str(restart_count), age]
     if all_namespaces:
         row.insert(0, pod["metadata"]["namespace"])
     if wide:
-        row += [pod["status"].get("podIP") or "-", pod["spec"].get("nodeName") or "<none>"]
+        row += [pod["status"].get("podIP") or "<none>", node or "<none>"]
     return [escape(str(cell)) for cell in row]
 
 
-def _pod_status(pod: dict[str, Any]) -> tuple[str, int]:
+def _pod_status(pod: dict[str, Any], *, node_lost: bool = False) -> tuple[str, int]:
     """The STATUS and RESTARTS columns as kubectl computes them (its printPod): the phase (or
     the pod's reason); while initializing, the first init container that has not succeeded
     (``Init:N/M``, ``Init:<waiting reason>`` such as ``Init:CrashLoopBackOff``,
     ``Init:<terminated reason>`` such as ``Init:Error``) and the init containers' restarts;
-    once initialized, the last app container's waiting or terminated reason, if any."""
+    once initialized, the last app container's waiting or terminated reason, if any; then
+    ``Terminating`` for a pod with a deletion timestamp. ``node_lost``: the pod's node is not
+    Ready, so what it last reported may no longer hold — ``NodeLost`` (``Unknown`` while
+    terminating), the reason the node controller gives such pods; a pending or finished pod
+    keeps its status."""
+    reason, restarts = _container_status(pod)
+    status = pod.get("status", {})
+    terminating = bool(pod.get("metadata", {}).get("deletionTimestamp"))
+    # Pending (never started there) and finished pods keep their status: nothing of it is stale.
+    settled = status.get("phase") in ("Succeeded", "Failed", "Pending")
+    if node_lost and not settled:
+        reason = "Unknown" if terminating else "NodeLost"
+    elif terminating:
+        reason = "Terminating"
+    return reason, restarts
+
+
+def _container_status(pod: dict[str, Any]) -> tuple[str, int]:
     status = pod.get("status", {})
     reason = str(status.get("reason") or status.get("phase") or "Pending")
     restarts = 0
@@ -324,21 +367,61 @@ def _pod_status(pod: dict[str, Any]) -> tuple[str, int]:
 
 def _age(timestamp: str | None, now: float) -> str:
     """How long ago ``timestamp`` (RFC 3339, UTC) was, as kubectl's AGE column shows it."""
-    import calendar
-    import time
+    then = _epoch(timestamp or "")
+    return "<unknown>" if then is None else human_duration(now - then)
 
-    try:
-        then = calendar.timegm(time.strptime(timestamp or "", "%Y-%m-%dT%H:%M:%SZ"))
-    except ValueError:
-        return "<unknown>"
-    seconds = max(0, int(now - then))
+
+def _epoch(stamp: str) -> int | None:
+    """``YYYY-MM-DDTHH:MM:SSZ`` (the API's timestamps) as seconds since the epoch, without
+    time.strptime: its import (_strptime, calendar, locale, datetime) would cost every table
+    several milliseconds of start-up."""
+    if (
+        len(stamp) != 20
+        or stamp[4] + stamp[7] + stamp[10] + stamp[13] + stamp[16] + stamp[19] != "--T::Z"
+    ):
+        return None
+    parts = (stamp[0:4], stamp[5:7], stamp[8:10], stamp[11:13], stamp[14:16], stamp[17:19])
+    if not all(p.isdigit() and p.isascii() for p in parts):
+        return None
+    year, month, day, hour, minute, second = (int(p) for p in parts)
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 61):
+        return None
+    # Days from the civil date (Howard Hinnant's algorithm), proleptic Gregorian.
+    y = year - (month <= 2)
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    days = era * 146097 + doe - 719468
+    return days * 86400 + hour * 3600 + minute * 60 + second
+
+
+def human_duration(seconds_f: float) -> str:
+    """kubectl's ``duration.HumanDuration``: 5s, 119s, 3m2s, 179m, 4h5m, 23h, 3d4h, 30d, 2y3d;
+    precise while short, coarser as it grows."""
+    if seconds_f < -1:
+        return "<invalid>"
+    seconds = max(0, int(seconds_f))
     if seconds < 120:
         return f"{seconds}s"
-    if seconds < 3 * 3600:
-        return f"{seconds // 60}m"
-    if seconds < 48 * 3600:
-        return f"{seconds // 3600}h"
-    return f"{seconds // 86400}d"
+    minutes = seconds // 60
+    if minutes < 10:
+        return f"{minutes}m" if seconds % 60 == 0 else f"{minutes}m{seconds % 60}s"
+    if minutes < 3 * 60:
+        return f"{minutes}m"
+    hours = seconds // 3600
+    if hours < 8:
+        return f"{hours}h" if minutes % 60 == 0 else f"{hours}h{minutes % 60}m"
+    if hours < 48:
+        return f"{hours}h"
+    if hours < 24 * 8:
+        return f"{hours // 24}d" if hours % 24 == 0 else f"{hours // 24}d{hours % 24}h"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24}d"
+    days = hours // 24
+    if hours < 24 * 365 * 8:
+        return f"{days // 365}y" if days % 365 == 0 else f"{days // 365}y{days % 365}d"
+    return f"{days // 365}y"
 
 
 def _csr_row(request: dict[str, Any], now: float) -> list[str]:
@@ -381,78 +464,234 @@ def _emit_documents(items: list[dict[str, Any]], output: str, single: bool) -> N
     print(_yaml(document), end="")
 
 
-def _emit_table(
-    objects: list[dict[str, Any]], kind: str, output: str | None, all_namespaces: bool
-) -> None:
-    wide = output == "wide"
-    if not objects:
-        print(f"No {kind} found.", file=sys.stderr)
-        return
-    if kind == "csr":
-        import time
+@dataclass(frozen=True, slots=True)
+class TableOptions:
+    wide: bool = False
+    all_namespaces: bool = False
+    no_headers: bool = False
+    show_labels: bool = False
+    prefix: bool = False  # NAME as kind/name, as kubectl shows several kinds (get all)
 
+
+def _table_rows(
+    objects: list[dict[str, Any]],
+    kind: str,
+    options: TableOptions,
+    lost: frozenset[str] = frozenset(),
+) -> list[list[str]]:
+    """The rows of one kind's table, its header first."""
+    import time
+
+    now = time.time()
+    wide = options.wide
+    if kind == "csr":
         header = ["NAME", "REQUESTED NAMES", "SOURCE", "AGE", "CONDITION"]
-        rows = [_csr_row(r, time.time()) for r in objects]
+        rows = [_csr_row(r, now) for r in objects]
     elif kind == "nodes":
-        header = ["NAME", "STATUS", "REGISTRATION", "TRUST", "VERSION"] + (
-            ["INTERNAL-IP", "CERT-EXPIRY"] if wide else []
-        )
-        rows = [_node_row(n, wide) for n in objects]
+        header = ["NAME", "STATUS", "REGISTRATION", "TRUST", "AGE", "VERSION"]
+        header += ["INTERNAL-IP", "CONTAINER-RUNTIME", "CERT-EXPIRY"] if wide else []
+        rows = [_node_row(n, wide, now) for n in objects]
     else:
-        header = ["NAME", "READY", "STATUS", "RESTARTS"] + (["IP", "NODE"] if wide else [])
-        if all_namespaces:
+        header = ["NAME", "READY", "STATUS", "RESTARTS", "AGE"] + (["IP", "NODE"] if wide else [])
+        if options.all_namespaces:
             header.insert(0, "NAMESPACE")
-        rows = [_pod_row(p, wide, all_namespaces) for p in objects]
-    print(_table([header, *rows]))
+        rows = [_pod_row(p, wide, options.all_namespaces, now=now, lost=lost) for p in objects]
+    name_at = 1 if kind == "pods" and options.all_namespaces else 0
+    if options.prefix:
+        singular = {"nodes": "node", "pods": "pod", "csr": "certificaterequest"}[kind]
+        for row in rows:
+            row[name_at] = f"{singular}/{row[name_at]}"
+    if options.show_labels:
+        header.append("LABELS")
+        for row, obj in zip(rows, objects, strict=True):
+            row.append(escape(_labels(obj)))
+    return [header, *rows]
+
+
+def _labels(obj: dict[str, Any]) -> str:
+    labels = obj.get("metadata", {}).get("labels")
+    if not isinstance(labels, dict) or not labels:
+        return "<none>"
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def _print_table(rows: list[list[str]], no_headers: bool) -> None:
+    print(_table(rows[1:] if no_headers else rows) if len(rows) > (1 if no_headers else 0) else "")
 
 
 # -- commands --------------------------------------------------------------------------------
 
+KINDS = {
+    "node": "nodes",
+    "nodes": "nodes",
+    "no": "nodes",
+    "pod": "pods",
+    "pods": "pods",
+    "po": "pods",
+    # Requests for serving names beyond those the master verified (kubectl's CSRs).
+    "csr": "csr",
+    "csrs": "csr",
+    "certificaterequest": "csr",
+    "certificaterequests": "csr",
+    "certificatesigningrequest": "csr",
+    "certificatesigningrequests": "csr",
+}
+
 
 def _kinds(spec: str) -> list[str]:
-    aliases = {
-        "node": "nodes",
-        "nodes": "nodes",
-        "no": "nodes",
-        "pod": "pods",
-        "pods": "pods",
-        "po": "pods",
-        # Requests for serving names beyond those the master verified (kubectl's CSRs).
-        "csr": "csr",
-        "csrs": "csr",
-        "certificaterequests": "csr",
-        "certificatesigningrequests": "csr",
-    }
+    """The kinds a ``get`` names: ``all`` is nodes and pods (kubectl's ``all`` is the
+    workloads; a cluster of ours has nodes and pods)."""
     kinds = []
     for item in spec.split(","):
-        if item not in aliases:
-            raise CliError(f"unknown resource type {quote(item)} (nodes, pods, csr)", EXIT_USAGE)
-        kinds.append(aliases[item])
-    return kinds
+        if item == "all":
+            kinds += ["nodes", "pods"]
+            continue
+        if item not in KINDS:
+            raise CliError(
+                f"unknown resource type {quote(item)} (known: nodes (node, no), pods (pod, po), "
+                f"csr (certificaterequests), all)",
+                EXIT_USAGE,
+            )
+        kinds.append(KINDS[item])
+    return list(dict.fromkeys(kinds))
+
+
+def _targets(kind: str, names: list[str]) -> list[tuple[str, list[str]]]:
+    """What a get asks for: kinds, each with the names asked (none: all of it). ``TYPE/NAME``
+    arguments (``get pod/web node/n1``) or ``TYPE NAME…``."""
+    if "/" in kind:
+        targets: dict[str, list[str]] = {}
+        for arg in [kind, *names]:
+            what, sep, name = arg.partition("/")
+            if not sep or not name:
+                raise CliError(
+                    f"there is no need to specify a resource type as a separate argument when "
+                    f"passing arguments in resource/name form (got {quote(arg)})",
+                    EXIT_USAGE,
+                )
+            kinds = _kinds(what)
+            if len(kinds) != 1 or "," in what or what == "all":
+                raise CliError(f"{quote(arg)}: one resource type before the /", EXIT_USAGE)
+            targets.setdefault(kinds[0], []).append(name)
+        return list(targets.items())
+    kinds = _kinds(kind)
+    if names and len(kinds) > 1:
+        raise CliError("names go with one resource type (or TYPE/NAME each)", EXIT_USAGE)
+    return [(k, list(names)) for k in kinds]
 
 
 def cmd_get(client: Client, args: argparse.Namespace) -> None:
+    targets = _targets(args.kind, args.names)
+    output = args.output
+    template = ""
+    if output not in (None, "wide", "json", "yaml"):
+        from agent.cli import output as out
+
+        parsed = out.parse_output(output)
+        output, template = parsed.format, parsed.template
+    selector: tuple[Any, ...] = ()
+    fields: tuple[Any, ...] = ()
+    if args.selector is not None or args.field_selector is not None:
+        from agent.cli import output as out
+
+        if any(names for _, names in targets):
+            raise CliError("name cannot be provided when a selector is specified", EXIT_USAGE)
+        selector = out.parse_selector(args.selector or "")
+        fields = out.parse_field_selector(args.field_selector) if args.field_selector else ()
+    listed: dict[str, list[dict[str, Any]]] = {}
+
+    def listing(kind: str) -> list[dict[str, Any]]:
+        if kind not in listed:
+            if kind == "nodes":
+                listed[kind] = client.call("GET", "/v1/nodes")["items"]
+            elif kind == "csr":
+                listed[kind] = client.call("GET", "/v1/certificaterequests")["items"]
+            else:
+                query = "" if args.all_namespaces else "?namespace=" + _segment(args.namespace)
+                listed[kind] = client.call("GET", "/v1/pods" + query)["items"]
+        return listed[kind]
+
     found: list[tuple[str, list[dict[str, Any]]]] = []
-    for kind in _kinds(args.kind):
-        if kind == "nodes":
-            items = client.call("GET", "/v1/nodes")["items"]
-        elif kind == "csr":
-            items = client.call("GET", "/v1/certificaterequests")["items"]
-        else:
-            query = "" if args.all_namespaces else "?namespace=" + _segment(args.namespace)
-            items = client.call("GET", "/v1/pods" + query)["items"]
-        if args.name:
-            items = [item for item in items if item["metadata"]["name"] == args.name]
-            if not items:
-                what = {"nodes": "nodes", "pods": "pods", "csr": "certificaterequests"}[kind]
-                raise ServerError(404, "NotFound", f"{what} {quote(args.name)} not found")
+    for kind, names in targets:
+        items = listing(kind)
+        if selector or fields:
+            from agent.cli import output as out
+
+            items = out.select_fields(out.select(items, selector), kind, fields)
+        if names:
+            by_name = {item["metadata"]["name"]: item for item in items}
+            for name in names:
+                if name not in by_name:
+                    what = {"nodes": "nodes", "pods": "pods", "csr": "certificaterequests"}[kind]
+                    raise ServerError(404, "NotFound", f"{what} {quote(name)} not found")
+            items = [by_name[name] for name in names]
         found.append((kind, items))
-    if args.output in ("json", "yaml"):
-        every = [item for _, items in found for item in items]
-        _emit_documents(every, args.output, single=bool(args.name) and len(every) == 1)
+    every = [item for _, items in found for item in items]
+    single = len(targets) == 1 and len(targets[0][1]) == 1
+    if output in ("json", "yaml", "jsonpath"):
+        document = every[0] if single else {"apiVersion": "v1", "kind": "List", "items": every}
+        if output == "jsonpath":
+            from agent.cli import jsonpath
+
+            # As kubectl: the template's output as is, no newline added.
+            print(jsonpath.render(jsonpath.parse(template), document), end="")
+        else:
+            _emit_documents(every, output, single=single)
         return
+    if output == "name":
+        from agent.cli import output as out
+
+        for kind, items in found:
+            for item in items:
+                print(out.name_of(kind, item))
+        return
+    if output == "custom-columns":
+        from agent.cli import output as out
+
+        columns = out.parse_columns(template)
+        if every or not args.no_headers:
+            print(_table(out.column_rows(columns, every, not args.no_headers)))
+        return
+    _emit_tables(client, args, found, listing)
+
+
+def _emit_tables(
+    client: Client,
+    args: argparse.Namespace,
+    found: list[tuple[str, list[dict[str, Any]]]],
+    listing: Callable[[str], list[dict[str, Any]]],
+) -> None:
+    options = TableOptions(
+        wide=args.output == "wide",
+        all_namespaces=args.all_namespaces,
+        no_headers=args.no_headers,
+        show_labels=args.show_labels,
+        prefix=len(found) > 1,
+    )
+    if not any(items for _, items in found):
+        where = "" if args.all_namespaces else f" in {escape(args.namespace)} namespace"
+        kinds = {kind for kind, _ in found}
+        print(
+            f"No resources found{where if 'pods' in kinds else ''}."
+            if kinds != {"csr"}
+            else "No csr found.",
+            file=sys.stderr,
+        )
+        return
+    first = True
     for kind, items in found:
-        _emit_table(items, kind, args.output, args.all_namespaces)
+        if not items:
+            continue
+        lost: frozenset[str] = frozenset()
+        if kind == "pods" and any(p["spec"].get("nodeName") for p in items):
+            # NodeLost: the pods' nodes' readiness, from the nodes' list (one more request).
+            lost = frozenset(
+                n["metadata"]["name"] for n in listing("nodes") if _node_ready(n) != "Ready"
+            )
+        if not first:
+            print()
+        first = False
+        _print_table(_table_rows(items, kind, options, lost), options.no_headers)
 
 
 def _one_kind(spec: str, verb: str) -> str:
@@ -748,11 +987,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     get = sub.add_parser("get", help="list nodes, pods or serving-name requests (csr)")
-    get.add_argument("kind", help="nodes, pods, csr, or a list of them: nodes,pods")
-    get.add_argument("name", nargs="?")
-    get.add_argument("-o", "--output", choices=("wide", "json", "yaml"))
+    get.add_argument(
+        "kind", help="nodes, pods, csr, all, a list of them (nodes,pods), or TYPE/NAME…"
+    )
+    get.add_argument("names", nargs="*", metavar="NAME")
+    get.add_argument(
+        "-o",
+        "--output",
+        metavar="FORMAT",
+        help="wide, json, yaml, name, jsonpath=TEMPLATE, custom-columns=NAME:PATH,…",
+    )
     get.add_argument("-n", "--namespace", default="default")
     get.add_argument("-A", "--all-namespaces", action="store_true")
+    get.add_argument("-l", "--selector", help="label selector: a=b, a!=b, a in (x,y), a, !a")
+    get.add_argument(
+        "--field-selector", metavar="SELECTOR", help="spec.nodeName=N, status.phase=Running, …"
+    )
+    get.add_argument("--no-headers", action="store_true", help="tables without their header")
+    get.add_argument("--show-labels", action="store_true", help="a LABELS column")
     describe = sub.add_parser("describe", help="show one node or pod in full")
     describe.add_argument("kind")
     describe.add_argument("name")

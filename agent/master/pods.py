@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -117,6 +118,7 @@ class PodStore:
                     "manifest": normalised,
                     "nodeName": pod.spec.node_name or "",
                     "status": {"phase": "Pending"},
+                    "createdAt": self._now(),  # metadata.creationTimestamp (pod_object)
                 }
                 if not obj["nodeName"]:
                     await self._schedule(obj)
@@ -155,6 +157,10 @@ class PodStore:
                 is not None
             ):
                 return obj, False
+
+    def _now(self) -> str:
+        """Now as the API's timestamps (RFC 3339, UTC, seconds), from the registry's clock."""
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.registry.clock.time()))
 
     def _mirror_replaced(self, namespace: str, name: str, mirror: dict[str, Any]) -> None:
         message = (
@@ -395,6 +401,7 @@ class PodStore:
         while True:
             existing = await self.store.get(key)
             status: dict[str, Any] = {"phase": "Pending"}
+            created = self._now()
             if existing is not None:
                 obj = json.loads(existing.value)
                 if not obj.get("mirror") or obj["nodeName"] != node:
@@ -402,11 +409,13 @@ class PodStore:
                 if obj["manifest"] == dict(pod.manifest):
                     return
                 status = obj.get("status", status)
+                created = obj.get("createdAt") or created
             obj = {
                 "manifest": dict(pod.manifest),
                 "nodeName": node,
                 "status": status,
                 "mirror": True,
+                "createdAt": created,
             }
             expected = existing.mod_revision if existing is not None else 0
             if (
@@ -534,6 +543,8 @@ def pod_object(obj: dict[str, Any]) -> dict[str, Any]:
     metadata = dict(manifest["metadata"])
     if obj.get("mirror"):
         metadata["annotations"] = {**metadata.get("annotations", {}), MIRROR_ANNOTATION: "true"}
+    if obj.get("createdAt"):  # pods stored before it was kept have none
+        metadata["creationTimestamp"] = obj["createdAt"]
     return {
         "apiVersion": "v1",
         "kind": "Pod",

@@ -92,6 +92,28 @@ def test_the_ages_of_kubectl() -> None:
     assert nodectl._age(None, NOW) == nodectl._age("yesterday", NOW) == "<unknown>"
 
 
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (5, "5s"),
+        (182, "3m2s"),
+        (600, "10m"),
+        (4 * 3600 + 5 * 60, "4h5m"),
+        (4 * 3600, "4h"),
+        (23 * 3600, "23h"),
+        (2 * 86400, "2d"),
+        (3 * 86400 + 4 * 3600, "3d4h"),
+        (30 * 86400 + 5, "30d"),
+        (2 * 365 * 86400 + 3 * 86400, "2y3d"),
+        (9 * 365 * 86400, "9y"),
+        (-0.5, "0s"),  # a clock a little behind the master's
+        (-5, "<invalid>"),
+    ],
+)
+def test_human_durations_as_kubectl(seconds: float, shown: str) -> None:
+    assert nodectl.human_duration(seconds) == shown
+
+
 def test_a_hostile_value_cannot_forge_a_row(capsys: pytest.CaptureFixture[str]) -> None:
     hostile = _request("n1", ["a.example\nn9   evil   1.2.3.4   1s   Approved"])
     hostile["metadata"]["name"] = "n1\x1b[2J"

@@ -3,7 +3,6 @@ zero, one or several objects, and across kinds), the bare object only for ``get 
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any
 
@@ -44,10 +43,8 @@ class StubClient:
 
 
 def _get(client: StubClient, kind: str, name: str | None, output: str | None) -> None:
-    args = argparse.Namespace(
-        kind=kind, name=name, output=output, namespace="default", all_namespaces=False
-    )
-    nodectl.cmd_get(client, args)  # type: ignore[arg-type]
+    argv = ["get", kind, *([name] if name else []), *(["-o", output] if output else [])]
+    nodectl.cmd_get(client, nodectl.parse_args(argv))  # type: ignore[arg-type]
 
 
 def _parse(output: str, text: str) -> Any:
@@ -97,5 +94,5 @@ def test_get_missing_name_is_not_found(capsys: pytest.CaptureFixture[str]) -> No
 def test_table_output_is_per_kind(capsys: pytest.CaptureFixture[str]) -> None:
     _get(StubClient([], [_pod("web")]), "pods", None, None)
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["NAME", "READY", "STATUS", "RESTARTS"]
-    assert lines[1].split() == ["web", "0/1", "Running", "0"]
+    assert lines[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    assert lines[1].split() == ["web", "0/1", "Running", "0", "<unknown>"]

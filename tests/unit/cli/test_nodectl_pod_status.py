@@ -138,3 +138,94 @@ def test_the_row_escapes_a_reason_the_server_chose() -> None:
     row = _pod_row(obj, wide=False, all_namespaces=False)
     assert "\n" not in row[2]
     assert row[2].startswith("Init:Bad")
+
+
+# The acceptance rows of issue 17 (STATUS as kubectl prints it), each from a status fixture of
+# the shape the node reports; init rows are above.
+def _waiting(reason: str) -> dict[str, Any]:
+    return {"waiting": {"reason": reason, "message": "…"}}
+
+
+def _terminating(obj: dict[str, Any]) -> dict[str, Any]:
+    obj["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return obj
+
+
+RUNNING_POD = pod("Running", apps=[app(RUNNING, ready=True)], ready=True)
+
+
+@pytest.mark.parametrize(
+    ("row", "obj", "lost", "expected"),
+    [
+        ("running", RUNNING_POD, False, ("Running", 0)),
+        (
+            "crash loop",
+            pod("Running", apps=[app(_waiting("CrashLoopBackOff"), restarts=2)]),
+            False,
+            ("CrashLoopBackOff", 2),
+        ),
+        (
+            "image missing",
+            pod("Pending", apps=[app(_waiting("ImagePullBackOff"))]),
+            False,
+            ("ImagePullBackOff", 0),
+        ),
+        (
+            "image never pulled",
+            pod("Pending", apps=[app(_waiting("ErrImageNeverPull"))]),
+            False,
+            ("ErrImageNeverPull", 0),
+        ),
+        ("completed", pod("Succeeded", apps=[app(DONE)]), False, ("Completed", 0)),
+        (
+            "error",
+            pod("Failed", apps=[app({"terminated": {"exitCode": 1, "reason": "Error"}})]),
+            False,
+            ("Error", 0),
+        ),
+        (
+            "terminating",
+            _terminating(pod("Running", apps=[app(RUNNING, ready=True)], ready=True)),
+            False,
+            ("Terminating", 0),
+        ),
+        ("node lost", RUNNING_POD, True, ("NodeLost", 0)),
+        (
+            "node lost while terminating",
+            _terminating(pod("Running", apps=[app(RUNNING, ready=True)], ready=True)),
+            True,
+            ("Unknown", 0),
+        ),
+        # What the node last said still holds for a finished or never started pod.
+        ("completed, node lost", pod("Succeeded", apps=[app(DONE)]), True, ("Completed", 0)),
+        ("pending, node lost", pod("Pending"), True, ("Pending", 0)),
+    ],
+)
+def test_status_rows_of_the_issue(
+    row: str, obj: dict[str, Any], lost: bool, expected: tuple[str, int]
+) -> None:
+    assert _pod_status(obj, node_lost=lost) == expected, row
+
+
+def test_the_row_reads_node_lost_from_the_pods_node() -> None:
+    obj = pod("Running", apps=[app(RUNNING, ready=True)], ready=True)
+    obj["spec"]["nodeName"] = "n1"
+    obj["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    now = 1767225600.0 + 3 * 60 + 2  # 2026-01-01T00:03:02Z
+    assert _pod_row(obj, wide=True, all_namespaces=False, now=now, lost=frozenset({"n1"})) == [
+        "p",
+        "1/1",
+        "NodeLost",
+        "0",
+        "3m2s",
+        "<none>",
+        "n1",
+    ]
+    assert _pod_row(obj, wide=False, all_namespaces=True, now=now, lost=frozenset({"n2"})) == [
+        "default",
+        "p",
+        "1/1",
+        "Running",
+        "0",
+        "3m2s",
+    ]

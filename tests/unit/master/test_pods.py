@@ -654,3 +654,29 @@ async def test_pods_prefix_is_the_store_layout(rig: MasterRig) -> None:
     await rig.pods.apply(manifest("web", node="n1", namespace="shop"))
     keys = [kv.key for kv in (await rig.store.list_prefix(PODS_PREFIX))[0]]
     assert keys == [pod_key("shop", "web")] == ["/pods/shop/web"]
+
+
+# -- creation time (kubectl's AGE) ------------------------------------------------------------
+
+
+async def test_a_pod_keeps_the_time_it_was_created_through_updates(rig: MasterRig) -> None:
+    """metadata.creationTimestamp, as the API server sets it: once, at creation, kept by an
+    update (and by a mirror's manifest change); a manifest's own value is not taken."""
+    await rig.ready_node("n1")
+    obj, _ = await rig.pods.apply(manifest("web", creationTimestamp="2001-01-01T00:00:00Z"))
+    created = pod_object(obj)["metadata"]["creationTimestamp"]
+    assert created != "2001-01-01T00:00:00Z"
+    rig.clock.advance(3600)
+    updated, _ = await rig.pods.apply(manifest("web", image="busybox:2"))
+    assert pod_object(updated)["metadata"]["creationTimestamp"] == created
+    await rig.pods.put_mirror("n1", manifest("static-n1"))
+    mirror = pod_object(await stored(rig, "static-n1"))["metadata"]["creationTimestamp"]
+    rig.clock.advance(60)
+    await rig.pods.put_mirror("n1", manifest("static-n1", image="busybox:2"))
+    assert pod_object(await stored(rig, "static-n1"))["metadata"]["creationTimestamp"] == mirror
+    assert mirror != created  # an hour later
+    # A pod stored before the field was kept shows none (kubectl: AGE <unknown>).
+    assert (
+        "creationTimestamp"
+        not in pod_object({"manifest": manifest("old"), "status": {}})["metadata"]
+    )
