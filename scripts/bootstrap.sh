@@ -38,8 +38,9 @@ systemd_booted() { [[ -d /run/systemd/system ]]; }
 
 # -- Debian packages --------------------------------------------------------------------------
 # gcc and libc6-dev: tests/integration/test_notify.py builds its static sd_notify helper.
+# jq: tests/integration/test_nodectl_habits.py pipes nodectl's JSON to it, as scripts do.
 PACKAGES=(docker.io iproute2 busybox-static python3-venv tmux socat procps ca-certificates curl
-  gcc libc6-dev)
+  gcc libc6-dev jq)
 # packaging/build.sh and packaging/tests: dpkg-deb, lintian, rpmbuild and rpm (Debian's rpm),
 # cloud-init's schema check, systemd-analyze (its units are never started here).
 if ((WANT_PACKAGING)); then
