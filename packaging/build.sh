@@ -62,7 +62,11 @@ find "$BUILD_DIR" -maxdepth 1 -name 'wheelhouse-*' ! -name "wheelhouse-$lock_has
 src=$BUILD_DIR/src-$VERSION
 rm -rf "$src" "$BUILD_DIR/wheel-$VERSION"
 mkdir -p "$src"
-git ls-files -z agent pyproject.toml README.md | xargs -0 cp --parents -t "$src"
+# The working tree's files, untracked ones too (what the editable dev venv runs); a clean clone
+# (CI) builds exactly the commit. A file deleted but not yet committed is left out.
+git ls-files -z --cached --others --exclude-standard agent pyproject.toml README.md |
+  while IFS= read -r -d '' f; do [[ -e "$f" ]] && printf '%s\0' "$f"; done |
+  xargs -0 cp --parents -t "$src"
 sed -i "s/^__version__ = .*/__version__ = \"$VERSION\"/" "$src/agent/__init__.py"
 pip wheel -q --no-deps -w "$BUILD_DIR/wheel-$VERSION" "$src" >/dev/null
 project_wheel=$(echo "$BUILD_DIR/wheel-$VERSION"/node_agent-"$VERSION"-py3-none-any.whl)
