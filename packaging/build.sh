@@ -178,8 +178,9 @@ CONTROL
   sed -i '/^$/d' "$root/DEBIAN/control"
   touch -d "@$SOURCE_DATE_EPOCH" "$root/DEBIAN"/*
   local out="$DIST/${pkg}_${VERSION}_${DEB_ARCH}.deb"
-  # Wheels are zip archives already: a quick xz level saves little less than -6 does.
-  dpkg-deb --root-owner-group -Zxz -z1 --build "$root" "$out" >/dev/null
+  # Wheels are zip archives already: xz -1 made the deb 1.5 % smaller than gzip -1 and took
+  # 15 times as long (36 s against 2.5 s on a loaded machine).
+  dpkg-deb --root-owner-group -Zgzip -z1 --build "$root" "$out" >/dev/null
   say "$out ($(du -h "$out" | cut -f1), installed ${size} KiB + the venv)"
 }
 
