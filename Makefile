@@ -44,15 +44,15 @@ test-unit:
 
 lint:
 	$(BOOTSTRAP) --no-docker
-	$(VENV)/bin/ruff format --check agent tests bench
-	$(VENV)/bin/ruff check agent tests bench
+	$(VENV)/bin/ruff format --check agent tests bench packaging/tests
+	$(VENV)/bin/ruff check agent tests bench packaging/tests
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
 fmt:
 	$(BOOTSTRAP) --no-docker
-	$(VENV)/bin/ruff format agent tests bench
-	$(VENV)/bin/ruff check --fix agent tests bench
+	$(VENV)/bin/ruff format agent tests bench packaging/tests
+	$(VENV)/bin/ruff check --fix agent tests bench packaging/tests
 
 # A master (open policy) and an agent (node $(DEMO_NODE), config examples/agent-demo.toml) in the
 # foreground; the demo pod is applied through nodectl. scripts/demo.sh prints how to look at it.
