@@ -283,13 +283,35 @@ def _pod_row(
     ready = f"{sum(1 for c in statuses if c.get('ready'))}/{len(pod['spec'].get('containers', []))}"
     node = pod["spec"].get("nodeName") or ""
     status, restart_count = _pod_status(pod, node_lost=bool(node) and node in lost)
-    age = _age(pod["metadata"].get("creationTimestamp"), _now(now))
-    row = [pod["metadata"]["name"], ready, status, str(restart_count), age]
+    now = _now(now)
+    age = _age(pod["metadata"].get("creationTimestamp"), now)
+    restarts = str(restart_count)
+    last = _last_restart(pod)
+    if restart_count and last is not None:  # kubectl's "2 (5m ago)"
+        restarts += f" ({human_duration(now - last)} ago)"
+    row = [pod["metadata"]["name"], ready, status, restarts, age]
     if all_namespaces:
         row.insert(0, pod["metadata"]["namespace"])
     if wide:
         row += [pod["status"].get("podIP") or "<none>", node or "<none>"]
     return [escape(str(cell)) for cell in row]
+
+
+def _last_restart(pod: dict[str, Any]) -> int | None:
+    """When a container last ended before a restart: the latest ``lastState.terminated.
+    finishedAt`` of the pod's containers (init ones included), as kubectl's RESTARTS shows it."""
+    status = pod.get("status", {})
+    latest = None
+    for container in (status.get("initContainerStatuses") or []) + (
+        status.get("containerStatuses") or []
+    ):
+        last = container.get("lastState") if isinstance(container, dict) else None
+        terminated = last.get("terminated") if isinstance(last, dict) else None
+        finished = terminated.get("finishedAt") if isinstance(terminated, dict) else None
+        then = _epoch(finished) if isinstance(finished, str) else None
+        if then is not None and (latest is None or then > latest):
+            latest = then
+    return latest
 
 
 def _pod_status(pod: dict[str, Any], *, node_lost: bool = False) -> tuple[str, int]:

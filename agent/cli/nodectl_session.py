@@ -315,7 +315,9 @@ class SessionHolder:
         except (ConnectionClosedError, StreamingError) as exc:
             await stdio.write(stdio.stderr, f"nodectl: {exc}\n".encode())
             return nodectl.EXIT_ERROR
-        except OSError:  # the invocation's output was closed (``| head``), as a local run
+        except BrokenPipeError:  # the invocation's output was closed (``| head``): quietly,
+            return nodectl.EXIT_SIGPIPE  # with the status of a local run (and of coreutils)
+        except OSError:
             return nodectl.EXIT_ERROR
 
     def status(self) -> str:

@@ -1,6 +1,6 @@
 """kubectl habits against a real master and agent (issue 17, items 1, 2 and 8): each row a
 command as a kubectl user types it and the shape of what it must print, or its exit status;
-scripts (``-o json | jq '.items | length'`` for 0, 1 and 2 pods, ``-o name``, jsonpath,
+scripts (``-o json | jq '.items | length'`` for 0, 1, 2 and 3 pods, ``-o name``, jsonpath,
 custom-columns, ``-l``, ``--field-selector``); the STATUS rows a real node produces (Running,
 Completed, Error, NodeLost once the node is gone); and for every row, above all the bad-input
 ones, no Python traceback on stderr.
@@ -185,6 +185,12 @@ def test_kubectl_habits(make_master: MakeMaster, make_agent: MakeAgent, tmp_path
                 lambda o, e: o.strip() == "1",
                 True,
             ),
+            Row(
+                f"NODECTL get pods -l app -o json | {count}",
+                0,
+                lambda o, e: o.strip() == "2",
+                True,
+            ),
             Row("get pod web -o json", 0, lambda o, e: json.loads(o)["kind"] == "Pod"),
             Row("get pod/web -o yaml", 0, lambda o, e: "kind: Pod\n" in o),
             Row("get pods web done -o json", 0, lambda o, e: json.loads(o)["kind"] == "List"),
@@ -239,6 +245,12 @@ def test_kubectl_habits(make_master: MakeMaster, make_agent: MakeAgent, tmp_path
             ),
             Row(
                 "NODECTL describe node " + node + " | head -3", (0, 141), lambda o, e: e == "", True
+            ),
+            Row(
+                "NODECTL exec web -- seq 1 200000 | head -1",
+                (0, 141),
+                lambda o, e: o == "1\n" and e == "",
+                True,
             ),
             # -t without a terminal: kubectl's words, then on without a TTY (never a hang).
             Row(

@@ -215,3 +215,29 @@ def test_a_busy_local_port_is_named() -> None:
     message = str(caught.value)
     assert message.startswith(f"Unable to listen on port {port}: ")
     assert "address already in use" in message
+
+
+def test_a_session_ends_a_command_whose_output_closed_as_a_local_run_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``nodectl logs POD | head -1`` run by a session holder: the exit status of a local run
+    (141), nothing on stderr."""
+    from agent.cli import nodectl_session as session
+
+    async def closed(*args: Any, **kwargs: Any) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(ns, "exec_or_logs", closed)
+    err_r, err_w = os.pipe()
+    try:
+        stdio = ns.Stdio(0, 1, err_w)
+        args = argparse.Namespace(command="logs", tty=False)
+        command = session.SessionHolder._command(None, None, args, stdio, asyncio.Event())  # type: ignore[arg-type]
+        assert asyncio.run(command) == nodectl.EXIT_SIGPIPE
+        os.close(err_w)
+        err_w = -1
+        assert os.read(err_r, 100) == b""
+    finally:
+        for fd in (err_r, err_w):
+            if fd >= 0:
+                os.close(fd)

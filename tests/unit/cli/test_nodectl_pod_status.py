@@ -229,3 +229,15 @@ def test_the_row_reads_node_lost_from_the_pods_node() -> None:
         "0",
         "3m2s",
     ]
+
+
+def test_restarts_say_when_the_last_one_was_as_kubectl() -> None:
+    crashed = app(_waiting("CrashLoopBackOff"), restarts=2)
+    crashed["lastState"] = {"terminated": {"exitCode": 1, "finishedAt": "2026-01-01T00:00:00Z"}}
+    obj = pod("Running", apps=[crashed, app(RUNNING, ready=True)])
+    obj["metadata"]["creationTimestamp"] = "2025-12-31T23:00:00Z"
+    now = 1767225600.0 + 5 * 60  # 2026-01-01T00:05:00Z
+    row = _pod_row(obj, wide=False, all_namespaces=False, now=now)
+    assert row[2:5] == ["CrashLoopBackOff", "2 (5m ago)", "65m"]
+    crashed["lastState"] = {}
+    assert _pod_row(obj, wide=False, all_namespaces=False, now=now)[3] == "2"
