@@ -5,12 +5,14 @@ Owns the container's whole life: run with the flags systemd needs on this kind o
 (`--cgroupns=host`, the host's cgroup tree bind-mounted rw, tmpfs /run and /run/lock,
 `--stop-signal SIGRTMIN+3`; `--privileged` does not work here), wait for boot to finish, exec,
 copy files in, read unit properties and the journal, remove. Every container carries the label
-``io.node-agent.test=pkg`` so that leftovers of an aborted run are found and removed.
+``io.node-agent.test=pkg`` and the pid of the pytest process that booted it, so that leftovers
+of an aborted run are found and removed, and those of a run still going on are not.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 from collections.abc import Sequence
@@ -22,6 +24,8 @@ from tests.helpers import LABEL_NODE, wait_for
 REPO_ROOT = Path(__file__).resolve().parents[3]
 IMAGE_SCRIPT = REPO_ROOT / "tests" / "system" / "image" / "build.sh"
 TEST_LABEL = "io.node-agent.test=pkg"
+OWNER_LABEL = "io.node-agent.test.pid"  # the pytest process that booted the host
+HOSTNAME_LABEL = "io.node-agent.test.host"
 # Boot of this image takes about a second; a loaded CI machine gets much longer.
 BOOT_TIMEOUT_S = 120.0
 EXEC_TIMEOUT_S = 300.0
@@ -60,20 +64,31 @@ def remove_pods_of(node_name: str) -> None:
     _remove(_docker_ids(f"label={LABEL_NODE}={node_name}"))
 
 
-def remove_leftovers() -> None:
-    """Remove test hosts left by an aborted run (the label says they are ours) and the pod
-    containers of their agents (node names ``pkg-...``)."""
-    _remove(_docker_ids(f"label={TEST_LABEL}"))
+def _listing(label: str, value_label: str) -> list[tuple[str, str]]:
+    """(id, value of ``value_label``) of the containers that carry ``label``."""
     out = subprocess.run(
-        ["docker", "ps", "-a", "--filter", f"label={LABEL_NODE}", "--format",
-         f'{{{{.ID}}}} {{{{.Label "{LABEL_NODE}"}}}}'],
+        ["docker", "ps", "-a", "--no-trunc", "--filter", f"label={label}", "--format",
+         f'{{{{.ID}}}} {{{{.Label "{value_label}"}}}}'],
         check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
+    return [(cid, value) for cid, _, value in (line.partition(" ") for line in out.splitlines())]
+
+
+def _alive(pid: str) -> bool:
+    return pid.isdigit() and Path(f"/proc/{pid}").exists()
+
+
+def remove_leftovers() -> None:
+    """Remove test hosts left by an aborted run — ours by their label, left over because the
+    pytest process that booted them is gone (another run may be going on beside this one) —
+    and the pod containers of agents whose host is gone (node names ``pkg-...``)."""
+    _remove([cid for cid, pid in _listing(TEST_LABEL, OWNER_LABEL) if not _alive(pid)])
+    hosts = {name for _, name in _listing(TEST_LABEL, HOSTNAME_LABEL)}
     _remove(
         [
             cid
-            for cid, _, node in (line.partition(" ") for line in out.splitlines())
-            if node.startswith("pkg-")
+            for cid, node in _listing(LABEL_NODE, LABEL_NODE)
+            if node.startswith("pkg-") and node not in hosts
         ]
     )
 
@@ -91,7 +106,8 @@ class SystemdHost:
     def boot(self) -> None:
         argv = [
             "docker", "run", "-d", "--name", self.name, "--hostname", self.name,
-            "--label", TEST_LABEL,
+            "--label", TEST_LABEL, "--label", f"{OWNER_LABEL}={os.getpid()}",
+            "--label", f"{HOSTNAME_LABEL}={self.name}",
             "--cgroupns=host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
             "--tmpfs", "/run", "--tmpfs", "/run/lock",
             "--stop-signal", "SIGRTMIN+3",

@@ -6,7 +6,7 @@ host's Docker socket bind-mounted: its pods are sibling containers on the host's
 node-agent installed and configured by cloud-init from packaging/cloud-init/user-data.yaml,
 rendered by render.sh with the master's URL (its address on Docker's bridge), CA pin, the token
 and a label. Then, in order (one module: each step starts from where the previous left):
-the node joined, its pod runs; the watchdog restarts a frozen agent without touching the pod;
+the node joined, its pod runs; the token deleted, the restarted agent is still the master's; the watchdog restarts a frozen agent without touching the pod;
 an upgrade to N+1 restarts the agent and leaves config and pod alone; removal stops the agent
 and keeps pods, state and config; purge removes state and config, and leaves the pods' containers
 to Docker, as docs/packaging.md says.
@@ -295,6 +295,43 @@ def test_pod_runs_on_the_hosts_engine(cluster: Cluster, running_pod: dict[str, A
     (main_id, restarts) = _restart_counts(running_pod)["main"]
     assert main_id.removeprefix("docker://") in {cid for cid, _ in containers.values()}
     assert restarts == 0
+
+
+def test_a_deleted_token_leaves_the_node_that_joined_with_it(cluster: Cluster) -> None:
+    master, agent = cluster.master, cluster.agent
+    listed = master.run(
+        "node-master", "token", "list", "-o", "json", "--data-dir", "/var/lib/node-master"
+    ).stdout
+    assert cluster.token_id in listed
+    master.run(
+        "node-master", "token", "delete", cluster.token_id, "--data-dir", "/var/lib/node-master"
+    )
+    assert (
+        cluster.token_id
+        not in master.run(
+            "node-master", "token", "list", "-o", "json", "--data-dir", "/var/lib/node-master"
+        ).stdout
+    )
+    # The agent restarted: it comes back with its own certificate, not the token.
+    pid = agent.main_pid("node-agent.service")
+    agent.run("systemctl", "restart", "node-agent.service")
+    assert agent.main_pid("node-agent.service") != pid
+    wait_for(
+        lambda: (
+            "connected to the master"
+            in agent.run(
+                "journalctl",
+                "--no-pager",
+                "-u",
+                "node-agent.service",
+                f"_PID={agent.main_pid('node-agent.service')}",
+            ).stdout
+        ),
+        timeout_s=NODE_TIMEOUT_S,
+        what="the restarted agent connected",
+    )
+    node = cluster.node()
+    assert _ready(node) and node["status"]["registration"]["phase"] == "Approved"
 
 
 def test_watchdog_restarts_a_frozen_agent_and_the_pod_is_untouched(
