@@ -6,7 +6,8 @@ host's Docker socket bind-mounted: its pods are sibling containers on the host's
 node-agent installed and configured by cloud-init from packaging/cloud-init/user-data.yaml,
 rendered by render.sh with the master's URL (its address on Docker's bridge), CA pin, the token
 and a label. Then, in order (one module: each step starts from where the previous left):
-the node joined, its pod runs; the token deleted, the restarted agent is still the master's; the watchdog restarts a frozen agent without touching the pod;
+the node joined, its pod runs; a second host with the same (one-use) token is refused, the
+agent logging the master's reason and doctor showing it; the token deleted, the restarted agent is still the master's; the watchdog restarts a frozen agent without touching the pod;
 an upgrade to N+1 restarts the agent and leaves config and pod alone; removal stops the agent
 and keeps pods, state and config; purge removes state and config, and leaves the pods' containers
 to Docker, as docs/packaging.md says.
@@ -104,6 +105,7 @@ class Cluster:
     n1: Debs
     ca_pin: str
     token_id: str
+    user_data: str  # as rendered for the agent host (its token has one use)
 
     def nodectl(self, *argv: str) -> str:
         return self.master.run("nodectl", "--config", ADMIN, *argv).stdout
@@ -189,7 +191,7 @@ def cluster(boot_host: HostFactory, debs: tuple[Debs, Debs]) -> Iterator[Cluster
         cwd=REPO_ROOT, check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
     _cloud_init(agent, rendered)
-    yield Cluster(master, agent, n, n1, pin, token.split(".")[0])
+    yield Cluster(master, agent, n, n1, pin, token.split(".")[0], rendered)
 
 
 def _pod_containers(cluster: Cluster) -> dict[str, tuple[str, str]]:
@@ -295,6 +297,32 @@ def test_pod_runs_on_the_hosts_engine(cluster: Cluster, running_pod: dict[str, A
     (main_id, restarts) = _restart_counts(running_pod)["main"]
     assert main_id.removeprefix("docker://") in {cid for cid, _ in containers.values()}
     assert restarts == 0
+
+
+def test_a_used_up_token_is_refused_with_its_reason(
+    cluster: Cluster, boot_host: HostFactory
+) -> None:
+    """A second host bootstrapped with the same user-data: the token had one use, so the
+    master refuses it; the agent logs why and its doctor shows it."""
+    second = boot_host("agent2", docker_socket=True)
+    second.put(cluster.n.agent, "/root/")
+    _cloud_init(second, cluster.user_data)
+    reason = f"join token {cluster.token_id} is used up"
+    wait_for(
+        lambda: reason in second.journal("node-agent.service"),
+        timeout_s=NODE_TIMEOUT_S,
+        what="the refusal in the second agent's journal",
+    )
+    doctor = second.run("node-agent", "doctor", check=False)
+    registration = [
+        line for line in doctor.stdout.splitlines() if line[2:].startswith("registration:")
+    ]
+    assert doctor.returncode == 1 and registration, doctor.stdout
+    assert registration[0].startswith("✗ registration: denied") and reason in registration[0]
+    assert "fix: give the node a valid join token" in doctor.stdout, doctor.stdout
+    listed = json.loads(cluster.nodectl("get", "nodes", "-o", "json"))["items"]
+    assert second.name not in {n["metadata"]["name"] for n in listed}
+    second.close()
 
 
 def test_a_deleted_token_leaves_the_node_that_joined_with_it(cluster: Cluster) -> None:
