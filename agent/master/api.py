@@ -326,9 +326,10 @@ class MasterApi:
         name = request.param("node")
         if request.query("watch") not in ("1", "true"):
             objs, rev = await self.pods.list(node=name)
-            return json_response(
-                {"kind": "PodList", "resourceVersion": rev, "items": [pod_object(o) for o in objs]}
-            )
+            # A terminating pod is deleted for its node (its watch said so): a relist must not
+            # bring it back.
+            items = [pod_object(o) for o in objs if not o.get("deletionTimestamp")]
+            return json_response({"kind": "PodList", "resourceVersion": rev, "items": items})
         try:
             after = int(request.query("resourceVersion", "0") or "0")
         except ValueError as exc:

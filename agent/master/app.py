@@ -259,7 +259,7 @@ class LoopManager:
 
 class Scheduler(LoopManager):
     """Places pending pods when kicked (a node became Ready, a pod was applied) and at least
-    every ``SCHEDULE_INTERVAL_S``."""
+    every ``SCHEDULE_INTERVAL_S``; then removes the terminating pods past their deadline."""
 
     def __init__(self, pods: PodStore, tasks: TaskScope) -> None:
         super().__init__("scheduler", self._schedule, tasks)
@@ -271,6 +271,7 @@ class Scheduler(LoopManager):
                 await asyncio.wait_for(self._pods.kick.wait(), SCHEDULE_INTERVAL_S)
             self._pods.kick.clear()
             await self._pods.schedule_pending()
+            await self._pods.finalize_deletions()  # terminating pods past their deadline
 
 
 class Eviction(LoopManager):

@@ -26,8 +26,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.aio.logs import kv
-from agent.errors import BadRequestError, ManifestError, MirrorConflictError, NotFoundError
-from agent.manifest import parse_pod
+from agent.errors import (
+    BadRequestError,
+    ConflictError,
+    ManifestError,
+    MirrorConflictError,
+    NotFoundError,
+)
+from agent.manifest import DEFAULT_GRACE_PERIOD_S, parse_pod
 from agent.master.registry import APPROVED, NodeRegistry
 from agent.master.store.base import EventType, Store
 from agent.quantity import parse_cpu_millis, parse_memory_bytes
@@ -39,6 +45,9 @@ PODS_PREFIX = "/pods/"
 MIRROR_ANNOTATION = "node-agent.io/mirror"
 DEFAULT_MAX_PODS = 110
 TERMINAL_PHASES = ("Succeeded", "Failed")
+# A deleted pod stays (Terminating) until its node reports no container running, at the latest
+# its grace period plus this long (its node stops it with the grace period, then kills it).
+DELETION_MARGIN_S = 5.0
 
 
 def pod_key(namespace: str, name: str) -> str:
@@ -126,6 +135,11 @@ class PodStore:
                     return obj, True
                 continue
             obj = json.loads(existing.value)
+            if obj.get("deletionTimestamp"):  # as the API server: not until it is gone
+                raise ConflictError(
+                    f"pod {pod.full_name} is being deleted (Terminating): apply it again once "
+                    f"it is gone"
+                )
             if obj.get("mirror"):
                 # The API's name wins: the mirror goes, and the pod is created as new.
                 if (
@@ -325,6 +339,8 @@ class PodStore:
             node = obj["nodeName"]
             if node not in due or not obj.get("scheduled") or obj.get("mirror") or _terminal(obj):
                 continue
+            if obj.get("deletionTimestamp"):
+                continue  # going anyway: finalize_deletions removes it at its deadline
             message = f"node {node} NotReady for {due[node]:.0f}s; evicted to be placed again"
             obj["nodeName"] = ""
             obj["scheduled"] = False
@@ -371,6 +387,12 @@ class PodStore:
         return moved
 
     async def delete(self, namespace: str, name: str) -> None:
+        """Kubernetes' graceful deletion. A pod whose containers may run on its node is marked
+        (``deletionTimestamp``: Terminating) and goes to its node as deleted; it leaves the
+        store when the node reports no container running (:meth:`set_status`), at the latest
+        when its grace period and :data:`DELETION_MARGIN_S` have passed
+        (:meth:`finalize_deletions`). A pod with no container reported running (unbound,
+        pending, finished) goes at once; deleting a terminating pod again changes nothing."""
         while True:  # the check and the delete are one compare-and-swap; again if it changed
             item = await self.store.get(pod_key(namespace, name))
             if item is None:
@@ -381,11 +403,41 @@ class PodStore:
                     f"pod {namespace}/{name} mirrors a static pod of node {obj['nodeName']}; "
                     f"remove its manifest on that node"
                 )
+            if obj.get("deletionTimestamp"):
+                return
+            if obj["nodeName"] and not _stopped(obj.get("status") or {}):
+                grace = obj["manifest"]["spec"].get(
+                    "terminationGracePeriodSeconds", DEFAULT_GRACE_PERIOD_S
+                )
+                obj["deletionTimestamp"] = self._now()
+                obj["deletionGracePeriodSeconds"] = grace
+                obj["deleteBy"] = self.registry.clock.time() + grace + DELETION_MARGIN_S
+                written = await self.store.compare_and_swap(
+                    item.key, json.dumps(obj).encode(), item.mod_revision
+                )
+                if written is not None:
+                    return
+                continue
             if (
                 await self.store.delete(item.key, expected_mod_revision=item.mod_revision)
                 is not None
             ):
                 return
+
+    async def finalize_deletions(self) -> int:
+        """Remove the terminating pods whose deadline passed (their node never reported them
+        stopped: it is down, or its last report was lost); returns how many."""
+        now = self.registry.clock.time()
+        removed = 0
+        items, _ = await self.store.list_prefix(PODS_PREFIX)
+        for item in items:
+            deadline = json.loads(item.value).get("deleteBy")
+            if deadline is None or deadline > now:
+                continue
+            # A concurrent change (a status report that removed it): looked at next round.
+            if await self.store.delete(item.key, expected_mod_revision=item.mod_revision):
+                removed += 1
+        return removed
 
     async def put_mirror(self, node: str, manifest: object) -> None:
         """A node's static pod, shown read-only on the master (kubelet's mirror pods), under
@@ -488,6 +540,11 @@ class PodStore:
             if obj["status"] == status:
                 return
             obj["status"] = status
+            if obj.get("deletionTimestamp") and _stopped(status):
+                # The node confirms it: nothing of the deleted pod runs any more.
+                if await self.store.delete(key, expected_mod_revision=item.mod_revision):
+                    return
+                continue
             if (
                 await self.store.compare_and_swap(key, json.dumps(obj).encode(), item.mod_revision)
                 is not None
@@ -499,6 +556,7 @@ class PodStore:
         known: set[str] = {
             f"{o['manifest']['metadata']['namespace']}/{o['manifest']['metadata']['name']}"
             for o in (await self.list(node))[0]
+            if not o.get("deletionTimestamp")
         }
         async for event in self.store.watch(PODS_PREFIX, after):
             obj = json.loads(event.value)
@@ -518,7 +576,9 @@ class PodStore:
                         "resourceVersion": event.revision,
                     }
                 continue
-            if event.type is EventType.DELETE:
+            if event.type is EventType.DELETE or obj.get("deletionTimestamp"):
+                # Terminating is deleted for the node (it stops the pod with its grace
+                # period); the store's delete that follows says it again, which changes nothing.
                 known.discard(ident)
                 kind = "DELETED"
             else:
@@ -538,6 +598,19 @@ def eviction_allowed(nodes: int, not_ready: int, threshold: float) -> bool:
     return not (nodes > 2 and not_ready / nodes >= threshold)
 
 
+def _stopped(status: dict[str, Any]) -> bool:
+    """Whether a node's status report says no container of the pod runs."""
+    if status.get("phase") in TERMINAL_PHASES:
+        return True
+    containers = (status.get("initContainerStatuses") or []) + (
+        status.get("containerStatuses") or []
+    )
+    return not any(
+        isinstance(c, dict) and isinstance(c.get("state"), dict) and "running" in c["state"]
+        for c in containers
+    )
+
+
 def pod_object(obj: dict[str, Any]) -> dict[str, Any]:
     manifest = obj["manifest"]
     metadata = dict(manifest["metadata"])
@@ -545,6 +618,9 @@ def pod_object(obj: dict[str, Any]) -> dict[str, Any]:
         metadata["annotations"] = {**metadata.get("annotations", {}), MIRROR_ANNOTATION: "true"}
     if obj.get("createdAt"):  # pods stored before it was kept have none
         metadata["creationTimestamp"] = obj["createdAt"]
+    if obj.get("deletionTimestamp"):
+        metadata["deletionTimestamp"] = obj["deletionTimestamp"]
+        metadata["deletionGracePeriodSeconds"] = obj.get("deletionGracePeriodSeconds")
     return {
         "apiVersion": "v1",
         "kind": "Pod",

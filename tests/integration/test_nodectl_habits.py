@@ -2,8 +2,8 @@
 command as a kubectl user types it and the shape of what it must print, or its exit status;
 scripts (``-o json | jq '.items | length'`` for 0, 1, 2 and 3 pods, ``-o name``, jsonpath,
 custom-columns, ``-l``, ``--field-selector``); the STATUS rows a real node produces (Running,
-Completed, Error, NodeLost once the node is gone); and for every row, above all the bad-input
-ones, no Python traceback on stderr.
+Completed, Error, Terminating while a deleted pod's container stops, NodeLost once the node is
+gone); and for every row, above all the bad-input ones, no Python traceback on stderr.
 
 Shell rows run through ``bash -o pipefail -c`` so a pipe (``| jq``, ``| head -1``) is tested
 as a user's shell runs it."""
@@ -291,6 +291,29 @@ def test_kubectl_habits(make_master: MakeMaster, make_agent: MakeAgent, tmp_path
             Row("get", 2, lambda o, e: "usage:" in e),
         ]
         check_rows(master, rows)
+
+    # Terminating: a deleted pod whose container ignores SIGTERM stays, Terminating, for its
+    # grace period (the node kills it then, and says so), then is gone.
+    slow = pod_manifest(
+        "slow", [{"name": "c", "command": ["sh", "-c", "trap '' TERM; sleep 3600"]}], grace_s=4
+    )
+    paths["slow"] = tmp_path / "slow.json"
+    paths["slow"].write_text(json.dumps(slow))
+    assert master.nodectl("apply", "-f", str(paths["slow"])).returncode == 0
+    wait_for(lambda: phase("slow") == "Running", timeout_s=60, what="slow Running")
+    check_rows(
+        master,
+        [
+            Row("delete pod slow", 0, lambda o, e: "deleted" in o),
+            Row("get pod slow", 0, lambda o, e: status_of(o)["slow"][2] == "Terminating"),
+            Row(
+                "get pod slow -o jsonpath={.metadata.deletionTimestamp}",
+                0,
+                lambda o, e: o.endswith("Z"),
+            ),
+        ],
+    )
+    wait_for(lambda: "slow" not in master.pods(), timeout_s=30, what="slow gone")
 
     # NodeLost: the node is gone (killed, its lease runs out); its running pod's STATUS says
     # so, the finished ones keep theirs.
