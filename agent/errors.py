@@ -48,17 +48,39 @@ class ManifestError(AgentError):
     """A pod manifest is outside the supported subset or holds an invalid value.
 
     ``field`` is the JSON path of the offending field (``spec.containers[1].livenessProbe``),
-    ``source`` where the manifest came from (a file path, ``<api>``).
+    ``source`` where the manifest came from (a file path, ``<api>``). The parser reports every
+    error of a document at once: ``causes`` holds them all as ``(field, problem)`` pairs, the
+    first being ``field`` and ``problem`` (one error: ``causes`` is just that one). The message
+    is the first error and how many more there are (bounded for logs and events, whatever the
+    document); who shows them all reads ``causes`` (the 422 body, nodectl, ``node-agent check``).
     """
 
     http_status = 422
 
-    def __init__(self, field: str, problem: str, source: str | None = None) -> None:
+    def __init__(
+        self,
+        field: str,
+        problem: str,
+        source: str | None = None,
+        *,
+        causes: tuple[tuple[str, str], ...] | list[tuple[str, str]] = (),
+    ) -> None:
         self.field = field
         self.problem = problem
         self.source = source
+        self.causes: tuple[tuple[str, str], ...] = tuple(causes) or ((field, problem),)
         prefix = f"{source}: " if source else ""
-        super().__init__(f"{prefix}{field}: {problem}" if field else f"{prefix}{problem}")
+        more = len(self.causes) - 1
+        suffix = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
+        super().__init__(prefix + _one_error(field, problem) + suffix)
+
+    def at(self, source: str) -> ManifestError:
+        """The same errors, said to come from ``source``."""
+        return ManifestError(self.field, self.problem, source, causes=self.causes)
+
+
+def _one_error(field: str, problem: str) -> str:
+    return f"{field}: {problem}" if field else problem
 
 
 class BadRequestError(AgentError):
@@ -370,10 +392,28 @@ class ServerError(CliError):
     """nodectl: the master refused a request (4xx/5xx); printed as kubectl prints it,
     ``Error from server (NotFound): pods "x" not found``."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        message: str,
+        causes: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         super().__init__(f"Error from server ({reason}): {message}")
         self.status = status
         self.reason = reason
+        self.causes = causes  # a 422's every (field, message), escaped (details.causes)
+
+
+class InvalidObjectError(ServerError):
+    """nodectl: a manifest refused, here or by the master, in kubectl's words and printed as
+    is: ``The Pod "x" is invalid: …`` (every error of it, one per line)."""
+
+    def __init__(self, message: str) -> None:
+        CliError.__init__(self, message)
+        self.status = 422
+        self.reason = "Invalid"
+        self.causes: tuple[tuple[str, str], ...] = ()
 
 
 class SessionUnavailableError(AgentError):

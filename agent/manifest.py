@@ -254,7 +254,50 @@ _HOST_PATH_TYPES = (
 _EMPTY_DIR_FIELDS = {"medium", "sizeLimit"}
 _LIST_FIELDS = {"apiVersion", "kind", "items", "metadata"}
 
+# --- what `kubectl get pod -o yaml` and `kubectl run --dry-run=client -o yaml` print ---------
+# A field of the "not supported yet" sets above is accepted, and normalised away, when it holds
+# Kubernetes' default or is empty ({}, [], ""): it asks for nothing beyond what we do. Any
+# other value is still "not supported yet" (docs/manifests.md, "Defaults accepted").
+_SPEC_DEFAULTS: Mapping[str, object] = {
+    "dnsPolicy": "ClusterFirst",
+    "enableServiceLinks": True,
+    "schedulerName": "default-scheduler",
+    "priority": 0,
+    "preemptionPolicy": "PreemptLowerPriority",
+    "serviceAccountName": "default",
+    "serviceAccount": "default",
+    "hostIPC": False,
+    "hostPID": False,
+    "shareProcessNamespace": False,
+    "setHostnameAsFQDN": False,
+}
+_CONTAINER_DEFAULTS: Mapping[str, object] = {
+    "terminationMessagePath": "/dev/termination-log",
+    "terminationMessagePolicy": "File",
+    "stdin": False,
+    "stdinOnce": False,
+    "tty": False,
+}
+_MOUNT_DEFAULTS: Mapping[str, object] = {"mountPropagation": "None"}
+# The tolerations the API server's DefaultTolerationSeconds admission adds to every pod; a
+# node here has no taints, so they mean nothing: dropped with a warning.
+_DEFAULT_TOLERATIONS = tuple(
+    {
+        "key": f"node.kubernetes.io/{key}",
+        "operator": "Exists",
+        "effect": "NoExecute",
+        "tolerationSeconds": 300,
+    }
+    for key in ("not-ready", "unreachable")
+)
+# The service-account token volume the API server adds (`kube-api-access-<5 chars>`, a
+# projected volume) and its mount: no API token exists here, dropped with a warning.
+_TOKEN_VOLUME = re.compile(r"kube-api-access-[a-z0-9]{1,10}")
+_TOKEN_MOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+MAX_ERRORS = 50  # per document: a hostile or mangled file cannot make the answer unbounded
+
 _E = TypeVar("_E", bound=StrEnum)
+_T = TypeVar("_T")
 
 
 # --- field helpers: each validates one value and names its path on failure -----------------
@@ -336,19 +379,41 @@ def _enum(kind: type[_E], value: object, path: str) -> _E:
         raise _fail(path, f"{shown(text)} is not one of {choices}") from None
 
 
+def _is_default(value: object, default: object) -> bool:
+    """``value`` is Kubernetes' default or empty (``{}``, ``[]``, ``""``); strict about types,
+    since ``0 == False`` in Python but not in a manifest."""
+    if isinstance(value, (Mapping, list, str)) and not value:
+        return True
+    return type(value) is type(default) and value == default
+
+
+_NO_DEFAULT = object()
+
+
 def _check_fields(
     obj: Mapping[str, Any],
     path: str,
     allowed: Set[str],
     unsupported: Set[str] = frozenset(),
     dropped: Set[str] = frozenset(),
+    defaults: Mapping[str, object] | None = None,
 ) -> None:
+    """Every key of ``obj`` outside ``allowed`` and ``dropped`` is an error, all of them in one
+    :class:`ManifestError`. With ``defaults`` (even ``{}``), an unsupported one holding its
+    default or an empty value is accepted (the caller leaves it out of the normalised manifest);
+    without, as for a volume's source, its mere presence means something."""
+    causes = []
     for key in obj:
         if key in allowed or key in dropped:
             continue
         if key in unsupported:
-            raise _fail(field_path(path, key), "not supported yet")
-        raise _fail(field_path(path, key), "unknown field")
+            if defaults is not None and _is_default(obj[key], defaults.get(key, _NO_DEFAULT)):
+                continue
+            causes.append((field_path(path, key), "not supported yet"))
+        else:
+            causes.append((field_path(path, key), "unknown field"))
+    if causes:
+        raise ManifestError(*causes[0], causes=causes)
 
 
 def _dns_label(value: object, path: str) -> str:
@@ -400,13 +465,22 @@ def _bind_path(value: object, path: str) -> str:
     return text
 
 
+def _image(value: object, path: str) -> str:
+    image = _string(value, path)
+    if any(ch.isspace() for ch in image):
+        raise _fail(path, f"{shown(image)} must not contain whitespace")
+    return image
+
+
 def _default_pull_policy(image: str) -> PullPolicy:
-    """Kubernetes' rule: ``Always`` for ``:latest`` or no tag, ``IfNotPresent`` otherwise."""
-    if "@" in image:  # pinned by digest: the content cannot change
-        return PullPolicy.IF_NOT_PRESENT
-    last = image.rsplit("/", 1)[-1]  # a registry host may carry a `:port`
+    """Kubernetes' rule: ``Always`` for the tag ``latest`` (even with a digest:
+    ``x:latest@sha256:…``) or no tag and no digest, ``IfNotPresent`` otherwise."""
+    name, at, _digest = image.partition("@")
+    last = name.rsplit("/", 1)[-1]  # a registry host may carry a `:port`
     tag = last.partition(":")[2]
-    return PullPolicy.ALWAYS if tag in ("", "latest") else PullPolicy.IF_NOT_PRESENT
+    if tag == "latest" or (not tag and not at):
+        return PullPolicy.ALWAYS
+    return PullPolicy.IF_NOT_PRESENT
 
 
 # --- handlers and probes -----------------------------------------------------------------------
@@ -739,12 +813,40 @@ def _lifecycle(
 # --- the parser -----------------------------------------------------------------------------
 
 
+class _Stop(Exception):
+    """Raised by :meth:`_Parser.add` at :data:`MAX_ERRORS`: the document is not read further."""
+
+
 class _Parser:
     """Parses one pod document; builds the typed model and the normalised manifest together,
-    so the two cannot disagree."""
+    so the two cannot disagree.
+
+    Every error of the document is collected (``errors``, at most :data:`MAX_ERRORS`): each
+    field is parsed under :meth:`guard`, which records its error and lets the parse go on with
+    a placeholder; :meth:`pod` raises them all at the end. The models built from placeholders
+    are never returned. Fields the API server adds are dropped with a warning (``warnings``).
+    """
 
     def __init__(self, node_name: str | None) -> None:
         self.node_name = node_name
+        self.errors: list[tuple[str, str]] = []
+        self.warnings: list[str] = []
+        self.server_output = False  # the document is `kubectl get -o yaml` output
+
+    def add(self, exc: ManifestError) -> None:
+        for cause in exc.causes:
+            if len(self.errors) >= MAX_ERRORS:
+                self.errors.append(("", f"too many errors: stopped after {MAX_ERRORS}"))
+                raise _Stop
+            self.errors.append(cause)
+
+    def guard(self, parse: Callable[[], _T]) -> _T | None:
+        """``parse()``, or None with its errors recorded."""
+        try:
+            return parse()
+        except ManifestError as exc:
+            self.add(exc)
+            return None
 
     def pod(self, doc: object) -> tuple[ObjectMeta, PodSpec, dict[str, Any]]:
         if not isinstance(doc, Mapping):
@@ -755,26 +857,47 @@ class _Parser:
         for key, expected in (("apiVersion", "v1"), ("kind", "Pod")):
             if _required(top, key, "") != expected:
                 raise _fail(key, f"must be {shown(expected)}, got {shown(top[key])}")
-        _check_fields(top, "", _TOP_FIELDS, dropped=_TOP_DROPPED)
-        meta, meta_out = self.metadata(_required(top, "metadata", ""))
-        spec, spec_out = self.spec(_required(top, "spec", ""))
+        parsed_meta = parsed_spec = None
+        try:
+            self.guard(lambda: _check_fields(top, "", _TOP_FIELDS, dropped=_TOP_DROPPED))
+            raw_meta = top.get("metadata")
+            # What only the API server writes: this is a pod of a cluster, printed by kubectl.
+            self.server_output = bool(top.get("status")) or (
+                isinstance(raw_meta, Mapping) and raw_meta.get("resourceVersion") is not None
+            )
+            parsed_meta = self.guard(lambda: self.metadata(_required(top, "metadata", "")))
+            parsed_spec = self.guard(lambda: self.spec(_required(top, "spec", "")))
+        except _Stop:
+            pass
+        if self.errors or parsed_meta is None or parsed_spec is None:
+            raise ManifestError(*self.errors[0], causes=self.errors)
+        meta, meta_out = parsed_meta
+        spec, spec_out = parsed_spec
         manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": meta_out, "spec": spec_out}
         return meta, spec, manifest
 
     def metadata(self, value: object) -> tuple[ObjectMeta, dict[str, Any]]:
         path = "metadata"
         meta = _object(value, path)
-        _check_fields(meta, path, _META_FIELDS, _META_UNSUPPORTED, _META_DROPPED)
-        name = _dns_subdomain(_required(meta, "name", path), "metadata.name")
-        namespace = _dns_label(meta.get("namespace", DEFAULT_NAMESPACE), "metadata.namespace")
+        self.guard(
+            lambda: _check_fields(
+                meta, path, _META_FIELDS, _META_UNSUPPORTED, _META_DROPPED, defaults={}
+            )
+        )
+        name = self.guard(lambda: _dns_subdomain(_required(meta, "name", path), "metadata.name"))
+        namespace = self.guard(
+            lambda: _dns_label(meta.get("namespace", DEFAULT_NAMESPACE), "metadata.namespace")
+        )
         uid = ""
         if "uid" in meta:
-            # The uid names directories under the state dir and goes into container names.
-            uid = _string(meta["uid"], "metadata.uid")
-            if len(uid) > UID_MAX or _UID.fullmatch(uid) is None:
-                raise _fail("metadata.uid", f"{shown(uid)} is not a valid uid ({_UID_HELP})")
-        labels = _labels(meta.get("labels", {}), "metadata.labels")
-        annotations = _annotations(meta.get("annotations", {}), "metadata.annotations")
+            uid = self.guard(lambda: self.uid(meta["uid"])) or ""
+        labels = self.guard(lambda: _labels(meta.get("labels", {}), "metadata.labels")) or {}
+        annotations = (
+            self.guard(lambda: _annotations(meta.get("annotations", {}), "metadata.annotations"))
+            or {}
+        )
+        name = name or ""
+        namespace = namespace or DEFAULT_NAMESPACE
         out: dict[str, Any] = {"name": name, "namespace": namespace}
         if uid:
             out["uid"] = uid
@@ -793,54 +916,110 @@ class _Parser:
             out,
         )
 
+    @staticmethod
+    def uid(value: object) -> str:
+        # The uid names directories under the state dir and goes into container names.
+        uid = _string(value, "metadata.uid")
+        if len(uid) > UID_MAX or _UID.fullmatch(uid) is None:
+            raise _fail("metadata.uid", f"{shown(uid)} is not a valid uid ({_UID_HELP})")
+        return uid
+
+    def tolerations(self, value: object) -> None:
+        """``spec.tolerations``: only the two the API server adds to every pod (dropped, with
+        a warning); a node here has no taints for any other to tolerate."""
+        path = "spec.tolerations"
+        added = 0
+        for item in _list(value, path):
+            if item not in _DEFAULT_TOLERATIONS:
+                # Only the API server's default not-ready/unreachable NoExecute ones (dropped).
+                raise _fail(path, "not supported yet")
+            added += 1
+        if added:
+            self.warnings.append(
+                f"{path}: the API server's default tolerations dropped (nodes here have no taints)"
+            )
+
+    def node_name_of(self, spec: Mapping[str, Any]) -> str | None:
+        if "nodeName" not in spec:
+            return self.node_name
+        # The node-name check, not the pod-name one: a name no node can have (over 52
+        # characters) is refused here instead of never binding.
+        name = names.check_node_name(
+            _string(spec["nodeName"], "spec.nodeName"), "spec.nodeName", _fail
+        )
+        if self.server_output:
+            # `kubectl get -o yaml` output: its scheduler chose a node of that cluster; here
+            # the pod is placed afresh (docs/decisions.md). Pin a pod by applying its own
+            # manifest with spec.nodeName.
+            self.warnings.append(
+                f"spec.nodeName: {shown(name)}, chosen by the scheduler of the cluster this "
+                f"output comes from, dropped"
+            )
+            return self.node_name
+        return name
+
     def spec(self, value: object) -> tuple[PodSpec, dict[str, Any]]:
         path = "spec"
         spec = _object(value, path)
-        _check_fields(spec, path, _SPEC_FIELDS, _SPEC_UNSUPPORTED)
-        volumes, volumes_out = self.volumes(spec.get("volumes", []), "spec.volumes")
-        host_network = _bool(spec.get("hostNetwork", False), "spec.hostNetwork")
-        raw_containers = _list(_required(spec, "containers", path), "spec.containers")
-        if not raw_containers:
-            raise _fail("spec.containers", "must list at least one container")
-        volume_names = {v.name for v in volumes}
+        checked = {k: v for k, v in spec.items() if k != "tolerations"}
+        self.guard(
+            lambda: _check_fields(
+                checked, path, _SPEC_FIELDS, _SPEC_UNSUPPORTED, defaults=_SPEC_DEFAULTS
+            )
+        )
+        if "tolerations" in spec:
+            self.guard(lambda: self.tolerations(spec["tolerations"]))
+        volumes, volumes_out, volume_names, token_volumes = self.volumes(
+            spec.get("volumes", []), "spec.volumes"
+        )
+        host_network = bool(
+            self.guard(lambda: _bool(spec.get("hostNetwork", False), "spec.hostNetwork"))
+        )
+
+        def raw_containers() -> list[Any]:
+            items = _list(_required(spec, "containers", path), "spec.containers")
+            if not items:
+                raise _fail("spec.containers", "must list at least one container")
+            return items
+
         containers: list[Container] = []
         containers_out = []
         container_names: set[str] = set()  # a set, not a scan: 8,000 containers took 5.7 s
-        for i, item in enumerate(raw_containers):
+        for i, item in enumerate(self.guard(raw_containers) or []):
             item_path = f"spec.containers[{i}]"
-            container, container_out = self.container(item, item_path, volume_names, host_network)
+            container, container_out = self.container(
+                item, item_path, volume_names, host_network, token_volumes
+            )
             if container.name in container_names:
-                raise _fail(
-                    f"{item_path}.name", f"duplicate container name {shown(container.name)}"
+                self.add(
+                    _fail(f"{item_path}.name", f"duplicate container name {shown(container.name)}")
                 )
             container_names.add(container.name)
             containers.append(container)
             containers_out.append(container_out)
-        self.check_host_ports(containers)
+        self.guard(lambda: self.check_host_ports(containers))
         init_containers, init_out = self.init_containers(
             spec.get("initContainers", []), volume_names, host_network, container_names
         )
-        self.check_resource_refs(containers, init_containers)
-        restart_policy = _enum(
-            RestartPolicy,
-            spec.get("restartPolicy", RestartPolicy.ALWAYS.value),
-            "spec.restartPolicy",
-        )
-        grace = _int(
-            spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_PERIOD_S),
-            "spec.terminationGracePeriodSeconds",
-            low=0,
-            high=INT64_MAX,
-        )
-        node_name = (
-            # The node-name check, not the pod-name one: a name no node can have (over 52
-            # characters) is refused here instead of never binding.
-            names.check_node_name(
-                _string(spec["nodeName"], "spec.nodeName"), "spec.nodeName", _fail
+        self.guard(lambda: self.check_resource_refs(containers, init_containers))
+        restart_policy = self.guard(
+            lambda: _enum(
+                RestartPolicy,
+                spec.get("restartPolicy", RestartPolicy.ALWAYS.value),
+                "spec.restartPolicy",
             )
-            if "nodeName" in spec
-            else self.node_name
         )
+        restart_policy = restart_policy or RestartPolicy.ALWAYS
+        grace = self.guard(
+            lambda: _int(
+                spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_PERIOD_S),
+                "spec.terminationGracePeriodSeconds",
+                low=0,
+                high=INT64_MAX,
+            )
+        )
+        grace = DEFAULT_GRACE_PERIOD_S if grace is None else grace
+        node_name = self.guard(lambda: self.node_name_of(spec))
         out: dict[str, Any] = {
             "containers": containers_out,
             **({"initContainers": init_out} if init_out else {}),
@@ -893,23 +1072,30 @@ class _Parser:
         containers: list[Container] = []
         out = []
         seen: set[str] = set()
-        for i, item in enumerate(_list(value, path)):
+        for i, item in enumerate(self.guard(lambda: _list(value, path)) or []):
             item_path = f"{path}[{i}]"
-            raw = _object(item, item_path)
-            for key in _INIT_FORBIDDEN:
-                if key in raw:
-                    raise _fail(f"{item_path}.{key}", "must not be set for init containers")
+            raw = self.guard(lambda: _object(item, item_path))  # noqa: B023 (called at once)
+            if raw is None:
+                continue
+            forbidden = [key for key in _INIT_FORBIDDEN if key in raw]
+            for key in forbidden:
+                self.add(_fail(f"{item_path}.{key}", "must not be set for init containers"))
             if "restartPolicy" in raw:
-                raise _fail(
-                    f"{item_path}.restartPolicy",
-                    "not supported yet (sidecar init containers, restartPolicy: Always)",
+                self.add(
+                    _fail(
+                        f"{item_path}.restartPolicy",
+                        "not supported yet (sidecar init containers, restartPolicy: Always)",
+                    )
                 )
-            container, container_out = self.container(raw, item_path, volume_names, host_network)
+            rest = {k: v for k, v in raw.items() if k not in forbidden and k != "restartPolicy"}
+            container, container_out = self.container(rest, item_path, volume_names, host_network)
             if container.name in seen or container.name in app_names:
-                raise _fail(
-                    f"{item_path}.name",
-                    f"duplicate container name {shown(container.name)} "
-                    f"(unique across initContainers and containers)",
+                self.add(
+                    _fail(
+                        f"{item_path}.name",
+                        f"duplicate container name {shown(container.name)} "
+                        f"(unique across initContainers and containers)",
+                    )
                 )
             seen.add(container.name)
             containers.append(container)
@@ -932,33 +1118,57 @@ class _Parser:
                     )
                 used[key] = where
 
-    def volumes(self, value: object, path: str) -> tuple[list[Volume], list[dict[str, Any]]]:
+    def volumes(
+        self, value: object, path: str
+    ) -> tuple[list[Volume], list[dict[str, Any]], set[str], set[str]]:
+        """The volumes, their normalised form, every name given (a mount naming a volume that
+        has an error is not an error too) and the API server's token volumes (dropped)."""
         volumes: list[Volume] = []
         out = []
         seen: set[str] = set()
-        for i, item in enumerate(_list(value, path)):
+        tokens: set[str] = set()
+        for i, item in enumerate(self.guard(lambda: _list(value, path)) or []):
             item_path = f"{path}[{i}]"
-            # Not _object: `emptyDir:` with nothing after it is null and still the source.
-            raw = _mapping(item, item_path)
-            _check_fields(raw, item_path, {"name", *_VOLUME_SOURCES}, _VOLUME_UNSUPPORTED)
-            name = _dns_label(_required(raw, "name", item_path), f"{item_path}.name")
-            if name in seen:
-                raise _fail(f"{item_path}.name", f"duplicate volume name {shown(name)}")
-            seen.add(name)
-            sources = [s for s in _VOLUME_SOURCES if s in raw]
-            if len(sources) != 1:
-                raise _fail(
-                    item_path,
-                    f"must have exactly one volume source ({' or '.join(_VOLUME_SOURCES)}), "
-                    f"got {len(sources)}",
-                )
-            if "hostPath" in raw:
-                volume, entry = self.host_path(name, raw["hostPath"], f"{item_path}.hostPath")
+            if isinstance(item, Mapping) and isinstance(item.get("name"), str):
+                seen_before = item["name"] in seen
+                seen.add(item["name"])
             else:
-                volume, entry = self.empty_dir(name, raw["emptyDir"], f"{item_path}.emptyDir")
-            volumes.append(volume)
-            out.append(entry)
-        return volumes, out
+                seen_before = False
+            if (
+                isinstance(item, Mapping)
+                and set(item) == {"name", "projected"}
+                and isinstance(item["name"], str)
+                and _TOKEN_VOLUME.fullmatch(item["name"])
+            ):
+                tokens.add(item["name"])
+                self.warnings.append(
+                    f"{item_path}: {shown(item['name'])}, the API server's service-account token "
+                    f"volume, dropped with its mounts (no API token here)"
+                )
+                continue
+            parsed = self.guard(lambda: self.volume(item, item_path, seen_before))  # noqa: B023
+            if parsed is not None:
+                volumes.append(parsed[0])
+                out.append(parsed[1])
+        return volumes, out, seen, tokens
+
+    def volume(self, item: object, item_path: str, repeated: bool) -> tuple[Volume, dict[str, Any]]:
+        # Not _object: `emptyDir:` with nothing after it is null and still the source.
+        raw = _mapping(item, item_path)
+        _check_fields(raw, item_path, {"name", *_VOLUME_SOURCES}, _VOLUME_UNSUPPORTED)
+        name = _dns_label(_required(raw, "name", item_path), f"{item_path}.name")
+        if repeated:
+            raise _fail(f"{item_path}.name", f"duplicate volume name {shown(name)}")
+        sources = [s for s in _VOLUME_SOURCES if s in raw]
+        if len(sources) != 1:
+            raise _fail(
+                item_path,
+                f"must have exactly one volume source ({' or '.join(_VOLUME_SOURCES)}), "
+                f"got {len(sources)}",
+            )
+        if "hostPath" in raw:
+            return self.host_path(name, raw["hostPath"], f"{item_path}.hostPath")
+        return self.empty_dir(name, raw["emptyDir"], f"{item_path}.emptyDir")
 
     @staticmethod
     def host_path(name: str, value: object, path: str) -> tuple[Volume, dict[str, Any]]:
@@ -996,45 +1206,65 @@ class _Parser:
         return Volume(name=name, empty_dir=EmptyDirVolume(size)), {"name": name, "emptyDir": entry}
 
     def container(
-        self, value: object, path: str, volume_names: Set[str], host_network: bool
+        self,
+        value: object,
+        path: str,
+        volume_names: Set[str],
+        host_network: bool,
+        token_volumes: Set[str] = frozenset(),
     ) -> tuple[Container, dict[str, Any]]:
-        raw = _object(value, path)
-        _check_fields(raw, path, _CONTAINER_FIELDS, _CONTAINER_UNSUPPORTED)
-        name = _dns_label(_required(raw, "name", path), f"{path}.name")
-        image = _string(_required(raw, "image", path), f"{path}.image")
-        if any(ch.isspace() for ch in image):
-            raise _fail(f"{path}.image", f"{shown(image)} must not contain whitespace")
+        """One container; each field under :meth:`guard` (a placeholder when it has errors)."""
+        raw = self.guard(lambda: _object(value, path))
+        if raw is None:
+            return Container(name="", image=""), {}
+        self.guard(
+            lambda: _check_fields(
+                raw, path, _CONTAINER_FIELDS, _CONTAINER_UNSUPPORTED, defaults=_CONTAINER_DEFAULTS
+            )
+        )
+        name = self.guard(lambda: _dns_label(_required(raw, "name", path), f"{path}.name")) or ""
+        image = self.guard(lambda: _image(_required(raw, "image", path), f"{path}.image")) or ""
+        pull: PullPolicy | None = _default_pull_policy(image)
         if "imagePullPolicy" in raw:
-            pull = _enum(PullPolicy, raw["imagePullPolicy"], f"{path}.imagePullPolicy")
-        else:
-            pull = _default_pull_policy(image)
+            pull = self.guard(
+                lambda: _enum(PullPolicy, raw["imagePullPolicy"], f"{path}.imagePullPolicy")
+            )
+        pull = pull or PullPolicy.IF_NOT_PRESENT
         out: dict[str, Any] = {"name": name, "image": image, "imagePullPolicy": pull.value}
-        command = _strings(raw.get("command", []), f"{path}.command")
+        command = self.guard(lambda: _strings(raw.get("command", []), f"{path}.command")) or ()
         if command:
             out["command"] = list(command)
-        args = _strings(raw.get("args", []), f"{path}.args")
+        args = self.guard(lambda: _strings(raw.get("args", []), f"{path}.args")) or ()
         if args:
             out["args"] = list(args)
-        env, env_out = self.env(raw.get("env", []), f"{path}.env")
+        env, env_out = self.guard(lambda: self.env(raw.get("env", []), f"{path}.env")) or ([], [])
         if env_out:
             out["env"] = env_out
-        ports, ports_out = self.ports(raw.get("ports", []), f"{path}.ports", host_network)
+        ports, ports_out = self.guard(
+            lambda: self.ports(raw.get("ports", []), f"{path}.ports", host_network)
+        ) or ([], [])
         if ports_out:
             out["ports"] = ports_out
-        resources, resources_out = self.resources(raw.get("resources", {}), f"{path}.resources")
+        resources, resources_out = self.guard(
+            lambda: self.resources(raw.get("resources", {}), f"{path}.resources")
+        ) or (Resources(), {})
         if resources_out:
             out["resources"] = resources_out
         working_dir = None
         if "workingDir" in raw:
-            working_dir = _absolute_path(raw["workingDir"], f"{path}.workingDir")
+            working_dir = self.guard(
+                lambda: _absolute_path(raw["workingDir"], f"{path}.workingDir")
+            )
             out["workingDir"] = working_dir
-        mounts, mounts_out = self.mounts(
-            raw.get("volumeMounts", []), f"{path}.volumeMounts", volume_names
-        )
+        mounts, mounts_out = self.guard(
+            lambda: self.mounts(
+                raw.get("volumeMounts", []), f"{path}.volumeMounts", volume_names, token_volumes
+            )
+        ) or ([], [])
         if mounts_out:
             out["volumeMounts"] = mounts_out
-        probes = _probes(raw, path, ports, out)
-        lifecycle = _lifecycle(raw, path, ports, out)
+        probes = self.guard(lambda: _probes(raw, path, ports, out)) or {}
+        lifecycle = self.guard(lambda: _lifecycle(raw, path, ports, out)) or Lifecycle()
         container = Container(
             name=name,
             image=image,
@@ -1294,7 +1524,7 @@ class _Parser:
 
     @staticmethod
     def mounts(
-        value: object, path: str, volume_names: Set[str]
+        value: object, path: str, volume_names: Set[str], token_volumes: Set[str] = frozenset()
     ) -> tuple[list[VolumeMount], list[dict[str, Any]]]:
         mounts: list[VolumeMount] = []
         out = []
@@ -1302,7 +1532,11 @@ class _Parser:
         for i, item in enumerate(_list(value, path)):
             item_path = f"{path}[{i}]"
             raw = _object(item, item_path)
-            _check_fields(raw, item_path, _MOUNT_FIELDS, _MOUNT_UNSUPPORTED)
+            if isinstance(raw.get("name"), str) and raw["name"] in token_volumes:
+                continue  # the API server's token mount: dropped with its volume
+            _check_fields(
+                raw, item_path, _MOUNT_FIELDS, _MOUNT_UNSUPPORTED, defaults=_MOUNT_DEFAULTS
+            )
             name = _string(_required(raw, "name", item_path), f"{item_path}.name")
             if name not in volume_names:
                 raise _fail(f"{item_path}.name", f"no volume named {shown(name)} in spec.volumes")
@@ -1343,15 +1577,20 @@ def derive_uid(manifest: Mapping[str, Any], node_name: str | None) -> str:
     return str(uuid.UUID(bytes=digest[:16]))
 
 
-def _parse_pod(doc: object, source: str, node_name: str | None, where: str) -> Pod:
+def _parse_pod(
+    doc: object, source: str, node_name: str | None, where: str, warnings: list[str] | None
+) -> Pod:
+    parser = _Parser(node_name)
     try:
-        meta, spec, manifest = _Parser(node_name).pod(doc)
+        meta, spec, manifest = parser.pod(doc)
         notify = notify_settings(meta.annotations, {c.name for c in spec.containers})
         check_notify_mounts(
             notify, [(c.name, [m.mount_path for m in c.volume_mounts]) for c in spec.containers]
         )
     except ManifestError as exc:
-        raise ManifestError(exc.field, exc.problem, where) from None
+        raise exc.at(where) from None
+    if warnings is not None:
+        warnings.extend(parser.warnings)
     if not meta.uid:
         uid = derive_uid(manifest, node_name)
         meta = ObjectMeta(meta.name, meta.namespace, uid, meta.labels, meta.annotations)
@@ -1360,16 +1599,24 @@ def _parse_pod(doc: object, source: str, node_name: str | None, where: str) -> P
 
 
 def parse_pod(
-    doc: object, *, source: str, node_name: str | None = None, index: int | None = None
+    doc: object,
+    *,
+    source: str,
+    node_name: str | None = None,
+    index: int | None = None,
+    warnings: list[str] | None = None,
 ) -> Pod:
     """One decoded pod document → :class:`Pod`.
 
     ``source`` is stored on the pod and prefixes error messages; ``index`` (0-based) names the
     document of a multi-document file in errors. ``node_name`` fills ``spec.nodeName`` when the
-    manifest has none and salts the derived uid.
+    manifest has none and salts the derived uid. A :class:`ManifestError` holds every error of
+    the document (``causes``, at most :data:`MAX_ERRORS`). ``warnings``, when given, receives
+    one line per field the API server adds that was dropped (the token volume, the default
+    tolerations, another cluster's ``nodeName``).
     """
     label = "" if index is None else f"document {index + 1}"
-    return _parse_pod(doc, source, node_name, _where(source, label))
+    return _parse_pod(doc, source, node_name, _where(source, label), warnings)
 
 
 def pod_documents(text: str, *, source: str) -> list[tuple[str, object]]:
@@ -1398,7 +1645,9 @@ def pod_documents(text: str, *, source: str) -> list[tuple[str, object]]:
     return located
 
 
-def parse_manifests(text: str, *, source: str, node_name: str | None = None) -> list[Pod]:
+def parse_manifests(
+    text: str, *, source: str, node_name: str | None = None, warnings: list[str] | None = None
+) -> list[Pod]:
     """Every pod in a YAML or JSON text (see :func:`pod_documents`), in order.
 
     The whole text is rejected if any pod is invalid or if two pods have the same
@@ -1408,7 +1657,7 @@ def parse_manifests(text: str, *, source: str, node_name: str | None = None) -> 
     pods: list[Pod] = []
     seen: dict[str, str] = {}
     for label, document in pod_documents(text, source=source):
-        pod = _parse_pod(document, source, node_name, _where(source, label))
+        pod = _parse_pod(document, source, node_name, _where(source, label), warnings)
         if pod.full_name in seen:
             raise ManifestError(
                 "metadata.name",

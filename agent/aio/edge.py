@@ -132,7 +132,11 @@ def error_body(status: int, message: str, details: dict[str, Any] | None = None)
 
 
 def error_response(exc: AgentError) -> ApiResponse:
-    details = {"field": exc.field} if isinstance(exc, ManifestError) else {}
+    details: dict[str, Any] = {}
+    if isinstance(exc, ManifestError):
+        # Every error of the document, as Kubernetes' Status.details.causes.
+        causes = [{"field": field, "message": problem} for field, problem in exc.causes]
+        details = {"field": exc.field, "causes": causes}
     headers: tuple[tuple[str, str], ...] = ()
     if isinstance(exc, MethodNotAllowedError):
         headers = (("allow", ", ".join(exc.allow)),)

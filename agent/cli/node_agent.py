@@ -1,4 +1,5 @@
-"""``node-agent``: run the node daemon (``run``), check the host (``doctor``), print the version.
+"""``node-agent``: run the node daemon (``run``), check the host (``doctor``) or static
+manifests (``check``), print the version.
 
 Imports stay inside the subcommands so ``node-agent version`` starts fast.
 """
@@ -30,6 +31,13 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--config", metavar="FILE")
     doctor.add_argument("-o", "--output", choices=("text", "json"), default="text")
     add_config_flags(doctor)
+    check = sub.add_parser(
+        "check", help="check static manifests: every error, or what the agent would run"
+    )
+    check.add_argument("paths", nargs="+", metavar="FILE", help="manifest files or directories")
+    check.add_argument(
+        "--node-name", help="the node's name (default: the host name, as the agent's default)"
+    )
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -99,6 +107,15 @@ def _doctor(args: argparse.Namespace) -> int:
     return node.main(path, overrides_from_args(args), args.output)
 
 
+def _check(args: argparse.Namespace) -> int:
+    import socket
+
+    from agent.cli import manifest_check
+
+    node_name = args.node_name or socket.gethostname().lower()
+    return manifest_check.main(args.paths, node_name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from agent.aio.private import restrict_umask
@@ -112,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "doctor":
             return _doctor(args)
+        if args.command == "check":
+            return _check(args)
         return _run(args)
     finally:
         os.umask(loose)  # for an in-process caller (the tests)

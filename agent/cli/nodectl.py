@@ -169,8 +169,26 @@ class Client:
             # the server echoes) can neither forge a line nor drive the terminal.
             status = response.status
             reason = HTTP_REASONS.get(status, f"HTTP {status}")
-            raise ServerError(status, reason, escape(message))
+            raise ServerError(status, reason, escape(message), _causes(error))
         return decoded
+
+
+MAX_CAUSES = 100  # a 422's causes shown; the master sends at most 51
+
+
+def _causes(error: object) -> tuple[tuple[str, str], ...]:
+    """A 422's ``details.causes`` (every error of a manifest), escaped; () if malformed."""
+    details = error.get("details") if isinstance(error, dict) else None
+    causes = details.get("causes") if isinstance(details, dict) else None
+    if not isinstance(causes, list):
+        return ()
+    return tuple(
+        (escape(c["field"]), escape(c["message"]))
+        for c in causes[:MAX_CAUSES]
+        if isinstance(c, dict)
+        and isinstance(c.get("field"), str)
+        and isinstance(c.get("message"), str)
+    )
 
 
 # kubectl's names for the API's statuses (metav1.StatusReason), in its "Error from server (…)".
@@ -809,15 +827,124 @@ def _documents(path: str) -> list[tuple[str, object]]:
         raise CliError(str(exc), EXIT_USAGE) from None
 
 
+def _invalid(doc: object, causes: tuple[tuple[str, str], ...]) -> str:
+    """kubectl's words for a refused manifest: ``The Pod "x" is invalid: …``, one cause on the
+    line, several as a ``* field: problem`` list (``causes`` escaped by their producer)."""
+    meta = doc.get("metadata") if isinstance(doc, dict) else None
+    name = meta.get("name") if isinstance(meta, dict) else None
+    head = f"The Pod {quote(name)} is invalid:" if isinstance(name, str) else "The Pod is invalid:"
+    lines = [f"{field}: {problem}" if field else problem for field, problem in causes]
+    if len(lines) == 1:
+        return f"{head} {lines[0]}"
+    return "\n".join([head, *(f"* {line}" for line in lines)])
+
+
+FORCE_WAIT_S = 60.0  # apply --force: how long the deleted pod may take to go
+FORCE_POLL_S = 0.5
+
+
 def cmd_apply(client: Client, args: argparse.Namespace) -> None:
+    """``apply -f FILE [--dry-run=client|server] [--force] [-o json|yaml]``.
+
+    Every document is parsed here first with the master's parser: its warnings (what the API
+    server adds, dropped) are printed as kubectl prints a server's, and with ``--dry-run=client``
+    its errors, all of them, are the answer. The master refuses an update other than images
+    (422); ``--force`` then deletes the pod, waits until it is gone and creates it again."""
+    from agent.errors import InvalidObjectError, ManifestError
+    from agent.manifest import parse_pod
+
+    dry_run = getattr(args, "dry_run", "none")
+    force = getattr(args, "force", False)
+    output = getattr(args, "output", None)
     for label, doc in _documents(args.filename):
+        where = f"{label}: " if label else ""
+        warnings: list[str] = []
         try:
-            obj = client.call("POST", "/v1/pods", doc)
-        except CliError as exc:
+            pod = parse_pod(doc, source="", warnings=warnings)
+        except ManifestError as exc:
+            if dry_run == "client":
+                causes = tuple((escape(f), escape(p)) for f, p in exc.causes)
+                raise InvalidObjectError(where + _invalid(doc, causes)) from None
+            pod = None  # the master's answer says what is wrong, as it sees it
+        for warning in warnings:
+            print(f"Warning: {where}{escape(warning)}", file=sys.stderr)
+        name = escape(pod.metadata.name) if pod is not None else ""
+        if dry_run == "client" and pod is not None:
+            _print_applied(dict(pod.manifest), output, f"pod/{name} created (dry run)")
+            continue
+        path = "/v1/pods?dryRun=All" if dry_run == "server" else "/v1/pods"
+        try:
+            try:
+                obj = client.call("POST", path, doc)
+            except ServerError as exc:
+                if not (force and dry_run == "none" and _forbidden_update(exc) and pod):
+                    raise
+                _delete_and_wait(client, pod.metadata.namespace, pod.metadata.name)
+                obj = client.call("POST", path, _without_uid(doc))
+                _print_applied(obj, output, f"pod/{name} replaced")
+                continue
+        except ServerError as exc:
+            if exc.status == 422 and exc.causes:
+                raise InvalidObjectError(where + _invalid(doc, exc.causes)) from None
             if label:  # which of the file's pods the master refused
                 raise CliError(f"{label}: {exc}", exc.exit_code) from None
             raise
-        print(f"pod/{escape(str(obj['metadata']['name']))} applied")
+        except CliError as exc:
+            if label:
+                raise CliError(f"{label}: {exc}", exc.exit_code) from None
+            raise
+        shown_name = escape(str(obj["metadata"]["name"]))
+        suffix = " (server dry run)" if dry_run == "server" else ""
+        verb = "created" if dry_run == "server" else "applied"
+        _print_applied(obj, output, f"pod/{shown_name} {verb}{suffix}")
+
+
+def _without_uid(doc: object) -> object:
+    """A recreated pod is a new pod: a uid in the manifest (``kubectl get`` output) would give
+    the new one the old one's identity, so the master assigns a fresh one instead."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("metadata"), dict):
+        return doc
+    meta = {k: v for k, v in doc["metadata"].items() if k != "uid"}
+    return {**doc, "metadata": meta}
+
+
+def _forbidden_update(exc: ServerError) -> bool:
+    """The master's refusal of an update other than images (what ``--force`` is for)."""
+    return exc.status == 422 and any(
+        field == "spec" and problem.startswith("Forbidden: pod updates")
+        for field, problem in exc.causes
+    )
+
+
+def _print_applied(obj: dict[str, Any], output: str | None, line: str) -> None:
+    if output == "json":
+        print(json.dumps(obj, indent=4))
+    elif output == "yaml":
+        import yaml
+
+        print(yaml.safe_dump(obj, sort_keys=True, default_flow_style=False), end="")
+    else:
+        print(line)
+
+
+def _delete_and_wait(client: Client, namespace: str, name: str) -> None:
+    """``apply --force``: delete the pod and wait until the master no longer has it (its
+    containers stopped on the node), so the new pod does not meet the old one."""
+    import time
+
+    pod_path = f"/v1/namespaces/{_segment(namespace)}/pods/{_segment(name)}"
+    with named("pods", name):
+        client.call("DELETE", pod_path)
+    deadline = time.monotonic() + FORCE_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            client.call("GET", pod_path)
+        except ServerError as exc:
+            if exc.status == 404:
+                return
+            raise
+        time.sleep(FORCE_POLL_S)
+    raise CliError(f"pod {quote(name)} still exists {FORCE_WAIT_S:.0f} s after its deletion")
 
 
 def cmd_delete(client: Client, args: argparse.Namespace) -> None:
@@ -1033,6 +1160,21 @@ def _parser() -> argparse.ArgumentParser:
     describe.add_argument("-n", "--namespace", default="default")
     apply = sub.add_parser("apply", help="create or update pods from a manifest")
     apply.add_argument("-f", "--filename", required=True, help="FILE or - for stdin")
+    apply.add_argument(
+        "--dry-run",
+        nargs="?",
+        const="client",
+        default="none",
+        choices=("none", "client", "server"),
+        help="client: check here and print what would be sent; server: the master checks "
+        "everything and stores nothing",
+    )
+    apply.add_argument(
+        "--force",
+        action="store_true",
+        help="a change the master refuses (other than images): delete, wait, recreate",
+    )
+    apply.add_argument("-o", "--output", choices=("json", "yaml"), help="print the pod object")
     delete = sub.add_parser("delete", help="delete a pod or a node")
     delete.add_argument("kind")
     delete.add_argument("name")

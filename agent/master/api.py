@@ -50,6 +50,7 @@ from agent.master.pods import PodStore, pod_object
 from agent.master.policy import effective_peer
 from agent.master.registry import NodeRegistry
 from agent.master.tokens import DEFAULT_TTL_S, check_description, check_labels, check_usages
+from agent.names import quote
 from agent.pki.core import cert_to_pem, principal_of
 from agent.proto.authz import CallerKind, Principal, Role
 from agent.types import Pod
@@ -373,7 +374,12 @@ class MasterApi:
             manifest, pod = await self._run_blocking(functools.partial(_read_pod, body))
         else:
             manifest, pod = _read_pod(body)
-        obj, created = await self.pods.apply(manifest, pod)
+        # `?dryRun=All` (kubectl's --dry-run=server): every check, the object that would be
+        # stored in the answer, nothing stored.
+        dry_run = request.query("dryRun")
+        if dry_run not in (None, "All"):
+            raise BadRequestError(f"dryRun: {quote(dry_run)} is not All (the one value)")
+        obj, created = await self.pods.apply(manifest, pod, dry_run=dry_run == "All")
         return json_response(pod_object(obj), 201 if created else 200)
 
     async def list_pods(self, request: ApiRequest) -> ApiResponse:

@@ -21,7 +21,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,9 +106,16 @@ class PodStore:
         self.kick = asyncio.Event()  # set when scheduling may now succeed
         self.disrupted = False  # too many nodes NotReady at once: evicting nothing
 
-    async def apply(self, manifest: object, pod: Pod | None = None) -> tuple[dict[str, Any], bool]:
+    async def apply(
+        self, manifest: object, pod: Pod | None = None, *, dry_run: bool = False
+    ) -> tuple[dict[str, Any], bool]:
         """Create or update a pod; returns the stored object and whether it was created.
-        ``pod``: the manifest already parsed (the API parses a large one off the loop)."""
+        ``pod``: the manifest already parsed (the API parses a large one off the loop).
+        ``dry_run``: every check, the object that would be stored, nothing stored or scheduled.
+
+        An update may change the containers' images only (and metadata), as Kubernetes: any
+        other change to the spec is refused naming the fields (:func:`_forbidden_changes`);
+        the agent replaces the pod whose manifest changed, so a new image restarts it."""
         if pod is None:
             pod = parse_pod(manifest, source="api")
         given = manifest.get("metadata", {}).get("uid") if isinstance(manifest, dict) else None
@@ -129,6 +136,8 @@ class PodStore:
                     "status": {"phase": "Pending"},
                     "createdAt": self._now(),  # metadata.creationTimestamp (pod_object)
                 }
+                if dry_run:
+                    return obj, True
                 if not obj["nodeName"]:
                     await self._schedule(obj)
                 if await self.store.compare_and_swap(key, json.dumps(obj).encode(), 0) is not None:
@@ -141,6 +150,8 @@ class PodStore:
                     f"it is gone"
                 )
             if obj.get("mirror"):
+                if dry_run:  # the mirror would go and the pod be created as new
+                    return {**obj, "manifest": dict(pod.manifest), "mirror": False}, True
                 # The API's name wins: the mirror goes, and the pod is created as new.
                 if (
                     await self.store.delete(key, expected_mod_revision=existing.mod_revision)
@@ -156,6 +167,7 @@ class PodStore:
                     "spec.nodeName",
                     f"pod is bound to {obj['nodeName']}; a pod never moves (delete it first)",
                 )
+            old_spec = obj["manifest"]["spec"]
             if not obj["nodeName"] and pod.spec.node_name:
                 # Still pending, now with a node named: bound there, like a new pod would be.
                 obj["nodeName"] = pod.spec.node_name
@@ -163,7 +175,21 @@ class PodStore:
                 obj["status"] = {"phase": "Pending"}
             if obj["nodeName"]:
                 normalised["spec"] = {**normalised["spec"], "nodeName": obj["nodeName"]}
+            # Binding a pending pod to the node it now names is not a change of its spec.
+            if "nodeName" not in old_spec and "nodeName" in normalised["spec"]:
+                old_spec = {**old_spec, "nodeName": normalised["spec"]["nodeName"]}
+            changed = _forbidden_changes(old_spec, normalised["spec"])
+            if changed:
+                raise ManifestError(
+                    "spec",
+                    "Forbidden: pod updates may not change fields other than "
+                    "spec.containers[*].image and spec.initContainers[*].image "
+                    f"(changed: {', '.join(changed)}; nodectl apply --force deletes and "
+                    f"recreates the pod)",
+                )
             obj["manifest"] = normalised
+            if dry_run:
+                return obj, False
             if (
                 await self.store.compare_and_swap(
                     key, json.dumps(obj).encode(), existing.mod_revision
@@ -596,6 +622,35 @@ def eviction_allowed(nodes: int, not_ready: int, threshold: float) -> bool:
     if not_ready >= nodes:
         return False
     return not (nodes > 2 and not_ready / nodes >= threshold)
+
+
+MAX_CHANGES_NAMED = 10  # a refusal names this many changed fields, then "..."
+
+
+def _forbidden_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The paths where two normalised pod specs differ, other than containers' images (the one
+    update Kubernetes allows to a pod's spec we support); empty when the update is allowed."""
+    changed: list[str] = []
+
+    def walk(a: object, b: object, path: str, in_container: bool) -> None:
+        if len(changed) > MAX_CHANGES_NAMED:
+            return
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            for key in sorted({*a, *b}):
+                if in_container and key == "image":
+                    continue
+                walk(a.get(key), b.get(key), f"{path}.{key}", False)
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            container_list = path in ("spec.containers", "spec.initContainers")
+            for i, (x, y) in enumerate(zip(a, b, strict=True)):
+                walk(x, y, f"{path}[{i}]", container_list)
+        elif a != b:
+            changed.append(path)
+
+    walk(old, new, "spec", False)
+    if len(changed) > MAX_CHANGES_NAMED:
+        changed[MAX_CHANGES_NAMED:] = ["..."]
+    return changed
 
 
 def _stopped(status: dict[str, Any]) -> bool:

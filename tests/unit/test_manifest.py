@@ -189,7 +189,9 @@ def test_full_manifest_parses_into_the_model() -> None:
     assert spec.restart_policy is RestartPolicy.ON_FAILURE
     assert spec.termination_grace_period_s == 5
     assert spec.host_network is False
-    assert spec.node_name == "node-1"  # given in the manifest: node_name does not override
+    # kubectl get output (status, resourceVersion): its nodeName, chosen by that cluster's
+    # scheduler, is dropped with a warning and the node's own name is used.
+    assert spec.node_name == "n9"
     assert spec.volumes == (
         Volume("data", empty_dir=EmptyDirVolume(size_limit_bytes=2**30)),
         Volume("host", host_path=HostPathVolume("/var/log", "Directory")),
@@ -232,7 +234,10 @@ def test_full_manifest_parses_into_the_model() -> None:
         ),
     )
     # Output-only fields (status, resourceVersion, ...) are dropped; defaults are filled in.
-    assert pod.manifest == FULL_NORMALISED
+    assert pod.manifest == {
+        **FULL_NORMALISED,
+        "spec": {**FULL_NORMALISED["spec"], "nodeName": "n9"},  # type: ignore[dict-item]
+    }
     json.dumps(pod.manifest)  # plain JSON data
 
 
@@ -595,8 +600,8 @@ REJECTIONS: list[tuple[str, Any, str, str]] = [
     ("spec", [], "spec", "must be an object, got list"),
     # metadata
     ("metadata.generateName", "x-", "metadata.generateName", "not supported yet"),
-    ("metadata.ownerReferences", [], "metadata.ownerReferences", "not supported yet"),
-    ("metadata.finalizers", [], "metadata.finalizers", "not supported yet"),
+    ("metadata.ownerReferences", [{"kind": "X"}], "metadata.ownerReferences", "not supported yet"),
+    ("metadata.finalizers", ["f"], "metadata.finalizers", "not supported yet"),
     ("metadata.clusterName", "x", "metadata.clusterName", "unknown field"),
     ("metadata.name", DELETE, "metadata.name", "required"),
     ("metadata.name", "Web_1", "metadata.name", '"Web_1" is not a valid DNS-1123 subdomain'),
@@ -944,16 +949,16 @@ NOT_SUPPORTED_YET: list[tuple[str, Any]] = [
     *(
         (f"spec.{name}", value)
         for name, value in [
-            ("ephemeralContainers", []),
-            ("affinity", {}),
-            ("tolerations", []),
+            ("ephemeralContainers", [{"name": "debug"}]),
+            ("affinity", {"nodeAffinity": {}}),
+            ("tolerations", [{"key": "gpu", "operator": "Exists"}]),
             ("nodeSelector", {"disk": "ssd"}),
             ("serviceAccountName", "sa"),
             ("serviceAccount", "sa"),
-            ("automountServiceAccountToken", False),
+            ("automountServiceAccountToken", True),
             ("imagePullSecrets", [{"name": "regcred"}]),
-            ("dnsPolicy", "ClusterFirst"),
-            ("dnsConfig", {}),
+            ("dnsPolicy", "Default"),
+            ("dnsConfig", {"nameservers": ["1.1.1.1"]}),
             ("hostPID", True),
             ("hostIPC", True),
             ("hostUsers", False),
@@ -961,36 +966,36 @@ NOT_SUPPORTED_YET: list[tuple[str, Any]] = [
             ("securityContext", {"runAsUser": 1000}),
             ("hostname", "h"),
             ("subdomain", "s"),
-            ("hostAliases", []),
-            ("schedulerName", "default-scheduler"),
+            ("hostAliases", [{"ip": "10.0.0.1"}]),
+            ("schedulerName", "my-scheduler"),
             ("priorityClassName", "high"),
-            ("priority", 0),
+            ("priority", 1000),
             ("preemptionPolicy", "Never"),
             ("activeDeadlineSeconds", 10),
-            ("readinessGates", []),
+            ("readinessGates", [{"conditionType": "x"}]),
             ("runtimeClassName", "gvisor"),
             ("enableServiceLinks", False),
-            ("overhead", {}),
-            ("topologySpreadConstraints", []),
+            ("overhead", {"cpu": "1"}),
+            ("topologySpreadConstraints", [{"maxSkew": 1}]),
             ("setHostnameAsFQDN", True),
             ("os", {"name": "linux"}),
-            ("schedulingGates", []),
-            ("resourceClaims", []),
-            ("resources", {}),
+            ("schedulingGates", [{"name": "g"}]),
+            ("resourceClaims", [{"name": "c"}]),
+            ("resources", {"limits": {"cpu": "1"}}),
         ]
     ),
     *(
         (f"spec.containers.0.{name}", value)
         for name, value in [
             ("securityContext", {"privileged": True}),
-            ("envFrom", []),
+            ("envFrom", [{"prefix": "X"}]),
             ("stdin", True),
             ("stdinOnce", True),
             ("tty", True),
-            ("volumeDevices", []),
-            ("terminationMessagePath", "/dev/termination-log"),
-            ("terminationMessagePolicy", "File"),
-            ("resizePolicy", []),
+            ("volumeDevices", [{"name": "d"}]),
+            ("terminationMessagePath", "/tmp/msg"),
+            ("terminationMessagePolicy", "FallbackToLogsOnError"),
+            ("resizePolicy", [{"resourceName": "cpu"}]),
             ("restartPolicy", "Always"),
         ]
     ),
@@ -1145,7 +1150,7 @@ def test_messages_quoted_in_the_docs() -> None:
         return str(reject(doc))
 
     assert (
-        message(_set(base(), "spec.containers.0.securityContext", {}))
+        message(_set(base(), "spec.containers.0.securityContext", {"privileged": True}))
         == "pods/web.yaml: spec.containers[0].securityContext: not supported yet"
     )
     assert (

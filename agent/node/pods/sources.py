@@ -143,12 +143,21 @@ class ManifestDirSource:
             if shown != str(path):
                 raise ManifestError("", "the file name is not UTF-8: rename the file", shown)
             text = await self._bridge.run(_read, path)
+            warnings: list[str] = []  # the API server's additions, dropped (kubectl output)
             if len(text) > OFF_LOOP_BYTES:
                 pods = await self._bridge.run(
-                    parse_manifests, text, source=source, node_name=self._node_name
+                    parse_manifests,
+                    text,
+                    source=source,
+                    node_name=self._node_name,
+                    warnings=warnings,
                 )
             else:
-                pods = parse_manifests(text, source=source, node_name=self._node_name)
+                pods = parse_manifests(
+                    text, source=source, node_name=self._node_name, warnings=warnings
+                )
+            for warning in warnings:
+                log.warning("manifest field dropped", extra=kv(file=shown, warning=warning))
         except ManifestError as exc:
             message = str(exc)
         except OSError as exc:

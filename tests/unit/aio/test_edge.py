@@ -514,7 +514,9 @@ async def test_error_bodies_and_headers_are_the_same_on_both_protocols(served: S
         for header in ("allow", "content-type", "upgrade"):
             assert one.headers.get(header) == two.headers.get(header), (path, header)
     manifest = await served.client("admin", H2).call("DELETE", "/v1/namespaces/default/pods/p")
-    assert refused(manifest, 422)["details"] == {"field": "spec.containers[0].image"}
+    details = refused(manifest, 422)["details"]
+    assert details["field"] == "spec.containers[0].image"
+    assert [c["field"] for c in details["causes"]] == ["spec.containers[0].image"]
 
 
 # -- streamed responses ----------------------------------------------------------------------

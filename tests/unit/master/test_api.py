@@ -664,14 +664,38 @@ async def test_apply_creates_then_updates_and_names_the_bad_field(
     obj = loads(created)
     assert created.status == 201 and obj["kind"] == "Pod"
     assert obj["status"]["phase"] == "Pending"
-    updated = await call(api, "POST", "/v1/pods", pod("web", restartPolicy="Never"))
+    newer = pod("web")
+    newer["spec"]["containers"][0]["image"] = "busybox:2"  # the one change a pod takes
+    updated = await call(api, "POST", "/v1/pods", newer)
     assert updated.status == 200
     assert loads(updated)["metadata"]["uid"] == obj["metadata"]["uid"]
+    exc, error = await fails(api, "POST", "/v1/pods", pod("web", restartPolicy="Never"))
+    assert error["code"] == 422 and error["details"]["field"] == "spec"
+    assert "changed: spec.restartPolicy;" in error["message"]
     bad = pod("bad")
     bad["spec"]["containers"] = []
     exc, error = await fails(api, "POST", "/v1/pods", bad)
     assert isinstance(exc, ManifestError) and error["code"] == 422
-    assert error["details"] == {"field": exc.field} and exc.field.startswith("spec.containers")
+    assert error["details"]["field"] == exc.field and exc.field.startswith("spec.containers")
+    # Every error of the document, in the body (the message: the first and how many more).
+    bad = pod("Bad_Name", restartPolicy="Sometimes")
+    exc, error = await fails(api, "POST", "/v1/pods", bad)
+    assert [c["field"] for c in error["details"]["causes"]] == [
+        "metadata.name",
+        "spec.restartPolicy",
+    ]
+    assert error["message"].endswith(" (and 1 more error)")
+
+
+async def test_a_server_dry_run_answers_without_storing(api: MasterApi, rig: MasterRig) -> None:
+    answer = await call(api, "POST", "/v1/pods?dryRun=All", pod("web"))
+    assert answer.status == 201 and loads(answer)["metadata"]["name"] == "web"
+    assert loads(await call(api, "GET", "/v1/pods", caller=VIEWER))["items"] == []
+    _, error = await fails(api, "POST", "/v1/pods?dryRun=Yes", pod("web"))
+    assert error["code"] == 400 and "dryRun" in error["message"]
+    bad = pod("web", restartPolicy="Sometimes")
+    _, error = await fails(api, "POST", "/v1/pods?dryRun=All", bad)
+    assert error["code"] == 422
     _, error = await fails(api, "POST", "/v1/pods", b"")
     assert error["code"] == 400
 

@@ -98,13 +98,60 @@ async def test_apply_creates_then_updates_keeping_uid_and_binding(rig: MasterRig
         "phase": "Pending",
         "conditions": [{"type": "PodScheduled", "status": "True"}],
     }
-    updated, created = await rig.pods.apply(manifest("web", cpu="200m", image="busybox:2"))
+    updated, created = await rig.pods.apply(manifest("web", cpu="100m", image="busybox:2"))
     assert not created
     assert updated["manifest"]["metadata"]["uid"] == uid
     assert updated["manifest"]["spec"]["nodeName"] == "n1"
     assert updated["manifest"]["spec"]["containers"][0]["image"] == "busybox:2"
     assert await stored(rig, "web") == updated
     assert ("Scheduled", "assigned default/web to n1") in rig.events("Pod", "web")
+
+
+async def test_an_update_may_change_images_only_naming_the_fields_it_changed(
+    rig: MasterRig,
+) -> None:
+    await rig.pods.apply(manifest("web", cpu="100m", node="n1"))
+    changed = manifest("web", cpu="200m", node="n1", image="busybox:2")
+    changed["spec"]["containers"][0]["ports"] = [{"containerPort": 80}]
+    with pytest.raises(ManifestError) as info:
+        await rig.pods.apply(changed)
+    assert info.value.field == "spec"
+    assert info.value.problem.startswith(
+        "Forbidden: pod updates may not change fields other than spec.containers[*].image"
+    )
+    assert "changed: spec.containers[0].ports, spec.containers[0].resources.requests.cpu;" in (
+        info.value.problem
+    )
+    assert (await stored(rig, "web"))["manifest"]["spec"]["containers"][0]["image"] == "busybox:1"
+    # Metadata (labels) and images may change; so may an init container's image.
+    relabelled, _ = await rig.pods.apply(
+        manifest("web", cpu="100m", node="n1", image="busybox:2", labels={"tier": "a"})
+    )
+    assert relabelled["manifest"]["metadata"]["labels"] == {"tier": "a"}
+    assert relabelled["manifest"]["spec"]["containers"][0]["image"] == "busybox:2"
+    more = manifest("web", cpu="100m", node="n1")
+    more["spec"]["containers"].append({"name": "second", "image": "busybox:1"})
+    with pytest.raises(ManifestError, match=r"changed: spec\.containers;"):
+        await rig.pods.apply(more)
+
+
+async def test_a_server_dry_run_checks_everything_and_stores_nothing(rig: MasterRig) -> None:
+    await rig.ready_node("n1")
+    obj, created = await rig.pods.apply(manifest("web", cpu="100m"), dry_run=True)
+    assert created and obj["manifest"]["metadata"]["name"] == "web"
+    assert (await rig.pods.list())[0] == []
+    assert rig.events("Pod", "web") == []
+    await rig.pods.apply(manifest("web", cpu="100m"))
+    before = await stored(rig, "web")
+    would, created = await rig.pods.apply(
+        manifest("web", cpu="100m", image="busybox:2"), dry_run=True
+    )
+    assert not created and would["manifest"]["spec"]["containers"][0]["image"] == "busybox:2"
+    assert await stored(rig, "web") == before
+    with pytest.raises(ManifestError, match="Forbidden"):
+        await rig.pods.apply(manifest("web", cpu="300m"), dry_run=True)
+    with pytest.raises(ManifestError):
+        await rig.pods.apply(manifest("Bad_Name"), dry_run=True)
 
 
 async def test_a_given_uid_is_kept_and_a_recreated_pod_gets_a_new_one(rig: MasterRig) -> None:

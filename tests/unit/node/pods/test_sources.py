@@ -11,6 +11,7 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -278,10 +279,10 @@ async def test_whatever_a_file_provokes_the_source_carries_on(
     await manifests.write("a.yaml", manifest("a"))
     await manifests.write("b.yaml", manifest("b"))
 
-    def parse(text: str, *, source: str, node_name: str | None = None) -> list[Pod]:
+    def parse(text: str, *, source: str, node_name: str | None = None, **kw: Any) -> list[Pod]:
         if "name: a" in text:
             raise RuntimeError("a bug")
-        return parse_manifests(text, source=source, node_name=node_name)
+        return parse_manifests(text, source=source, node_name=node_name, **kw)
 
     monkeypatch.setattr("agent.node.pods.sources.parse_manifests", parse)
     await manifests.source.scan()
@@ -295,9 +296,9 @@ async def test_a_large_file_is_parsed_off_the_event_loop(
 ) -> None:
     threads: dict[str, str] = {}  # file name: the thread that parsed it
 
-    def parse(text: str, *, source: str, node_name: str | None = None) -> list[Pod]:
+    def parse(text: str, *, source: str, node_name: str | None = None, **kw: Any) -> list[Pod]:
         threads[Path(source).name] = threading.current_thread().name
-        return parse_manifests(text, source=source, node_name=node_name)
+        return parse_manifests(text, source=source, node_name=node_name, **kw)
 
     monkeypatch.setattr("agent.node.pods.sources.parse_manifests", parse)
     await manifests.write("small.yaml", manifest("small"))
