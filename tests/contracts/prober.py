@@ -98,7 +98,13 @@ def probed_pod(uid: str = "u1", name: str = "web", **probes: Any) -> Pod:
 
 
 def unhealthy(harness: ProberHarness) -> list[str]:
-    return [e["message"] for e in harness.events.list() if e["reason"] == "Unhealthy"]
+    """Each Unhealthy event as many times as it happened (repeats aggregate into ``count``)."""
+    return [
+        e["message"]
+        for e in harness.events.list()
+        if e["reason"] == "Unhealthy"
+        for _ in range(e["count"])
+    ]
 
 
 class ProberContract:
