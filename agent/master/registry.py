@@ -493,6 +493,7 @@ class NodeRegistry:
                 else:
                     # Approved once (certificate lost or expired), or waiting: back through
                     # the policy, which may have changed since (a SIGHUP reload).
+                    await judge.note_spent(record)
                     decision = await judge.decide()
                     record["admittedBy"] = decision.rule
                     record["reason"] = decision.reason
@@ -1018,6 +1019,21 @@ class _Judge:
             assert self._token is not None  # the rule admits only with one
             self._taken = await self._registry.tokens.use(self._token)
         return self._registry._decide(dataclasses.replace(caller, token=self._taken))
+
+    async def note_spent(self, record: dict[str, Any]) -> None:
+        """A node the token rule admitted with this very key and token, asking again (its
+        answer was lost, or it restarted before keeping its certificate): it holds its use
+        already, so it takes none (a one-use token would refuse it and turn the node Denied);
+        the token must still exist, hold this secret and be unexpired."""
+        if (
+            self._token is None
+            or self._taken is not None
+            or record.get("registration") != APPROVED
+            or record.get("joinToken") != self._token.id
+            or "token" not in self._registry.config.registration.trust
+        ):
+            return
+        self._taken = await self._registry.tokens.check(self._token, spent=True)
 
     def note_token(self, record: dict[str, Any], decision: Decision) -> None:
         """On a node the token rule admitted: which token, and its labels (kept apart so that

@@ -37,6 +37,7 @@ MAX_TOKEN_LABELS = 64
 MAX_DESCRIPTION_CHARS = 256
 CAS_ATTEMPTS = 10  # a use retried against concurrent uses of the same token
 _TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+_NO_DIGEST = "0" * 64  # compared against when the id is unknown: no token hashes to it
 
 
 def _timestamp(epoch_s: float) -> str:
@@ -173,12 +174,16 @@ class JoinTokens:
         if await self.store.delete(TOKENS_PREFIX + token_id) is None:
             raise NotFoundError(f"token {token_id} not found")
 
-    async def _read(self, token: JoinToken) -> tuple[dict[str, Any], int, TokenCheck]:
+    async def _read(
+        self, token: JoinToken, spent: bool = False
+    ) -> tuple[dict[str, Any], int, TokenCheck]:
         found = await self.store.get(TOKENS_PREFIX + token.id)
         record: dict[str, Any] = json.loads(found.value) if found is not None else {}
         revision = found.mod_revision if found is not None else 0
         reason = ""
-        if found is None or not token.matches(str(record.get("digest", ""))):
+        # The digest is computed and compared whether the id exists or not, so that the time of
+        # an answer does not tell an unknown id from a wrong secret.
+        if not token.matches(str(record.get("digest", _NO_DIGEST))) or found is None:
             reason = (
                 f"join token {token.id} is unknown (deleted, or never made) or its secret is wrong"
             )
@@ -186,14 +191,20 @@ class JoinTokens:
             record.get("expiresAt") is not None and _epoch(record["expiresAt"]) <= self.clock.time()
         ):
             reason = f"join token {token.id} expired at {record['expiresAt']}"
-        elif record.get("usages") is not None and int(record.get("used", 0)) >= record["usages"]:
+        elif (
+            not spent
+            and record.get("usages") is not None
+            and int(record.get("used", 0)) >= record["usages"]
+        ):
             reason = f"join token {token.id} is used up ({record['usages']} uses allowed)"
         labels = record.get("labels", {}) if not reason else {}
         return record, revision, TokenCheck(token.id, not reason, escape(reason), labels)
 
-    async def check(self, token: JoinToken) -> TokenCheck:
-        """Whether ``token`` would admit a node now (nothing is written)."""
-        return (await self._read(token))[2]
+    async def check(self, token: JoinToken, *, spent: bool = False) -> TokenCheck:
+        """Whether ``token`` would admit a node now (nothing is written). ``spent``: the caller
+        already holds one of its uses (the same node and key asking again), so the use limit
+        does not apply; existence, the secret and the expiry still do."""
+        return (await self._read(token, spent))[2]
 
     async def use(self, token: JoinToken) -> TokenCheck:
         """Take one use of ``token``: a valid answer means this caller got it (a token with

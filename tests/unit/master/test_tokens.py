@@ -196,6 +196,57 @@ async def test_a_joined_node_needs_its_token_no_more(cluster_pki: ClusterPki) ->
     assert rig.registry.is_current_node("n1", node.key_id)
 
 
+async def test_a_node_asking_again_with_its_key_takes_no_second_use(
+    cluster_pki: ClusterPki,
+) -> None:
+    """The answer to a one-use token's registration is lost (or the agent restarts before it
+    keeps the certificate): the same node and key asking again is admitted without a second
+    use, instead of being turned Denied ("used up") by its own retry."""
+    rig = token_rig(cluster_pki)
+    token, _ = await rig.registry.tokens.create(usages=1, labels={"zone": "b"})
+    node = NodeKey("n1")
+    assert (await rig.register(node, token=str(token))).status == 200
+    again = await rig.register(node, token=str(token))
+    assert (again.status, again.body["admittedBy"]) == (200, "token"), again
+    [listed] = await rig.registry.tokens.list()
+    assert listed["used"] == 1
+    found = await rig.registry.get_record("n1")
+    assert found is not None and found[0]["registration"] == APPROVED
+    assert found[0]["labels"] == {"zone": "b"}
+    assert (await rig.registry.tokens.check(token)).valid is False  # spent for anyone else
+
+
+async def test_a_retry_after_the_token_was_deleted_is_refused(cluster_pki: ClusterPki) -> None:
+    rig = token_rig(cluster_pki)
+    token, _ = await rig.registry.tokens.create(usages=1)
+    node = NodeKey("n1")
+    assert (await rig.register(node, token=str(token))).status == 200
+    await rig.registry.tokens.delete(token.id)
+    again = await rig.register(node, token=str(token))
+    assert again.status == 403 and "unknown (deleted, or never made)" in again.body["reason"]
+
+
+async def test_an_unknown_id_is_hashed_as_a_known_one(
+    cluster_pki: ClusterPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The time of a refusal does not tell an unknown id from a wrong secret: both compare a
+    digest."""
+    rig = token_rig(cluster_pki)
+    compared: list[str] = []
+    real = JoinToken.matches
+
+    def spy(self: JoinToken, digest: str) -> bool:
+        compared.append(self.id)
+        return real(self, digest)
+
+    monkeypatch.setattr(JoinToken, "matches", spy)
+    made, _ = await rig.registry.tokens.create()
+    await rig.registry.tokens.check(JoinToken(made.id, "0" * 16))
+    unknown = "zzzzzz" if made.id != "zzzzzz" else "yyyyyy"
+    await rig.registry.tokens.check(JoinToken(unknown, "0" * 16))
+    assert len(compared) == 2
+
+
 async def test_a_token_record_holds_a_digest_not_the_secret(cluster_pki: ClusterPki) -> None:
     rig = token_rig(cluster_pki)
     token, _ = await rig.registry.tokens.create(ttl_s=0, usages=2, description="never expires")
