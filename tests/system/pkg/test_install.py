@@ -443,3 +443,15 @@ def test_remove_keeps_pods_state_and_config_purge_removes_state(
         assert agent.run("test", "-e", gone, check=False).returncode != 0, f"{gone} survived purge"
     # Purge leaves the pods' containers to Docker (running), and says how to remove them.
     assert _pod_containers(cluster) == containers
+
+
+def test_master_remove_keeps_its_state_purge_removes_it(cluster: Cluster) -> None:
+    master = cluster.master
+    master.run("apt-get", "remove", "-y", "node-master")
+    assert master.show("node-master.service", "ActiveState")["ActiveState"] == "inactive"
+    assert master.run("test", "-e", "/usr/bin/node-master", check=False).returncode != 0
+    # The cluster CA, store and master.toml stay: reinstalling resumes where it stopped.
+    for kept in ("pki/ca.crt", "pki/ca.key", "master.toml"):
+        master.run("test", "-s", f"/var/lib/node-master/{kept}")
+    master.run("apt-get", "purge", "-y", "node-master")
+    assert master.run("test", "-e", "/var/lib/node-master", check=False).returncode != 0
