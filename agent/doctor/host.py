@@ -29,6 +29,7 @@ SYSTEMD_RUN_DIR = Path("/run/systemd/system")  # exists only when systemd is PID
 SYSTEMCTL_TIMEOUT_S = 1.0
 SYSTEMCTL_OUTPUT_MAX_BYTES = 16 * 1024
 UNIX_CONNECT_TIMEOUT_S = 0.5
+FILE_MAX_BYTES = 1024 * 1024  # a PEM bundle or a state file; more is not one of ours
 SYSTEMD_PROPERTIES = (
     "LoadState",
     "ActiveState",
@@ -134,6 +135,32 @@ class DirState:
     free_bytes: int
     free_inodes: int | None  # None: the file system does not count inodes (btrfs)
     mode: int
+
+
+def read_file(path: Path, max_bytes: int = FILE_MAX_BYTES) -> bytes:
+    """A small regular file's bytes (blocking): opened without waiting (a FIFO or a device in
+    its place would hold a bridge thread, and the process at exit, for ever) and read no
+    further than ``max_bytes``. FileNotFoundError when absent; another OSError naming the
+    file when it is not a regular file or is larger."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        data = os.read(fd, max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes", str(path))
+    return data
+
+
+def not_regular(path: Path) -> str | None:
+    """Why ``path``, when it exists, is no file to read (a FIFO, a device, a directory)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None  # absent or unreadable: the reader says so itself
+    return None if stat.S_ISREG(mode) else f"{path}: not a regular file"
 
 
 def probe_dir(path: Path) -> DirState:

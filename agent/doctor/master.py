@@ -140,7 +140,7 @@ class MasterDoctor:
         pki = self.config.pki_dir
         try:
             ca_pem, pem = await self._bridge.run(
-                lambda: ((pki / "ca.crt").read_bytes(), (pki / file).read_bytes())
+                lambda: (host.read_file(pki / "ca.crt"), host.read_file(pki / file))
             )
             cert = certs_from_pem(pem)[0]
             ca = certs_from_pem(ca_pem)[0]
@@ -244,8 +244,8 @@ class MasterDoctor:
         the listen address may be a wildcard), presenting a viewer certificate made now, kept
         in memory only."""
         pki = self.config.pki_dir
-        ca_pem = (pki / "ca.crt").read_bytes()
-        ca_key = key_from_pem((pki / "ca.key").read_bytes())
+        ca_pem = host.read_file(pki / "ca.crt")
+        ca_key = key_from_pem(host.read_file(pki / "ca.key"))
         ca = certs_from_pem(ca_pem)[0]
         key = generate_key()
         cert = issue(
@@ -356,6 +356,9 @@ def _memory_files(*contents: bytes) -> Iterator[tuple[str, ...]]:
 
 def load_result(config_path: Path) -> tuple[MasterConfig | None, CheckResult]:
     name = "config"
+    problem = host.not_regular(config_path)
+    if problem is not None:  # reading a FIFO would wait for a writer for ever
+        return None, failed(name, problem, "point --config at the master's TOML file")
     try:
         config = load_master_config(config_path)
     except ConfigError as exc:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import encodings.idna  # noqa: F401 - see below
+import errno
+import json
 import os
 import socket
 import time
@@ -56,7 +58,7 @@ from agent.errors import (
     RuntimeUnavailableError,
 )
 from agent.node.masterlink.identity import CA_BUNDLE_MAX_BYTES, CA_FILE, CERT_FILE, KEY_FILE
-from agent.node.masterlink.registration import DENIED, PENDING, REGISTERED, STATE_FILE, read_state
+from agent.node.masterlink.registration import DENIED, PENDING, REGISTERED, STATE_FILE
 from agent.node.runtime.engine import EngineClient, judge, unix_socket_path
 from agent.pki.core import (
     PIN_PREFIX,
@@ -81,6 +83,7 @@ MAX_CLOCK_SKEW_S = 60.0
 # The agent renews its certificate at 70-90 % of its lifetime; less than this share left means
 # renewal has been failing.
 RENEWAL_OVERDUE_FRACTION = 0.1
+STATE_MAX_BYTES = 64 * 1024  # registration.json is a few hundred bytes
 AGENT_MARKERS = ("node-agent", "agent.cli.node_agent")
 UNIT = "node-agent"
 BRIDGE_THREADS = 4
@@ -512,10 +515,18 @@ class NodeDoctor:
         if (skipped := self._no_master(name)) is not None:
             return skipped
         cert_path = self.pki_dir / CERT_FILE
-        files = await self._bridge.run(
-            lambda: tuple(_read_optional(self.pki_dir / f) for f in (CERT_FILE, KEY_FILE, CA_FILE))
-        )
-        cert_pem, key_pem, ca_pem = files
+        try:
+            cert_pem, key_pem, ca_pem = await self._bridge.run(
+                lambda: tuple(
+                    _read_optional(self.pki_dir / f) for f in (CERT_FILE, KEY_FILE, CA_FILE)
+                )
+            )
+        except OSError as exc:
+            return failed(
+                name,
+                f"{exc.filename}: {exc.strerror}",
+                f"stop the agent, remove {self.pki_dir} and start it: it registers again",
+            )
         if cert_pem is None:
             return failed(
                 name,
@@ -568,7 +579,14 @@ class NodeDoctor:
         name = "registration"
         if (skipped := self._no_master(name)) is not None:
             return skipped
-        state = await self._bridge.run(read_state, self.config.state_dir / STATE_FILE)
+        try:
+            state = await self._bridge.run(_read_state, self.config.state_dir / STATE_FILE)
+        except OSError as exc:
+            return failed(
+                name,
+                f"{exc.filename}: {exc.strerror}",
+                f"remove {exc.filename}: the agent writes it again at its next registration",
+            )
         has_cert = await self._bridge.run((self.pki_dir / CERT_FILE).exists)
         if state is None:
             if has_cert:
@@ -698,9 +716,23 @@ def judge_unit(name: str, unit: str, state: host.UnitState, *, under_systemd: bo
 
 def _read_optional(path: Path) -> bytes | None:
     try:
-        return path.read_bytes()
+        return host.read_file(path)
     except FileNotFoundError:
         return None
+
+
+def _read_state(path: Path) -> dict[str, Any] | None:
+    """The agent's registration state (blocking): None when absent; OSError when the file
+    cannot be read as one (read_state of the agent would read a FIFO for ever)."""
+    try:
+        state = json.loads(host.read_file(path, STATE_MAX_BYTES))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        raise OSError(errno.EINVAL, "not a registration state (JSON object)", str(path)) from None
+    if not isinstance(state, dict):
+        raise OSError(errno.EINVAL, "not a registration state (JSON object)", str(path))
+    return state
 
 
 def _pair_matches(key_pem: bytes, cert: x509.Certificate) -> bool:
@@ -717,6 +749,9 @@ def load_result(
 ) -> tuple[AgentConfig | None, CheckResult]:
     """The configuration and its check line (the first; nothing else runs without it)."""
     name = "config"
+    problem = host.not_regular(config_path or DEFAULT_CONFIG_PATH)
+    if problem is not None:  # reading a FIFO would wait for a writer for ever
+        return None, failed(name, problem, "point --config at the agent's TOML file")
     try:
         config = load_agent_config(config_path, overrides, path_required=config_path is not None)
     except ConfigError as exc:

@@ -4,6 +4,8 @@ creating a file, the private files' modes, the certificates, the listen address.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import socket
 import sqlite3
 from pathlib import Path
@@ -102,6 +104,20 @@ async def test_missing_certificates(config: MasterConfig, tmp_path: Path) -> Non
     await asyncio.to_thread((config.pki_dir / "master.crt").unlink)
     result = (await doctor(config, tmp_path))["serving certificate"]
     assert not result.ok and "master.crt does not exist" in result.detail
+
+
+@pytest.mark.usefixtures("blockbuster")
+async def test_a_fifo_in_place_of_a_certificate(config: MasterConfig, tmp_path: Path) -> None:
+    """A FIFO is named, never read: a reader would wait for a writer for ever."""
+    crt = config.pki_dir / "master.crt"
+    await asyncio.to_thread(crt.unlink)
+    await asyncio.to_thread(os.mkfifo, crt, 0o600)
+    try:
+        result = (await doctor(config, tmp_path))["serving certificate"]
+    finally:
+        with contextlib.suppress(OSError):  # ENXIO: no reader waits (the fixed doctor)
+            await asyncio.to_thread(os.close, os.open(crt, os.O_WRONLY | os.O_NONBLOCK))
+    assert not result.ok and "not a regular file" in result.detail, result
 
 
 def test_read_store_while_a_master_writes_creates_nothing_more(config: MasterConfig) -> None:

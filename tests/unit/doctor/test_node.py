@@ -6,10 +6,12 @@ doctor looks at is created or changed by it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import email.utils
 import functools
 import json
+import os
 import socket
 import ssl
 import time
@@ -312,6 +314,43 @@ async def test_registration_pending_or_denied_with_the_reason(
     assert not result.ok and words in result.detail and fix in result.fix
     if phase == DENIED:
         assert "join token abc123 has expired (HTTP 403)" in result.detail
+
+
+def release(*fifos: Path) -> None:
+    """Let a reader still waiting in open() of a FIFO go (without the fix it would hold its
+    thread, and pytest at exit, for ever)."""
+    for fifo in fifos:
+        with contextlib.suppress(OSError):  # ENXIO: no reader waits, nothing to release
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+async def test_fifos_in_place_of_the_state_and_the_certificate(
+    base: AgentConfig, tmp_path: Path
+) -> None:
+    """A FIFO where the registration state or the certificate should be: one line naming it,
+    never a check waiting for a writer (nor a thread left blocked in open)."""
+    config = replace(base, master=f"https://127.0.0.1:{free_port()}")
+    fifos = (config.state_dir / "registration.json", config.state_dir / "pki" / "node.crt")
+    await asyncio.to_thread((config.state_dir / "pki").mkdir, parents=True)
+    for fifo in fifos:
+        await asyncio.to_thread(os.mkfifo, fifo, 0o600)
+    try:
+        results = await doctor(config, tmp_path)
+    finally:
+        await asyncio.to_thread(release, *fifos)
+    state, cert = results["registration"], results["node certificate"]
+    assert not state.ok and state.detail == f"{fifos[0]}: not a regular file", state
+    assert not cert.ok and cert.detail == f"{fifos[1]}: not a regular file", cert
+
+
+async def test_a_config_that_is_a_fifo(tmp_path: Path) -> None:
+    fifo = tmp_path / "agent.toml"
+    await asyncio.to_thread(os.mkfifo, fifo, 0o600)
+    try:
+        config, result = await asyncio.wait_for(asyncio.to_thread(load_result, fifo, {}), 10)
+    finally:
+        await asyncio.to_thread(release, fifo)
+    assert config is None and not result.ok and result.detail == f"{fifo}: not a regular file"
 
 
 async def test_a_port_held_by_another_program(base: AgentConfig, tmp_path: Path) -> None:
