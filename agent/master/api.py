@@ -192,13 +192,19 @@ class MasterApi:
         peer = effective_peer(
             request.peer_ip, request.headers.get("x-forwarded-for"), self.trusted_proxies
         )
+        policy = self.registry.config.registration
         if who.kind is not CallerKind.NODE_SELF:
             # Before the body is parsed: a flood costs a bucket look-up per request.
-            policy = self.registry.config.registration
             self.registry.rate_limit.take(
                 peer, policy.registration_rate_per_s, policy.registration_burst
             )
         body = request.json()
+        if who.kind is CallerKind.NODE_SELF and body.get("nodeName") != who.principal.node:
+            # A node registering another name is a newcomer like any other (its join token
+            # a guess like any other): charged to its source's bucket.
+            self.registry.rate_limit.take(
+                peer, policy.registration_rate_per_s, policy.registration_burst
+            )
         result = await self.registry.register(
             body,
             peer,

@@ -332,6 +332,12 @@ async def test_the_api_answers_429_with_retry_after(cluster_pki: ClusterPki) -> 
             api, "POST", "/v1/registrations", registration(known), caller=node_caller(known)
         )
         assert reply.status == 200
+    # Another name from that node's certificate is a newcomer: the bucket counts it (else a
+    # joined node could guess join tokens without a bound).
+    exc, _ = await fails(
+        api, "POST", "/v1/registrations", registration(NodeKey("n4")), caller=node_caller(known)
+    )
+    assert isinstance(exc, TooManyRequestsError)
 
 
 async def test_the_node_object_shows_since_when_a_node_waits(cluster_pki: ClusterPki) -> None:
