@@ -113,9 +113,12 @@ def render_text(results: Sequence[CheckResult], stream: TextIO | None = None) ->
     good, bad = (OK_MARK, FAIL_MARK) if _encodable(out) else ("ok  ", "FAIL")
     lines = []
     for result in results:
-        lines.append(f"{good if result.ok else bad} {result.name}: {result.detail}")
-        if not result.ok and result.fix:
-            lines.append(f"    fix: {result.fix}")
+        # Every field once more as one printable line: the config line is no check's (it
+        # quotes the loader's error, which may hold a key or a path with escape sequences).
+        name, detail, fix = (one_line(t) for t in (result.name, result.detail, result.fix))
+        lines.append(f"{good if result.ok else bad} {name}: {detail}")
+        if not result.ok and fix:
+            lines.append(f"    fix: {fix}")
     failures = sum(not r.ok for r in results)
     lines.append(
         "all checks passed" if not failures else f"{failures} of {len(results)} checks failed"

@@ -300,7 +300,8 @@ def read_store(path: Path) -> tuple[int, int]:
         raise FileNotFoundError(path)
     wal = path.with_name(path.name + "-wal")
     shm = path.with_name(path.name + "-shm")
-    mode = "mode=ro" if wal.exists() and shm.exists() else "immutable=1"
+    # Read-only either way: immutable alone opens the file read-write, with O_CREAT.
+    mode = "mode=ro" if wal.exists() and shm.exists() else "mode=ro&immutable=1"
     conn = sqlite3.connect(f"file:{path}?{mode}", uri=True)
     try:
         row = conn.execute("SELECT value FROM meta WHERE name='revision'").fetchone()

@@ -9,6 +9,7 @@ import os
 import socket
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,6 +119,24 @@ async def test_a_fifo_in_place_of_a_certificate(config: MasterConfig, tmp_path: 
         with contextlib.suppress(OSError):  # ENXIO: no reader waits (the fixed doctor)
             await asyncio.to_thread(os.close, os.open(crt, os.O_WRONLY | os.O_NONBLOCK))
     assert not result.ok and "not a regular file" in result.detail, result
+
+
+def test_the_store_is_opened_read_only(
+    config: MasterConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's immutable=1 alone opens the file read-write with O_CREAT: a store removed
+    between the existence check and the open would be created by the doctor."""
+    opened: list[str] = []
+    connect = sqlite3.connect
+
+    def spy(database: str, **kw: Any) -> sqlite3.Connection:
+        opened.append(database)
+        return connect(database, **kw)
+
+    monkeypatch.setattr(sqlite3, "connect", spy)
+    read_store(config.data_dir / "store.db")
+    [uri] = opened
+    assert "mode=ro" in uri, uri
 
 
 def test_read_store_while_a_master_writes_creates_nothing_more(config: MasterConfig) -> None:

@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import email.utils
 import functools
+import io
 import json
 import os
 import socket
@@ -28,7 +29,7 @@ from cryptography.hazmat.primitives import hashes
 from agent.aio.bridge import ThreadBridge
 from agent.aio.tls import server_context
 from agent.config import AgentConfig
-from agent.doctor.core import CheckResult
+from agent.doctor.core import CheckResult, render_text
 from agent.doctor.node import NodeDoctor, load_result
 from agent.master.pki_files import issue_serving_cert
 from agent.node.masterlink.registration import DENIED, PENDING, REGISTERED, write_state
@@ -409,6 +410,18 @@ def test_a_config_that_does_not_parse(tmp_path: Path) -> None:
     config, result = load_result(path, {})
     assert config is None and not result.ok
     assert 'unknown key "state_dri"' in result.detail
+
+
+def test_escape_sequences_from_the_config_never_reach_the_terminal(tmp_path: Path) -> None:
+    """A key (or a path) holding ESC [2J: the loader's error quotes it, the report prints
+    it as a space, never as a sequence the terminal obeys."""
+    path = tmp_path / "agent\x1b[31m.toml"
+    path.write_text('"\\u001b[2Jkey" = 1\n')
+    config, result = load_result(path, {})
+    assert config is None and "\x1b" in result.detail  # the loader's own words
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    text = render_text([result], stream)
+    assert "\x1b" not in text and "[2Jkey" in text, text
 
 
 def test_dates_are_parsed_as_the_master_sends_them() -> None:
