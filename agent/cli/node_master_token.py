@@ -79,7 +79,10 @@ def add_parser(sub: Any) -> None:
 
 
 def join_line(server: str, pin: str, token: str) -> str:
-    return f"node-agent run --master {shlex.quote(server)} --ca-cert-hash {pin} --token {token}"
+    """One shell line an operator pastes: every part quoted (the token comes from the master's
+    answer; a valid one is unchanged by quoting, anything else cannot run a command)."""
+    master, pin, token = (shlex.quote(part) for part in (server, pin, token))
+    return f"node-agent run --master {master} --ca-cert-hash {pin} --token {token}"
 
 
 def _cell(value: object) -> str:
@@ -115,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         token = str(made["token"])
         pin = spki_pin(certs_from_pem(config.ca.encode())[0])
         expires = made.get("expiresAt") or "never"
-        print(f"token:   {token}  (shown this once; expires: {expires})")
+        print(f"token:   {_cell(token)}  (shown this once; expires: {_cell(expires)})")
         print("join a node with:")
         print(f"  {join_line(config.server, pin, token)}")
         return 0

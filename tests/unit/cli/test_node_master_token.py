@@ -51,6 +51,13 @@ def test_the_join_line_is_one_shell_line() -> None:
     )
 
 
+def test_the_join_line_quotes_what_the_master_answered() -> None:
+    """The line is pasted into a shell: a token that is no token (a master's bug, or not our
+    master) stays one word that runs nothing."""
+    line = join_line("https://m:6443", "sha256:ab", "x; rm -rf /")
+    assert line.endswith("--token 'x; rm -rf /'"), line
+
+
 def test_bad_usages_and_ids_are_usage_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
