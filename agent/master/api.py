@@ -46,6 +46,7 @@ from agent.errors import BadRequestError, CompactedError, JsonNumberTooLongError
 from agent.manifest import parse_pod
 from agent.manifest_loader import OFF_LOOP_BYTES, load_json
 from agent.master import servingnames
+from agent.master.nodeevents import parse_report
 from agent.master.pods import PodStore, pod_object
 from agent.master.policy import effective_peer
 from agent.master.registry import NodeRegistry
@@ -100,6 +101,7 @@ class MasterApi:
             "nodes.uncordon": self.node_action,
             "nodes.lease": self.renew_lease,
             "nodes.certificate": self.rotate_certificate,
+            "nodes.events": self.post_node_events,
             "certificaterequests.list": self.list_serving_names,
             "servingnames.approve": self.decide_serving_names,
             "servingnames.deny": self.decide_serving_names,
@@ -397,6 +399,31 @@ class MasterApi:
             if namespace is None or o["manifest"]["metadata"]["namespace"] == namespace
         ]
         return json_response({"kind": "PodList", "resourceVersion": rev, "items": items})
+
+    async def post_node_events(self, request: ApiRequest) -> ApiResponse:
+        """A node's events about itself and the pods bound to it, filed under its name (the
+        report's parser sets the source); an event about anything else is not filed, and
+        counted as rejected in the answer."""
+        node = request.param("node")
+        reported = parse_report(request.json(), node)
+        bound: dict[tuple[str, str], bool] = {}
+        accepted = 0
+        for item in reported:
+            if item.kind == "Node":
+                ok = item.name == node
+            else:
+                key = (item.namespace, item.name)
+                if key not in bound:
+                    try:
+                        pod = await self.pods.get(item.namespace, item.name)
+                    except NotFoundError:
+                        pod = {}
+                    bound[key] = str(pod.get("nodeName") or "") == node
+                ok = bound[key]
+            if ok:
+                self.registry.events.file_reported(item.event)
+                accepted += 1
+        return json_response({"accepted": accepted, "rejected": len(reported) - accepted})
 
     async def list_events(self, request: ApiRequest) -> ApiResponse:
         items = self.registry.events.list(request.query("kind"), request.query("name"))

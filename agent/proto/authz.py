@@ -129,6 +129,8 @@ RULES: Mapping[str, frozenset[CallerKind]] = {
     "nodes.uncordon": _ADMINS,
     "nodes.lease": _NODE_OR_ADMIN,
     "nodes.certificate": _NODE_ONLY,  # a new key is proven by the node, not by an admin
+    # A node reports its own events (about itself and the pods bound to it): nobody else.
+    "nodes.events": _NODE_ONLY,
     # The names a node asks for beyond those the master verified: an administrator decides.
     "certificaterequests.list": _READERS,
     "servingnames.approve": _ADMINS,

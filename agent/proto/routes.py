@@ -195,6 +195,7 @@ MASTER_ROUTES = RouteTable(
         Route("nodes.uncordon", "POST", (*_NODE, "uncordon"), subject=Subject.PATH),
         Route("nodes.lease", "PUT", (*_NODE, "lease"), subject=Subject.PATH),
         Route("nodes.certificate", "POST", (*_NODE, "certificate"), subject=Subject.PATH),
+        Route("nodes.events", "POST", (*_NODE, "events"), subject=Subject.PATH),
         Route("certificaterequests.list", "GET", ("v1", "certificaterequests")),
         Route(
             "servingnames.approve",

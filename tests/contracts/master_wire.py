@@ -458,6 +458,26 @@ class MasterWireContract:
         assert f"default/{static}" not in after
         assert deleted_again.status == 200, deleted_again
 
+    async def test_a_node_reports_its_events_and_a_malformed_report_is_refused(
+        self, wire: Wire
+    ) -> None:
+        node = wire.node()
+        await node.register()
+        event = {
+            "involvedObject": {"kind": "Node", "name": node.name, "namespace": "", "uid": ""},
+            "reason": "Starting",
+            "message": "node-agent started",
+            "type": "Normal",
+            "firstTimestamp": "2026-12-03T10:00:00Z",
+            "lastTimestamp": "2026-12-03T10:00:05Z",
+            "count": 2,
+        }
+        async with node.session() as session:
+            taken = await call(session, "POST", f"/v1/nodes/{node.name}/events", {"items": [event]})
+            bad = await call(session, "POST", f"/v1/nodes/{node.name}/events", {"items": "x"})
+        assert taken.status == 200 and taken.body["accepted"] == 1, taken
+        assert bad.status == 400 and bad.message, bad
+
     async def test_the_status_of_an_unknown_pod_is_not_found(self, wire: Wire) -> None:
         node = wire.node()
         await node.register()

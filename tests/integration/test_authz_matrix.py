@@ -71,6 +71,7 @@ ALLOWED: dict[str, dict[str, int]] = {
         "nodes.uncordon": 404,
         "nodes.lease": 400,
         "nodes.certificate": 400,
+        "nodes.events": 400,
         "certificaterequests.list": 200,
         "servingnames.approve": 400,  # an optional body, but not a JSON object
         "servingnames.deny": 400,

@@ -1,6 +1,11 @@
 """Pod status reports: each pod's latest status goes to the master when it changed, and only
 the latest (a pod that changed five times during an outage is reported once). Static pods'
-statuses go to their mirror pods, which are synced first."""
+statuses go to their mirror pods, which are synced first.
+
+The node's events ride along: after the statuses, what changed in the event record since the
+last report (new events, and repeats that raised a count) goes to ``/v1/nodes/{node}/events``,
+a page of at most EVENTS_PER_REPORT at a time; the master files them by the node's count, so
+a new session sends every event held once more without doubling anything."""
 
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ log = logging.getLogger(__name__)
 
 STATUS_REPORT_S = 2.0
 SOURCE_ANNOTATION = "node-agent.io/source"
+EVENTS_PER_REPORT = 100  # the master's bound on one report (agent/master/nodeevents.py)
+EVENT_PAGES_PER_ROUND = 5  # at most 500 events a round: a backlog drains over a few rounds
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -27,18 +34,36 @@ class PodStatuses(Protocol):
     def pod_list(self) -> list[dict[str, Any]]: ...
 
 
+class EventFeed(Protocol):
+    """The node's event record as the reporter reads it (agent.events.EventRecorder)."""
+
+    def since(self, sequence: int, limit: int) -> tuple[list[dict[str, Any]], int]: ...
+
+
 class StatusReporter:
-    def __init__(self, pods: PodStatuses, mirrors: MirrorPods, *, sleep: Sleep) -> None:
+    def __init__(
+        self,
+        pods: PodStatuses,
+        mirrors: MirrorPods,
+        *,
+        sleep: Sleep,
+        node_name: str = "",
+        events: EventFeed | None = None,
+    ) -> None:
         self._pods = pods
         self._mirrors = mirrors
         self._sleep = sleep
+        self._node_name = node_name
+        self._events = events
         self._reported: dict[str, str] = {}  # full name -> the status JSON last sent
+        self._events_sent = 0  # the event record's sequence the master has taken
 
     async def run(self, session: MasterSession) -> None:
         """Report every ``STATUS_REPORT_S`` until the session fails. A new session sends every
         status (and every mirror) once more."""
         self._mirrors.reset()
         self._reported = {}
+        self._events_sent = 0
         while True:
             await self._sleep(STATUS_REPORT_S)
             await self.report_once(session)
@@ -47,6 +72,44 @@ class StatusReporter:
         for full in await self._mirrors.sync(session):
             self._reported.pop(full, None)  # a (re)created mirror needs its status again
         items = self._pods.pod_list()
+        await self._report_statuses(session, items)
+        await self._report_events(session, items)
+
+    async def _report_events(self, session: MasterSession, items: list[dict[str, Any]]) -> None:
+        if self._events is None:
+            return
+        static = {
+            (i["metadata"]["namespace"], i["metadata"]["name"])
+            for i in items
+            if i["metadata"].get("annotations", {}).get(SOURCE_ANNOTATION, "") != SOURCE_API
+        }
+        for _ in range(EVENT_PAGES_PER_ROUND):
+            page, upto = self._events.since(self._events_sent, EVENTS_PER_REPORT)
+            if not page:
+                return
+            sent = []
+            for event in page:
+                obj = event["involvedObject"]
+                if obj["kind"] == "Pod" and (obj["namespace"], obj["name"]) in static:
+                    # A static pod is known to the master by its mirror's name.
+                    name = self._mirrors.target(obj["namespace"], obj["name"])
+                    if name is not None:
+                        sent.append({**event, "involvedObject": {**obj, "name": name}})
+                    continue
+                sent.append(event)
+            if sent:
+                try:
+                    await session.call(
+                        "POST", f"/v1/nodes/{self._node_name}/events", {"items": sent}
+                    )
+                except IdentityRejectedError:
+                    raise
+                except AgentError as exc:
+                    log.debug("event report skipped", extra=kv(error=str(exc)))
+                    return  # the same page again next round
+            self._events_sent = upto
+
+    async def _report_statuses(self, session: MasterSession, items: list[dict[str, Any]]) -> None:
         present = {f"{i['metadata']['namespace']}/{i['metadata']['name']}" for i in items}
         for gone in self._reported.keys() - present:
             del self._reported[gone]  # bounded by the pods the node has now

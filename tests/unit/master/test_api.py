@@ -726,6 +726,76 @@ async def test_pods_list_get_delete_and_events(api: MasterApi, rig: MasterRig) -
     assert len(everything["items"]) >= 2
 
 
+def node_event(kind: str, name: str, namespace: str = "default", **extra: Any) -> dict[str, Any]:
+    return {
+        "involvedObject": {"kind": kind, "name": name, "namespace": namespace, "uid": "u-1"},
+        "reason": "BackOff",
+        "message": "back-off 10s restarting failed container=c",
+        "type": "Warning",
+        "firstTimestamp": "2026-12-03T10:00:00Z",
+        "lastTimestamp": "2026-12-03T10:00:40Z",
+        "count": 3,
+        **extra,
+    }
+
+
+async def test_a_node_files_events_about_itself_and_its_pods_only(
+    api: MasterApi, rig: MasterRig
+) -> None:
+    node = await rig.ready_node("n1")
+    await rig.ready_node("n2")
+    await call(api, "POST", "/v1/pods", pod("mine", node="n1"))
+    await call(api, "POST", "/v1/pods", pod("theirs", node="n2"))
+    report = {
+        "items": [
+            node_event("Pod", "mine"),
+            node_event("Pod", "theirs"),  # bound to another node: not filed
+            node_event("Pod", "ghost"),  # no such pod: not filed
+            node_event("Node", "n1", namespace=""),
+            node_event("Node", "n2", namespace=""),  # another node: not filed
+            # The source is the caller's, whatever the body says.
+            node_event("Pod", "mine", reason="Pulled", source={"host": "n2"}),
+        ]
+    }
+    me = node_caller(node)
+    answer = loads(await call(api, "POST", "/v1/nodes/n1/events", report, caller=me))
+    assert answer == {"accepted": 3, "rejected": 3}
+    again = loads(await call(api, "POST", "/v1/nodes/n1/events", report, caller=me))
+    assert again == answer
+    filed = loads(await call(api, "GET", "/v1/events?kind=Pod&name=mine"))["items"]
+    assert [(e["reason"], e["count"], e["source"]["host"]) for e in filed] == [
+        ("BackOff", 3, "n1"),
+        ("Pulled", 3, "n1"),
+    ]  # sent twice, filed once
+    assert loads(await call(api, "GET", "/v1/events?kind=Pod&name=theirs"))["items"] == []
+    about_n1 = loads(await call(api, "GET", "/v1/events?kind=Node&name=n1"))["items"]
+    assert [e["source"]["host"] for e in about_n1 if e["reason"] == "BackOff"] == ["n1"]
+
+
+@pytest.mark.parametrize(
+    ("report", "field"),
+    [
+        ({"items": "x"}, "items"),
+        ({"items": [node_event("Pod", "mine")] * 101}, "items"),
+        ({"items": [node_event("Secret", "mine")]}, "items[0].involvedObject.kind"),
+        ({"items": [node_event("Pod", "Bad_Name")]}, "items[0].involvedObject.name"),
+        ({"items": [node_event("Pod", "mine", reason="two words")]}, "items[0].reason"),
+        ({"items": [node_event("Pod", "mine", type="Fatal")]}, "items[0].type"),
+        ({"items": [node_event("Pod", "mine", count=0)]}, "items[0].count"),
+        ({"items": [node_event("Pod", "mine", count=True)]}, "items[0].count"),
+        ({"items": [node_event("Pod", "mine", lastTimestamp="now")]}, "items[0].lastTimestamp"),
+        ({"items": [node_event("Pod", "mine", message=None)]}, "items[0].message"),
+    ],
+)
+async def test_a_malformed_event_report_is_a_400_naming_the_field(
+    api: MasterApi, rig: MasterRig, report: dict[str, Any], field: str
+) -> None:
+    node = await rig.ready_node("n1")
+    _, error = await fails(api, "POST", "/v1/nodes/n1/events", report, caller=node_caller(node))
+    assert error["message"].startswith(f"{field}: "), error
+    assert loads(await call(api, "GET", "/v1/events?kind=Pod&name=mine"))["items"] == []
+
+
 async def test_pod_status_from_its_node_and_from_an_administrator(
     api: MasterApi, rig: MasterRig
 ) -> None:

@@ -27,7 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent.aio.edge import error_body
 from agent.aio.tls import server_context
-from agent.errors import PkiError
+from agent.errors import BadRequestError, PkiError
+from agent.master.nodeevents import ReportedEvent, parse_report
 from agent.pki.core import (
     cert_to_pem,
     create_ca,
@@ -58,6 +59,7 @@ class Recorded:
     lists: int = 0
     watches: list[int] = field(default_factory=list)  # resourceVersion of each watch
     rotations: int = 0
+    events: list[dict[str, Any]] = field(default_factory=list)  # filed as the master files them
     refused: list[tuple[str, int]] = field(default_factory=list)  # (path, 401 or 403)
     requests: list[str] = field(default_factory=list)  # "METHOD /path" of every request
     ca_fetches: int = 0
@@ -167,6 +169,7 @@ class FakeMaster:
         app.router.add_delete("/v1/nodes/{name}/mirrorpods/{ns}/{pod}", self._delete_mirror)
         app.router.add_put("/v1/namespaces/{ns}/pods/{pod}/status", self._status)
         app.router.add_post("/v1/nodes/{name}/certificate", self._rotate)
+        app.router.add_post("/v1/nodes/{name}/events", self._events)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         # The port of a previous run is reused, so a "restarted" master is the same URL.
@@ -486,6 +489,27 @@ class FakeMaster:
             self.delete_pod(full)
         self.record.mirrors_deleted.append(full)
         return web.json_response({"deleted": full})
+
+    async def _events(self, request: web.Request) -> web.Response:
+        node = request.match_info["name"]
+        if refused := self._refuse(request, "nodes.events", node):
+            return refused
+        try:  # the master's own parser: the report's shape is the real one
+            reported = parse_report(await self._json(request), node)
+        except BadRequestError as exc:
+            return _error(400, str(exc))
+
+        def bound(item: ReportedEvent) -> bool:
+            if item.kind == "Node":
+                return item.name == node
+            full = f"{item.namespace}/{item.name}"
+            return full in self.pods and self.node_of(full) == node
+
+        accepted = [item.event for item in reported if bound(item)]
+        self.record.events.extend(accepted)
+        return web.json_response(
+            {"accepted": len(accepted), "rejected": len(reported) - len(accepted)}
+        )
 
     async def _status(self, request: web.Request) -> web.Response:
         full = f"{request.match_info['ns']}/{request.match_info['pod']}"

@@ -119,6 +119,7 @@ class Rig:
     conditions: list[dict[str, str]]
     client: MasterClient
     registrar: Registrar
+    events: EventRecorder
 
     def api_pods(self) -> set[str]:
         return {p.full_name for p in self.pods.pods_of_source("api").values()}
@@ -208,7 +209,9 @@ async def link_rig(
         sleep=sleeps.quick,
         **({"max_event_bytes": watch_max_bytes} if watch_max_bytes else {}),
     )
-    reporter = StatusReporter(pods, MirrorPods(NODE, pods), sleep=sleeps.quick)
+    reporter = StatusReporter(
+        pods, MirrorPods(NODE, pods), sleep=sleeps.quick, node_name=NODE, events=events
+    )
     rotation = CertificateRotation(
         identity, sleep=sleeps.quick if rotation_sleep == "quick" else sleeps.park
     )
@@ -257,6 +260,7 @@ async def link_rig(
         conditions=conditions,
         client=client,
         registrar=registrar,
+        events=events,
     )
     try:
         async with supervisor:

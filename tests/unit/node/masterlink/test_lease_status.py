@@ -13,7 +13,7 @@ from agent.node.masterlink.facts import NodeFacts
 from agent.node.masterlink.lease import STATUS_CHECK_S, STATUS_REFRESH_S
 from agent.node.runtime.fake import FakeRuntime
 from tests.unit.node.asyncwait import until
-from tests.unit.node.masterlink.fakemaster import pod_manifest
+from tests.unit.node.masterlink.fakemaster import NODE, pod_manifest
 from tests.unit.node.masterlink.rig import link_rig
 
 
@@ -89,6 +89,57 @@ async def test_status_is_reported_only_when_it_changed(tmp_path: Path) -> None:
         await rig.reporter.report_once(session)
         assert [s["phase"] for _, s in rig.master.record.statuses][-1] == "Succeeded"
         assert len(rig.master.record.statuses) == 3
+
+
+async def test_events_ride_along_changed_only_static_ones_by_their_mirrors_name(
+    tmp_path: Path,
+) -> None:
+    """After the statuses, what changed in the event record goes to the master (repeats with
+    their new count), in pages; a static pod's events under its mirror's name; an outage
+    retries the same page; a new session sends everything held again (the master files by
+    count, so nothing doubles)."""
+    async with link_rig(tmp_path) as rig, rig.session() as session:
+        rig.master.add_pod(pod_manifest("a", uid="uid-a"), notify=False)
+        await rig.watch.relist(session)
+        static = parse_pod(pod_manifest("static-s"), source="file:/m/s.yaml")
+        rig.pods.apply_source("file:", [static])
+        for worker in list(rig.pods.workers.values()):
+            await until(worker.synced_once.is_set, "synced")
+        await rig.reporter.report_once(session)  # what the pods' starts recorded
+        rig.master.record.events.clear()
+
+        def back_off(name: str, uid: str) -> None:
+            rig.events.record(
+                kind="Pod",
+                name=name,
+                namespace="default",
+                uid=uid,
+                reason="BackOff",
+                message="back-off 10s",
+                warning=True,
+            )
+
+        back_off("a", "uid-a")
+        back_off("static-s", static.uid)
+        await rig.reporter.report_once(session)
+        filed = {
+            (e["involvedObject"]["name"], e["reason"], e["count"]) for e in rig.master.record.events
+        }
+        assert ("a", "BackOff", 1) in filed and ("static-s-n1", "BackOff", 1) in filed
+        assert all(e["source"]["host"] == NODE for e in rig.master.record.events)
+
+        rig.master.record.events.clear()
+        await rig.reporter.report_once(session)
+        assert rig.master.record.events == []  # nothing changed
+
+        back_off("a", "uid-a")
+        rig.master.unavailable = True
+        await rig.reporter.report_once(session)
+        rig.master.unavailable = False
+        await rig.reporter.report_once(session)
+        assert [(e["involvedObject"]["name"], e["count"]) for e in rig.master.record.events] == [
+            ("a", 2)
+        ]
 
 
 async def test_static_pods_are_mirrored_once_per_spec_and_removed_with_their_file(
