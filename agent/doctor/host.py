@@ -15,12 +15,15 @@ import errno
 import os
 import socket
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 from cryptography import x509
+
+from agent.aio.bridge import ThreadBridge
+from agent.doctor.core import CheckResult, failed, passed
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -282,3 +285,40 @@ async def unit_state(unit: str, systemctl: Sequence[str] = ("systemctl",)) -> Un
         if sep:
             properties[name.strip()] = value.strip()
     return UnitState(properties)
+
+
+async def systemd_check(
+    unit: str, bridge: ThreadBridge, systemctl: tuple[str, ...], environ: Mapping[str, str]
+) -> CheckResult:
+    """Both doctors' ``systemd`` line: skipped where systemd is not PID 1 (a given
+    ``systemctl`` other than the default, in tests, counts as booted)."""
+    name = "systemd"
+    booted = systemctl != ("systemctl",) or await bridge.run(systemd_booted)
+    state = await unit_state(unit, systemctl) if booted else None
+    if state is None:
+        return passed(name, "skipped: this host does not run systemd")
+    return judge_unit(name, unit, state, under_systemd="INVOCATION_ID" in environ)
+
+
+def judge_unit(name: str, unit: str, state: UnitState, *, under_systemd: bool) -> CheckResult:
+    """The unit's state as a check: loaded, active (running) and watched by its watchdog."""
+    load, active, sub = state.get("LoadState"), state.get("ActiveState"), state.get("SubState")
+    if load in ("not-found", ""):
+        return passed(name, f"no {unit} unit on this host (the daemon runs without systemd)")
+    restarts = state.get("NRestarts") or "0"
+    enabled = state.get("UnitFileState") or "?"
+    summary = f"{unit}: {active} ({sub}), {enabled}, restarted {restarts} times"
+    if under_systemd:
+        summary += "; doctor itself runs under systemd"
+    if active == "failed":
+        return failed(name, summary, f"journalctl -u {unit} -e, then systemctl restart {unit}")
+    if active != "active":
+        return failed(name, summary, f"systemctl enable --now {unit}")
+    watchdog = state.get("WatchdogUSec")
+    if watchdog in ("0", "infinity", ""):
+        return failed(
+            name,
+            summary + "; no watchdog",
+            f"set WatchdogSec= in the unit (the packaged {unit}.service sets it)",
+        )
+    return passed(name, f"{summary}, watchdog {watchdog}")

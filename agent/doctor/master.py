@@ -39,8 +39,8 @@ from agent.doctor.core import (
     report,
     run_checks,
 )
-from agent.doctor.node import OWN_TIMEOUT_SHARE, MasterCheckError, judge_unit
-from agent.errors import AgentError, ConfigError, PkiError
+from agent.doctor.node import OWN_TIMEOUT_SHARE
+from agent.errors import AgentError, ConfigError, MasterUnavailableError, PkiError
 from agent.master.config import MasterConfig, load_master_config
 from agent.pki.core import (
     cert_to_pem,
@@ -236,7 +236,7 @@ class MasterDoctor:
         ):
             body = await resp.content.read(NODE_LIST_MAX_BYTES)
             if resp.status != 200:
-                raise MasterCheckError(f"GET /v1/nodes answered HTTP {resp.status}")
+                raise MasterUnavailableError(f"GET /v1/nodes answered HTTP {resp.status}")
         return json.loads(body)
 
     def _viewer_context(self) -> ssl.SSLContext:
@@ -264,12 +264,7 @@ class MasterDoctor:
         return with_peer_check(ctx, master_mark_check(f"https://{self.config.listen}"))
 
     async def systemd(self) -> CheckResult:
-        name = "systemd"
-        booted = self._systemctl != ("systemctl",) or await self._bridge.run(host.systemd_booted)
-        state = await host.unit_state(UNIT, self._systemctl) if booted else None
-        if state is None:
-            return passed(name, "skipped: this host does not run systemd")
-        return judge_unit(name, UNIT, state, under_systemd="INVOCATION_ID" in self._environ)
+        return await host.systemd_check(UNIT, self._bridge, self._systemctl, self._environ)
 
 
 def not_ready_names(data: Any) -> tuple[int, list[str]]:

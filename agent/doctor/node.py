@@ -53,6 +53,7 @@ from agent.doctor.core import (
 from agent.errors import (
     AgentError,
     ConfigError,
+    MasterUnavailableError,
     PkiError,
     RuntimeOperationError,
     RuntimeUnavailableError,
@@ -359,9 +360,9 @@ class NodeDoctor:
                 body = await resp.content.read(CA_BUNDLE_MAX_BYTES + 1)
                 rtt = time.monotonic() - sent
                 if resp.status != 200:
-                    raise MasterCheckError(f"GET /v1/ca answered HTTP {resp.status}")
+                    raise MasterUnavailableError(f"GET /v1/ca answered HTTP {resp.status}")
                 if len(body) > CA_BUNDLE_MAX_BYTES:
-                    raise MasterCheckError("GET /v1/ca answered more than a CA bundle")
+                    raise MasterUnavailableError("GET /v1/ca answered more than a CA bundle")
                 date = resp.headers.get("Date", "")
         skew = None
         try:
@@ -376,7 +377,7 @@ class NodeDoctor:
         """The master's answer, or what went wrong (one line)."""
         try:
             return await self._master.get()
-        except MasterCheckError as exc:
+        except MasterUnavailableError as exc:
             return str(exc)
         except TimeoutError:  # before OSError, of which it is one
             return f"no answer within {self._timeout_s * OWN_TIMEOUT_SHARE:g} s"
@@ -678,40 +679,7 @@ class NodeDoctor:
         return passed(name, f"{path}: {described[state]}")
 
     async def systemd(self) -> CheckResult:
-        name = "systemd"
-        booted = self._systemctl != ("systemctl",) or await self._bridge.run(host.systemd_booted)
-        state = await host.unit_state(UNIT, self._systemctl) if booted else None
-        if state is None:
-            return passed(name, "skipped: this host does not run systemd")
-        return judge_unit(name, UNIT, state, under_systemd="INVOCATION_ID" in self._environ)
-
-
-class MasterCheckError(AgentError):
-    """The master answered, but not as a node-master does (doctor's own, never raised out)."""
-
-
-def judge_unit(name: str, unit: str, state: host.UnitState, *, under_systemd: bool) -> CheckResult:
-    """The unit's state as a check: loaded, active (running) and watched by its watchdog."""
-    load, active, sub = state.get("LoadState"), state.get("ActiveState"), state.get("SubState")
-    if load in ("not-found", ""):
-        return passed(name, f"no {unit} unit on this host (the daemon runs without systemd)")
-    restarts = state.get("NRestarts") or "0"
-    enabled = state.get("UnitFileState") or "?"
-    summary = f"{unit}: {active} ({sub}), {enabled}, restarted {restarts} times"
-    if under_systemd:
-        summary += "; doctor itself runs under systemd"
-    if active == "failed":
-        return failed(name, summary, f"journalctl -u {unit} -e, then systemctl restart {unit}")
-    if active != "active":
-        return failed(name, summary, f"systemctl enable --now {unit}")
-    watchdog = state.get("WatchdogUSec")
-    if watchdog in ("0", "infinity", ""):
-        return failed(
-            name,
-            summary + "; no watchdog",
-            f"set WatchdogSec= in the unit (the packaged {unit}.service sets it)",
-        )
-    return passed(name, f"{summary}, watchdog {watchdog}")
+        return await host.systemd_check(UNIT, self._bridge, self._systemctl, self._environ)
 
 
 def _read_optional(path: Path) -> bytes | None:

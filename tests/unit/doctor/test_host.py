@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from agent.doctor import host
-from agent.doctor.node import judge_unit
 
 
 def test_a_free_port_is_free_and_stays_unbound() -> None:
@@ -103,7 +102,7 @@ async def test_unit_state_reads_systemctl_show(tmp_path: Path) -> None:
     assert state is not None and state.get("WatchdogUSec") == "30s"
     args = (tmp_path / "args").read_text().split()
     assert args[:2] == ["show", "node-agent"] and args[2].startswith("--property=LoadState,")
-    result = judge_unit("systemd", "node-agent", state, under_systemd=False)
+    result = host.judge_unit("systemd", "node-agent", state, under_systemd=False)
     assert result.ok
     assert result.detail == (
         "node-agent: active (running), enabled, restarted 2 times, watchdog 30s"
@@ -125,7 +124,7 @@ async def test_no_systemctl_is_none(tmp_path: Path) -> None:
 )
 def test_unit_judgement(changes: dict[str, str], ok: bool, words: str) -> None:
     properties = dict(line.split("=", 1) for line in ACTIVE.splitlines())
-    result = judge_unit(
+    result = host.judge_unit(
         "systemd", "node-agent", host.UnitState({**properties, **changes}), under_systemd=True
     )
     assert result.ok is ok

@@ -131,7 +131,8 @@ def test_the_store_is_opened_read_only(
 
     def spy(database: str, **kw: Any) -> sqlite3.Connection:
         opened.append(database)
-        return connect(database, **kw)
+        conn: sqlite3.Connection = connect(database, **kw)
+        return conn
 
     monkeypatch.setattr(sqlite3, "connect", spy)
     read_store(config.data_dir / "store.db")
