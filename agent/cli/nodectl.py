@@ -758,15 +758,35 @@ def cmd_describe(client: Client, args: argparse.Namespace) -> None:
         _describe_serving_names(args.name, obj)
     kind_name = "Node" if kind == "nodes" else "Pod"
     query = urllib.parse.urlencode({"kind": kind_name, "name": args.name})
-    events = client.call("GET", f"/v1/events?{query}")["items"][-20:]
-    print("events:" if events else "events: <none>")
-    if events:
-        rows = [["LAST SEEN", "TYPE", "REASON", "MESSAGE"]]
-        rows += [
-            [escape(str(e.get(key, ""))) for key in ("lastTimestamp", "type", "reason", "message")]
-            for e in events
-        ]
-        print(_table(rows))
+    events = client.call("GET", f"/v1/events?{query}")["items"]
+    _describe_events(events, _now(None))
+
+
+DESCRIBE_EVENTS_SHOWN = 20  # the latest, as kubectl describe
+
+
+def _describe_events(events: list[dict[str, Any]], now: float) -> None:
+    """kubectl describe's Events table: Type, Reason, Age ("10s (x5 over 2m)" for an event
+    that repeated), From (the master, or the node-agent and its node), Message; oldest first
+    by last occurrence, the latest DESCRIBE_EVENTS_SHOWN."""
+    if not events:
+        print("events: <none>")
+        return
+    latest = sorted(events, key=lambda e: str(e.get("lastTimestamp") or ""))
+    rows = [["TYPE", "REASON", "AGE", "FROM", "MESSAGE"]]
+    for e in latest[-DESCRIBE_EVENTS_SHOWN:]:
+        age = _age(e.get("lastTimestamp"), now)
+        count = e.get("count")
+        if isinstance(count, int) and count > 1:
+            age = f"{age} (x{count} over {_age(e.get('firstTimestamp'), now)})"
+        source = e.get("source") or {}
+        origin = str(source.get("component") or "")
+        if source.get("host") and origin != "node-master":
+            origin = f"{origin}, {source['host']}"
+        kind, reason, message = (escape(str(e.get(k, ""))) for k in ("type", "reason", "message"))
+        rows.append([kind, reason, age, escape(origin), message])
+    print("events:")
+    print(_table(rows))
 
 
 def _describe_replacement(name: str, node: dict[str, Any]) -> None:
