@@ -235,6 +235,7 @@ class H2Connection(asyncio.Protocol):
         self.closed = self.loop.create_future()
         self._last_activity = time.monotonic()
         self._received_any = False
+        self._goaway_sent = False  # by shutdown(): the peer's frames in flight are expected
         self._ping_sent_at: float | None = None
         self._idle_since: float | None = time.monotonic()
         self._no_streams = asyncio.Event()
@@ -272,7 +273,12 @@ class H2Connection(asyncio.Protocol):
         try:
             events = self.mux.receive_data(data, self._last_activity)
         except ProtocolViolation as exc:
-            log.warning(
+            # After our own GOAWAY, h2 refuses every frame, also the DATA the peer sent before
+            # it read the GOAWAY (an exec whose reader went away, ``| head``): our close, no
+            # violation to report on a user's terminal.
+            level = logging.DEBUG if self._goaway_sent else logging.WARNING
+            log.log(
+                level,
                 "HTTP/2 connection ended: protocol violation",
                 extra=kv(conn=self.name, peer=self.peer_address, error=str(exc)),
             )
@@ -496,6 +502,7 @@ class H2Connection(asyncio.Protocol):
         """GOAWAY, let running streams finish for ``grace_s``, then close."""
         if self.transport is None or self.closed.done():
             return
+        self._goaway_sent = True
         self.mux.close(0, reason)
         self._flush()
         with contextlib.suppress(TimeoutError):
