@@ -6,8 +6,8 @@ the container's env and volumes, never on the host; completion survives an agent
 Also Kubernetes' postStart (a failure kills the container, which restarts) and preStop (it runs
 before SIGTERM).
 
-Node events do not reach the master yet (issue 17): the events are read from the node's own
-API (``api.sock``), where ``nodectl describe pod`` will find them once they are forwarded.
+Most tests read the events from the node's own API (``api.sock``); one reads them where an
+operator does, in ``nodectl describe pod`` through the master (the node reports its events).
 """
 
 from __future__ import annotations
@@ -337,9 +337,8 @@ def test_nodectl_describe_pod_shows_prestart_hook_failed(
     make_master: Callable[..., MasterProcess], make_agent: MakeAgent, tmp_path: Path
 ) -> None:
     """Through a real master: ``nodectl describe pod`` shows the container waiting with
-    reason PreStartHookFailed and the hook's message (the status the node reports). The node's
-    events do not reach the master yet (issue 17): its events section has none of them; the
-    node's own API has them (the tests above)."""
+    reason PreStartHookFailed and the hook's message (the status the node reports), and the
+    node's PreStartHookFailed warning in its events table, from the node-agent on that node."""
     master = make_master().start()
     agent = make_agent(
         master=master.url, ca_cert_hash=[master.pin], master_backoff_max_s=1.0
@@ -362,12 +361,19 @@ def test_nodectl_describe_pod_shows_prestart_hook_failed(
 
     def described() -> str | None:
         out = master.nodectl("describe", "pod", "gated").stdout
-        return out if "reason: PreStartHookFailed" in out else None
+        events = out[out.find("events:") :]
+        failed = [line for line in events.splitlines() if " PreStartHookFailed " in line]
+        done = "reason: PreStartHookFailed" in out and failed
+        return out if done else None
 
     out = wait_for(described, timeout_s=60, what="describe pod: PreStartHookFailed")
     flat = " ".join(out.replace('"', " ").split())  # YAML folds and quotes long strings
     assert "tcpSocket 127.0.0.1:" in flat and "not passed within its deadline of 2s" in flat
     assert "phase: Failed" in out
+    events = out[out.find("events:") :].splitlines()
+    [row] = [line for line in events if " PreStartHookFailed " in line]
+    assert row.split()[0] == "Warning" and f"node-agent, {agent.node_name}" in row
+    assert "not passed within its deadline of 2s" in row
 
 
 def test_pre_stop_runs_before_sigterm(

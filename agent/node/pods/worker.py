@@ -663,7 +663,8 @@ class PodWorker:
                 self._waiting.pop(name, None)
                 return None
             restart = self.book.restarts.get(name)
-            if restart is None or restart.handled_attempt != latest.attempt:
+            exited_now = restart is None or restart.handled_attempt != latest.attempt
+            if exited_now:
                 finished = latest.finished_at.timestamp() if latest.finished_at else now
                 delay = self.deps.backoff.next_delay(
                     restart.delay_s if restart else None, _ran_for_s(latest)
@@ -682,6 +683,13 @@ class PodWorker:
                     ),
                 )
             if now < restart.not_before:
+                if exited_now:  # once per exit: repeats aggregate into the event's count
+                    self._event(
+                        "BackOff",
+                        f"Back-off restarting failed container {name} in pod "
+                        f"{self.pod.metadata.name}",
+                        warning=True,
+                    )
                 self._waiting[name] = _Waiting(
                     "CrashLoopBackOff",
                     f"back-off {restart.delay_s:g}s restarting failed container={name} "

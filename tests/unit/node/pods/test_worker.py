@@ -207,6 +207,10 @@ async def test_crash_loop_back_off_grows_to_its_cap(rig: Rig) -> None:
         assert statuses(worker)["c"]["restartCount"] == attempt + 1
     assert waits == [10, 20, 40, 40, 40]
     assert reasons(rig).count("Restarted") == 5
+    # One BackOff event per exit, aggregated as kubelet's: one event, counted five times.
+    [back_off] = [e for e in rig.events.list() if e["reason"] == "BackOff"]
+    assert back_off["count"] == 5 and back_off["type"] == "Warning"
+    assert back_off["message"] == "Back-off restarting failed container c in pod web"
 
 
 async def test_back_off_starts_over_after_a_long_enough_run(rig: Rig) -> None:
