@@ -149,7 +149,10 @@ class Registrar:
             )
         )
         async with self._client.session(tls) as session:
-            status, answer = await self._post_and_poll(session, body)
+            try:
+                status, answer = await self._post_and_poll(session, body)
+            except MasterUnavailableError as exc:
+                raise self._bootstrap_refusal(exc) from exc
         if status in (403, 409):
             reason = answer.get("reason")
             if not isinstance(reason, str) or not reason:
@@ -164,6 +167,22 @@ class Registrar:
         log.info(
             "registered with the master",
             extra=kv(master=self._client.base_url, admitted_by=answer.get("admittedBy")),
+        )
+
+    def _bootstrap_refusal(self, exc: MasterUnavailableError) -> MasterUnavailableError:
+        """``exc`` with the likely reason when the connection ended while this node presented
+        its fleet certificate: the master checks that certificate's issuer against its
+        ``client_ca_file`` in the TLS handshake, before any HTTP answer can carry a reason, and
+        a TLS 1.3 client learns of the refusal only as the connection ending (a reset, a
+        "Server disconnected") at its first read. A time-out or a 5xx is left as it is."""
+        cause = exc.__cause__
+        if self._bootstrap_cert is None or cause is None or isinstance(cause, TimeoutError):
+            return exc
+        return MasterUnavailableError(
+            f"{exc} (the master ended the connection while this node presented bootstrap_cert "
+            f"{self._bootstrap_cert}: most likely the master does not trust its issuer - the "
+            "CA in the master's client_ca_file must have signed it, it must be valid now and "
+            "allow clientAuth; see certs/README.md)"
         )
 
     async def _post_and_poll(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.errors import MasterUnavailableError
 from agent.node.masterlink import client, registration
 from agent.node.masterlink.identity import CA_BUNDLE_MAX_BYTES
 from agent.node.masterlink.state import LinkCondition
@@ -149,3 +150,30 @@ async def test_a_token_file_is_read_at_each_attempt_and_a_loosened_one_is_not_se
         token_file.chmod(0o600)
         await registered(rig)
         assert [b["token"] for b in rig.master.record.registrations] == [TOKEN]
+
+
+@pytest.mark.parametrize(
+    ("cause", "with_cert", "hinted"),
+    [
+        (ConnectionResetError(104, "Connection reset by peer"), True, True),
+        (OSError("Server disconnected"), True, True),
+        (TimeoutError(), True, False),  # a master gone silent is not a refused certificate
+        (None, True, False),  # a 5xx: the master answered
+        (ConnectionResetError(104, "Connection reset by peer"), False, False),
+    ],
+)
+async def test_a_connection_ended_while_presenting_the_fleet_certificate_says_why(
+    tmp_path: Path, cause: BaseException | None, with_cert: bool, hinted: bool
+) -> None:
+    """The master refuses a fleet certificate from a CA not in its client_ca_file in the TLS
+    handshake, which a TLS 1.3 client sees only as the connection ending: the outage names the
+    certificate and the likely reason (tests/integration/test_fleet_ca.py shows it for real)."""
+    cert = tmp_path / "fleet.crt"
+    options = {"bootstrap_cert": cert, "bootstrap_key": tmp_path / "fleet.key"}
+    async with link_rig(tmp_path, registrar_options=options if with_cert else None) as rig:
+        failure = MasterUnavailableError("POST /v1/registrations: Server disconnected")
+        failure.__cause__ = cause
+        said = str(rig.registrar._bootstrap_refusal(failure))
+    assert said.startswith("POST /v1/registrations: Server disconnected")
+    assert ("does not trust its issuer" in said) is hinted, said
+    assert (str(cert) in said) is hinted
