@@ -131,8 +131,9 @@ cmd_issue() {
     done
     check_node_name "$name"
     need_openssl
-    [ -f "$dir/ca.key" ] && [ -f "$dir/ca.crt" ] ||
+    if [ ! -f "$dir/ca.key" ] || [ ! -f "$dir/ca.crt" ]; then
         die 1 "$dir holds no fleet CA (ca.key and ca.crt): run '$PROG init $dir' first"
+    fi
     mkdir -p "$dir/nodes"
     chmod 0700 "$dir/nodes"
     key=$dir/nodes/$name.key
