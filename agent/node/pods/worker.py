@@ -663,8 +663,9 @@ class PodWorker:
                 self._waiting.pop(name, None)
                 return None
             restart = self.book.restarts.get(name)
-            exited_now = restart is None or restart.handled_attempt != latest.attempt
-            if exited_now:
+            exited_now = False
+            if restart is None or restart.handled_attempt != latest.attempt:
+                exited_now = True
                 finished = latest.finished_at.timestamp() if latest.finished_at else now
                 delay = self.deps.backoff.next_delay(
                     restart.delay_s if restart else None, _ran_for_s(latest)
