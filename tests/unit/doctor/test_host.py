@@ -32,7 +32,7 @@ def test_a_listening_port_names_its_process() -> None:
         state = host.probe_port("127.0.0.1", port)
     assert not state.free and not state.problem
     assert state.pid == os.getpid()
-    assert state.held_by(("pytest",)) and not state.held_by(("node-agent",))
+    assert state.held_by(("python",)) and not state.held_by(("node-agent",))  # this process
     assert state.holder.startswith(f"pid {os.getpid()} (")
 
 
