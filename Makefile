@@ -18,9 +18,14 @@ bootstrap:
 
 # pytest's exit status is make's: failures (1) and "no tests collected" (5) both fail the target.
 # The package tests (tests/system/pkg) are test-system-pkg's, which .ci/run runs after this one.
-# The unit tests ran once already, under coverage-units: the last step runs the rest.
+# The unit tests ran once already, under coverage-units: the last steps run the rest. The
+# integration tests run on TEST_JOBS workers (pytest-xdist; each test has its own node names,
+# directories and ports); tests/system (network namespaces, faults injected into the engine)
+# runs alone.
+TEST_JOBS ?= 2
 test: bootstrap coverage-proto coverage-units
-	$(PY) -m pytest -q --ignore=tests/unit --ignore=tests/system/pkg $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_JOBS) tests/integration $(PYTEST_ARGS)
+	$(PY) -m pytest -q tests/system --ignore=tests/system/pkg $(PYTEST_ARGS)
 
 # The sans-IO protocol core is held to 100 % branch coverage by its own unit tests.
 coverage-proto:
@@ -35,7 +40,7 @@ coverage-proto:
 # real thing in tests/integration.
 coverage-units:
 	$(BOOTSTRAP) --no-docker
-	$(PY) -m pytest -q tests/unit --cov=agent.node --cov=agent.master --cov-branch \
+	$(PY) -m pytest -q -n $(TEST_JOBS) tests/unit --cov=agent.node --cov=agent.master --cov-branch \
 	  --cov-report=term:skip-covered --cov-fail-under=85
 
 test-unit:
