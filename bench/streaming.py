@@ -3,6 +3,9 @@ relay, and ``nodectl exec POD -- true`` against ``docker exec`` and ``ssh host t
 
 Run: ``.venv/bin/python bench/streaming.py [--mib 256] [--rounds 3] [--pings 2000] [--execs 10]``
 (needs openssh-server for the ssh baselines: ``apt-get install openssh-server``).
+``--parts hops``: where a 1-byte round trip's microseconds go, hop by hop (``agent/aio/hops.py``:
+every process of the path stamps the ping at each socket read and write; median and p99 of
+each segment, direct and through the master).
 
 Every path ends at the same echo server: a host-side process that splices each connection's bytes
 back (socket -> pipe -> socket in the kernel, no copies through Python), several times faster than
@@ -37,6 +40,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import docker
+
+from agent.aio import hops
+from agent.aio.hops import Point, Side
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -79,6 +85,11 @@ def wait_port(port: int, timeout_s: float = 20.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {port}")
+
+
+def listening(port: int) -> int:
+    wait_port(port)
+    return port
 
 
 def echo_server(port: int) -> None:
@@ -148,6 +159,157 @@ def ping_pong(port: int, count: int) -> float:
                 raise RuntimeError("echo lost a byte")
             samples.append(time.perf_counter() - start)
     return statistics.median(samples)
+
+
+def ping_stamps(port: int, count: int) -> list[tuple[int, int]]:
+    """1-byte ping-pong; each round trip's send and receive time (CLOCK_MONOTONIC, ns: the
+    clock the processes of the path stamp their hops with)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        stamps = []
+        for _ in range(count):
+            start = time.monotonic_ns()
+            sock.sendall(b"x")
+            if sock.recv(1) != b"x":
+                raise RuntimeError("echo lost a byte")
+            stamps.append((start, time.monotonic_ns()))
+    return stamps
+
+
+Hop = tuple[str, Point, Side]
+DIRECT_HOPS: list[Hop] = [
+    ("nodectl", Point.LOCAL_READ, Side.NONE),
+    ("nodectl", Point.TLS_WRITE, Side.CLIENT),
+    ("agent", Point.TLS_READ, Side.SERVER),
+    ("agent", Point.POD_WRITE, Side.NONE),
+    ("agent", Point.POD_READ, Side.NONE),
+    ("agent", Point.TLS_WRITE, Side.SERVER),
+    ("nodectl", Point.TLS_READ, Side.CLIENT),
+    ("nodectl", Point.LOCAL_WRITE, Side.NONE),
+]
+MASTER_HOPS: list[Hop] = [
+    *DIRECT_HOPS[:2],
+    ("master", Point.TLS_READ, Side.SERVER),
+    ("master", Point.TLS_WRITE, Side.CLIENT),
+    *DIRECT_HOPS[2:6],
+    ("master", Point.TLS_READ, Side.CLIENT),
+    ("master", Point.TLS_WRITE, Side.SERVER),
+    *DIRECT_HOPS[6:],
+]
+
+
+def hop_breakdown(
+    stamps: list[tuple[int, int]],
+    records: dict[str, list[tuple[int, Point, Side, int]]],
+    chain: list[Hop],
+) -> tuple[list[tuple[str, float, float]], int]:
+    """Per segment of ``chain`` (client send → first hop → … → client receive): median and
+    p99 in µs over the pings whose every hop was found; and how many pings that was. A hop's
+    stamp is the first of its kind in that process after the previous hop's, within the ping."""
+    import bisect
+
+    times: dict[Hop, list[int]] = {}
+    for proc, recs in records.items():
+        for t, point, side, _ in recs:
+            times.setdefault((proc, point, side), []).append(t)
+    for series in times.values():
+        series.sort()
+    names = ["client send", *(f"{p} {pt.name.lower()}" for p, pt, _ in chain), "client receive"]
+    segments: list[list[float]] = [[] for _ in range(len(chain) + 1)]
+    complete = 0
+    missing = [0] * len(chain)
+    for start, end in stamps:
+        at = [start]
+        for k, hop in enumerate(chain):
+            series = times.get(hop, [])
+            i = bisect.bisect_left(series, at[-1])
+            if i == len(series) or series[i] > end:
+                missing[k] += 1
+                break
+            at.append(series[i])
+        else:
+            at.append(end)
+            complete += 1
+            for k in range(len(segments)):
+                segments[k].append((at[k + 1] - at[k]) / 1000)
+    rows = []
+    for k, values in enumerate(segments):
+        if values:
+            values.sort()
+            p99 = values[min(len(values) - 1, int(len(values) * 0.99))]
+            rows.append((f"{names[k]} -> {names[k + 1]}", statistics.median(values), p99))
+    if any(missing):
+        print("  pings without a stamp, by hop:", dict(zip(names[1:], missing, strict=False)))
+    return rows, complete
+
+
+def bench_hops(
+    master: MasterProcess,
+    agent: AgentProcess,
+    pod: str,
+    echo_port: int,
+    sshd: Sshd,
+    hop_dir: Path,
+    args: argparse.Namespace,
+) -> list[str]:
+    """The 1-byte round trip hop by hop, direct and through the master; ssh -L for scale."""
+    ssh_port = free_port()
+    assert master.proc is not None and agent.proc is not None
+    procs = {"master": master.proc.pid, "agent": agent.proc.pid}
+    lines: list[str] = []
+    ssh_cmd = [
+        *sshd.args(),
+        "-N",
+        "-L",
+        f"127.0.0.1:{ssh_port}:127.0.0.1:{echo_port}",
+        "root@127.0.0.1",
+    ]
+    with background(ssh_cmd, lambda _: listening(ssh_port)) as ssh_l:
+        ping_stamps(ssh_l, 200)
+        ssh = [(b - a) / 1000 for a, b in ping_stamps(ssh_l, args.pings)]
+        ssh.sort()
+        ssh_med, ssh_p99 = statistics.median(ssh), ssh[int(len(ssh) * 0.99)]
+        print(f"ssh -L: RTT median {ssh_med:.0f} us, p99 {ssh_p99:.0f} us ({args.pings} pings)")
+        for label, direct, chain in (
+            ("nodectl port-forward --direct", True, DIRECT_HOPS),
+            ("nodectl port-forward (via master)", False, MASTER_HOPS),
+        ):
+            cmd = nodectl_forward(master, pod, direct, echo_port)
+            with subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=ENV,
+                cwd=REPO_ROOT,
+            ) as proc:
+                try:
+                    port = forwarded_port(proc)
+                    ping_stamps(port, 200)  # warm-up
+                    stamps = ping_stamps(port, args.pings)
+                finally:
+                    proc.terminate()
+                    proc.wait(timeout=10)
+            records = {
+                name: hops.read_records(str(hop_dir / f"{pid}.hops"))
+                for name, pid in {**procs, "nodectl": proc.pid}.items()
+            }
+            rtts = sorted((b - a) / 1000 for a, b in stamps)
+            rtt_med, rtt_p99 = statistics.median(rtts), rtts[int(len(rtts) * 0.99)]
+            rows, complete = hop_breakdown(stamps, records, chain)
+            print(
+                f"{label}: RTT median {rtt_med:.0f} us (x{rtt_med / ssh_med:.2f} of ssh -L), "
+                f"p99 {rtt_p99:.0f} us (x{rtt_p99 / ssh_p99:.2f}); {complete} of "
+                f"{len(stamps)} pings stamped at every hop"
+            )
+            for name, med, p99 in rows:
+                print(f"  {name:52s} {med:7.1f} us  p99 {p99:7.1f} us")
+            print(f"  {'sum of the medians':52s} {sum(r[1] for r in rows):7.1f} us")
+            lines.append(
+                f"{label} 1-byte RTT: x{rtt_med / ssh_med:.2f} of ssh -L, p99 "
+                f"x{rtt_p99 / ssh_p99:.2f}"
+            )
+    return lines
 
 
 @contextmanager
@@ -407,9 +569,16 @@ def main() -> int:
     parser.add_argument(
         "--parts",
         default="bulk,exec",
-        help="comma-separated: bulk (port-forward throughput and latency), exec",
+        help="comma-separated: bulk (port-forward throughput and latency), exec, hops (the "
+        "1-byte round trip hop by hop; run it on its own: every process stamps its hops)",
     )
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    hop_dir: Path | None = None
+    if "hops" in parts:
+        # Before any process of the path starts: each reads it once, at start-up.
+        hop_dir = Path(tempfile.mkdtemp(prefix="bench-hops-"))
+        os.environ[hops.ENV_VAR] = ENV[hops.ENV_VAR] = str(hop_dir)
     clean_up_on_sigterm()
     if not shutil.which("/usr/sbin/sshd"):
         print("bench/streaming.py needs openssh-server (apt-get install openssh-server)")
@@ -451,8 +620,9 @@ def main() -> int:
         app = next(
             c for c in node_containers(client, node) if c.labels.get("io.node-agent.kind") == "app"
         )
-        parts = set(args.parts.split(","))
         ratios: list[str] = []
+        if hop_dir is not None:
+            ratios += bench_hops(master, agent, mirror, echo_port, sshd, hop_dir, args)
         if "bulk" in parts:
             ratios += bench_bulk(master, mirror, echo_port, sshd, args)
         if "exec" in parts:

@@ -27,6 +27,7 @@ from typing import Any, cast
 
 import h2.errors
 
+from agent.aio import hops
 from agent.aio.logs import kv
 from agent.errors import (
     ConnectionClosedError,
@@ -246,6 +247,7 @@ class H2Connection(asyncio.Protocol):
         # needs the name (nodectl --direct) does not pay cryptography's import for it.
         self.peer_common_name = ""
         self.peer_address: str = ""
+        self._hop_side = hops.Side.CLIENT if client_side else hops.Side.SERVER
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -267,6 +269,8 @@ class H2Connection(asyncio.Protocol):
         self._ticker = self.loop.create_task(self._tick())
 
     def data_received(self, data: bytes) -> None:
+        if hops.RECORDER is not None:
+            hops.RECORDER.mark(hops.Point.TLS_READ, self._hop_side, len(data))
         self._last_activity = time.monotonic()
         self._received_any = True
         self._ping_sent_at = None  # any traffic proves the peer is alive
@@ -389,6 +393,8 @@ class H2Connection(asyncio.Protocol):
             return
         pieces = self.mux.pending_output()
         if pieces:
+            if hops.RECORDER is not None:  # before: the peer may read it before we return
+                hops.RECORDER.mark(hops.Point.TLS_WRITE, self._hop_side, sum(map(len, pieces)))
             self.transport.writelines(pieces)
         try:
             self.mux.check_unsent(self.transport.get_write_buffer_size())

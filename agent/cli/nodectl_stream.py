@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from agent.aio import hops
 from agent.aio.h2conn import H2Connection, H2Stream, connect
 from agent.aio.malloc import tune_malloc
 from agent.errors import CliError, ConnectionClosedError, StreamingError
@@ -372,6 +373,8 @@ async def port_forward_session(
                 try:
                     await _response(stream)
                     while chunk := await stream.read():
+                        if hops.RECORDER is not None:
+                            hops.RECORDER.mark(hops.Point.LOCAL_WRITE, hops.Side.NONE, len(chunk))
                         writer.write(chunk)
                         await writer.drain()
                     if writer.can_write_eof():
@@ -427,6 +430,8 @@ async def port_forward_session(
 
 async def _upload(reader: asyncio.StreamReader, stream: H2Stream) -> None:
     while data := await reader.read(READ_CHUNK_BYTES):
+        if hops.RECORDER is not None:
+            hops.RECORDER.mark(hops.Point.LOCAL_READ, hops.Side.NONE, len(data))
         await stream.write(data)
     await stream.end()  # local client half-closed: half-close towards the pod
 

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from agent.aio import hops
 from agent.aio.edge import ApiRequest
 from agent.aio.h2conn import H2Stream
 from agent.aio.logs import kv
@@ -334,6 +335,8 @@ class StreamingApi:
         async def upstream() -> None:
             nonlocal sent
             while chunk := await stream.read():
+                if hops.RECORDER is not None:
+                    hops.RECORDER.mark(hops.Point.POD_WRITE, hops.Side.NONE, len(chunk))
                 await loop.sock_sendall(sock, chunk)
                 sent += len(chunk)
             with contextlib.suppress(OSError):
@@ -342,6 +345,8 @@ class StreamingApi:
         async def downstream() -> None:
             nonlocal received
             while data := await loop.sock_recv(sock, READ_CHUNK_BYTES):
+                if hops.RECORDER is not None:
+                    hops.RECORDER.mark(hops.Point.POD_READ, hops.Side.NONE, len(data))
                 received += len(data)
                 await stream.write(data)
             await stream.end()
