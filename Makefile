@@ -8,8 +8,10 @@ PY := $(VENV)/bin/python
 BOOTSTRAP := bash scripts/bootstrap.sh
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
-DEMO_DIR := /tmp/node-agent-demo
-DEMO_NODE := demo-node
+# make run's directory and node (scripts/demo.sh also reads DEMO_PORT, the master's port)
+DEMO_DIR ?= /tmp/node-agent-demo
+DEMO_NODE ?= demo-node
+export DEMO_DIR DEMO_NODE
 
 .PHONY: bootstrap test test-unit coverage-proto coverage-units lint fmt run bench clean
 
@@ -60,8 +62,11 @@ fmt:
 	$(VENV)/bin/ruff check --fix agent tests bench packaging/tests
 
 # A master (open policy) and an agent (node $(DEMO_NODE), config examples/agent-demo.toml) in the
-# foreground; the demo pod is applied through nodectl. scripts/demo.sh prints how to look at it.
-run: bootstrap
+# foreground; the demo pod is applied through nodectl. scripts/demo.sh prints how to look at it,
+# and fails fast (with the dying daemon's log) when something is wrong. Its venv holds the
+# runtime dependencies only: make test and make lint add the test tools.
+run:
+	$(BOOTSTRAP) --runtime
 	bash scripts/demo.sh
 
 # Issue 18's acceptance on hosts that boot systemd: the packages installed in containers of a

@@ -6,7 +6,10 @@
 # Flags: --no-docker  packages and venv only (lint, unit tests): no dockerd, no images
 #        --no-images  do not build the test images
 #        --no-venv    do not create/update .venv
+#        --runtime    the venv with the runtime dependencies only (make run): no test tools
 #        --packaging  also the package build and check tools (make deb/rpm/test-packaging)
+# Without --runtime the venv also gets the test tools (pytest, ruff, mypy: make test, make lint).
+# Each step prints one line when it is done, with the seconds it took.
 # Environment: BOOTSTRAP_DOCKER_WAIT_S (default 60): how long to wait for dockerd to answer.
 set -euo pipefail
 
@@ -20,17 +23,24 @@ WANT_DOCKER=1
 WANT_VENV=1
 WANT_IMAGES=1
 WANT_PACKAGING=0
+WANT_DEV=1
 for arg in "$@"; do
   case "$arg" in
     --no-docker) WANT_DOCKER=0 WANT_IMAGES=0 ;;
     --no-images) WANT_IMAGES=0 ;;
     --no-venv) WANT_VENV=0 ;;
+    --runtime) WANT_DEV=0 ;;
     --packaging) WANT_PACKAGING=1 ;;
-    *) echo "bootstrap: unknown flag $arg (known: --no-docker --no-images --no-venv --packaging)" >&2; exit 2 ;;
+    *) echo "bootstrap: unknown flag $arg (known: --no-docker --no-images --no-venv --runtime --packaging)" >&2; exit 2 ;;
   esac
 done
 
 say() { echo "bootstrap: $*"; }
+# One line per step that did something, with its time: a first run takes minutes (packages,
+# pip) and must not look hung.
+step_started=$SECONDS
+step() { step_started=$SECONDS; say "$* ..."; }
+done_step() { say "$* ($((SECONDS - step_started)) s)"; }
 die() { echo "bootstrap: $*" >&2; exit 1; }
 # systemd is PID 1 (sd_booted()); `systemctl is-system-running` also exits non-zero on a
 # merely "degraded" system, so its exit status is not the test.
@@ -53,7 +63,7 @@ for pkg in "${PACKAGES[@]}"; do
 done
 if ((${#missing[@]})); then
   [[ $(id -u) -eq 0 ]] || die "missing packages ${missing[*]}; run as root or install them"
-  say "installing ${missing[*]}"
+  step "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   # Without systemd, docker.io's postinst runs /etc/init.d/docker through invoke-rc.d and fails
   # the install if that does not work. We start dockerd ourselves below, so deny service starts
@@ -70,6 +80,7 @@ if ((${#missing[@]})); then
   apt-get "${apt_opts[@]}" update
   apt-get "${apt_opts[@]}" install -y --no-install-recommends "${missing[@]}" >/dev/null
   if [[ -n "$policy" ]]; then rm -f "$policy"; trap - EXIT; fi
+  done_step "installed ${missing[*]}"
 fi
 say "packages present (${PACKAGES[*]})"
 
@@ -138,6 +149,7 @@ if ((WANT_DOCKER)) && ! docker_up; then
   else
     start_dockerd_detached
   fi
+  step_started=$SECONDS
   deadline=$((SECONDS + DOCKER_WAIT_S))
   until docker_up; do
     if ((SECONDS >= deadline)); then
@@ -153,12 +165,13 @@ if ((WANT_DOCKER)) && ! docker_up; then
   done
 fi
 if ((WANT_DOCKER)); then
-  say "docker ready (server $(docker version --format '{{.Server.Version}}'))"
+  done_step "docker ready (server $(docker version --format '{{.Server.Version}}'))"
 fi
 
 # -- test images (no registry: a rootfs from the host's static busybox) -------------------------
 if ((WANT_IMAGES)); then
   if ! docker image inspect "$TEST_IMAGE:latest" >/dev/null 2>&1; then
+    step "building $TEST_IMAGE:latest"
     root=$(mktemp -d)
     trap 'rm -rf "$root"' EXIT
     mkdir -p "$root"/{bin,etc,tmp,proc,sys,dev,var/www,root}
@@ -175,27 +188,39 @@ if ((WANT_IMAGES)); then
     trap - EXIT
     docker tag "$TEST_IMAGE:latest" "$TEST_IMAGE:1"
     docker run --rm "$TEST_IMAGE:latest" true || die "the new image $TEST_IMAGE:latest does not run"
-    say "built $TEST_IMAGE:latest (and :1) from $(readlink -f /bin/busybox)"
+    done_step "built $TEST_IMAGE:latest (and :1) from $(readlink -f /bin/busybox)"
   fi
   docker image inspect "$TEST_IMAGE:1" >/dev/null 2>&1 || docker tag "$TEST_IMAGE:latest" "$TEST_IMAGE:1"
   say "test image $TEST_IMAGE:latest present"
 fi
 
 # -- venv ---------------------------------------------------------------------------------------
+# Two stamps: the runtime dependencies (make run) and the test tools on top (make test, make
+# lint). A stamp older than pyproject.toml means its step runs again.
+pip_install() { # WHAT SPEC
+  local pip_log="$VENV/pip-install.log"
+  step "installing $1 into $VENV (pip; log: $pip_log)"
+  if ! "$VENV/bin/python" -m pip install --disable-pip-version-check -q -e "$2" >"$pip_log" 2>&1; then
+    tail -n 40 "$pip_log" >&2
+    die "pip install failed (end of the log above; all of it in $pip_log)"
+  fi
+  done_step "installed $1"
+}
 if ((WANT_VENV)); then
   if [[ ! -x "$VENV/bin/python" ]]; then
-    say "creating $VENV"
+    step "creating $VENV"
     python3 -m venv "$VENV"
+    done_step "created $VENV"
   fi
   if [[ ! -f "$VENV/.installed-stamp" || pyproject.toml -nt "$VENV/.installed-stamp" ]]; then
-    say "installing the project and its test tools into $VENV"
-    pip_log="$VENV/pip-install.log"
-    if ! "$VENV/bin/python" -m pip install -q -e '.[test]' >"$pip_log" 2>&1; then
-      tail -n 40 "$pip_log" >&2
-      die "pip install failed (end of the log above; all of it in $pip_log)"
-    fi
-    "$VENV/bin/python" -c 'import agent, aiohttp, docker, h2, pytest, blockbuster'
+    pip_install "the project and its runtime dependencies" .
+    "$VENV/bin/python" -c 'import agent, aiohttp, docker, h2, yaml, cryptography'
     touch "$VENV/.installed-stamp"
   fi
-  say "venv ready ($VENV, $("$VENV/bin/python" --version))"
+  if ((WANT_DEV)) && [[ ! -f "$VENV/.dev-stamp" || pyproject.toml -nt "$VENV/.dev-stamp" ]]; then
+    pip_install "the test tools (pytest, ruff, mypy, ...)" '.[test]'
+    "$VENV/bin/python" -c 'import pytest, blockbuster'
+    touch "$VENV/.dev-stamp"
+  fi
+  say "venv ready ($VENV, $("$VENV/bin/python" --version)$( ((WANT_DEV)) || echo ', runtime only'))"
 fi
