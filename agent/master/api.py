@@ -113,6 +113,7 @@ class MasterApi:
             "events.list": self.list_events,
             "pods.get": self.get_pod,
             "pods.delete": self.delete_pod,
+            "pods.evict": self.evict_pod,
             "pods.status": self.put_pod_status,
             "tokens.create": self.create_token,
             "tokens.list": self.list_tokens,
@@ -437,6 +438,21 @@ class MasterApi:
         ns, pod = request.param("namespace"), request.param("pod")
         await self.pods.delete(ns, pod)
         return json_response({"deleted": f"{ns}/{pod}"})
+
+    async def evict_pod(self, request: ApiRequest) -> ApiResponse:
+        """``nodectl drain``'s eviction (kubectl's ``pods/eviction``): ``{"force": bool}``,
+        ``?dryRun=All`` for the answer alone; what happens is :meth:`PodStore.evict`'s."""
+        ns, pod = request.param("namespace"), request.param("pod")
+        force = request.json(optional=True).get("force", False)
+        if not isinstance(force, bool):
+            raise BadRequestError("force must be true or false")
+        dry_run = request.query("dryRun")
+        if dry_run not in (None, "All"):
+            raise BadRequestError(f"dryRun: {quote(dry_run)} is not All (the one value)")
+        action = await self.pods.evict(ns, pod, force=force, dry_run=dry_run == "All")
+        if dry_run is None:
+            log.info("pod evicted", extra=kv(pod=f"{ns}/{pod}", by=request.principal.name))
+        return json_response({"kind": "Eviction", "pod": f"{ns}/{pod}", "action": action})
 
     async def put_pod_status(self, request: ApiRequest) -> ApiResponse:
         ns, name = request.param("namespace"), request.param("pod")

@@ -430,7 +430,15 @@ class PodStore:
                     f"remove its manifest on that node"
                 )
             if obj.get("deletionTimestamp"):
-                return
+                if not obj.get("recreate"):
+                    return
+                # Being moved by a drain: deleted now, so it is not placed again.
+                obj.pop("recreate")
+                if await self.store.compare_and_swap(
+                    item.key, json.dumps(obj).encode(), item.mod_revision
+                ):
+                    return
+                continue
             if obj["nodeName"] and not _stopped(obj.get("status") or {}):
                 grace = obj["manifest"]["spec"].get(
                     "terminationGracePeriodSeconds", DEFAULT_GRACE_PERIOD_S
@@ -450,6 +458,93 @@ class PodStore:
             ):
                 return
 
+    async def evict(
+        self, namespace: str, name: str, *, force: bool = False, dry_run: bool = False
+    ) -> str:
+        """``nodectl drain``'s eviction of one pod from its node; returns what happens:
+        ``moved`` (placed by the scheduler: Terminating on its node, then, once the node
+        reports it stopped or its deadline passed, created again unbound as a new pod with a
+        new uid, which the scheduler places on another node — the ReplicaSet of Kubernetes'
+        eviction, here the master's own), ``deleted`` (finished, or pinned and ``force``: a
+        graceful delete, the pod is gone for good), ``terminating`` (being deleted already).
+        Refused (409): a mirror pod (its node's static pod comes back from its file), an
+        unbound pod, a pod pinned by its ``spec.nodeName`` without ``force`` (it cannot move:
+        the scheduler did not choose its node). ``dry_run``: the answer, nothing changed."""
+        key = pod_key(namespace, name)
+        while True:
+            item = await self.store.get(key)
+            if item is None:
+                raise NotFoundError(f"pod {namespace}/{name} not found")
+            obj = json.loads(item.value)
+            node = obj["nodeName"]
+            if obj.get("mirror"):
+                raise MirrorConflictError(
+                    f"pod {namespace}/{name} mirrors a static pod of node {node}: it comes back "
+                    f"from its manifest file, so it is not evicted"
+                )
+            if not node:
+                raise ConflictError(f"pod {namespace}/{name} is bound to no node")
+            if obj.get("deletionTimestamp"):
+                return "terminating"
+            if _terminal(obj):
+                action = "deleted"  # finished: placing it again would run it again
+            elif obj.get("scheduled"):
+                action = "moved"
+            elif force:
+                action = "deleted"
+            else:
+                raise ConflictError(
+                    f"pod {namespace}/{name} is pinned to node {node} by its spec.nodeName: it "
+                    f"cannot move (--force deletes it)"
+                )
+            if dry_run:
+                return action
+            if action == "deleted":
+                await self.delete(namespace, name)
+                return action
+            message = f"evicted from node {node} (drain); placed again as a new pod"
+            if _stopped(obj.get("status") or {}):
+                if not await self._place_again(key, obj, item.mod_revision):
+                    continue
+            else:
+                grace = obj["manifest"]["spec"].get(
+                    "terminationGracePeriodSeconds", DEFAULT_GRACE_PERIOD_S
+                )
+                obj["deletionTimestamp"] = self._now()
+                obj["deletionGracePeriodSeconds"] = grace
+                obj["deleteBy"] = self.registry.clock.time() + grace + DELETION_MARGIN_S
+                obj["recreate"] = True
+                if (
+                    await self.store.compare_and_swap(
+                        key, json.dumps(obj).encode(), item.mod_revision
+                    )
+                    is None
+                ):
+                    continue
+            self.registry.events.record(
+                kind="Pod", name=name, namespace=namespace, reason="Evicted", message=message
+            )
+            return action
+
+    async def _place_again(self, key: str, obj: dict[str, Any], revision: int) -> bool:
+        """A drained pod, stopped on its node, created again as a new pending pod (new uid,
+        no node) for the scheduler; False if the object changed meanwhile."""
+        node = obj["nodeName"]
+        manifest = dict(obj["manifest"])
+        manifest["metadata"] = {**manifest["metadata"], "uid": str(uuid.uuid4())}
+        manifest["spec"] = {k: v for k, v in manifest["spec"].items() if k != "nodeName"}
+        again = {
+            "manifest": manifest,
+            "nodeName": "",
+            "status": {"phase": "Pending"},
+            "createdAt": self._now(),
+            "evictedFrom": node,
+        }
+        if await self.store.compare_and_swap(key, json.dumps(again).encode(), revision) is None:
+            return False
+        self.kick.set()
+        return True
+
     async def finalize_deletions(self) -> int:
         """Remove the terminating pods whose deadline passed (their node never reported them
         stopped: it is down, or its last report was lost); returns how many."""
@@ -457,11 +552,15 @@ class PodStore:
         removed = 0
         items, _ = await self.store.list_prefix(PODS_PREFIX)
         for item in items:
-            deadline = json.loads(item.value).get("deleteBy")
+            obj = json.loads(item.value)
+            deadline = obj.get("deleteBy")
             if deadline is None or deadline > now:
                 continue
             # A concurrent change (a status report that removed it): looked at next round.
-            if await self.store.delete(item.key, expected_mod_revision=item.mod_revision):
+            if obj.get("recreate"):
+                if await self._place_again(item.key, obj, item.mod_revision):
+                    removed += 1
+            elif await self.store.delete(item.key, expected_mod_revision=item.mod_revision):
                 removed += 1
         return removed
 
@@ -568,7 +667,10 @@ class PodStore:
             obj["status"] = status
             if obj.get("deletionTimestamp") and _stopped(status):
                 # The node confirms it: nothing of the deleted pod runs any more.
-                if await self.store.delete(key, expected_mod_revision=item.mod_revision):
+                if obj.get("recreate"):
+                    if await self._place_again(key, obj, item.mod_revision):
+                        return
+                elif await self.store.delete(key, expected_mod_revision=item.mod_revision):
                     return
                 continue
             if (

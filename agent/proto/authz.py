@@ -114,6 +114,9 @@ _NODE_ONLY = frozenset({_K.NODE_SELF})
 RULES: Mapping[str, frozenset[CallerKind]] = {
     # Anyone, so that load balancers and joining nodes need nothing.
     "healthz": _EVERYONE,
+    # As the API server's /version (system:public-info-viewer): the release, the Python
+    # version and the platform; no path, host name or configuration.
+    "version": _EVERYONE,
     "metrics": _EVERYONE,
     "ca": _EVERYONE,
     # A node's certificate that is not current (record deleted, denied, or another key) is
@@ -143,6 +146,7 @@ RULES: Mapping[str, frozenset[CallerKind]] = {
     "events.list": _READERS,
     "pods.get": _READERS,
     "pods.delete": _ADMINS,
+    "pods.evict": _ADMINS,  # drain: moves or deletes a pod, as a delete does
     "pods.status": _NODE_OR_ADMIN,  # the node the pod is bound to (an unbound pod: admins)
     # Join tokens admit nodes: only administrators make, list or delete them.
     "tokens.create": _ADMINS,

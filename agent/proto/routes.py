@@ -182,6 +182,7 @@ MASTER_ROUTES = RouteTable(
     "master",
     [
         Route("healthz", "GET", ("healthz",)),
+        Route("version", "GET", ("version",)),  # nodectl version: the server's version
         Route("metrics", "GET", ("metrics",)),
         Route("ca", "GET", ("v1", "ca")),
         Route("registrations.create", "POST", ("v1", "registrations"), subject=Subject.CALLER),
@@ -212,6 +213,7 @@ MASTER_ROUTES = RouteTable(
         Route("events.list", "GET", ("v1", "events")),
         Route("pods.get", "GET", _POD),
         Route("pods.delete", "DELETE", _POD),
+        Route("pods.evict", "POST", (*_POD, "eviction")),  # nodectl drain
         Route("pods.status", "PUT", (*_POD, "status"), subject=Subject.POD),
         Route("tokens.create", "POST", ("v1", "tokens")),
         Route("tokens.list", "GET", ("v1", "tokens")),

@@ -58,6 +58,7 @@ BOUND_POD = "matrix"  # a pod bound to the agent's node (whose status the node m
 ALLOWED: dict[str, dict[str, int]] = {
     "master": {
         "healthz": 200,
+        "version": 200,
         "metrics": 200,
         "ca": 200,
         "registrations.create": 400,
@@ -83,6 +84,7 @@ ALLOWED: dict[str, dict[str, int]] = {
         "events.list": 200,
         "pods.get": 200,
         "pods.delete": 404,
+        "pods.evict": 400,  # an optional body, but not a JSON object
         "pods.status": 400,
         "pods.exec": 404,
         "pods.portforward": 404,
