@@ -76,6 +76,14 @@ run:
 test-system-pkg: bootstrap
 	$(PY) -m pytest -q -p no:cacheprovider tests/system/pkg $(PYTEST_ARGS)
 
+# The etcd store on a real etcd (Debian's etcd-server, installed by bootstrap): the Store contract
+# suite and the etcd store's own tests, one throwaway etcd with TLS and client certificates
+# (tests/etcd/server.py). .ci/run runs it after make test; budget 90 s.
+.PHONY: test-etcd
+test-etcd:
+	$(BOOTSTRAP) --no-docker
+	$(PY) -m pytest -q -p no:cacheprovider tests/etcd $(PYTEST_ARGS)
+
 bench: bootstrap
 	$(PY) bench/pod_start.py $(BENCH_ARGS)
 

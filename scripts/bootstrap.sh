@@ -49,8 +49,9 @@ systemd_booted() { [[ -d /run/systemd/system ]]; }
 # -- Debian packages --------------------------------------------------------------------------
 # gcc and libc6-dev: tests/integration/test_notify.py builds its static sd_notify helper.
 # jq: tests/integration/test_nodectl_habits.py pipes nodectl's JSON to it, as scripts do.
+# etcd-server: the etcd store's tests (make test-etcd) start throwaway etcd processes of it.
 PACKAGES=(docker.io iproute2 busybox-static python3-venv tmux socat procps ca-certificates curl
-  gcc libc6-dev jq)
+  gcc libc6-dev jq etcd-server)
 # packaging/build.sh and packaging/tests: dpkg-deb, lintian, rpmbuild and rpm (Debian's rpm),
 # cloud-init's schema check, systemd-analyze (its units are never started here).
 if ((WANT_PACKAGING)); then
@@ -80,6 +81,11 @@ if ((${#missing[@]})); then
   apt-get "${apt_opts[@]}" update
   apt-get "${apt_opts[@]}" install -y --no-install-recommends "${missing[@]}" >/dev/null
   if [[ -n "$policy" ]]; then rm -f "$policy"; trap - EXIT; fi
+  # Debian's etcd service, installed just now, starts at once on systemd (port 2379): the tests
+  # start etcd processes of their own. An etcd the machine had before is left alone.
+  if [[ " ${missing[*]} " == *" etcd-server "* ]] && systemd_booted; then
+    systemctl disable --now etcd.service >/dev/null 2>&1 || true
+  fi
   done_step "installed ${missing[*]}"
 fi
 say "packages present (${PACKAGES[*]})"

@@ -1,8 +1,8 @@
 """The Store contract suite (tests/contracts/store.py) against every local backend.
 
 A backend joins with one entry in ``BACKENDS``: a function of the test's tmp dir and thread
-bridge returning how to open it and what it can do. (The etcd store of a later issue joins the
-same way, in tests/integration, where an etcd server runs.)
+bridge returning how to open it and what it can do. (The etcd store joins the same way in
+tests/etcd/test_store_contract_etcd.py, where a real etcd runs: ``make test-etcd``.)
 """
 
 from __future__ import annotations
