@@ -386,6 +386,7 @@ class RuntimeContract(RuntimeExecContract):
                 lambda: dead.ensure_image(names.image, "IfNotPresent"),
                 lambda: dead.remove_image("nothing:1"),
                 dead.image_fs_usage,
+                dead.image_ids_in_use,
             ]
             for call in calls:
                 with pytest.raises(RuntimeUnavailableError):
@@ -748,6 +749,34 @@ class RuntimeContract(RuntimeExecContract):
             await runtime.ensure_image(harness.unpullable, "IfNotPresent")
         with pytest.raises(ImageUnavailableError):
             await runtime.ensure_image(harness.unpullable, "Always")
+
+    async def test_image_ids_in_use_covers_every_container_on_the_engine(
+        self, harness: RuntimeHarness, names: Names
+    ) -> None:
+        """Image GC's source of truth: a container of another node (or not ours at all) in any
+        state holds its image as much as ours do."""
+        runtime = harness.runtime
+        ours_ref = f"node-agent-contract/{names.prefix}:ours"
+        theirs_ref = f"node-agent-contract/{names.prefix}:theirs"
+        idle_ref = f"node-agent-contract/{names.prefix}:idle"
+        ours_id = await harness.new_image(ours_ref)
+        theirs_id = await harness.new_image(theirs_ref)
+        idle_id = await harness.new_image(idle_ref)
+        ours = await runtime.create_container(names.spec(image=ours_ref))
+        theirs = await runtime.create_container(
+            names.spec(image=theirs_ref, labels={LABEL_NODE: f"{names.prefix}-elsewhere"})
+        )
+        try:
+            assert theirs not in {c.id for c in await runtime.list_containers()}
+            in_use = await runtime.image_ids_in_use()
+            assert ours_id in in_use
+            assert theirs_id in in_use
+            assert idle_id not in in_use
+        finally:
+            await runtime.remove_container(ours)
+            await runtime.remove_container(theirs)
+        for ref in (ours_ref, theirs_ref, idle_ref):
+            await runtime.remove_image(ref)
 
     async def test_image_fs_usage(self, harness: RuntimeHarness) -> None:
         usage = await harness.runtime.image_fs_usage()

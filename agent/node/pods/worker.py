@@ -37,6 +37,8 @@ from agent.node.backoff import BackoffPolicy, RestartState
 from agent.node.handlers import HandlerResult
 from agent.node.hooks.preconditions import PreconditionRun, Verdict
 from agent.node.hooks.runner import Hooks, HookTarget, LifecycleHooks
+from agent.node.imagegc.planner import dead_containers_to_remove
+from agent.node.imagegc.reservations import ImageReservations
 from agent.node.notify.hub import NotifyGate, NotifyView
 from agent.node.pods.specs import (
     SpecContext,
@@ -63,7 +65,6 @@ log = logging.getLogger(__name__)
 SYNC_RETRY_INITIAL_S = 1.0
 SYNC_RETRY_MAX_S = 30.0
 MIN_WAKE_S = 0.01  # a deadline already passed still yields to the loop once
-RECORDS_KEPT_PER_CONTAINER = 2  # the current one and the previous one (``logs --previous``)
 EMPTY_DIR_MODE = 0o777  # as kubelet: any user of the pod may write
 HOST_PATH_DIR_MODE = 0o755  # hostPath DirectoryOrCreate, as kubelet
 
@@ -197,6 +198,9 @@ class WorkerDeps:
     hooks: LifecycleHooks | None = None  # None: Hooks on the runtime, without waitFor lookups
     prober: Prober = NO_PROBES
     notify: NotifyGate | None = None  # sd_notify sockets (None: no container uses them)
+    # Image GC: the pod's images are reserved while it exists (None: no GC on this node).
+    image_reservations: ImageReservations | None = None
+    dead_per_container: int = 1  # terminated containers kept per pod container
 
 
 @dataclass(slots=True)
@@ -419,11 +423,11 @@ class PodWorker:
 
         # Pruned after the containers were synced, so that the one just created counts.
         self._records = await runtime.list_containers(self.uid)
-        old = [
-            record
-            for container in (*pod.spec.init_containers, *pod.spec.containers)
-            for record in _attempts_of(self._records, container.name)[:-RECORDS_KEPT_PER_CONTAINER]
-        ]
+        old = dead_containers_to_remove(
+            [r for r in self._records if not r.is_sandbox],
+            per_container=self.deps.dead_per_container,
+            total=None,
+        )
         if old:
             await self._stop_and_remove(old)
             self._records = [r for r in self._records if r not in old]
@@ -941,6 +945,8 @@ class PodWorker:
         if self.deps.notify is not None:
             await self.deps.notify.close(self.uid)
         await self._stop_and_remove(records)
+        if self.deps.image_reservations is not None:
+            self.deps.image_reservations.release(self.uid)
         crashpoints.hit("pod-torn-down")
         base = pod_volume_dir(self.deps.ctx, self.uid).parent
         await self.deps.bridge.run(shutil.rmtree, base, True)

@@ -142,7 +142,7 @@ class ContainerSpec:
     memory_bytes: int | None = None
     memory_reservation_bytes: int | None = None
     log_max_size: str = "10m"
-    log_max_files: int = 3
+    log_max_files: int = 5
 
 
 # The container actions ``Runtime.events`` reports: those that may change what a pod worker
@@ -397,6 +397,11 @@ class Runtime(Protocol):
 
     async def image_fs_usage(self) -> dict[str, int]:
         """Bytes of the filesystem holding images: capacityBytes, usedBytes, availableBytes."""
+        ...
+
+    async def image_ids_in_use(self) -> dict[str, str]:
+        """Image id -> the name of one container using it, over every container on the engine
+        (ours or not, in any state): what image GC must never delete."""
         ...
 
     # -- engine ----------------------------------------------------------------------------

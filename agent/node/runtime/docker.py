@@ -253,6 +253,19 @@ class DockerRuntime:
         result: dict[str, int] = await self._call("image filesystem usage", usage)
         return result
 
+    async def image_ids_in_use(self) -> dict[str, str]:
+        def users(api: docker.APIClient) -> dict[str, str]:
+            found: dict[str, str] = {}
+            for summary in api.containers(all=True):  # every container, not only ours
+                names = summary.get("Names") or [summary.get("Id", "")[:12]]
+                image_id = summary.get("ImageID") or ""
+                if image_id:
+                    found.setdefault(image_id, str(names[0]).lstrip("/"))
+            return found
+
+        result: dict[str, str] = await self._call("list containers' images", users)
+        return result
+
     async def list_containers(self, pod_uid: str | None = None) -> list[ContainerRecord]:
         labels = [self._node_filter]
         if pod_uid is not None:

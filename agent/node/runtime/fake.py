@@ -811,6 +811,13 @@ class FakeRuntime:
         # Built locally, as the Docker adapter does when the image cannot be pulled.
         return self.add_image(image, size_bytes=SANDBOX_IMAGE_SIZE_BYTES)
 
+    async def image_ids_in_use(self) -> dict[str, str]:
+        self._enter("image_ids_in_use")
+        found: dict[str, str] = {}
+        for container in sorted(self._containers.values(), key=lambda c: c.created_at):
+            found.setdefault(container.image_id, container.spec.name)
+        return found
+
     async def image_fs_usage(self) -> dict[str, int]:
         self._enter("image_fs_usage")
         used = sum(image.size_bytes for image in self._images.values())
