@@ -416,5 +416,15 @@ class InvalidObjectError(ServerError):
         self.causes: tuple[tuple[str, str], ...] = ()
 
 
+class WatchDroppedError(CliError):
+    """nodectl: a watch's connection failed or broke (the master restarting, a network); the
+    watch reconnects with back-off and resumes."""
+
+
+class WatchGoneError(CliError):
+    """nodectl: the master cannot resume a watch from its revision (410: history compacted,
+    another store, a node watch); the watch relists and prints only what differs."""
+
+
 class SessionUnavailableError(AgentError):
     """nodectl: no usable session for this config; the caller runs the command itself."""

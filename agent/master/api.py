@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 
 from cryptography import x509
 
@@ -45,9 +46,9 @@ from agent.aio.metrics import (
 from agent.errors import BadRequestError, CompactedError, JsonNumberTooLongError, NotFoundError
 from agent.manifest import parse_pod
 from agent.manifest_loader import OFF_LOOP_BYTES, load_json
-from agent.master import servingnames
+from agent.master import servingnames, watch
 from agent.master.nodeevents import parse_report
-from agent.master.pods import PodStore, pod_object
+from agent.master.pods import CREATED, PodStore, pod_object
 from agent.master.policy import effective_peer
 from agent.master.registry import NodeRegistry
 from agent.master.tokens import DEFAULT_TTL_S, check_description, check_labels, check_usages
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 LATENCY_SAMPLES = 20_000
 LOOP_LAG_PROBE_S = 0.05
 NDJSON_TYPE = "application/x-ndjson"
+APPLY_RESULT_HEADER = "X-Apply-Result"  # created, configured or unchanged (agent.master.pods)
 
 
 def _read_pod(body: bytes) -> tuple[object, Pod]:
@@ -81,6 +83,10 @@ class MasterApi:
         self.registry = registry
         self.pods = pods
         self.trusted_proxies = trusted_proxies
+        # The cluster-wide watches' bounds (agent.master.watch); tests shorten them.
+        self.watch_max_s = watch.WATCH_MAX_S
+        self.watch_bookmark_s = watch.BOOKMARK_EVERY_S
+        self.watch_node_check_s = watch.NODE_CHECK_S
         self.metrics_registry = new_registry()
         # Recent samples (seconds) for /metrics quantiles: lease handling time, and how late
         # the event loop runs a timer (queueing every request sees when the loop is busy).
@@ -232,6 +238,10 @@ class MasterApi:
         return json_response(result.body, result.status)
 
     async def list_nodes(self, request: ApiRequest) -> ApiResponse:
+        if request.query("watch") in ("1", "true"):
+            params = watch.watch_params(request, self.watch_max_s)
+            steps = watch.node_steps(self.registry, params, self.watch_node_check_s)
+            return ApiResponse(200, content_type=NDJSON_TYPE, stream=self._paced(steps, params))
         items = [self.registry.node_object(r) for r in await self.registry.records()]
         return json_response({"apiVersion": "v1", "kind": "NodeList", "items": items})
 
@@ -388,10 +398,17 @@ class MasterApi:
         dry_run = request.query("dryRun")
         if dry_run not in (None, "All"):
             raise BadRequestError(f"dryRun: {quote(dry_run)} is not All (the one value)")
-        obj, created = await self.pods.apply(manifest, pod, dry_run=dry_run == "All")
-        return json_response(pod_object(obj), 201 if created else 200)
+        obj, outcome = await self.pods.apply_outcome(manifest, pod, dry_run=dry_run == "All")
+        # What happened, for nodectl's "pod/x created|configured|unchanged" (the body is the
+        # pod, as the API server answers).
+        answer = json_response(pod_object(obj), 201 if outcome == CREATED else 200)
+        return dataclasses.replace(answer, headers=((APPLY_RESULT_HEADER, outcome),))
 
     async def list_pods(self, request: ApiRequest) -> ApiResponse:
+        if request.query("watch") in ("1", "true"):
+            params = watch.watch_params(request, self.watch_max_s)
+            steps = watch.pod_steps(self.pods.store, params)
+            return ApiResponse(200, content_type=NDJSON_TYPE, stream=self._paced(steps, params))
         objs, rev = await self.pods.list()
         namespace = request.query("namespace")
         items = [
@@ -400,6 +417,12 @@ class MasterApi:
             if namespace is None or o["manifest"]["metadata"]["namespace"] == namespace
         ]
         return json_response({"kind": "PodList", "resourceVersion": rev, "items": items})
+
+    def _paced(
+        self, steps: AsyncGenerator[watch.Step, None], params: watch.WatchParams
+    ) -> AsyncIterator[bytes]:
+        """A cluster-wide watch's lines (``agent.master.watch``), bounded in time."""
+        return watch.paced(steps, params.timeout_s, self.watch_bookmark_s)
 
     async def post_node_events(self, request: ApiRequest) -> ApiResponse:
         """A node's events about itself and the pods bound to it, filed under its name (the

@@ -48,6 +48,8 @@ TERMINAL_PHASES = ("Succeeded", "Failed")
 # A deleted pod stays (Terminating) until its node reports no container running, at the latest
 # its grace period plus this long (its node stops it with the grace period, then kills it).
 DELETION_MARGIN_S = 5.0
+# What an apply did, in kubectl apply's words (pod/x created, configured, unchanged).
+CREATED, CONFIGURED, UNCHANGED = "created", "configured", "unchanged"
 
 
 def pod_key(namespace: str, name: str) -> str:
@@ -109,7 +111,16 @@ class PodStore:
     async def apply(
         self, manifest: object, pod: Pod | None = None, *, dry_run: bool = False
     ) -> tuple[dict[str, Any], bool]:
-        """Create or update a pod; returns the stored object and whether it was created.
+        """:meth:`apply_outcome`: the stored object and whether it was created."""
+        obj, outcome = await self.apply_outcome(manifest, pod, dry_run=dry_run)
+        return obj, outcome == CREATED
+
+    async def apply_outcome(
+        self, manifest: object, pod: Pod | None = None, *, dry_run: bool = False
+    ) -> tuple[dict[str, Any], str]:
+        """Create or update a pod; returns the stored object and what happened, as kubectl
+        apply says it: ``created``, ``configured``, or ``unchanged`` (nothing is written then,
+        so a watch sees no change).
         ``pod``: the manifest already parsed (the API parses a large one off the loop).
         ``dry_run``: every check, the object that would be stored, nothing stored or scheduled.
 
@@ -137,11 +148,11 @@ class PodStore:
                     "createdAt": self._now(),  # metadata.creationTimestamp (pod_object)
                 }
                 if dry_run:
-                    return obj, True
+                    return obj, CREATED
                 if not obj["nodeName"]:
                     await self._schedule(obj)
                 if await self.store.compare_and_swap(key, json.dumps(obj).encode(), 0) is not None:
-                    return obj, True
+                    return obj, CREATED
                 continue
             obj = json.loads(existing.value)
             if obj.get("deletionTimestamp"):  # as the API server: not until it is gone
@@ -151,7 +162,7 @@ class PodStore:
                 )
             if obj.get("mirror"):
                 if dry_run:  # the mirror would go and the pod be created as new
-                    return {**obj, "manifest": dict(pod.manifest), "mirror": False}, True
+                    return {**obj, "manifest": dict(pod.manifest), "mirror": False}, CREATED
                 # The API's name wins: the mirror goes, and the pod is created as new.
                 if (
                     await self.store.delete(key, expected_mod_revision=existing.mod_revision)
@@ -188,15 +199,17 @@ class PodStore:
                     f"recreates the pod)",
                 )
             obj["manifest"] = normalised
+            if obj == json.loads(existing.value):
+                return obj, UNCHANGED
             if dry_run:
-                return obj, False
+                return obj, CONFIGURED
             if (
                 await self.store.compare_and_swap(
                     key, json.dumps(obj).encode(), existing.mod_revision
                 )
                 is not None
             ):
-                return obj, False
+                return obj, CONFIGURED
 
     def _now(self) -> str:
         """Now as the API's timestamps (RFC 3339, UTC, seconds), from the registry's clock."""

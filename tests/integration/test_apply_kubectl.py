@@ -56,7 +56,7 @@ def test_kubectl_output_applies_and_updates_as_kubernetes(
     # dropped and warned about, and the pod runs here (kind-worker was the other cluster's).
     done = master.nodectl("apply", "-f", str(FIXTURE))
     assert done.returncode == 0, done.stderr
-    assert done.stdout == "pod/sleeper applied\n"
+    assert done.stdout == "pod/sleeper created\n"
     assert len([line for line in done.stderr.splitlines() if line.startswith("Warning: ")]) == 3
 
     def running() -> dict[str, Any] | None:

@@ -25,6 +25,8 @@ POD = (
 class StubMaster:
     """Records the bodies posted; refuses the pods named in ``refuse``."""
 
+    last_headers = {"x-apply-result": "created"}  # what the master says it did
+
     def __init__(self, refuse: frozenset[str] = frozenset()) -> None:
         self.posted: list[Any] = []
         self.refuse = refuse
@@ -79,7 +81,7 @@ def test_the_masters_refusal_names_the_document(
     with pytest.raises(CliError) as caught:
         _apply(master, path)
     assert str(caught.value) == "document 2: Error from server (422): api: spec: a reason"
-    assert capsys.readouterr().out == "pod/a applied\n"
+    assert capsys.readouterr().out == "pod/a created\n"
 
 
 @pytest.mark.parametrize(
@@ -107,6 +109,8 @@ FORBIDDEN = (
 
 class Master:
     """Answers as the master would; ``forbid`` makes the first POST a 422 Forbidden update."""
+
+    last_headers = {"x-apply-result": "created"}
 
     def __init__(self, forbid: bool = False, gone_after: int = 1) -> None:
         self.calls: list[tuple[str, str]] = []
@@ -188,7 +192,7 @@ def test_the_api_servers_additions_are_warned_about(
     master = Master()
     _run(master, FIXTURES / "get-pod.yaml")
     out, err = capsys.readouterr()
-    assert out == "pod/sleeper applied\n"
+    assert out == "pod/sleeper created\n"
     assert [line.split(":")[1].strip() for line in err.splitlines()] == [
         "spec.tolerations",
         "spec.volumes[0]",
