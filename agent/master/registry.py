@@ -385,12 +385,27 @@ class NodeRegistry:
         data = json.dumps(record, sort_keys=True).encode()
         rev = await self.store.compare_and_swap(NODES_PREFIX + record["name"], data, expected_rev)
         if rev is None:
+            # Changed since it was read: by a write of ours in between (the cache has it), or by
+            # another master sharing the store (etcd), which the cache has not seen. The cache
+            # takes the stored record, so the caller's next attempt starts from it instead of
+            # failing the swap again and again. (Only a refresh on conflict: the cache does not
+            # follow the store's watch yet, issue 19 item 2.)
+            await self._refresh(record["name"])
             return False
-        # This process is the store's only writer, so the cache is updated with every write.
         self._cache[record["name"]] = (copy.deepcopy(record), rev)
         self._sizes[record["name"]] = len(data)
         self._wake_pollers(record["name"])
         return True
+
+    async def _refresh(self, name: str) -> None:
+        """The cache entry of ``name`` as the store has it now."""
+        found = await self.store.get(NODES_PREFIX + name)
+        if found is None:
+            if name in self._cache:
+                self._forget(name)
+            return
+        self._cache[name] = (json.loads(found.value), found.mod_revision)
+        self._sizes[name] = len(found.value)
 
     async def records(self) -> list[dict[str, Any]]:
         """Every node record (shared: callers must not modify them)."""

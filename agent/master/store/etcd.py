@@ -92,6 +92,8 @@ class EtcdStore(Store):
     ) -> None:
         if not endpoints:
             raise ValueError("etcd store: no endpoints")
+        if not prefix:
+            raise ValueError("etcd store: the key prefix must not be empty")  # etcd has no key ""
         self._endpoints = [e.rstrip("/") for e in endpoints]
         self._current = 0  # index of the endpoint tried first
         self._codec = KeyCodec(prefix)
@@ -323,9 +325,10 @@ class EtcdStore(Store):
                     async for line in _lines(resp, MAX_WATCH_MESSAGE_BYTES, what):
                         message = parse_watch_message(line, self._codec, what)
                         if message.compact_revision:
+                            after = int(body["create_request"]["start_revision"]) - 1
                             raise CompactedError(
-                                f"revision {body['create_request']['start_revision']} or later is "
-                                f"compacted (oldest kept: {message.compact_revision - 1}); relist"
+                                f"revision {after} is compacted (oldest kept: "
+                                f"{message.compact_revision - 1}); relist"
                             )
                         if message.canceled:
                             raise StoreError(f"{what}: etcd canceled the watch: {message.reason}")

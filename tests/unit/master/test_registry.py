@@ -484,21 +484,42 @@ async def test_records_survive_a_master_restart(rig: MasterRig, cluster_pki: Clu
     assert restarted.is_current_node("n1", node.key_id)
 
 
-async def test_a_record_changed_behind_the_registry_gives_up_with_an_error(
-    rig: MasterRig,
-) -> None:
-    """The registry is the store's only writer and trusts its cache; if another writer changed
-    the record, every compare-and-swap fails and the request ends with an error, not a loop."""
+class _ChangedBehindEverySwap(MemoryStore):
+    """Another writer (a second master) changes every node record just before each swap."""
+
+    async def compare_and_swap(
+        self, key: str, value: bytes, expected_mod_revision: int
+    ) -> int | None:
+        current = await self.get(key)
+        if current is not None and key.startswith(NODES_PREFIX):
+            await self.put(key, current.value)
+        return await super().compare_and_swap(key, value, expected_mod_revision)
+
+
+async def test_a_record_changed_behind_the_registry_is_read_again(rig: MasterRig) -> None:
+    """Another writer changed the record: the failed swap refreshes the cache from the store and
+    the next attempt succeeds."""
     node = NodeKey("n1")
     await rig.register(node)
     stored = await rig.store.get(NODES_PREFIX + "n1")
     assert stored is not None
     await rig.store.put(NODES_PREFIX + "n1", stored.value)
+    assert (await rig.registry.set_unschedulable("n1", True))["unschedulable"] is True
+
+
+async def test_a_record_changing_behind_every_swap_gives_up_with_an_error(
+    cluster_pki: ClusterPki,
+) -> None:
+    """A record that changes before each of its swaps ends the request with an error, not a
+    loop."""
+    rig = make_rig(cluster_pki, store=_ChangedBehindEverySwap())
+    node = NodeKey("n1")
+    await rig.register(node)
     with pytest.raises(UpdateConflictError, match="node 'n1' kept changing; retry") as caught:
         await rig.registry.set_unschedulable("n1", True)
     assert caught.value.http_status == 409  # the client may retry, as after any conflict
     with pytest.raises(UpdateConflictError, match="kept conflicting with concurrent changes"):
-        await rig.register(node)
+        await rig.register(node, addresses=["10.0.0.9"])
 
 
 # -- node status ----------------------------------------------------------------------------
@@ -732,3 +753,26 @@ async def test_the_system_clock_is_the_default(cluster_pki: ClusterPki) -> None:
     registry = NodeRegistry(MemoryStore(), cluster_pki, rig.registry.config, [])
     assert isinstance(registry.clock, SystemClock)
     assert registry.readiness("n1") == ("Unknown", "MasterStarting")
+
+
+async def test_a_record_another_master_changed_is_read_again_not_fought_over(
+    cluster_pki: ClusterPki,
+) -> None:
+    """Two masters on one store (etcd): B's cordon reaches A's cache at A's next conflicting
+    write, which then succeeds (A's cache refreshed on the failed swap) instead of failing the
+    same stale swap until UpdateConflictError."""
+    rig = make_rig(cluster_pki)
+    await rig.ready_node("n1")
+    other = NodeRegistry(rig.store, cluster_pki, rig.registry.config, [], clock=rig.clock)
+    await other.load()
+    await other.set_unschedulable("n1", True)
+    uncordoned = await rig.registry.set_unschedulable("n1", False)
+    assert uncordoned["unschedulable"] is False
+    found = await rig.store.get("/nodes/n1")
+    assert found is not None and json.loads(found.value)["unschedulable"] is False
+    # A record another master deleted: gone from this one's cache at its next write.
+    await other.load()
+    await other.delete("n1")
+    with pytest.raises(NotFoundError):
+        await rig.registry.set_unschedulable("n1", True)
+    assert await rig.registry.get_record("n1") is None
