@@ -31,6 +31,7 @@ import posixpath
 import re
 import uuid
 from collections.abc import Callable, Mapping, Set
+from dataclasses import dataclass
 from enum import StrEnum
 from fractions import Fraction
 from typing import Any, TypeVar
@@ -210,6 +211,7 @@ _RESOURCE_NAMES = ("cpu", "memory")
 _MOUNT_FIELDS = {"name", "mountPath", "readOnly"}
 _MOUNT_UNSUPPORTED = {"subPath", "subPathExpr", "mountPropagation", "recursiveReadOnly"}
 _VOLUME_SOURCES = ("hostPath", "emptyDir")
+_VOLUME_FIELDS = {"name", *_VOLUME_SOURCES}
 _VOLUME_UNSUPPORTED = {
     "awsElasticBlockStore",
     "azureDisk",
@@ -676,6 +678,7 @@ _PRE_START_TIMING = {
 }
 _PRE_START_FIELDS = {*_PRE_START_HANDLERS, *_PRE_START_TIMING, "failureThreshold"}
 _WAIT_FOR_FIELDS = {"pod", "namespace", "condition"}
+_SLEEP_FIELDS = {"seconds"}
 
 
 def _one_handler(raw: Mapping[str, Any], path: str, choices: tuple[str, ...]) -> str:
@@ -708,7 +711,7 @@ def _handler_action(
 def sleep_action(value: object, path: str) -> tuple[SleepAction, dict[str, Any]]:
     """``sleep: {seconds: N}`` (postStart and preStop)."""
     raw = _object(value, path)
-    _check_fields(raw, path, {"seconds"})
+    _check_fields(raw, path, _SLEEP_FIELDS)
     seconds = _int(_required(raw, "seconds", path), f"{path}.seconds", low=0, high=INT32_MAX)
     return SleepAction(seconds), {"seconds": seconds}
 
@@ -808,6 +811,55 @@ def _lifecycle(
     if normal:
         out["lifecycle"] = normal
     return Lifecycle(pre_start=tuple(hooks), post_start=post_start, pre_stop=pre_stop)
+
+
+# --- the subset as data (nodectl explain) -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectSubset:
+    """One object of the subset as the parser checks it: the fields it implements, Kubernetes'
+    fields it does not (with ``defaults``, even empty: such a field is accepted when it holds
+    its default there, or is empty), and the read-only fields it accepts and drops."""
+
+    supported: Set[str]
+    unsupported: Set[str] = frozenset()
+    dropped: Set[str] = frozenset()
+    defaults: Mapping[str, object] | None = None
+
+
+# Keyed by Kubernetes' type names. The same sets the parser's _check_fields calls use: a field
+# added to the parser is in `nodectl explain` (whose descriptions test_nodectl_explain holds to
+# this table).
+SUBSET: Mapping[str, ObjectSubset] = {
+    "Pod": ObjectSubset(_TOP_FIELDS, dropped=_TOP_DROPPED),
+    "ObjectMeta": ObjectSubset(_META_FIELDS, _META_UNSUPPORTED, _META_DROPPED, {}),
+    "PodSpec": ObjectSubset(_SPEC_FIELDS, _SPEC_UNSUPPORTED, defaults=_SPEC_DEFAULTS),
+    "Container": ObjectSubset(
+        _CONTAINER_FIELDS, _CONTAINER_UNSUPPORTED, defaults=_CONTAINER_DEFAULTS
+    ),
+    "EnvVar": ObjectSubset(_ENV_FIELDS),
+    "EnvVarSource": ObjectSubset(set(_VALUE_FROM_SOURCES), _VALUE_FROM_UNSUPPORTED),
+    "ObjectFieldSelector": ObjectSubset(_FIELD_REF_FIELDS),
+    "ResourceFieldSelector": ObjectSubset(_RESOURCE_FIELD_REF_FIELDS),
+    "ContainerPort": ObjectSubset(_PORT_FIELDS),
+    "ResourceRequirements": ObjectSubset(_RESOURCES_FIELDS, _RESOURCES_UNSUPPORTED),
+    "VolumeMount": ObjectSubset(_MOUNT_FIELDS, _MOUNT_UNSUPPORTED, defaults=_MOUNT_DEFAULTS),
+    "Volume": ObjectSubset(_VOLUME_FIELDS, _VOLUME_UNSUPPORTED),
+    "HostPathVolumeSource": ObjectSubset(_HOST_PATH_FIELDS),
+    "EmptyDirVolumeSource": ObjectSubset(_EMPTY_DIR_FIELDS),
+    "Probe": ObjectSubset(_PROBE_FIELDS),
+    "ExecAction": ObjectSubset(_EXEC_FIELDS),
+    "HTTPGetAction": ObjectSubset(_HTTP_GET_FIELDS),
+    "HTTPHeader": ObjectSubset(_HTTP_HEADER_FIELDS),
+    "TCPSocketAction": ObjectSubset(_TCP_SOCKET_FIELDS),
+    "GRPCAction": ObjectSubset(_GRPC_FIELDS),
+    "Lifecycle": ObjectSubset(_LIFECYCLE_FIELDS),
+    "LifecycleHandler": ObjectSubset(set(_LIFECYCLE_HANDLERS)),
+    "SleepAction": ObjectSubset(_SLEEP_FIELDS),
+    "PreStartHook": ObjectSubset(_PRE_START_FIELDS),
+    "WaitForAction": ObjectSubset(_WAIT_FOR_FIELDS),
+}
 
 
 # --- the parser -----------------------------------------------------------------------------
@@ -1155,7 +1207,7 @@ class _Parser:
     def volume(self, item: object, item_path: str, repeated: bool) -> tuple[Volume, dict[str, Any]]:
         # Not _object: `emptyDir:` with nothing after it is null and still the source.
         raw = _mapping(item, item_path)
-        _check_fields(raw, item_path, {"name", *_VOLUME_SOURCES}, _VOLUME_UNSUPPORTED)
+        _check_fields(raw, item_path, _VOLUME_FIELDS, _VOLUME_UNSUPPORTED)
         name = _dns_label(_required(raw, "name", item_path), f"{item_path}.name")
         if repeated:
             raise _fail(f"{item_path}.name", f"duplicate volume name {shown(name)}")

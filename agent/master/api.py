@@ -56,6 +56,7 @@ from agent.names import quote
 from agent.pki.core import cert_to_pem, principal_of
 from agent.proto.authz import CallerKind, Principal, Role
 from agent.types import Pod
+from agent.versioninfo import version_info
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class MasterApi:
         self.loop_lag_seconds: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.handlers: Mapping[str, JsonHandler] = {
             "healthz": self.healthz,
+            "version": self.version,
             "metrics": self.metrics,
             "ca": self.ca,
             "registrations.create": self.register,
@@ -150,6 +152,9 @@ class MasterApi:
 
     async def healthz(self, request: ApiRequest) -> ApiResponse:
         return text_response("ok")
+
+    async def version(self, request: ApiRequest) -> ApiResponse:
+        return json_response(version_info())
 
     async def metrics(self, request: ApiRequest) -> ApiResponse:
         records = await self.registry.records()

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import __version__
 from tests.helpers import (
     REPO_ROOT,
     AgentProcess,
@@ -259,6 +260,43 @@ def test_kubectl_habits(make_master: MakeMaster, make_agent: MakeAgent, tmp_path
                 lambda o, e: o == "piped\n" and "Unable to use a TTY" in e,
                 stdin="piped\n",
             ),
+            # explain (the parser's subset, said per field), config view, version (the
+            # master's GET /version).
+            Row(
+                "explain pod.spec.containers",
+                0,
+                lambda o, e: (
+                    o.startswith(
+                        "KIND:       Pod\nVERSION:    v1\n\nFIELD: containers <[]Container>"
+                    )
+                    and "\nFIELDS:\n  args\t<[]string>\n" in o
+                    and "  envFrom\t<[]EnvFromSource> [not supported]\n" in o
+                ),
+            ),
+            Row(
+                "explain pod.spec.containers --recursive",
+                0,
+                lambda o, e: "  env\t<[]EnvVar>\n    name\t<string> -required-\n" in o,
+            ),
+            Row("explain pod.spec.dnsPolicy", 0, lambda o, e: '("ClusterFirst")' in o),
+            Row("config view", 0, lambda o, e: "DATA+OMITTED" in o and "BEGIN" not in o),
+            Row("config view --raw", 0, lambda o, e: "-----BEGIN CERTIFICATE-----" in o),
+            Row(
+                "version",
+                0,
+                lambda o, e: (
+                    o == f"Client Version: v{__version__}\nServer Version: v{__version__}\n"
+                ),
+            ),
+            Row(
+                "version -o json",
+                0,
+                lambda o, e: json.loads(o)["serverVersion"]["gitVersion"] == f"v{__version__}",
+            ),
+            Row("version --client -o yaml", 0, lambda o, e: "serverVersion" not in o),
+            Row("explain pod.spec.nope", 1, lambda o, e: "does not exist in PodSpec" in e),
+            Row("explain deployments", 2, lambda o, e: "explain knows: pods" in e),
+            Row("config edit", 2, lambda o, e: "usage:" in e),
             # Bad input: one line of kubectl's shape, the exit status, never a traceback.
             Row(
                 "get pods nope",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from prometheus_client.core import Metric
 
+from agent import __version__
 from agent.aio.edge import MAX_BODY_BYTES, ApiRequest, ApiResponse, Edge, error_response
 from agent.errors import (
     AgentError,
@@ -163,6 +165,16 @@ async def test_healthz_and_the_ca_bundle(api: MasterApi, cluster_pki: ClusterPki
     ca = await call(api, "GET", "/v1/ca", caller=NOBODY)
     assert ca.content_type == "application/x-pem-file"
     assert certs_from_pem(ca.body) == [cluster_pki.ca_cert]
+
+
+async def test_version_is_kubernetes_version_info_for_anyone(api: MasterApi) -> None:
+    response = await call(api, "GET", "/version", caller=NOBODY)
+    assert response.status == 200
+    info = json.loads(response.body)
+    assert info["gitVersion"] == f"v{__version__}"
+    assert f"{info['major']}.{info['minor']}." in __version__ + "."
+    assert set(info) == {"major", "minor", "gitVersion", "pythonVersion", "platform"}
+    assert info["platform"].startswith(f"{sys.platform}/")
 
 
 async def test_metrics_count_nodes_by_state_ready_nodes_and_lease_handling(
