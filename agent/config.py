@@ -78,6 +78,13 @@ AGENT_KEYS: tuple[Key, ...] = (
     Key("health_addr", str, "HOST:PORT of the local health port (/healthz, /metrics only)"),
     Key("docker_host", str, "Docker Engine URL (default: $DOCKER_HOST or the local socket)", True),
     Key("sandbox_image", str, "image of the pod sandbox; built locally if absent and unpullable"),
+    Key("max_parallel_image_pulls", int, "image pulls at once (more wait for a slot)"),
+    Key(
+        "image_credentials_file",
+        Path,
+        "Docker config file with registry credentials (unset: the Docker SDK's own lookup)",
+        True,
+    ),
     Key("node_ip", str, "IP address reported as hostIP (default: first global IPv4)", True),
     Key("log_format", str, "log line format", choices=LOG_FORMATS),
     Key("log_level", str, "log level", choices=LOG_LEVELS),
@@ -141,6 +148,8 @@ class AgentConfig:
     health_addr: str = "127.0.0.1:10248"
     docker_host: str | None = None
     sandbox_image: str = "node-agent/pause:0.1"
+    max_parallel_image_pulls: int = 2
+    image_credentials_file: Path | None = None
     node_ip: str | None = None
     log_format: LogFormat = "kv"
     log_level: LogLevel = "info"
@@ -283,7 +292,12 @@ def _validate(cfg: AgentConfig, where: Callable[..., str], node_name_given: bool
             f"{where('backoff_initial_s', 'backoff_max_s')}: need backoff_initial_s <= "
             f"backoff_max_s, got {cfg.backoff_initial_s} > {cfg.backoff_max_s}"
         )
-    for name in ("runtime_threads", "container_log_max_files", "max_pods"):
+    for name in (
+        "runtime_threads",
+        "container_log_max_files",
+        "max_pods",
+        "max_parallel_image_pulls",
+    ):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{where(name)}: {name} must be >= 1")
     if not _DOCKER_SIZE.match(cfg.container_log_max_size):

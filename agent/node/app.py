@@ -54,6 +54,8 @@ from agent.node.health.metrics import NodeMetrics
 from agent.node.health.state import NodeHealth, RuntimeHealth
 from agent.node.health.watchdog import Readiness, Watchdog
 from agent.node.hooks.runner import Hooks
+from agent.node.images.credentials import DockerConfigCredentials
+from agent.node.images.puller import PullManager
 from agent.node.masterlink.client import MasterClient
 from agent.node.masterlink.facts import NodeFacts
 from agent.node.masterlink.identity import CertificateRotation, NodeIdentity
@@ -155,6 +157,19 @@ class NodeAgent:
         tasks = self.supervisor.scope
         self.events = EventRecorder(cfg.node_name)
         self.metrics = NodeMetrics()
+        # The node's one pull manager: pulls deduplicated, bounded, backed off per image.
+        self.images = PullManager(
+            runtime,
+            clock=self.clock,
+            backoff=BackoffPolicy(cfg.backoff_initial_s, cfg.backoff_max_s, cfg.backoff_reset_s),
+            credentials=(
+                DockerConfigCredentials(cfg.image_credentials_file, self.bridge)
+                if cfg.image_credentials_file is not None
+                else None
+            ),
+            max_parallel=cfg.max_parallel_image_pulls,
+            registry=self.metrics.registry,
+        )
         # Containers' sd_notify sockets (node-agent.io/notify), read on the loop.
         self.notify = NotifyHub(
             cfg.state_dir / POD_DIRS,
@@ -272,6 +287,7 @@ class NodeAgent:
             prober=self.prober,
             notify=self.notify,
             hooks=Hooks(self.runtime, pod_condition=self._pod_condition),
+            images=self.images,
         )
 
     def _pod_condition(self, namespace: str, name: str, condition: str) -> bool | None:

@@ -15,7 +15,7 @@ import logging
 import math
 import shutil
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,7 +26,7 @@ from agent.aio.logs import kv
 from agent.errors import (
     AgentError,
     ContainerConflictError,
-    ImageUnavailableError,
+    ImagePullError,
     RuntimeOperationError,
     RuntimeUnavailableError,
     VolumeError,
@@ -39,6 +39,14 @@ from agent.node.hooks.preconditions import PreconditionRun, Verdict
 from agent.node.hooks.runner import Hooks, HookTarget, LifecycleHooks
 from agent.node.imagegc.planner import dead_containers_to_remove
 from agent.node.imagegc.reservations import ImageReservations
+from agent.node.images.pinning import PinnedImage
+from agent.node.images.puller import (
+    ERR_IMAGE_NEVER_PULL,
+    ERR_IMAGE_PULL,
+    IMAGE_PULL_BACKOFF,
+    ImagePuller,
+    PullManager,
+)
 from agent.node.notify.hub import NotifyGate, NotifyView
 from agent.node.pods.specs import (
     SpecContext,
@@ -49,14 +57,14 @@ from agent.node.pods.specs import (
 )
 from agent.node.pods.status import PHASE_PENDING, ContainerView, pod_status
 from agent.node.probes.base import NO_PROBES, ProbeFailure, Prober
-from agent.node.runtime.base import ContainerRecord, ContainerState, Runtime
+from agent.node.runtime.base import ContainerRecord, ContainerState, ImageRecord, Runtime
 from agent.types import (
+    LABEL_IMAGE,
     Container,
     LifecycleAction,
     Pod,
     PreStartHook,
     ProbeKind,
-    PullPolicy,
     RestartPolicy,
 )
 
@@ -67,6 +75,9 @@ SYNC_RETRY_MAX_S = 30.0
 MIN_WAKE_S = 0.01  # a deadline already passed still yields to the loop once
 EMPTY_DIR_MODE = 0o777  # as kubelet: any user of the pod may write
 HOST_PATH_DIR_MODE = 0o755  # hostPath DirectoryOrCreate, as kubelet
+# How long a failed pull shows ErrImagePull before the status says ImagePullBackOff (kubelet's
+# next sync does the same), unless the back-off itself is shorter.
+ERR_IMAGE_PULL_SHOWN_S = 2.0
 
 
 @dataclass(slots=True)
@@ -87,6 +98,9 @@ class WorkerBook:
     # (or sd_notify watchdog). Kubernetes restarts such a container under every policy but
     # Never, whatever its exit code: a process that exits 0 on SIGTERM is still unhealthy.
     killed_unhealthy: dict[str, int] = field(default_factory=dict)
+    # Container name -> the image its reference resolved to at admission (digest pinning):
+    # every container of it is created from that id until the pod's spec changes.
+    images: dict[str, PinnedImage] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -97,6 +111,7 @@ class WorkerBook:
             "init_done_sandbox": self.init_done_sandbox,
             "prestart_done": dict(self.prestart_done),
             "killed_unhealthy": dict(self.killed_unhealthy),
+            "images": {name: pin.to_json() for name, pin in self.images.items()},
         }
 
     @classmethod
@@ -144,6 +159,10 @@ class WorkerBook:
                 for name, value in _object(
                     book.get("killed_unhealthy") or {}, "worker book killed_unhealthy"
                 ).items()
+            },
+            images={
+                str(name): PinnedImage.from_json(value, f"worker book images[{name!r}]")
+                for name, value in _object(book.get("images") or {}, "worker book images").items()
             },
         )
 
@@ -201,6 +220,8 @@ class WorkerDeps:
     # Image GC: the pod's images are reserved while it exists (None: no GC on this node).
     image_reservations: ImageReservations | None = None
     dead_per_container: int = 1  # terminated containers kept per pod container
+    # The node's pull manager (None: each worker makes its own, for tests of one pod).
+    images: ImagePuller | None = None
 
 
 @dataclass(slots=True)
@@ -305,6 +326,10 @@ class PodWorker:
         self._replaced: Pod | None = None
         self._terminate_requested = asyncio.Event()  # ends a precondition check in flight
         self._hooks = deps.hooks or Hooks(deps.runtime)
+        self._images: ImagePuller = deps.images or PullManager(
+            deps.runtime, clock=deps.clock, backoff=deps.backoff
+        )
+        self._pins_reserved = False  # the book's pins reserved against image GC (once)
 
     @property
     def uid(self) -> str:
@@ -385,8 +410,9 @@ class PodWorker:
             self._spec_hash = pod.spec_hash
             self._waiting.clear()
             self._prestart.clear()
-            if self.book.restarts:
+            if self.book.restarts or self.book.images:
                 self.book.restarts.clear()
+                self.book.images.clear()  # a new spec resolves its images again
                 self.deps.on_book_changed()
         stale = [r for r in records if r.pod_hash != pod.spec_hash]
         if stale:
@@ -397,6 +423,7 @@ class PodWorker:
             await self._stop_and_remove(stale)
             records = [r for r in records if r.pod_hash == pod.spec_hash]
 
+        await self._learn_pins(records)
         sandbox, records = await self._ensure_sandbox(records)
         now = self.deps.clock.time()
         if self.book.start_time is None:
@@ -703,6 +730,10 @@ class PodWorker:
                 return restart.not_before - now
         waiting = self._waiting.get(name)
         if waiting is not None and now < waiting.retry_at:
+            if waiting.reason == ERR_IMAGE_PULL:
+                # kubelet: the attempt showed ErrImagePull; until the next one, back-off.
+                waiting.reason = IMAGE_PULL_BACKOFF
+                self._event("BackOff", f'Back-off pulling image "{container.image}"')
             return waiting.retry_at - now
         if container.lifecycle.pre_start and self.book.prestart_done.get(name) != sandbox.attempt:
             wait_s = await self._preconditions(container, sandbox, pod_ip, now)
@@ -809,16 +840,13 @@ class PodWorker:
         name = container.name
         attempt = self.book.attempts.get(name, -1) + 1
         try:
-            await runtime.ensure_image(container.image, container.image_pull_policy.value)
-        except ImageUnavailableError as exc:
-            reason = (
-                "ErrImageNeverPull"
-                if container.image_pull_policy is PullPolicy.NEVER
-                else "ImagePullBackOff"
-            )
-            return self._retry_later(name, reason, str(exc), now)
+            pin = await self._pinned_image(container)
+        except ImagePullError as exc:
+            return self._image_wait(container, exc, now)
         make_spec = init_spec if self._is_init(container) else app_spec
         spec = make_spec(self.deps.ctx, self.pod, container, attempt, sandbox.id, pod_ip)
+        # Created from the pinned id; the reference stays on it for people and for adoption.
+        spec = replace(spec, image=pin.image_id, labels={**spec.labels, LABEL_IMAGE: pin.reference})
         self.book.attempts[name] = attempt
         self.deps.on_book_changed()
         if self.deps.notify is not None:  # the new process must say READY=1 itself
@@ -885,6 +913,133 @@ class PodWorker:
         await self.deps.runtime.stop_container(
             container_id, self.pod.spec.termination_grace_period_s
         )
+
+    # -- images: pull policy and digest pinning ---------------------------------------------
+
+    def _pull_reporter(self, reason: str, message: str, warning: bool) -> None:
+        self._event(reason, message, warning=warning)
+
+    async def _pinned_image(self, container: Container) -> PinnedImage:
+        """The image ``container`` is created from: its pin, or (first creation for this
+        spec) its reference made present per its pull policy, resolved and pinned.
+
+        The pull runs outside the reservations' lock (GC waits for no pull); the resolution
+        and the reservation happen under it, so GC cannot delete the image in between."""
+        name = container.name
+        pin = self.book.images.get(name)
+        if pin is not None and pin.reference == container.image:
+            if await self.deps.runtime.inspect_image(pin.image_id) is not None:
+                return pin
+            return await self._pinned_image_gone(container, pin)
+        await self._images.ensure(
+            container.image, container.image_pull_policy.value, self._pull_reporter
+        )
+        reservations = self.deps.image_reservations
+        if reservations is None:
+            record = await self.deps.runtime.inspect_image(container.image)
+        else:
+            async with reservations.pinning(self.uid) as reserved:
+                record = await self.deps.runtime.inspect_image(container.image)
+                if record is not None:
+                    reserved.add(record.id)
+        if record is None:  # removed right after it was made present (by hand)
+            raise ImagePullError(
+                f"image {container.image!r} vanished right after it was made present",
+                reason=ERR_IMAGE_PULL,
+                retry_in_s=self.deps.backoff.initial_s,
+            )
+        pin = PinnedImage.of(container.image, record)
+        self.book.images[name] = pin
+        self.deps.on_book_changed()
+        log.info(
+            "image pinned",
+            extra=kv(
+                pod=self.pod.full_name,
+                container=name,
+                image=container.image,
+                id=pin.image_id,
+                digest=pin.repo_digest,
+            ),
+        )
+        return pin
+
+    async def _pinned_image_gone(self, container: Container, pin: PinnedImage) -> PinnedImage:
+        """The pinned image was removed (by hand: GC keeps reserved and used images): pulled
+        again by its repo digest, which names the same content, or the pod waits until its
+        spec changes (a re-apply resolves afresh) — never the tag's image of today."""
+        if pin.repo_digest:
+            record = await self._images.ensure(
+                pin.repo_digest, container.image_pull_policy.value, self._pull_reporter
+            )
+            if record.id == pin.image_id:
+                return pin
+        raise ImagePullError(
+            f"pinned image {pin.image_id} of {container.image!r} is no longer present and "
+            "cannot be pulled by digest; re-apply the pod to resolve its image afresh",
+            reason=ERR_IMAGE_PULL,
+            retry_in_s=self.deps.backoff.max_s,
+        )
+
+    def _image_wait(self, container: Container, exc: ImagePullError, now: float) -> float | None:
+        """The container waits with the pull's reason (its events were reported already)."""
+        name = container.name
+        if exc.retry_in_s is None:
+            if exc.reason == ERR_IMAGE_NEVER_PULL:
+                # The image may be loaded by hand (docker load): look again with back-off.
+                previous = self._waiting.get(name)
+                delay = self.deps.backoff.next_delay(previous.delay_s if previous else None, 0.0)
+                self._waiting[name] = _Waiting(exc.reason, exc.message, now + delay, delay)
+                return delay
+            # InvalidImageName: nothing changes until the spec does.
+            self._waiting[name] = _Waiting(exc.reason, exc.message, math.inf)
+            return None
+        retry_s = exc.retry_in_s
+        self._waiting[name] = _Waiting(exc.reason, exc.message, now + retry_s, retry_s)
+        if exc.reason == ERR_IMAGE_PULL:
+            return min(retry_s, ERR_IMAGE_PULL_SHOWN_S)
+        return retry_s
+
+    async def _learn_pins(self, records: list[ContainerRecord]) -> None:
+        """The pins the book holds reserved against image GC (once per worker: after an
+        agent restart before anything is created), and pins the book lost learnt from the
+        runtime: a container of this spec made from an id, its reference on a label (an
+        agent killed between a create and the checkpoint's write)."""
+        learnt = False
+        for record in records:
+            name = record.container_name
+            reference = record.labels.get(LABEL_IMAGE, "")
+            container = self.pod.container(name)
+            if (
+                record.is_sandbox
+                or name in self.book.images
+                or record.pod_hash != self.pod.spec_hash
+                or container is None
+                or reference != container.image
+                or not record.image_id
+            ):
+                continue
+            found = await self.deps.runtime.inspect_image(record.image_id)
+            digests = found.repo_digests if found is not None else ()
+            self.book.images[name] = PinnedImage.of(
+                reference, ImageRecord(id=record.image_id, repo_digests=digests)
+            )
+            learnt = True
+        if learnt:
+            self.deps.on_book_changed()
+        reservations = self.deps.image_reservations
+        if reservations is not None and (learnt or not self._pins_reserved):
+            self._pins_reserved = True
+            await reservations.reserve(self.uid, [p.image_id for p in self.book.images.values()])
+
+    def _status_image_id(self, name: str, current: ContainerRecord | None) -> str:
+        """``imageID`` of a container: what it runs, named by the pin's digest when the pin
+        is what it runs."""
+        if current is None:
+            return ""
+        pin = self.book.images.get(name)
+        if pin is not None and pin.image_id == current.image_id:
+            return pin.status_image_id()
+        return f"docker://{current.image_id}" if current.image_id else ""
 
     def _retry_later(self, name: str, reason: str, message: str, now: float) -> float:
         previous = self._waiting.get(name)
@@ -983,6 +1138,7 @@ class PodWorker:
                 ContainerView(
                     name=container.name,
                     image=container.image,
+                    image_id=self._status_image_id(container.name, current),
                     current=current,
                     previous=previous,
                     restart_count=max(0, current.attempt) if current is not None else 0,
@@ -1017,6 +1173,7 @@ class PodWorker:
                 ContainerView(
                     name=container.name,
                     image=container.image,
+                    image_id=self._status_image_id(container.name, current),
                     current=current,
                     previous=mine[-2] if len(mine) > 1 else None,
                     restart_count=max(0, current.attempt) if current is not None else 0,

@@ -23,7 +23,7 @@ from agent.node.pods.specs import app_spec, sandbox_spec
 from agent.node.pods.worker import PodWorker, WorkerBook
 from agent.node.runtime.base import ContainerState
 from agent.node.runtime.fake import Script
-from agent.types import Container, ObjectMeta, Pod, PodSpec
+from agent.types import LABEL_IMAGE, Container, ObjectMeta, Pod, PodSpec
 from tests.unit.node.asyncwait import until
 from tests.unit.node.pods.builders import UID, container, make_pod
 from tests.unit.node.pods.rig import DEADLINE_S, HOST_IP, SANDBOX_IMAGE, Rig
@@ -77,7 +77,7 @@ async def test_creates_the_sandbox_then_each_container_in_order(rig: Rig) -> Non
         record = rig.runtime.one(UID, app)
         assert record.running
         assert rig.runtime.spec_of(record.id).network_of == sandbox.id
-    assert reasons(rig) == ["SandboxStarted", "Started", "Started"]
+    assert reasons(rig) == ["SandboxStarted", "Pulled", "Started", "Pulled", "Started"]
     assert worker.book.attempts == {"a": 0, "b": 0}
     assert worker.book.sandbox_attempt == 0
     assert worker.book.start_time == rig.clock.time()
@@ -305,7 +305,9 @@ async def test_a_changed_spec_replaces_the_containers(rig: Rig) -> None:
         ("c", 1, True),
     ]
     assert all(r.pod_hash == new.spec_hash for r in records)
-    assert rig.runtime.spec_of(records[1].id).image == "img:2"
+    made_from = rig.runtime.spec_of(records[1].id)  # the pinned id, the reference on a label
+    assert made_from.image == records[1].image_id
+    assert made_from.labels[LABEL_IMAGE] == "img:2"
     assert worker.status["phase"] == "Running"
 
 
@@ -313,8 +315,10 @@ async def test_a_changed_spec_does_not_inherit_the_old_back_off(rig: Rig) -> Non
     """An image typo fixed, a crash-looping command fixed: the new spec starts at once, and
     its first crash waits the initial back-off (kubelet keys back-off by container spec)."""
     worker = await rig.start(make_pod(container(image="typo:1")))
-    await rig.advance(worker, 10)  # ImagePullBackOff, then 20 s
-    assert rig.clock.pending_s() == [20]
+    await rig.advance(worker, 2)  # ErrImagePull shown, then ImagePullBackOff
+    await rig.advance(worker, 8)  # the second attempt fails: 20 s
+    await rig.advance(worker, 2)
+    assert rig.clock.pending_s() == [18]
     await rig.step(worker, lambda: worker.update(make_pod(container(image="img:1"))))
     assert rig.runtime.one(UID, "c").running
     await crash(rig, worker, 1)
@@ -551,23 +555,36 @@ async def test_runtime_lost_during_create_is_retried(rig: Rig) -> None:
 
 
 async def test_image_pull_failure_backs_off_and_says_why(rig: Rig) -> None:
+    """kubelet's sequence: the attempt shows ErrImagePull (a Failed warning), then the
+    container waits in ImagePullBackOff (a BackOff event) until the back-off has passed."""
     worker = await rig.start(make_pod(container(image="later:1")))
     waiting = statuses(worker)["c"]["state"]["waiting"]
-    assert waiting["reason"] == "ImagePullBackOff"
+    assert waiting["reason"] == "ErrImagePull"
     assert "later:1" in waiting["message"]
     assert worker.status["phase"] == "Pending"
-    assert rig.clock.pending_s() == [10]
+    assert rig.clock.pending_s() == [2]
     assert rig.events.list()[-1]["type"] == "Warning"
-    assert rig.events.list()[-1]["reason"] == "ImagePullBackOff"
-    await rig.advance(worker, 10)
-    assert rig.clock.pending_s() == [20]
+    assert (rig.events.list()[-1]["reason"], rig.events.list()[-2]["reason"]) == (
+        "Failed",
+        "Pulling",
+    )
+    assert rig.events.list()[-1]["message"].startswith('Failed to pull image "later:1": ')
+    await rig.advance(worker, 2)
+    assert statuses(worker)["c"]["state"]["waiting"]["reason"] == "ImagePullBackOff"
+    assert rig.events.list()[-1]["reason"] == "BackOff"
+    assert rig.events.list()[-1]["message"] == 'Back-off pulling image "later:1"'
+    assert rig.clock.pending_s() == [8]
+    await rig.advance(worker, 8)
+    assert statuses(worker)["c"]["state"]["waiting"]["reason"] == "ErrImagePull"
+    await rig.advance(worker, 2)
+    assert rig.clock.pending_s() == [18]
     pulls = rig.runtime.calls["pull_image"]
     rig.clock.advance(5)
     await rig.step(worker)  # woken early (a relist): the retry keeps its time
-    assert rig.clock.pending_s() == [15]
+    assert rig.clock.pending_s() == [13]
     assert rig.runtime.calls["pull_image"] == pulls
     rig.runtime.publish_image("later:1")
-    await rig.advance(worker, 15)
+    await rig.advance(worker, 13)
     assert rig.runtime.one(UID, "c").running
     assert set(statuses(worker)["c"]["state"]) == {"running"}
 
