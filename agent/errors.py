@@ -216,6 +216,22 @@ class ImageUnavailableError(RuntimeOperationError):
     http_status = 502
 
 
+class ImagePullError(ImageUnavailableError):
+    """A container's image cannot be made present now. ``reason`` is the waiting reason
+    Kubernetes shows (ErrImagePull, ImagePullBackOff, ErrImageNeverPull, InvalidImageName);
+    ``retry_in_s`` is when asking again may help (None: not before the pod's spec changes)."""
+
+    def __init__(self, message: str, *, reason: str, retry_in_s: float | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retry_in_s = retry_in_s
+
+
+class RegistryCredentialsError(ImageUnavailableError):
+    """The registry credentials file (``image_credentials_file``) cannot be used: unreadable,
+    too large or malformed. The message names the file and the problem, never its content."""
+
+
 class ImageConflictError(RuntimeOperationError):
     """An image cannot be removed as asked: a container (in any state) uses it, or it was named
     by id while several references still name it."""

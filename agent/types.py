@@ -27,6 +27,8 @@ LABEL_KIND = LABEL_PREFIX + "kind"
 LABEL_POD_HASH = LABEL_PREFIX + "pod.hash"
 LABEL_POD_SOURCE = LABEL_PREFIX + "pod.source"
 LABEL_POD_MANIFEST = LABEL_PREFIX + "pod.manifest"
+# The image reference a container was made from; it is created from the pinned image id.
+LABEL_IMAGE = LABEL_PREFIX + "image"
 
 KIND_SANDBOX = "sandbox"
 KIND_APP = "app"

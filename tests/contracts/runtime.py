@@ -31,12 +31,14 @@ from agent.errors import (
     RuntimeUnavailableError,
 )
 from agent.node.runtime.base import (
+    ANONYMOUS,
     LIFECYCLE_ACTIONS,
     ContainerSpec,
     ContainerState,
     ExecSession,
     OutputChannel,
     PullProgress,
+    RegistryAuth,
     Runtime,
     RuntimeEvent,
 )
@@ -735,6 +737,12 @@ class RuntimeContract(RuntimeExecContract):
         reports: list[PullProgress] = []
         with pytest.raises(ImageUnavailableError):
             await harness.runtime.pull_image(harness.unpullable, progress=reports.append)
+        with pytest.raises(ImageUnavailableError):  # explicitly anonymous: the same
+            await harness.runtime.pull_image(harness.unpullable, auth=ANONYMOUS)
+        with pytest.raises(ImageUnavailableError):  # credentials a registry never sees
+            await harness.runtime.pull_image(
+                harness.unpullable, auth=RegistryAuth("127.0.0.1:1", "user", "secret")
+            )
         assert await harness.runtime.inspect_image(harness.unpullable) is None
 
     async def test_ensure_image_follows_the_pull_policy(

@@ -45,6 +45,9 @@ class ContainerView:
     # While running: the last sd_notify STATUS= (escaped, bounded), shown as the running
     # state's message (our extension: Kubernetes' running state has only startedAt).
     notify_status: str = ""
+    # ``imageID`` as shown (the pinned image's docker-pullable:// or docker:// name); "" takes
+    # the record's own image id.
+    image_id: str = ""
 
 
 def _terminated(record: ContainerRecord) -> dict[str, Any]:
@@ -97,7 +100,7 @@ def container_status(view: ContainerView) -> dict[str, Any]:
         "started": record is not None and record.running and view.started,
         "restartCount": view.restart_count,
         "image": view.image,
-        "imageID": record.image_id if record is not None else "",
+        "imageID": view.image_id or (record.image_id if record is not None else ""),
     }
     if record is not None:
         status["containerID"] = f"docker://{record.id}"

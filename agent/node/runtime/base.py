@@ -218,6 +218,21 @@ class PullProgress:
 
 PullProgressCallback = Callable[[PullProgress], None]
 
+
+@dataclass(frozen=True, slots=True)
+class RegistryAuth:
+    """Credentials for one pull (a secret: kept out of reprs). Every field empty is an
+    anonymous pull; ``identity_token`` is an OAuth refresh token (Docker's ``identitytoken``)
+    used instead of a password."""
+
+    server_address: str = ""
+    username: str = field(default="", repr=False)
+    password: str = field(default="", repr=False)
+    identity_token: str = field(default="", repr=False)
+
+
+ANONYMOUS = RegistryAuth()
+
 PULL_ALWAYS = "Always"
 PULL_IF_NOT_PRESENT = "IfNotPresent"
 PULL_NEVER = "Never"
@@ -375,10 +390,15 @@ class Runtime(Protocol):
         ...
 
     async def pull_image(
-        self, ref: str, progress: PullProgressCallback | None = None
+        self,
+        ref: str,
+        progress: PullProgressCallback | None = None,
+        auth: RegistryAuth | None = None,
     ) -> ImageRecord:
         """Pull from its registry, reporting progress on the event loop; raise
-        ImageUnavailableError if it cannot be pulled."""
+        ImageUnavailableError if it cannot be pulled. ``auth`` None leaves the credentials to
+        the engine client's own lookup (the Docker SDK: the agent user's
+        ``~/.docker/config.json``); ``ANONYMOUS`` sends none."""
         ...
 
     async def remove_image(self, ref_or_id: str) -> None:

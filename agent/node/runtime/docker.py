@@ -52,6 +52,7 @@ from agent.node.runtime.base import (
     OutputChannel,
     PullProgress,
     PullProgressCallback,
+    RegistryAuth,
     ResolvedImage,
     RuntimeEvent,
     ensure_image,
@@ -338,12 +339,20 @@ class DockerRuntime:
         )
 
     async def pull_image(
-        self, ref: str, progress: PullProgressCallback | None = None
+        self,
+        ref: str,
+        progress: PullProgressCallback | None = None,
+        auth: RegistryAuth | None = None,
     ) -> ImageRecord:
         repo, tag = split_reference(ref)
+        auth_config = _auth_config(auth)
 
         def open_pull() -> Iterator[dict[str, Any]]:
-            return iter(self._api().pull(repo, tag=tag or None, stream=True, decode=True))
+            return iter(
+                self._api().pull(
+                    repo, tag=tag or None, stream=True, decode=True, auth_config=auth_config
+                )
+            )
 
         try:
             async for message in self._bridge.stream(open_pull, name="docker-pull"):
@@ -774,6 +783,20 @@ def _exit_code(data: dict[str, Any]) -> int | None:
 
 def _references(values: list[str] | None) -> tuple[str, ...]:
     return tuple(v for v in values or () if v not in _NO_REFERENCE)
+
+
+def _auth_config(auth: RegistryAuth | None) -> dict[str, str] | None:
+    """The SDK's ``auth_config`` for ``auth``: None lets the SDK look credentials up itself;
+    an empty dict is an anonymous pull (the SDK then looks nothing up)."""
+    if auth is None:
+        return None
+    config = {
+        "serveraddress": auth.server_address,
+        "username": auth.username,
+        "password": auth.password,
+        "identitytoken": auth.identity_token,
+    }
+    return {key: value for key, value in config.items() if value}
 
 
 def _pull_progress(message: dict[str, Any]) -> PullProgress:

@@ -52,6 +52,7 @@ from agent.node.runtime.base import (
     OutputChannel,
     PullProgress,
     PullProgressCallback,
+    RegistryAuth,
     ResolvedImage,
     Runtime,
     RuntimeEvent,
@@ -276,6 +277,7 @@ class FakeRuntime:
         self.process_pid = process_pid if process_pid is not None else os.getpid()
         self.capacity_bytes = capacity_bytes
         self.calls: Counter[str] = Counter()
+        self.pull_auths: list[RegistryAuth | None] = []  # what each pull_image call was given
         self.down = False
         self._containers: dict[str, _Container] = {}
         self._images: dict[str, _Image] = {}
@@ -723,8 +725,12 @@ class FakeRuntime:
         )
 
     async def pull_image(
-        self, ref: str, progress: PullProgressCallback | None = None
+        self,
+        ref: str,
+        progress: PullProgressCallback | None = None,
+        auth: RegistryAuth | None = None,
     ) -> ImageRecord:
+        self.pull_auths.append(auth)
         try:
             self._enter("pull_image")
         except RuntimeUnavailableError:

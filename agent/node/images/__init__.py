@@ -1,0 +1,1 @@
+"""Images for pods: references checked, pulls deduplicated and limited, registry credentials."""

@@ -1,0 +1,216 @@
+"""Images through a real agent on the real engine (issue 16 items 1 and 2): the pull policy
+matrix with local images, an unreachable registry on loopback (ImagePullBackOff with the
+per-image back-off, one attempt per step for two pods, a neighbour unaffected), an invalid
+name, and digest pinning: a running pod keeps the image id its tag named at admission after
+the tag moves, after its container crashes and restarts, and after ``kill -9`` of the agent
+and a restart; a changed manifest resolves the tag again."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import docker
+import pytest
+
+from tests.helpers import (
+    TEST_IMAGE,
+    AgentProcess,
+    pod_manifest,
+    running_phase,
+    sleeper,
+    wait_for,
+)
+
+pytestmark = pytest.mark.docker
+
+MakeAgent = Callable[..., AgentProcess]
+UNREACHABLE = "127.0.0.1:1/node-agent-test/nope:1"  # loopback, nothing listens: refused at once
+
+
+def container_status(agent: AgentProcess, pod: str, name: str = "c") -> dict[str, Any] | None:
+    found = agent.pod(pod)
+    if not found:
+        return None
+    statuses = found["status"].get("containerStatuses") or []
+    return next((s for s in statuses if s["name"] == name), None)
+
+
+def waiting_reason(agent: AgentProcess, pod: str) -> str | None:
+    status = container_status(agent, pod)
+    return status["state"].get("waiting", {}).get("reason") if status else None
+
+
+def log_lines(agent: AgentProcess, msg: str, image: str) -> list[dict[str, Any]]:
+    """The agent's log lines ``msg`` about ``image``."""
+    lines = []
+    for line in agent.log_path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if entry.get("msg") == msg and entry.get("image") == image:
+                lines.append(entry)
+    return lines
+
+
+def test_pull_policy_matrix_and_an_unreachable_registry(make_agent: MakeAgent) -> None:
+    agent = make_agent(backoff_initial_s=1.0, backoff_max_s=8.0).start()
+    absent = f"node-agent-test/absent-{uuid.uuid4().hex[:8]}:1"
+    pods = {
+        "never-present": (TEST_IMAGE, "Never"),
+        "ifnp-present": (TEST_IMAGE, "IfNotPresent"),
+        "never-absent": (absent, "Never"),
+        "ifnp-absent": ("127.0.0.1:1/node-agent-test/absent:1", "IfNotPresent"),
+        "always-a": (UNREACHABLE, "Always"),
+        "always-b": (UNREACHABLE, "Always"),
+        "invalid": ("node-agent-test/Bad:Name", "IfNotPresent"),
+    }
+    for name, (image, policy) in pods.items():
+        spec = {**sleeper("c"), "image": image, "imagePullPolicy": policy}
+        agent.write_manifest(f"{name}.yaml", pod_manifest(name, [spec]))
+
+    wait_for(lambda: running_phase(agent, "never-present"), what="Never, present: Running")
+    wait_for(lambda: running_phase(agent, "ifnp-present"), what="IfNotPresent, present: Running")
+    wait_for(
+        lambda: waiting_reason(agent, "never-absent") == "ErrImageNeverPull",
+        what="Never, absent: ErrImageNeverPull",
+    )
+    wait_for(
+        lambda: waiting_reason(agent, "invalid") == "InvalidImageName",
+        what="an invalid reference: InvalidImageName",
+    )
+    wait_for(
+        lambda: waiting_reason(agent, "ifnp-absent") in ("ErrImagePull", "ImagePullBackOff"),
+        what="IfNotPresent, absent and unpullable: pulled and failed",
+    )
+    for name in ("always-a", "always-b"):
+        wait_for(
+            lambda name=name: waiting_reason(agent, name) == "ImagePullBackOff",
+            what=f"{name}: ImagePullBackOff",
+        )
+    # Meanwhile a pod with a local image starts: nothing waits for the failing pulls.
+    agent.write_manifest("neighbour.yaml", pod_manifest("neighbour", [sleeper("c")]))
+    wait_for(lambda: running_phase(agent, "neighbour"), what="a neighbour starts meanwhile")
+
+    # One attempt per back-off step for the two pods: the image's back-off doubles at each
+    # failure (1, 2, 4 s). Two pods pulling on their own would fail twice per step (1, 1, 2, …).
+    def failures() -> list[float]:
+        return [float(e["retry_s"]) for e in log_lines(agent, "image pull failed", UNREACHABLE)]
+
+    wait_for(lambda: len(failures()) >= 3, timeout_s=60, what="three failed attempts")
+    failed = failures()
+    assert failed[:3] == [1.0, 2.0, 4.0]
+    attempts = log_lines(agent, "pulling image", UNREACHABLE)  # read after: never fewer
+    assert len(attempts) - len(failed) in (0, 1)  # 1: one in flight
+
+    events = agent.events()
+
+    def messages(pod: str, reason: str) -> list[str]:
+        return [
+            e["message"]
+            for e in events
+            if e["involvedObject"]["name"] == pod and e["reason"] == reason
+        ]
+
+    assert messages("ifnp-present", "Pulled") == [
+        f'Container image "{TEST_IMAGE}" already present on machine'
+    ]
+    assert messages("never-absent", "ErrImageNeverPull") == [
+        f'Container image "{absent}" is not present with pull policy of Never'
+    ]
+    assert messages("always-a", "Pulling")[0] == f'Pulling image "{UNREACHABLE}"'
+    assert messages("always-a", "Failed")[0].startswith(f'Failed to pull image "{UNREACHABLE}": ')
+    assert f'Back-off pulling image "{UNREACHABLE}"' in messages("always-b", "BackOff")
+    assert messages("invalid", "InspectFailed")[0].endswith("invalid reference format")
+    assert agent.pod("always-a")["status"]["phase"] == "Pending"
+
+
+@pytest.fixture
+def two_images(docker_client: docker.DockerClient) -> Iterator[tuple[str, str, str]]:
+    """A fresh tag on an image built from the test image (``MARK=a``) and a second image
+    (``MARK=b``) to move the tag to: (reference, id of a, id of b)."""
+    ref = f"node-agent-test/pin-{uuid.uuid4().hex[:8]}:v1"
+    ids = []
+    for mark in ("a", "b"):
+        dockerfile = f"FROM {TEST_IMAGE}\nENV MARK={mark}\nLABEL io.node-agent.test=pinning\n"
+        image, _ = docker_client.images.build(
+            fileobj=io.BytesIO(dockerfile.encode()), tag=f"{ref}-{mark}", rm=True
+        )
+        ids.append(image.id)
+    docker_client.api.tag(ids[0], *ref.rsplit(":", 1))
+    yield ref, ids[0], ids[1]
+    for tag in (ref, f"{ref}-a", f"{ref}-b"):
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.images.remove(tag, force=True)
+
+
+def test_a_running_pod_keeps_its_pinned_image(
+    make_agent: MakeAgent,
+    docker_client: docker.DockerClient,
+    two_images: tuple[str, str, str],
+) -> None:
+    ref, id_a, id_b = two_images
+    agent = make_agent(backoff_initial_s=0.5, backoff_max_s=1.0).start()
+    spec = {
+        "name": "c",
+        "image": ref,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["sh", "-c", "echo mark=$MARK; trap 'exit 0' TERM; sleep 3600 & wait"],
+    }
+    manifest = pod_manifest("pinned", [spec])
+    agent.write_manifest("pinned.yaml", manifest)
+    wait_for(lambda: running_phase(agent, "pinned"), what="pod pinned Running")
+
+    def runs() -> tuple[int, str, str]:
+        """(restartCount, imageID, the running container's image id) once it runs."""
+        status = container_status(agent, "pinned")
+        assert status is not None
+        container = docker_client.containers.get(status["containerID"].removeprefix("docker://"))
+        return status["restartCount"], status["imageID"], container.attrs["Image"]
+
+    restarts, image_id, running = runs()
+    assert (restarts, image_id, running) == (0, f"docker://{id_a}", id_a)
+
+    docker_client.api.tag(id_b, *ref.rsplit(":", 1))  # the tag moves to another image
+    assert docker_client.images.get(ref).id == id_b
+
+    def crash_and_wait(count: int) -> None:
+        status = container_status(agent, "pinned")
+        assert status is not None
+        docker_client.containers.get(status["containerID"].removeprefix("docker://")).kill()
+        wait_for(
+            lambda: (
+                (s := container_status(agent, "pinned")) is not None
+                and s["restartCount"] == count
+                and "running" in s["state"]
+            ),
+            what=f"restart {count} running",
+        )
+
+    crash_and_wait(1)
+    assert runs() == (1, f"docker://{id_a}", id_a)
+
+    agent.kill9()
+    agent.start()
+    wait_for(lambda: running_phase(agent, "pinned"), what="pod pinned Running after kill -9")
+    crash_and_wait(2)
+    assert runs() == (2, f"docker://{id_a}", id_a)
+    current = container_status(agent, "pinned")
+    assert current is not None
+    logs = docker_client.containers.get(current["containerID"].removeprefix("docker://")).logs()
+    assert b"mark=a" in logs
+
+    # A changed manifest (here an annotation: the static file is the truth) resolves again.
+    manifest["metadata"]["annotations"] = {"example.com/resolve": "again"}
+    agent.write_manifest("pinned.yaml", manifest)
+    wait_for(
+        lambda: (
+            (s := container_status(agent, "pinned")) is not None
+            and s["imageID"] == f"docker://{id_b}"
+            and "running" in s["state"]
+        ),
+        what="the new manifest runs the tag's image of now",
+    )
