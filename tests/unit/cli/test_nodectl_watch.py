@@ -360,3 +360,31 @@ def test_bad_watch_and_events_arguments_are_errors_before_any_request(
     code = nodectl.main(["--config", str(config), *args])
     err = capsys.readouterr().err
     assert code in (1, 2) and err.startswith("nodectl: ") and err.count("\n") == 1, err
+
+
+def test_yaml_and_jsonpath_print_each_changed_object() -> None:
+    script: list[Script] = [
+        [line("ADDED", pod("a"), 3), end(5), line("MODIFIED", pod("a", "Running"), 6)]
+    ]
+    documents = watch(list(script), output="yaml").out
+    assert documents.count("---\n") == 2 and "phase: Running" in documents
+    template = "{.metadata.name}={.status.phase}{'\\n'}"
+    assert watch(list(script), output="jsonpath", template=template).out == (
+        "a=Pending\na=Running\n"
+    )
+
+
+def test_a_node_relisted_with_a_newer_heartbeat_is_no_change() -> None:
+    beat = node("n1")
+    later = node("n1")
+    beat["status"]["conditions"][0]["lastHeartbeatTime"] = "2026-01-01T00:00:00Z"
+    later["status"]["conditions"][0]["lastHeartbeatTime"] = "2026-01-01T00:00:09Z"
+    run = watch(
+        [
+            [line("ADDED", beat), end(0), WatchDroppedError("the watch broke")],
+            [line("ADDED", later), end(0)],
+        ],
+        kind="nodes",
+        output="name",
+    )
+    assert run.out == "node/n1\n"
