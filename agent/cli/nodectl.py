@@ -989,18 +989,16 @@ def _delete_and_wait(client: Client, namespace: str, name: str) -> None:
     raise CliError(f"pod {quote(name)} still exists {FORCE_WAIT_S:.0f} s after its deletion")
 
 
-def cmd_delete(client: Client, args: argparse.Namespace) -> None:
-    kind = _one_kind(args.kind, "delete")
-    with named(kind, args.name):
-        if kind == "nodes":
-            client.call("DELETE", f"/v1/nodes/{_segment(args.name)}")
-            print(f"node {quote(args.name)} deleted")
-        else:
-            client.call(
-                "DELETE",
-                f"/v1/namespaces/{_segment(args.namespace)}/pods/{_segment(args.name)}",
-            )
-            print(f"pod {quote(args.name)} deleted")
+def _verbs() -> Any:
+    from agent.cli import nodectl_verbs
+
+    return nodectl_verbs
+
+
+def cmd_delete(client: Client, args: argparse.Namespace) -> int | None:
+    """:func:`agent.cli.nodectl_verbs.cmd_delete`."""
+    code: int | None = _verbs().cmd_delete(client, args)
+    return code
 
 
 def cmd_node_action(client: Client, args: argparse.Namespace) -> None:
@@ -1207,7 +1205,12 @@ def _parser() -> argparse.ArgumentParser:
     describe.add_argument("name")
     describe.add_argument("-n", "--namespace", default="default")
     apply = sub.add_parser("apply", help="create or update pods from a manifest")
-    apply.add_argument("-f", "--filename", required=True, help="FILE or - for stdin")
+    apply.add_argument(
+        "-f", "--filename", required=True, help="FILE, DIR (its *.yaml, *.yml, *.json) or -"
+    )
+    apply.add_argument(
+        "-R", "--recursive", action="store_true", help="-f DIR: its subdirectories too"
+    )
     apply.add_argument(
         "--dry-run",
         nargs="?",
@@ -1223,10 +1226,76 @@ def _parser() -> argparse.ArgumentParser:
         help="a change the master refuses (other than images): delete, wait, recreate",
     )
     apply.add_argument("-o", "--output", choices=("json", "yaml"), help="print the pod object")
-    delete = sub.add_parser("delete", help="delete a pod or a node")
-    delete.add_argument("kind")
-    delete.add_argument("name")
+    delete = sub.add_parser(
+        "delete",
+        help="delete pods or nodes, and wait until they are gone",
+        description="nodectl delete pod A B…, pod/A pod/B…, -f FILE|DIR [-R]",
+    )
+    delete.add_argument("kind", nargs="?", help="pods, nodes, or TYPE/NAME")
+    delete.add_argument("names", nargs="*", metavar="NAME")
     delete.add_argument("-n", "--namespace", default="default")
+    delete.add_argument("-f", "--filename", help="the pods of FILE, DIR or - (stdin)")
+    delete.add_argument("-R", "--recursive", action="store_true", help="-f DIR: subdirs too")
+    delete.add_argument(
+        "--grace-period",
+        type=int,
+        default=-1,
+        metavar="SECONDS",
+        help="the seconds the containers get to stop, in place of the pod's own (0 is 1)",
+    )
+    delete.add_argument("--now", action="store_true", help="--grace-period=1")
+    delete.add_argument(
+        "--wait",
+        type=_boolean,
+        nargs="?",
+        const=True,
+        default=True,
+        metavar="true|false",
+        help="return once the pods are gone (default true)",
+    )
+    delete.add_argument(
+        "--timeout",
+        type=_verb_type("timeout_seconds"),
+        default=0.0,
+        metavar="DURATION",
+        help="--wait's bound (default: the grace period and 30s)",
+    )
+    delete.add_argument("--ignore-not-found", action="store_true")
+    run = sub.add_parser(
+        "run",
+        help="create a pod of one container; -it: a terminal in it",
+        description="-i/-t: the container runs a keeper (sh sleeping) and the session is an "
+        "exec of the command (default sh) in it; --rm deletes the pod when it ends",
+        epilog="nodectl run -it --rm debug --image=busybox -- sh",
+    )
+    run.add_argument("name")
+    run.add_argument("--image", help="the container's image")
+    run.add_argument("--image-pull-policy", choices=("Always", "IfNotPresent", "Never"))
+    run.add_argument("--restart", choices=("Always", "OnFailure", "Never"), default="Always")
+    run.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
+    run.add_argument("--labels", "-l", default="", metavar="k=v,…", help="default run=NAME")
+    run.add_argument("--port", type=int, metavar="PORT", help="the containerPort")
+    run.add_argument("-i", "--stdin", action="store_true", help="a session in the pod")
+    run.add_argument("-t", "--tty", action="store_true", help="with a terminal (with -i)")
+    run.add_argument("--rm", action="store_true", help="delete the pod when the session ends")
+    run.add_argument(
+        "--command",
+        dest="command_flag",
+        action="store_true",
+        help="the words after -- are the container's command, not its args",
+    )
+    run.add_argument(
+        "--dry-run", nargs="?", const="client", default="none", choices=("none", "client", "server")
+    )
+    run.add_argument("-o", "--output", choices=("json", "yaml"), help="print the pod object")
+    run.add_argument("-n", "--namespace", default="default")
+    run.add_argument(
+        "--pod-running-timeout",
+        type=_verb_type("timeout_seconds"),
+        default=60.0,
+        metavar="DURATION",
+        help="-i: how long the pod may take to run (default 1m)",
+    )
     for verb in ("approve", "deny", "cordon", "uncordon"):
         action = sub.add_parser(verb, help=f"{verb} a node")
         action.add_argument("name")
@@ -1288,6 +1357,12 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("--tail", type=int, default=None, metavar="N")
     logs.add_argument("--timestamps", action="store_true")
     logs.add_argument("-p", "--previous", action="store_true")
+    logs.add_argument(
+        "--since", type=_verb_type("since_seconds"), metavar="DURATION", help="5s, 2m, 3h"
+    )
+    logs.add_argument(
+        "--since-time", type=_verb_type("since_time"), metavar="RFC3339", help="from this time"
+    )
     forward = sub.add_parser("port-forward", help="forward local ports to a pod")
     forward.add_argument("--address", default="127.0.0.1", help="local address to listen on")
     for streaming in (exe, logs, forward):
@@ -1297,6 +1372,8 @@ def _parser() -> argparse.ArgumentParser:
             streaming.add_argument("-c", "--container")
         streaming.add_argument("pod")
     exe.epilog = "the command follows --, as with kubectl: nodectl exec POD -- ls -l"
+    # kubectl's deprecated ``exec POD CMD…`` (no ``--``): run, with kubectl's hint.
+    exe.add_argument("legacy_cmd", nargs="*", help=argparse.SUPPRESS)
     forward.add_argument("ports", nargs="+", metavar="[LOCAL:]REMOTE")
     session = sub.add_parser(
         "session",
@@ -1333,6 +1410,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _verb_type(name: str) -> Callable[[str], Any]:
+    """An argument type of :mod:`agent.cli.nodectl_verbs`, imported only when used."""
+
+    def convert(text: str) -> Any:
+        from agent.cli import nodectl_verbs
+
+        return getattr(nodectl_verbs, name)(text)
+
+    convert.__name__ = name
+    return convert
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "1"):
+        return True
+    if text.lower() in ("false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{quote(text)}: true or false")
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -1347,11 +1444,19 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """nodectl's arguments; everything after ``--`` is exec's remote command, never options."""
     argv = list(argv)
     remote: list[str] = []
-    if "--" in argv:
+    dashed = "--" in argv
+    if dashed:
         cut = argv.index("--")
         argv, remote = argv[:cut], argv[cut + 1 :]
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     args.cmd = remote
+    if args.command == "exec" and args.legacy_cmd:
+        if dashed:
+            parser.error("the command goes after --, not also before it")
+        args.cmd, args.exec_hint = args.legacy_cmd, True
+    if args.command == "logs" and args.since is not None and args.since_time is not None:
+        parser.error("at most one of `sinceTime` or `sinceSeconds` may be specified")
     return args
 
 
@@ -1371,8 +1476,9 @@ def _lazy(module: str, function: str) -> Callable[[Client, argparse.Namespace], 
 COMMANDS = {
     "get": cmd_get,
     "describe": cmd_describe,
-    "apply": cmd_apply,
+    "apply": lambda client, args: _verbs().cmd_apply_paths(client, args),
     "delete": cmd_delete,
+    "run": lambda client, args: _verbs().cmd_run(client, args),
     "approve": cmd_node_action,
     "deny": cmd_node_action,
     "cordon": cmd_node_action,
@@ -1388,7 +1494,6 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    code: int | None
     try:
         if args.command in ("version", "config", "explain"):  # a config of their own, or none
             from agent.cli import nodectl_info

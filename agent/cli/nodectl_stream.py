@@ -282,11 +282,20 @@ def logs_query(args: argparse.Namespace) -> dict[str, str]:
         query["timestamps"] = "1"
     if args.previous:
         query["previous"] = "1"
+    if getattr(args, "since", None) is not None:
+        query["sinceSeconds"] = str(args.since)
+    if getattr(args, "since_time", None) is not None:
+        query["sinceTime"] = args.since_time
     if args.container:
         query["container"] = args.container
     return query
 
 
+# kubectl's words for ``exec POD CMD…`` without ``--`` (accepted, with this on stderr).
+EXEC_DEPRECATED = (
+    b"nodectl exec [POD] [COMMAND] is DEPRECATED and will be removed in a future version. "
+    b"Use nodectl exec [POD] -- [COMMAND] instead.\n"
+)
 NO_TTY_MESSAGE = b"Unable to use a TTY - input is not a terminal or the right kind of file\n"
 
 
@@ -299,6 +308,8 @@ async def exec_or_logs(
     """``nodectl exec`` (the remote exit code) or ``nodectl logs`` (0), from parsed arguments:
     run by the invocation itself or by a session holder for it."""
     if args.command == "exec":
+        if getattr(args, "exec_hint", False):  # exec POD CMD… without --
+            await stdio.write(stdio.stderr, EXEC_DEPRECATED)
         tty = args.tty
         if tty and not os.isatty(stdio.stdin):
             # kubectl's words; then on without a terminal, so piped input ends the command

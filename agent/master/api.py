@@ -55,6 +55,7 @@ from agent.master.tokens import DEFAULT_TTL_S, check_description, check_labels, 
 from agent.names import quote
 from agent.pki.core import cert_to_pem, principal_of
 from agent.proto.authz import CallerKind, Principal, Role
+from agent.quantity import INT64_MAX
 from agent.types import Pod
 from agent.versioninfo import version_info
 
@@ -64,6 +65,19 @@ LATENCY_SAMPLES = 20_000
 LOOP_LAG_PROBE_S = 0.05
 NDJSON_TYPE = "application/x-ndjson"
 APPLY_RESULT_HEADER = "X-Apply-Result"  # created, configured or unchanged (agent.master.pods)
+
+
+def _grace_period(text: str | None) -> int | None:
+    """``?gracePeriodSeconds=N`` of a pod's deletion (kubectl's DeleteOptions): the seconds
+    its containers get to stop, in place of the pod's own; None when absent."""
+    if text is None:
+        return None
+    if not (text.isascii() and text.isdigit() and len(text) <= 19) or int(text) > INT64_MAX:
+        raise BadRequestError(
+            f"gracePeriodSeconds: {quote(text)} is not a number of seconds from 0 to "
+            f"{INT64_MAX} (as a manifest's terminationGracePeriodSeconds)"
+        )
+    return int(text)
 
 
 def _read_pod(body: bytes) -> tuple[object, Pod]:
@@ -464,7 +478,8 @@ class MasterApi:
 
     async def delete_pod(self, request: ApiRequest) -> ApiResponse:
         ns, pod = request.param("namespace"), request.param("pod")
-        await self.pods.delete(ns, pod)
+        grace_s = _grace_period(request.query("gracePeriodSeconds"))
+        await self.pods.delete(ns, pod, grace_s=grace_s)
         return json_response({"deleted": f"{ns}/{pod}"})
 
     async def evict_pod(self, request: ApiRequest) -> ApiResponse:

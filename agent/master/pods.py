@@ -425,13 +425,16 @@ class PodStore:
             self.kick.set()
         return moved
 
-    async def delete(self, namespace: str, name: str) -> None:
+    async def delete(self, namespace: str, name: str, *, grace_s: int | None = None) -> None:
         """Kubernetes' graceful deletion. A pod whose containers may run on its node is marked
         (``deletionTimestamp``: Terminating) and goes to its node as deleted; it leaves the
         store when the node reports no container running (:meth:`set_status`), at the latest
         when its grace period and :data:`DELETION_MARGIN_S` have passed
         (:meth:`finalize_deletions`). A pod with no container reported running (unbound,
-        pending, finished) goes at once; deleting a terminating pod again changes nothing."""
+        pending, finished) goes at once; deleting a terminating pod again changes nothing.
+        ``grace_s`` (``nodectl delete --grace-period``): the grace period in place of the
+        pod's ``terminationGracePeriodSeconds``; the node reads it from the deletion
+        (``metadata.deletionGracePeriodSeconds``) and stops the containers within it."""
         while True:  # the check and the delete are one compare-and-swap; again if it changed
             item = await self.store.get(pod_key(namespace, name))
             if item is None:
@@ -456,6 +459,8 @@ class PodStore:
                 grace = obj["manifest"]["spec"].get(
                     "terminationGracePeriodSeconds", DEFAULT_GRACE_PERIOD_S
                 )
+                if grace_s is not None:
+                    grace = grace_s
                 obj["deletionTimestamp"] = self._now()
                 obj["deletionGracePeriodSeconds"] = grace
                 obj["deleteBy"] = self.registry.clock.time() + grace + DELETION_MARGIN_S

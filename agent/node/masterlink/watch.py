@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import reprlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,6 +38,7 @@ from agent.errors import (
 from agent.manifest import parse_pod
 from agent.node.health.metrics import NodeMetrics
 from agent.node.masterlink.client import MasterSession, transport_error
+from agent.quantity import INT64_MAX
 from agent.types import Pod
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,9 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 class PodSink(Protocol):
-    def apply_source(self, prefix: str, pods: Iterable[Pod]) -> None: ...
+    def apply_source(
+        self, prefix: str, pods: Iterable[Pod], *, deletion_grace_s: Mapping[str, int] = ...
+    ) -> None: ...
 
     def pods_of_source(self, prefix: str) -> dict[str, Pod]: ...
 
@@ -182,6 +185,9 @@ class MasterPodSource:
         self._max_event_bytes = max_event_bytes
         self.revision: int | None = None  # None: list before watching
         self.pods: dict[str, Pod] = {}  # full name -> the master's pod
+        # uid -> the grace period a deletion gave (``nodectl delete --grace-period``), for the
+        # next apply: the pod stops within it rather than its own terminationGracePeriodSeconds.
+        self._deletion_grace_s: dict[str, int] = {}
 
     def forget_revision(self) -> None:
         """List before the next watch (a new identity, history gone)."""
@@ -258,7 +264,11 @@ class MasterPodSource:
         full = event.full_name
         changed = True
         if event.type == "DELETED":
-            changed = self.pods.pop(full, None) is not None
+            gone = self.pods.pop(full, None)
+            changed = gone is not None
+            grace = event.object["metadata"].get("deletionGracePeriodSeconds")
+            if gone is not None and type(grace) is int and 0 <= grace <= INT64_MAX:
+                self._deletion_grace_s[gone.uid] = grace
         else:
             known = self.pods.get(full)
             pod = self._accept(event.object, known or self._running().get(full))
@@ -297,7 +307,8 @@ class MasterPodSource:
         return {p.full_name: p for p in self._pods.pods_of_source(SOURCE_API).values()}
 
     def _apply(self) -> None:
-        self._pods.apply_source(SOURCE_API, list(self.pods.values()))
+        grace, self._deletion_grace_s = self._deletion_grace_s, {}
+        self._pods.apply_source(SOURCE_API, list(self.pods.values()), deletion_grace_s=grace)
 
     def _count_error(self, what: str, exc: Exception, **fields: str) -> None:
         self._metrics.master_watch_error()

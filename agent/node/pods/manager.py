@@ -25,8 +25,9 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from agent.aio.bridge import ThreadBridge
@@ -275,10 +276,17 @@ class PodManager:
             if not w.terminating and w.pod.source.startswith(prefix)
         }
 
-    def apply_source(self, prefix: str, pods: Iterable[Pod]) -> None:
+    def apply_source(
+        self,
+        prefix: str,
+        pods: Iterable[Pod],
+        *,
+        deletion_grace_s: Mapping[str, int] = MappingProxyType({}),
+    ) -> None:
         """Make the pods whose source starts with ``prefix`` exactly ``pods`` (those the
         admission policy refuses are recorded, not run; a running one whose new spec is
-        refused is stopped)."""
+        refused is stopped). ``deletion_grace_s``: by uid, the grace period a deletion gave
+        a pod that goes (the master's ``deletionGracePeriodSeconds``), in place of its own."""
         given = list(pods)
         given_uids = {p.uid for p in given}
         for uid in [u for u, r in self.rejected.items() if r.pod.source.startswith(prefix)]:
@@ -287,7 +295,7 @@ class PodManager:
         wanted = {p.uid: p for p in self._admit(given)}
         current = self._running_of_source(prefix)
         for uid in current.keys() - wanted.keys():
-            self.workers[uid].terminate()
+            self.workers[uid].terminate(grace_s=deletion_grace_s.get(uid))
             why = "refused by admission" if uid in self.rejected else "deleted by its source"
             log.info("pod stopped", extra=kv(pod=current[uid].full_name, uid=uid, why=why))
         for uid, pod in wanted.items():

@@ -325,6 +325,7 @@ class PodWorker:
         self._pod_ip_now = ""
         self._replaced: Pod | None = None
         self._terminate_requested = asyncio.Event()  # ends a precondition check in flight
+        self._deletion_grace_s: int | None = None  # a deletion's grace period (terminate)
         self._hooks = deps.hooks or Hooks(deps.runtime)
         self._images: ImagePuller = deps.images or PullManager(
             deps.runtime, clock=deps.clock, backoff=deps.backoff
@@ -344,7 +345,12 @@ class PodWorker:
         self.pod = pod
         self.wake()
 
-    def terminate(self) -> None:
+    def terminate(self, *, grace_s: int | None = None) -> None:
+        """Stop and remove the pod; ``grace_s``: the deletion's grace period, in place of the
+        pod's own (``nodectl delete --grace-period``; the shortest one given holds)."""
+        if grace_s is not None:
+            held = self._deletion_grace_s
+            self._deletion_grace_s = grace_s if held is None else min(held, grace_s)
         self.terminating = True
         self._terminate_requested.set()
         self.wake()
@@ -1057,6 +1063,8 @@ class PodWorker:
     async def _stop_and_remove(self, records: list[ContainerRecord]) -> None:
         runtime = self.deps.runtime
         grace_s = self.pod.spec.termination_grace_period_s
+        if self.terminating and self._deletion_grace_s is not None:
+            grace_s = self._deletion_grace_s
         apps = [r for r in records if not r.is_sandbox]
         sandboxes = [r for r in records if r.is_sandbox]
         running = [r for r in sandboxes if r.running]

@@ -100,6 +100,35 @@ def _int(query: Mapping[str, list[str]], name: str, low: int, high: int) -> int 
     return value
 
 
+MAX_SINCE_S = 10 * 365 * 86400  # logs ?sinceSeconds= bound (a decade)
+MAX_TIME_CHARS = 40  # an RFC 3339 time with nanoseconds and an offset is 35
+
+
+def _since_time(query: Mapping[str, list[str]]) -> float | None:
+    """``?sinceTime=`` (RFC 3339, as Kubernetes' PodLogOptions) as seconds since the epoch."""
+    raw = (query.get("sinceTime") or [""])[-1]
+    if raw == "":
+        return None
+    from datetime import datetime
+
+    moment = None
+    if len(raw) <= MAX_TIME_CHARS and raw.isascii() and "T" in raw.upper():
+        text = raw.upper().replace("Z", "+00:00")
+        head, dot, rest = text.partition(".")
+        if dot:  # fromisoformat takes at most microseconds; RFC 3339 allows nanoseconds
+            digits = len(rest) - len(rest.lstrip("0123456789"))
+            text = f"{head}.{rest[: min(digits, 6)]}{rest[digits:]}"
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            moment = None
+    if moment is None or moment.tzinfo is None:
+        raise BadRequestError(
+            f"query parameter sinceTime={raw[:MAX_TIME_CHARS]!r} is not an RFC 3339 time"
+        )
+    return moment.timestamp()
+
+
 def connect_in_netns(pid: int, port: int, timeout_s: float) -> socket.socket:
     """Blocking (a bridge thread): a TCP connection to ``127.0.0.1:port`` made inside the
     network namespace of process ``pid``. Only this thread changes namespace, and it is moved
@@ -151,7 +180,7 @@ class StreamingApi:
         elif target.action == "portforward":
             await self._port_forward(stream, who, worker.pod.full_name, records, target)
         else:
-            await self._logs(stream, worker.pod, records, target)
+            await self._logs(stream, worker.pod, records, target, worker.deps.clock.time())
 
     def _worker(self, namespace: str, pod: str) -> PodWorker:
         """The live worker of ``namespace/pod``: a pod of that name, or else the static pod
@@ -378,13 +407,25 @@ class StreamingApi:
     # -- logs ------------------------------------------------------------------------------
 
     async def _logs(
-        self, stream: H2Stream, pod: Any, records: list[ContainerRecord], target: Target
+        self,
+        stream: H2Stream,
+        pod: Any,
+        records: list[ContainerRecord],
+        target: Target,
+        now: float,
     ) -> None:
+        """``now``: the node's clock (the one that stamped the lines), for ``sinceTime``."""
         query = target.query
         follow, timestamps = _flag(query, "follow"), _flag(query, "timestamps")
         previous = _flag(query, "previous")
         tail = _int(query, "tailLines", 0, 10_000_000)
-        since = _int(query, "sinceSeconds", 1, 10 * 365 * 86400)
+        since: float | None = _int(query, "sinceSeconds", 1, MAX_SINCE_S)
+        since_time = _since_time(query)
+        if since_time is not None:
+            if since is not None:
+                raise BadRequestError("at most one of sinceTime or sinceSeconds may be specified")
+            # The node's clock, which stamped the lines; a time to come: no line yet.
+            since = now - since_time
         name, mine = self._container_records(pod, records, query)
         chosen = (
             mine[-2]
@@ -400,7 +441,7 @@ class StreamingApi:
             follow=follow and not previous,
             tail=tail,
             timestamps=timestamps,
-            since_s=float(since) if since is not None else None,
+            since_s=since,
         ):
             await stream.write(chunk)
         await stream.end()

@@ -87,12 +87,24 @@ def _args(**values: Any) -> argparse.Namespace:
     ],
 )
 def test_a_missing_object_is_named_as_kubectl_names_it(
-    command: Any, kind: str, expected: str
+    command: Any, kind: str, expected: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     client = _client(404, "pod default/x not found")
+    if command is nodectl.cmd_delete:
+        # delete goes on past a missing name, printing kubectl's words, and exits 1 at the end.
+        assert command(client, _delete_args(kind=kind, names=["x"])) == nodectl.EXIT_ERROR
+        assert capsys.readouterr().err == expected + "\n"
+        return
     with pytest.raises(ServerError) as caught:
         command(client, _args(kind=kind, name="x"))
     assert str(caught.value) == expected
+
+
+def _delete_args(**values: Any) -> argparse.Namespace:
+    args = nodectl.parse_args(["delete"])
+    for key, value in values.items():
+        setattr(args, key, value)
+    return args
 
 
 def test_a_missing_node_for_a_node_verb(capsys: pytest.CaptureFixture[str]) -> None:
@@ -117,10 +129,12 @@ def test_main_prints_a_server_error_as_is(
 
 @pytest.mark.parametrize("spec", ["pods,nodes", "csr", "deployments"])
 def test_describe_and_delete_take_one_known_kind(spec: str) -> None:
-    for command in (nodectl.cmd_describe, nodectl.cmd_delete):
-        with pytest.raises(CliError) as caught:
-            command(_client(200, ""), _args(kind=spec, name="x"))
-        assert caught.value.code == nodectl.EXIT_USAGE
+    with pytest.raises(CliError) as caught:
+        nodectl.cmd_describe(_client(200, ""), _args(kind=spec, name="x"))
+    assert caught.value.code == nodectl.EXIT_USAGE
+    with pytest.raises(CliError) as caught:
+        nodectl.cmd_delete(_client(200, ""), _delete_args(kind=spec, names=["x"]))
+    assert caught.value.code == nodectl.EXIT_USAGE
 
 
 def test_an_unknown_resource_type_lists_the_known_ones() -> None:

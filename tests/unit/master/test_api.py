@@ -1097,3 +1097,14 @@ async def test_the_loop_lag_probe_records_how_late_timers_run(api: MasterApi) ->
         with contextlib.suppress(asyncio.CancelledError):
             await probe
     assert all(lag >= 0 for lag in api.loop_lag_seconds)
+
+
+async def test_a_deletions_grace_period_is_checked(api: MasterApi, rig: MasterRig) -> None:
+    await call(api, "POST", "/v1/pods", pod("a"))
+    for bad in ("-1", "x", "1.5", "9" * 20, "%EF%BC%91"):
+        _, error = await fails(
+            api, "DELETE", f"/v1/namespaces/default/pods/a?gracePeriodSeconds={bad}"
+        )
+        assert error["code"] == 400 and "gracePeriodSeconds" in error["message"]
+    answer = await call(api, "DELETE", "/v1/namespaces/default/pods/a?gracePeriodSeconds=0")
+    assert loads(answer) == {"deleted": "default/a"}

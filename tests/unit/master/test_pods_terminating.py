@@ -114,3 +114,17 @@ async def test_a_pod_with_nothing_running_goes_at_once(
     await rig.pods.delete("default", "web")
     with pytest.raises(NotFoundError):
         await rig.pods.get("default", "web")
+
+
+async def test_a_deletions_grace_period_replaces_the_pods_own(rig: MasterRig) -> None:
+    """``nodectl delete --grace-period=N``: the node hears N with the deletion (its watch
+    event's ``deletionGracePeriodSeconds``) and the master's deadline follows N."""
+    await running_pod(rig, "web", grace_s=300)
+    _, revision = await rig.pods.list()
+    events = rig.pods.watch_node("n1", revision)
+    await rig.pods.delete("default", "web", grace_s=2)
+    event = await asyncio.wait_for(anext(events), 10.0)
+    assert event["type"] == "DELETED"
+    assert event["object"]["metadata"]["deletionGracePeriodSeconds"] == 2
+    rig.clock.advance(2 + DELETION_MARGIN_S + 1)
+    assert await rig.pods.finalize_deletions() == 1

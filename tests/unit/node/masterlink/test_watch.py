@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pytest
 
 from agent.errors import MasterAnswerMalformedError
+from agent.node.health.metrics import NodeMetrics
 from agent.node.masterlink.state import LinkCondition
-from agent.node.masterlink.watch import decode_event, decode_listing
+from agent.node.masterlink.watch import MasterPodSource, decode_event, decode_listing
+from agent.types import Pod
 from tests.unit.node.asyncwait import until
 from tests.unit.node.masterlink.fakemaster import pod_manifest
 from tests.unit.node.masterlink.rig import Rig, link_rig
@@ -310,3 +313,41 @@ def test_decode_event_and_listing_accept_the_wire_format() -> None:
     for bad in ({"items": {}}, {"items": []}, [], {"items": [1], "resourceVersion": 1}):
         with pytest.raises(MasterAnswerMalformedError):
             decode_listing(bad)
+
+
+class _Sink:
+    """A PodSink that records what it is told."""
+
+    def __init__(self) -> None:
+        self.applied: list[tuple[list[str], dict[str, int]]] = []
+
+    def apply_source(
+        self, prefix: str, pods: Iterable[Pod], *, deletion_grace_s: Mapping[str, int] = {}
+    ) -> None:
+        self.applied.append(([p.full_name for p in pods], dict(deletion_grace_s)))
+
+    def pods_of_source(self, prefix: str) -> dict[str, Pod]:
+        return {}
+
+
+def test_a_deletions_grace_period_reaches_the_pods_teardown() -> None:
+    """``nodectl delete --grace-period``: the master's DELETED carries
+    ``deletionGracePeriodSeconds``; the node stops that pod within it (once)."""
+
+    async def sleep(_: float) -> None:
+        pass
+
+    sink = _Sink()
+    source = MasterPodSource("n1", sink, NodeMetrics(), sleep=sleep)
+    web = pod_manifest("web", uid="u-web")
+    line = {"type": "ADDED", "object": web, "resourceVersion": 1}
+    assert source._on_line(json.dumps(line).encode())
+    deleted = {**web, "metadata": {**web["metadata"], "deletionGracePeriodSeconds": 3}}
+    line = {"type": "DELETED", "object": deleted, "resourceVersion": 2}
+    assert source._on_line(json.dumps(line).encode())
+    assert sink.applied == [(["default/web"], {}), ([], {"u-web": 3})]
+    # A malformed grace period is the pod's own (nothing passed).
+    source._on_line(json.dumps({"type": "ADDED", "object": web}).encode())
+    deleted["metadata"]["deletionGracePeriodSeconds"] = "3"
+    source._on_line(json.dumps({"type": "DELETED", "object": deleted}).encode())
+    assert sink.applied[-1] == ([], {})

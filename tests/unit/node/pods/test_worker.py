@@ -712,3 +712,14 @@ async def test_a_container_the_runtime_could_not_start_is_a_crash(rig: Rig) -> N
     assert status["state"]["waiting"]["reason"] == "CrashLoopBackOff"
     assert rig.clock.pending_s() == [10]  # ran for 0 s: a fresh back-off, not a reset one
     assert status["restartCount"] == 2
+
+
+async def test_a_deletions_grace_period_replaces_the_pods_own(rig: Rig) -> None:
+    """``nodectl delete --grace-period=2`` of a pod whose own is 7: SIGTERM, then 2 s."""
+    worker = await rig.start(make_pod(container("a"), terminationGracePeriodSeconds=7))
+    rig.runtime.trace.clear()
+    worker.terminate(grace_s=5)
+    worker.terminate(grace_s=2)  # the shorter one holds
+    worker.terminate()
+    await rig.finished(worker)
+    assert rig.runtime.trace[0] == ("stop", name("a", 0), "2")

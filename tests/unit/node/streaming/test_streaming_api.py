@@ -289,6 +289,15 @@ async def test_logs_whole_tail_timestamps_and_since(rig: StreamingRig) -> None:
     assert await logs(tailLines=2) == b"two\nthree\n"
     assert await logs(tailLines=0) == b""
     assert await logs(sinceSeconds=50) == b"three\n"
+    from datetime import UTC, datetime
+
+    def rfc3339(seconds: float) -> str:
+        return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+    now = rig.pods.clock.time()
+    assert await logs(sinceTime=rfc3339(now - 50)) == b"three\n"
+    assert await logs(sinceTime=rfc3339(now - 500)) == b"one\ntwo\nthree\n"
+    assert await logs(sinceTime=rfc3339(now + 50)) == b""  # a time to come: nothing yet
     stamped = (await logs(timestamps=1, tailLines=1)).decode()
     assert stamped.endswith("Z three\n") and stamped.startswith("20")
     rig.runtime.write_log(rig.app(DUO, "b"), b"from b\n")
@@ -369,6 +378,9 @@ async def test_logs_of_a_container_that_ended_and_bad_parameters(rig: StreamingR
         ({"tailLines": "x"}, "is not an integer"),
         ({"tailLines": -1}, "outside 0.."),
         ({"sinceSeconds": 0}, "outside 1.."),
+        ({"sinceTime": "yesterday"}, "not an RFC 3339 time"),
+        ({"sinceTime": "2026-12-03T10:00:00"}, "not an RFC 3339 time"),  # no zone
+        ({"sinceTime": "2026-12-03T10:00:00Z", "sinceSeconds": 5}, "at most one of"),
         ({"follow": "maybe"}, "follow='maybe'"),
     ):
         reply = await rig.call(path("web", "logs", **query), method="GET")
