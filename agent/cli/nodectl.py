@@ -1476,9 +1476,9 @@ def _lazy(module: str, function: str) -> Callable[[Client, argparse.Namespace], 
 COMMANDS = {
     "get": cmd_get,
     "describe": cmd_describe,
-    "apply": lambda client, args: _verbs().cmd_apply_paths(client, args),
+    "apply": _lazy("nodectl_verbs", "cmd_apply_paths"),
     "delete": cmd_delete,
-    "run": lambda client, args: _verbs().cmd_run(client, args),
+    "run": _lazy("nodectl_verbs", "cmd_run"),
     "approve": cmd_node_action,
     "deny": cmd_node_action,
     "cordon": cmd_node_action,
@@ -1494,6 +1494,7 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    code: int | None
     try:
         if args.command in ("version", "config", "explain"):  # a config of their own, or none
             from agent.cli import nodectl_info

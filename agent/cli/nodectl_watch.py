@@ -300,6 +300,8 @@ class Printer:
         """What a change is compared on: the row at a fixed time (a table), else the object."""
         if self.rendering.output in ("table", "wide"):
             return self._row(obj, "", 0.0)[1 if self.rendering.watch_events else 0 :]
+        if self.rendering.kind == "nodes":  # a relist's newer heartbeat time is no change
+            return _without_heartbeat(obj)
         return obj
 
     def change(self, event: str, obj: dict[str, Any]) -> None:
@@ -347,6 +349,20 @@ class Printer:
 
             print(jsonpath.render(jsonpath.parse(r.template), shown), end="", file=self.out)
         self.out.flush()
+
+
+def _without_heartbeat(node: dict[str, Any]) -> dict[str, Any]:
+    """A node as a change is judged (agent.master.watch.node_view): without the heartbeat
+    time every lease renewal moves."""
+    status = node.get("status")
+    conditions = status.get("conditions") if isinstance(status, dict) else None
+    if not isinstance(conditions, list):
+        return node
+    kept = [
+        {k: v for k, v in c.items() if k != "lastHeartbeatTime"} if isinstance(c, dict) else c
+        for c in conditions
+    ]
+    return {**node, "status": {**status, "conditions": kept}}  # type: ignore[dict-item]
 
 
 def _guarded(render: Callable[[], T]) -> T:

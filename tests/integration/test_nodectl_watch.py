@@ -2,10 +2,13 @@
 as a pod is created, becomes Running and is deleted, through a master restart (stopped, started
 again on the same data directory and port: the watch reconnects, resumes, and prints the next
 change); ``apply`` says created / unchanged / configured; ``get events --for pod/NAME`` shows
-the node's events about the pod; Ctrl-C ends the watch quietly, as kubectl's does (status 1)."""
+the node's events about the pod; Ctrl-C ends the watch quietly, as kubectl's does (status 1).
+First, the real master keeps the watch wire contract (tests/contracts/watch_wire.py) through
+nodectl's own transport, as the fake of the watch's unit tests does."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import queue
@@ -15,12 +18,17 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from agent.cli.nodectl import Client, load_config
+from agent.cli.nodectl_watch import HttpTransport, Transport
+from tests.contracts.watch_wire import check_watch_wire
 from tests.helpers import (
     REPO_ROOT,
     AgentProcess,
     MasterProcess,
+    free_port,
     node_ready,
     pod_manifest,
     sleeper,
@@ -34,7 +42,7 @@ MakeMaster = Callable[..., MasterProcess]
 class Watch:
     """``nodectl get pods -w --output-watch-events`` in the background, its lines collected."""
 
-    def __init__(self, master: MasterProcess) -> None:
+    def __init__(self, master: MasterProcess, kind: str = "pods") -> None:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -43,7 +51,7 @@ class Watch:
                 "--config",
                 str(master.admin_conf),
                 "get",
-                "pods",
+                kind,
                 "-w",
                 "--output-watch-events",
             ],
@@ -55,6 +63,7 @@ class Watch:
         )
         self.lines: queue.Queue[list[str]] = queue.Queue()
         self.seen: list[list[str]] = []
+        self.err = ""
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -62,8 +71,10 @@ class Watch:
         for line in self.proc.stdout:
             self.lines.put(line.split())
 
-    def next_row(self, event: str, name: str, status: str | None = None) -> list[str]:
-        """Wait for the row of this event (and STATUS), skipping others."""
+    def next_row(
+        self, event: str, name: str, status: str | None = None, column: int = 3
+    ) -> list[str]:
+        """Wait for the row of this event (and STATUS, in ``column``), skipping others."""
 
         def found() -> list[str] | None:
             while True:
@@ -72,16 +83,47 @@ class Watch:
                 except queue.Empty:
                     return None
                 self.seen.append(row)
-                if row[:2] == [event, name] and (status is None or row[3] == status):
+                if row[:2] == [event, name] and (status is None or row[column] == status):
                     return row
 
         return wait_for(found, timeout_s=60, what=f"{event} {name} {status}: seen {self.seen}")
+
+    def latest(self, name: str) -> list[str]:
+        """The last row printed for ``name`` so far."""
+        while not self.lines.empty():
+            self.seen.append(self.lines.get_nowait())
+        return [row for row in self.seen if row[1:2] == [name]][-1]
+
+
+@dataclass
+class RealWatchWorld:
+    """tests/contracts/watch_wire.py's world: a real master through nodectl's own transport;
+    pods bound to a node that does not exist, so nothing but the test changes them."""
+
+    client: Client
+
+    def transport(self) -> Transport:
+        return HttpTransport(self.client)
+
+    def unreachable(self) -> Transport:
+        config = dataclasses.replace(self.client.config, server=f"https://127.0.0.1:{free_port()}")
+        return HttpTransport(Client(config))
+
+    def create(self, name: str, namespace: str = "default") -> None:
+        manifest = pod_manifest(name, [sleeper()], namespace=namespace)
+        manifest["spec"]["nodeName"] = "nowhere"
+        self.client.call("POST", "/v1/pods", manifest)
+
+    def remove(self, name: str, namespace: str = "default") -> None:
+        self.client.call("DELETE", f"/v1/namespaces/{namespace}/pods/{name}")
 
 
 def test_get_pods_watch_through_a_master_restart(
     make_master: MakeMaster, make_agent: MakeAgent, tmp_path: Path
 ) -> None:
     master = make_master().start()
+    # The wire the watch relies on, as the fake master of its unit tests keeps it.
+    check_watch_wire(RealWatchWorld(Client(load_config(str(master.admin_conf)))), "wire")
     agent = make_agent(
         f"watch-{uuid.uuid4().hex[:8]}",
         master=master.url,
@@ -89,6 +131,9 @@ def test_get_pods_watch_through_a_master_restart(
         master_backoff_max_s=1.0,
     ).start()
     wait_for(lambda: node_ready(master, agent.node_name), what="node Ready")
+    nodes = Watch(master, "nodes")
+    nodes.next_row("ADDED", agent.node_name)
+    assert nodes.latest(agent.node_name)[2].split(",")[0] == "Ready"
     watch = Watch(master)
     try:
         web = pod_manifest("web", [sleeper()], grace_s=0)
@@ -123,14 +168,23 @@ def test_get_pods_watch_through_a_master_restart(
         path.write_text(json.dumps(changed))
         configured = master.nodectl("apply", "-f", str(path))
         assert configured.stdout == "pod/web configured\n", configured.stderr
+        # The node watch lived through the restart: its last line shows the node Ready (it
+        # may have shown it Unknown while the master was starting).
+        wait_for(
+            lambda: nodes.latest(agent.node_name)[2].split(",")[0] == "Ready",
+            what="the node Ready in the watch",
+        )
         deleted = master.nodectl("delete", "pod", "web")
         assert deleted.returncode == 0, deleted.stderr
         watch.next_row("DELETED", "web")
         assert watch.proc.poll() is None  # the watch went on through the restart
     finally:
-        watch.proc.send_signal(signal.SIGINT)
-        _, err = watch.proc.communicate(timeout=30)
-    assert watch.proc.returncode == 1  # kubectl get -w's status on Ctrl-C
-    assert "Traceback" not in err
-    # One line about the outage, at most (the restart may fall between two events).
-    assert err.count("reconnecting") <= 1, err
+        for each in (watch, nodes):
+            each.proc.send_signal(signal.SIGINT)
+            each.err = each.proc.communicate(timeout=30)[1]
+    for each in (watch, nodes):
+        assert each.proc.returncode == 1  # kubectl get -w's status on Ctrl-C
+        assert "Traceback" not in each.err
+        # One line about the outage, at most (the restart may fall between two events).
+        assert each.err.count("reconnecting") <= 1, each.err
+    assert nodes.seen[0][:3] == ["EVENT", "NAME", "STATUS"]

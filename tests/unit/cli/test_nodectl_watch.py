@@ -20,7 +20,9 @@ from agent.cli import nodectl_watch as nw
 from agent.errors import CliError, ServerError, WatchDroppedError, WatchGoneError
 
 
-def pod(name: str, phase: str = "Pending", ip: str = "", labels: dict[str, str] | None = None):
+def pod(
+    name: str, phase: str = "Pending", ip: str = "", labels: dict[str, str] | None = None
+) -> dict[str, Any]:
     statuses = [{"name": "c", "ready": phase == "Running", "restartCount": 0}]
     return {
         "apiVersion": "v1",
@@ -331,3 +333,58 @@ def test_giving_up_after_failing_for_long() -> None:
 def test_a_line_that_is_not_an_event_is_an_error_naming_the_watch(raw: bytes) -> None:
     with pytest.raises(CliError, match="not an event"):
         nw.decode_event(raw, "pods")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["get", "pods,nodes", "-w"],
+        ["get", "csr", "-w"],
+        ["get", "pods", "-w", "-o", "custom-columns=N:.metadata.name"],
+        ["get", "pods", "-w", "--field-selector", "spec.bogus=1"],
+        ["get", "pods", "web", "-w", "-l", "app=web"],
+        ["get", "events", "--for", "deployment/x"],
+        ["get", "events", "web"],
+        ["get", "pods", "--for", "pod/x"],
+    ],
+)
+def test_bad_watch_and_events_arguments_are_errors_before_any_request(
+    args: list[str], tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.cli import nodectl
+
+    config = tmp_path / "config"
+    config.write_text(
+        'server = "https://127.0.0.1:1"\nca = "x"\nclient_cert = "x"\nclient_key = "x"\n'
+    )
+    code = nodectl.main(["--config", str(config), *args])
+    err = capsys.readouterr().err
+    assert code in (1, 2) and err.startswith("nodectl: ") and err.count("\n") == 1, err
+
+
+def test_yaml_and_jsonpath_print_each_changed_object() -> None:
+    script: list[Script] = [
+        [line("ADDED", pod("a"), 3), end(5), line("MODIFIED", pod("a", "Running"), 6)]
+    ]
+    documents = watch(list(script), output="yaml").out
+    assert documents.count("---\n") == 2 and "phase: Running" in documents
+    template = "{.metadata.name}={.status.phase}{'\\n'}"
+    assert watch(list(script), output="jsonpath", template=template).out == (
+        "a=Pending\na=Running\n"
+    )
+
+
+def test_a_node_relisted_with_a_newer_heartbeat_is_no_change() -> None:
+    beat = node("n1")
+    later = node("n1")
+    beat["status"]["conditions"][0]["lastHeartbeatTime"] = "2026-01-01T00:00:00Z"
+    later["status"]["conditions"][0]["lastHeartbeatTime"] = "2026-01-01T00:00:09Z"
+    run = watch(
+        [
+            [line("ADDED", beat), end(0), WatchDroppedError("the watch broke")],
+            [line("ADDED", later), end(0)],
+        ],
+        kind="nodes",
+        output="name",
+    )
+    assert run.out == "node/n1\n"
