@@ -1,6 +1,6 @@
 """``make run``'s script (scripts/demo.sh) with real processes (issue 17, item 9): with the
-master's port taken it exits non-zero at once, printing the bind error and the end of the
-master's log, and never claims a pod keeps running; with ``DEMO_PORT`` and ``DEMO_DIR`` chosen
+master's port taken, or the agent's, it exits non-zero at once, printing the bind error and
+the end of the dying process's log, and never claims a pod keeps running; with ``DEMO_PORT`` and ``DEMO_DIR`` chosen
 it reaches a Running demo pod (``--until-running`` stops it there instead of following the
 agent's log).
 
@@ -26,13 +26,15 @@ pytestmark = pytest.mark.docker
 SAFETY_TIMEOUT_S = 300  # a hung script fails the test instead of the run; never the assertion
 
 
-def demo(tmp_path: Path, port: int, node: str, *flags: str) -> subprocess.CompletedProcess[str]:
+def demo(
+    tmp_path: Path, port: int, node: str, *flags: str, health_port: int = 0
+) -> subprocess.CompletedProcess[str]:
     env = dict(
         os.environ,
         DEMO_PORT=str(port),
         DEMO_DIR=str(tmp_path / "demo"),
         DEMO_NODE=node,
-        DEMO_HEALTH_PORT=str(free_port()),
+        DEMO_HEALTH_PORT=str(health_port or free_port()),
         DEMO_API_PORT=str(free_port()),
     )
     env.pop("NODECTL_CONFIG", None)
@@ -82,9 +84,23 @@ def test_a_chosen_port_and_directory_reach_a_running_demo_pod(
         assert f"master on 127.0.0.1:{port}, node {node}" in done.stdout
         rows = {line.split()[0]: line.split() for line in done.stdout.splitlines() if line}
         assert rows["demo-web"][1:3] == ["2/2", "Running"], done.stdout
-        assert rows[node][1] == "Ready", done.stdout
+        assert rows[node][1].split(",")[0] == "Ready", done.stdout  # or Ready,SchedulingDisabled
         assert done.stdout.count("demo stopped; the pod demo-web keeps running") == 1
         conf = (tmp_path / "demo" / "master" / "admin.conf").read_text()
         assert f'server = "https://127.0.0.1:{port}"' in conf
     finally:
         remove_node_containers(docker_client, node)
+
+
+def test_the_agent_dying_ends_the_demo_with_its_error(tmp_path: Path) -> None:
+    node = f"demo-{uuid.uuid4().hex[:8]}"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        health_port = busy.getsockname()[1]
+        done = demo(tmp_path, free_port(), node, "--until-running", health_port=health_port)
+    assert done.returncode == 1, done
+    assert "demo: the agent exited (status 1)" in done.stderr, done.stderr
+    assert f"('127.0.0.1', {health_port}): address already in use" in done.stderr
+    assert f"last lines of {tmp_path / 'demo' / 'agent.log'}:" in done.stderr
+    assert "keeps running" not in done.stdout + done.stderr
