@@ -1321,6 +1321,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     certificate.add_argument("action", choices=("approve", "deny"))
     certificate.add_argument("names", nargs="+", metavar="NODE")
+    top = sub.add_parser("top", help="CPU and memory of nodes or pods, as their nodes measure it")
+    top.add_argument("kind", help="nodes (node, no) or pods (pod, po)")
+    top.add_argument("name", nargs="?")
+    top.add_argument("-n", "--namespace", default="default")
+    top.add_argument("-A", "--all-namespaces", action="store_true")
+    top.add_argument("-l", "--selector", help="label selector: a=b, a!=b, a in (x,y), a, !a")
+    top.add_argument("--containers", action="store_true", help="pods: one row per container")
+    top.add_argument("--no-headers", action="store_true")
+    top.add_argument("--sort-by", choices=("cpu", "memory"))
     drain = sub.add_parser(
         "drain",
         help="cordon a node, then move or delete its pods and wait until they are gone",
@@ -1485,6 +1494,7 @@ COMMANDS = {
     "uncordon": cmd_node_action,
     "certificate": cmd_certificate,
     "drain": _lazy("nodectl_drain", "cmd_drain"),
+    "top": _lazy("nodectl_top", "cmd_top"),
     "exec": _streaming,
     "logs": _streaming,
     "port-forward": _streaming,

@@ -48,10 +48,11 @@ from agent.manifest import parse_pod
 from agent.manifest_loader import OFF_LOOP_BYTES, load_json
 from agent.master import servingnames, watch
 from agent.master.nodeevents import parse_report
-from agent.master.pods import CREATED, PodStore, pod_object
+from agent.master.pods import CREATED, PodStore, mirror_name, pod_object
 from agent.master.policy import effective_peer
 from agent.master.registry import NodeRegistry
 from agent.master.tokens import DEFAULT_TTL_S, check_description, check_labels, check_usages
+from agent.master.usage import UsageBook, parse_usage, window
 from agent.names import quote
 from agent.pki.core import cert_to_pem, principal_of
 from agent.proto.authz import CallerKind, Principal, Role
@@ -103,6 +104,7 @@ class MasterApi:
         self.watch_bookmark_s = watch.BOOKMARK_EVERY_S
         self.watch_node_check_s = watch.NODE_CHECK_S
         self.metrics_registry = new_registry()
+        self.usage = UsageBook()  # the nodes' latest usage (nodectl top), in memory
         # Recent samples (seconds) for /metrics quantiles: lease handling time, and how late
         # the event loop runs a timer (queueing every request sees when the loop is busy).
         self.lease_seconds: deque[float] = deque(maxlen=LATENCY_SAMPLES)
@@ -136,6 +138,8 @@ class MasterApi:
             "pods.get": self.get_pod,
             "pods.delete": self.delete_pod,
             "pods.evict": self.evict_pod,
+            "nodemetrics.list": self.node_metrics,
+            "podmetrics.list": self.pod_metrics,
             "pods.status": self.put_pod_status,
             "tokens.create": self.create_token,
             "tokens.list": self.list_tokens,
@@ -274,6 +278,7 @@ class MasterApi:
     async def delete_node(self, request: ApiRequest) -> ApiResponse:
         name = request.param("node")
         await self.registry.delete(name)
+        self.usage.forget(name)
         await self.pods.delete_mirrors_of(name)  # its static pods are gone from the cluster
         return json_response({"deleted": name})
 
@@ -314,6 +319,11 @@ class MasterApi:
         body = request.json(optional=True)
         if isinstance(body.get("status"), dict):
             await self.registry.update_status(name, body["status"])
+        if "usage" in body:
+            try:
+                self.usage.put(name, parse_usage(body["usage"]))
+            except BadRequestError as exc:  # figures for top: never worth failing the lease
+                log.warning("node usage refused", extra=kv(node=name, error=str(exc)))
         if first:
             self.pods.kick.set()  # a node became Ready: retry pending pods, off this request
         return json_response(
@@ -496,6 +506,64 @@ class MasterApi:
         if dry_run is None:
             log.info("pod evicted", extra=kv(pod=f"{ns}/{pod}", by=request.principal.name))
         return json_response({"kind": "Eviction", "pod": f"{ns}/{pod}", "action": action})
+
+    async def node_metrics(self, request: ApiRequest) -> ApiResponse:
+        """``nodectl top nodes``: each node's latest usage (metrics.k8s.io's NodeMetrics)."""
+        items = []
+        for record in await self.registry.records():
+            found = self.usage.get(record["name"])
+            figures = found[1].node if found is not None else None
+            if found is None or figures is None:
+                continue
+            at, usage = found
+            items.append(
+                {
+                    "metadata": {"name": record["name"]},
+                    "timestamp": at,
+                    "window": window(usage),
+                    "usage": figures.usage(),
+                }
+            )
+        return json_response({"apiVersion": "v1", "kind": "NodeMetricsList", "items": items})
+
+    async def pod_metrics(self, request: ApiRequest) -> ApiResponse:
+        """``nodectl top pods``: the latest usage of each pod's containers as its node reported
+        it (metrics.k8s.io's PodMetrics), only for pods bound to that node; a static pod's
+        figures under its mirror's name. ``?namespace=`` narrows."""
+        namespace = request.query("namespace")
+        objs, _ = await self.pods.list()
+        stored = {
+            (o["manifest"]["metadata"]["namespace"], o["manifest"]["metadata"]["name"]): o
+            for o in objs
+        }
+        items = []
+        for record in await self.registry.records():
+            node = record["name"]
+            found = self.usage.get(node)
+            if found is None:
+                continue
+            at, usage = found
+            for pod in usage.pods:
+                if namespace is not None and pod.namespace != namespace:
+                    continue
+                name = pod.name
+                obj = stored.get((pod.namespace, name))
+                if obj is None or obj["nodeName"] != node or obj.get("mirror"):
+                    name = mirror_name(pod.name, node)
+                    obj = stored.get((pod.namespace, name))
+                    if obj is None or obj["nodeName"] != node or not obj.get("mirror"):
+                        continue  # not bound there: a node speaks for its own pods only
+                items.append(
+                    {
+                        "metadata": {"name": name, "namespace": pod.namespace},
+                        "timestamp": at,
+                        "window": window(usage),
+                        "containers": [
+                            {"name": c, "usage": figures.usage()} for c, figures in pod.containers
+                        ],
+                    }
+                )
+        return json_response({"apiVersion": "v1", "kind": "PodMetricsList", "items": items})
 
     async def put_pod_status(self, request: ApiRequest) -> ApiResponse:
         ns, name = request.param("namespace"), request.param("pod")

@@ -79,6 +79,7 @@ from agent.node.probes.prober import ProberManager
 from agent.node.runtime.base import Runtime
 from agent.node.runtime.docker import DockerRuntime
 from agent.node.streaming.server import NodeApi
+from agent.node.usage import UsageSampler
 
 log = logging.getLogger(__name__)
 
@@ -348,7 +349,13 @@ class NodeAgent:
                 token_file=cfg.token_file,
                 state_file=cfg.state_dir / REGISTRATION_STATE_FILE,
             ),
-            lease=LeaseKeeper(cfg.node_name, facts, conditions=self.health.conditions, sleep=sleep),
+            lease=LeaseKeeper(
+                cfg.node_name,
+                facts,
+                conditions=self.health.conditions,
+                sleep=sleep,
+                usage=UsageSampler(self.bridge, self.runtime),
+            ),
             watch=MasterPodSource(cfg.node_name, self.pods, self.metrics, sleep=sleep),
             reporter=StatusReporter(
                 self.pods,

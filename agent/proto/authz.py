@@ -147,6 +147,8 @@ RULES: Mapping[str, frozenset[CallerKind]] = {
     "pods.get": _READERS,
     "pods.delete": _ADMINS,
     "pods.evict": _ADMINS,  # drain: moves or deletes a pod, as a delete does
+    "nodemetrics.list": _READERS,  # top: the nodes' and pods' latest usage
+    "podmetrics.list": _READERS,
     "pods.status": _NODE_OR_ADMIN,  # the node the pod is bound to (an unbound pod: admins)
     # Join tokens admit nodes: only administrators make, list or delete them.
     "tokens.create": _ADMINS,

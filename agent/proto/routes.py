@@ -214,6 +214,8 @@ MASTER_ROUTES = RouteTable(
         Route("pods.get", "GET", _POD),
         Route("pods.delete", "DELETE", _POD),
         Route("pods.evict", "POST", (*_POD, "eviction")),  # nodectl drain
+        Route("nodemetrics.list", "GET", ("v1", "metrics", "nodes")),  # nodectl top
+        Route("podmetrics.list", "GET", ("v1", "metrics", "pods")),
         Route("pods.status", "PUT", (*_POD, "status"), subject=Subject.POD),
         Route("tokens.create", "POST", ("v1", "tokens")),
         Route("tokens.list", "GET", ("v1", "tokens")),

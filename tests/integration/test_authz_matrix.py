@@ -85,6 +85,8 @@ ALLOWED: dict[str, dict[str, int]] = {
         "pods.get": 200,
         "pods.delete": 404,
         "pods.evict": 400,  # an optional body, but not a JSON object
+        "nodemetrics.list": 200,
+        "podmetrics.list": 200,
         "pods.status": 400,
         "pods.exec": 404,
         "pods.portforward": 404,

@@ -5,6 +5,7 @@ the node's status when it changed, and at least every ``STATUS_REFRESH_S`` so th
 heals even if one update was lost. Facts (addresses, capacity, image filesystem) are recomputed
 every ``STATUS_CHECK_S``; conditions (runtime, checkpoint) are cheap and urgent and are checked
 at every renewal, so the master learns of a Docker outage or a full disk within one interval.
+Resource usage (``nodectl top``) rides along whenever a new sample was taken (agent.node.usage).
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ class StatusFacts(Protocol):
     async def status(self) -> dict[str, Any]: ...
 
 
+class Usage(Protocol):
+    """The node's resource usage for ``nodectl top`` (agent.node.usage.UsageSampler)."""
+
+    async def report(self) -> dict[str, Any] | None: ...
+
+
 class LeaseKeeper:
     def __init__(
         self,
@@ -37,8 +44,10 @@ class LeaseKeeper:
         conditions: Conditions,
         sleep: Sleep,
         clock: Callable[[], float] = time.monotonic,
+        usage: Usage | None = None,
     ) -> None:
         self._node_name = node_name
+        self._usage = usage
         self._facts = facts
         self._conditions = conditions
         self._sleep = sleep
@@ -59,6 +68,11 @@ class LeaseKeeper:
         body: dict[str, Any] = {}
         if status != self._sent or now - self._sent_at >= STATUS_REFRESH_S:
             body["status"] = status
+        if self._usage is not None:
+            # A new sample only (at most every USAGE_SAMPLE_S); the master keeps the latest.
+            usage = await self._usage.report()
+            if usage is not None:
+                body["usage"] = usage
         # A partition drops packets silently: the lease renewal is what notices it, well before
         # the master's grace period ends, and its failure tears down the session with it.
         timeout_s = min(REQUEST_TIMEOUT_S, LEASE_TIMEOUT_FACTOR * self.renew_s)
