@@ -27,6 +27,7 @@ OTHER_COMMANDS = {
     "agent.cli.nodectl_info",
     "agent.cli.nodectl_session",
     "agent.cli.nodectl_stream",
+    "agent.cli.nodectl_top",
     "agent.cli.nodectl_verbs",
     "agent.cli.nodectl_watch",
 }
