@@ -59,6 +59,9 @@ def test_kubectl_verbs(
     ).start()
     node = agent.node_name
     wait_for(lambda: node_ready(master, node), what="node Ready")
+    # run -it --rm starts now in a terminal of its own (its pod starts meanwhile); the test
+    # types into it at the end.
+    terminal = Terminal(master)
 
     # apply -f DIR -R: the files in order, the subdirectory's too; a bad file is reported
     # with its path and the others applied (exit 1, as kubectl).
@@ -138,91 +141,88 @@ def test_kubectl_verbs(
         ],
     )
 
-    # delete several names, one missing: reported, the others deleted, exit 1. With a grace
-    # period of 3 s, the node stops "stubborn" (which ignores SIGTERM) after 3 s, not its own
-    # 300: when delete --wait returns, the master has neither pod and no container of
-    # "stubborn" runs (the master alone would have dropped it after 3 + 5 s, the container
-    # still running).
+    # delete -f: the pods of the files ("quick", without waiting for it here). Then several
+    # names, one missing: reported, the others deleted, exit 1. With a grace period of 3 s the
+    # node stops "stubborn" (which ignores SIGTERM) after 3 s, not its own 300: when delete
+    # --wait returns, no container of "stubborn" runs (the master alone would have dropped
+    # the pod after 3 + 5 s, its container still running).
     check_rows(
         master,
         [
             Row(
-                "delete pod stubborn nope quick --grace-period=3",
+                f"delete -f {manifests / 'sub'} --wait=false",
+                0,
+                lambda o, e: o == 'pod "quick" deleted\n',
+            ),
+            Row(
+                "delete pod stubborn nope --grace-period=3",
                 1,
                 lambda o, e: (
-                    o == 'pod "stubborn" deleted\npod "quick" deleted\n'
+                    o == 'pod "stubborn" deleted\n'
                     and e == 'Error from server (NotFound): pods "nope" not found\n'
                 ),
             ),
         ],
     )
-    pods = master.pods()
-    assert "stubborn" not in pods and "quick" not in pods
+    assert "stubborn" not in master.pods()
     assert running_containers(docker_client, node, "stubborn") == []
-
-    # delete -f: the pods of the files (the one already gone ignored).
-    assert master.nodectl("apply", "-f", str(manifests / "sub")).returncode == 0
-    wait_for(lambda: phase("quick") == "Running", what="quick Running again")
-    check_rows(
-        master,
-        [
-            Row(
-                f"delete -f {manifests / 'sub'} --ignore-not-found",
-                0,
-                lambda o, e: o == 'pod "quick" deleted\n',
-            ),
-        ],
-    )
-    assert "quick" not in master.pods()
-    run_interactive(master)
+    wait_for(lambda: "quick" not in master.pods(), what="quick gone")
+    terminal.finish()
 
 
-def run_interactive(master: MasterProcess) -> None:
-    """``run -it --rm`` typed into a real terminal: tmux runs nodectl, we type into it."""
-    if shutil.which("tmux") is None:
-        pytest.fail("tmux is not installed (scripts/bootstrap.sh installs it)")
-    server = f"nodectl-verbs-{uuid.uuid4().hex[:8]}"
-    command = (
-        f"{nodectl_line(master)} run -it --rm shell --image={TEST_IMAGE} "
-        f"--image-pull-policy=Never -- sh; echo EXITED=$?; sleep 600"
-    )
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TERM="xterm")
+class Terminal:
+    """``run -it --rm shell`` in a real terminal: tmux runs nodectl, the test types into it."""
 
-    def tmux(*args: str) -> str:
+    def __init__(self, master: MasterProcess) -> None:
+        if shutil.which("tmux") is None:
+            pytest.fail("tmux is not installed (scripts/bootstrap.sh installs it)")
+        self.master = master
+        self.server = f"nodectl-verbs-{uuid.uuid4().hex[:8]}"
+        self.env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TERM="xterm")
+        command = (
+            f"{nodectl_line(master)} run -it --rm shell --image={TEST_IMAGE} "
+            f"--image-pull-policy=Never -- sh; echo EXITED=$?; sleep 600"
+        )
+        self.tmux(
+            "new-session", "-d", "-s", "verbs", "-x", "160", "-y", "40", "bash", "-c", command
+        )
+
+    def tmux(self, *args: str) -> str:
         done = subprocess.run(
-            ["tmux", "-L", server, *args],
+            ["tmux", "-L", self.server, *args],
             capture_output=True,
             text=True,
             cwd=REPO_ROOT,
-            env=env,
+            env=self.env,
             timeout=30,
             check=True,
         )
         return done.stdout
 
-    tmux("new-session", "-d", "-s", "verbs", "-x", "160", "-y", "40", "bash", "-c", command)
-    try:
+    def screen(self) -> list[str]:
+        lines = self.tmux("capture-pane", "-p", "-t", "verbs").splitlines()
+        return [line.rstrip() for line in lines]
 
-        def screen() -> list[str]:
-            return [
-                line.rstrip() for line in tmux("capture-pane", "-p", "-t", "verbs").splitlines()
-            ]
-
-        wait_for(
-            lambda: any(line.endswith("#") for line in screen()),
-            timeout_s=60,
-            what="a shell prompt in the new pod",
-        )
-        assert "shell" in master.pods()
-        tmux("send-keys", "-t", "verbs", "echo h''i", "Enter")
-        wait_for(lambda: "hi" in screen(), what="the shell's answer")
-        tmux("send-keys", "-t", "verbs", "exit", "Enter")
-        wait_for(
-            lambda: 'pod "shell" deleted' in screen() and "EXITED=0" in screen(),
-            timeout_s=30,
-            what="the pod deleted as the session ended",
-        )
-        wait_for(lambda: "shell" not in master.pods(), timeout_s=30, what="shell gone")
-    finally:
-        subprocess.run(["tmux", "-L", server, "kill-server"], capture_output=True, check=False)
-        master.nodectl("delete", "pod", "shell", "--ignore-not-found", "--wait=false")
+    def finish(self) -> None:
+        """A shell prompt in the new pod; ``echo hi`` answers; ``exit`` deletes the pod."""
+        try:
+            wait_for(
+                lambda: any(line.endswith("#") for line in self.screen()),
+                timeout_s=60,
+                what="a shell prompt in the new pod",
+            )
+            assert "shell" in self.master.pods()
+            self.tmux("send-keys", "-t", "verbs", "echo h''i", "Enter")  # its echo is not "hi"
+            wait_for(lambda: "hi" in self.screen(), what="the shell's answer")
+            self.tmux("send-keys", "-t", "verbs", "exit", "Enter")
+            wait_for(
+                lambda: 'pod "shell" deleted' in self.screen() and "EXITED=0" in self.screen(),
+                timeout_s=30,
+                what="the pod deleted as the session ended",
+            )
+            wait_for(lambda: "shell" not in self.master.pods(), timeout_s=30, what="shell gone")
+        finally:
+            subprocess.run(
+                ["tmux", "-L", self.server, "kill-server"], capture_output=True, check=False
+            )
+            self.master.nodectl("delete", "pod", "shell", "--ignore-not-found", "--wait=false")
