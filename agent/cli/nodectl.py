@@ -254,14 +254,21 @@ def _node_ready(node: dict[str, Any]) -> str:
     return {"True": "Ready", "False": "NotReady"}.get(ready.get("status", ""), "Unknown")
 
 
+# Conditions whose True means trouble (kubelet's node pressure conditions).
+_PRESSURE_CONDITIONS = frozenset({"DiskPressure", "MemoryPressure", "PIDPressure"})
+
+
 def _node_row(node: dict[str, Any], wide: bool, now: float | None = None) -> list[str]:
     status = _node_ready(node)
     if node["spec"].get("unschedulable"):
         status += ",SchedulingDisabled"
-    # The node's own failing conditions (Docker down, checkpoint not writable) by reason.
+    # The node's own failing conditions (Docker down, checkpoint not writable) by reason. A
+    # pressure condition fails when True (Kubernetes' polarity: DiskPressure False is healthy).
     for condition in node["status"]["conditions"]:
-        if condition.get("type") != "Ready" and condition.get("status") == "False":
-            status += f",{condition.get('reason') or condition['type']}"
+        kind = str(condition.get("type", ""))
+        failing = "True" if kind in _PRESSURE_CONDITIONS else "False"
+        if kind != "Ready" and condition.get("status") == failing:
+            status += f",{condition.get('reason') or kind}"
     reg = node["status"]["registration"]
     info = node["status"].get("nodeInfo") or {}
     row = [

@@ -297,3 +297,21 @@ def test_selector_parsing_is_kubectls() -> None:
 )
 def test_api_timestamps_are_read_without_strptime(stamp: str, epoch: int | None) -> None:
     assert nodectl._epoch(stamp) == epoch
+
+
+def test_node_status_names_failing_conditions_by_their_polarity() -> None:
+    node = _node("n1")
+    node["status"]["conditions"] += [
+        {"type": "DockerReady", "status": "False", "reason": "DockerUnreachable"},
+        {"type": "DiskPressure", "status": "False", "reason": "KubeletHasNoDiskPressure"},
+    ]
+    # DiskPressure False is healthy (Kubernetes' polarity); DockerReady False is not.
+    assert nodectl._node_row(node, wide=False)[1] == "Ready,DockerUnreachable"
+    node["status"]["conditions"][2] = {
+        "type": "DiskPressure",
+        "status": "True",
+        "reason": "KubeletHasDiskPressure",
+    }
+    assert nodectl._node_row(node, wide=False)[1] == (
+        "Ready,DockerUnreachable,KubeletHasDiskPressure"
+    )
