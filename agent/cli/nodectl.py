@@ -769,79 +769,10 @@ def _one_kind(spec: str, verb: str) -> str:
 
 
 def cmd_describe(client: Client, args: argparse.Namespace) -> None:
-    kind = _one_kind(args.kind, "describe")
-    with named(kind, args.name):
-        if kind == "nodes":
-            obj = client.call("GET", f"/v1/nodes/{_segment(args.name)}")
-        else:
-            obj = client.call(
-                "GET",
-                f"/v1/namespaces/{_segment(args.namespace)}/pods/{_segment(args.name)}",
-            )
-    print(_yaml(obj), end="")
-    if kind == "nodes":
-        _describe_replacement(args.name, obj)
-        _describe_serving_names(args.name, obj)
-    kind_name = "Node" if kind == "nodes" else "Pod"
-    query = urllib.parse.urlencode({"kind": kind_name, "name": args.name})
-    events = client.call("GET", f"/v1/events?{query}")["items"]
-    _describe_events(events, _now(None))
+    """``describe``: kubectl's human layout (:mod:`agent.cli.nodectl_describe`)."""
+    from agent.cli import nodectl_describe
 
-
-DESCRIBE_EVENTS_SHOWN = 20  # the latest, as kubectl describe
-
-
-def _describe_events(events: list[dict[str, Any]], now: float) -> None:
-    """kubectl describe's Events table: Type, Reason, Age ("10s (x5 over 2m)" for an event
-    that repeated), From (the master, or the node-agent and its node), Message; oldest first
-    by last occurrence, the latest DESCRIBE_EVENTS_SHOWN."""
-    if not events:
-        print("events: <none>")
-        return
-    latest = sorted(events, key=lambda e: str(e.get("lastTimestamp") or ""))
-    rows = [["TYPE", "REASON", "AGE", "FROM", "MESSAGE"]]
-    for e in latest[-DESCRIBE_EVENTS_SHOWN:]:
-        age = _age(e.get("lastTimestamp"), now)
-        count = e.get("count")
-        if isinstance(count, int) and count > 1:
-            age = f"{age} (x{count} over {_age(e.get('firstTimestamp'), now)})"
-        source = e.get("source") or {}
-        origin = str(source.get("component") or "")
-        if source.get("host") and origin != "node-master":
-            origin = f"{origin}, {source['host']}"
-        kind, reason, message = (escape(str(e.get(k, ""))) for k in ("type", "reason", "message"))
-        rows.append([kind, reason, age, escape(origin), message])
-    print("events:")
-    print(_table(rows))
-
-
-def _describe_replacement(name: str, node: dict[str, Any]) -> None:
-    """The evidence of a waiting key replacement, and the one command that accepts that key."""
-    waiting = node.get("status", {}).get("registration", {}).get("replacement")
-    if not isinstance(waiting, dict):
-        return
-    fingerprint, source, at, rule = (
-        escape(str(waiting.get(key) or "-"))
-        for key in ("fingerprint", "source", "requestedAt", "admittedBy")
-    )
-    print(f"key replacement waiting: {fingerprint} from {source} at {at} (rule {rule})")
-    print(
-        f"  if this is the key you expect: nodectl approve {escape(name)} --force-replace "
-        f"--fingerprint {fingerprint}"
-    )
-
-
-def _describe_serving_names(name: str, node: dict[str, Any]) -> None:
-    """The names the node asked for that wait for an administrator, and the commands."""
-    shown = node.get("status", {}).get("registration", {}).get("servingNames")
-    waiting = shown.get("pending") if isinstance(shown, dict) else None
-    if not waiting:
-        return
-    print(f"serving names waiting: {escape(', '.join(waiting))}")
-    print(
-        f"  nodectl certificate approve {escape(name)} puts them on its next certificate; "
-        f"nodectl certificate deny {escape(name)} refuses them"
-    )
+    nodectl_describe.cmd_describe(client, args)
 
 
 def _documents(path: str) -> list[tuple[str, object]]:

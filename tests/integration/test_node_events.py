@@ -34,7 +34,7 @@ def test_describe_pod_shows_the_nodes_back_off_event_with_its_count(
 
     def back_off_row() -> str | None:
         out = master.nodectl("describe", "pod", "crasher").stdout
-        for line in out[out.find("events:") :].splitlines():
+        for line in out[out.find("Events:") :].splitlines():
             counted = re.search(r"\(x(\d+) over ", line)
             if " BackOff " in line and counted and int(counted.group(1)) >= 2:
                 return line
@@ -43,5 +43,22 @@ def test_describe_pod_shows_the_nodes_back_off_event_with_its_count(
     # Back-off 10 s, then 20 s: the second exit comes some 10 s after the first.
     row = wait_for(back_off_row, timeout_s=90, what="a BackOff event counted twice")
     assert row.split()[0] == "Warning"
+    # kubectl's describe layout, the container's state from the node's status report.
+    out = master.nodectl("describe", "pod", "crasher").stdout
+    lines = out.splitlines()
+    assert lines[0].split() == ["Name:", "crasher"] and lines[1].split() == [
+        "Namespace:",
+        "default",
+    ]
+    assert re.search(rf"^Node: +{re.escape(agent.node_name)}/", out, re.MULTILINE)
+    main = lines[lines.index("Containers:") + 1 :]
+    assert main[0] == "  main:" and main[1].split()[:2] == ["Container", "ID:"]
+    assert re.search(
+        r"^    Last State: +Terminated\n      Reason: +Error\n      Exit Code: +3$",
+        out,
+        re.MULTILINE,
+    )
+    assert re.search(r"^    Restart Count: +[1-9]", out, re.MULTILINE)
+    assert re.search(r"^  PodScheduled +True$", out, re.MULTILINE)
     assert f"node-agent, {agent.node_name}" in row
     assert "Back-off restarting failed container main in pod crasher" in row

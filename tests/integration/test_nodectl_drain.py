@@ -98,3 +98,11 @@ def test_drain_moves_a_scheduled_pod_and_leaves_pinned_and_static_pods(
     assert "pinned" not in pods
     assert running_on(mirror, a.node_name)  # the static pod stays, running
     wait_for(lambda: a.pod("placed") is None, timeout_s=WAIT_S, what="placed gone from a")
+
+    # describe node, kubectl's layout: cordoned, only the static pod left on it.
+    described = master.nodectl("describe", "node", a.node_name).stdout.splitlines()
+    assert described[0].split() == ["Name:", a.node_name]
+    assert ["Unschedulable:", "true"] in [line.split() for line in described]
+    table = described[described.index("Allocated resources:") - 4 :]
+    assert table[0].split()[:3] == ["Non-terminated", "Pods:", "(1"]
+    assert table[3].split()[:2] == ["default", mirror]

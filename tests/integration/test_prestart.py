@@ -13,6 +13,7 @@ operator does, in ``nodectl describe pod`` through the master (the node reports 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -361,16 +362,20 @@ def test_nodectl_describe_pod_shows_prestart_hook_failed(
 
     def described() -> str | None:
         out = master.nodectl("describe", "pod", "gated").stdout
-        events = out[out.find("events:") :]
+        events = out[out.find("Events:") :]
         failed = [line for line in events.splitlines() if " PreStartHookFailed " in line]
-        done = "reason: PreStartHookFailed" in out and failed
+        waiting = re.search(r"^ +Reason: +PreStartHookFailed$", out, re.MULTILINE)
+        done = waiting and failed
         return out if done else None
 
     out = wait_for(described, timeout_s=60, what="describe pod: PreStartHookFailed")
-    flat = " ".join(out.replace('"', " ").split())  # YAML folds and quotes long strings
-    assert "tcpSocket 127.0.0.1:" in flat and "not passed within its deadline of 2s" in flat
-    assert "phase: Failed" in out
-    events = out[out.find("events:") :].splitlines()
+    messages = re.findall(r"^ +Message: +(.*)$", out, re.MULTILINE)  # the container's state
+    assert any(
+        "tcpSocket 127.0.0.1:" in m and "not passed within its deadline of 2s" in m
+        for m in messages
+    ), out
+    assert re.search(r"^Status: +Failed$", out, re.MULTILINE)
+    events = out[out.find("Events:") :].splitlines()
     [row] = [line for line in events if " PreStartHookFailed " in line]
     assert row.split()[0] == "Warning" and f"node-agent, {agent.node_name}" in row
     assert "not passed within its deadline of 2s" in row

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
-from agent.cli.nodectl import DESCRIBE_EVENTS_SHOWN, _describe_events
+from agent.cli.nodectl_describe import DESCRIBE_EVENTS_SHOWN, events_section
 
 NOW = 1_796_299_200.0  # 2026-12-03T12:00:00Z
 
@@ -28,8 +26,8 @@ def event(
     }
 
 
-def test_the_table_as_kubectl_describe(capsys: pytest.CaptureFixture[str]) -> None:
-    _describe_events(
+def test_the_table_as_kubectl_describe() -> None:
+    text = events_section(
         [
             event("BackOff", "2026-12-03T11:59:50Z", "2026-12-03T11:58:00Z", count=5),
             event(
@@ -40,19 +38,18 @@ def test_the_table_as_kubectl_describe(capsys: pytest.CaptureFixture[str]) -> No
         ],
         NOW,
     )
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "events:"
-    assert lines[1].split() == ["TYPE", "REASON", "AGE", "FROM", "MESSAGE"]
+    lines = text.splitlines()
+    assert lines[0] == "Events:"
+    assert lines[1] == "  Type     Reason     Age               From            Message"
+    assert lines[2] == "  ----     ------     ----              ----            -------"
     # Oldest first by last occurrence: the master's Scheduled, then the node's BackOff.
-    assert lines[2].split() == ["Normal", "Scheduled", "3m", "node-master", "Scheduled", "message"]
-    assert "10s (x5 over 2m)" in lines[3] and "node-agent, n1" in lines[3]
+    assert lines[3] == "  Normal   Scheduled  3m                node-master     Scheduled message"
+    assert lines[4] == "  Warning  BackOff    10s (x5 over 2m)  node-agent, n1  BackOff message"
 
 
-def test_only_the_latest_are_shown_and_none_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+def test_only_the_latest_are_shown_and_none_says_so() -> None:
     many = [event(f"R{i}", f"2026-12-03T11:{i:02d}:00Z") for i in range(30)]
-    _describe_events(many, NOW)
-    rows = capsys.readouterr().out.splitlines()[2:]
+    rows = events_section(many, NOW).splitlines()[3:]
     assert len(rows) == DESCRIBE_EVENTS_SHOWN
     assert rows[-1].split()[1] == "R29" and rows[0].split()[1] == "R10"
-    _describe_events([], NOW)
-    assert capsys.readouterr().out == "events: <none>\n"
+    assert events_section([], NOW) == "Events:  <none>"

@@ -65,6 +65,8 @@ class StubClient:
             return {"items": [_node(name) for name in HOSTILE]}
         if path.startswith("/v1/pods"):
             return {"items": [_pod(name) for name in HOSTILE]}
+        if path.startswith("/v1/namespaces/"):
+            return _pod("x")
         if path.startswith("/v1/nodes/"):
             return _node(
                 "n1",
@@ -127,17 +129,26 @@ def test_get_pods_prints_one_row_per_pod(
 def test_describe_escapes_the_evidence_and_the_events(capsys: pytest.CaptureFixture[str]) -> None:
     run("describe", "node", "n1")
     out = capsys.readouterr().out
-    # The YAML dump double-quotes and escapes every such string, on one line of its own:
-    assert '  fingerprint: "sha256:ab\\nkey replacement waiting: sha256:forged"\n' in out
+    # Every value the node or the master chose is escaped on its own line of the layout:
+    assert "  Admitted By:  auto\\x1b[0m\n" in out
+    assert "  InternalIP:  10.0.0.1\\nfake\n" in out
+    assert "Node Agent Version:  1.0\\r\\n\n" in out
     # and the line nodectl writes itself is the only one that starts like it.
     evidence = [line for line in out.splitlines() if line.startswith("key replacement")]
     assert evidence == [
         "key replacement waiting: sha256:ab\\nkey replacement waiting: sha256:forged from "
         "10.0.0.9\\x1b]0;title\\x07 at 2026-01-01T00:00:00Z (rule approval)"
     ]
-    events = out[out.index("events:") :]
-    assert_clean(events, 3)  # "events:", the header, one event
+    events = out[out.index("Events:") :]
+    assert_clean(events, 4)  # "Events:", the header, its underline, one event
     assert "Forged\\n2026" in events and "a\\nb\\x1b[2J" in events
+    assert all(line.isprintable() for line in out.splitlines())
+
+
+def test_describe_pod_escapes_every_value(capsys: pytest.CaptureFixture[str]) -> None:
+    run("describe", "pod", "x")
+    out = capsys.readouterr().out
+    assert "Status:       Running\\n\n" in out and "IP:           10.1.0.1\\x1b\n" in out
     assert all(line.isprintable() for line in out.splitlines())
 
 
