@@ -14,9 +14,10 @@ any path under test (docs/architecture.md §6: busybox ``nc`` in a container cap
 inside the pod's network namespace (setns, as for any pod) and the baselines reach the same port
 directly. Bulk: ``--mib`` MiB written and the same read back concurrently on one connection
 (throughput = bytes one way / time), paths alternating A B C D … for ``--rounds`` rounds, medians
-reported. Latency: 1-byte ping-pong, ``--pings`` round trips per path, median. Exec: wall time of
-the whole command, ``--execs`` runs each, alternating. Only loopback and the test's own pod are
-used."""
+reported. Latency: 1-byte ping-pong, ``--pings`` round trips per path in ten blocks taken in turn
+by the paths, median and p99. Exec: wall time of the whole command, ``--execs`` runs each,
+alternating. ``--parts hops --syscalls``: also ``strace -c`` of each process of the path during
+more pings (system calls per round trip). Only loopback and the test's own pod are used."""
 
 from __future__ import annotations
 
@@ -147,20 +148,6 @@ def bulk(port: int, size: int) -> float:
         return time.monotonic() - start
 
 
-def ping_pong(port: int, count: int) -> float:
-    """Median round trip of one byte, seconds."""
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        samples = []
-        for _ in range(count):
-            start = time.perf_counter()
-            sock.sendall(b"x")
-            if sock.recv(1) != b"x":
-                raise RuntimeError("echo lost a byte")
-            samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
-
 def ping_stamps(port: int, count: int) -> list[tuple[int, int]]:
     """1-byte ping-pong; each round trip's send and receive time (CLOCK_MONOTONIC, ns: the
     clock the processes of the path stamp their hops with)."""
@@ -243,6 +230,32 @@ def hop_breakdown(
     return rows, complete
 
 
+def syscalls_per_ping(port: int, count: int, pids: dict[str, int], out_dir: Path) -> None:
+    """``strace -c -f`` attached to each process of the path during ``count`` more pings: the
+    system calls each makes per round trip (strace slows every call: counts, not times)."""
+    tracers = {
+        name: subprocess.Popen(
+            ["strace", "-c", "-f", "-q", "-o", str(out_dir / f"{name}.strace"), "-p", str(pid)],
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in pids.items()
+    }
+    time.sleep(1.0)  # strace attaches asynchronously; nothing to wait on but its start
+    ping_stamps(port, count)
+    for tracer in tracers.values():
+        tracer.send_signal(subprocess.signal.SIGINT)
+        tracer.wait(timeout=30)
+    for name in tracers:
+        counts = {}
+        for line in (out_dir / f"{name}.strace").read_text().splitlines():
+            fields = line.split()
+            if len(fields) >= 5 and fields[3].isdigit() and fields[-1] != "total":
+                counts[fields[-1]] = int(fields[3])
+        busy = sorted(counts.items(), key=lambda kv: -kv[1])[:8]
+        shown = ", ".join(f"{call} {n / count:.2f}" for call, n in busy)
+        print(f"  syscalls per ping, {name}: {shown}")
+
+
 def bench_hops(
     master: MasterProcess,
     agent: AgentProcess,
@@ -287,6 +300,9 @@ def bench_hops(
                     port = forwarded_port(proc)
                     ping_stamps(port, 200)  # warm-up
                     stamps = ping_stamps(port, args.pings)
+                    if args.syscalls:
+                        traced = {"nodectl": proc.pid, **procs}
+                        syscalls_per_ping(port, args.pings, traced, hop_dir)
                 finally:
                     proc.terminate()
                     proc.wait(timeout=10)
@@ -310,6 +326,41 @@ def bench_hops(
                 f"x{rtt_p99 / ssh_p99:.2f}"
             )
     return lines
+
+
+def interleaved_pings(
+    paths: dict[str, int], count: int, blocks: int = 10
+) -> dict[str, tuple[float, float]]:
+    """Median and p99 of the 1-byte round trip, seconds, per path: ``count`` pings per path
+    in ``blocks`` blocks taken in turn (A B C D A B C D …), so that every path sees the same
+    machine; one connection per path."""
+    samples: dict[str, list[float]] = {name: [] for name in paths}
+    socks = {
+        name: socket.create_connection(("127.0.0.1", port), timeout=30)
+        for name, port in paths.items()
+    }
+    try:
+        for sock in socks.values():
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(blocks):
+            for name, sock in socks.items():
+                for _ in range(max(1, count // blocks)):
+                    start = time.perf_counter()
+                    sock.sendall(b"x")
+                    if sock.recv(1) != b"x":
+                        raise RuntimeError("echo lost a byte")
+                    samples[name].append(time.perf_counter() - start)
+    finally:
+        for sock in socks.values():
+            sock.close()
+    out = {}
+    for name, values in samples.items():
+        values.sort()
+        out[name] = (
+            statistics.median(values),
+            values[min(len(values) - 1, int(len(values) * 0.99))],
+        )
+    return out
 
 
 @contextmanager
@@ -469,19 +520,29 @@ def bench_bulk(
         for _ in range(args.rounds):
             for name, port in paths.items():
                 times[name].append(bulk(port, size))
-        rtts = {name: ping_pong(port, args.pings) for name, port in paths.items()}
+        rtts = interleaved_pings(paths, args.pings)
     mbps = {name: size / statistics.median(t) / 1e6 for name, t in times.items()}
     print(f"bulk: {args.mib} MiB each way through the pod's echo, median of {args.rounds}")
+    print(f"1-byte RTT: {args.pings} pings per path, in blocks alternating between the paths")
     ssh_mbps = mbps["ssh -L"]
+    ssh_rtt, ssh_p99 = rtts["ssh -L"]
     for name in paths:
         ratio = mbps[name] / ssh_mbps
-        rtt_us = rtts[name] * 1e6
-        print(f"  {name:36s} {mbps[name]:8.0f} MB/s  x{ratio:.2f} of ssh -L  RTT {rtt_us:6.0f} us")
+        rtt, p99 = rtts[name]
+        print(
+            f"  {name:36s} {mbps[name]:8.0f} MB/s  x{ratio:.2f} of ssh -L  RTT {rtt * 1e6:6.0f} us"
+            f" (x{rtt / ssh_rtt:.2f})  p99 {p99 * 1e6:6.0f} us (x{p99 / ssh_p99:.2f})"
+        )
     direct_ratio = mbps["nodectl port-forward --direct"] / ssh_mbps
     master_ratio = mbps["nodectl port-forward (via master)"] / ssh_mbps
+    direct_rtt, direct_p99 = rtts["nodectl port-forward --direct"]
+    master_rtt, _ = rtts["nodectl port-forward (via master)"]
     return [
-        f"port-forward direct >= 1.0x ssh -L: {direct_ratio:.2f}",
-        f"port-forward via master >= 0.6x ssh -L: {master_ratio:.2f}",
+        f"port-forward direct bulk >= 1.1x ssh -L: {direct_ratio:.2f}",
+        f"port-forward via master (relay) bulk >= 0.8x ssh -L: {master_ratio:.2f}",
+        f"port-forward direct 1-byte RTT <= 1.0x ssh -L: {direct_rtt / ssh_rtt:.2f}, p99 <= 1.5x:"
+        f" {direct_p99 / ssh_p99:.2f}",
+        f"port-forward via master (relay) RTT <= 2.0x ssh -L: {master_rtt / ssh_rtt:.2f}",
     ]
 
 
@@ -546,8 +607,9 @@ def bench_exec(
     print(f"  {'nodectl exec (default, first call)':36s} {first_s * 1000:6.0f} ms  (one call)")
     ssh_ms = med["ssh host true"] * 1000
     return [
-        f"nodectl exec <= 1.5x docker exec: {session_s / docker_s:.2f} by default (after the "
-        f"first call, {first_s * 1000:.0f} ms), {ours_s / docker_s:.2f} with sessions off",
+        f"nodectl exec <= 1.3x docker exec by default (in the session): {session_s / docker_s:.2f}"
+        f" (first call {first_s * 1000:.0f} ms)",
+        f"nodectl exec <= 2.5x docker exec with sessions off: {ours_s / docker_s:.2f}",
         f"nodectl exec faster than ssh: {session_s * 1000:.0f} ms (sessions off "
         f"{ours_s * 1000:.0f} ms) vs {ssh_ms:.0f} ms",
     ]
@@ -566,6 +628,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pings", type=int, default=2000)
     parser.add_argument("--execs", type=int, default=10)
+    parser.add_argument(
+        "--syscalls",
+        action="store_true",
+        help="with --parts hops: strace -c the processes of each path during more pings",
+    )
     parser.add_argument(
         "--parts",
         default="bulk,exec",

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import ssl
 import sys
 import urllib.parse
@@ -26,6 +25,7 @@ from typing import Any
 from agent.aio import hops
 from agent.aio.h2conn import H2Connection, H2Stream, connect
 from agent.aio.malloc import tune_malloc
+from agent.aio.splice import SocketSplice
 from agent.errors import CliError, ConnectionClosedError, StreamingError
 from agent.names import escape, quote
 from agent.proto import execframe
@@ -368,43 +368,37 @@ async def port_forward_session(
     base = f"/v1/namespaces/{urllib.parse.quote(namespace)}/pods/{urllib.parse.quote(pod)}"
 
     active: set[asyncio.Task[Any]] = set()
-
-    def handler(remote: int) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]:
-        async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            me = asyncio.current_task()
-            if me is not None:
-                active.add(me)
-            sock = writer.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            try:
-                stream = await conn.request("POST", f"{base}/portforward?port={remote}")
-                upload = asyncio.get_running_loop().create_task(_upload(reader, stream))
-                try:
-                    await _response(stream)
-                    while chunk := await stream.read():
-                        if hops.RECORDER is not None:
-                            hops.RECORDER.mark(hops.Point.LOCAL_WRITE, hops.Side.NONE, len(chunk))
-                        writer.write(chunk)
-                        await writer.drain()
-                    if writer.can_write_eof():
-                        writer.write_eof()
-                    await upload
-                finally:
-                    upload.cancel()
-            except (CliError, StreamingError, OSError) as exc:
-                print(f"nodectl: error forwarding port {remote}: {exc}", file=sys.stderr)
-            except asyncio.CancelledError:
-                pass  # the session is shutting down (Ctrl-C): nothing to report
-            finally:
-                writer.close()
-                if me is not None:
-                    active.discard(me)
-
-        return forward
-
     loop = asyncio.get_running_loop()
+
+    async def forward(splice: SocketSplice, remote: int) -> None:
+        try:
+            stream = await conn.request("POST", f"{base}/portforward?port={remote}")
+            # The client may speak first: its bytes go out before the response is known.
+            splice.send_from_socket(stream)
+            await _response(stream)
+            splice.deliver_to_socket()
+            await splice.done
+        except (CliError, StreamingError, OSError) as exc:
+            print(f"nodectl: error forwarding port {remote}: {exc}", file=sys.stderr)
+        except asyncio.CancelledError:
+            pass  # the session is shutting down (Ctrl-C): nothing to report
+        finally:
+            splice.close()
+
+    def accepted(remote: int) -> Callable[[], SocketSplice]:
+        def make() -> SocketSplice:
+            # Each local connection: both directions in the loop's callbacks, no task
+            # hand-offs (agent/aio/splice.py); one task only opens the stream and waits.
+            splice = SocketSplice(
+                read_point=hops.Point.LOCAL_READ, write_point=hops.Point.LOCAL_WRITE
+            )
+            task = loop.create_task(forward(splice, remote))
+            active.add(task)
+            task.add_done_callback(active.discard)
+            return splice
+
+        return make
+
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -413,7 +407,7 @@ async def port_forward_session(
     try:
         for pair in pairs:
             try:
-                server = await asyncio.start_server(handler(pair.remote), address, pair.local)
+                server = await loop.create_server(accepted(pair.remote), address, pair.local)
             except OSError as exc:  # busy port, an address not of this host: kubectl's words
                 raise CliError(
                     f"Unable to listen on port {pair.local}: {exc.strerror or exc}"
@@ -437,14 +431,6 @@ async def port_forward_session(
         for task in list(active):
             task.cancel()
         await asyncio.gather(*active, return_exceptions=True)
-
-
-async def _upload(reader: asyncio.StreamReader, stream: H2Stream) -> None:
-    while data := await reader.read(READ_CHUNK_BYTES):
-        if hops.RECORDER is not None:
-            hops.RECORDER.mark(hops.Point.LOCAL_READ, hops.Side.NONE, len(data))
-        await stream.write(data)
-    await stream.end()  # local client half-closed: half-close towards the pod
 
 
 # -- entry ---------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from cryptography import x509
 from agent.aio.edge import ApiRequest
 from agent.aio.h2conn import H2Connection, H2Stream, connect
 from agent.aio.logs import kv
-from agent.aio.tasks import run_all
+from agent.aio.splice import StreamRelay
 from agent.errors import BadGatewayError, ConnectionClosedError, StreamingError
 from agent.pki.core import identity_of
 from agent.pki.names import NODE_CN_PREFIX
@@ -83,32 +83,28 @@ class StreamingProxy:
                     side.reset()
 
     async def _pump(self, user: H2Stream, upstream: H2Stream) -> None:
-        """Relay both directions, each a task of one TaskGroup (``run_all``): returns once both
-        ended, so nothing outlives the request; a cancellation waits for both too."""
-
-        async def up() -> None:
-            try:
-                while chunk := await user.read():
-                    await upstream.write(chunk)
-                await upstream.end()
-            except StreamingError:
-                # The user is gone (reset, connection lost): end the node's side now, or a
-                # session that writes nothing (a shell waiting for input) would stay open there.
-                # Not raised: ``down`` fails on the reset upstream by itself, and once the
-                # response has ended the user's side failing no longer matters.
-                if not upstream.failed:
-                    upstream.reset()
-
-        async def down() -> None:
+        """Relay both directions in the connections' read callbacks (``StreamRelay``: no
+        task hand-off per chunk, BENCHMARKS.md "hop by hop"); returns once both ended. The
+        user failing resets the node's side (a session that writes nothing, a shell waiting
+        for input, would stay open there); the node's side failing raises, and ``handle``
+        resets both."""
+        up = StreamRelay(user, upstream)
+        up.start()
+        try:
             headers = await upstream.response()
-            status = upstream.status
-            await user.respond(status, [(k, v) for k, v in headers if k in _FORWARDED_HEADERS])
-            while chunk := await upstream.read():
-                await user.write(chunk)
-            await user.end(upstream.trailers)
-            # The user's side may still be sending (port-forward half-close): run_all waits.
-
-        await run_all(up(), down())
+            await user.respond(
+                upstream.status, [(k, v) for k, v in headers if k in _FORWARDED_HEADERS]
+            )
+            down = StreamRelay(upstream, user)
+            down.start()
+            await down.done
+            if down.error is not None:
+                raise down.error
+            # The user's side may still be sending (port-forward half-close): wait for it.
+            await up.done
+        finally:
+            if not up.done.done() and not upstream.failed:
+                upstream.reset()  # cancelled or failed: nothing outlives the request
 
     # -- node links ----------------------------------------------------------------------
 

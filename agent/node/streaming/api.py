@@ -21,7 +21,6 @@ duration, exit code. Errors before the session starts are JSON ``{"error": {"cod
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -34,7 +33,7 @@ from agent.aio import hops
 from agent.aio.edge import ApiRequest
 from agent.aio.h2conn import H2Stream
 from agent.aio.logs import kv
-from agent.aio.tasks import run_all
+from agent.aio.splice import SocketSplice
 from agent.errors import (
     AgentError,
     BadRequestError,
@@ -57,7 +56,6 @@ log = logging.getLogger(__name__)
 # as seen from the network namespace of process pid, given (pid, port, timeout_s).
 PortConnector = Callable[[int, int, float], socket.socket]
 
-READ_CHUNK_BYTES = 1 << 20
 PORT_CONNECT_TIMEOUT_S = 5.0
 EXIT_CODE_WAIT_S = 5.0
 EXEC_CONTENT_TYPE = "application/vnd.node-agent.exec"
@@ -357,40 +355,29 @@ class StreamingApi:
                 f"cannot connect to 127.0.0.1:{port} in pod {pod_name}: {exc.strerror or exc}"
             ) from exc
         started = time.monotonic()
-        sent = received = 0
         error = ""
-        loop = asyncio.get_running_loop()
-
-        async def upstream() -> None:
-            nonlocal sent
-            while chunk := await stream.read():
-                if hops.RECORDER is not None:
-                    hops.RECORDER.mark(hops.Point.POD_WRITE, hops.Side.NONE, len(chunk))
-                await loop.sock_sendall(sock, chunk)
-                sent += len(chunk)
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_WR)
-
-        async def downstream() -> None:
-            nonlocal received
-            while data := await loop.sock_recv(sock, READ_CHUNK_BYTES):
-                if hops.RECORDER is not None:
-                    hops.RECORDER.mark(hops.Point.POD_READ, hops.Side.NONE, len(data))
-                received += len(data)
-                await stream.write(data)
-            await stream.end()
-
+        # Both directions in the loop's callbacks (agent/aio/splice.py): no task hand-off
+        # between the stream and the pod's socket; the socket belongs to the transport now.
+        splice = SocketSplice(read_point=hops.Point.POD_READ, write_point=hops.Point.POD_WRITE)
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: splice, sock)
+        except OSError as exc:
+            sock.close()
+            raise PortUnreachableError(
+                f"cannot use the connection to 127.0.0.1:{port} in pod {pod_name}: {exc}"
+            ) from exc
         try:
             await stream.respond(200, [("content-type", "application/octet-stream")])
-            # Both directions in one TaskGroup: returns once both ended (one failing cancels
-            # the other), so the socket is closed only after nothing uses it any more.
-            await run_all(upstream(), downstream())
+            splice.send_from_socket(stream)
+            splice.deliver_to_socket()
+            await splice.done
+            error = splice.error
         except (AgentError, OSError) as exc:
             error = str(exc)
             if not stream.failed:
                 stream.reset()
         finally:
-            sock.close()
+            splice.close()  # cancelled (the node API stopping) or failed: the socket ends
             log.info(
                 "port-forward session",
                 extra=kv(
@@ -398,8 +385,8 @@ class StreamingApi:
                     pod=pod_name,
                     port=port,
                     duration_s=round(time.monotonic() - started, 3),
-                    bytes_in=sent,
-                    bytes_out=received,
+                    bytes_in=splice.to_socket,
+                    bytes_out=splice.from_socket,
                     error=error,
                 ),
             )

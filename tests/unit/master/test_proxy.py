@@ -18,7 +18,6 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -428,67 +427,21 @@ async def test_close_ends_every_link(setup: Setup) -> None:
 # -- the relay's two directions -----------------------------------------------------------------
 
 
-class _WaitingUpstream:
-    """The node's side of a relay whose answer never comes; notes the wait's cancellation."""
-
-    def __init__(self) -> None:
-        self.failed = False
-        self.waiting = asyncio.Event()
-        self.wait_cancelled = False
-
-    async def response(self) -> list[tuple[str, str]]:
-        self.waiting.set()
-        try:
-            await asyncio.get_running_loop().create_future()
-        except asyncio.CancelledError:
-            self.wait_cancelled = True
-            raise
-        raise AssertionError("unreachable")
-
-    async def write(self, data: bytes) -> None:
-        pass
-
-    async def end(self) -> None:
-        pass
-
-    def reset(self) -> None:
-        self.failed = True
-
-
-class _BrokenUser:
-    """The user's side, whose reading fails with a foreign error (a bug) once the node's
-    answer is awaited."""
-
-    def __init__(self, upstream: _WaitingUpstream) -> None:
-        self._upstream = upstream
-
-    async def read(self) -> bytes:
-        await self._upstream.waiting.wait()
-        raise RuntimeError("a bug on the user's side")
-
-
-async def test_a_direction_that_dies_ends_the_other_before_the_relay_returns() -> None:
-    """Both directions run in one TaskGroup: one failing ends the other at once (it was a
-    bare task whose death went unseen while the relay waited for the node), and the relay
-    returns only once both have ended."""
-    proxy = StreamingProxy(
-        pod_node=_never,
-        node_endpoint=_never,
-        proxy_cert=Path("unused"),
-        proxy_key=Path("unused"),
-        ca_file=Path("unused"),
-    )
-    upstream = _WaitingUpstream()
-    user = _BrokenUser(upstream)
-    relay = asyncio.create_task(proxy._pump(user, upstream))  # type: ignore[arg-type]
-    try:
-        await until(relay.done, "the relay to end by itself")
-    finally:
-        relay.cancel()
-    with pytest.raises(RuntimeError, match="a bug"):
-        await relay
-    assert upstream.wait_cancelled
-
-
-async def _never(*args: object) -> Any:
-    raise AssertionError("not called by the relay")
+async def test_a_user_gone_while_the_node_does_not_read_ends_the_nodes_side(
+    setup: Setup,
+) -> None:
+    """The relay runs in the connections' callbacks (agent.aio.splice.StreamRelay), no task
+    awaiting a read on either side: the user going away resets the node's side at once,
+    though the node neither reads nor writes, and the relay leaves nothing behind."""
+    setup.node.hold = True
+    user = await setup.user().open_h2("POST", EXEC)
+    await user.response()
+    await user.write(b"ping")
+    [upstream] = setup.node.requests
+    user.reset()
+    await until(lambda: upstream.failed, "the node's stream to be reset")
+    setup.node.release.set()
+    await until(lambda: setup.node.ended, "the node's handler to see the reset")
+    assert isinstance(setup.node.ended[0], StreamResetError)
+    [link] = setup.node.connections
+    await until(lambda: not link.streams, "no stream left on the node's link")

@@ -11,7 +11,6 @@ TLS contexts read files: they are built in the bridge, never in the loop.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import ssl
@@ -110,26 +109,15 @@ def free_port() -> int:
 
 
 class WatchedSocket(socket.socket):
-    """A port-forward's socket that notes, when it is closed, which of the session's tasks
-    (its two directions) had not ended yet: closing under a running task is a defect."""
+    """A port-forward's pod-side socket that notes, when it is closed, whether TCP_NODELAY was
+    set on it (by the node's splice: the connector here does not set it): None while open."""
 
-    running_at_close: list[str] | None = None
+    nodelay_at_close: int | None = None
 
     def close(self) -> None:
-        if self.running_at_close is None:
-            try:
-                tasks = asyncio.all_tasks()
-            except RuntimeError:  # closed off the loop (collected): no session task to see
-                tasks = set()
-            self.running_at_close = sorted(
-                name
-                for task in tasks
-                if (name := getattr(task.get_coro(), "__name__", "")) in _PORT_FORWARD_TASKS
-            )
+        if self.nodelay_at_close is None and self.fileno() != -1:
+            self.nodelay_at_close = self.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         super().close()
-
-
-_PORT_FORWARD_TASKS = frozenset({"upstream", "downstream"})
 
 
 class LoopbackConnector:
@@ -143,7 +131,6 @@ class LoopbackConnector:
         self.pids.append(pid)
         plain = socket.create_connection((HOST, port), timeout=timeout_s)
         sock = WatchedSocket(plain.family, plain.type, plain.proto, fileno=plain.detach())
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         self.sockets.append(sock)
         return sock
