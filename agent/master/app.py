@@ -41,6 +41,8 @@ from agent.master.pki_files import ClusterPki, ensure_master_mark, write_proxy_i
 from agent.master.pods import PodStore
 from agent.master.proxy import StreamingProxy
 from agent.master.registry import NodeRegistry
+from agent.master.store.base import Store
+from agent.master.store.etcd import EtcdStore, tls_context
 from agent.master.store.sqlite import SqliteStore
 from agent.pki.core import certs_from_pem
 from agent.proto.routes import MASTER_ROUTES
@@ -107,7 +109,7 @@ class Master:
         }
         for sig, handler in handlers.items():
             signals.add_signal_handler(sig, handler)
-        store: SqliteStore | None = None
+        store: Store | None = None
         try:
             store, managers = await self._compose()
             lifecycle = Lifecycle(managers, step_timeout_s=STOP_STEP_TIMEOUT_S)
@@ -132,7 +134,35 @@ class Master:
             self.bridge.close()
             log.info("node master stopped")
 
-    async def _compose(self) -> tuple[SqliteStore, list[Manager]]:
+    async def _open_store(self) -> Store:
+        """The ``[store]`` backend: SQLite in the data dir, or etcd (StoreError naming the
+        endpoints when none answers: the master does not start)."""
+        cfg = self.config
+        if cfg.store.backend != "etcd":
+            return await SqliteStore.open(
+                cfg.data_dir / STORE_FILE, self.bridge, history=cfg.store_history_revisions
+            )
+        tls = None
+        if cfg.store.endpoints[0].startswith("https://"):
+            try:
+                tls = await self.bridge.run(
+                    tls_context, cfg.store.ca_file, cfg.store.cert_file, cfg.store.key_file
+                )
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"[store] TLS files: {exc}") from exc
+        store = await EtcdStore.open(
+            cfg.store.endpoints,
+            prefix=cfg.store.prefix,
+            tls=tls,
+            history=cfg.store_history_revisions,
+        )
+        log.info(
+            "store: etcd",
+            extra=kv(endpoints=",".join(cfg.store.endpoints), prefix=cfg.store.prefix),
+        )
+        return store
+
+    async def _compose(self) -> tuple[Store, list[Manager]]:
         """Load what the managers need (store, PKI, registry) and build them, in start order."""
         cfg = self.config
         scope = self.supervisor.scope
@@ -149,9 +179,7 @@ class Master:
                 extra=kv(cert=str(pki.serving_cert_path), names=",".join(remarked)),
             )
         client_cas = await self.bridge.run(read_client_cas, cfg)
-        store = await SqliteStore.open(
-            cfg.data_dir / STORE_FILE, self.bridge, history=cfg.store_history_revisions
-        )
+        store = await self._open_store()
         self.registry = NodeRegistry(store, pki, cfg, client_cas)
         await self.registry.load()
         self.pods = PodStore(store, self.registry)

@@ -1,4 +1,5 @@
-"""The master's configuration (``master.toml``): sections ``[master]`` and ``[registration]``.
+"""The master's configuration (``master.toml``): sections ``[master]``, ``[registration]`` and
+``[store]`` (which backend holds the cluster's state: SQLite in the data dir, or etcd).
 
 Same rules as the agent's: every key typed and documented in one table, unknown keys and bad
 values are errors naming file, section and key. ``load_master_config`` is also what a SIGHUP
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +78,19 @@ REGISTRATION_KEYS: tuple[Key, ...] = (
     ),
     Key("registration_burst", int, "registration requests a source address may send at once"),
 )
-SECTIONS = {"master": MASTER_KEYS, "registration": REGISTRATION_KEYS}
+STORE_BACKENDS = ("sqlite", "etcd")
+DEFAULT_STORE_PREFIX = "/node-master/"
+MAX_STORE_PREFIX_CHARS = 200
+_PREFIX_RE = re.compile(r"/(?:[A-Za-z0-9._-]+/)*")
+STORE_KEYS: tuple[Key, ...] = (
+    Key("backend", str, "where the cluster's state is kept", choices=STORE_BACKENDS),
+    Key("endpoints", list, "etcd: client URLs (https://HOST:PORT or http://HOST:PORT)"),
+    Key("ca_file", Path, "etcd: CA bundle etcd's certificate is checked against", optional=True),
+    Key("cert_file", Path, "etcd: client certificate (PEM) presented to etcd", optional=True),
+    Key("key_file", Path, "etcd: its private key (PEM)", optional=True),
+    Key("prefix", str, "etcd: key prefix of this cluster (several clusters may share an etcd)"),
+)
+SECTIONS = {"master": MASTER_KEYS, "registration": REGISTRATION_KEYS, "store": STORE_KEYS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +111,16 @@ class RegistrationPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreConfig:
+    backend: str = "sqlite"
+    endpoints: tuple[str, ...] = ()
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    prefix: str = DEFAULT_STORE_PREFIX
+
+
+@dataclass(frozen=True, slots=True)
 class MasterConfig:
     data_dir: Path
     listen: str = "0.0.0.0:6443"
@@ -108,6 +133,7 @@ class MasterConfig:
     log_format: str = "kv"
     log_level: str = "info"
     registration: RegistrationPolicy = field(default_factory=RegistrationPolicy)
+    store: StoreConfig = field(default_factory=StoreConfig)
     path: Path | None = None
 
     @property
@@ -151,9 +177,10 @@ def load_master_config(path: Path, overrides: Mapping[str, object] | None = None
             key = {k.name: k for k in MASTER_KEYS}[name]
             master[name] = coerce_value(key, value, f"flag {key.flag}")
     registration = RegistrationPolicy(**_section(raw, "registration", REGISTRATION_KEYS, where))
+    store = StoreConfig(**_section(raw, "store", STORE_KEYS, where))
     if "data_dir" not in master:
         master["data_dir"] = path.parent
-    config = MasterConfig(registration=registration, path=path, **master)
+    config = MasterConfig(registration=registration, store=store, path=path, **master)
     validate(config, where)
     return config
 
@@ -209,6 +236,69 @@ def validate(config: MasterConfig, where: str) -> None:
         raise ConfigError(f"{where} [master]: disruption_threshold must be in (0, 1]")
     if config.node_cert_lifetime_s < 2:
         raise ConfigError(f"{where} [master]: node_cert_lifetime_s must be at least 2")
+    validate_store(config.store, f"{where} [store]")
+
+
+def validate_store(store: StoreConfig, where: str) -> None:
+    """The ``[store]`` table; ConfigError naming the key."""
+    etcd_keys = {
+        "endpoints": bool(store.endpoints),
+        "ca_file": store.ca_file is not None,
+        "cert_file": store.cert_file is not None,
+        "key_file": store.key_file is not None,
+        "prefix": store.prefix != DEFAULT_STORE_PREFIX,
+    }
+    if store.backend != "etcd":
+        for key, given in etcd_keys.items():
+            if given:
+                raise ConfigError(
+                    f'{where}: {key} is for backend = "etcd" (backend is {store.backend!r})'
+                )
+        return
+    if not store.endpoints:
+        raise ConfigError(f'{where}: endpoints: backend = "etcd" needs at least one etcd URL')
+    schemes = {_endpoint_scheme(url, where) for url in store.endpoints}
+    if len(schemes) > 1:
+        raise ConfigError(f"{where}: endpoints: all https:// or all http://, not both")
+    if (store.cert_file is None) != (store.key_file is None):
+        missing = "key_file" if store.key_file is None else "cert_file"
+        raise ConfigError(f"{where}: {missing}: cert_file and key_file go together")
+    if schemes == {"http"}:
+        for key in ("ca_file", "cert_file", "key_file"):
+            if etcd_keys[key]:
+                raise ConfigError(f"{where}: {key} needs https:// endpoints (TLS)")
+    for key, file in (
+        ("ca_file", store.ca_file),
+        ("cert_file", store.cert_file),
+        ("key_file", store.key_file),
+    ):
+        if file is not None and not file.is_file():
+            raise ConfigError(f"{where}: {key} {file} does not exist")
+    if len(store.prefix) > MAX_STORE_PREFIX_CHARS or not _PREFIX_RE.fullmatch(store.prefix):
+        raise ConfigError(
+            f"{where}: prefix {store.prefix[:80]!r} must start and end with '/' and hold only "
+            f"letters, digits, '.', '_', '-' and '/' (at most {MAX_STORE_PREFIX_CHARS} characters)"
+        )
+
+
+def _endpoint_scheme(url: str, where: str) -> str:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        port = None
+        parts = urllib.parse.urlsplit("")
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or port is None
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+    ):
+        raise ConfigError(f"{where}: endpoints: {url[:200]!r} is not a URL like https://HOST:2379")
+    return parts.scheme
 
 
 def render_master_toml(data_dir: Path, listen: str) -> str:
@@ -242,4 +332,13 @@ trust = ["open"]
 # pending_registration_ttl_s = {DEFAULT_PENDING_REGISTRATION_TTL_S:g}         # 24 hours
 # registration_rate_per_s = {DEFAULT_REGISTRATION_RATE_PER_S:g}
 # registration_burst = {DEFAULT_REGISTRATION_BURST}
+
+[store]
+# Where the cluster's state is kept: "sqlite" (store.db in data_dir) or "etcd".
+# backend = "sqlite"
+# endpoints = ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]   # etcd
+# ca_file = "/etc/node-master/etcd-ca.pem"
+# cert_file = "/etc/node-master/etcd-client.pem"
+# key_file = "/etc/node-master/etcd-client.key"
+# prefix = "{DEFAULT_STORE_PREFIX}"   # several clusters may share one etcd
 """

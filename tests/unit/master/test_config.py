@@ -17,6 +17,7 @@ from agent.master.config import (
     REGISTRATION_KEYS,
     MasterConfig,
     RegistrationPolicy,
+    StoreConfig,
     load_master_config,
     render_master_toml,
 )
@@ -277,3 +278,83 @@ def test_a_client_ca_file_that_does_not_exist(tmp_path: Path) -> None:
     missing.write_text("")
     config = load_master_config(tmp_path / "master.toml")
     assert config.registration.client_ca_file == missing
+
+
+# -- [store] ----------------------------------------------------------------------------------
+
+
+def test_the_store_is_sqlite_unless_etcd_is_asked(tmp_path: Path) -> None:
+    assert load_master_config(write(tmp_path, "")).store == StoreConfig()
+    assert StoreConfig().backend == "sqlite"
+    for name in ("ca.pem", "client.pem", "client.key"):
+        (tmp_path / name).write_text("not parsed here")
+    path = write(
+        tmp_path,
+        f"""
+[store]
+backend = "etcd"
+endpoints = ["https://10.0.0.1:2379", "https://[fd00::2]:2379"]
+ca_file = "{tmp_path / "ca.pem"}"
+cert_file = "{tmp_path / "client.pem"}"
+key_file = "{tmp_path / "client.key"}"
+prefix = "/clusters/eu-1/"
+""",
+    )
+    assert load_master_config(path).store == StoreConfig(
+        backend="etcd",
+        endpoints=("https://10.0.0.1:2379", "https://[fd00::2]:2379"),
+        ca_file=tmp_path / "ca.pem",
+        cert_file=tmp_path / "client.pem",
+        key_file=tmp_path / "client.key",
+        prefix="/clusters/eu-1/",
+    )
+    plain = write(tmp_path, '[store]\nbackend = "etcd"\nendpoints = ["http://127.0.0.1:2379"]\n')
+    assert load_master_config(plain).store.endpoints == ("http://127.0.0.1:2379",)
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        ('backend = "consul"', "key 'backend' must be one of sqlite, etcd, got 'consul'"),
+        ('endpoints = ["https://e:2379"]', 'endpoints is for backend = "etcd"'),
+        ('prefix = "/x/"', "prefix is for backend = \"etcd\" (backend is 'sqlite')"),
+        ('backend = "etcd"', 'endpoints: backend = "etcd" needs at least one etcd URL'),
+        ('backend = "etcd"\nendpoints = []', "needs at least one etcd URL"),
+        ('backend = "etcd"\nendpoints = "e:2379"', "endpoints: 'e:2379' is not a URL like"),
+        ('backend = "etcd"\nendpoints = ["https://e"]', "'https://e' is not a URL like"),
+        ('backend = "etcd"\nendpoints = ["https://e:99999"]', "is not a URL like"),
+        ('backend = "etcd"\nendpoints = ["ftp://e:2379"]', "is not a URL like"),
+        ('backend = "etcd"\nendpoints = ["https://u:p@e:2379"]', "is not a URL like"),
+        ('backend = "etcd"\nendpoints = ["https://e:2379/v3"]', "is not a URL like"),
+        (
+            'backend = "etcd"\nendpoints = ["https://a:2379", "http://b:2379"]',
+            "endpoints: all https:// or all http://, not both",
+        ),
+        ('backend = "etcd"\nendpoints = [2379]', "key 'endpoints' must be a list of strings"),
+        (
+            'backend = "etcd"\nendpoints = ["https://e:2379"]\ncert_file = "/c.pem"',
+            "key_file: cert_file and key_file go together",
+        ),
+        (
+            'backend = "etcd"\nendpoints = ["http://e:2379"]\nca_file = "/ca.pem"',
+            "ca_file needs https:// endpoints (TLS)",
+        ),
+        (
+            'backend = "etcd"\nendpoints = ["https://e:2379"]\nca_file = "/no/such/ca.pem"',
+            "ca_file /no/such/ca.pem does not exist",
+        ),
+        ('backend = "etcd"\nendpoints = ["https://e:2379"]\nprefix = ""', "prefix '' must"),
+        ('backend = "etcd"\nendpoints = ["https://e:2379"]\nprefix = "a/"', "prefix 'a/' must"),
+        ('backend = "etcd"\nendpoints = ["https://e:2379"]\nprefix = "/a"', "prefix '/a' must"),
+        ('backend = "etcd"\nendpoints = ["https://e:2379"]\nprefix = "/a b/"', "must start"),
+        ('backend = "etcd"\nendpoints = ["https://e:2379"]\nprefix = "//"', "must start"),
+        (
+            'backend = "etcd"\nendpoints = ["https://e:2379"]\nprefix = 7',
+            "key 'prefix' must be str",
+        ),
+        ('endpoint = ["https://e:2379"]', '[store]: unknown key "endpoint" (did you mean'),
+    ],
+)
+def test_bad_store_tables_name_the_key(tmp_path: Path, lines: str, expected: str) -> None:
+    message = refusal(tmp_path, f"[store]\n{lines}\n")
+    assert "[store]" in message and expected in message, message
