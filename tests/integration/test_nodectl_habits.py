@@ -342,7 +342,8 @@ def test_kubectl_habits(make_master: MakeMaster, make_agent: MakeAgent, tmp_path
     check_rows(
         master,
         [
-            Row("delete pod slow", 0, lambda o, e: "deleted" in o),
+            # --wait=false: kubectl's delete waits until the pod is gone (nodectl's too).
+            Row("delete pod slow --wait=false", 0, lambda o, e: "deleted" in o),
             Row("get pod slow", 0, lambda o, e: status_of(o)["slow"][2] == "Terminating"),
             Row(
                 "get pod slow -o jsonpath={.metadata.deletionTimestamp}",

@@ -56,6 +56,7 @@ class StatusReporter:
         self._node_name = node_name
         self._events = events
         self._reported: dict[str, str] = {}  # full name -> the status JSON last sent
+        self._api_reported: set[str] = set()  # those of them that are the master's pods
         self._events_sent = 0  # the event record's sequence the master has taken
 
     async def run(self, session: MasterSession) -> None:
@@ -63,6 +64,7 @@ class StatusReporter:
         status (and every mirror) once more."""
         self._mirrors.reset()
         self._reported = {}
+        self._api_reported = set()
         self._events_sent = 0
         while True:
             await self._sleep(STATUS_REPORT_S)
@@ -111,8 +113,11 @@ class StatusReporter:
 
     async def _report_statuses(self, session: MasterSession, items: list[dict[str, Any]]) -> None:
         present = {f"{i['metadata']['namespace']}/{i['metadata']['name']}" for i in items}
-        for gone in self._reported.keys() - present:
-            del self._reported[gone]  # bounded by the pods the node has now
+        for gone in sorted(self._reported.keys() - present):
+            last = self._reported.pop(gone)  # bounded by the pods the node has now
+            if gone in self._api_reported:
+                self._api_reported.discard(gone)
+                await self._report_gone(session, gone, last)
         for item in items:
             meta = item["metadata"]
             source = meta.get("annotations", {}).get(SOURCE_ANNOTATION, "")
@@ -143,3 +148,52 @@ class StatusReporter:
                 log.debug("status report skipped", extra=kv(pod=full, error=str(exc)))
                 continue
             self._reported[full] = encoded
+            if not static:
+                self._api_reported.add(full)
+
+    async def _report_gone(self, session: MasterSession, full: str, last: str) -> None:
+        """A pod of the master's that left the node (deleted: its containers stopped and were
+        removed) gets one last status, its containers no longer running, so that the master
+        lets a Terminating pod go now rather than at its deadline (kubelet's final status).
+        One attempt: the master's deadline covers a lost one."""
+        namespace, _, name = full.partition("/")
+        try:
+            await session.call(
+                "PUT",
+                f"/v1/namespaces/{namespace}/pods/{name}/status?mirror=false",
+                final_status(json.loads(last)),
+            )
+        except IdentityRejectedError:
+            raise
+        except AgentError as exc:  # unbound, moved, gone already: nothing to say
+            log.debug("final status report skipped", extra=kv(pod=full, error=str(exc)))
+
+
+# kubelet's words for a container it can no longer see once its pod was deleted.
+GONE_REASON = "ContainerStatusUnknown"
+GONE_MESSAGE = (
+    "The container could not be located when the pod was deleted. The container used to be Running"
+)
+GONE_EXIT_CODE = 137
+
+
+def final_status(status: dict[str, Any]) -> dict[str, Any]:
+    """``status`` of a pod whose containers are gone from the node: every container that was
+    running is terminated with kubelet's ContainerStatusUnknown, none ready."""
+    out = dict(status)
+    for key in ("initContainerStatuses", "containerStatuses"):
+        containers = out.get(key)
+        if isinstance(containers, list):
+            out[key] = [_gone(c) if isinstance(c, dict) else c for c in containers]
+    return out
+
+
+def _gone(container: dict[str, Any]) -> dict[str, Any]:
+    out = {**container, "ready": False}
+    if "started" in out:
+        out["started"] = False
+    state = container.get("state")
+    if isinstance(state, dict) and "running" in state:
+        terminated = {"exitCode": GONE_EXIT_CODE, "reason": GONE_REASON, "message": GONE_MESSAGE}
+        out["state"] = {"terminated": terminated}
+    return out

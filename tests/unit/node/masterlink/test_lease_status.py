@@ -11,6 +11,7 @@ from agent.errors import RuntimeUnavailableError
 from agent.manifest import parse_pod
 from agent.node.masterlink.facts import NodeFacts
 from agent.node.masterlink.lease import STATUS_CHECK_S, STATUS_REFRESH_S
+from agent.node.masterlink.status import final_status
 from agent.node.runtime.fake import FakeRuntime
 from tests.unit.node.asyncwait import until
 from tests.unit.node.masterlink.fakemaster import NODE, pod_manifest
@@ -244,3 +245,43 @@ async def test_node_facts_read_the_host_and_the_runtime(tmp_path: Path) -> None:
         assert "imageFs" not in await facts.status()
     finally:
         bridge.close()
+
+
+async def test_a_deleted_pod_gets_a_last_status_with_nothing_running(tmp_path: Path) -> None:
+    """Once a deleted pod of the master's has left the node, its last status says its
+    containers are gone (kubelet's ContainerStatusUnknown), so the master lets the
+    Terminating pod go then rather than at its deadline; once, and never for static pods."""
+    async with link_rig(tmp_path) as rig, rig.session() as session:
+        rig.master.add_pod(pod_manifest("a", uid="uid-a"), notify=False)
+        await rig.watch.relist(session)
+        worker = rig.pods.workers["uid-a"]
+        await until(lambda: worker.status.get("phase") == "Running", "a running")
+        await rig.reporter.report_once(session)
+        rig.pods.apply_source("api", [])
+        await until(lambda: "uid-a" not in rig.pods.workers, "a removed from the node")
+        await rig.reporter.report_once(session)
+        await rig.reporter.report_once(session)
+        reported = rig.master.record.statuses
+        assert [full for full, _ in reported] == ["default/a", "default/a"]
+        last = reported[-1][1]["containerStatuses"][0]
+        assert last["state"]["terminated"]["reason"] == "ContainerStatusUnknown"
+        assert last["ready"] is False
+        assert reported[0][1]["containerStatuses"][0]["state"].keys() == {"running"}
+
+
+def test_the_final_status_touches_only_running_containers() -> None:
+    status = {
+        "phase": "Running",
+        "containerStatuses": [
+            {"name": "a", "ready": True, "state": {"running": {"startedAt": "t"}}},
+            {"name": "b", "ready": False, "state": {"terminated": {"exitCode": 3}}},
+            "junk",
+        ],
+    }
+    final = final_status(status)
+    assert final["phase"] == "Running"
+    a, b, junk = final["containerStatuses"]
+    assert a["state"]["terminated"]["exitCode"] == 137 and not a["ready"]
+    assert b["state"] == {"terminated": {"exitCode": 3}}
+    assert junk == "junk"
+    assert status["containerStatuses"][0]["state"] == {"running": {"startedAt": "t"}}
