@@ -216,7 +216,7 @@ def test_partition_then_heal_reconciles_without_restarts(
     )
     wait_for(lambda: _unreachable_count(agent) >= 1, what="agent notices the partition")
     # Changes made on the master while the node cannot hear them.
-    assert master.nodectl("delete", "pod", "doomed").returncode == 0
+    assert master.nodectl("delete", "pod", "doomed", "--wait=false").returncode == 0
     _apply(master, tmp_path, node, "newcomer")
     assert running_phase(agent, "doomed"), "the agent must not drop pods on its own"
     assert agent.get("/healthz") == (200, "ok")
@@ -291,10 +291,10 @@ def test_watch_history_gone_while_partitioned_relists_and_converges(
 
     topology.partition(ahost)
     wait_for(lambda: _unreachable_count(agent) >= 1, what="agent notices the partition")
-    assert master.nodectl("delete", "pod", "doomed").returncode == 0
+    assert master.nodectl("delete", "pod", "doomed", "--wait=false").returncode == 0
     for round_no in range(4):  # 8 more revisions: the agent's is compacted away
         _apply(master, tmp_path, node, f"filler-{round_no}")
-        assert master.nodectl("delete", "pod", f"filler-{round_no}").returncode == 0
+        assert master.nodectl("delete", "pod", f"filler-{round_no}", "--wait=false").returncode == 0
     _apply(master, tmp_path, node, "newcomer")
 
     topology.heal(ahost)
