@@ -11,7 +11,7 @@ from typing import Any
 import docker
 import pytest
 
-from agent.types import LABEL_CONTAINER
+from agent.types import LABEL_CONTAINER, LABEL_IMAGE
 from tests.helpers import AgentProcess, MasterProcess, node_containers, node_ready, wait_for
 
 pytestmark = pytest.mark.docker
@@ -31,11 +31,12 @@ def second_image(docker_client: docker.DockerClient) -> Iterator[str]:
 
 
 def _running_image(client: docker.DockerClient, node: str) -> tuple[str, str] | None:
-    """(image, container id) of the pod's running app container, or None."""
+    """(image reference, container id) of the pod's running app container, or None. The
+    container is made from the pinned image id; its reference is on a label (docs/images.md)."""
     for container in node_containers(client, node):
         labels = container.labels
         if labels.get(LABEL_CONTAINER) == "sleeper" and container.status == "running":
-            return str(container.attrs["Config"]["Image"]), str(container.id)
+            return labels.get(LABEL_IMAGE, ""), str(container.id)
     return None
 
 
