@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -20,6 +22,8 @@ import pytest
 from tests.helpers import (
     TEST_IMAGE,
     AgentProcess,
+    MasterProcess,
+    node_ready,
     pod_manifest,
     running_phase,
     sleeper,
@@ -214,3 +218,63 @@ def test_a_running_pod_keeps_its_pinned_image(
         ),
         what="the new manifest runs the tag's image of now",
     )
+
+
+def test_describe_pod_shows_the_pull_events_and_the_pinned_image(
+    make_master: Callable[..., MasterProcess],
+    make_agent: MakeAgent,
+    docker_client: docker.DockerClient,
+    tmp_path: Path,
+) -> None:
+    """What an operator reads: the node's pull events reach ``nodectl describe pod`` through
+    the master (Pulling, Failed, BackOff; Pulled "already present"), and the Image ID is the
+    pinned one."""
+    master = make_master().start()
+    agent = make_agent(
+        master=master.url,
+        ca_cert_hash=[master.pin],
+        master_backoff_max_s=1.0,
+        backoff_initial_s=1.0,
+        backoff_max_s=4.0,
+    ).start()
+    wait_for(lambda: node_ready(master, agent.node_name), what="node Ready")
+    unpullable = {**sleeper("c"), "image": UNREACHABLE, "imagePullPolicy": "Always"}
+    local = {**sleeper("c"), "imagePullPolicy": "IfNotPresent"}
+    manifest = tmp_path / "pods.yaml"
+    manifest.write_text(
+        "\n---\n".join(
+            json.dumps(pod_manifest(name, [spec]))
+            for name, spec in (("unpullable", unpullable), ("local", local))
+        )
+    )
+    done = master.nodectl("apply", "-f", str(manifest))
+    assert done.returncode == 0, done.stderr
+
+    def described(pod: str, *needles: str) -> str | None:
+        out = master.nodectl("describe", "pod", pod).stdout
+        return out if all(n in out for n in needles) else None
+
+    out = wait_for(
+        lambda: described(
+            "unpullable",
+            f'Pulling image "{UNREACHABLE}"',
+            f'Failed to pull image "{UNREACHABLE}": ',
+            f'Back-off pulling image "{UNREACHABLE}"',
+        ),
+        timeout_s=60,
+        what="the pull events in describe pod",
+    )
+    events = out[out.find("Events:") :]
+    assert re.search(r"^ +Warning +Failed ", events, re.MULTILINE)
+    assert re.search(r"^ +Reason: +(ErrImagePull|ImagePullBackOff)$", out, re.MULTILINE)
+    image_id = docker_client.images.get(TEST_IMAGE).id
+    out = wait_for(
+        lambda: described(
+            "local",
+            f'Container image "{TEST_IMAGE}" already present on machine',
+            f"docker://{image_id}",
+        ),
+        timeout_s=60,
+        what="the pinned image id and Pulled in describe pod",
+    )
+    assert re.search(rf"^ +Image ID: +docker://{re.escape(image_id)}$", out, re.MULTILINE)
