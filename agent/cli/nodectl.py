@@ -1289,6 +1289,13 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", default="0", metavar="DURATION", help="give up after this long (0: never)"
     )
     drain.add_argument(
+        "--grace-period",
+        type=int,
+        default=-1,
+        metavar="SECONDS",
+        help="the seconds each pod gets to stop, in place of its own (negative: its own; 0 is 1)",
+    )
+    drain.add_argument(
         "--dry-run",
         nargs="?",
         const="client",

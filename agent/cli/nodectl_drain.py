@@ -75,7 +75,7 @@ def _pod_path(namespace: str, name: str) -> str:
     return f"/v1/namespaces/{_segment(namespace)}/pods/{_segment(name)}"
 
 
-def plan(client: Client, node: str, pods: list[dict[str, Any]], force: bool) -> Plan:
+def plan(client: Client, node: str, pods: list[dict[str, Any]], body: dict[str, Any]) -> Plan:
     """The node's pods sorted into what happens to them, by the master's dry run of each
     eviction (it alone knows which pods the scheduler placed)."""
     evict: list[tuple[str, str, str]] = []
@@ -92,9 +92,7 @@ def plan(client: Client, node: str, pods: list[dict[str, Any]], force: bool) -> 
             terminating.append((namespace, name))
             continue
         try:
-            answer = client.call(
-                "POST", _pod_path(namespace, name) + "/eviction?dryRun=All", {"force": force}
-            )
+            answer = client.call("POST", _pod_path(namespace, name) + "/eviction?dryRun=All", body)
         except ServerError as exc:
             if exc.status == 404:
                 continue  # gone meanwhile: nothing to drain
@@ -126,7 +124,11 @@ def cmd_drain(client: Client, args: argparse.Namespace) -> int:
             print(f"node/{shown} cordoned{suffix}")
     listed = client.call("GET", "/v1/pods")["items"]
     on_node = [p for p in listed if p.get("spec", {}).get("nodeName") == node]
-    found = plan(client, node, on_node, args.force)
+    body: dict[str, Any] = {"force": args.force}
+    grace = getattr(args, "grace_period", -1)
+    if grace >= 0:  # kubectl's: negative is the pod's own; 0 is 1 here (a SIGTERM first)
+        body["gracePeriodSeconds"] = max(grace, 1)
+    found = plan(client, node, on_node, body)
     problems = []
     if found.refused:
         pods = ", ".join(escape(p) for p in found.refused)
@@ -161,7 +163,7 @@ def cmd_drain(client: Client, args: argparse.Namespace) -> int:
         print(f"evicting pod {escape(namespace)}/{escape(name)} ({what}){suffix}")
         if not dry:
             try:
-                client.call("POST", _pod_path(namespace, name) + "/eviction", {"force": args.force})
+                client.call("POST", _pod_path(namespace, name) + "/eviction", body)
             except ServerError as exc:
                 if exc.status != 404:  # gone meanwhile is drained too
                     raise

@@ -493,16 +493,29 @@ class MasterApi:
         return json_response({"deleted": f"{ns}/{pod}"})
 
     async def evict_pod(self, request: ApiRequest) -> ApiResponse:
-        """``nodectl drain``'s eviction (kubectl's ``pods/eviction``): ``{"force": bool}``,
-        ``?dryRun=All`` for the answer alone; what happens is :meth:`PodStore.evict`'s."""
+        """``nodectl drain``'s eviction (kubectl's ``pods/eviction``): ``{"force": bool,
+        "gracePeriodSeconds": N}``, ``?dryRun=All`` for the answer alone; what happens is
+        :meth:`PodStore.evict`'s."""
         ns, pod = request.param("namespace"), request.param("pod")
-        force = request.json(optional=True).get("force", False)
+        body = request.json(optional=True)
+        force = body.get("force", False)
         if not isinstance(force, bool):
             raise BadRequestError("force must be true or false")
+        grace_s = body.get("gracePeriodSeconds")
+        if grace_s is not None and (
+            isinstance(grace_s, bool)
+            or not isinstance(grace_s, int)
+            or not 0 <= grace_s <= INT64_MAX
+        ):
+            raise BadRequestError(
+                f"gracePeriodSeconds must be a number of seconds from 0 to {INT64_MAX}"
+            )
         dry_run = request.query("dryRun")
         if dry_run not in (None, "All"):
             raise BadRequestError(f"dryRun: {quote(dry_run)} is not All (the one value)")
-        action = await self.pods.evict(ns, pod, force=force, dry_run=dry_run == "All")
+        action = await self.pods.evict(
+            ns, pod, force=force, dry_run=dry_run == "All", grace_s=grace_s
+        )
         if dry_run is None:
             log.info("pod evicted", extra=kv(pod=f"{ns}/{pod}", by=request.principal.name))
         return json_response({"kind": "Eviction", "pod": f"{ns}/{pod}", "action": action})

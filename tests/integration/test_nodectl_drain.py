@@ -78,7 +78,16 @@ def test_drain_moves_a_scheduled_pod_and_leaves_pinned_and_static_pods(
     assert "evicting pod default/pinned (deleted) (dry run)" in dry.stdout
     assert master.pods()["pinned"]["spec"]["nodeName"] == a.node_name  # still nothing changed
 
-    done = master.nodectl("drain", a.node_name, "--force", "--ignore-static", "--timeout", "50s")
+    done = master.nodectl(
+        "drain",
+        a.node_name,
+        "--force",
+        "--ignore-static",
+        "--timeout",
+        "50s",
+        "--grace-period",
+        "1",
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert f"node/{a.node_name} already cordoned" in lines

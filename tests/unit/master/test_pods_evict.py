@@ -151,3 +151,16 @@ async def test_mirror_and_unbound_pods_are_refused(rig: MasterRig) -> None:
         await rig.pods.evict("default", "waiting")
     with pytest.raises(NotFoundError):
         await rig.pods.evict("default", "ghost")
+
+
+async def test_a_grace_period_given_replaces_the_pods_own(rig: MasterRig) -> None:
+    await drained_rig(rig)
+    assert await rig.pods.evict("default", "placed", grace_s=2) == "moved"
+    assert await rig.pods.evict("default", "pinned", force=True, grace_s=3) == "deleted"
+    assert (await rig.pods.get("default", "placed"))["deletionGracePeriodSeconds"] == 2
+    assert (await rig.pods.get("default", "pinned"))["deletionGracePeriodSeconds"] == 3
+    rig.clock.advance(2 + DELETION_MARGIN_S + 0.5)  # the pods' own 10 s have not passed
+    assert await rig.pods.finalize_deletions() == 1  # the moved pod placed again, the other
+    assert (await rig.pods.get("default", "placed"))["nodeName"] == ""  # waits its 3 s
+    rig.clock.advance(1)
+    assert await rig.pods.finalize_deletions() == 1
