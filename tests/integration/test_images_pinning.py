@@ -7,10 +7,13 @@ and a restart; a changed manifest resolves the tag again."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import http.server
 import io
 import json
 import re
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -278,3 +281,66 @@ def test_describe_pod_shows_the_pull_events_and_the_pinned_image(
         what="the pinned image id and Pulled in describe pod",
     )
     assert re.search(rf"^ +Image ID: +docker://{re.escape(image_id)}$", out, re.MULTILINE)
+
+
+class _Registry(http.server.BaseHTTPRequestHandler):
+    """A registry on loopback that wants Basic credentials and then knows no image: what
+    dockerd sends it is recorded (the Authorization headers)."""
+
+    seen: list[str]
+
+    def do_GET(self) -> None:
+        auth = self.headers.get("Authorization", "")
+        if auth:
+            self.seen.append(auth)
+            self.send_response(404)
+            body = b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}'
+        else:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="node-agent-test"')
+            body = b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}'
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Docker-Distribution-API-Version", "registry/2.0")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_HEAD = do_GET
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def registry() -> Iterator[tuple[str, list[str]]]:
+    """(host:port, the Authorization headers it received)."""
+    seen: list[str] = []
+    handler = type("Registry", (_Registry,), {"seen": seen})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_credentials_from_the_configured_file_reach_the_registry(
+    make_agent: MakeAgent, registry: tuple[str, list[str]], tmp_path: Path
+) -> None:
+    host, seen = registry
+    secret = f"pw-{uuid.uuid4().hex[:8]}"
+    creds = tmp_path / "config.json"
+    token = base64.b64encode(f"puller:{secret}".encode()).decode()
+    creds.write_text(json.dumps({"auths": {host: {"auth": token}}}))
+    creds.chmod(0o600)
+    agent = make_agent(image_credentials_file=str(creds), backoff_initial_s=1.0).start()
+    image = f"{host}/private/app:1"
+    spec = {**sleeper("c"), "image": image, "imagePullPolicy": "Always"}
+    agent.write_manifest("private.yaml", pod_manifest("private", [spec]))
+    wait_for(lambda: f"Basic {token}" in seen, what="the registry saw the file's credentials")
+    wait_for(
+        lambda: waiting_reason(agent, "private") in ("ErrImagePull", "ImagePullBackOff"),
+        what="the pull failed (the registry knows no image)",
+    )
+    assert secret not in agent.log_path.read_text(errors="replace")
+    assert all(secret not in json.dumps(e) for e in agent.events())
