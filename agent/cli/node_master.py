@@ -1,6 +1,7 @@
 """``node-master``: ``init`` a cluster (CA, serving cert, admin credentials, config, a first join
 token), ``run`` the master, ``issue-user`` (a nodectl config for a viewer or another admin),
-``token`` (join tokens: ``agent.cli.node_master_token``), print the ``version``."""
+``token`` (join tokens: ``agent.cli.node_master_token``), ``migrate`` a stopped master's state
+from SQLite into etcd (``agent.cli.node_master_migrate``), print the ``version``."""
 
 from __future__ import annotations
 
@@ -53,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     from agent.cli import node_master_token
 
     node_master_token.add_parser(sub)
+    from agent.cli import node_master_migrate
+
+    node_master_migrate.add_parser(sub)
     return parser
 
 
@@ -183,6 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _issue_user(args)
         if args.command == "token":
             return _token(args)
+        if args.command == "migrate":
+            from agent.cli import node_master_migrate
+
+            return node_master_migrate.run(args)
         if args.command == "doctor":
             from agent.doctor import master
 

@@ -196,3 +196,29 @@ async def test_a_watch_across_an_etcd_crash(own_etcd: tuple[EtcdServer, ssl.SSLC
             await take(store.watch("/k/", second + 100), 1)
     finally:
         await store.close()
+
+
+async def test_watches_from_before_a_migration_relist(
+    etcd: EtcdServer, client_tls: ssl.SSLContext, etcd_prefix: str
+) -> None:
+    """After ``set_history_floor`` (what ``node-master migrate`` does once it copied the keys)
+    a watch from an earlier revision is 410, in this store and in one opened later."""
+    store = await EtcdStore.open([etcd.endpoint], prefix=etcd_prefix, tls=client_tls)
+    try:
+        before = await store.put("/pods/a", b"copied")
+        floor = await store.set_history_floor()
+        assert floor >= before
+        assert (await store.list_prefix(""))[0][0].key == "/pods/a"  # the floor is no key
+        with pytest.raises(CompactedError, match="before the store's history"):
+            await take(store.watch("/pods/", before - 1), 1)
+        after = await store.put("/pods/b", b"new")
+        reopened = await EtcdStore.open([etcd.endpoint], prefix=etcd_prefix, tls=client_tls)
+        try:
+            with pytest.raises(CompactedError, match="relist"):
+                await take(reopened.watch("/pods/", floor - 1), 1)
+            [event] = await take(reopened.watch("/pods/", floor), 1)
+            assert (event.key, event.revision) == ("/pods/b", after)
+        finally:
+            await reopened.close()
+    finally:
+        await store.close()

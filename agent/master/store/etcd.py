@@ -29,6 +29,8 @@ not be opened moves to the next endpoint. Everything etcd answers is parsed by
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
 import ssl
@@ -44,6 +46,9 @@ from agent.master.store.etcd_wire import (
     MAX_ANSWER_BYTES,
     MAX_WATCH_MESSAGE_BYTES,
     KeyCodec,
+    b64,
+    check_error,
+    load_json,
     parse_delete,
     parse_put,
     parse_range,
@@ -106,6 +111,9 @@ class EtcdStore(Store):
         self._watches: aiohttp.ClientSession | None = None
         self._streams: set[aiohttp.ClientResponse] = set()
         self._closed = False
+        self._floor = 0  # watches from before this revision relist (a migration's floor)
+        # Outside the store's key range (no valid prefix holds a NUL): "/node-master\0floor".
+        self._floor_key = self._codec.prefix.rstrip(b"/") + b"\0history-floor"
 
     @classmethod
     async def open(
@@ -130,6 +138,7 @@ class EtcdStore(Store):
         store._compacting = asyncio.Lock()
         try:
             store._compact_mark = await store.revision()
+            store._floor = await store._read_floor()
         except BaseException:
             await store.close()
             raise
@@ -264,6 +273,33 @@ class EtcdStore(Store):
                 continue  # the listing's revision was compacted between two pages: again
         raise StoreError(f"{what}: compacted under the listing {LIST_ATTEMPTS} times")
 
+    async def _read_floor(self) -> int:
+        what = "history floor"
+        answer = await self._call("/v3/kv/range", range_request(self._floor_key), what)
+        data = load_json(answer, what)
+        check_error(data, what)
+        kvs = data.get("kvs") or []
+        if not kvs:
+            return 0
+        raw = kvs[0].get("value", "") if isinstance(kvs[0], dict) else ""
+        try:
+            text = base64.b64decode(str(raw), validate=True).decode("ascii")
+        except (binascii.Error, UnicodeDecodeError):
+            text = ""
+        if not text.isdigit() or len(text) > 19:
+            raise StoreError(f"{what}: {self._floor_key!r} holds {text[:40]!r}, not a revision")
+        return int(text)
+
+    async def set_history_floor(self) -> int:
+        """Make watches from a revision before now relist (CompactedError): after copying
+        another store's keys in (``node-master migrate``), a revision a client got from that
+        store means nothing here. Returns the floor."""
+        floor = await self.revision()
+        body = {"key": range_request(self._floor_key)["key"], "value": b64(str(floor).encode())}
+        parse_put(await self._call("/v3/kv/put", body, "history floor"), "history floor")
+        self._floor = floor
+        return floor
+
     def watch(self, prefix: str, after_revision: int) -> AsyncIterator[WatchEvent]:
         return self._watch(prefix, after_revision)
 
@@ -273,6 +309,11 @@ class EtcdStore(Store):
         if after_revision > current:
             raise CompactedError(
                 f"revision {after_revision} is newer than the store ({current}); relist"
+            )
+        if after_revision < self._floor:
+            raise CompactedError(
+                f"revision {after_revision} is compacted (from before the store's history, "
+                f"which begins at {self._floor}: a migration); relist"
             )
         low = self._codec.encode(prefix)
         end = prefix_end(low)
