@@ -326,6 +326,21 @@ def test_kubectl_habits(make_master: MakeMaster, make_agent: MakeAgent, tmp_path
             ),
             Row("port-forward web notaport", 2, lambda o, e: "notaport" in e),
             Row("describe pods,nodes web", 2, lambda o, e: "one resource type" in e),
+            # describe's kubectl layout; top and drain with bad input (issue 17 items 4, 5).
+            Row(
+                "describe pod web",
+                0,
+                lambda o, e: o.startswith("Name:") and "\nContainers:\n" in o and "\nEvents:" in o,
+            ),
+            Row("top pod nope", 1, lambda o, e: 'pods "nope" not found' in e),
+            Row("top services", 2, lambda o, e: "known: nodes" in e),
+            Row("top nodes --sort-by name", 2, lambda o, e: "usage:" in e),
+            Row(
+                "drain nope",
+                1,
+                lambda o, e: e == 'Error from server (NotFound): nodes "nope" not found\n',
+            ),
+            Row(f"drain {node} --timeout soon", 2, lambda o, e: "--timeout" in e and o == ""),
             Row("get", 2, lambda o, e: "usage:" in e),
         ]
         check_rows(master, rows)
