@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from agent.aio.bridge import ThreadBridge
 from agent.aio.clock import Clock
@@ -69,6 +69,7 @@ from agent.types import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SYNC_RETRY_INITIAL_S = 1.0
 SYNC_RETRY_MAX_S = 30.0
@@ -811,11 +812,10 @@ class PodWorker:
         )
         return state.delay_s
 
-    async def _unless_deleted(
-        self, hook: Coroutine[Any, Any, HandlerResult]
-    ) -> HandlerResult | None:
+    async def _unless_deleted(self, hook: Coroutine[Any, Any, T]) -> T | None:
         """``hook``'s result, or None once the pod's deletion is asked for (the hook is then
-        cancelled: a deletion never waits for a precondition's or a postStart's timeout)."""
+        cancelled: a deletion never waits for a precondition's or a postStart's timeout, nor
+        for an image pull)."""
         work = asyncio.ensure_future(hook)
         stop = asyncio.ensure_future(self._terminate_requested.wait())
         try:
@@ -849,6 +849,8 @@ class PodWorker:
             pin = await self._pinned_image(container)
         except ImagePullError as exc:
             return self._image_wait(container, exc, now)
+        if pin is None:
+            return None  # the pod is being deleted: the next sync removes it
         make_spec = init_spec if self._is_init(container) else app_spec
         spec = make_spec(self.deps.ctx, self.pod, container, attempt, sandbox.id, pod_ip)
         # Created from the pinned id; the reference stays on it for people and for adoption.
@@ -925,9 +927,11 @@ class PodWorker:
     def _pull_reporter(self, reason: str, message: str, warning: bool) -> None:
         self._event(reason, message, warning=warning)
 
-    async def _pinned_image(self, container: Container) -> PinnedImage:
+    async def _pinned_image(self, container: Container) -> PinnedImage | None:
         """The image ``container`` is created from: its pin, or (first creation for this
-        spec) its reference made present per its pull policy, resolved and pinned.
+        spec) its reference made present per its pull policy, resolved and pinned; None when
+        the pod's deletion was asked for during the pull (a pull that hangs never holds a
+        deletion up; the pull goes on if another pod waits for it).
 
         The pull runs outside the reservations' lock (GC waits for no pull); the resolution
         and the reservation happen under it, so GC cannot delete the image in between."""
@@ -937,9 +941,13 @@ class PodWorker:
             if await self.deps.runtime.inspect_image(pin.image_id) is not None:
                 return pin
             return await self._pinned_image_gone(container, pin)
-        await self._images.ensure(
-            container.image, container.image_pull_policy.value, self._pull_reporter
+        present = await self._unless_deleted(
+            self._images.ensure(
+                container.image, container.image_pull_policy.value, self._pull_reporter
+            )
         )
+        if present is None:
+            return None
         reservations = self.deps.image_reservations
         if reservations is None:
             record = await self.deps.runtime.inspect_image(container.image)

@@ -186,6 +186,17 @@ async def test_a_hanging_pull_delays_no_other_pod(rig: Rig) -> None:
     assert rig.syncs[stuck] == 0
 
 
+async def test_a_pod_whose_pull_hangs_is_deleted_at_once(rig: Rig) -> None:
+    runtime = HangingPulls(rig.clock)
+    runtime.add_image(SANDBOX_IMAGE)
+    deps = dataclasses.replace(rig.deps, runtime=runtime, images=None)
+    stuck = rig.spawn(make_pod(container(image=HangingPulls.hang)), deps=deps)
+    await asyncio.wait_for(runtime.hanging.wait(), DEADLINE_S)
+    stuck.terminate()
+    await rig.finished(stuck)  # its teardown did not wait for the pull
+    assert runtime.now(UID) == []
+
+
 async def test_two_pods_on_one_missing_image_cost_one_attempt_per_back_off_step(
     rig: Rig,
 ) -> None:
