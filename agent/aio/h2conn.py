@@ -28,7 +28,7 @@ from typing import Any, Protocol, cast
 import h2.errors
 
 from agent.aio import hops
-from agent.aio.logs import kv
+from agent.aio.logfields import kv  # not agent.aio.logs: nodectl imports this module
 from agent.errors import (
     ConnectionClosedError,
     ProtocolViolation,

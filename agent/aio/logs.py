@@ -19,17 +19,15 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+# Re-exported for the daemons' call sites; defined apart so that clients need not import this.
+from agent.aio.logfields import kv as kv  # noqa: PLC0414 (explicit re-export)
+
 LOG_FORMATS = ("kv", "json")
 _RESERVED = ("ts", "level", "logger", "msg")
 # Anything that would end the key=value token or the line, or would reach a terminal as a
 # control sequence (ESC, CR), forces quoting; json.dumps then escapes it.
 _NEEDS_QUOTES = re.compile(r'[\s"=\\\x00-\x1f\x7f]')
 _JSON_NATIVE = (int, float, bool, list, tuple, dict)
-
-
-def kv(**fields: object) -> dict[str, object]:
-    """``log.info("pod started", extra=kv(pod=..., uid=...))``."""
-    return {"fields": fields}
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:

@@ -98,3 +98,34 @@ def test_get_pods_imports_nothing_heavy(tmp_path: Path) -> None:
     assert "agent.aio.tls" in modules  # the path did build the master's TLS context
     assert not {m for m in modules if m.split(".")[0] in HEAVY}
     assert not modules & OTHER_COMMANDS
+
+
+EXEC_SCRIPT = """
+import atexit, json, sys
+from agent.cli import nodectl_control
+
+atexit.register(lambda: print(json.dumps(sorted(sys.modules)), file=sys.stderr))
+sys.exit(nodectl_control.main(sys.argv[1:]))
+"""
+# What a cold `nodectl exec` needs is asyncio, ssl and h2; not the daemons' libraries, nor the
+# daemons' logging set-up (logging.handlers, queue, pickle: agent.aio.logfields, issue 20).
+EXEC_MUST_NOT_LOAD = {"aiohttp", "cryptography", "docker", "yaml", "uvloop"}
+
+
+def test_a_cold_exec_imports_no_daemon_library(tmp_path: Path) -> None:
+    conf = admin_config(tmp_path / "config")  # a master on port 1: nobody answers
+    argv = ["--config", str(conf), "--no-session", "exec", "p", "--", "true"]
+    done = subprocess.run(
+        [sys.executable, "-c", EXEC_SCRIPT, *argv],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=60,
+        check=False,
+    )
+    *_, message, report = done.stderr.splitlines()
+    assert done.returncode == 1 and "cannot connect to 127.0.0.1:1" in message, done.stderr
+    modules = set(json.loads(report))
+    assert {"agent.cli.nodectl_stream", "agent.aio.h2conn", "h2.connection"} <= modules
+    assert not {m for m in modules if m.split(".")[0] in EXEC_MUST_NOT_LOAD}
+    assert not modules & {"logging.handlers", "agent.aio.logs"}
