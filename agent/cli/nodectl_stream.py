@@ -24,7 +24,6 @@ from typing import Any
 
 from agent.aio import hops
 from agent.aio.h2conn import H2Connection, H2Stream, connect
-from agent.aio.malloc import tune_malloc
 from agent.aio.splice import SocketSplice
 from agent.errors import CliError, ConnectionClosedError, StreamingError
 from agent.names import escape, quote
@@ -462,6 +461,8 @@ def run(
 
     runner: Callable[[Any], Any] = asyncio.run
     if bulk:
+        from agent.aio.malloc import tune_malloc  # ctypes: not for a short exec
+
         tune_malloc()
         import uvloop
 

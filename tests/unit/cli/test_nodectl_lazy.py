@@ -108,7 +108,8 @@ atexit.register(lambda: print(json.dumps(sorted(sys.modules)), file=sys.stderr))
 sys.exit(nodectl_control.main(sys.argv[1:]))
 """
 # What a cold `nodectl exec` needs is asyncio, ssl and h2; not the daemons' libraries, nor the
-# daemons' logging set-up (logging.handlers, queue, pickle: agent.aio.logfields, issue 20).
+# daemons' logging set-up (logging.handlers, queue, pickle: agent.aio.logfields, issue 20), nor
+# ctypes (port-forward's malloc tuning).
 EXEC_MUST_NOT_LOAD = {"aiohttp", "cryptography", "docker", "yaml", "uvloop"}
 
 
@@ -128,4 +129,4 @@ def test_a_cold_exec_imports_no_daemon_library(tmp_path: Path) -> None:
     modules = set(json.loads(report))
     assert {"agent.cli.nodectl_stream", "agent.aio.h2conn", "h2.connection"} <= modules
     assert not {m for m in modules if m.split(".")[0] in EXEC_MUST_NOT_LOAD}
-    assert not modules & {"logging.handlers", "agent.aio.logs"}
+    assert not modules & {"logging.handlers", "agent.aio.logs", "ctypes"}
