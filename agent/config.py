@@ -130,6 +130,23 @@ AGENT_KEYS: tuple[Key, ...] = (
     ),
     Key("allow_host_network", bool, "whether pods may use hostNetwork"),
     Key("allow_host_ports", bool, "whether pods may use hostPort"),
+    Key("image_gc_high_threshold_percent", float, "image fs usage that starts image GC, percent"),
+    Key("image_gc_low_threshold_percent", float, "image fs usage image GC frees down to, percent"),
+    Key("image_minimum_gc_age_s", float, "an image unused for less is never deleted, seconds"),
+    Key(
+        "image_maximum_gc_age_s",
+        float,
+        "an unused image unused for longer is deleted whatever the usage, seconds (unset: never)",
+        True,
+    ),
+    Key("image_gc_period_s", float, "image and dead-container GC period, seconds"),
+    Key("pinned_images", list, "image references image GC never deletes (fnmatch patterns)"),
+    Key("max_dead_containers_per_container", int, "terminated containers kept per pod container"),
+    Key("max_dead_containers", int, "terminated containers kept on the node (oldest go first)"),
+    Key("imagefs_available_min_percent", float, "DiskPressure below this free image fs, percent"),
+    Key("nodefs_available_min_percent", float, "DiskPressure below this free state fs, percent"),
+    Key("disk_pressure_margin_percent", float, "DiskPressure clears this many points above"),
+    Key("disk_check_interval_s", float, "how often free disk space is measured, seconds"),
 )
 _KEYS = {k.name: k for k in AGENT_KEYS}
 
@@ -161,7 +178,7 @@ class AgentConfig:
     runtime_threads: int = 8
     runtime_timeout_s: float = 60.0
     container_log_max_size: str = "10m"
-    container_log_max_files: int = 3
+    container_log_max_files: int = 5
     max_pods: int = 110
     watchdog_interval_s: float = 10.0
     master: str | None = None
@@ -177,6 +194,18 @@ class AgentConfig:
     allowed_host_paths: tuple[str, ...] | None = None
     allow_host_network: bool = True
     allow_host_ports: bool = True
+    image_gc_high_threshold_percent: float = 85.0
+    image_gc_low_threshold_percent: float = 80.0
+    image_minimum_gc_age_s: float = 120.0
+    image_maximum_gc_age_s: float | None = None
+    image_gc_period_s: float = 300.0
+    pinned_images: tuple[str, ...] = ()
+    max_dead_containers_per_container: int = 1
+    max_dead_containers: int = 100
+    imagefs_available_min_percent: float = 15.0
+    nodefs_available_min_percent: float = 10.0
+    disk_pressure_margin_percent: float = 5.0
+    disk_check_interval_s: float = 10.0
 
     @property
     def api_socket(self) -> Path:
@@ -326,11 +355,46 @@ def _validate(cfg: AgentConfig, where: Callable[..., str], node_name_given: bool
                 f"{where('allowed_host_paths')}: allowed_host_paths entry {prefix!r} is not an "
                 "absolute path"
             )
+    _check_disk_keys(cfg, where)
     for label in cfg.node_labels:
         if "=" not in label:
             raise ConfigError(
                 f"{where('node_labels')}: node_labels entry {label!r} is not KEY=VALUE"
             )
+
+
+def _check_disk_keys(cfg: AgentConfig, where: Callable[..., str]) -> None:
+    """Image GC, dead containers and disk pressure (docs/images.md)."""
+    for name in (
+        "image_gc_high_threshold_percent",
+        "image_gc_low_threshold_percent",
+        "imagefs_available_min_percent",
+        "nodefs_available_min_percent",
+        "disk_pressure_margin_percent",
+    ):
+        if not 0 <= getattr(cfg, name) <= 100:
+            raise ConfigError(f"{where(name)}: {name} must be between 0 and 100")
+    if cfg.image_gc_low_threshold_percent >= cfg.image_gc_high_threshold_percent:
+        raise ConfigError(
+            f"{where('image_gc_low_threshold_percent', 'image_gc_high_threshold_percent')}: need "
+            f"image_gc_low_threshold_percent < image_gc_high_threshold_percent, got "
+            f"{cfg.image_gc_low_threshold_percent:g} >= {cfg.image_gc_high_threshold_percent:g}"
+        )
+    for name in ("image_gc_period_s", "disk_check_interval_s"):
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"{where(name)}: {name} must be > 0")
+    if cfg.image_minimum_gc_age_s < 0:
+        raise ConfigError(f"{where('image_minimum_gc_age_s')}: image_minimum_gc_age_s must be >= 0")
+    top = cfg.image_maximum_gc_age_s
+    if top is not None and top <= cfg.image_minimum_gc_age_s:
+        raise ConfigError(
+            f"{where('image_maximum_gc_age_s', 'image_minimum_gc_age_s')}: need "
+            f"image_maximum_gc_age_s > image_minimum_gc_age_s, got {top:g} <= "
+            f"{cfg.image_minimum_gc_age_s:g}"
+        )
+    for name in ("max_dead_containers_per_container", "max_dead_containers"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{where(name)}: {name} must be >= 0")
 
 
 def _check_token(cfg: AgentConfig, where: Callable[..., str]) -> None:

@@ -38,6 +38,15 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--node-name", help="the node's name (default: the host name, as the agent's default)"
     )
+    images = sub.add_parser(
+        "images",
+        help="images with size, last use and why GC would keep or delete them; 'gc' runs GC now",
+    )
+    images.add_argument("action", nargs="?", choices=("gc",), help="run image GC now")
+    images.add_argument("--dry-run", action="store_true", help="with gc: print the plan only")
+    images.add_argument("--config", metavar="FILE")
+    images.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    add_config_flags(images)
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -60,6 +69,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         config = _load(args)
         crashpoints.arm_from_env()
+        crashpoints.arm_hold_from_env()
     except ConfigError as exc:
         print(f"node-agent: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -116,6 +126,25 @@ def _check(args: argparse.Namespace) -> int:
     return manifest_check.main(args.paths, node_name)
 
 
+def _images(args: argparse.Namespace) -> int:
+    from agent.cli import node_images
+    from agent.config import AgentConfig
+    from agent.errors import ConfigError
+
+    if args.dry_run and args.action != "gc":
+        print("node-agent images: --dry-run goes with gc", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        print(f"node-agent: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    assert isinstance(config, AgentConfig)
+    return node_images.main(
+        config.api_socket, args.action or "list", dry_run=args.dry_run, output=args.output
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from agent.aio.private import restrict_umask
@@ -131,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _doctor(args)
         if args.command == "check":
             return _check(args)
+        if args.command == "images":
+            return _images(args)
         return _run(args)
     finally:
         os.umask(loose)  # for an in-process caller (the tests)

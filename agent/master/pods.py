@@ -84,6 +84,17 @@ def _requests(pod: Pod) -> tuple[int, int]:
     return cpu, memory
 
 
+DISK_PRESSURE = "node(s) had disk pressure"
+
+
+def _has_disk_pressure(record: dict[str, Any]) -> bool:
+    """The node reports DiskPressure (its own condition, from its lease)."""
+    return any(
+        c.get("type") == "DiskPressure" and c.get("status") == "True"
+        for c in record.get("nodeConditions", [])
+    )
+
+
 def _terminal(obj: dict[str, Any]) -> bool:
     """A pod that has finished for good: it holds no resources and is never placed again
     (as in Kubernetes, whose scheduler and eviction skip Succeeded and Failed pods)."""
@@ -255,6 +266,9 @@ class PodStore:
                 continue
             if self.registry.readiness(name)[0] != "True":
                 reasons["not Ready"] = reasons.get("not Ready", 0) + 1
+                continue
+            if _has_disk_pressure(record):  # no new pods; those there stay (no eviction)
+                reasons[DISK_PRESSURE] = reasons.get(DISK_PRESSURE, 0) + 1
                 continue
             cap_cpu, cap_mem, cap_pods = _capacity(record)
             used = allocated.get(name, [0, 0, 0])
@@ -477,13 +491,7 @@ class PodStore:
                 return
 
     async def evict(
-        self,
-        namespace: str,
-        name: str,
-        *,
-        force: bool = False,
-        dry_run: bool = False,
-        grace_s: int | None = None,
+        self, namespace: str, name: str, *, force: bool = False, dry_run: bool = False
     ) -> str:
         """``nodectl drain``'s eviction of one pod from its node; returns what happens:
         ``moved`` (placed by the scheduler: Terminating on its node, then, once the node
@@ -493,8 +501,7 @@ class PodStore:
         graceful delete, the pod is gone for good), ``terminating`` (being deleted already).
         Refused (409): a mirror pod (its node's static pod comes back from its file), an
         unbound pod, a pod pinned by its ``spec.nodeName`` without ``force`` (it cannot move:
-        the scheduler did not choose its node). ``dry_run``: the answer, nothing changed.
-        ``grace_s`` (``drain --grace-period``): the grace period in place of the pod's own."""
+        the scheduler did not choose its node). ``dry_run``: the answer, nothing changed."""
         key = pod_key(namespace, name)
         while True:
             item = await self.store.get(key)
@@ -525,7 +532,7 @@ class PodStore:
             if dry_run:
                 return action
             if action == "deleted":
-                await self.delete(namespace, name, grace_s=grace_s)
+                await self.delete(namespace, name)
                 return action
             message = f"evicted from node {node} (drain); placed again as a new pod"
             if _stopped(obj.get("status") or {}):
@@ -535,8 +542,6 @@ class PodStore:
                 grace = obj["manifest"]["spec"].get(
                     "terminationGracePeriodSeconds", DEFAULT_GRACE_PERIOD_S
                 )
-                if grace_s is not None:
-                    grace = grace_s
                 obj["deletionTimestamp"] = self._now()
                 obj["deletionGracePeriodSeconds"] = grace
                 obj["deleteBy"] = self.registry.clock.time() + grace + DELETION_MARGIN_S

@@ -54,6 +54,12 @@ from agent.node.health.metrics import NodeMetrics
 from agent.node.health.state import NodeHealth, RuntimeHealth
 from agent.node.health.watchdog import Readiness, Watchdog
 from agent.node.hooks.runner import Hooks
+from agent.node.imagegc.lastused import USAGE_FILE, LastUsedStore
+from agent.node.imagegc.manager import GCSettings, ImageGC
+from agent.node.imagegc.metrics import ImageGCMetrics
+from agent.node.imagegc.planner import GCPolicy
+from agent.node.imagegc.pressure import PressurePolicy
+from agent.node.imagegc.reservations import ImageReservations
 from agent.node.images.credentials import DockerConfigCredentials
 from agent.node.images.puller import PullManager
 from agent.node.masterlink.client import MasterClient
@@ -116,6 +122,29 @@ def detect_node_allocatable() -> tuple[int, int]:
     return (psutil.cpu_count() or 1) * 1000, psutil.virtual_memory().total // 1024 * 1024
 
 
+def gc_settings(cfg: AgentConfig) -> GCSettings:
+    """Image GC's, the dead-container bound's and disk pressure's settings from the config."""
+    return GCSettings(
+        policy=GCPolicy(
+            high_percent=cfg.image_gc_high_threshold_percent,
+            low_percent=cfg.image_gc_low_threshold_percent,
+            minimum_age_s=cfg.image_minimum_gc_age_s,
+            maximum_age_s=cfg.image_maximum_gc_age_s,
+            pinned_images=cfg.pinned_images,
+            sandbox_image=cfg.sandbox_image,
+        ),
+        period_s=cfg.image_gc_period_s,
+        disk_check_interval_s=cfg.disk_check_interval_s,
+        dead_per_container=cfg.max_dead_containers_per_container,
+        dead_total=cfg.max_dead_containers,
+        pressure=PressurePolicy(
+            imagefs_min_percent=cfg.imagefs_available_min_percent,
+            nodefs_min_percent=cfg.nodefs_available_min_percent,
+            margin_percent=cfg.disk_pressure_margin_percent,
+        ),
+    )
+
+
 def prepare_state_dir(state_dir: Path) -> list[Path]:
     """The state dir, made if missing, and everything in it owner-only (blocking); the pods'
     volumes (``pods/``) keep the modes their pods need. Returns the paths that were looser."""
@@ -158,6 +187,20 @@ class NodeAgent:
         tasks = self.supervisor.scope
         self.events = EventRecorder(cfg.node_name)
         self.metrics = NodeMetrics()
+        # Admission's image pins and image GC's deletions serialize on these (docs/images.md).
+        self.image_reservations = ImageReservations()
+        self.image_gc = ImageGC(
+            runtime=runtime,
+            reservations=self.image_reservations,
+            store=LastUsedStore(cfg.state_dir / USAGE_FILE),
+            bridge=self.bridge,
+            settings=gc_settings(cfg),
+            clock=self.clock,
+            metrics=ImageGCMetrics(self.metrics.registry),
+            tasks=tasks("image-gc"),
+            state_dir=cfg.state_dir,
+            sleep=sleep,
+        )
         # The node's one pull manager: pulls deduplicated, bounded, backed off per image.
         self.images = PullManager(
             runtime,
@@ -208,6 +251,7 @@ class NodeAgent:
             checkpoint_error=lambda: self.pods.checkpoint_error,
             runtime_errors=(lambda: docker.call_errors) if docker is not None else (lambda: 0),
             link=link_status,
+            extra_conditions=lambda: [self.image_gc.condition()],
         )
         self.source: ManifestDirSource | None = None
         if cfg.manifest_dir is not None:
@@ -236,6 +280,7 @@ class NodeAgent:
                 port=cfg.health_port,
                 socket_path=cfg.api_socket,
                 bridge=self.bridge,
+                images=self.image_gc,
             ),
             Watchdog(
                 self.health,
@@ -257,6 +302,7 @@ class NodeAgent:
                 tasks=tasks("runtime-watch"),
                 sleep=sleep,
             ),
+            self.image_gc,
             self.link,
             Readiness(self.health, self.notifier, self.pods),
         ]
@@ -287,6 +333,8 @@ class NodeAgent:
             on_synced=manager.on_synced,
             prober=self.prober,
             notify=self.notify,
+            image_reservations=self.image_reservations,
+            dead_per_container=cfg.max_dead_containers_per_container,
             hooks=Hooks(self.runtime, pod_condition=self._pod_condition),
             images=self.images,
         )

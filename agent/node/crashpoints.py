@@ -10,12 +10,17 @@ A name that is not a known point is refused at start, so a typo cannot make a te
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import signal
 import threading
 from collections.abc import Mapping
 
+from agent.aio.logs import kv
 from agent.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 ENV_VAR = "NODE_AGENT_CRASH_AT"
 
@@ -83,3 +88,46 @@ def arm_from_env(environ: Mapping[str, str] | None = None) -> str:
 
 def hit(point: str) -> None:
     _crash_points.hit(point)
+
+
+# -- hold points ---------------------------------------------------------------------------------
+# The same idea for races: ``NODE_AGENT_HOLD_AT=point`` makes the agent stop (asynchronously: the
+# rest of the agent goes on) the first time it reaches the named point, log ``held at hold
+# point``, and go on when it receives SIGUSR2. A test holds image GC between its plan and its
+# deletions this way and admits a pod meanwhile.
+
+HOLD_ENV_VAR = "NODE_AGENT_HOLD_AT"
+HOLD_POINTS = frozenset(
+    {
+        "imagegc-before-delete",  # image GC planned its deletions, none made yet
+    }
+)
+_hold_point = ""
+
+
+def arm_hold_from_env(environ: Mapping[str, str] | None = None) -> str:
+    """Read ``$NODE_AGENT_HOLD_AT`` once at start; returns the armed point ('' when none)."""
+    global _hold_point  # noqa: PLW0603 - one process-wide switch, set once before the loop
+    spec = (os.environ if environ is None else environ).get(HOLD_ENV_VAR, "").strip()
+    if spec and spec not in HOLD_POINTS:
+        known = ", ".join(sorted(HOLD_POINTS))
+        raise ConfigError(f"${HOLD_ENV_VAR}: unknown hold point {spec!r} (known: {known})")
+    _hold_point = spec
+    return spec
+
+
+async def hold(point: str) -> None:
+    """Wait at ``point`` for SIGUSR2 if it is the armed hold point (once); else return."""
+    global _hold_point  # noqa: PLW0603 - disarmed after its one hold
+    if point != _hold_point:
+        return
+    _hold_point = ""
+    loop = asyncio.get_running_loop()
+    released = asyncio.Event()
+    loop.add_signal_handler(signal.SIGUSR2, released.set)
+    log.warning("held at hold point; SIGUSR2 releases it", extra=kv(point=point))
+    try:
+        await released.wait()
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR2)
+    log.warning("released from hold point", extra=kv(point=point))

@@ -53,7 +53,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (cfg.log_format, cfg.log_level) == ("kv", "info")
     assert (cfg.backoff_initial_s, cfg.backoff_max_s, cfg.backoff_reset_s) == (10.0, 300.0, 600.0)
     assert cfg.runtime_threads == 8 and cfg.max_pods == 110
-    assert cfg.container_log_max_size == "10m" and cfg.container_log_max_files == 3
+    assert cfg.container_log_max_size == "10m" and cfg.container_log_max_files == 5
     assert cfg.health_host == "127.0.0.1" and cfg.health_port == 10248
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.max_pods = 1  # type: ignore[misc]

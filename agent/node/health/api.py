@@ -6,8 +6,10 @@ pod included, so it carries nothing a pod may not know (the metrics name pods an
 never a spec or an env value). ``/healthz`` answers 200 ``ok`` only when the runtime answers
 and the event loop is live; otherwise 503 with the reasons, one per line.
 
-The read-only API (``/v1/pods``, a Kubernetes-style PodList with every pod's spec, env values
-included; ``/v1/events``, the recent node events; and the two above) is served on a Unix
+The local API (``/v1/pods``, a Kubernetes-style PodList with every pod's spec, env values
+included; ``/v1/events``, the recent node events; ``/v1/images``, every image with why image
+GC would or would not delete it, and ``POST /v1/images/gc[?dryRun=true]``, a GC run now —
+``node-agent images``; and the two above) is served on a Unix
 socket, ``<state_dir>/api.sock``, mode 0600: only root (the agent's user) reaches it
 (``curl --unix-socket <state_dir>/api.sock http://local/v1/pods``). It is bound under umask 077
 so it is never reachable by others, not even for the moment between ``bind`` and ``chmod``; a
@@ -31,9 +33,10 @@ from aiohttp import web
 from agent.aio.bridge import ThreadBridge
 from agent.aio.metrics import CONTENT_TYPE
 from agent.aio.private import PRIVATE_FILE_MODE, PRIVATE_UMASK
-from agent.errors import ConfigError
+from agent.errors import AgentError, ConfigError, RuntimeUnavailableError
 from agent.events import EventRecorder
 from agent.node.health.metrics import NodeMetrics, render
+from agent.node.imagegc.manager import GCReport
 from agent.node.pods.manager import PodManager
 from agent.node.pods.status import PHASES
 
@@ -48,6 +51,10 @@ class HealthSource(Protocol):
 
     @property
     def runtime_errors(self) -> int: ...
+
+
+class ImageCollector(Protocol):
+    async def collect(self, *, dry_run: bool = False, force: bool = False) -> GCReport: ...
 
 
 class LocalApi:
@@ -68,8 +75,10 @@ class LocalApi:
         port: int,
         socket_path: Path,
         bridge: ThreadBridge,
+        images: ImageCollector | None = None,
     ) -> None:
         self._bridge = bridge
+        self._images = images
         self._host = host
         self._port = port
         self.socket_path = socket_path
@@ -92,6 +101,8 @@ class LocalApi:
         app = self.port_app()
         app.router.add_get("/v1/pods", self.pods)
         app.router.add_get("/v1/events", self.events)
+        app.router.add_get("/v1/images", self.images)
+        app.router.add_post("/v1/images/gc", self.images_gc)
         return app
 
     async def start(self) -> None:
@@ -142,6 +153,29 @@ class LocalApi:
         body = {"apiVersion": "v1", "kind": "EventList", "items": self._events.list()}
         return web.json_response(body)
 
+    async def images(self, request: web.Request) -> web.Response:
+        """Every image and what a GC run now would do with it (a dry run as the period runs)."""
+        return await self._collect(dry_run=True, force=False)
+
+    async def images_gc(self, request: web.Request) -> web.Response:
+        """A GC run now, as if usage were over the high threshold (``?dryRun=true``: the
+        plan only). Waits for a run already in progress."""
+        dry = request.query.get("dryRun", "false")
+        if dry not in ("true", "false"):
+            return _error(400, f"query parameter dryRun: expected true or false, got {dry!r}")
+        return await self._collect(dry_run=dry == "true", force=True)
+
+    async def _collect(self, *, dry_run: bool, force: bool) -> web.Response:
+        if self._images is None:
+            return _error(404, "image GC is not running on this agent")
+        try:
+            report = await self._images.collect(dry_run=dry_run, force=force)
+        except RuntimeUnavailableError as exc:
+            return _error(503, str(exc))
+        except AgentError as exc:
+            return _error(500, str(exc))
+        return web.json_response(report.to_json())
+
     async def metrics(self, request: web.Request) -> web.Response:
         items = self._pods.pod_list()
         phases = Counter({phase: 0 for phase in PHASES})
@@ -163,6 +197,10 @@ class LocalApi:
             )
         )
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
 
 
 def remove_socket(path: Path) -> None:

@@ -63,6 +63,7 @@ class NodeHealth:
         runtime_errors: Callable[[], int] = lambda: 0,
         link: LinkView | None = None,
         clock: Callable[[], float] = time.monotonic,
+        extra_conditions: Callable[[], list[dict[str, str]]] = list,
     ) -> None:
         self.runtime = runtime
         self.link = link
@@ -71,6 +72,7 @@ class NodeHealth:
         self._checkpoint_error = checkpoint_error
         self._runtime_errors = runtime_errors
         self._clock = clock
+        self._extra_conditions = extra_conditions  # DiskPressure (image GC's)
 
     @property
     def runtime_up(self) -> bool:
@@ -112,4 +114,4 @@ class NodeHealth:
         }
         if error := self._checkpoint_error():
             checkpoint.update(status="False", reason="CheckpointWriteFailed", message=error)
-        return [runtime, checkpoint]
+        return [runtime, checkpoint, *self._extra_conditions()]

@@ -53,7 +53,7 @@ class SpecContext:
     state_dir: Path
     host_ip: str
     log_max_size: str = "10m"
-    log_max_files: int = 3
+    log_max_files: int = 5
     # The node's allocatable cpu (millicores) and memory (bytes): what a resourceFieldRef to an
     # unset limit gives, as kubelet does (defaultPodLimitsForDownwardAPI).
     node_cpu_millis: int = 0

@@ -110,6 +110,7 @@ async def test_start_order_ready_and_a_stop_that_leaves_pods_running(tmp_path: P
         "pods",
         "manifest-dir",
         "runtime-watch",
+        "image-gc",
         "readiness",
     ]
     task = asyncio.create_task(agent.run())
@@ -225,6 +226,7 @@ async def test_with_a_master_the_link_starts_after_the_pods_and_stops_before_the
         assert [c["type"] for c in lease["status"]["conditions"]] == [
             "RuntimeReady",
             "CheckpointWritable",
+            "DiskPressure",
         ]
         assert master.record.registrations[0]["labels"] == {"zone": "a"}
         assert node_api.running

@@ -94,7 +94,7 @@ def test_app_spec_maps_kubernetes_to_docker() -> None:
         (f"/state/pods/{UID}/volumes/data", "/data", False),
         ("/var/log", "/l", True),
     ]
-    assert (spec.log_max_size, spec.log_max_files) == ("10m", 3)
+    assert (spec.log_max_size, spec.log_max_files) == ("10m", 5)
 
 
 def test_app_spec_labels_carry_identity_hash_and_attempt() -> None:
