@@ -491,7 +491,13 @@ class PodStore:
                 return
 
     async def evict(
-        self, namespace: str, name: str, *, force: bool = False, dry_run: bool = False
+        self,
+        namespace: str,
+        name: str,
+        *,
+        force: bool = False,
+        dry_run: bool = False,
+        grace_s: int | None = None,
     ) -> str:
         """``nodectl drain``'s eviction of one pod from its node; returns what happens:
         ``moved`` (placed by the scheduler: Terminating on its node, then, once the node
@@ -501,7 +507,8 @@ class PodStore:
         graceful delete, the pod is gone for good), ``terminating`` (being deleted already).
         Refused (409): a mirror pod (its node's static pod comes back from its file), an
         unbound pod, a pod pinned by its ``spec.nodeName`` without ``force`` (it cannot move:
-        the scheduler did not choose its node). ``dry_run``: the answer, nothing changed."""
+        the scheduler did not choose its node). ``dry_run``: the answer, nothing changed.
+        ``grace_s`` (``drain --grace-period``): the grace period in place of the pod's own."""
         key = pod_key(namespace, name)
         while True:
             item = await self.store.get(key)
@@ -532,7 +539,7 @@ class PodStore:
             if dry_run:
                 return action
             if action == "deleted":
-                await self.delete(namespace, name)
+                await self.delete(namespace, name, grace_s=grace_s)
                 return action
             message = f"evicted from node {node} (drain); placed again as a new pod"
             if _stopped(obj.get("status") or {}):
@@ -542,6 +549,8 @@ class PodStore:
                 grace = obj["manifest"]["spec"].get(
                     "terminationGracePeriodSeconds", DEFAULT_GRACE_PERIOD_S
                 )
+                if grace_s is not None:
+                    grace = grace_s
                 obj["deletionTimestamp"] = self._now()
                 obj["deletionGracePeriodSeconds"] = grace
                 obj["deleteBy"] = self.registry.clock.time() + grace + DELETION_MARGIN_S
