@@ -43,7 +43,13 @@ from agent.aio.metrics import (
     new_registry,
     summary,
 )
-from agent.errors import BadRequestError, CompactedError, JsonNumberTooLongError, NotFoundError
+from agent.errors import (
+    AgentError,
+    BadRequestError,
+    CompactedError,
+    JsonNumberTooLongError,
+    NotFoundError,
+)
 from agent.manifest import parse_pod
 from agent.manifest_loader import OFF_LOOP_BYTES, load_json
 from agent.master import servingnames, watch
@@ -63,9 +69,18 @@ from agent.versioninfo import version_info
 log = logging.getLogger(__name__)
 
 LATENCY_SAMPLES = 20_000
+# /readyz: how long the store may take to answer its cheap read (one key, absent or small)
+# before the master says it is not ready; short, as a load balancer's check is frequent.
+READYZ_STORE_TIMEOUT_S = 2.0
+READYZ_PROBE_KEY = "/readyz"  # never written: reading it costs the store one lookup
 LOOP_LAG_PROBE_S = 0.05
 NDJSON_TYPE = "application/x-ndjson"
 APPLY_RESULT_HEADER = "X-Apply-Result"  # created, configured or unchanged (agent.master.pods)
+
+
+def not_ready(reason: str) -> ApiResponse:
+    """/readyz's 503: the reason on one line, as text (what a load balancer logs)."""
+    return ApiResponse(503, f"not ready: {reason}\n".encode(), "text/plain; charset=utf-8")
 
 
 def _grace_period(text: str | None) -> int | None:
@@ -111,6 +126,7 @@ class MasterApi:
         self.loop_lag_seconds: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.handlers: Mapping[str, JsonHandler] = {
             "healthz": self.healthz,
+            "readyz": self.readyz,
             "version": self.version,
             "metrics": self.metrics,
             "ca": self.ca,
@@ -170,6 +186,27 @@ class MasterApi:
 
     async def healthz(self, request: ApiRequest) -> ApiResponse:
         return text_response("ok")
+
+    async def readyz(self, request: ApiRequest) -> ApiResponse:
+        """Readiness for load balancers (``/healthz`` stays liveness): 200 ``ok`` when a cheap
+        read of the store answers within ``READYZ_STORE_TIMEOUT_S`` and :attr:`leader_known`
+        says yes; 503 with the reason otherwise (a body of one line, for people)."""
+        try:
+            async with asyncio.timeout(READYZ_STORE_TIMEOUT_S):
+                await self.registry.store.get(READYZ_PROBE_KEY)
+        except TimeoutError:
+            return not_ready(f"store: no answer within {READYZ_STORE_TIMEOUT_S:g} s")
+        except AgentError as exc:  # StoreError and its kin: the store's own words
+            return not_ready(f"store: {exc}")
+        reason = self.leader_known()
+        if reason:
+            return not_ready(reason)
+        return text_response("ok")
+
+    def leader_known(self) -> str:
+        """The hook of the leader election (issue 19 item 2): '' when this master knows who
+        leads, else why not. Until masters elect a leader there is none to know: always ''."""
+        return ""
 
     async def version(self, request: ApiRequest) -> ApiResponse:
         return json_response(version_info())

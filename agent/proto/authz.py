@@ -114,6 +114,7 @@ _NODE_ONLY = frozenset({_K.NODE_SELF})
 RULES: Mapping[str, frozenset[CallerKind]] = {
     # Anyone, so that load balancers and joining nodes need nothing.
     "healthz": _EVERYONE,
+    "readyz": _EVERYONE,  # for load balancers, as healthz: says only "ok" or why not
     # As the API server's /version (system:public-info-viewer): the release, the Python
     # version and the platform; no path, host name or configuration.
     "version": _EVERYONE,

@@ -182,6 +182,7 @@ MASTER_ROUTES = RouteTable(
     "master",
     [
         Route("healthz", "GET", ("healthz",)),
+        Route("readyz", "GET", ("readyz",)),  # readiness for load balancers (store reachable)
         Route("version", "GET", ("version",)),  # nodectl version: the server's version
         Route("metrics", "GET", ("metrics",)),
         Route("ca", "GET", ("v1", "ca")),

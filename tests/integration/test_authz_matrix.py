@@ -58,6 +58,7 @@ BOUND_POD = "matrix"  # a pod bound to the agent's node (whose status the node m
 ALLOWED: dict[str, dict[str, int]] = {
     "master": {
         "healthz": 200,
+        "readyz": 200,
         "version": 200,
         "metrics": 200,
         "ca": 200,

@@ -275,9 +275,11 @@ async def test_healthz_on_both_protocols_then_a_stop_in_reverse_order_store_and_
             anonymous = client(port_of(files), clients, "anonymous", protocol)
             try:
                 health = await anonymous.call("GET", "/healthz")
+                ready = await anonymous.call("GET", "/readyz")
             finally:
                 await anonymous.close()
             assert (health.status, health.body) == (200, b"ok"), protocol
+            assert (ready.status, ready.body) == (200, b"ok"), protocol
         assert gc.get_threshold()[0] == GC_GEN0_THRESHOLD  # settled once started
         assert master.recorder.states == ["WATCHDOG", "READY"]  # the watchdog starts first
         master.order.clear()
