@@ -1184,13 +1184,11 @@ def _parser() -> argparse.ArgumentParser:
     delete.add_argument("--now", action="store_true", help="--grace-period=1")
     delete.add_argument(
         "--wait",
-        type=_boolean,
-        nargs="?",
-        const=True,
+        action="store_true",
         default=True,
-        metavar="true|false",
-        help="return once the pods are gone (default true)",
+        help="return once the pods are gone (default true; --wait=false returns at once)",
     )
+    delete.add_argument("--no-wait", dest="wait", action="store_false", help=argparse.SUPPRESS)
     delete.add_argument(
         "--timeout",
         type=_verb_type("timeout_seconds"),
@@ -1384,6 +1382,24 @@ def _boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{quote(text)}: true or false")
 
 
+# Boolean flags taken as kubectl (pflag) takes them: ``--wait`` is true, ``--wait=false``
+# false, and the next word is never the flag's value (``--wait pod a`` deletes pod a).
+_FLAG_BOOLS = ("--wait",)
+
+
+def _split_flag_bools(argv: list[str]) -> list[str]:
+    """``--wait=false`` as the hidden ``--no-wait``, ``--wait=true`` as ``--wait``;
+    ArgumentTypeError for another value."""
+    out = []
+    for word in argv:
+        flag, eq, value = word.partition("=")
+        if eq and flag in _FLAG_BOOLS:
+            out.append(flag if _boolean(value) else f"--no-{flag[2:]}")
+        else:
+            out.append(word)
+    return out
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -1403,6 +1419,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         cut = argv.index("--")
         argv, remote = argv[:cut], argv[cut + 1 :]
     parser = _parser()
+    try:
+        argv = _split_flag_bools(argv)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(f"invalid boolean flag value: {exc}")
     args = parser.parse_args(argv)
     args.cmd = remote
     if args.command == "exec" and args.legacy_cmd:

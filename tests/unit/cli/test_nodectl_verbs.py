@@ -370,3 +370,17 @@ def test_waiting_for_running_names_the_status_when_it_gives_up(
         verbs.wait_running(FakeClient({"web": pod}), "default", "web", 3.0)
     pod["status"] = {"phase": "Running", "containerStatuses": [{"state": {"running": {}}}]}
     verbs.wait_running(FakeClient({"web": pod}), "default", "web", 3.0)
+
+
+def test_wait_is_a_flag_as_kubectl_takes_it(capsys: pytest.CaptureFixture[str]) -> None:
+    # pflag's booleans: the next word is never the flag's value.
+    args = _delete("--wait", "pod", "a")
+    assert args.wait is True
+    assert [(t.kind, t.name) for t in verbs.delete_targets(args)] == [("pods", "a")]
+    assert _delete("pod", "a", "--wait=false").wait is False
+    assert _delete("pod", "a", "--wait=TRUE").wait is True
+    assert _delete("pod", "a").wait is True
+    with pytest.raises(SystemExit) as exited:
+        _delete("pod", "a", "--wait=maybe")
+    assert exited.value.code == 2
+    assert 'invalid boolean flag value: "maybe": true or false' in capsys.readouterr().err
