@@ -94,6 +94,7 @@ class Master:
         self._signals = signals
         self.supervisor = Supervisor()
         self._stop = asyncio.Event()
+        self._store_opened: Store | None = None
         self.reload_requested = asyncio.Event()
         self.policy_reloaded = asyncio.Event()  # wakes the registration expiry
 
@@ -129,6 +130,7 @@ class Master:
         finally:
             for sig in handlers:
                 signals.remove_signal_handler(sig)
+            store = store or self._store_opened  # _compose may fail after opening it
             if store is not None:
                 await store.close()
             self.bridge.close()
@@ -179,7 +181,7 @@ class Master:
                 extra=kv(cert=str(pki.serving_cert_path), names=",".join(remarked)),
             )
         client_cas = await self.bridge.run(read_client_cas, cfg)
-        store = await self._open_store()
+        store = self._store_opened = await self._open_store()
         self.registry = NodeRegistry(store, pki, cfg, client_cas)
         await self.registry.load()
         self.pods = PodStore(store, self.registry)
