@@ -35,6 +35,7 @@ from agent.aio.clock import Clock
 from agent.aio.logs import kv
 from agent.errors import ImagePullError, ImageUnavailableError
 from agent.node.backoff import BackoffPolicy
+from agent.node.handlers import bounded_text
 from agent.node.images.credentials import Credentials, EngineDefaultCredentials
 from agent.node.images.reference import reference_problem
 from agent.node.runtime.base import (
@@ -51,6 +52,10 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_PARALLEL_PULLS = 2
 PROGRESS_EVENT_INTERVAL_S = 10.0
 BACKOFF_ENTRIES_MAX = 1000  # past this, entries whose back-off has passed are forgotten
+# A failed pull's words (the engine's, relaying the registry's: a hostile registry's error can
+# be megabytes holding ESC and newlines) on one line, at most this long, wherever they go: the
+# pods' events and waiting status, the log, the back-off's message (the master keeps 1,024).
+PULL_MESSAGE_MAX_CHARS = 1024
 PULL_BUCKETS_S = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 ERR_IMAGE_PULL = "ErrImagePull"
@@ -144,9 +149,10 @@ class PullManager:
     async def ensure(self, image: str, policy: str, report: PullReporter) -> ImageRecord:
         problem = reference_problem(image)
         if problem:
-            message = (
+            message = bounded_text(
                 f'Failed to apply default image tag "{image}": couldn\'t parse image reference '
-                f'"{image}": {problem}'
+                f'"{image}": {problem}',
+                PULL_MESSAGE_MAX_CHARS,
             )
             report("InspectFailed", message, True)
             raise ImagePullError(message, reason=INVALID_IMAGE_NAME)
@@ -264,12 +270,14 @@ class PullManager:
         if len(self._backoff) >= BACKOFF_ENTRIES_MAX:
             for stale in [k for k, b in self._backoff.items() if b.not_before <= now]:
                 del self._backoff[stale]
-        self._backoff[key] = _Backoff(delay, now + delay, str(exc))
+        error = bounded_text(str(exc), PULL_MESSAGE_MAX_CHARS)
+        self._backoff[key] = _Backoff(delay, now + delay, error)
         if self._pulls is not None:
             self._pulls.labels("failure").inc()
-        log.warning("image pull failed", extra=kv(image=pull.image, error=str(exc), retry_s=delay))
-        pull.report("Failed", f'Failed to pull image "{pull.image}": {exc}', True)
-        return ImagePullError(str(exc), reason=ERR_IMAGE_PULL, retry_in_s=delay)
+        log.warning("image pull failed", extra=kv(image=pull.image, error=error, retry_s=delay))
+        message = f'Failed to pull image "{pull.image}": {error}'
+        pull.report("Failed", bounded_text(message, PULL_MESSAGE_MAX_CHARS), True)
+        return ImagePullError(error, reason=ERR_IMAGE_PULL, retry_in_s=delay)
 
     def _progress(self, pull: _Pull, progress: PullProgress) -> None:
         """Layer sizes as the engine reports them; an event with bytes done / total at most

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from agent.errors import ImagePullError, RuntimeUnavailableError
+from agent.errors import ImagePullError, ImageUnavailableError, RuntimeUnavailableError
 from agent.node.backoff import BackoffPolicy
 from agent.node.images.puller import (
     ERR_IMAGE_NEVER_PULL,
@@ -17,6 +17,7 @@ from agent.node.images.puller import (
     IMAGE_PULL_BACKOFF,
     INVALID_IMAGE_NAME,
     PROGRESS_EVENT_INTERVAL_S,
+    PULL_MESSAGE_MAX_CHARS,
     PullManager,
 )
 from agent.node.runtime.base import (
@@ -252,3 +253,33 @@ async def test_credentials_go_with_the_pull(rig: PullRig) -> None:
     rig.runtime.publish_image("r.example/app:1")
     await images.ensure("r.example/app:1", "Always", Heard())
     assert rig.runtime.pull_auths == [secret]
+
+
+async def test_a_hostile_registrys_error_reaches_events_and_status_bounded_on_one_line(
+    rig: PullRig,
+) -> None:
+    """dockerd relays a registry's error text as it is (measured: a 200,000-character message
+    holding ESC and a newline came back whole from ``docker pull``): what a pod's events, its
+    waiting status and the back-off carry is one line of at most PULL_MESSAGE_MAX_CHARS."""
+    hostile = "manifest unknown: \x1b[2J\x1b[31mPWNED\nforged line " + "A" * 200_000
+    rig.runtime.fail("pull_image", ImageUnavailableError(f"image could not be pulled: {hostile}"))
+    heard = Heard()
+    with pytest.raises(ImagePullError) as caught:
+        await rig.images.ensure("127.0.0.1:1/evil:1", "Always", heard)
+    rig.clock.advance(1)
+    with pytest.raises(ImagePullError) as backoff:
+        await rig.images.ensure("127.0.0.1:1/evil:1", "Always", heard)
+    invalid = Heard()
+    with pytest.raises(ImagePullError) as bad_name:
+        await rig.images.ensure("evil\x1b[2J" + "a" * 100_000, "Always", invalid)
+    texts = [
+        caught.value.message,
+        backoff.value.message,
+        bad_name.value.message,
+        *(message for _, message, _ in heard.events + invalid.events),
+    ]
+    assert heard.reasons == ["Pulling", "Failed", "BackOff"]
+    for text in texts:
+        assert len(text) <= PULL_MESSAGE_MAX_CHARS + 300, len(text)  # + the image, the prefix
+        assert "\x1b" not in text and "\n" not in text, text[:200]
+    assert "\\x1b[2J\\x1b[31mPWNED forged line AAA" in caught.value.message
