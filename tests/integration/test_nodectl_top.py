@@ -53,14 +53,16 @@ def test_top_nodes_and_pods_show_plausible_figures(
             match = ROW.match(line)
             if match:
                 found[match[1]] = (int(match[2]), int(match[3]))
-        # Two samples of the spinner (its second a rate over the last few seconds).
-        return found if {"spinner", "idle"} <= set(found) and found["spinner"][0] >= 100 else None
+        # Rates over the last few seconds: a container's first sample is its average since it
+        # started, the shell's start-up included; the sleeping pod's settles near 0.
+        if not {"spinner", "idle"} <= set(found):
+            return None
+        return found if found["spinner"][0] >= 100 and found["idle"][0] <= 20 else None
 
     shown = wait_for(figures, timeout_s=WAIT_S, what="top pods with both pods")
     spin_cpu, spin_memory = shown["spinner"]
-    idle_cpu, idle_memory = shown["idle"]
-    assert 100 <= spin_cpu <= 300, shown  # the 200m limit (CFS quota), on a busy machine
-    assert idle_cpu <= 20, shown
+    idle_memory = shown["idle"][1]
+    assert spin_cpu <= 300, shown  # the 200m limit (CFS quota), on a busy machine
     assert 0 <= spin_memory < 64 and 0 <= idle_memory < 64, shown
 
     pods = master.nodectl("top", "pods")

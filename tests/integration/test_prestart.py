@@ -364,7 +364,8 @@ def test_nodectl_describe_pod_shows_prestart_hook_failed(
         out = master.nodectl("describe", "pod", "gated").stdout
         events = out[out.find("Events:") :]
         failed = [line for line in events.splitlines() if " PreStartHookFailed " in line]
-        waiting = re.search(r"^ +Reason: +PreStartHookFailed$", out, re.MULTILINE)
+        # The container's state (or the pod's own reason): kubectl's "Reason:" row.
+        waiting = re.search(r"^ *Reason: +PreStartHookFailed$", out, re.MULTILINE)
         done = waiting and failed
         return out if done else None
 
