@@ -158,7 +158,7 @@ class UsageSampler:
         report: dict[str, Any] = {"window": round(window, 3)}
         try:
             report["node"] = await self._node_usage(now)
-        except OSError as exc:
+        except (OSError, psutil.Error) as exc:  # psutil's own errors are not OSErrors
             log.debug("node usage unreadable: %s", exc)
         try:
             records = await self._runtime.list_containers()
