@@ -289,8 +289,8 @@ class Edge:
         if response.stream is None:
             return web.Response(status=response.status, body=response.body, headers=headers_out)
         out = web.StreamResponse(status=response.status, headers=headers_out)
-        await out.prepare(request)
         try:
+            await out.prepare(request)  # inside: a client gone by now still closes the stream
             async for chunk in response.stream:
                 await out.write(chunk)
         except ConnectionResetError:
@@ -330,9 +330,14 @@ class Edge:
                 await stream.respond_error(error.http_status, str(error))  # resets if it must
                 return
             response = error_response(error)
-        await stream.respond(
-            response.status, [("content-type", response.content_type), *response.headers]
-        )
+        try:
+            await stream.respond(
+                response.status, [("content-type", response.content_type), *response.headers]
+            )
+        except BaseException:
+            if response.stream is not None:  # never started: closed all the same (a watch's slot)
+                await _close(response.stream)
+            raise
         if response.stream is None:
             if response.body:
                 await stream.write(response.body)

@@ -118,6 +118,7 @@ class MasterApi:
         self.watch_max_s = watch.WATCH_MAX_S
         self.watch_bookmark_s = watch.BOOKMARK_EVERY_S
         self.watch_node_check_s = watch.NODE_CHECK_S
+        self.watch_slots = watch.WatchSlots()  # the watches each caller holds (429 past them)
         self.metrics_registry = new_registry()
         self.usage = UsageBook()  # the nodes' latest usage (nodectl top), in memory
         # Recent samples (seconds) for /metrics quantiles: lease handling time, and how late
@@ -301,7 +302,9 @@ class MasterApi:
         if request.query("watch") in ("1", "true"):
             params = watch.watch_params(request, self.watch_max_s)
             steps = watch.node_steps(self.registry, params, self.watch_node_check_s)
-            return ApiResponse(200, content_type=NDJSON_TYPE, stream=self._paced(steps, params))
+            return ApiResponse(
+                200, content_type=NDJSON_TYPE, stream=self._paced(request, steps, params)
+            )
         items = [self.registry.node_object(r) for r in await self.registry.records()]
         return json_response({"apiVersion": "v1", "kind": "NodeList", "items": items})
 
@@ -474,7 +477,9 @@ class MasterApi:
         if request.query("watch") in ("1", "true"):
             params = watch.watch_params(request, self.watch_max_s)
             steps = watch.pod_steps(self.pods.store, params)
-            return ApiResponse(200, content_type=NDJSON_TYPE, stream=self._paced(steps, params))
+            return ApiResponse(
+                200, content_type=NDJSON_TYPE, stream=self._paced(request, steps, params)
+            )
         objs, rev = await self.pods.list()
         namespace = request.query("namespace")
         items = [
@@ -485,10 +490,15 @@ class MasterApi:
         return json_response({"kind": "PodList", "resourceVersion": rev, "items": items})
 
     def _paced(
-        self, steps: AsyncGenerator[watch.Step, None], params: watch.WatchParams
+        self,
+        request: ApiRequest,
+        steps: AsyncGenerator[watch.Step, None],
+        params: watch.WatchParams,
     ) -> AsyncIterator[bytes]:
-        """A cluster-wide watch's lines (``agent.master.watch``), bounded in time."""
-        return watch.paced(steps, params.timeout_s, self.watch_bookmark_s)
+        """A cluster-wide watch's lines (``agent.master.watch``), bounded in time and counted
+        against the caller (429 past its share)."""
+        lines = watch.paced(steps, params.timeout_s, self.watch_bookmark_s)
+        return self.watch_slots.hold(request.principal.name, lines)
 
     async def post_node_events(self, request: ApiRequest) -> ApiResponse:
         """A node's events about itself and the pods bound to it, filed under its name (the

@@ -19,6 +19,11 @@ Every watch is bounded: the master ends it after :data:`WATCH_MAX_S` (or the cli
 ``timeoutSeconds``) and the client re-establishes it, as the API server's request timeout
 does; while nothing changes a ``BOOKMARK`` goes out every :data:`BOOKMARK_EVERY_S`, so a client
 can tell a quiet watch from a dead connection and always holds a revision to resume from.
+A caller holds at most :data:`WATCHES_PER_CALLER` of these watches at once
+(:class:`WatchSlots`): more are 429, so one viewer cannot take the loop, the store's watchers
+and the memory from every other caller. (A node's own pod watch, ``/v1/nodes/{node}/pods``,
+is not counted: it sends nothing while its pods do not change, so a stream its agent reset
+would keep a slot until then, and 429 would stop the node's pods.)
 """
 
 from __future__ import annotations
@@ -28,20 +33,26 @@ import contextlib
 import copy
 import json
 import math
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 from agent.aio.edge import ApiRequest, error_body
-from agent.errors import BadRequestError, CompactedError
+from agent.errors import BadRequestError, CompactedError, TooManyRequestsError
 from agent.master.pods import PODS_PREFIX, pod_object
 from agent.master.registry import NodeRegistry
 from agent.master.store.base import EventType, Store
+from agent.names import quote
 
 WATCH_MAX_S = 1800.0  # a watch's longest life; the client re-establishes it (API server: 30 min)
 BOOKMARK_EVERY_S = 15.0  # a quiet watch's heartbeat; nodectl gives up on one silent 3x as long
 NODE_CHECK_S = 1.0  # how often a node watch compares the nodes (readiness changes with time)
 WATCH_QUEUE_EVENTS = 64  # events read ahead of a slow client (then the store's watch waits)
+# Watches one caller (a certificate's name) holds at once; more are 429. A watch costs a task,
+# a store watch woken at every change, a queue of WATCH_QUEUE_EVENTS and what it remembers of
+# the objects, for up to WATCH_MAX_S: nodectl holds one per `get -w`, an agent one.
+WATCHES_PER_CALLER = 64
+WATCH_RETRY_AFTER_S = 10  # the 429's Retry-After, seconds
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 GONE = 410
 
@@ -123,7 +134,9 @@ async def pod_steps(store: Store, params: WatchParams) -> AsyncGenerator[Step, N
     if params.send_initial:
         after = revision
         known = {item.key for item in items}
-        for item in items:
+        items.reverse()  # popped in key order: each pod let go once sent
+        while items:
+            item = items.pop()
             obj = json.loads(item.value)
             if wanted(obj):
                 yield revision, _event("ADDED", _pod(obj, item.mod_revision), item.mod_revision)
@@ -134,6 +147,7 @@ async def pod_steps(store: Store, params: WatchParams) -> AsyncGenerator[Step, N
         # What existed at ``after``: the keys created by then that still exist (a key deleted
         # meanwhile is reported as it was replayed: its first change then reads ADDED).
         known = {item.key for item in items if item.create_revision <= after}
+    del items  # the values of every pod, else held by this frame as long as the watch lasts
     async for change in store.watch(PODS_PREFIX, after):
         obj = json.loads(change.value)
         if not wanted(obj):
@@ -209,16 +223,24 @@ async def paced(
 
     task = asyncio.create_task(pump())
     revision = 0
+    # Counted from the last line sent, not the last step: a node watch steps every NODE_CHECK_S
+    # without sending, and must still send BOOKMARKs (its client's silence timer; and a write
+    # is how a client gone without a word is found).
+    sent_at = loop.time()
     try:
         while True:
-            left = deadline - loop.time()
+            now = loop.time()
+            left = deadline - now
             if left <= 0:
                 return
+            quiet_left = sent_at + bookmark_every_s - now
+            if quiet_left <= 0:
+                sent_at = now
+                yield json.dumps(_bookmark(revision)).encode() + b"\n"
+                continue
             try:
-                item = await asyncio.wait_for(queue.get(), min(left, bookmark_every_s))
+                item = await asyncio.wait_for(queue.get(), min(left, quiet_left))
             except TimeoutError:
-                if deadline - loop.time() > 0:
-                    yield json.dumps(_bookmark(revision)).encode() + b"\n"
                 continue
             if item is end:
                 return
@@ -230,9 +252,75 @@ async def paced(
             step = cast(Step, item)
             revision = max(revision, step[0])
             if step[1] is not None:
+                sent_at = loop.time()
                 yield json.dumps(step[1]).encode() + b"\n"
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await steps.aclose()
+
+
+class WatchSlots:
+    """The watches each caller holds, by its principal's name, at most ``per_caller`` at once
+    (:data:`WATCHES_PER_CALLER`); the edge closes a watch's lines however it ends (the client
+    gone, the master stopping), which gives its slot back: a client that went away silently is
+    found at the next write, a BOOKMARK at the latest (:data:`BOOKMARK_EVERY_S`)."""
+
+    def __init__(self, per_caller: int = WATCHES_PER_CALLER) -> None:
+        self.per_caller = per_caller
+        self._held: dict[str, int] = {}
+
+    def held(self, caller: str) -> int:
+        return self._held.get(caller, 0)
+
+    def hold(self, caller: str, lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """``lines`` counted against ``caller`` until they end or are closed, started or not;
+        TooManyRequestsError (429, ``Retry-After``) when ``caller`` holds ``per_caller``."""
+        count = self.held(caller)
+        if count >= self.per_caller:
+            raise TooManyRequestsError(
+                f"{quote(caller)} holds {count} watches already, the most one caller may: "
+                f"end one, or retry in {WATCH_RETRY_AFTER_S} s",
+                WATCH_RETRY_AFTER_S,
+            )
+        self._held[caller] = count + 1
+        return _Held(lines, lambda: self._release(caller))
+
+    def _release(self, caller: str) -> None:
+        left = self._held.get(caller, 0) - 1
+        if left > 0:
+            self._held[caller] = left
+        else:
+            self._held.pop(caller, None)
+
+
+class _Held:
+    """A watch's lines holding a slot: given back once, at their end, failure or close."""
+
+    __slots__ = ("_lines", "_release")
+
+    def __init__(self, lines: AsyncIterator[bytes], release: Callable[[], None]) -> None:
+        self._lines = lines
+        self._release: Callable[[], None] | None = release
+
+    def __aiter__(self) -> _Held:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await anext(self._lines)
+        except BaseException:  # the end (StopAsyncIteration) or a failure: the watch is over
+            self._give_back()
+            raise
+
+    async def aclose(self) -> None:
+        self._give_back()
+        aclose = getattr(self._lines, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    def _give_back(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
