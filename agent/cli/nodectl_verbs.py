@@ -39,6 +39,7 @@ POLL_S = 0.5  # how often a pod is looked at while waiting for it to run or to b
 WAIT_MARGIN_S = 30.0  # delete --wait's default bound: the longest grace period plus this
 RUNNING_TIMEOUT_S = 60.0  # run -i: kubectl's --pod-running-timeout default (1m)
 MANIFEST_SUFFIXES = (".json", ".yaml", ".yml")  # what kubectl reads of a directory
+MANIFEST_FILES_MAX = 10_000  # files of one -f DIR (each an apply or delete request)
 
 # -- argument types ----------------------------------------------------------------------------
 
@@ -134,24 +135,37 @@ def timeout_seconds(text: str) -> float:
 def manifest_files(path: str, recursive: bool) -> list[str] | None:
     """The files ``-f DIR`` stands for (``*.json``, ``*.yaml``, ``*.yml``, sorted by path as
     kubectl walks a directory; with ``recursive`` those of its subdirectories too); None when
-    ``path`` is not a directory (a file, ``-``: read as given)."""
+    ``path`` is not a directory (a file, ``-``: read as given).
+
+    A link to a directory is not walked into (kubectl's walk does not follow one either): a
+    link back up looped (each file sent 41 times, until the kernel's ELOOP) and a link out of
+    the directory sent files from anywhere. A link to a file is read, as kubectl reads it. At
+    most MANIFEST_FILES_MAX files, else a usage error before anything is sent."""
     if path == "-" or not Path(path).is_dir():
         return None
     found: list[str] = []
-
-    def walk(directory: Path) -> None:
+    pending = [Path(path)]  # directories still to read, the next one last (no recursion)
+    while pending:
+        directory = pending.pop()
         try:
             entries = sorted(directory.iterdir(), key=lambda p: p.name)
         except OSError as exc:
             raise CliError(f"{escape(str(directory))}: {escape(str(exc))}", EXIT_USAGE) from exc
+        subdirectories = []
         for entry in entries:
             if entry.is_dir():
-                if recursive:
-                    walk(entry)
+                if recursive and not entry.is_symlink():
+                    subdirectories.append(entry)
             elif entry.suffix in MANIFEST_SUFFIXES:
                 found.append(str(entry))
-
-    walk(Path(path))
+                if len(found) > MANIFEST_FILES_MAX:
+                    raise CliError(
+                        f"{escape(path)} holds more than {MANIFEST_FILES_MAX} manifest files: "
+                        f"name a smaller directory",
+                        EXIT_USAGE,
+                    )
+        # Depth first, in name order: a directory's files, then each subdirectory's in turn.
+        pending.extend(reversed(subdirectories))
     return found
 
 

@@ -384,3 +384,30 @@ def test_wait_is_a_flag_as_kubectl_takes_it(capsys: pytest.CaptureFixture[str]) 
         _delete("pod", "a", "--wait=maybe")
     assert exited.value.code == 2
     assert 'invalid boolean flag value: "maybe": true or false' in capsys.readouterr().err
+
+
+def test_a_directory_walk_follows_no_link_to_a_directory_and_is_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A link back up sent every file 41 times (until ELOOP), a link out of the directory sent
+    the files of wherever it pointed: links to directories are not walked (kubectl's walk),
+    a link to a file is read as kubectl reads it."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.yaml").write_text("")
+    top = tmp_path / "dir"
+    (top / "sub").mkdir(parents=True)
+    (top / "a.yaml").write_text("")
+    (top / "sub" / "up").symlink_to("..")
+    (top / "sub" / "out").symlink_to(outside)
+    (top / "sub" / "linked.yaml").symlink_to(outside / "secret.yaml")
+    deep = top / "d" / "e"
+    deep.mkdir(parents=True)
+    (deep / "z.json").write_text("")
+    found = verbs.manifest_files(str(top), recursive=True)
+    assert found == [str(top / "a.yaml"), str(deep / "z.json"), str(top / "sub" / "linked.yaml")]
+    monkeypatch.setattr(verbs, "MANIFEST_FILES_MAX", 2)
+    (top / "b.yaml").write_text("")
+    with pytest.raises(CliError) as caught:
+        verbs.manifest_files(str(top), recursive=True)
+    assert "more than 2 manifest files" in str(caught.value)
