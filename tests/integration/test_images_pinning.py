@@ -37,6 +37,9 @@ pytestmark = pytest.mark.docker
 
 MakeAgent = Callable[..., AgentProcess]
 UNREACHABLE = "127.0.0.1:1/node-agent-test/nope:1"  # loopback, nothing listens: refused at once
+# A deadline for what follows an agent's start (a sandbox, a pull): generous, for a CI machine
+# running two test workers beside other load (seen at 30 s+ under a load of 10).
+SLOW_S = 90.0
 
 
 def container_status(agent: AgentProcess, pod: str, name: str = "c") -> dict[str, Any] | None:
@@ -79,35 +82,51 @@ def test_pull_policy_matrix_and_an_unreachable_registry(make_agent: MakeAgent) -
         spec = {**sleeper("c"), "image": image, "imagePullPolicy": policy}
         agent.write_manifest(f"{name}.yaml", pod_manifest(name, [spec]))
 
-    wait_for(lambda: running_phase(agent, "never-present"), what="Never, present: Running")
-    wait_for(lambda: running_phase(agent, "ifnp-present"), what="IfNotPresent, present: Running")
+    wait_for(
+        lambda: running_phase(agent, "never-present"),
+        timeout_s=SLOW_S,
+        what="Never, present: Running",
+    )
+    wait_for(
+        lambda: running_phase(agent, "ifnp-present"),
+        timeout_s=SLOW_S,
+        what="IfNotPresent, present: Running",
+    )
     wait_for(
         lambda: waiting_reason(agent, "never-absent") == "ErrImageNeverPull",
+        timeout_s=SLOW_S,
         what="Never, absent: ErrImageNeverPull",
     )
     wait_for(
         lambda: waiting_reason(agent, "invalid") == "InvalidImageName",
+        timeout_s=SLOW_S,
         what="an invalid reference: InvalidImageName",
     )
     wait_for(
         lambda: waiting_reason(agent, "ifnp-absent") in ("ErrImagePull", "ImagePullBackOff"),
+        timeout_s=SLOW_S,
         what="IfNotPresent, absent and unpullable: pulled and failed",
     )
     for name in ("always-a", "always-b"):
         wait_for(
             lambda name=name: waiting_reason(agent, name) == "ImagePullBackOff",
+            timeout_s=SLOW_S,
             what=f"{name}: ImagePullBackOff",
         )
     # Meanwhile a pod with a local image starts: nothing waits for the failing pulls.
     agent.write_manifest("neighbour.yaml", pod_manifest("neighbour", [sleeper("c")]))
-    wait_for(lambda: running_phase(agent, "neighbour"), what="a neighbour starts meanwhile")
+    wait_for(
+        lambda: running_phase(agent, "neighbour"),
+        timeout_s=SLOW_S,
+        what="a neighbour starts meanwhile",
+    )
 
     # One attempt per back-off step for the two pods: the image's back-off doubles at each
     # failure (1, 2, 4 s). Two pods pulling on their own would fail twice per step (1, 1, 2, …).
     def failures() -> list[float]:
         return [float(e["retry_s"]) for e in log_lines(agent, "image pull failed", UNREACHABLE)]
 
-    wait_for(lambda: len(failures()) >= 3, timeout_s=60, what="three failed attempts")
+    wait_for(lambda: len(failures()) >= 3, timeout_s=SLOW_S, what="three failed attempts")
     failed = failures()
     assert failed[:3] == [1.0, 2.0, 4.0]
     attempts = log_lines(agent, "pulling image", UNREACHABLE)  # read after: never fewer
@@ -128,9 +147,15 @@ def test_pull_policy_matrix_and_an_unreachable_registry(make_agent: MakeAgent) -
     assert messages("never-absent", "ErrImageNeverPull") == [
         f'Container image "{absent}" is not present with pull policy of Never'
     ]
-    assert messages("always-a", "Pulling")[0] == f'Pulling image "{UNREACHABLE}"'
-    assert messages("always-a", "Failed")[0].startswith(f'Failed to pull image "{UNREACHABLE}": ')
-    assert f'Back-off pulling image "{UNREACHABLE}"' in messages("always-b", "BackOff")
+    # Which of the two pods ran an attempt (and so heard Pulling and Failed) is a race; each
+    # was told BackOff (the other's failure, or its own attempt's ErrImagePull turning into
+    # ImagePullBackOff).
+    both = [*messages("always-a", "Pulling"), *messages("always-b", "Pulling")]
+    assert f'Pulling image "{UNREACHABLE}"' in both
+    failed = [*messages("always-a", "Failed"), *messages("always-b", "Failed")]
+    assert failed and all(m.startswith(f'Failed to pull image "{UNREACHABLE}": ') for m in failed)
+    for name in ("always-a", "always-b"):
+        assert messages(name, "BackOff") == [f'Back-off pulling image "{UNREACHABLE}"']
     assert messages("invalid", "InspectFailed")[0].endswith("invalid reference format")
     assert agent.pod("always-a")["status"]["phase"] == "Pending"
 
@@ -169,7 +194,7 @@ def test_a_running_pod_keeps_its_pinned_image(
     }
     manifest = pod_manifest("pinned", [spec])
     agent.write_manifest("pinned.yaml", manifest)
-    wait_for(lambda: running_phase(agent, "pinned"), what="pod pinned Running")
+    wait_for(lambda: running_phase(agent, "pinned"), timeout_s=SLOW_S, what="pod pinned Running")
 
     def runs() -> tuple[int, str, str]:
         """(restartCount, imageID, the running container's image id) once it runs."""
@@ -194,6 +219,7 @@ def test_a_running_pod_keeps_its_pinned_image(
                 and s["restartCount"] == count
                 and "running" in s["state"]
             ),
+            timeout_s=SLOW_S,
             what=f"restart {count} running",
         )
 
@@ -202,7 +228,11 @@ def test_a_running_pod_keeps_its_pinned_image(
 
     agent.kill9()
     agent.start()
-    wait_for(lambda: running_phase(agent, "pinned"), what="pod pinned Running after kill -9")
+    wait_for(
+        lambda: running_phase(agent, "pinned"),
+        timeout_s=SLOW_S,
+        what="pod pinned Running after kill -9",
+    )
     crash_and_wait(2)
     assert runs() == (2, f"docker://{id_a}", id_a)
     current = container_status(agent, "pinned")
@@ -219,6 +249,7 @@ def test_a_running_pod_keeps_its_pinned_image(
             and s["imageID"] == f"docker://{id_b}"
             and "running" in s["state"]
         ),
+        timeout_s=SLOW_S,
         what="the new manifest runs the tag's image of now",
     )
 
@@ -240,7 +271,7 @@ def test_describe_pod_shows_the_pull_events_and_the_pinned_image(
         backoff_initial_s=1.0,
         backoff_max_s=4.0,
     ).start()
-    wait_for(lambda: node_ready(master, agent.node_name), what="node Ready")
+    wait_for(lambda: node_ready(master, agent.node_name), timeout_s=SLOW_S, what="node Ready")
     unpullable = {**sleeper("c"), "image": UNREACHABLE, "imagePullPolicy": "Always"}
     local = {**sleeper("c"), "imagePullPolicy": "IfNotPresent"}
     manifest = tmp_path / "pods.yaml"
@@ -264,7 +295,7 @@ def test_describe_pod_shows_the_pull_events_and_the_pinned_image(
             f'Failed to pull image "{UNREACHABLE}": ',
             f'Back-off pulling image "{UNREACHABLE}"',
         ),
-        timeout_s=60,
+        timeout_s=SLOW_S,
         what="the pull events in describe pod",
     )
     events = out[out.find("Events:") :]
@@ -277,7 +308,7 @@ def test_describe_pod_shows_the_pull_events_and_the_pinned_image(
             f'Container image "{TEST_IMAGE}" already present on machine',
             f"docker://{image_id}",
         ),
-        timeout_s=60,
+        timeout_s=SLOW_S,
         what="the pinned image id and Pulled in describe pod",
     )
     assert re.search(rf"^ +Image ID: +docker://{re.escape(image_id)}$", out, re.MULTILINE)
@@ -337,9 +368,14 @@ def test_credentials_from_the_configured_file_reach_the_registry(
     image = f"{host}/private/app:1"
     spec = {**sleeper("c"), "image": image, "imagePullPolicy": "Always"}
     agent.write_manifest("private.yaml", pod_manifest("private", [spec]))
-    wait_for(lambda: f"Basic {token}" in seen, what="the registry saw the file's credentials")
+    wait_for(
+        lambda: f"Basic {token}" in seen,
+        timeout_s=SLOW_S,
+        what="the registry saw the file's credentials",
+    )
     wait_for(
         lambda: waiting_reason(agent, "private") in ("ErrImagePull", "ImagePullBackOff"),
+        timeout_s=SLOW_S,
         what="the pull failed (the registry knows no image)",
     )
     assert secret not in agent.log_path.read_text(errors="replace")
