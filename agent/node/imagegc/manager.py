@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
 REPLAN_PASSES = 3  # sizes overlap (shared layers): measure again, plan again, at most this often
+DELETE_BATCH = 16  # deletions under the lock at once: what an admission may wait for
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +181,8 @@ class ImageGC:
         images = await self._runtime.list_images()
         in_use = await self._runtime.image_ids_in_use()
         fs = FsUsage.of(await self._runtime.image_fs_usage())
-        sandbox = await self._runtime.inspect_image(self.settings.policy.sandbox_image)
+        name = self.settings.policy.sandbox_image
+        sandbox = await self._runtime.inspect_image(name) if name else None
         refreshed = refresh_usage(self._usage, images, in_use, self._clock.time())
         if refreshed != self._usage:
             self._usage = refreshed
@@ -234,8 +236,9 @@ class ImageGC:
                 after = FsUsage.of(await self._runtime.image_fs_usage())
                 report.usage_after = after
                 over = after.percent > self.settings.policy.low_percent
-                if not over or not (plan.triggered or force):
-                    break
+                more = any(v.reason == Keep.NOT_NEEDED for v in plan.verdicts)
+                if not over or not more or not (plan.triggered or force):
+                    break  # under the threshold, or nothing else may go
                 plan = await self.plan(force=force)
                 report.plan = GCPlan(
                     report.usage_before,
@@ -273,45 +276,50 @@ class ImageGC:
             )
 
     async def _delete(self, deletions: tuple[Verdict, ...], report: GCReport) -> None:
-        for v in deletions:
-            if v.image.id in report.results:
-                continue
+        """Delete in batches of DELETE_BATCH, each under the reservations lock after checking
+        the reservations again; a batch's deletions run concurrently (the engine serialises
+        little of them), so an admission waits for one batch at most."""
+        pending = [v for v in deletions if v.image.id not in report.results]
+        for first in range(0, len(pending), DELETE_BATCH):
+            batch = pending[first : first + DELETE_BATCH]
             async with self._reservations.deleting() as reserved:
-                if v.image.id in reserved:
-                    self._refuse(
-                        report,
-                        v,
-                        Keep.RESERVED,
-                        "reserved by pod " + ",".join(self._reservations.holders_of(v.image.id)),
-                    )
-                    continue
-                try:
-                    await self._remove(v.image)
-                except ImageConflictError as exc:
-                    self._refuse(report, v, Keep.IN_USE, str(exc))
-                    continue
-                except RuntimeUnavailableError:
-                    raise
-                except AgentError as exc:
-                    self._refuse(report, v, "error", str(exc))
-                    continue
-            report.results[v.image.id] = "deleted"
-            self._usage.pop(v.image.id, None)
-            self._metrics.deleted.inc()
-            log.info(
-                "image deleted",
-                extra=kv(
-                    image=v.name,
-                    id=v.image.id[:19],
-                    size_bytes=v.image.size_bytes,
-                    reason=v.reason,
-                    detail=v.detail,
-                ),
-            )
+                go = []
+                for v in batch:
+                    if v.image.id in reserved:
+                        holders = ",".join(self._reservations.holders_of(v.image.id))
+                        self._refuse(report, v, Keep.RESERVED, f"reserved by pod {holders}")
+                    else:
+                        go.append(v)
+                await asyncio.gather(*(self._delete_one(v, report) for v in go))
         try:
             await self._bridge.run(self._store.save, dict(self._usage))
         except OSError as exc:
             log.warning("image usage record not written", extra=kv(error=str(exc)))
+
+    async def _delete_one(self, v: Verdict, report: GCReport) -> None:
+        try:
+            await self._remove(v.image)
+        except ImageConflictError as exc:
+            self._refuse(report, v, Keep.IN_USE, str(exc))
+            return
+        except RuntimeUnavailableError:
+            raise
+        except AgentError as exc:
+            self._refuse(report, v, "error", str(exc))
+            return
+        report.results[v.image.id] = "deleted"
+        self._usage.pop(v.image.id, None)
+        self._metrics.deleted.inc()
+        log.info(
+            "image deleted",
+            extra=kv(
+                image=v.name,
+                id=v.image.id[:19],
+                size_bytes=v.image.size_bytes,
+                reason=v.reason,
+                detail=v.detail,
+            ),
+        )
 
     def _refuse(self, report: GCReport, v: Verdict, reason: str, detail: str) -> None:
         report.results[v.image.id] = f"refused: {reason}: {detail}"
@@ -322,16 +330,21 @@ class ImageGC:
         )
 
     async def _remove(self, image: ImageRecord) -> None:
-        """Untag each reference, then the image by id: removing by id alone is refused while
-        several references name it, and forcing would also untag images a stopped container
-        of someone else's uses."""
-        current = await self._runtime.inspect_image(image.id)
-        if current is None:
+        """By id: that image, whatever its tags point to now (a tag moved since the plan
+        is not followed); one call in the common case. Refused while several references
+        name it: then each reference is untagged, the last one removing the image. Never
+        forced: forcing would untag an image a stopped container of someone else's uses."""
+        try:
+            await self._runtime.remove_image(image.id)
             return
+        except ImageConflictError:
+            current = await self._runtime.inspect_image(image.id)
+            if current is None:
+                return
+            if len(current.repo_tags) < 2:
+                raise  # in use: a container someone just created
         for tag in current.repo_tags:
             await self._runtime.remove_image(tag)
-        if await self._runtime.inspect_image(image.id) is not None:
-            await self._runtime.remove_image(image.id)
 
     async def collect_containers(self) -> int:
         """The node-wide bound on terminated containers (the per-container one is the pod

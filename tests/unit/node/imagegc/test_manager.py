@@ -223,3 +223,13 @@ async def test_disk_pressure_is_set_then_cleared_with_hysteresis(rig: Rig) -> No
         "message": "",
     }
     assert small.id
+
+
+async def test_an_image_with_several_tags_is_untagged_then_removed(rig: Rig) -> None:
+    gc = rig.gc()
+    ids = await rig.fill(gc, 9)
+    rig.runtime.add_image("alias/of-app0:2", image_id=ids[0])  # a second reference
+    report = await gc.collect()
+    assert report.results[ids[0]] == "deleted"
+    assert await rig.runtime.inspect_image(ids[0]) is None
+    assert await rig.runtime.inspect_image("alias/of-app0:2") is None
