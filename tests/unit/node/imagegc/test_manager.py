@@ -55,7 +55,7 @@ class Rig:
             pressure=PressurePolicy(imagefs_min_percent=15, nodefs_min_percent=0, margin_percent=5),
         )
 
-    def gc(self) -> ImageGC:
+    def gc(self, registry: CollectorRegistry | None = None) -> ImageGC:
         return ImageGC(
             runtime=self.runtime,
             reservations=self.reservations,
@@ -63,7 +63,7 @@ class Rig:
             bridge=self.bridge,
             settings=self.settings,
             clock=self.clock,
-            metrics=ImageGCMetrics(CollectorRegistry()),
+            metrics=ImageGCMetrics(registry or CollectorRegistry()),
             tasks=self.supervisor.scope("image-gc"),
             state_dir=self.tmp_path,
         )
@@ -233,3 +233,25 @@ async def test_an_image_with_several_tags_is_untagged_then_removed(rig: Rig) -> 
     assert report.results[ids[0]] == "deleted"
     assert await rig.runtime.inspect_image(ids[0]) is None
     assert await rig.runtime.inspect_image("alias/of-app0:2") is None
+
+
+async def test_the_metrics_count_runs_deletions_refusals_and_bytes(rig: Rig) -> None:
+    registry = CollectorRegistry()
+    gc = rig.gc(registry)
+    rig.runtime.add_image(SANDBOX, size_bytes=1 * MB)
+    ids = await rig.fill(gc, 9)
+    await rig.reservations.reserve("pod-1", [ids[0]])
+    await gc.collect()
+
+    def value(name: str, **labels: str) -> float:
+        found = registry.get_sample_value(name, labels)
+        assert found is not None, name
+        return found
+
+    assert value("node_agent_image_gc_runs_total") == 1
+    assert value("node_agent_image_gc_deleted_images_total") == 2  # app/1, app/2
+    assert value("node_agent_image_gc_refused_total", reason="reserved") == 1
+    assert value("node_agent_image_gc_refused_total", reason="sandbox") == 1
+    assert value("node_agent_image_gc_freed_bytes_total") == 20 * MB
+    assert value("node_agent_images") == 10
+    assert value("node_agent_image_fs_capacity_bytes") == 100 * MB
