@@ -430,6 +430,17 @@ class NodeRegistry:
         record["certExpiry"] = cert.not_valid_after_utc.strftime(_TIMESTAMP_FORMAT)
         return cert_to_pem(cert).decode()
 
+    def _certified(self, record: dict[str, Any]) -> bool:
+        """Whether ``record`` is an Approved node holding a certificate that has not expired."""
+        expiry = record.get("certExpiry")
+        if record.get("registration") != APPROVED or not record.get("certificate") or not expiry:
+            return False
+        try:
+            until = datetime.strptime(str(expiry), _TIMESTAMP_FORMAT).replace(tzinfo=UTC)
+        except ValueError:
+            return False
+        return until.timestamp() > self.clock.time()
+
     def _answer(self, record: dict[str, Any]) -> RegistrationResult:
         phase = record["registration"]
         if phase == APPROVED and record.get("certificate"):
@@ -493,6 +504,9 @@ class NodeRegistry:
                         f"can join with this one"
                     )
                 was_pending = record["registration"] == PENDING
+                # Nothing an unauthenticated request says changes a node holding a valid
+                # certificate unless the policy admits it (see below).
+                stored = copy.deepcopy(record)
                 record.update(facts)
                 _apply_token_labels(record)
                 servingnames.note(record, asked, caller_ip, self._now_iso())
@@ -510,6 +524,24 @@ class NodeRegistry:
                     # the policy, which may have changed since (a SIGHUP reload).
                     await judge.note_spent(record)
                     decision = await judge.decide()
+                    if decision.verdict is not Verdict.ADMIT and self._certified(stored):
+                        # The CSR is no proof of possession now: a replayed body (an old
+                        # registration's, the record's own csr) must not turn an Approved
+                        # node Denied or Pending and drop its certificate. Only an
+                        # administrator (deny, delete node) revokes a node; the caller gets
+                        # the policy's refusal, or the node as it is.
+                        if decision.verdict is Verdict.REFUSE:
+                            self._event(
+                                name,
+                                "RegistrationRefusedError",
+                                f"from {caller_ip}: {decision.reason}; the node stays "
+                                f"Approved with its certificate",
+                                warning=True,
+                            )
+                            return RegistrationResult(
+                                403, {"status": DENIED, "reason": decision.reason}
+                            )
+                        return self._answer(stored)
                     record["admittedBy"] = decision.rule
                     record["reason"] = decision.reason
                     if decision.verdict is Verdict.ADMIT:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
@@ -332,3 +333,42 @@ async def test_the_token_routes_show_the_secret_once(cluster_pki: ClusterPki) ->
         await call(api, "POST", "/v1/tokens", {"usages": -1})
     defaults = json.loads((await call(api, "POST", "/v1/tokens")).body)
     assert defaults["expiresAt"] == "2027-01-16T08:00:00Z" and defaults["usages"] is None
+
+
+async def test_a_replayed_registration_never_demotes_an_approved_node(
+    cluster_pki: ClusterPki,
+) -> None:
+    """The review of 2026-12-03's open finding: a registration body of an Approved node (a CSR
+    its key signed, captured or taken from an old request) sent again without the node's
+    certificate went through the policy again, and a refusal (the token deleted, used up,
+    expired) or a queue turned the node Denied or Pending and dropped its certificate, with
+    the replay's labels and addresses on it. Now a node whose certificate is valid keeps its
+    record: the caller gets the refusal, or the node as it is."""
+    rig = token_rig(cluster_pki)
+    rig.clock.wall_s = time.time()  # certificates are issued on the real clock
+    token, _ = await rig.registry.tokens.create(usages=1)
+    node = NodeKey("n1")
+    first = await rig.register(node, token=str(token))
+    assert first.status == 200
+    found = await rig.registry.get_record("n1")
+    assert found is not None
+    before = found[0]
+    await rig.registry.tokens.delete(token.id)
+    replay = await rig.register(node, token=str(token), labels={"zone": "evil"}, ip="10.9.9.9")
+    assert replay.status == 403 and "unknown" in replay.body["reason"]
+    rig.policy("approval")  # queued, not refused: the node as it is
+    queued = await rig.register(node, labels={"zone": "evil"})
+    assert queued.status == 200 and queued.body["certificate"] == first.body["certificate"]
+    found = await rig.registry.get_record("n1")
+    assert found is not None and found[0] == before
+    assert rig.registry.is_current_node("n1", node.key_id)
+    assert any(
+        reason == "RegistrationRefusedError" and "from 10.9.9.9:" in message
+        for reason, message in rig.events()
+    )
+    # Its certificate expired, the node goes through the policy as before (it cannot act).
+    rig.clock.advance(rig.registry.config.node_cert_lifetime_s + 1)
+    late = await rig.register(node)
+    assert late.status == 202
+    found = await rig.registry.get_record("n1")
+    assert found is not None and found[0]["registration"] == "Pending"
