@@ -10,7 +10,9 @@ When the key is unset the agent passes no credentials and the Docker SDK looks t
 as ``docker pull`` as the agent's user would (``$DOCKER_CONFIG`` or ``~/.docker/config.json``).
 When it is set, the file is authoritative: a registry it does not name is pulled anonymously.
 
-The file is read through the thread bridge on the pull path (a rotated file is picked up
+The file must be a regular file only its owner may read (0600, as ``docker login`` writes
+it, like every secret the agent keeps): another mode or a FIFO fails the pull naming the file
+and the fix. It is read through the thread bridge on the pull path (a rotated file is picked up
 without a restart; an unchanged one, by size and mtime, is not parsed again), bounded
 (``CREDENTIALS_FILE_MAX_BYTES``), and every problem is a RegistryCredentialsError naming the
 file and the problem, never a value from it: the pull then fails with that message.
@@ -22,6 +24,7 @@ import base64
 import binascii
 import json
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,8 +143,19 @@ class DockerConfigCredentials:
         """Blocking: the file parsed, or ``known`` when it has not changed."""
         where = f"image_credentials_file {self.path}"
         try:
-            with open(self.path, "rb") as handle:
+            # O_NONBLOCK: a FIFO at the path must not hold a bridge thread (every pull would
+            # take another); it is refused below, as anything but a regular file is.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with open(fd, "rb") as handle:
                 info = os.fstat(handle.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    raise RegistryCredentialsError(f"{where}: not a regular file")
+                mode = stat.S_IMODE(info.st_mode)
+                if mode & 0o077:
+                    raise RegistryCredentialsError(
+                        f"{where}: mode {mode:04o} lets others read the credentials; "
+                        f"chmod 600 {self.path}"
+                    )
                 stamp = (info.st_ino, info.st_size, info.st_mtime_ns)
                 if known is not None and known.stamp == stamp:
                     return known

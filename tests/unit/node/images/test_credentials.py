@@ -3,6 +3,7 @@ when the file changes, authoritative once configured, never shown."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -35,6 +36,7 @@ async def bridge() -> AsyncIterator[ThreadBridge]:
 
 def write(path: Path, data: object) -> None:
     path.write_text(json.dumps(data))
+    path.chmod(0o600)
 
 
 async def test_the_registry_of_an_image_picks_its_entry(
@@ -115,6 +117,7 @@ async def test_a_missing_or_huge_file_is_our_error(tmp_path: Path, bridge: Threa
         await DockerConfigCredentials(tmp_path / "absent.json", bridge).auth_for("busybox")
     huge = tmp_path / "huge.json"
     huge.write_bytes(b" " * (CREDENTIALS_FILE_MAX_BYTES + 1))
+    huge.chmod(0o600)
     with pytest.raises(RegistryCredentialsError, match="larger than"):
         await DockerConfigCredentials(huge, bridge).auth_for("busybox")
 
@@ -122,3 +125,21 @@ async def test_a_missing_or_huge_file_is_our_error(tmp_path: Path, bridge: Threa
 async def test_unset_leaves_the_lookup_to_the_engine_client() -> None:
     assert await EngineDefaultCredentials().auth_for("busybox") is None
     assert RegistryAuth() == ANONYMOUS
+
+
+async def test_a_file_others_may_read_or_a_fifo_is_refused_naming_the_fix(
+    tmp_path: Path, bridge: ThreadBridge
+) -> None:
+    """Before, a 0644 file was used as it was (the token_file rule refuses one), and a FIFO at
+    the path held a bridge thread until something wrote to it, one more per pull."""
+    loose = tmp_path / "config.json"
+    write(loose, {"auths": {"r.example": {"auth": _auth("u", "secret-pw")}}})
+    loose.chmod(0o644)
+    with pytest.raises(RegistryCredentialsError) as caught:
+        await DockerConfigCredentials(loose, bridge).auth_for("r.example/app:1")
+    assert f"mode 0644 lets others read the credentials; chmod 600 {loose}" in str(caught.value)
+    assert "secret-pw" not in str(caught.value)
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(RegistryCredentialsError, match="not a regular file"):
+        await asyncio.wait_for(DockerConfigCredentials(fifo, bridge).auth_for("busybox"), 10)
