@@ -49,7 +49,7 @@ class LastUsedStore:
             if len(raw) > MAX_FILE_BYTES:
                 raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
             return parse_usage(json.loads(raw))
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # nested too deeply
             log.warning(
                 "image usage record ignored: every image counts as first seen now",
                 extra=kv(path=str(self.path), error=str(exc)),
