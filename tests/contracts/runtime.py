@@ -43,6 +43,7 @@ from agent.node.runtime.base import (
     RuntimeEvent,
 )
 from agent.node.runtime.fake import Script
+from agent.quantity import INT64_MAX
 from agent.types import LABEL_CONTAINER, LABEL_NODE, LABEL_POD_UID
 
 WAIT_S = 20.0  # a deadline for conditions that hold at once (fake) or within moments (dockerd)
@@ -438,6 +439,19 @@ class RuntimeContract(RuntimeExecContract):
         with pytest.raises(NotFoundError):
             await runtime.inspect_container(cid)
         assert cid not in {r.id for r in await runtime.list_containers()}
+
+    async def test_a_stop_with_the_longest_grace_period_stops(
+        self, harness: RuntimeHarness, names: Names
+    ) -> None:
+        """A grace period is any int64 (a manifest's terminationGracePeriodSeconds, delete and
+        drain --grace-period): the Docker SDK raised OverflowError for 2**63 - 1 (its HTTP
+        timeout is the grace period plus its own), so the pod could never be stopped."""
+        runtime = harness.runtime
+        cid = await runtime.create_container(names.spec())
+        await runtime.start_container(cid)
+        await runtime.stop_container(cid, INT64_MAX)  # the process dies of SIGTERM at once
+        stopped = await runtime.inspect_container(cid)
+        assert stopped.state is ContainerState.EXITED and stopped.exit_code == 143
 
     async def test_start_of_a_running_container_is_a_no_op(
         self, harness: RuntimeHarness, names: Names

@@ -73,6 +73,7 @@ EXEC_READ_CHUNK_BYTES = 1 << 20
 _EXEC_ID = re.compile(r"[0-9a-f]{64}")  # what Docker names an exec: it goes into a URL path
 EXIT_CODE_FIRST_POLL_S = 0.001
 EXIT_CODE_MAX_POLL_S = 0.02
+STOP_GRACE_MAX_S = 2**31 - 1  # seconds (68 years): a longer stop timeout overflows the SDK
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -444,8 +445,11 @@ class DockerRuntime:
         )
 
     async def stop_container(self, container_id: str, grace_s: int) -> None:
+        # The SDK extends its HTTP timeout by the grace period itself: past some 292 years
+        # (2**63 - 1 is a valid grace period) that is an OverflowError, and Docker's own
+        # time.Duration overflows there too. Bounded, it still means "as long as it takes".
+        grace_s = min(grace_s, STOP_GRACE_MAX_S)
         try:
-            # The SDK extends its HTTP timeout by the grace period itself.
             await self._call(
                 f"stop container {container_id[:12]}",
                 lambda api: api.stop(container_id, timeout=grace_s),
