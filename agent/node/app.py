@@ -16,7 +16,9 @@ Start order (each step's ``start()`` returns before the next begins):
    the containers it finds.
 5. ``manifest-dir`` (if configured): one full scan, then following the directory.
 6. ``runtime-watch``: only now, with every source heard, containers of undesired pods found at
-   start are removed; then runtime events and relists.
+   start are removed; then runtime events and relists. Then ``image-gc``: image GC and the
+   node-wide dead-container bound every ``image_gc_period_s`` (first run after one period, or at
+   once on disk pressure), and the DiskPressure check every ``disk_check_interval_s``.
 7. ``master-link`` (if configured): starts linking in the background — the agent never waits
    for the master; pods it assigned before run from the checkpoint meanwhile.
 8. ``readiness``: waits for the first reconcile of every pod, then ``READY=1``.
