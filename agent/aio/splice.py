@@ -213,11 +213,12 @@ class StreamRelay:
     once its data went into the target and the target takes more; otherwise it is held until
     the target's ``on_writable`` — so a slow reader on one side stalls its own stream only."""
 
-    def __init__(self, source: H2Stream, target: H2Stream) -> None:
+    def __init__(self, source: H2Stream, target: H2Stream, *, trailers: bool) -> None:
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.error: Exception | None = None
         self._source = source
         self._target = target
+        self._trailers = trailers  # pass the source's trailers on (the node's answer only)
         self._held = 0
 
     def start(self) -> None:
@@ -248,7 +249,7 @@ class StreamRelay:
     def stream_ended(self) -> None:
         if not self.done.done():
             if not self._target.failed:
-                self._target.end_nowait(self._source.trailers)
+                self._target.end_nowait(self._source.trailers if self._trailers else None)
             self._finish(None)
 
     def stream_failed(self, error: Exception) -> None:

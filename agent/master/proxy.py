@@ -88,14 +88,16 @@ class StreamingProxy:
         user failing resets the node's side (a session that writes nothing, a shell waiting
         for input, would stay open there); the node's side failing raises, and ``handle``
         resets both."""
-        up = StreamRelay(user, upstream)
+        # A user's request trailers are not relayed (the task relay never did): nothing of the
+        # user's reaches the node but the body and the headers the proxy sets.
+        up = StreamRelay(user, upstream, trailers=False)
         up.start()
         try:
             headers = await upstream.response()
             await user.respond(
                 upstream.status, [(k, v) for k, v in headers if k in _FORWARDED_HEADERS]
             )
-            down = StreamRelay(upstream, user)
+            down = StreamRelay(upstream, user, trailers=True)
             down.start()
             await down.done
             if down.error is not None:

@@ -445,3 +445,15 @@ async def test_a_user_gone_while_the_node_does_not_read_ends_the_nodes_side(
     assert isinstance(setup.node.ended[0], StreamResetError)
     [link] = setup.node.connections
     await until(lambda: not link.streams, "no stream left on the node's link")
+
+
+async def test_a_users_request_trailers_do_not_reach_the_node(setup: Setup) -> None:
+    """Only the body and the headers the proxy sets go upstream (the relay ends the node's
+    request stream without the user's trailers)."""
+    user = await setup.user().open_h2("POST", EXEC)
+    await user.write(b"ping")
+    await user.end([(USER_HEADER, "mallory")])
+    assert await read_all(user) == b"ping"
+    [upstream] = setup.node.requests
+    assert upstream.remote_ended and upstream.trailers is None
+    assert upstream.header(USER_HEADER) == "admin"
