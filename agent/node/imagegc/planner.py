@@ -64,8 +64,13 @@ class FsUsage:
 
     @classmethod
     def of(cls, usage: Mapping[str, int]) -> FsUsage:
-        """From ``Runtime.image_fs_usage``'s answer."""
-        return cls(int(usage.get("capacityBytes", 0)), int(usage.get("usedBytes", 0)))
+        """From ``Runtime.image_fs_usage``'s answer. Used is what is not available to us, as
+        kubelet counts it: blocks reserved for root (ext4's 5 %) and space a thin-provisioned
+        disk cannot give count as used."""
+        capacity = int(usage.get("capacityBytes", 0))
+        if "availableBytes" in usage:
+            return cls(capacity, max(0, capacity - int(usage["availableBytes"])))
+        return cls(capacity, int(usage.get("usedBytes", 0)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -243,3 +243,10 @@ def test_the_node_wide_bound_removes_the_oldest_finished_first() -> None:
     doomed = dead_containers_to_remove(records, per_container=2, total=2)
     assert [r.id for r in doomed] == ["p2-b-0", "p1-a-0"]
     assert all(r.state is EXITED for r in doomed)
+
+
+def test_usage_counts_what_is_not_available_as_used() -> None:
+    """ext4 keeps 5 % for root; a thin disk may give less than it shows: kubelet's count."""
+    fs = FsUsage.of({"capacityBytes": 1000, "usedBytes": 100, "availableBytes": 300})
+    assert (fs.used_bytes, fs.percent) == (700, 70.0)
+    assert FsUsage.of({"capacityBytes": 1000, "usedBytes": 100}).percent == 10.0
