@@ -1,6 +1,6 @@
 """Issue 16 items 4 and 5 on the real engine: a crash-looping container keeps exactly
-``max_dead_containers_per_container`` terminated containers (older ones removed, oldest
-first), and a container writing its log as fast as it can stays within the json-file bound
+``max_dead_containers_per_container`` terminated containers besides its current one (older
+ones removed, oldest first), and a container writing its log as fast as it can stays within the json-file bound
 ``container_log_max_size`` x ``container_log_max_files`` the agent configured."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def test_dead_containers_kept_exactly_n_and_logs_bounded(
         wait_for(exactly_n_dead, timeout_s=60, what=f"{DEAD_KEPT} dead containers kept")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; restarts and states seen last: {seen[-5:]}") from None
-    # Between a death and the sync that prunes, one more may exist for a moment; never more.
+    # While the latest attempt waits out its back-off it is dead too: one more; never more.
     for _ in range(5):
         assert len([c for c in of("crasher") if c.status == "exited"]) <= DEAD_KEPT + 1
 

@@ -230,9 +230,10 @@ def dead_containers_to_remove(
 ) -> list[ContainerRecord]:
     """Our terminated containers beyond the bounds, oldest first.
 
-    Per pod container (pod uid, container name; sandboxes apart): at most ``per_container``
-    terminated ones are kept, the newest; the latest attempt is always kept, whatever its
-    state, because the pod worker decides its restarts from it. Then, across the node, at most
+    Per pod container (pod uid, container name; sandboxes apart): the latest attempt is always
+    kept, whatever its state (the pod worker decides its restarts from it; while it waits out a
+    crash loop's back-off it is the "current" container), and besides it at most
+    ``per_container`` terminated ones, the newest (``logs --previous`` reads the one before). Then, across the node, at most
     ``total`` terminated ones (None: no bound), removing the oldest finished first among those
     that are not a latest attempt. Running, created or restarting containers are never chosen.
     """
@@ -245,7 +246,7 @@ def dead_containers_to_remove(
     for group in groups.values():
         group.sort(key=lambda r: r.attempt)
         latest, older = group[-1], group[:-1]
-        dead_kept = 1 if latest.state in _DEAD_STATES else 0
+        dead_kept = 0
         for record in reversed(older):
             if record.state not in _DEAD_STATES:
                 continue

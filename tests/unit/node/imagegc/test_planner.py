@@ -222,9 +222,10 @@ def test_dead_containers_keep_exactly_n_per_container(per_container: int) -> Non
     assert doomed == records[: 5 - per_container]  # oldest first
 
 
-def test_the_latest_attempt_is_kept_even_when_dead() -> None:
-    records = [_record("p", "app", i, EXITED, 100.0 + i) for i in range(3)]
-    assert dead_containers_to_remove(records, per_container=0, total=0) == records[:2]
+def test_the_latest_attempt_is_kept_even_when_dead_and_not_counted() -> None:
+    """In a crash loop the latest attempt is the current container: N more are kept besides."""
+    records = [_record("p", "app", i, EXITED, 100.0 + i) for i in range(4)]
+    assert dead_containers_to_remove(records, per_container=0, total=0) == records[:3]
     assert dead_containers_to_remove(records, per_container=1, total=None) == records[:2]
 
 
