@@ -233,9 +233,10 @@ def dead_containers_to_remove(
     Per pod container (pod uid, container name; sandboxes apart): the latest attempt is always
     kept, whatever its state (the pod worker decides its restarts from it; while it waits out a
     crash loop's back-off it is the "current" container), and besides it at most
-    ``per_container`` terminated ones, the newest (``logs --previous`` reads the one before). Then, across the node, at most
-    ``total`` terminated ones (None: no bound), removing the oldest finished first among those
-    that are not a latest attempt. Running, created or restarting containers are never chosen.
+    ``per_container`` terminated ones, the newest (``logs --previous`` reads the one before).
+    Then, across the node, at most ``total`` terminated ones (None: no bound), removing the
+    oldest finished first among those that are not a latest attempt. Running, created or
+    restarting containers are never chosen.
     """
     groups: dict[tuple[str, str, bool], list[ContainerRecord]] = {}
     for record in records:
@@ -245,7 +246,7 @@ def dead_containers_to_remove(
     kept_dead: list[ContainerRecord] = []
     for group in groups.values():
         group.sort(key=lambda r: r.attempt)
-        latest, older = group[-1], group[:-1]
+        older = group[:-1]  # the latest attempt is never chosen
         dead_kept = 0
         for record in reversed(older):
             if record.state not in _DEAD_STATES:
