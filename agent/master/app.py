@@ -1,7 +1,9 @@
 """The master daemon's composition root: loads the store, PKI and registry, builds the managers
 and orders them under one supervisor (the daemon's one TaskGroup).
 
-Managers, in start order: ``watchdog`` (systemd's ``WATCHDOG=1``), ``scheduler``, ``eviction``,
+Managers, in start order: ``watchdog`` (systemd's ``WATCHDOG=1``), ``node-records`` (the
+registry's record cache follows the store's watch, so another master's changes reach this
+one), ``scheduler``, ``eviction``,
 ``registration-expiry`` (drops registrations left waiting past their time-to-live),
 ``loop-lag`` (the event-loop lag sampler behind the API's metrics), ``reload`` (SIGHUP reloads
 ``master.toml``: a valid file replaces the registration policy without dropping a connection; a
@@ -219,6 +221,7 @@ class Master:
         )
         managers: list[Manager] = [
             SystemdWatchdog(self.notifier, scope("watchdog")),
+            LoopManager("node-records", self.registry.follow, scope("node-records")),
             Scheduler(self.pods, scope("scheduler")),
             Eviction(self.pods, min(EVICTION_CHECK_S, cfg.lease_renew_s), scope("eviction")),
             RegistrationExpiry(self.registry, scope("registration-expiry"), self.policy_reloaded),

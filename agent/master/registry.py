@@ -5,6 +5,10 @@ Denied), trust (the rule that admitted it, certificate expiry), readiness (from 
 schedulability (cordon). Records live in the store under ``/nodes/<name>`` and survive master
 restarts; leases are kept in memory only (they are renewed every few seconds and judged only
 after the master has been up for a full grace period, so losing them on restart costs nothing).
+The records are cached in memory (the authorization of every node request reads the cache), and
+the cache follows the store's watch (:meth:`NodeRegistry.follow`): another master sharing the
+store (etcd) deletes, denies, re-keys or cordons a node, and this one's cache has it as soon as
+the watch delivers the change.
 
 Anonymous callers can make the registry store things, so what they can make it store is
 bounded (docs/security.md, "Registration under load and replacement keys"): each source address
@@ -27,7 +31,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -37,11 +41,13 @@ from agent.aio.logs import kv
 from agent.config import split_host_port
 from agent.errors import (
     BadRequestError,
+    CompactedError,
     ConfigError,
     KeyMismatchError,
     NameConflictError,
     NotFoundError,
     RegistrationRefusedError,
+    StoreError,
     TooManyRequestsError,
     UpdateConflictError,
 )
@@ -51,7 +57,7 @@ from agent.master import servingnames
 from agent.master.config import MasterConfig
 from agent.master.pki_files import ClusterPki
 from agent.master.policy import Caller, Decision, Verdict, evaluate
-from agent.master.store.base import Store
+from agent.master.store.base import EventType, Store, WatchEvent
 from agent.master.tokens import JoinTokens, TokenCheck
 from agent.names import (
     check_label_value,
@@ -99,6 +105,10 @@ IPV6_SOURCE_PREFIX = 64  # one host usually holds a whole /64: its addresses sha
 # How often expired requests are looked for: a quarter of the time-to-live, within bounds.
 EXPIRY_CHECK_MIN_S = 0.25
 EXPIRY_CHECK_MAX_S = 60.0
+# The watch of the node records broken (the store away): the pause before it resumes from the
+# revision it reached, doubling from the first to the last while it keeps failing.
+FOLLOW_RETRY_FIRST_S = 0.5
+FOLLOW_RETRY_MAX_S = 8.0
 
 
 def node_csr_key(name: str, csr_pem: str) -> ec.EllipticCurvePublicKey:
@@ -299,6 +309,19 @@ class SourceRateLimit:
         return len(self._buckets)
 
 
+def _parse_record(name: str, value: bytes) -> dict[str, Any] | None:
+    """A stored node record, or None (with a warning) when it is not one: a record no master
+    wrote must not stop the master's cache from following the store."""
+    try:
+        record = json.loads(value)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("registration"), str):
+        log.warning("a node record that is not one is ignored", extra=kv(node=name))
+        return None
+    return record
+
+
 def _is_new_node_request(record: dict[str, Any]) -> bool:
     """A Pending record of a node never approved (``certExpiry`` is set by the first
     certificate): a request only an anonymous caller made, so bounded and expiring."""
@@ -332,6 +355,12 @@ class NodeRegistry:
         self.started = self.clock.monotonic()
         self.leases: dict[str, float] = {}
         self._cache: dict[str, tuple[dict[str, Any], int]] = {}
+        # The store revision the cache is complete up to: where follow()'s watch resumes.
+        self._revision = 0
+        # Records this master deleted, by the revision of the deletion: a change from before it
+        # that the watch delivers late must not bring the record back. Dropped once the watch
+        # has passed that revision.
+        self._gone: dict[str, int] = {}
         self.events = EventRecorder("node-master", component="node-master")
         self._changed: dict[str, asyncio.Event] = {}
         self._sizes: dict[str, int] = {}  # stored bytes of each record
@@ -344,19 +373,104 @@ class NodeRegistry:
     # -- records ---------------------------------------------------------------------------
 
     async def load(self) -> None:
-        """Fill the record cache from the store (at start-up)."""
-        items, _ = await self.store.list_prefix(NODES_PREFIX)
-        self._cache = {
-            i.key.removeprefix(NODES_PREFIX): (json.loads(i.value), i.mod_revision) for i in items
-        }
-        self._sizes = {i.key.removeprefix(NODES_PREFIX): len(i.value) for i in items}
-        for name in self._cache:
+        """Fill the record cache from the store (at start-up, and as a relist when the watch's
+        history is compacted). A record this master wrote or deleted after the listing's
+        revision stays as this master has it (the watch, resuming from that revision, brings
+        it again)."""
+        items, revision = await self.store.list_prefix(NODES_PREFIX)
+        fresh: dict[str, tuple[dict[str, Any], int]] = {}
+        sizes: dict[str, int] = {}
+        for item in items:
+            name = item.key.removeprefix(NODES_PREFIX)
+            record = _parse_record(name, item.value)
+            if record is not None:
+                fresh[name], sizes[name] = (record, item.mod_revision), len(item.value)
+        old = self._cache
+        if revision < self._revision:
+            # The store is behind what the cache followed (replaced, restored): its listing
+            # is the truth, nothing newer of ours can be.
+            self._gone = {}
+        else:
+            for name, hit in old.items():
+                if hit[1] > revision:
+                    fresh[name], sizes[name] = hit, self._sizes.get(name, 0)
+            self._gone = {name: rev for name, rev in self._gone.items() if rev > revision}
+            for name, deleted_at in self._gone.items():
+                if name in fresh and fresh[name][1] < deleted_at:
+                    del fresh[name], sizes[name]
+        self._cache, self._sizes = fresh, sizes
+        self._revision = revision
+        for name in old.keys() - fresh.keys():
+            self.leases.pop(name, None)
+        for name in old.keys() | fresh.keys():
+            if old.get(name) != fresh.get(name):
+                self._wake_pollers(name)
+        for name in fresh.keys() - old.keys():
             if not is_node_name(name):  # stored by a master older than the name checks
                 log.warning(
                     "a node record under a name no route can address (not a valid node name): "
                     "it is listed, but no request can renew, approve or delete it",
                     extra=kv(node=name),  # both log formats escape a field's value
                 )
+
+    async def follow(self) -> NoReturn:
+        """Keep the cache as the store has it, for as long as the master runs: every change
+        under ``/nodes/`` from the revision the cache was loaded at is applied (another
+        master's approval, denial, key replacement, cordon or delete included), and wakes the
+        pollers of that node's request. A compacted history relists (:meth:`load`); a broken
+        watch (the store away) resumes from the revision reached, after a pause, and the cache
+        keeps its last state meanwhile. Ends only when cancelled."""
+        pause_s = FOLLOW_RETRY_FIRST_S
+        relist = False
+        while True:
+            try:
+                if relist:
+                    await self.load()
+                    relist = False
+                async for event in self.store.watch(NODES_PREFIX, self._revision):
+                    self._apply(event)
+                    pause_s = FOLLOW_RETRY_FIRST_S
+                raise StoreError("the watch of the node records ended")  # it never should
+            except CompactedError as exc:
+                log.warning(
+                    "node records: the watch's history is compacted; relisting",
+                    extra=kv(error=str(exc), revision=self._revision),
+                )
+                relist = True
+            except StoreError as exc:
+                log.warning(
+                    "node records: the store's watch broke; the cache keeps its last state",
+                    extra=kv(error=str(exc), revision=self._revision, retry_s=pause_s),
+                )
+                await asyncio.sleep(pause_s)
+                pause_s = min(pause_s * 2, FOLLOW_RETRY_MAX_S)
+
+    def _apply(self, event: WatchEvent) -> None:
+        """One change of a record, from the watch: skipped when the cache already holds this
+        or a later revision (this master's own write, or its delete)."""
+        name = event.key.removeprefix(NODES_PREFIX)
+        self._revision = max(self._revision, event.revision)
+        if self._gone:
+            self._gone = {n: rev for n, rev in self._gone.items() if rev > self._revision}
+        hit = self._cache.get(name)
+        if hit is not None and hit[1] >= event.revision:
+            return
+        if event.type is EventType.DELETE:
+            if hit is not None:
+                self._forget(name)
+            return
+        if name in self._gone:
+            return  # a change from before this master deleted the record (a later revision)
+        record = _parse_record(name, event.value)
+        if record is None:
+            if hit is not None:
+                self._forget(name)
+            return
+        if hit is not None and hit[0].get("publicKeyId") != record.get("publicKeyId"):
+            self.leases.pop(name, None)  # a new key: the old one's lease is not its
+        self._cache[name] = (record, event.revision)
+        self._sizes[name] = len(event.value)
+        self._wake_pollers(name)
 
     async def get_record(self, name: str) -> tuple[dict[str, Any], int] | None:
         """A private copy of the record and its revision (for compare-and-swap)."""
@@ -386,10 +500,9 @@ class NodeRegistry:
         rev = await self.store.compare_and_swap(NODES_PREFIX + record["name"], data, expected_rev)
         if rev is None:
             # Changed since it was read: by a write of ours in between (the cache has it), or by
-            # another master sharing the store (etcd), which the cache has not seen. The cache
-            # takes the stored record, so the caller's next attempt starts from it instead of
-            # failing the swap again and again. (Only a refresh on conflict: the cache does not
-            # follow the store's watch yet, issue 19 item 2.)
+            # another master sharing the store (etcd), which the watch has not delivered yet.
+            # The cache takes the stored record now, so the caller's next attempt starts from
+            # it instead of failing the swap again until the watch catches up.
             await self._refresh(record["name"])
             return False
         self._cache[record["name"]] = (copy.deepcopy(record), rev)
@@ -404,8 +517,13 @@ class NodeRegistry:
             if name in self._cache:
                 self._forget(name)
             return
-        self._cache[name] = (json.loads(found.value), found.mod_revision)
-        self._sizes[name] = len(found.value)
+        hit = self._cache.get(name)
+        record = _parse_record(name, found.value)
+        if record is None:
+            self._forget(name)
+        elif hit is None or hit[1] < found.mod_revision:
+            self._cache[name] = (record, found.mod_revision)
+            self._sizes[name] = len(found.value)
 
     async def records(self) -> list[dict[str, Any]]:
         """Every node record (shared: callers must not modify them)."""
@@ -557,7 +675,7 @@ class NodeRegistry:
                         record.pop("certificate", None)
                         if record["registration"] == PENDING and not was_pending:
                             record["pendingSince"] = self._now_iso()
-                if record == self._cache[name][0]:
+                if record == stored:
                     return self._answer(record)  # a node asking again: nothing to write
                 if await self._save(record, rev):
                     return self._answer(record)
@@ -710,9 +828,10 @@ class NodeRegistry:
                 since = _parse_timestamp(record.get("pendingSince") or record.get("createdAt"))
                 if since is None or now - since < ttl:
                     continue
-                if await self.store.delete(NODES_PREFIX + name, expected_mod_revision=rev) is None:
+                gone = await self.store.delete(NODES_PREFIX + name, expected_mod_revision=rev)
+                if gone is None:
                     continue  # changed meanwhile (approved, denied): looked at next round
-                self._forget(name)
+                self._forget(name, gone)
             elif "replacement" in record:
                 waiting = record["replacement"]
                 since = _parse_timestamp(waiting.get("requestedAt"))
@@ -887,12 +1006,16 @@ class NodeRegistry:
             return None
 
     async def delete(self, name: str) -> None:
-        if await self.store.delete(NODES_PREFIX + name) is None:
+        gone = await self.store.delete(NODES_PREFIX + name)
+        if gone is None:
             raise NotFoundError(f"node {name!r} not found")
-        self._forget(name)
+        self._forget(name, gone)
 
-    def _forget(self, name: str) -> None:
-        """A deleted record's traces in memory."""
+    def _forget(self, name: str, deleted_at: int | None = None) -> None:
+        """A deleted record's traces in memory (``deleted_at``: the revision of this master's
+        deletion, which the watch must not undo with an older change)."""
+        if deleted_at is not None and deleted_at > self._revision:
+            self._gone[name] = deleted_at
         self._cache.pop(name, None)
         self._sizes.pop(name, None)
         self.leases.pop(name, None)

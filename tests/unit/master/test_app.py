@@ -55,6 +55,7 @@ pytestmark = pytest.mark.usefixtures("blockbuster")
 
 MANAGERS = [
     "watchdog",
+    "node-records",
     "scheduler",
     "eviction",
     "registration-expiry",
