@@ -330,8 +330,9 @@ class PodManager:
         return True
 
     def wake_all(self) -> None:
+        """The runtime is back: every pod syncs now, whatever its retry back-off."""
         for worker in self.workers.values():
-            worker.wake()
+            worker.wake_now()
 
     async def wait_synced(self) -> None:
         await asyncio.gather(*(w.synced_once.wait() for w in list(self.workers.values())))

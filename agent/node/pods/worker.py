@@ -317,6 +317,7 @@ class PodWorker:
         self._waiting: dict[str, _Waiting] = {}
         self._records: list[ContainerRecord] = []
         self._sandbox_moved: set[str] = set()
+        self._failing = False  # the last sync failed: wake() waits for its retry timer
         self._spec_hash = pod.spec_hash
         self._initialized = False  # every init container succeeded in the current sandbox
         # Set only by a completed teardown: terminate() may arrive in the middle of a normal
@@ -338,13 +339,22 @@ class PodWorker:
         return self.pod.uid
 
     def wake(self) -> None:
+        """Something changed in the runtime or a probe: sync now — unless the last sync
+        failed, then its retry back-off holds. A pod whose sandbox keeps failing hears its own
+        failed containers die: waking on those turned the back-off into a hot loop (about 30
+        sandboxes in 9 s, seen with the Docker bridge gone)."""
+        if not self._failing:
+            self._wake.set()
+
+    def wake_now(self) -> None:
+        """A new spec, a deletion, the runtime back: sync now, back-off or not."""
         self._wake.set()
 
     def update(self, pod: Pod) -> None:
         if pod.spec_hash != self.pod.spec_hash:
             self._replaced = self.pod  # its containers' preStop hooks run when they stop
         self.pod = pod
-        self.wake()
+        self.wake_now()
 
     def terminate(self, *, grace_s: int | None = None) -> None:
         """Stop and remove the pod; ``grace_s``: the deletion's grace period, in place of the
@@ -354,7 +364,7 @@ class PodWorker:
             self._deletion_grace_s = grace_s if held is None else min(held, grace_s)
         self.terminating = True
         self._terminate_requested.set()
-        self.wake()
+        self.wake_now()
 
     async def run(self) -> None:
         """Sync until terminated; runtime errors are retried with back-off, never fatal."""
@@ -368,9 +378,11 @@ class PodWorker:
                 try:
                     next_wake_s = await self._sync()
                     self.last_error = ""
+                    self._failing = False
                     retry_s = SYNC_RETRY_INITIAL_S
                 except AgentError as exc:
                     self.last_error = str(exc)
+                    self._failing = True
                     self._report_failure(exc, retry_s)
                     log.warning(
                         "pod sync failed, will retry",

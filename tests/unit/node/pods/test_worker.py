@@ -520,6 +520,29 @@ async def test_runtime_down_is_retried_with_back_off_and_reported(rig: Rig) -> N
     assert rig.clock.pending_s() == [1.0]
 
 
+async def test_runtime_wakes_keep_a_failing_syncs_back_off(rig: Rig) -> None:
+    """A sandbox that cannot start: its failed containers' events (a wake each) must not
+    retry before the back-off ends; a new spec or a deletion still acts at once."""
+    rig.runtime.fail("start_container", RuntimeOperationError("no bridge"), times=None)
+    worker = await rig.start(make_pod())
+    assert worker.last_error == "no bridge"
+    starts = rig.runtime.calls["start_container"]
+    for _ in range(5):
+        worker.wake()  # as the runtime watch does for each event of the pod
+        # Checked before the loop can run: a wake that counted would be pending here.
+        assert not worker._wake.is_set()
+    assert rig.clock.pending_s() == [1.0]
+    await rig.advance(worker, 1.0)  # the retry: one more attempt, not six
+    assert rig.runtime.calls["start_container"] == starts + 1
+    assert rig.clock.pending_s() == [2.0]
+    rig.runtime.clear_faults()
+    await rig.step(worker, worker.wake_now)  # the runtime back (wake_all): no waiting
+    assert worker.last_error == ""
+    assert rig.runtime.one(UID, "c").running
+    worker.wake()  # a healthy worker syncs on every wake
+    await rig.step(worker)
+
+
 async def test_the_retry_back_off_has_a_cap(rig: Rig) -> None:
     rig.runtime.set_down()
     worker = await rig.start(make_pod())
