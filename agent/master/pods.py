@@ -226,6 +226,16 @@ class PodStore:
         """Now as the API's timestamps (RFC 3339, UTC, seconds), from the registry's clock."""
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.registry.clock.time()))
 
+    def _mark_terminating(self, obj: dict[str, Any], grace_s: int | None) -> None:
+        """A bound pod's deletion as the master holds it: Terminating with its grace period
+        (the deletion's, else the pod's own), gone at the latest grace + DELETION_MARGIN_S."""
+        grace = obj["manifest"]["spec"].get("terminationGracePeriodSeconds", DEFAULT_GRACE_PERIOD_S)
+        if grace_s is not None:
+            grace = grace_s
+        obj["deletionTimestamp"] = self._now()
+        obj["deletionGracePeriodSeconds"] = grace
+        obj["deleteBy"] = self.registry.clock.time() + grace + DELETION_MARGIN_S
+
     def _mirror_replaced(self, namespace: str, name: str, mirror: dict[str, Any]) -> None:
         message = (
             f"pod {namespace}/{name} applied over the mirror pod of node {mirror['nodeName']}; "
@@ -470,14 +480,7 @@ class PodStore:
                     return
                 continue
             if obj["nodeName"] and not _stopped(obj.get("status") or {}):
-                grace = obj["manifest"]["spec"].get(
-                    "terminationGracePeriodSeconds", DEFAULT_GRACE_PERIOD_S
-                )
-                if grace_s is not None:
-                    grace = grace_s
-                obj["deletionTimestamp"] = self._now()
-                obj["deletionGracePeriodSeconds"] = grace
-                obj["deleteBy"] = self.registry.clock.time() + grace + DELETION_MARGIN_S
+                self._mark_terminating(obj, grace_s)
                 written = await self.store.compare_and_swap(
                     item.key, json.dumps(obj).encode(), item.mod_revision
                 )
@@ -546,14 +549,7 @@ class PodStore:
                 if not await self._place_again(key, obj, item.mod_revision):
                     continue
             else:
-                grace = obj["manifest"]["spec"].get(
-                    "terminationGracePeriodSeconds", DEFAULT_GRACE_PERIOD_S
-                )
-                if grace_s is not None:
-                    grace = grace_s
-                obj["deletionTimestamp"] = self._now()
-                obj["deletionGracePeriodSeconds"] = grace
-                obj["deleteBy"] = self.registry.clock.time() + grace + DELETION_MARGIN_S
+                self._mark_terminating(obj, grace_s)
                 obj["recreate"] = True
                 if (
                     await self.store.compare_and_swap(
