@@ -99,7 +99,13 @@ AGENT_KEYS: tuple[Key, ...] = (
     Key("container_log_max_files", int, "json-file log driver max-file per container"),
     Key("max_pods", int, "most pods this node accepts"),
     Key("watchdog_interval_s", float, "WATCHDOG=1 interval when systemd sets none, seconds"),
-    Key("master", str, "master URL (https://HOST:6443); unset: static pods only", True),
+    Key(
+        "master",
+        list,
+        "master URL (https://HOST:6443), or several (a list; the flag: comma-separated): the "
+        "node fails over among them; unset: static pods only",
+        True,
+    ),
     Key("ca_cert_hash", list, "pins of the master's CA (sha256:<hex>); unset: trust on first use"),
     Key("node_labels", list, "labels reported at registration, KEY=VALUE"),
     Key("master_backoff_max_s", float, "cap of the reconnect back-off to the master, seconds"),
@@ -181,7 +187,7 @@ class AgentConfig:
     container_log_max_files: int = 5
     max_pods: int = 110
     watchdog_interval_s: float = 10.0
-    master: str | None = None
+    master: tuple[str, ...] | None = None  # the masters' URLs, in the order given
     ca_cert_hash: tuple[str, ...] = ()
     node_labels: tuple[str, ...] = ()
     master_backoff_max_s: float = 30.0
@@ -342,8 +348,7 @@ def _validate(cfg: AgentConfig, where: Callable[..., str], node_name_given: bool
             "together"
         )
     _check_token(cfg, where)
-    if cfg.master is not None and not cfg.master.startswith("https://"):
-        raise ConfigError(f"{where('master')}: master {cfg.master!r} must be an https:// URL")
+    _check_masters(cfg.master, where)
     if len(os.fsencode(cfg.api_socket)) > UNIX_SOCKET_PATH_MAX_BYTES:
         raise ConfigError(
             f"{where('state_dir')}: state_dir is too long for its socket {API_SOCKET_NAME} "
@@ -361,6 +366,27 @@ def _validate(cfg: AgentConfig, where: Callable[..., str], node_name_given: bool
             raise ConfigError(
                 f"{where('node_labels')}: node_labels entry {label!r} is not KEY=VALUE"
             )
+
+
+MASTERS_MAX = 16  # URLs in ``master``: a control plane, not a fleet
+
+
+def _check_masters(masters: tuple[str, ...] | None, where: Callable[..., str]) -> None:
+    """``master``: one or more distinct https:// URLs (each HOST:PORT at most once)."""
+    if masters is None:
+        return
+    if not masters:
+        raise ConfigError(f"{where('master')}: master is an empty list; leave it unset instead")
+    if len(masters) > MASTERS_MAX:
+        raise ConfigError(f"{where('master')}: master lists more than {MASTERS_MAX} URLs")
+    seen: set[str] = set()
+    for url in masters:
+        if not url.startswith("https://"):
+            raise ConfigError(f"{where('master')}: master {url!r} must be an https:// URL")
+        key = url.rstrip("/").lower()
+        if key in seen:
+            raise ConfigError(f"{where('master')}: master {url!r} is listed twice")
+        seen.add(key)
 
 
 def _check_disk_keys(cfg: AgentConfig, where: Callable[..., str]) -> None:

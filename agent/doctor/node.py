@@ -315,6 +315,13 @@ class NodeDoctor:
 
     # -- the master ------------------------------------------------------------------------------
 
+    @property
+    def _master_url(self) -> str:
+        """The master doctor asks: the first of ``master`` (the others serve the same cluster,
+        with the same CA)."""
+        assert self.config.master is not None
+        return self.config.master[0]
+
     def _no_master(self, name: str) -> CheckResult | None:
         if self.config.master is None:
             return passed(name, "skipped: no master configured (static pods only)")
@@ -347,8 +354,7 @@ class NodeDoctor:
         return passed(name, f"{len(pins)} pin(s), well formed")
 
     async def _fetch_master(self) -> MasterAnswer:
-        assert self.config.master is not None
-        url = self.config.master.rstrip("/") + "/v1/ca"
+        url = self._master_url.rstrip("/") + "/v1/ca"
         local = (self.config.bind_source, 0) if self.config.bind_source else None
         ctx = client_context(None)  # the pin check below is what trusts this answer
         connector = aiohttp.TCPConnector(ssl=ctx, local_addr=local, force_close=True)
@@ -398,16 +404,15 @@ class NodeDoctor:
         except TimeoutError:
             answer = f"no answer within {self._timeout_s:g} s"
         if isinstance(answer, str):
-            assert self.config.master is not None
-            port = self.config.master.rpartition(":")[2].split("/")[0] or "443"
+            port = self._master_url.rpartition(":")[2].split("/")[0] or "443"
             return failed(
                 name,
-                f"{self.config.master} is not reachable: {answer}",
+                f"{self._master_url} is not reachable: {answer}",
                 "start the master (systemctl start node-master on its host), check master= "
                 f"(the URL `node-master init` printed) and that TCP port {port} is open between "
                 "the hosts",
             )
-        return passed(name, f"{self.config.master} answered in {answer.rtt_s * 1000:.0f} ms")
+        return passed(name, f"{self._master_url} answered in {answer.rtt_s * 1000:.0f} ms")
 
     async def master_ca(self) -> CheckResult:
         name = "master CA"
@@ -426,7 +431,7 @@ class NodeDoctor:
         if not bundle:
             return failed(
                 name,
-                f"{self.config.master} sent no CA certificate: is it a node-master?",
+                f"{self._master_url} sent no CA certificate: is it a node-master?",
                 "point master= at the node-master's URL",
             )
         presented = ", ".join(spki_pin(c) for c in bundle)
@@ -462,9 +467,8 @@ class NodeDoctor:
     async def _verified(self, ca_pem: bytes) -> str:
         """'' when a TLS connection trusting only ``ca_pem`` (host name and master's mark
         checked, as the agent connects) reaches the master; else why not."""
-        assert self.config.master is not None
         try:
-            ctx = with_peer_check(client_context(ca_pem), master_mark_check(self.config.master))
+            ctx = with_peer_check(client_context(ca_pem), master_mark_check(self._master_url))
         except (OSError, ValueError) as exc:
             return f"unusable CA bundle: {exc}"
         local = (self.config.bind_source, 0) if self.config.bind_source else None
@@ -473,7 +477,7 @@ class NodeDoctor:
         try:
             async with (
                 aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
-                session.get(self.config.master.rstrip("/") + "/healthz") as resp,
+                session.get(self._master_url.rstrip("/") + "/healthz") as resp,
             ):
                 await resp.read()
         except aiohttp.ClientConnectorCertificateError as exc:

@@ -982,6 +982,8 @@ class NodeRegistry:
             "nodeConditions": _node_conditions(status.get("conditions")),
             # Checked here, where the node reports it, so the proxy can always connect to it.
             "apiEndpoint": _endpoint(status.get("apiEndpoint", ""), "status.apiEndpoint"),
+            # The master URL the node's link uses (several masters: which one it talks to).
+            "master": _text(status.get("master", ""), "status.master"),
         }
         found = await self.get_record(name)
         if found is None or all(found[0].get(k) == v for k, v in facts.items()):
@@ -1148,6 +1150,7 @@ class NodeRegistry:
                 "nodeInfo": {"agentVersion": record.get("agentVersion", "")},
                 "daemonEndpoints": {"nodeApi": record.get("apiEndpoint", "")},
                 "imageFs": record.get("imageFs", {}),
+                "master": record.get("master", ""),
             },
         }
 

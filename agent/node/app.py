@@ -65,6 +65,7 @@ from agent.node.imagegc.reservations import ImageReservations
 from agent.node.images.credentials import DockerConfigCredentials
 from agent.node.images.puller import PullManager
 from agent.node.masterlink.client import MasterClient
+from agent.node.masterlink.endpoints import MasterEndpoints
 from agent.node.masterlink.facts import NodeFacts
 from agent.node.masterlink.identity import CertificateRotation, NodeIdentity
 from agent.node.masterlink.lease import LeaseKeeper
@@ -369,7 +370,9 @@ class NodeAgent:
     def _master_link(self, status: LinkStatus, node_api: NodeApiServer, sleep: Sleep) -> MasterLink:
         cfg = self.config
         assert cfg.master is not None
-        client = MasterClient(cfg.master, self.bridge, bind_source=cfg.bind_source)
+        client = MasterClient(
+            MasterEndpoints(cfg.master, cfg.node_name), self.bridge, bind_source=cfg.bind_source
+        )
         identity = NodeIdentity(
             cfg.state_dir / PKI_DIR,
             self.bridge,

@@ -149,7 +149,7 @@ def test_the_cloud_init_agent_toml_is_a_valid_config_with_the_four_inputs(tmp_pa
     )
     (tmp_path / "agent.toml").write_text(toml)
     cfg = load_agent_config(tmp_path / "agent.toml", {}, path_required=True)
-    assert cfg.master == "https://10.0.0.1:6443"
+    assert cfg.master == ("https://10.0.0.1:6443",)
     assert list(cfg.ca_cert_hash or []) == [PIN]
     assert list(cfg.node_labels or []) == ["zone=a", "rack=3"]
     assert cfg.token_file == token_file

@@ -34,6 +34,7 @@ from agent.errors import (
     NotFoundError,
     NotTheMasterError,
 )
+from agent.node.masterlink.endpoints import MasterEndpoints
 from agent.pki.names import master_mark_check
 
 REQUEST_TIMEOUT_S = 30.0
@@ -184,12 +185,26 @@ class MasterSession:
 
 
 class MasterClient:
+    """Sessions to the current master of :attr:`endpoints` (one URL, or several the link
+    fails over among: ``endpoints.py``)."""
+
     def __init__(
-        self, base_url: str, bridge: ThreadBridge, *, bind_source: str | None = None
+        self,
+        endpoints: str | MasterEndpoints,
+        bridge: ThreadBridge,
+        *,
+        bind_source: str | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.endpoints = (
+            MasterEndpoints((endpoints,), "") if isinstance(endpoints, str) else endpoints
+        )
         self._bridge = bridge
         self._bind_source = bind_source
+
+    @property
+    def base_url(self) -> str:
+        """The master the next session goes to."""
+        return self.endpoints.current
 
     @asynccontextmanager
     async def session(self, tls: ssl.SSLContext) -> AsyncIterator[MasterSession]:

@@ -64,7 +64,8 @@ class LeaseKeeper:
         if now - self._checked_at >= STATUS_CHECK_S:
             self._checked_at = now
             self._facts_value = await self._facts.status()
-        status = {**self._facts_value, "conditions": self._conditions()}
+        # "master": the master this session talks to (`nodectl get nodes -o wide` shows it).
+        status = {**self._facts_value, "conditions": self._conditions(), "master": session.base_url}
         body: dict[str, Any] = {}
         if status != self._sent or now - self._sent_at >= STATUS_REFRESH_S:
             body["status"] = status

@@ -40,6 +40,7 @@ from agent.errors import (
 )
 from agent.node.backoff import ReconnectBackoff
 from agent.node.masterlink.client import MasterClient, MasterSession
+from agent.node.masterlink.endpoints import FAILOVER_SPREAD_S
 from agent.node.masterlink.identity import RECONNECT_ROTATED, CertificateRotation, NodeIdentity
 from agent.node.masterlink.lease import LeaseKeeper
 from agent.node.masterlink.registration import Registrar
@@ -163,18 +164,37 @@ class MasterLink:
                 "registration refused by the master",
             )
         except AgentError as exc:
-            self.status.set(LinkCondition.UNREACHABLE, f"master: unreachable: {exc}")
-            log.warning(
-                "master unreachable; pods keep running",
-                extra=kv(master=self._client.base_url, error=str(exc)),
-            )
-            # Full jitter: a fleet that lost the master together comes back spread out.
-            return self.backoff.next_delay()
+            return self._unreachable(exc)
         raise AssertionError("a master session ends only by an exception")  # pragma: no cover
+
+    def _unreachable(self, exc: AgentError) -> float:
+        """The master failed (connection, time-out, 5xx): with several masters, the next one
+        (one log line per switch, ``endpoints.py``); the wait before the next attempt."""
+        self.status.set(LinkCondition.UNREACHABLE, f"master: unreachable: {exc}")
+        endpoints = self._client.endpoints
+        failed = endpoints.current
+        # Full jitter: a fleet that lost the master together comes back spread out.
+        delay = self.backoff.next_delay()  # (also starts the outage's clock)
+        if not endpoints.several:
+            log.warning(
+                "master unreachable; pods keep running", extra=kv(master=failed, error=str(exc))
+            )
+            return delay
+        untried = endpoints.failed()
+        log.warning(
+            "master unreachable; switching to the next master; pods keep running",
+            extra=kv(master=failed, next=endpoints.current, error=str(exc)),
+        )
+        if untried:  # soon, spread: the nodes of a dead master do not arrive in one burst
+            return self._rng.uniform(0, min(FAILOVER_SPREAD_S, self.backoff.cap_s))
+        return delay  # every master failed in this outage: its back-off paces the rounds
 
     def _refused(self, condition: LinkCondition, message: str, what: str) -> float:
         self.status.set(condition, message)
-        log.error(what, extra=kv(master=self._client.base_url, error=message))
+        endpoints = self._client.endpoints
+        log.error(what, extra=kv(master=endpoints.current, error=message))
+        if endpoints.several:
+            endpoints.failed()  # the next attempt asks another master (slowly still)
         return self._rng.uniform(0, self._denied_retry_s)
 
     async def _serve_node_api(self, ca_pem: bytes) -> None:
@@ -199,6 +219,7 @@ class MasterLink:
             # Only a working link ends the outage: resetting before this would let an agent
             # whose certificate is on disk retry every 0.5 s for as long as the master is down.
             self.backoff.reset()
+            self._client.endpoints.succeeded()
             self.status.registered = True
             self.status.set(LinkCondition.CONNECTED, "")
             log.info("connected to the master", extra=kv(master=self._client.base_url))

@@ -168,7 +168,7 @@ def tree(root: Path) -> list[tuple[str, int]]:
 
 
 async def test_no_docker_no_master_and_nothing_created(base: AgentConfig, tmp_path: Path) -> None:
-    config = replace(base, master=f"https://127.0.0.1:{free_port()}", ca_cert_hash=("nope",))
+    config = replace(base, master=(f"https://127.0.0.1:{free_port()}",), ca_cert_hash=("nope",))
     before = await asyncio.to_thread(tree, tmp_path)
     results = await doctor(config, tmp_path)
     assert await asyncio.to_thread(tree, tmp_path) == before
@@ -201,7 +201,7 @@ async def test_a_master_that_never_answers(base: AgentConfig, tmp_path: Path) ->
         silent.listen()
         url = f"https://127.0.0.1:{silent.getsockname()[1]}"
         # The request's own bound (80 %) ends first, with 0.4 s to spare on a loaded machine.
-        results = await doctor(replace(base, master=url), tmp_path, timeout_s=2.0)
+        results = await doctor(replace(base, master=(url,)), tmp_path, timeout_s=2.0)
     reached = results["master"]
     assert not reached.ok and reached.detail == f"{url} is not reachable: no answer within 1.6 s"
     assert "not reachable" in results["clock"].detail
@@ -227,7 +227,7 @@ def registered(
 async def test_a_registered_node_and_its_master(
     base: AgentConfig, cluster: Cluster, master: StubMaster, tmp_path: Path
 ) -> None:
-    config = replace(base, master=master.url, ca_cert_hash=(cluster.pin,))
+    config = replace(base, master=(master.url,), ca_cert_hash=(cluster.pin,))
     await asyncio.to_thread(registered, config, cluster, master)
     results = await doctor(config, tmp_path)
     for name in ("ca pin", "master", "master CA", "clock", "node certificate", "registration"):
@@ -240,7 +240,7 @@ async def test_a_registered_node_and_its_master(
 async def test_a_wrong_pin_names_the_one_presented(
     base: AgentConfig, cluster: Cluster, master: StubMaster, tmp_path: Path
 ) -> None:
-    config = replace(base, master=master.url, ca_cert_hash=("sha256:" + "0" * 64,))
+    config = replace(base, master=(master.url,), ca_cert_hash=("sha256:" + "0" * 64,))
     result = (await doctor(config, tmp_path))["master CA"]
     assert not result.ok and "does not match ca_cert_hash" in result.detail
     assert cluster.pin in result.detail and "ca_cert_hash" in result.fix
@@ -249,7 +249,7 @@ async def test_a_wrong_pin_names_the_one_presented(
 async def test_a_ca_other_than_the_one_pinned_on_disk(
     base: AgentConfig, cluster: Cluster, master: StubMaster, tmp_path: Path
 ) -> None:
-    config = replace(base, master=master.url)
+    config = replace(base, master=(master.url,))
     _, other = create_ca()
     await asyncio.to_thread(write_private, config.state_dir / "pki" / "ca.crt", cert_to_pem(other))
     result = (await doctor(config, tmp_path))["master CA"]
@@ -260,7 +260,7 @@ async def test_clock_skew_against_the_masters_date(
     base: AgentConfig, cluster: Cluster, master: StubMaster, tmp_path: Path
 ) -> None:
     master.date_offset_s = -600.0
-    config = replace(base, master=master.url, ca_cert_hash=(cluster.pin,))
+    config = replace(base, master=(master.url,), ca_cert_hash=(cluster.pin,))
     result = (await doctor(config, tmp_path))["clock"]
     assert not result.ok and "ahead of the master's" in result.detail
     assert "timedatectl" in result.fix
@@ -269,7 +269,7 @@ async def test_clock_skew_against_the_masters_date(
 async def test_an_expired_certificate(
     base: AgentConfig, cluster: Cluster, master: StubMaster, tmp_path: Path
 ) -> None:
-    config = replace(base, master=master.url, ca_cert_hash=(cluster.pin,))
+    config = replace(base, master=(master.url,), ca_cert_hash=(cluster.pin,))
     await asyncio.to_thread(functools.partial(registered, expired=True), config, cluster, master)
     result = (await doctor(config, tmp_path))["node certificate"]
     assert not result.ok and "expired on" in result.detail
@@ -279,7 +279,7 @@ async def test_an_expired_certificate(
 async def test_a_certificate_without_its_key(
     base: AgentConfig, cluster: Cluster, master: StubMaster, tmp_path: Path
 ) -> None:
-    config = replace(base, master=master.url, ca_cert_hash=(cluster.pin,))
+    config = replace(base, master=(master.url,), ca_cert_hash=(cluster.pin,))
     await asyncio.to_thread(registered, config, cluster, master)
     other_key, _ = cluster.node_pair()
     await asyncio.to_thread(write_private, config.state_dir / "pki" / "node.key", other_key)
@@ -307,9 +307,13 @@ async def test_registration_pending_or_denied_with_the_reason(
     words: str,
     fix: str,
 ) -> None:
-    config = replace(base, master=f"https://127.0.0.1:{free_port()}")
+    config = replace(base, master=(f"https://127.0.0.1:{free_port()}",))
     await asyncio.to_thread(
-        write_state, config.state_dir / "registration.json", phase, config.master or "", **details
+        write_state,
+        config.state_dir / "registration.json",
+        phase,
+        (config.master or ("",))[0],
+        **details,
     )
     result = (await doctor(config, tmp_path))["registration"]
     assert not result.ok and words in result.detail and fix in result.fix
@@ -330,7 +334,7 @@ async def test_fifos_in_place_of_the_state_and_the_certificate(
 ) -> None:
     """A FIFO where the registration state or the certificate should be: one line naming it,
     never a check waiting for a writer (nor a thread left blocked in open)."""
-    config = replace(base, master=f"https://127.0.0.1:{free_port()}")
+    config = replace(base, master=(f"https://127.0.0.1:{free_port()}",))
     fifos = (config.state_dir / "registration.json", config.state_dir / "pki" / "node.crt")
     await asyncio.to_thread((config.state_dir / "pki").mkdir, parents=True)
     for fifo in fifos:

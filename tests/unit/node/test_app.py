@@ -196,7 +196,7 @@ async def test_with_a_master_the_link_starts_after_the_pods_and_stops_before_the
         master.add_pod(fake_pod_manifest("from-master"), notify=False)
         cfg = config(
             tmp_path,
-            master=master.url,
+            master=(master.url,),
             ca_cert_hash=(master.pin,),
             node_labels=("zone=a",),
             master_backoff_max_s=1.0,

@@ -19,6 +19,7 @@ from agent.events import EventRecorder
 from agent.node.backoff import BackoffPolicy, ReconnectBackoff
 from agent.node.health.metrics import NodeMetrics
 from agent.node.masterlink.client import MasterClient, MasterSession
+from agent.node.masterlink.endpoints import MasterEndpoints
 from agent.node.masterlink.identity import CertificateRotation, NodeIdentity
 from agent.node.masterlink.lease import LeaseKeeper
 from agent.node.masterlink.link import MasterLink
@@ -153,6 +154,7 @@ async def link_rig(
     watch_max_bytes: int | None = None,
     start_master: bool = True,
     registrar_options: dict[str, Any] | None = None,
+    other_masters: tuple[str, ...] = (),
 ) -> AsyncIterator[Rig]:
     master = master or FakeMaster(tmp_path / "master")
     if start_master:
@@ -193,7 +195,11 @@ async def link_rig(
         tasks=supervisor.scope("pods"),
     )
     status = LinkStatus()
-    client = MasterClient(master.url, bridge)
+    # Several masters: the fake master and ``other_masters`` (URLs), in NODE's order.
+    client = MasterClient(
+        MasterEndpoints((master.url, *other_masters), NODE) if other_masters else master.url,
+        bridge,
+    )
     identity = NodeIdentity(
         tmp_path / "pki", bridge, node_name=NODE, ca_pins=(master.pin,) if pins is None else pins
     )
