@@ -108,10 +108,14 @@ class Engine:
             ["mount", "-t", "tmpfs", "-o", "size=1g", "tmpfs", str(self.root / "data")], check=True
         )
         self.sock = self.root / "docker.sock"
-        ns = f"gcbench-{self.root.name}"
+        ns = self.ns = f"gcbench-{self.root.name}"
+        # Its own network namespace: with --bridge=none dockerd deletes the docker0 it finds,
+        # the machine's engine's bridge in the host's namespace.
+        subprocess.run(["ip", "netns", "add", ns], check=True)
         self.proc = subprocess.Popen(
-            ["dockerd", "--data-root", str(self.root / "data"), "--exec-root",
-             str(self.root / "exec"), "--pidfile", str(self.root / "docker.pid"),
+            ["nsenter", f"--net=/run/netns/{ns}", "dockerd",
+             "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
+             "--pidfile", str(self.root / "docker.pid"),
              "-H", f"unix://{self.sock}", "--bridge=none", "--iptables=false",
              "--ip-masq=false", "--containerd-namespace", ns,
              "--containerd-plugins-namespace", f"{ns}-plugins"],
@@ -153,6 +157,7 @@ class Engine:
                 break
             time.sleep(0.25)
         shutil.rmtree(self.root, ignore_errors=True)
+        subprocess.run(["ip", "netns", "del", self.ns], check=False)
 
 
 async def ours(engine: Engine, state_dir: Path) -> float:

@@ -1,6 +1,11 @@
 """A second Docker engine of the test's own for image GC: its data root on a small tmpfs, its
 own socket, exec root, pidfile and containerd namespace, no bridge and no iptables rules — the
-machine's engine is untouched. ``make test-imagegc`` runs this directory (root, dockerd)."""
+machine's engine is untouched. ``make test-imagegc`` runs this directory (root, dockerd).
+
+It runs in a network namespace of its own: a dockerd started with ``--bridge=none`` deletes
+the ``docker0`` interface it finds (moby's removeDefaultBridgeInterface), which in the host's
+namespace is the machine's engine's bridge — every container of that engine would lose its
+network."""
 
 from __future__ import annotations
 
@@ -90,8 +95,10 @@ def engine(
     sock = root / "docker.sock"
     log = (root / "dockerd.log").open("wb")
     ns = f"imagegc-{root.name}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
     proc = subprocess.Popen(
         [
+            "nsenter", f"--net=/run/netns/{ns}",  # not ip netns exec: it remounts /sys
             "dockerd",
             "--data-root", str(data_root),
             "--exec-root", str(root / "exec"),
@@ -139,3 +146,4 @@ def engine(
         else:
             subprocess.run(["umount", "-l", str(data_root)], check=False)
         shutil.rmtree(root, ignore_errors=True)
+        subprocess.run(["ip", "netns", "del", ns], check=False)
