@@ -225,6 +225,13 @@ class AgentProcess:
             "backoff_reset_s": 60.0,
             "relist_interval_s": 2.0,
             "manifest_poll_interval_s": 0.5,
+            # The machine's engine is shared by every test and by whoever else uses it: image GC
+            # (which could delete the shared test image on a full disk) and DiskPressure (which
+            # would stop scheduling) follow this machine's disk only where a test asks for them.
+            "image_gc_high_threshold_percent": 100.0,
+            "image_gc_low_threshold_percent": 99.0,
+            "imagefs_available_min_percent": 0.0,
+            "nodefs_available_min_percent": 0.0,
         }
         values.update(config)
         self.state_dir = Path(values["state_dir"])  # a test may put it elsewhere (a tmpfs)

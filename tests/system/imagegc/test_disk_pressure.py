@@ -60,6 +60,7 @@ def test_disk_pressure_set_refuses_scheduling_then_clears(
         state_dir=str(small_state_fs),
         disk_check_interval_s=0.5,
         imagefs_available_min_percent=0.0,  # the machine's engine: not this test's subject
+        nodefs_available_min_percent=10.0,  # kubelet's default, which make_agent turns off
     ).start()
     wait_for(lambda: node_ready(master, agent.node_name), what="node Ready")
     wait_for(lambda: _disk_pressure(master, agent.node_name) == "False", what="no pressure")

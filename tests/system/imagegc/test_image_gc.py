@@ -64,6 +64,9 @@ def test_gc_lru_exemptions_race_and_restart(
         image_gc_period_s=3600.0,  # runs only when asked (and on disk pressure, turned off)
         imagefs_available_min_percent=0.0,
         nodefs_available_min_percent=0.0,
+        # The defaults, which make_agent turns off for agents on the machine's engine.
+        image_gc_high_threshold_percent=85.0,
+        image_gc_low_threshold_percent=80.0,
         pinned_images=["gc/pinned:*"],
         sandbox_image=SANDBOX,
     )
