@@ -180,6 +180,9 @@ def test_hostile_node_names_are_refused_at_every_edge(served: Api, tmp_path: Pat
             assert all(line.isprintable() for line in done.stderr.splitlines()), done.stderr
             if name.startswith("-"):  # an option to argparse: a usage error, nothing sent
                 assert done.returncode == 2, done.stderr
+            elif "/" in name:  # kubectl's TYPE/NAME form after a type: a usage error, nothing sent
+                assert done.returncode == 2, done.stderr
+                assert "no need to specify a resource type" in done.stderr, done.stderr
             else:
                 assert len(done.stderr.splitlines()) == 1, done.stderr  # no forged line
                 reason = "(NotFound)" if empty else "(BadRequest)"  # kubectl's shape
