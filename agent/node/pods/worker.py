@@ -61,6 +61,7 @@ from agent.node.runtime.base import ContainerRecord, ContainerState, ImageRecord
 from agent.types import (
     LABEL_IMAGE,
     Container,
+    ExecAction,
     LifecycleAction,
     Pod,
     PreStartHook,
@@ -773,12 +774,25 @@ class PodWorker:
             return None
         if now < state.retry_at:
             return state.retry_at - now
+        attempt = self.book.attempts.get(name, -1) + 1
+        spec = app_spec(self.deps.ctx, self.pod, container, attempt, sandbox.id, pod_ip)
+        if any(isinstance(h.action, ExecAction) for h in container.lifecycle.pre_start):
+            # An exec check's helper runs the container's image: the pin, as every container
+            # of the pod does (the first check pins it; a tag moved later changes nothing).
+            # Before the run starts: a pull's time is not the preconditions' deadline.
+            try:
+                pin = await self._pinned_image(container)
+            except ImagePullError as exc:
+                return self._image_wait(container, exc, now)
+            if pin is None:
+                return None  # the pod is being deleted
+            spec = replace(
+                spec, image=pin.image_id, labels={**spec.labels, LABEL_IMAGE: pin.reference}
+            )
         clock = self.deps.clock
         if state.run is None:
             state.run = PreconditionRun(container.lifecycle.pre_start, clock.monotonic())
             state.hook = -1
-        attempt = self.book.attempts.get(name, -1) + 1
-        spec = app_spec(self.deps.ctx, self.pod, container, attempt, sandbox.id, pod_ip)
         target = HookTarget(self.pod, container, pod_ip, spec=spec)
 
         async def check(index: int, hook: PreStartHook) -> HandlerResult:

@@ -390,3 +390,34 @@ async def test_a_liveness_kill_runs_pre_stop_first(rig: Rig, hooks: FakeHooks) -
     # The hook gets the probe's grace period, SIGTERM what is left of it.
     assert hooks.runs == [(first.id, pod.spec.containers[0].lifecycle.pre_stop, 7.0)]
     assert ("stop", APP, "7") in rig.runtime.trace
+
+
+async def test_an_exec_precondition_s_helper_runs_the_pinned_image_as_the_container_does(
+    rig: Rig,
+) -> None:
+    """Issue 16 item 2: every container of an admitted pod runs the image its reference named
+    at admission, the preStart helper too; a tag moved while a check still fails changes
+    neither the next helper nor the container made once the check passes."""
+    first = await rig.runtime.inspect_image("img:1")
+    assert first is not None
+    command = ["ready?"]
+    pod = make_pod(hooked({"exec": {"command": command}, "periodSeconds": 2}))
+    rig.runtime.script_command(command, Script(exit_code=1))
+    created: list[ContainerSpec] = []
+    create = rig.runtime.create_container
+
+    async def capture(spec: ContainerSpec) -> str:
+        created.append(spec)
+        return await create(spec)
+
+    rig.runtime.create_container = capture  # type: ignore[method-assign]
+    worker = await started(rig, pod, Hooks(rig.runtime, sleep=clock_sleep(rig.clock)))
+    moved = rig.runtime.add_image("img:1")  # docker tag: img:1 names another image now
+    assert moved.id != first.id
+    rig.runtime.script_command(command, Script(exit_code=0))
+    await rig.advance(worker, 2)
+    assert apps(rig, worker) == [APP]
+    helpers = [s.image for s in created if s.labels.get(LABEL_KIND) == KIND_PRESTART]
+    assert helpers == [first.id, first.id]
+    assert rig.runtime.one(worker.uid, "c").image_id == first.id
+    assert worker.book.images["c"].image_id == first.id
