@@ -50,8 +50,9 @@ systemd_booted() { [[ -d /run/systemd/system ]]; }
 # gcc and libc6-dev: tests/integration/test_notify.py builds its static sd_notify helper.
 # jq: tests/integration/test_nodectl_habits.py pipes nodectl's JSON to it, as scripts do.
 # etcd-server: the etcd store's tests (make test-etcd) start throwaway etcd processes of it.
+# docker-registry: tests/integration/test_pull_progress.py pulls from a throwaway registry.
 PACKAGES=(docker.io iproute2 busybox-static python3-venv tmux socat procps ca-certificates curl
-  gcc libc6-dev jq etcd-server)
+  gcc libc6-dev jq etcd-server docker-registry)
 # packaging/build.sh and packaging/tests: dpkg-deb, lintian, rpmbuild and rpm (Debian's rpm),
 # cloud-init's schema check, systemd-analyze (its units are never started here).
 if ((WANT_PACKAGING)); then
@@ -85,6 +86,9 @@ if ((${#missing[@]})); then
   # start etcd processes of their own. An etcd the machine had before is left alone.
   if [[ " ${missing[*]} " == *" etcd-server "* ]] && systemd_booted; then
     systemctl disable --now etcd.service >/dev/null 2>&1 || true
+  fi
+  if [[ " ${missing[*]} " == *" docker-registry "* ]] && systemd_booted; then
+    systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
   fi
   done_step "installed ${missing[*]}"
 fi

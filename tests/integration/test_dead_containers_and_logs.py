@@ -1,7 +1,9 @@
 """Issue 16 items 4 and 5 on the real engine: a crash-looping container keeps exactly
 ``max_dead_containers_per_container`` terminated containers besides its current one (older
-ones removed, oldest first), and a container writing its log as fast as it can stays within the json-file bound
-``container_log_max_size`` x ``container_log_max_files`` the agent configured."""
+ones removed, oldest first), the node as a whole keeps at most ``max_dead_containers`` of
+them (image GC's run), and a container writing its log as fast as it can stays within the
+json-file bound ``container_log_max_size`` x ``container_log_max_files`` the agent
+configured."""
 
 from __future__ import annotations
 
@@ -12,13 +14,18 @@ from typing import Any
 
 import docker
 
-from agent.types import LABEL_CONTAINER
+from agent.types import LABEL_ATTEMPT, LABEL_CONTAINER
 from tests.helpers import AgentProcess, node_containers, pod_manifest, wait_for
 
 DEAD_KEPT = 2
 LOG_MAX_BYTES = 100 * 1024
 LOG_FILES = 2
 LINE_SLACK_BYTES = 64 * 1024  # the driver rotates after the write that crosses the size
+DEAD_ON_NODE = 1
+# Fails on its first two attempts (the count lives in an emptyDir), then runs: each container
+# ends with a running attempt 2 and a dead attempt 1 the per-container bound (1) keeps.
+FAIL_TWICE = 'n=$(cat /count/$C 2>/dev/null || echo 0); echo $((n+1)) >/count/$C; \
+[ "$n" -ge 2 ] && exec sleep 3600; exit 1'
 
 
 def test_dead_containers_kept_exactly_n_and_logs_bounded(
@@ -87,3 +94,54 @@ def test_dead_containers_kept_exactly_n_and_logs_bounded(
             except FileNotFoundError:
                 continue  # rotated away between the listing and the stat
             assert size <= LOG_MAX_BYTES + LINE_SLACK_BYTES, (path, size)
+
+
+def test_the_node_wide_dead_container_maximum_holds(
+    make_agent: Callable[..., AgentProcess], docker_client: docker.DockerClient
+) -> None:
+    """Three containers each leave one dead attempt the per-container bound keeps; the node's
+    bound (1) leaves one of the three: without it three would stay."""
+    agent = make_agent(
+        max_dead_containers_per_container=1,
+        max_dead_containers=DEAD_ON_NODE,
+        image_gc_period_s=0.5,  # the node-wide bound is applied by image GC's runs
+        backoff_initial_s=0.5,
+        backoff_max_s=0.5,
+    ).start()
+    names = ["a", "b", "c"]
+    containers = [
+        {
+            "name": name,
+            "command": ["sh", "-c", FAIL_TWICE],
+            "env": [{"name": "C", "value": name}],
+            "volumeMounts": [{"name": "count", "mountPath": "/count"}],
+        }
+        for name in names
+    ]
+    agent.write_manifest(
+        "p.json", pod_manifest("dead", containers, volumes=[{"name": "count", "emptyDir": {}}])
+    )
+    seen: list[dict[str, list[tuple[int, str]]]] = []
+
+    def settled() -> bool:
+        mine: dict[str, list[tuple[int, str]]] = {}
+        for c in node_containers(docker_client, agent.node_name):
+            name = c.labels.get(LABEL_CONTAINER)
+            if name in names:
+                mine.setdefault(name, []).append((int(c.labels[LABEL_ATTEMPT]), c.status))
+        seen.append(mine)
+        latest_running = all(max(mine.get(n, [(-1, "")])) == (2, "running") for n in names)
+        dead = [s for found in mine.values() for s in found if s[1] == "exited"]
+        return latest_running and len(dead) == DEAD_ON_NODE
+
+    try:
+        wait_for(settled, timeout_s=60, what=f"{DEAD_ON_NODE} dead container on the node")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; attempts and states seen last: {seen[-3:]}") from None
+    for _ in range(5):  # and it stays so (the runs go on every half second)
+        dead = [
+            c
+            for c in node_containers(docker_client, agent.node_name)
+            if c.labels.get(LABEL_CONTAINER) in names and c.status == "exited"
+        ]
+        assert len(dead) == DEAD_ON_NODE, dead
