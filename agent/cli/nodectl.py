@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -40,6 +41,8 @@ class ClientConfig:
     client_key: str
     # exec and logs start a ``nodectl session`` with this idle timeout when none runs; 0: never.
     session_idle_timeout_s: float = SESSION_IDLE_S
+    # Every master, in the order tried (``server`` is the first): agent.cli.nodectl_servers.
+    servers: tuple[str, ...] = ()
 
 
 REQUIRED_KEYS = ("server", "ca", "client_cert", "client_key")
@@ -57,7 +60,9 @@ def load_config(explicit: str | None) -> ClientConfig:
         ) from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise CliError(f"{path}: {exc}", EXIT_USAGE) from exc
-    missing = [k for k in REQUIRED_KEYS if not isinstance(raw.get(k), str)]
+    missing = [k for k in REQUIRED_KEYS if not isinstance(raw.get(k), str) and k != "server"]
+    if "server" not in raw:
+        missing.insert(0, "server")
     if missing:
         raise CliError(f"{path}: missing {', '.join(missing)}", EXIT_USAGE)
     unknown = sorted(set(raw) - {*REQUIRED_KEYS, SESSION_KEY})
@@ -67,8 +72,11 @@ def load_config(explicit: str | None) -> ClientConfig:
     idle = raw.get(SESSION_KEY, SESSION_IDLE_S)
     if isinstance(idle, bool) or not isinstance(idle, int | float) or not 0 <= idle < 1e9:
         raise CliError(f"{path}: {SESSION_KEY} must be a number of seconds >= 0", EXIT_USAGE)
+    from agent.cli.nodectl_servers import parse_servers
+
+    servers = parse_servers(raw["server"], str(path))  # one URL, or several (a list)
     return ClientConfig(
-        raw["server"], raw["ca"], raw["client_cert"], raw["client_key"], float(idle)
+        servers[0], raw["ca"], raw["client_cert"], raw["client_key"], float(idle), servers
     )
 
 
@@ -122,12 +130,15 @@ class Client:
     """The master's HTTP/1.1 API; connects on the first call (streaming commands that go
     through the proxy never make one)."""
 
-    def __init__(self, config: ClientConfig) -> None:
-        url = urllib.parse.urlsplit(config.server)
-        if url.scheme != "https" or not url.hostname:
-            raise CliError(f"server {config.server!r} must be an https:// URL", EXIT_USAGE)
+    def __init__(self, config: ClientConfig, *, verbose: bool = False) -> None:
+        from agent.cli.nodectl_servers import Servers, check_url, config_servers
+
+        urls = config_servers(config)
+        for url in urls:
+            check_url(url, "config")
         self.config = config
-        self._address = (url.hostname, url.port or 6443)
+        # The masters, and the one in use; each request fails over among them.
+        self.servers = Servers(urls, verbose=verbose)
         self._ctx: ssl.SSLContext | None = None
         self._conn: Any = None
         self.last_headers: dict[str, str] = {}  # the last answer's, names in lower case
@@ -138,14 +149,40 @@ class Client:
             self._ctx = master_context(self.config)
         return self._ctx
 
+    @property
+    def _address(self) -> tuple[str, int]:
+        """The master in use (the next one after a failure)."""
+        return self.servers.address
+
     def call(self, method: str, path: str, body: object | None = None) -> Any:
+        """One request, to the master in use or, when it fails, the next (nodectl_servers)."""
+        return self.servers.request(
+            method, functools.partial(self._call_once, method, path, body), self._drop
+        )
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _call_once(self, method: str, path: str, body: object | None) -> Any:
         import http.client  # ~20 ms of imports (email) that exec and port-forward do not need
+
+        from agent.cli.nodectl_servers import MasterUnreachableError
 
         if self._conn is None:
             host, port = self._address
-            self._conn = http.client.HTTPSConnection(
-                host, port, context=self.context, timeout=TIMEOUT_S
+            conn = http.client.HTTPSConnection(
+                host, port, context=self.context, timeout=self.servers.connect_timeout_s(TIMEOUT_S)
             )
+            try:
+                conn.connect()  # TCP and TLS within the connect time-out; then reads get theirs
+            except NotTheMasterError as exc:  # an OSError too: told apart first
+                raise CliError(exc.message) from exc
+            except OSError as exc:
+                raise MasterUnreachableError(f"cannot reach the master: {exc}", sent=False) from exc
+            conn.sock.settimeout(TIMEOUT_S)
+            self._conn = conn
         payload = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if payload is not None else {}
         try:
@@ -155,7 +192,8 @@ class Client:
         except NotTheMasterError as exc:  # an OSError too: told apart first
             raise CliError(exc.message) from exc
         except (OSError, http.client.HTTPException) as exc:
-            raise CliError(f"cannot reach the master: {exc}") from exc
+            self._drop()
+            raise MasterUnreachableError(f"cannot reach the master: {exc}", sent=True) from exc
         try:
             decoded = json.loads(data) if data else {}
         except (ValueError, RecursionError):  # not JSON, an integer past 4,300 digits, nesting
@@ -286,6 +324,8 @@ def _node_row(node: dict[str, Any], wide: bool, now: float | None = None) -> lis
         # The agent runs pods on the Docker Engine only; its version when the node reports it.
         runtime = info.get("containerRuntimeVersion") or "docker"
         row += [addresses or "-", runtime, reg.get("certificateExpiry") or "-"]
+        # The master the node's lease goes to (several masters: issue 19), as the node said.
+        row.append(node["status"].get("master") or "-")
     # Every value the node or the server chose, escaped: a newline in a name cannot forge a row.
     return [escape(str(cell)) for cell in row]
 
@@ -537,7 +577,7 @@ def _table_rows(
         rows = [_csr_row(r, now) for r in objects]
     elif kind == "nodes":
         header = ["NAME", "STATUS", "REGISTRATION", "TRUST", "AGE", "VERSION"]
-        header += ["INTERNAL-IP", "CONTAINER-RUNTIME", "CERT-EXPIRY"] if wide else []
+        header += ["INTERNAL-IP", "CONTAINER-RUNTIME", "CERT-EXPIRY", "MASTER"] if wide else []
         rows = [_node_row(n, wide, now) for n in objects]
     else:
         header = ["NAME", "READY", "STATUS", "RESTARTS", "AGE"] + (["IP", "NODE"] if wide else [])
@@ -1000,7 +1040,8 @@ def _streaming(client: Client, args: argparse.Namespace) -> int | None:
             opener = lambda: ns.open_node(target, node_ctx)  # noqa: E731
         else:
             master_ctx = client.context
-            opener = lambda: ns.open_master(config.server, master_ctx)  # noqa: E731
+            # The first master that accepts the connection (nodectl_servers).
+            opener = lambda: client.servers.open_master(master_ctx)  # noqa: E731
         if args.command == "exec" and not args.cmd:
             raise CliError("exec needs a command after --", EXIT_USAGE)
         if args.command in ("exec", "logs"):
@@ -1111,6 +1152,14 @@ def _parser() -> argparse.ArgumentParser:
         "--no-session",
         action="store_true",
         help="run exec and logs in this process: neither use nor start a nodectl session",
+    )
+    parser.add_argument(
+        "--server",
+        metavar="URL[,URL...]",
+        help="the master(s), tried in this order (instead of the config's server)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="say on stderr when a master fails over"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     get = sub.add_parser("get", help="list nodes, pods or serving-name requests (csr)")
@@ -1476,7 +1525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             code = nodectl_info.run(args)
         else:
-            client = Client(load_config(args.config))
+            client = Client(_with_server(load_config(args.config), args), verbose=args.verbose)
             code = COMMANDS[args.command](client, args)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at the interpreter's exit
     except ServerError as exc:
@@ -1488,6 +1537,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return _closed_pipe()
     return code or 0
+
+
+def _with_server(config: ClientConfig, args: argparse.Namespace) -> ClientConfig:
+    """``config`` with ``--server``'s masters instead of its own, if given."""
+    if not args.server:
+        return config
+    from agent.cli.nodectl_servers import parse_servers
+
+    servers = parse_servers(args.server, "--server")
+    return dataclasses.replace(config, server=servers[0], servers=servers)
 
 
 EXIT_SIGPIPE = 128 + 13  # what the shell reports for a coreutils tool ended by SIGPIPE

@@ -70,7 +70,7 @@ def _server_version(answer: object) -> dict[str, str]:
 def cmd_config_view(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     document: dict[str, Any] = {
-        "server": config.server,
+        "server": config.server if len(config.servers) < 2 else list(config.servers),
         "ca": config.ca,
         "client_cert": config.client_cert,
         "client_key": config.client_key,

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agent.aio.h2conn import H2Connection
-from agent.cli import nodectl, nodectl_control
+from agent.cli import nodectl, nodectl_control, nodectl_servers
 from agent.cli import nodectl_stream as ns
 from agent.errors import CliError, ConnectionClosedError, SessionUnavailableError, StreamingError
 
@@ -125,7 +125,7 @@ def session_args(argv: Sequence[str]) -> argparse.Namespace | None:
             args = nodectl.parse_args(argv)
     except SystemExit:  # usage errors and --help: the invocation prints them
         return None
-    if args.command not in nodectl_control.SESSION_COMMANDS or args.direct:
+    if args.command not in nodectl_control.SESSION_COMMANDS or args.direct or args.server:
         return None
     if args.command == "exec" and not args.cmd:
         return None
@@ -162,6 +162,8 @@ class SessionHolder:
         self.stamp = file_stamp(config_file)
         self.idle_s = idle_s
         self.context: ssl.SSLContext = nodectl.master_context(config)
+        # The config's masters: a new connection goes to the first that accepts it.
+        self.servers = nodectl_servers.Servers(nodectl_servers.config_servers(config))
         self.conn: H2Connection | None = None
         self.served = 0
         self.started = time.time()
@@ -182,7 +184,7 @@ class SessionHolder:
                 if failed_at is not None and time.monotonic() - failed_at < MASTER_RETRY_S:
                     raise ConnectionClosedError("the master was unreachable a moment ago")
                 try:
-                    self.conn = await ns.open_master(self.config.server, self.context)
+                    self.conn = await self.servers.open_master(self.context)
                 except Exception:  # not a cancelled command: that says nothing of the master
                     self._failed_at = time.monotonic()
                     raise
@@ -326,7 +328,7 @@ class SessionHolder:
             f"pid: {os.getpid()}\n"
             f"version: {self.code.partition(':')[0]}\n"
             f"config: {self.config_file}\n"
-            f"master: {self.config.server} ({'connected' if connected else 'not connected'})\n"
+            f"master: {self.servers.current} ({'connected' if connected else 'not connected'})\n"
             f"started: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self.started))}\n"
             f"commands served: {self.served}, running: {len(self.commands)}\n"
             f"idle timeout: {self.idle_s:g}s\n"

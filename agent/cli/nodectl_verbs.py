@@ -537,10 +537,9 @@ def _session(client: Client, args: argparse.Namespace) -> int:
         exec_hint=False,
     )
     master_ctx = client.context
-    server = client.config.server
     code: int = ns.run(
         lambda conn: ns.exec_or_logs(conn, session),
-        lambda: ns.open_master(server, master_ctx),
+        lambda: client.servers.open_master(master_ctx),
         raw_tty=args.tty and os.isatty(0),
     )
     return code

@@ -140,17 +140,24 @@ class HttpTransport:
         from agent.cli.nodectl import HTTP_REASONS
         from agent.errors import NotTheMasterError
 
-        host, port = self._client._address
+        servers = self._client.servers  # with several masters, a failed one passes the turn
+        host, port = servers.address
         conn = http.client.HTTPSConnection(
-            host, port, context=self._client.context, timeout=READ_TIMEOUT_S
+            host,
+            port,
+            context=self._client.context,
+            timeout=servers.connect_timeout_s(READ_TIMEOUT_S),
         )
         try:
             try:
+                conn.connect()
+                conn.sock.settimeout(READ_TIMEOUT_S)
                 conn.request("GET", path)
                 response = conn.getresponse()
             except NotTheMasterError as exc:
                 raise CliError(exc.message) from exc
             except (OSError, http.client.HTTPException) as exc:
+                servers.switch(f"watch: {exc}")
                 raise WatchDroppedError(f"cannot reach the master: {exc}") from exc
             if response.status >= 400:
                 body = response.read(64 << 10)
@@ -162,6 +169,7 @@ class HttpTransport:
                 if status == 410:
                     raise WatchGoneError(escape(str(message)))
                 if status >= 500:
+                    servers.switch(f"watch: answered {status}")
                     raise WatchDroppedError(f"the master answered {status}: {escape(str(message))}")
                 reason = HTTP_REASONS.get(status, f"HTTP {status}")
                 raise ServerError(status, reason, escape(str(message)))
@@ -179,7 +187,11 @@ class HttpTransport:
                     if line.strip():
                         yield line
 
-            yield read()
+            try:
+                yield read()
+            except WatchDroppedError as exc:  # broke while open: resumed on the next master
+                servers.switch(str(exc))
+                raise
         finally:
             conn.close()
 

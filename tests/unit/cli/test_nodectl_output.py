@@ -59,6 +59,7 @@ def _pod(name: str, node: str = "n1", phase: str = "Running", **labels: str) -> 
 
 
 NODES = [_node("n1", zone="a"), _node("n2", ready="False", zone="b")]
+NODES[0]["status"]["master"] = "https://10.0.0.9:6443"
 PODS = [
     _pod("web", app="web", tier="front"),
     _pod("db", node="n2", app="db"),
@@ -167,9 +168,12 @@ def test_wide_columns(capsys: pytest.CaptureFixture[str]) -> None:
         "INTERNAL-IP",
         "CONTAINER-RUNTIME",
         "CERT-EXPIRY",
+        "MASTER",
     ]
     assert rows[2][:2] == ["n2", "NotReady"]
     assert rows[1][6:8] == ["10.0.0.1", "docker"]
+    assert rows[1][-1] == "https://10.0.0.9:6443"  # status.master: the node's master
+    assert rows[2][-1] == "-"  # a node that has not said (an older agent)
 
 
 def test_no_headers_and_show_labels(capsys: pytest.CaptureFixture[str]) -> None:
