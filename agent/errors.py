@@ -279,6 +279,11 @@ class MasterUnavailableError(AgentError):
     http_status = 503
 
 
+class MasterTimeoutError(MasterUnavailableError):
+    """The master did not answer in time (it accepts connections but is stopped, hung, or
+    partitioned away): with several masters, the next one right away."""
+
+
 class MasterAnswerMalformedError(MasterUnavailableError):
     """The master sent what its API does not promise (a watch line or listing that is not JSON
     of the right shape, or too long): counted, and answered by a relist."""

@@ -30,6 +30,7 @@ from agent.errors import (
     ConflictError,
     IdentityRejectedError,
     MasterAnswerMalformedError,
+    MasterTimeoutError,
     MasterUnavailableError,
     NotFoundError,
     NotTheMasterError,
@@ -84,6 +85,8 @@ def transport_error(what: str, exc: BaseException) -> AgentError:
     cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
     if isinstance(cause, NotTheMasterError):
         return NotTheMasterError(f"{what}: {cause.message}")
+    if isinstance(exc, TimeoutError):  # aiohttp's time-outs are TimeoutErrors too
+        return MasterTimeoutError(f"{what}: no answer in time ({type(exc).__name__})")
     return MasterUnavailableError(f"{what}: {exc}")
 
 
@@ -103,10 +106,18 @@ class RawAnswer:
 class MasterSession:
     """One HTTP session to the master (one TLS identity)."""
 
-    def __init__(self, base_url: str, session: aiohttp.ClientSession, bridge: ThreadBridge) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        session: aiohttp.ClientSession,
+        bridge: ThreadBridge,
+        *,
+        several: bool = False,
+    ) -> None:
         self.base_url = base_url
         self.http = session
         self._bridge = bridge
+        self.several = several  # other masters to fail over to: a silent one is left sooner
 
     def url(self, path: str) -> str:
         return f"{self.base_url}{path}"
@@ -222,4 +233,4 @@ class MasterClient:
             ),
         )
         async with http:
-            yield MasterSession(self.base_url, http, self._bridge)
+            yield MasterSession(self.base_url, http, self._bridge, several=self.endpoints.several)

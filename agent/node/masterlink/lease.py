@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from agent.node.masterlink.client import REQUEST_TIMEOUT_S, MasterSession
+from agent.node.masterlink.endpoints import SILENT_MASTER_TIMEOUT_S
 
 LEASE_TIMEOUT_FACTOR = 2.0  # a lease renewal may take this many renew intervals
 LEASE_RENEW_DEFAULT_S = 10.0
@@ -33,6 +34,16 @@ class Usage(Protocol):
     """The node's resource usage for ``nodectl top`` (agent.node.usage.UsageSampler)."""
 
     async def report(self) -> dict[str, Any] | None: ...
+
+
+def renew_timeout_s(renew_s: float, *, several: bool, steady: bool) -> float:
+    """How long a renewal may take: two renewal intervals (at most ``REQUEST_TIMEOUT_S``); a
+    steady renewal with other masters to go to, ``SILENT_MASTER_TIMEOUT_S`` (endpoints.py: a
+    silent master is left for another within 15 s)."""
+    timeout_s = min(REQUEST_TIMEOUT_S, LEASE_TIMEOUT_FACTOR * renew_s)
+    if steady and several:
+        return min(timeout_s, SILENT_MASTER_TIMEOUT_S)
+    return timeout_s
 
 
 class LeaseKeeper:
@@ -58,8 +69,9 @@ class LeaseKeeper:
         self._sent: dict[str, Any] = {}
         self._sent_at = float("-inf")
 
-    async def renew(self, session: MasterSession) -> None:
-        """Renew once; the first renewal of a session proves the certificate works."""
+    async def renew(self, session: MasterSession, *, steady: bool = False) -> None:
+        """Renew once; the first renewal of a session proves the certificate works (``steady``:
+        one of the renewals after it)."""
         now = self._clock()
         if now - self._checked_at >= STATUS_CHECK_S:
             self._checked_at = now
@@ -76,7 +88,7 @@ class LeaseKeeper:
                 body["usage"] = usage
         # A partition drops packets silently: the lease renewal is what notices it, well before
         # the master's grace period ends, and its failure tears down the session with it.
-        timeout_s = min(REQUEST_TIMEOUT_S, LEASE_TIMEOUT_FACTOR * self.renew_s)
+        timeout_s = renew_timeout_s(self.renew_s, several=session.several, steady=steady)
         answer = await session.call(
             "PUT", f"/v1/nodes/{self._node_name}/lease", body, timeout_s=timeout_s
         )
@@ -91,4 +103,4 @@ class LeaseKeeper:
         """Renew every interval until a renewal fails (which ends the session)."""
         while True:
             await self._sleep(self.renew_s)
-            await self.renew(session)
+            await self.renew(session, steady=True)

@@ -32,6 +32,7 @@ from agent.aio.tasks import TaskScope, forever
 from agent.errors import (
     AgentError,
     IdentityRejectedError,
+    MasterTimeoutError,
     MasterUnavailableError,
     NotTheMasterError,
     PkiError,
@@ -40,7 +41,7 @@ from agent.errors import (
 )
 from agent.node.backoff import ReconnectBackoff
 from agent.node.masterlink.client import MasterClient, MasterSession
-from agent.node.masterlink.endpoints import FAILOVER_SPREAD_S
+from agent.node.masterlink.endpoints import FAILOVER_SPREAD_S, SILENT_FAILOVER_SPREAD_S
 from agent.node.masterlink.identity import RECONNECT_ROTATED, CertificateRotation, NodeIdentity
 from agent.node.masterlink.lease import LeaseKeeper
 from agent.node.masterlink.registration import Registrar
@@ -186,7 +187,9 @@ class MasterLink:
             extra=kv(master=failed, next=endpoints.current, error=str(exc)),
         )
         if untried:  # soon, spread: the nodes of a dead master do not arrive in one burst
-            return self._rng.uniform(0, min(FAILOVER_SPREAD_S, self.backoff.cap_s))
+            # (a silent master's nodes time out at their own renewal times: spread already)
+            spread = SILENT_FAILOVER_SPREAD_S if isinstance(exc, MasterTimeoutError) else None
+            return self._rng.uniform(0, min(spread or FAILOVER_SPREAD_S, self.backoff.cap_s))
         return delay  # every master failed in this outage: its back-off paces the rounds
 
     def _refused(self, condition: LinkCondition, message: str, what: str) -> float:
