@@ -33,7 +33,7 @@ test: bootstrap coverage-proto coverage-units
 # The sans-IO protocol core is held to 100 % branch coverage by its own unit tests.
 coverage-proto:
 	$(BOOTSTRAP) --no-docker
-	$(PY) -m pytest -q tests/unit/test_h2mux.py tests/unit/test_h2lean.py tests/unit/test_execframe.py tests/unit/test_routes.py \
+	$(PY) -m pytest -q tests/unit/test_h2mux.py tests/unit/test_h2lean.py tests/unit/test_h2fast.py tests/unit/test_execframe.py tests/unit/test_routes.py \
 	  tests/unit/proto/test_authz.py tests/unit/proto/test_jsonbody.py \
 	  --cov=agent.proto --cov-branch --cov-report=term-missing:skip-covered --cov-fail-under=100
 

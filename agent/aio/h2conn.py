@@ -384,6 +384,13 @@ class H2Connection(asyncio.Protocol):
     # -- events --------------------------------------------------------------------------
 
     def _dispatch(self, event: h2mux.Event) -> None:
+        if type(event) is h2mux.DataReceived:  # the interactive path's event: tested first
+            target = self.streams.get(event.stream_id)
+            if target is not None:
+                target._data(event.data, event.flow_controlled_length)
+            else:
+                self.mux.consumed(event.stream_id, event.flow_controlled_length)
+            return
         if isinstance(event, h2mux.RequestReceived):
             stream = H2Stream(self, event.stream_id, event.headers)
             self.streams[event.stream_id] = stream
@@ -402,11 +409,6 @@ class H2Connection(asyncio.Protocol):
         if isinstance(event, h2mux.ResponseReceived) and stream is not None:
             if not stream._response.done():
                 stream._response.set_result(event.headers)
-        elif isinstance(event, h2mux.DataReceived):
-            if stream is not None:
-                stream._data(event.data, event.flow_controlled_length)
-            else:
-                self.mux.consumed(event.stream_id, event.flow_controlled_length)
         elif isinstance(event, h2mux.TrailersReceived) and stream is not None:
             stream.trailers = event.headers
         elif isinstance(event, h2mux.StreamEnded) and stream is not None:

@@ -221,6 +221,10 @@ class _FrameScanner:
         self.resets = 0  # RST_STREAM frames in the last feed
         self.control_frames = 0  # PING and SETTINGS frames in the last feed
 
+    def at_boundary(self) -> bool:
+        """Between frames: no preface, header or payload in progress, no header block open."""
+        return not (self._preface_left or self._skip or self._header or self._in_block)
+
     def feed(self, data: bytes) -> None:
         self.resets = self.control_frames = 0
         view = memoryview(data)
@@ -285,6 +289,9 @@ class StreamMux:
         self._resets = _RateCounter(self.limits.max_resets_per_s)
         self._control = _RateCounter(self.limits.max_control_frames_per_s)
         self._scanner = _FrameScanner(client_side)
+        # The small-DATA fast path (h2lean): h2's per-frame Python skipped where it only
+        # moves counters. None on h2 versions h2lean does not know: always through h2.
+        self._lean = self._h2 if isinstance(self._h2, h2lean.LeanH2Connection) else None
         self._pending_events: list[Event] = []
         # DATA the peer's windows let us send that it has not granted back yet: a reader that
         # is merely slow can leave that much in our transport legitimately.
@@ -342,6 +349,16 @@ class StreamMux:
         """Feed bytes from the peer; returns what happened. Raises ProtocolViolation after
         queueing GOAWAY when the peer broke the protocol or an abuse limit."""
         scanner = self._scanner
+        if self._lean is not None and scanner.at_boundary():
+            # A read of whole plain DATA frames for open streams (the interactive case): no
+            # limit counts DATA, and h2 would only move window counters and make events.
+            frames = self._lean.receive_data_frames(data)
+            if frames is not None:
+                events = self._pending_events
+                self._pending_events = []
+                for stream_id, payload, length in frames:
+                    self._data_received(stream_id, payload, length, events)
+                return events  # no window opened: nothing queued can move (no _flush)
         scanner.feed(data)
         if scanner.continuations > self.limits.max_continuation_frames:
             self._violation(f"more than {self.limits.max_continuation_frames} CONTINUATION frames")
@@ -386,12 +403,7 @@ class StreamMux:
             out.append(TrailersReceived(event.stream_id, _headers(event.headers)))
         elif isinstance(event, h2.events.DataReceived):
             assert event.stream_id is not None and event.data is not None
-            length = event.flow_controlled_length or 0
-            if event.stream_id in self._open_streams and event.data:
-                self._unacked[event.stream_id] = self._unacked.get(event.stream_id, 0) + length
-                out.append(DataReceived(event.stream_id, event.data, length))
-            elif length:
-                self._h2.acknowledge_received_data(length, event.stream_id)
+            self._data_received(event.stream_id, event.data, event.flow_controlled_length or 0, out)
         elif isinstance(event, h2.events.StreamEnded):
             assert event.stream_id is not None
             self._remote_ended(event.stream_id, out)
@@ -412,6 +424,13 @@ class StreamMux:
             out.append(ConnectionEnded(int(event.error_code or 0), event.last_stream_id))
         # h2 reports the end of a stream as its own StreamEnded event (also when it came with
         # headers or data). WindowUpdated needs no event: _flush runs after every receive.
+
+    def _data_received(self, stream_id: int, data: bytes, length: int, out: list[Event]) -> None:
+        if stream_id in self._open_streams and data:
+            self._unacked[stream_id] = self._unacked.get(stream_id, 0) + length
+            out.append(DataReceived(stream_id, data, length))
+        elif length:
+            self._h2.acknowledge_received_data(length, stream_id)
 
     # -- streams -------------------------------------------------------------------------
 
@@ -485,6 +504,16 @@ class StreamMux:
         out = self._outbound.get(stream_id)
         if out is None or out.end:
             raise ProtocolViolation(f"stream {stream_id} is not open for sending")
+        if (
+            not out.chunks
+            and self._lean is not None
+            and data
+            and self._lean.send_small_data(stream_id, data)
+        ):
+            # Nothing queued ahead and the windows take it: one frame, framed here. No
+            # window opened, so no other stream's queue can move (no _flush).
+            self._data_unacknowledged += len(data)
+            return True
         if data:
             # Queued and sent by reference (h2lean): a caller's mutable buffer is copied once.
             out.chunks.append(data if isinstance(data, bytes) else bytes(data))
@@ -516,7 +545,8 @@ class StreamMux:
         if nbytes <= 0 or stream_id not in self._unacked:
             return
         self._unacked[stream_id] -= nbytes
-        self._h2.acknowledge_received_data(nbytes, stream_id)
+        if self._lean is None or not self._lean.acknowledge_quietly(nbytes, stream_id):
+            self._h2.acknowledge_received_data(nbytes, stream_id)
 
     def queued_bytes(self, stream_id: int) -> int:
         out = self._outbound.get(stream_id)
