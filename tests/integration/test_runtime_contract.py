@@ -131,3 +131,13 @@ class TestDockerRuntimeSdkExec(RuntimeExecContract):
     ) -> AsyncIterator[DockerHarness]:
         async with docker_harness(docker_client, lean_exec=False) as harness:
             yield harness
+
+
+class TestDockerRuntimeSdkImageRemoval:
+    """Image removal through docker-py too (image GC's deletions take the lean client on a Unix
+    socket; any other ``docker_host`` scheme takes this path)."""
+
+    harness = TestDockerRuntimeSdkExec.harness
+    names = RuntimeContract.names
+    test_remove_image_untags_then_removes = RuntimeContract.test_remove_image_untags_then_removes
+    test_an_image_in_use_is_not_removed = RuntimeContract.test_an_image_in_use_is_not_removed

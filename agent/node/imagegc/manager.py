@@ -2,11 +2,12 @@
 (periodically, at once when disk pressure appears, or when asked) and the node-wide dead
 container bound, and reports the ``DiskPressure`` condition.
 
-A run: observe (images, every container's image, the image filesystem), refresh and persist the
-last-used record, plan (``planner.plan_gc``), then delete the planned images one by one, each
-under the reservations lock after checking the reservations again — so a pod admitted on an
-image between the plan and its deletion keeps it (the ``imagegc-before-delete`` hold point
-lets a test stand exactly there). Engine refusals (a container someone else just created) are
+A run: observe (images, every container's image, the image filesystem, asked at once), refresh
+and persist the last-used record (the write overlapping the deletions), plan
+(``planner.plan_gc``), then delete the planned images in batches, each under the reservations
+lock after checking the reservations again — so a pod admitted on an image between the plan
+and its deletion keeps it (the ``imagegc-before-delete`` hold point lets a test stand exactly
+there). Engine refusals (a container someone else just created) are
 counted as refusals, not errors. Runs never overlap; ``node-agent images gc`` waits for the one
 in progress.
 """
@@ -150,6 +151,7 @@ class ImageGC:
         self._sleep = sleep
         self._usage: dict[str, Usage] = {}
         self._run_lock = asyncio.Lock()
+        self._persist_lock = asyncio.Lock()
         self._kick = asyncio.Event()
         self.pressure: PressureState = NO_PRESSURE
 
@@ -177,23 +179,36 @@ class ImageGC:
 
     # -- observing and planning -----------------------------------------------------------------
 
-    async def _observe(self) -> tuple[list[ImageRecord], dict[str, str], FsUsage, str]:
-        images = await self._runtime.list_images()
-        in_use = await self._runtime.image_ids_in_use()
-        fs = FsUsage.of(await self._runtime.image_fs_usage())
+    async def _observe(self) -> tuple[list[ImageRecord], dict[str, str], FsUsage, str, bool]:
+        """Images, the images containers use, the disk and the sandbox image's id, asked of
+        the engine at once (an image that becomes used meanwhile is refused by the engine at
+        deletion); the last-used record refreshed in memory. The last value says whether the
+        record changed: the caller persists it (``_persist``)."""
         name = self.settings.policy.sandbox_image
-        sandbox = await self._runtime.inspect_image(name) if name else None
+        images, in_use, usage, sandbox = await asyncio.gather(
+            self._runtime.list_images(),
+            self._runtime.image_ids_in_use(),
+            self._runtime.image_fs_usage(),
+            self._runtime.inspect_image(name) if name else _nothing(),
+        )
+        fs = FsUsage.of(usage)
         refreshed = refresh_usage(self._usage, images, in_use, self._clock.time())
-        if refreshed != self._usage:
-            self._usage = refreshed
-            try:
-                await self._bridge.run(self._store.save, refreshed)
-            except OSError as exc:  # kept in memory; the next observation writes it again
-                log.warning("image usage record not written", extra=kv(error=str(exc)))
+        changed = refreshed != self._usage
+        self._usage = refreshed
         self._metrics.images.set(len(images))
         self._metrics.fs_used_bytes.set(fs.used_bytes)
         self._metrics.fs_capacity_bytes.set(fs.capacity_bytes)
-        return images, in_use, fs, sandbox.id if sandbox is not None else ""
+        return images, in_use, fs, sandbox.id if sandbox is not None else "", changed
+
+    async def _persist(self) -> None:
+        """Write the last-used record as it is when the write's turn comes (writes queue on a
+        lock, so the last one written holds the newest record whatever order they started in).
+        A failed write is logged: the record stays in memory, the next observation writes it."""
+        async with self._persist_lock:
+            try:
+                await self._bridge.run(self._store.save, dict(self._usage))
+            except OSError as exc:
+                log.warning("image usage record not written", extra=kv(error=str(exc)))
 
     def _reserved(self) -> dict[str, str]:
         return {
@@ -202,8 +217,15 @@ class ImageGC:
         }
 
     async def plan(self, *, force: bool = False) -> GCPlan:
-        images, in_use, fs, sandbox_id = await self._observe()
-        return plan_gc(
+        plan, changed = await self._plan(force)
+        if changed:
+            await self._persist()
+        return plan
+
+    async def _plan(self, force: bool) -> tuple[GCPlan, bool]:
+        """The plan, and whether the observation changed the last-used record."""
+        images, in_use, fs, sandbox_id, changed = await self._observe()
+        plan = plan_gc(
             images=images,
             in_use=in_use,
             reserved=self._reserved(),
@@ -214,6 +236,7 @@ class ImageGC:
             sandbox_id=sandbox_id,
             force=force,
         )
+        return plan, changed
 
     # -- running --------------------------------------------------------------------------------
 
@@ -221,47 +244,61 @@ class ImageGC:
         """One GC run (``dry_run``: the plan only). ``force``: as if usage were over the high
         threshold (an operator's ``images gc``)."""
         async with self._run_lock:
-            plan = await self.plan(force=force)
+            plan, changed = await self._plan(force)
             report = GCReport(dry_run, plan.usage, plan)
             if dry_run:
+                if changed:
+                    await self._persist()
                 return report
-            self._metrics.runs.inc()
-            started = time.monotonic()
-            self._log_plan(plan)
-            for _ in range(REPLAN_PASSES):
-                if not plan.deletions:
-                    break
-                await crashpoints.hold("imagegc-before-delete")
-                await self._delete(plan.deletions, report)
-                after = FsUsage.of(await self._runtime.image_fs_usage())
-                report.usage_after = after
-                over = after.percent > self.settings.policy.low_percent
-                more = any(v.reason == Keep.NOT_NEEDED for v in plan.verdicts)
-                if not over or not more or not (plan.triggered or force):
-                    break  # under the threshold, or nothing else may go
-                plan = await self.plan(force=force)
-                report.plan = GCPlan(
-                    report.usage_before,
-                    report.plan.triggered,
-                    report.plan.bytes_to_free,
-                    _merge(report.plan.verdicts, plan.verdicts, report.results),
-                )
-            if report.usage_after is None:
-                report.usage_after = FsUsage.of(await self._runtime.image_fs_usage())
-            freed = max(0, report.usage_before.used_bytes - report.usage_after.used_bytes)
-            self._metrics.freed_bytes.inc(freed)
-            deleted = sum(1 for r in report.results.values() if r == "deleted")
-            log.info(
-                "image gc done",
-                extra=kv(
-                    deleted=deleted,
-                    freed_bytes=freed,
-                    usage_before=f"{report.usage_before.percent:.1f}%",
-                    usage_after=f"{report.usage_after.percent:.1f}%",
-                    seconds=round(time.monotonic() - started, 3),
-                ),
-            )
+            # The record's write overlaps the deletions (its fsyncs were up to a tenth of a
+            # run under load, BENCHMARKS.md "image GC"); the run ends after it.
+            saving = asyncio.ensure_future(self._persist()) if changed else None
+            try:
+                await self._run(plan, report, force)
+            finally:
+                if saving is not None:
+                    await saving
             return report
+
+    async def _run(self, plan: GCPlan, report: GCReport, force: bool) -> None:
+        """The deletions of ``plan`` (and of the re-plans while usage stays over the low
+        threshold), into ``report``."""
+        self._metrics.runs.inc()
+        started = time.monotonic()
+        self._log_plan(plan)
+        for _ in range(REPLAN_PASSES):
+            if not plan.deletions:
+                break
+            await crashpoints.hold("imagegc-before-delete")
+            await self._delete(plan.deletions, report)
+            after = FsUsage.of(await self._runtime.image_fs_usage())
+            report.usage_after = after
+            over = after.percent > self.settings.policy.low_percent
+            more = any(v.reason == Keep.NOT_NEEDED for v in plan.verdicts)
+            if not over or not more or not (plan.triggered or force):
+                break  # under the threshold, or nothing else may go
+            plan = await self.plan(force=force)
+            report.plan = GCPlan(
+                report.usage_before,
+                report.plan.triggered,
+                report.plan.bytes_to_free,
+                _merge(report.plan.verdicts, plan.verdicts, report.results),
+            )
+        if report.usage_after is None:
+            report.usage_after = FsUsage.of(await self._runtime.image_fs_usage())
+        freed = max(0, report.usage_before.used_bytes - report.usage_after.used_bytes)
+        self._metrics.freed_bytes.inc(freed)
+        deleted = sum(1 for r in report.results.values() if r == "deleted")
+        log.info(
+            "image gc done",
+            extra=kv(
+                deleted=deleted,
+                freed_bytes=freed,
+                usage_before=f"{report.usage_before.percent:.1f}%",
+                usage_after=f"{report.usage_after.percent:.1f}%",
+                seconds=round(time.monotonic() - started, 3),
+            ),
+        )
 
     def _log_plan(self, plan: GCPlan) -> None:
         loud = plan.triggered or any(v.delete for v in plan.verdicts)
@@ -291,10 +328,7 @@ class ImageGC:
                     else:
                         go.append(v)
                 await asyncio.gather(*(self._delete_one(v, report) for v in go))
-        try:
-            await self._bridge.run(self._store.save, dict(self._usage))
-        except OSError as exc:
-            log.warning("image usage record not written", extra=kv(error=str(exc)))
+        await self._persist()
 
     async def _delete_one(self, v: Verdict, report: GCReport) -> None:
         try:
@@ -412,6 +446,10 @@ class ImageGC:
         if self.pressure.pressure and not was.pressure:
             self.kick()
         return self.pressure
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _merge(

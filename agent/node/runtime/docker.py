@@ -71,9 +71,14 @@ _ZERO_TIME_PREFIX = "0001-01-01"
 _NO_REFERENCE = ("<none>:<none>", "<none>@<none>")
 EXEC_READ_CHUNK_BYTES = 1 << 20
 _EXEC_ID = re.compile(r"[0-9a-f]{64}")  # what Docker names an exec: it goes into a URL path
+_REFERENCE_SAFE = "/:@"  # an image reference's separators stay literal in its URL path
 EXIT_CODE_FIRST_POLL_S = 0.001
 EXIT_CODE_MAX_POLL_S = 0.02
 STOP_GRACE_MAX_S = 2**31 - 1  # seconds (68 years): a longer stop timeout overflows the SDK
+# How long the engine's data root (``docker info``'s DockerRootDir, ~15 ms of the engine's
+# time per ask) is trusted before asking again: an engine restarted with another --data-root
+# is measured right within this many seconds.
+DATA_ROOT_TTL_S = 60.0
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -181,6 +186,7 @@ class DockerRuntime:
         # Exec's calls on the loop when the engine is on a Unix socket (engine.py says why).
         path = unix_socket_path(docker_host, os.environ.get("DOCKER_HOST")) if lean_exec else None
         self._engine = EngineClient(path, timeout_s=timeout_s) if path else None
+        self._data_root: tuple[str, float] | None = None  # (DockerRootDir, monotonic expiry)
         self.call_errors = 0
 
     def _api(self) -> docker.APIClient:
@@ -243,9 +249,17 @@ class DockerRuntime:
         return version
 
     async def image_fs_usage(self) -> dict[str, int]:
+        """The data root's filesystem (psutil: statvfs). The data root itself is asked of the
+        engine at most every DATA_ROOT_TTL_S: GC measures before and after each run and the
+        disk loop every few seconds, and ``docker info`` costs the engine far more than the
+        statvfs."""
+
         def usage(api: docker.APIClient) -> dict[str, int]:
-            root = api.info().get("DockerRootDir") or "/var/lib/docker"
-            disk = psutil.disk_usage(root)
+            now = time.monotonic()
+            if self._data_root is None or now >= self._data_root[1]:
+                root = api.info().get("DockerRootDir") or "/var/lib/docker"
+                self._data_root = (str(root), now + DATA_ROOT_TTL_S)
+            disk = psutil.disk_usage(self._data_root[0])
             return {
                 "capacityBytes": disk.total,
                 "usedBytes": disk.used,
@@ -376,9 +390,22 @@ class DockerRuntime:
         return found
 
     async def remove_image(self, ref_or_id: str) -> None:
+        """Never forced; absent is not an error. On a Unix socket the call goes over the lean
+        client on the loop (GC deletes many images at once: a bridge hop plus the SDK's
+        machinery per image was most of a run's time, BENCHMARKS.md "image GC")."""
+        what = f"remove image {ref_or_id}"
         try:
+            if self._engine is not None:
+                await self._engine_call(
+                    self._engine,
+                    what,
+                    "DELETE",
+                    f"/images/{quote(ref_or_id, safe=_REFERENCE_SAFE)}?force=0&noprune=0",
+                    conflict=ImageConflictError,
+                )
+                return
             await self._call(
-                f"remove image {ref_or_id}",
+                what,
                 lambda api: api.remove_image(ref_or_id, force=False, noprune=False),
                 conflict=ImageConflictError,
             )

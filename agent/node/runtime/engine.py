@@ -1,6 +1,7 @@
 """A lean asyncio client for the Docker Engine API calls on the exec path (a private helper of
 the Docker adapter): exec create, exec start upgraded to the raw attach stream, exec inspect
-and exec resize — HTTP/1.1 on the Engine's Unix socket, straight on the event loop.
+and exec resize — HTTP/1.1 on the Engine's Unix socket, straight on the event loop. Image
+removal takes it too (image GC deletes many images at once).
 
 Why not docker-py: an exec probe is three Engine calls, and through the SDK each one is a
 thread-bridge hop plus requests/urllib3 machinery, about 7 ms of the agent's CPU per probe
