@@ -429,7 +429,8 @@ class MasterProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def configure(self, **registration: Any) -> None:
-        lines = ["[master]", f'listen = "{self.host}:{self.port}"', f'data_dir = "{self.root}"']
+        # No data_dir: the file's own directory (root), so a copy of root is a replica's.
+        lines = ["[master]", f'listen = "{self.host}:{self.port}"']
         lines += [f"{k} = {json.dumps(v)}" for k, v in self.master_settings.items()]
         lines += ['log_format = "json"', "", "[registration]"]
         lines += [f"{k} = {json.dumps(v)}" for k, v in registration.items()]

@@ -38,6 +38,7 @@ from agent.aio.tasks import Lifecycle, Manager, Supervisor, TaskScope
 from agent.aio.tls import server_context
 from agent.errors import BadGatewayError, ConfigError, NotFoundError
 from agent.master.api import MasterApi
+from agent.master.cluster_ca import check_cluster_ca
 from agent.master.config import MasterConfig, load_master_config
 from agent.master.pki_files import ClusterPki, ensure_master_mark, write_proxy_identity
 from agent.master.pods import PodStore
@@ -184,6 +185,7 @@ class Master:
             )
         client_cas = await self.bridge.run(read_client_cas, cfg)
         store = self._store_opened = await self._open_store()
+        await check_cluster_ca(store, pki.ca_cert)  # replicas share the first master's CA
         self.registry = NodeRegistry(store, pki, cfg, client_cas)
         await self.registry.load()
         self.pods = PodStore(store, self.registry)

@@ -305,7 +305,7 @@ def render_master_toml(data_dir: Path, listen: str) -> str:
     return f"""# node-master configuration. Every key is documented in docs/master.md.
 [master]
 listen = "{listen}"
-data_dir = "{data_dir}"
+# data_dir = "{data_dir}"   # default: this file's directory, so a copy of it is a replica's
 # node_cert_lifetime_s = {DEFAULT_NODE_CERT_LIFETIME_S}   # 30 days; nodes renew at 70-90 %
 # lease_renew_s = 10.0
 # lease_grace_s = 40.0

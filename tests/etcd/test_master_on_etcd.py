@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.etcd.replicas import Replica
 from tests.etcd.server import EtcdServer
 from tests.helpers import REPO_ROOT, MasterProcess, free_port, pod_manifest, sleeper
 
@@ -43,9 +44,15 @@ def test_masters_on_one_etcd_share_the_cluster_state(
     prefix = "/" + etcd_prefix.strip("/").replace("[", "-").replace("]", "-") + "/"
     first = MasterProcess(tmp_path / "a")
     on_etcd(first, etcd, prefix, [etcd.endpoint])
-    second = MasterProcess(tmp_path / "b")
+    second = Replica(first, tmp_path / "b")  # the first's CA: a replica (cluster_ca.py)
     dead = f"https://127.0.0.1:{free_port()}"
-    on_etcd(second, etcd, prefix, [dead, etcd.endpoint])  # the dead endpoint is skipped
+    # The replica's [store] lists a dead endpoint first: it is skipped.
+    conf = second.config_path.read_text()
+    endpoints = f"endpoints = {json.dumps([etcd.endpoint])}"
+    assert endpoints in conf
+    second.config_path.write_text(
+        conf.replace(endpoints, f"endpoints = {json.dumps([dead, etcd.endpoint])}")
+    )
     manifest = tmp_path / "web.json"
     manifest.write_text(json.dumps(pod_manifest("web", [sleeper()])))
     first.start()

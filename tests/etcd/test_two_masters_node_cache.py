@@ -14,6 +14,7 @@ from pathlib import Path
 
 from agent.pki.core import build_csr, generate_key, key_to_pem
 from agent.pki.names import NODE_CN_PREFIX, NODES_GROUP
+from tests.etcd.replicas import Replica
 from tests.etcd.server import EtcdServer
 from tests.etcd.test_master_on_etcd import on_etcd
 from tests.helpers import MasterProcess, wait_for
@@ -44,9 +45,9 @@ def test_a_node_deleted_on_master_b_is_refused_by_master_a(
     etcd: EtcdServer, etcd_prefix: str, tmp_path: Path
 ) -> None:
     prefix = "/" + etcd_prefix.strip("/").replace("[", "-").replace("]", "-") + "/"
-    first, second = MasterProcess(tmp_path / "a"), MasterProcess(tmp_path / "b")
-    for master in (first, second):
-        on_etcd(master, etcd, prefix, [etcd.endpoint])
+    first = MasterProcess(tmp_path / "a")
+    on_etcd(first, etcd, prefix, [etcd.endpoint])
+    second = Replica(first, tmp_path / "b")  # the first's CA: a replica (cluster_ca.py)
     first.start()
     try:
         second.start()

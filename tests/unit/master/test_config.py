@@ -151,9 +151,15 @@ def test_an_empty_client_ca_file_is_unset(tmp_path: Path) -> None:
 
 
 def test_the_file_node_master_init_renders_loads_as_the_defaults(tmp_path: Path) -> None:
-    path = write(tmp_path, render_master_toml(tmp_path / "data", "127.0.0.1:6443"))
+    path = write(tmp_path, render_master_toml(tmp_path, "127.0.0.1:6443"))
     config = load_master_config(path)
-    assert config == MasterConfig(data_dir=tmp_path / "data", listen="127.0.0.1:6443", path=path)
+    assert config == MasterConfig(data_dir=tmp_path, listen="127.0.0.1:6443", path=path)
+    # The data dir is the file's own directory, not a path written in it: a copy of the
+    # directory (a replica's, docs/operations.md) is a data dir of its own.
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "master.toml").write_text(path.read_text())
+    assert load_master_config(copy / "master.toml").data_dir == copy
 
 
 def test_flags_override_the_file_and_unset_flags_do_not(tmp_path: Path) -> None:
