@@ -136,6 +136,24 @@ async def test_the_lru_order_survives_a_restart(rig: Rig) -> None:
         await again.stop()
 
 
+async def test_a_run_writes_the_record_it_observed_less_what_it_deleted(rig: Rig) -> None:
+    """The record's write overlaps the deletions; the file a run leaves is the newest record:
+    the image the run saw first is in it, the images it deleted are not."""
+    gc = rig.gc()
+    await gc.start()
+    try:
+        ids = await rig.fill(gc, 9)
+        late = rig.runtime.add_image("late/0:1", size_bytes=1 * MB)  # first seen by the run
+        report = await gc.collect()
+        assert [i for i in ids if i in report.results] == ids[:2]
+        on_disk = await rig.bridge.run(LastUsedStore(rig.tmp_path / USAGE_FILE).load)
+        assert on_disk == gc.last_used
+        assert late.id in on_disk
+        assert not set(ids[:2]) & set(on_disk)
+    finally:
+        await gc.stop()
+
+
 async def test_a_pod_admitted_between_plan_and_delete_keeps_its_image(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
