@@ -26,13 +26,16 @@ import contextlib
 import fcntl
 import multiprocessing
 import os
+import queue
 import re
+import shlex
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 import uuid
@@ -458,7 +461,55 @@ def installed_python(root: Path) -> str:
     (next(root.glob("lib/python3*/site-packages")) / "node_agent.pth").write_text(
         "\n".join([str(REPO_ROOT), *site_dirs]) + "\n"
     )
-    return str(root / "bin" / "python")
+    python = str(root / "bin" / "python")
+    precompile(python)
+    return python
+
+
+def precompile(python: str) -> None:
+    """Bytecode for the whole package, as pip compiles an installed wheel's: a development tree
+    may have none or stale (``PYTHONDONTWRITEBYTECODE``, set in this machine's sessions, or
+    files just edited), and then every cold ``nodectl`` compiles its sources first (~40-60 ms
+    of CPU here) — a cost no installed nodectl pays. Checked, not assumed: each module the exec
+    path imports must then load from a current ``.pyc``."""
+    subprocess.run([python, "-m", "compileall", "-q", str(REPO_ROOT / "agent")], check=True)
+    done = subprocess.run(
+        [python, "-c", CHECK_BYTECODE, str(REPO_ROOT / "agent")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"nodectl's modules without current bytecode: {done.stdout}{done.stderr}"
+        )
+
+
+# Exits non-zero naming every module of the exec path under the package whose .pyc is missing
+# or records another source mtime or size than the file's (what the import system recompiles).
+CHECK_BYTECODE = """
+import os, sys
+import agent.cli.nodectl_control, agent.cli.nodectl, agent.cli.nodectl_stream
+from importlib.util import cache_from_source
+stale = []
+for module in list(sys.modules.values()):
+    source = getattr(module, "__file__", None) or ""
+    if not source.startswith(sys.argv[1]) or not source.endswith(".py"):
+        continue
+    try:
+        with open(cache_from_source(source), "rb") as f:
+            header = f.read(16)
+    except OSError:
+        header = b""
+    st = os.stat(source)
+    recorded = header[8:12], header[12:16]
+    actual = ((int(st.st_mtime) & 0xFFFFFFFF).to_bytes(4, "little"),
+              (st.st_size & 0xFFFFFFFF).to_bytes(4, "little"))
+    if len(header) < 16 or recorded != actual:
+        stale.append(module.__name__)
+print(" ".join(sorted(stale)))
+sys.exit(1 if stale else 0)
+"""
 
 
 def installed_nodectl(python: str) -> str:
@@ -615,6 +666,164 @@ def bench_exec(
     ]
 
 
+class KeyDriver:
+    """Keystrokes into tmux panes and their echo out of them, through one tmux client in
+    control mode (``tmux -C``): a keystroke is a ``send-keys`` line written to that client,
+    its echo the ``%output`` notification tmux sends once the pane's program wrote it to the
+    pane's terminal; the time between the two is the latency. No process starts per keystroke
+    and no screen is polled, so what tmux adds is one read and one write on its side, the same
+    for every path."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.tmux = ["tmux", "-S", socket_path, "-f", "/dev/null"]
+        subprocess.run(
+            [*self.tmux, "new-session", "-d", "-s", "keys", "-x", "120", "-y", "40"],
+            env=ENV,
+            check=True,
+        )
+        # A pane whose program failed stays, with its last words, for the error message.
+        subprocess.run([*self.tmux, "set-option", "-g", "remain-on-exit", "on"], check=True)
+        self._control = subprocess.Popen(
+            [*self.tmux, "-C", "attach-session", "-t", "keys"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=ENV,
+        )
+        self._outputs: queue.Queue[tuple[int, str, bytes]] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self._control.stdout is not None
+        for line in self._control.stdout:
+            if line.startswith(b"%output "):
+                _, pane, data = line.rstrip(b"\n").split(b" ", 2)
+                self._outputs.put((time.perf_counter_ns(), pane.decode(), data))
+
+    def open(self, cmd: list[str]) -> str:
+        """A window running ``cmd``; its pane id, once the program put the pane's terminal
+        in raw mode (so that from now on no keystroke is echoed locally)."""
+        done = subprocess.run(
+            [
+                *self.tmux,
+                "new-window",
+                "-d",
+                "-t",
+                "keys",
+                "-P",
+                "-F",
+                "#{pane_id} #{pane_tty}",
+                shlex.join(cmd),
+            ],
+            env=ENV,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        pane, tty = done.stdout.split()
+        fd = os.open(tty, os.O_RDWR | os.O_NOCTTY)
+        try:
+            wait_for(
+                lambda: (
+                    not termios.tcgetattr(fd)[3] & (termios.ECHO | termios.ICANON)
+                    or self._dead(pane)
+                ),
+                what=f"{cmd[-5:]} in raw mode",
+            )
+        finally:
+            os.close(fd)
+        if self._dead(pane):
+            raise RuntimeError(f"{shlex.join(cmd)}: {self.screen(pane)!r}")
+        return pane
+
+    def _dead(self, pane: str) -> bool:
+        done = subprocess.run(
+            [*self.tmux, "display-message", "-p", "-t", pane, "#{pane_dead}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return done.stdout.strip() == "1"
+
+    def screen(self, pane: str) -> str:
+        return subprocess.run(
+            [*self.tmux, "capture-pane", "-p", "-t", pane],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+
+    def key(self, pane: str, timeout_s: float = 10.0) -> float:
+        """Seconds from sending ``x`` to the pane until ``x`` came out of it."""
+        assert self._control.stdin is not None
+        while not self._outputs.empty():  # anything late from an earlier keystroke
+            self._outputs.get_nowait()
+        start = time.perf_counter_ns()
+        self._control.stdin.write(f"send-keys -t {pane} -l x\n".encode())
+        self._control.stdin.flush()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"no echo from {pane}: {self.screen(pane)!r}")
+            with contextlib.suppress(queue.Empty):
+                at, from_pane, data = self._outputs.get(timeout=left)
+                if from_pane == pane and b"x" in data:
+                    return (at - start) / 1e9
+
+    def close(self) -> None:
+        # SIGHUP to every pane's program: the execs and ssh end as on a closed terminal.
+        subprocess.run([*self.tmux, "kill-server"], capture_output=True, check=False)
+        self._control.wait(timeout=10)
+
+
+def bench_keys(
+    master: MasterProcess, pod: str, container_id: str, sshd: Sshd, args: argparse.Namespace
+) -> list[str]:
+    """Keystroke echo: ``nodectl exec -it POD -- cat`` (through the master, and ``--direct``)
+    against ``ssh -t host cat``, ``--keys`` single keystrokes each, alternating one keystroke
+    per path, after 20 unmeasured ones. The echo is the remote terminal's own (``cat`` reads
+    whole lines; the pod's or sshd's pty echoes each key), so each keystroke crosses the
+    whole path both ways. ``docker exec -it C cat`` on the pod's container is the floor
+    Docker's exec path sets (dockerd and the container's shim relay every byte between its
+    socket and the terminal), which every nodectl keystroke pays on top of ours. nodectl runs
+    without a session (the admin config's), a process per command as ssh is; every path is
+    in raw mode (its program started) before any keystroke is sent."""
+    conf = str(master.admin_conf)
+    nodectl = [sys.executable, "-m", "agent.cli.nodectl_control", "--config", conf, "exec", "-it"]
+    paths = {
+        "nodectl exec -it (via master)": [*nodectl, pod, "--", "cat"],
+        "nodectl exec -it --direct": [*nodectl, "--direct", pod, "--", "cat"],
+        "ssh -t host cat": [*sshd.args(), "-t", "root@127.0.0.1", "cat"],
+        # What Docker's own exec path costs (dockerd and the shim between the socket and the
+        # pod's terminal), which every nodectl keystroke pays too.
+        "docker exec -it C cat": ["docker", "exec", "-it", container_id, "cat"],
+    }
+    driver = KeyDriver(str(Path(tempfile.mkdtemp(prefix="bench-keys-")) / "tmux.sock"))
+    try:
+        panes = {name: driver.open(cmd) for name, cmd in paths.items()}
+        samples: dict[str, list[float]] = {name: [] for name in paths}
+        for i in range(20 + args.keys):
+            for name, pane in panes.items():
+                latency = driver.key(pane)
+                if i >= 20:
+                    samples[name].append(latency)
+    finally:
+        driver.close()
+    ssh_med = statistics.median(samples["ssh -t host cat"])
+    print(f"keystroke echo through tmux, {args.keys} keystrokes per path, alternating")
+    lines = []
+    for name, values in samples.items():
+        values.sort()
+        med, p99 = statistics.median(values), values[min(len(values) - 1, len(values) * 99 // 100)]
+        print(
+            f"  {name:36s} median {med * 1e6:6.0f} us (x{med / ssh_med:.2f})"
+            f"  p99 {p99 * 1e6:6.0f} us"
+        )
+        if name.startswith("nodectl"):
+            lines.append(f"{name} keystroke echo <= 1.0x ssh -t: {med / ssh_med:.2f}")
+    return lines
+
+
 def session_status(nodectl: list[str]) -> str | None:
     done = subprocess.run(
         [*nodectl, "session", "status"], capture_output=True, env=ENV, check=False
@@ -628,6 +837,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pings", type=int, default=2000)
     parser.add_argument("--execs", type=int, default=10)
+    parser.add_argument("--keys", type=int, default=200, help="keystrokes per path (part keys)")
     parser.add_argument(
         "--syscalls",
         action="store_true",
@@ -637,7 +847,8 @@ def main() -> int:
         "--parts",
         default="bulk,exec",
         help="comma-separated: bulk (port-forward throughput and latency), exec, hops (the "
-        "1-byte round trip hop by hop; run it on its own: every process stamps its hops)",
+        "1-byte round trip hop by hop; run it on its own: every process stamps its hops), keys "
+        "(exec -it keystroke echo against ssh -t, driven through tmux)",
     )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -694,6 +905,8 @@ def main() -> int:
             ratios += bench_bulk(master, mirror, echo_port, sshd, args)
         if "exec" in parts:
             ratios += bench_exec(master, mirror, app.id, sshd, args)
+        if "keys" in parts:
+            ratios += bench_keys(master, mirror, app.id, sshd, args)
         print("targets:")
         for line in ratios:
             print(f"  {line}")
