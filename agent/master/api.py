@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 
 from cryptography import x509
 
@@ -49,10 +49,12 @@ from agent.errors import (
     CompactedError,
     JsonNumberTooLongError,
     NotFoundError,
+    StoreError,
 )
 from agent.manifest import parse_pod
 from agent.manifest_loader import OFF_LOOP_BYTES, load_json
 from agent.master import servingnames, watch
+from agent.master.leader import Leadership, SoleLeader
 from agent.master.nodeevents import parse_report
 from agent.master.pods import CREATED, PodStore, mirror_name, pod_object
 from agent.master.policy import effective_peer
@@ -121,6 +123,12 @@ class MasterApi:
         self.watch_slots = watch.WatchSlots()  # the watches each caller holds (429 past them)
         self.metrics_registry = new_registry()
         self.usage = UsageBook()  # the nodes' latest usage (nodectl top), in memory
+        # Who leads (agent.master.leader): alone, this master; the composition root sets the
+        # etcd election when there are several.
+        self.leadership: Leadership = SoleLeader("")
+        # Why this master cannot take a lease renewal now ('' when it can): with several
+        # masters, when it cannot pass renewals on to the others (agent.master.app sets it).
+        self.renewals_refused: Callable[[], str] = lambda: ""
         # Recent samples (seconds) for /metrics quantiles: lease handling time, and how late
         # the event loop runs a timer (queueing every request sees when the loop is busy).
         self.lease_seconds: deque[float] = deque(maxlen=LATENCY_SAMPLES)
@@ -205,9 +213,9 @@ class MasterApi:
         return text_response("ok")
 
     def leader_known(self) -> str:
-        """The hook of the leader election (issue 19 item 2): '' when this master knows who
-        leads, else why not. Until masters elect a leader there is none to know: always ''."""
-        return ""
+        """'' when this master knows who leads (agent.master.leader: alone, itself), else why
+        not: out of touch with the store, or between two leaders."""
+        return self.leadership.unknown()
 
     async def version(self, request: ApiRequest) -> ApiResponse:
         return json_response(version_info())
@@ -227,6 +235,11 @@ class MasterApi:
                 labels=("registration",),
             ),
             gauge("node_master_nodes_ready", "Nodes whose lease is current.", [((), ready)]),
+            gauge(
+                "node_master_leader",
+                "1 when this master leads (judges readiness, evicts, expires, compacts), else 0.",
+                [((), int(self.leadership.is_leader()))],
+            ),
         ]
         # Copied here: the loop appends to the deques while the render runs in a thread.
         lease_s, lag_s = tuple(self.lease_seconds), tuple(self.loop_lag_seconds)
@@ -352,6 +365,11 @@ class MasterApi:
 
     async def _renew_lease(self, request: ApiRequest) -> ApiResponse:
         name = request.param("node")
+        refused = self.renewals_refused()
+        if refused:
+            # A renewal kept here would reach no other master, and the leader would judge the
+            # node NotReady: 503, and the node moves to another master (agent.node.masterlink).
+            raise StoreError(f"lease not renewed here: {refused}")
         first = name not in self.registry.leases
         self.registry.renew_lease(name)
         if first:

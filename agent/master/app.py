@@ -3,8 +3,11 @@ and orders them under one supervisor (the daemon's one TaskGroup).
 
 Managers, in start order: ``watchdog`` (systemd's ``WATCHDOG=1``), ``node-records`` (the
 registry's record cache follows the store's watch, so another master's changes reach this
-one), ``scheduler``, ``eviction``,
-``registration-expiry`` (drops registrations left waiting past their time-to-live),
+one); on etcd (several masters) ``renewals-follow`` and ``renewals-report`` (the lease renewals
+each master receives, shared: agent.master.renewals), ``leader-election`` (agent.master.leader;
+its stop resigns) and ``compaction`` (the leader's); then ``scheduler``, ``eviction`` (the
+leader's), ``registration-expiry`` (the leader's: drops registrations left waiting past their
+time-to-live),
 ``loop-lag`` (the event-loop lag sampler behind the API's metrics), ``reload`` (SIGHUP reloads
 ``master.toml``: a valid file replaces the registration policy without dropping a connection; a
 bad one is logged and the running policy stays), ``api`` (one port, both protocols; ``READY=1``
@@ -21,6 +24,7 @@ import functools
 import gc
 import logging
 import signal
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -36,14 +40,16 @@ from agent.aio.private import tighten_tree
 from agent.aio.sdnotify import Notifier, SystemdNotifier
 from agent.aio.tasks import Lifecycle, Manager, Supervisor, TaskScope
 from agent.aio.tls import server_context
-from agent.errors import BadGatewayError, ConfigError, NotFoundError
+from agent.errors import BadGatewayError, ConfigError, NotFoundError, StoreError
 from agent.master.api import MasterApi
 from agent.master.cluster_ca import check_cluster_ca
 from agent.master.config import MasterConfig, load_master_config
+from agent.master.leader import EtcdElection, Leadership, SoleLeader
 from agent.master.pki_files import ClusterPki, ensure_master_mark, write_proxy_identity
 from agent.master.pods import PodStore
 from agent.master.proxy import StreamingProxy
 from agent.master.registry import NodeRegistry
+from agent.master.renewals import RenewalExchange
 from agent.master.store.base import Store
 from agent.master.store.etcd import EtcdStore, tls_context
 from agent.master.store.sqlite import SqliteStore
@@ -61,6 +67,11 @@ STORE_THREADS = 4
 SHUTDOWN_GRACE_S = 2.0
 STOP_STEP_TIMEOUT_S = 10.0
 WATCHDOG_FALLBACK_S = 10.0
+COMPACT_CHECK_S = 10.0  # how often the leader looks whether the etcd history is due a compaction
+RESIGN_TIMEOUT_S = 2.0  # a clean stop revokes the leader's lease: bounded, etcd may be away
+# The API starts once the election and the renewals' watch have first heard from etcd (so that
+# the first renewals are not refused with 503), waiting this long at most for each.
+FIRST_TOUCH_WAIT_S = 5.0
 
 
 def read_client_cas(config: MasterConfig) -> list[x509.Certificate]:
@@ -192,6 +203,32 @@ class Master:
         self.api = MasterApi(
             self.registry, self.pods, cfg.registration.trusted_proxies, self.bridge.run
         )
+        # Who leads (agent.master.leader) and, with several masters, the renewals they share.
+        identity = f"{socket.gethostname()}:{cfg.port}"
+        election_managers: list[Manager] = []
+        self.leadership: Leadership = SoleLeader(identity)
+        if isinstance(store, EtcdStore):
+            election = EtcdElection(store, identity, int(cfg.store.leader_lease_ttl_s))
+            store.may_compact = election.is_leader
+            renewals = RenewalExchange(store, self.registry, identity, on_ready=self.pods.kick.set)
+            self.registry.view_since = functools.partial(
+                _in_view_since, election.in_touch_since, renewals.since
+            )
+            self.leadership = election
+            self.api.renewals_refused = functools.partial(_renewals_refused, election, renewals)
+            election_managers = [
+                ReadyLoop(
+                    "renewals-follow", renewals.follow, scope("renewals-follow"), renewals.following
+                ),
+                RenewalReports(renewals, scope("renewals-report")),
+                Election(election, scope("leader-election"), election.touched),
+                LoopManager(
+                    "compaction",
+                    functools.partial(_compact_as_leader, store, election),
+                    scope("compaction"),
+                ),
+            ]
+        self.api.leadership = self.leadership
         ca_pems = [await self.bridge.run(pki.ca_cert_path.read_bytes)] + [
             c.public_bytes(Encoding.PEM) for c in client_cas
         ]
@@ -224,9 +261,20 @@ class Master:
         managers: list[Manager] = [
             SystemdWatchdog(self.notifier, scope("watchdog")),
             LoopManager("node-records", self.registry.follow, scope("node-records")),
+            *election_managers,
             Scheduler(self.pods, scope("scheduler")),
-            Eviction(self.pods, min(EVICTION_CHECK_S, cfg.lease_renew_s), scope("eviction")),
-            RegistrationExpiry(self.registry, scope("registration-expiry"), self.policy_reloaded),
+            Eviction(
+                self.pods,
+                min(EVICTION_CHECK_S, cfg.lease_renew_s),
+                scope("eviction"),
+                self.leadership,
+            ),
+            RegistrationExpiry(
+                self.registry,
+                scope("registration-expiry"),
+                self.policy_reloaded,
+                leadership=self.leadership,
+            ),
             LoopManager("loop-lag", self.api.sample_loop_lag, scope("loop-lag")),
             PolicyReload(self, scope("reload")),
             ApiServer(edge, self.proxy, self.tls, cfg, self.notifier, serving),
@@ -267,6 +315,38 @@ class Master:
         log.info("policy reloaded", extra=kv(trust=",".join(fresh.registration.trust)))
 
 
+def _in_view_since(
+    election: Callable[[], float | None], renewals: Callable[[], float | None]
+) -> float | None:
+    """Since when this master sees every renewal: in touch with the election and following
+    the other masters' reports, both without a break (the later start); None if either is
+    broken."""
+    touch, follow = election(), renewals()
+    if touch is None or follow is None:
+        return None
+    return max(touch, follow)
+
+
+def _renewals_refused(election: Leadership, renewals: RenewalExchange) -> str:
+    """Why this master cannot take a renewal now: out of touch with the election, or unable
+    to pass renewals on to the other masters ('' when it can)."""
+    if election.in_touch_since() is None:
+        return election.unknown() or "out of touch with the store"
+    return renewals.refused()
+
+
+async def _compact_as_leader(store: EtcdStore, leadership: Leadership) -> None:
+    """The leader compacts etcd's history (every master's writes counted); the others never."""
+    while True:
+        await asyncio.sleep(COMPACT_CHECK_S)
+        if not leadership.is_leader():
+            continue
+        try:
+            await store.compact_if_due()
+        except StoreError as exc:
+            log.warning("compaction failed; tried again later", extra=kv(error=str(exc)))
+
+
 def _settle_gc() -> None:
     """Everything loaded so far lives as long as the process: keep it out of the cyclic GC's
     generations, and collect the young generation less often (thousands of connections'
@@ -305,22 +385,38 @@ class Scheduler(LoopManager):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._pods.kick.wait(), SCHEDULE_INTERVAL_S)
             self._pods.kick.clear()
-            await self._pods.schedule_pending()
-            await self._pods.finalize_deletions()  # terminating pods past their deadline
+            try:
+                await self._pods.schedule_pending()
+                await self._pods.finalize_deletions()  # terminating pods past their deadline
+            except StoreError as exc:  # etcd away: the master lives on, tries next round
+                log.warning("scheduling round failed; tried again", extra=kv(error=str(exc)))
 
 
 class Eviction(LoopManager):
-    """Moves scheduler-placed pods off nodes NotReady past the eviction time-out."""
+    """Moves scheduler-placed pods off nodes NotReady past the eviction time-out: on the
+    leader only (agent.master.leader); a store failure is logged and tried next round."""
 
-    def __init__(self, pods: PodStore, interval_s: float, tasks: TaskScope) -> None:
+    def __init__(
+        self,
+        pods: PodStore,
+        interval_s: float,
+        tasks: TaskScope,
+        leadership: Leadership | None = None,
+    ) -> None:
         super().__init__("eviction", self._evict, tasks)
         self._pods = pods
         self._interval_s = interval_s
+        self._leadership = leadership or SoleLeader("")
 
     async def _evict(self) -> None:
         while True:
             await asyncio.sleep(self._interval_s)
-            await self._pods.evict_from_unready_nodes()
+            if not self._leadership.is_leader():
+                continue
+            try:
+                await self._pods.evict_from_unready_nodes()
+            except StoreError as exc:
+                log.warning("eviction round failed; tried again", extra=kv(error=str(exc)))
 
 
 class RegistrationExpiry(LoopManager):
@@ -335,11 +431,14 @@ class RegistrationExpiry(LoopManager):
         tasks: TaskScope,
         wake: asyncio.Event | None = None,
         pause: Callable[[float], Awaitable[None]] | None = None,
+        *,
+        leadership: Leadership | None = None,
     ) -> None:
         super().__init__("registration-expiry", self._expire, tasks)
         self._registry = registry
         self._wake = wake or asyncio.Event()
         self._pause = pause or self._until_woken
+        self._leadership = leadership or SoleLeader("")
 
     async def _until_woken(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -349,7 +448,61 @@ class RegistrationExpiry(LoopManager):
     async def _expire(self) -> None:
         while True:
             await self._pause(self._registry.expiry_check_s())
-            await self._registry.expire_pending()
+            if not self._leadership.is_leader():
+                continue  # the leader expires them (agent.master.leader)
+            try:
+                await self._registry.expire_pending()
+            except StoreError as exc:
+                log.warning("registration expiry failed; tried again", extra=kv(error=str(exc)))
+
+
+class ReadyLoop(LoopManager):
+    """A loop whose start waits (``FIRST_TOUCH_WAIT_S`` at most) until it sets ``ready``."""
+
+    def __init__(
+        self,
+        name: str,
+        loop: Callable[[], Awaitable[None]],
+        tasks: TaskScope,
+        ready: asyncio.Event,
+    ) -> None:
+        super().__init__(name, loop, tasks)
+        self._ready = ready
+
+    async def start(self) -> None:
+        await super().start()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(FIRST_TOUCH_WAIT_S):
+                await self._ready.wait()
+
+
+class RenewalReports(LoopManager):
+    """The renewals' reports to the other masters; stopping removes this master's key."""
+
+    def __init__(self, renewals: RenewalExchange, tasks: TaskScope) -> None:
+        super().__init__("renewals-report", renewals.report, tasks)
+        self._renewals = renewals
+
+    async def stop(self) -> None:
+        await super().stop()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(RESIGN_TIMEOUT_S):
+                await self._renewals.withdraw()
+
+
+class Election(ReadyLoop):
+    """The leader election's loop (agent.master.leader); stopping it resigns, so that another
+    master leads at once instead of after the lease's TTL."""
+
+    def __init__(self, leadership: Leadership, tasks: TaskScope, touched: asyncio.Event) -> None:
+        super().__init__("leader-election", leadership.run, tasks, touched)
+        self._leadership = leadership
+
+    async def stop(self) -> None:
+        await super().stop()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(RESIGN_TIMEOUT_S):
+                await self._leadership.resign()
 
 
 class SystemdWatchdog(LoopManager):

@@ -80,6 +80,8 @@ REGISTRATION_KEYS: tuple[Key, ...] = (
 )
 STORE_BACKENDS = ("sqlite", "etcd")
 DEFAULT_STORE_PREFIX = "/node-master/"
+DEFAULT_LEADER_LEASE_TTL_S = 10.0
+LEADER_LEASE_TTL_RANGE_S = (2, 300)  # etcd grants 2 s at least with its default heartbeat
 MAX_STORE_PREFIX_CHARS = 200
 _PREFIX_RE = re.compile(r"/(?:[A-Za-z0-9._-]+/)*")
 STORE_KEYS: tuple[Key, ...] = (
@@ -89,6 +91,12 @@ STORE_KEYS: tuple[Key, ...] = (
     Key("cert_file", Path, "etcd: client certificate (PEM) presented to etcd", optional=True),
     Key("key_file", Path, "etcd: its private key (PEM)", optional=True),
     Key("prefix", str, "etcd: key prefix of this cluster (several clusters may share an etcd)"),
+    Key(
+        "leader_lease_ttl_s",
+        float,
+        "etcd: TTL of the leader election's lease, whole seconds; a dead leader is replaced "
+        "within it",
+    ),
 )
 SECTIONS = {"master": MASTER_KEYS, "registration": REGISTRATION_KEYS, "store": STORE_KEYS}
 
@@ -118,6 +126,7 @@ class StoreConfig:
     cert_file: Path | None = None
     key_file: Path | None = None
     prefix: str = DEFAULT_STORE_PREFIX
+    leader_lease_ttl_s: float = DEFAULT_LEADER_LEASE_TTL_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +256,7 @@ def validate_store(store: StoreConfig, where: str) -> None:
         "cert_file": store.cert_file is not None,
         "key_file": store.key_file is not None,
         "prefix": store.prefix != DEFAULT_STORE_PREFIX,
+        "leader_lease_ttl_s": store.leader_lease_ttl_s != DEFAULT_LEADER_LEASE_TTL_S,
     }
     if store.backend != "etcd":
         for key, given in etcd_keys.items():
@@ -278,6 +288,12 @@ def validate_store(store: StoreConfig, where: str) -> None:
         raise ConfigError(
             f"{where}: prefix {store.prefix[:80]!r} must start and end with '/' and hold only "
             f"letters, digits, '.', '_', '-' and '/' (at most {MAX_STORE_PREFIX_CHARS} characters)"
+        )
+    low, high = LEADER_LEASE_TTL_RANGE_S
+    ttl = store.leader_lease_ttl_s
+    if not (low <= ttl <= high and ttl == int(ttl)):
+        raise ConfigError(
+            f"{where}: leader_lease_ttl_s {ttl:g} must be whole seconds from {low} to {high}"
         )
 
 
@@ -341,4 +357,5 @@ trust = ["open"]
 # cert_file = "/etc/node-master/etcd-client.pem"
 # key_file = "/etc/node-master/etcd-client.key"
 # prefix = "{DEFAULT_STORE_PREFIX}"   # several clusters may share one etcd
+# leader_lease_ttl_s = {DEFAULT_LEADER_LEASE_TTL_S:g}   # a dead leader master is replaced within it
 """

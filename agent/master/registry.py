@@ -5,6 +5,9 @@ Denied), trust (the rule that admitted it, certificate expiry), readiness (from 
 schedulability (cordon). Records live in the store under ``/nodes/<name>`` and survive master
 restarts; leases are kept in memory only (they are renewed every few seconds and judged only
 after the master has been up for a full grace period, so losing them on restart costs nothing).
+With several masters each one's renewals are reported to the others (agent.master.renewals),
+and a master that cannot see them all (out of touch with the store) judges no node NotReady:
+``Unknown``, reason ``MasterOutOfTouch`` (:attr:`NodeRegistry.view_since`).
 The records are cached in memory (the authorization of every node request reads the cache), and
 the cache follows the store's watch (:meth:`NodeRegistry.follow`): another master sharing the
 store (etcd) deletes, denies, re-keys or cordons a node, and this one's cache has it as soon as
@@ -354,6 +357,12 @@ class NodeRegistry:
         self.clock = clock or SystemClock()
         self.started = self.clock.monotonic()
         self.leases: dict[str, float] = {}
+        # Since when this master sees every renewal of the cluster (monotonic), None while it
+        # cannot: alone, since it started; with several masters, since it has been in touch
+        # with the store and the renewals the others report (agent.master.renewals).
+        self.view_since: Callable[[], float | None] = lambda: self.started
+        self.sharing = False  # with several masters: renewals here are reported to the others
+        self._renewed: set[str] = set()  # renewed here since the last report
         self._cache: dict[str, tuple[dict[str, Any], int]] = {}
         # The store revision the cache is complete up to: where follow()'s watch resumes.
         self._revision = 0
@@ -1068,6 +1077,30 @@ class NodeRegistry:
 
     def renew_lease(self, name: str) -> None:
         self.leases[name] = self.clock.monotonic()
+        if self.sharing:
+            self._renewed.add(name)
+
+    def take_renewed(self) -> list[str]:
+        """The nodes renewed here since the last call (to report them to the other masters)."""
+        names, self._renewed = sorted(self._renewed), set()
+        return names
+
+    def give_back(self, names: Sequence[str]) -> None:
+        """A report that could not be written: its names go with the next one."""
+        self._renewed.update(names)
+
+    def renewed_elsewhere(self, names: Sequence[str]) -> bool:
+        """Nodes another master (or this one) reported renewed: their leases are current from
+        now, by this master's clock. Names of no record known here are skipped (a report
+        cannot make the registry remember more than its records). True when one of them had
+        no lease here yet (it became Ready: the scheduler may place pods on it)."""
+        now = self.clock.monotonic()
+        new = False
+        for name in names:
+            if name in self._cache:
+                new = new or name not in self.leases
+                self.leases[name] = now
+        return new
 
     async def note_ready(self, name: str) -> None:
         """The node renewed a lease: remembered once (``firstReadyAt``, kept across master
@@ -1091,17 +1124,25 @@ class NodeRegistry:
         grace = self.config.lease_grace_s
         if seen is not None and now - seen <= grace:
             return "True", "NodeLeaseCurrent"
-        if now - self.started < grace:
-            # Just restarted: not enough time to judge; never mark every node NotReady at once.
+        view = self.view_since()
+        if view is None:
+            # Out of touch with the store (several masters): the renewals the others receive
+            # do not reach this one, so a missing renewal here proves nothing.
+            return "Unknown", "MasterOutOfTouch"
+        if now - view < grace:
+            # Just restarted (or back in touch): not enough time to judge; never mark every
+            # node NotReady at once.
             return "Unknown", "MasterStarting"
         return "False", "NodeLeaseExpired"
 
     def not_ready_for_s(self, name: str) -> float | None:
-        """How long the node has been NotReady; None while Ready or Unknown."""
+        """How long the node has been NotReady; None while Ready or Unknown. Counted from
+        the later of its last renewal and the start of this master's view of the renewals."""
         if self.readiness(name)[0] != "False":
             return None
         seen = self.leases.get(name)
-        since = (seen if seen is not None else self.started) + self.config.lease_grace_s
+        view = self.view_since() or self.started
+        since = max(seen if seen is not None else view, view) + self.config.lease_grace_s
         return max(0.0, self.clock.monotonic() - since)
 
     def node_object(self, record: dict[str, Any]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ import binascii
 import contextlib
 import json
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +48,12 @@ from agent.master.store.etcd_wire import (
     KeyCodec,
     b64,
     check_error,
+    create_request,
     load_json,
+    parse_create,
     parse_delete,
+    parse_keepalive,
+    parse_lease_grant,
     parse_put,
     parse_range,
     parse_txn,
@@ -107,6 +111,9 @@ class EtcdStore(Store):
         self._compacted = 0  # revisions below this one are compacted (by this store)
         self._compact_mark = 0  # the revision of the last compaction (or of the open)
         self._compacting: asyncio.Lock | None = None
+        # Whether this store compacts etcd now: with several masters only the leader does
+        # (agent.master.leader sets it); alone, always.
+        self.may_compact: Callable[[], bool] = lambda: True
         self._unary: aiohttp.ClientSession | None = None
         self._watches: aiohttp.ClientSession | None = None
         self._streams: set[aiohttp.ClientResponse] = set()
@@ -385,9 +392,46 @@ class EtcdStore(Store):
         self._check_open()
         raise _Broken(f"{endpoint}: the stream ended")
 
+    # -- leases (the leader election, agent.master.leader) ------------------------------------
+
+    async def lease_grant(self, ttl_s: int) -> tuple[int, int]:
+        """A new etcd lease: (its ID, the TTL granted in seconds; etcd raises a TTL under its
+        minimum)."""
+        answer = await self._call("/v3/lease/grant", {"TTL": str(ttl_s)}, "lease grant")
+        return parse_lease_grant(answer, "lease grant")
+
+    async def lease_keepalive(self, lease: int) -> int:
+        """Renew ``lease``: the TTL it has again, 0 when it is gone (expired, revoked)."""
+        what = "lease keep-alive"
+        return parse_keepalive(
+            await self._call("/v3/lease/keepalive", {"ID": str(lease)}, what), lease, what
+        )
+
+    async def lease_revoke(self, lease: int) -> None:
+        """Drop ``lease`` and the keys bound to it (gone already: nothing to do)."""
+        what = "lease revoke"
+        data = load_json(await self._call("/v3/lease/revoke", {"ID": str(lease)}, what), what)
+        if "not found" in str(data.get("message") or data.get("error") or ""):
+            return
+        check_error(data, what)
+
+    async def create_with_lease(
+        self, key: str, value: bytes, lease: int
+    ) -> tuple[bool, KeyValue | None]:
+        """Create ``key`` bound to ``lease`` if absent: (True, None); else (False, the key as
+        it stands; None if it went meanwhile)."""
+        what = f"create {key[:80]!r}"
+        body = create_request(self._codec.encode(key), value, lease)
+        return parse_create(await self._call("/v3/kv/txn", body, what), self._codec, key, what)
+
+    async def compact_if_due(self) -> None:
+        """Compact by the rule of :meth:`_maybe_compact` at etcd's current revision (the
+        leader's periodic check: the changes are mostly other masters')."""
+        await self._maybe_compact(await self.revision())
+
     async def _maybe_compact(self, revision: int) -> None:
         """Compact etcd to keep the last ``history`` revisions, every ``min(history, 1000)``."""
-        if self._history is None or self._compacting is None:
+        if self._history is None or self._compacting is None or not self.may_compact():
             return
         step = min(COMPACT_EVERY_REVISIONS, self._history)
         if revision - self._compact_mark < step:

@@ -77,6 +77,18 @@ def txn_on_mod_revision(key: bytes, expected: int, success: dict[str, Any]) -> d
     }
 
 
+def create_request(key: bytes, value: bytes, lease: int) -> dict[str, Any]:
+    """Create ``key`` bound to ``lease`` only if it does not exist (create revision 0);
+    otherwise read it back (the holder of an election key: agent.master.leader)."""
+    return {
+        "compare": [
+            {"target": "CREATE", "key": b64(key), "create_revision": "0", "result": "EQUAL"}
+        ],
+        "success": [{"request_put": {**put_request(key, value), "lease": str(lease)}}],
+        "failure": [{"request_range": range_request(key)}],
+    }
+
+
 def watch_request(key: bytes, end: bytes, start_revision: int) -> dict[str, Any]:
     # prev_kv: a deletion carries the last value (the Store contract); fragment: etcd splits a
     # large batch of events into messages under its request size limit.
@@ -254,6 +266,54 @@ def parse_txn(body: bytes, what: str) -> tuple[int, bool]:
     data = load_json(body, what)
     check_error(data, what)
     return header_revision(data, what), _bool(data, "succeeded", what)
+
+
+def parse_lease_grant(body: bytes, what: str) -> tuple[int, int]:
+    """(lease ID, TTL in seconds granted: etcd may raise a TTL below its minimum)."""
+    data = load_json(body, what)
+    check_error(data, what)
+    header_revision(data, what)
+    lease, ttl = _int64(data, "ID", what), _int64(data, "TTL", what)
+    if lease == 0 or ttl == 0:
+        raise _fail(what, "no lease granted (ID or TTL missing)")
+    return lease, ttl
+
+
+def parse_keepalive(body: bytes, lease: int, what: str) -> int:
+    """The TTL a keep-alive renewed ``lease`` to, in seconds; 0 when the lease is gone
+    (expired or revoked: etcd answers without a TTL)."""
+    data = load_json(body, what)
+    check_error(data, what)
+    result = _object(data, "result", what)
+    if not result:
+        raise _fail(what, "a keep-alive answer without a result")
+    answered = _int64(result, "ID", what)
+    if answered != lease:
+        raise _fail(what, f"the keep-alive answered lease {answered}, not {lease}")
+    return _int64(result, "TTL", what)
+
+
+def parse_create(body: bytes, codec: KeyCodec, key: str, what: str) -> tuple[bool, KeyValue | None]:
+    """The answer to :func:`create_request`: (created, the key as it stands when not created;
+    None if it went meanwhile)."""
+    data = load_json(body, what)
+    check_error(data, what)
+    revision = header_revision(data, what)
+    if _bool(data, "succeeded", what):
+        return True, None
+    responses = data.get("responses", [])
+    if not isinstance(responses, list) or len(responses) != 1:
+        raise _fail(what, "a failed create without its one read")
+    response = responses[0] if isinstance(responses[0], dict) else {}
+    kvs = _object(response, "response_range", what).get("kvs", [])
+    if not isinstance(kvs, list) or len(kvs) > 1:
+        raise _fail(what, "the read of a failed create is not one key at most")
+    if not kvs:
+        return False, None
+    item = parse_kv(kvs[0], codec, what)
+    if item.key != key or item.mod_revision > revision:
+        raise _fail(what, f"the read of a failed create answered {item.key[:80]!r}")
+    return False, item
 
 
 @dataclass(frozen=True, slots=True)

@@ -304,6 +304,7 @@ ca_file = "{tmp_path / "ca.pem"}"
 cert_file = "{tmp_path / "client.pem"}"
 key_file = "{tmp_path / "client.key"}"
 prefix = "/clusters/eu-1/"
+leader_lease_ttl_s = 15
 """,
     )
     assert load_master_config(path).store == StoreConfig(
@@ -313,6 +314,7 @@ prefix = "/clusters/eu-1/"
         cert_file=tmp_path / "client.pem",
         key_file=tmp_path / "client.key",
         prefix="/clusters/eu-1/",
+        leader_lease_ttl_s=15.0,
     )
     plain = write(tmp_path, '[store]\nbackend = "etcd"\nendpoints = ["http://127.0.0.1:2379"]\n')
     assert load_master_config(plain).store.endpoints == ("http://127.0.0.1:2379",)
@@ -324,6 +326,19 @@ prefix = "/clusters/eu-1/"
         ('backend = "consul"', "key 'backend' must be one of sqlite, etcd, got 'consul'"),
         ('endpoints = ["https://e:2379"]', 'endpoints is for backend = "etcd"'),
         ('prefix = "/x/"', "prefix is for backend = \"etcd\" (backend is 'sqlite')"),
+        ("leader_lease_ttl_s = 5", 'leader_lease_ttl_s is for backend = "etcd"'),
+        (
+            'backend = "etcd"\nendpoints = ["https://e:2379"]\nleader_lease_ttl_s = 1',
+            "leader_lease_ttl_s 1 must be whole seconds from 2 to 300",
+        ),
+        (
+            'backend = "etcd"\nendpoints = ["https://e:2379"]\nleader_lease_ttl_s = 2.5',
+            "leader_lease_ttl_s 2.5 must be whole seconds from 2 to 300",
+        ),
+        (
+            'backend = "etcd"\nendpoints = ["https://e:2379"]\nleader_lease_ttl_s = nan',
+            "key 'leader_lease_ttl_s' must be a finite number, got nan",
+        ),
         ('backend = "etcd"', 'endpoints: backend = "etcd" needs at least one etcd URL'),
         ('backend = "etcd"\nendpoints = []', "needs at least one etcd URL"),
         ('backend = "etcd"\nendpoints = "e:2379"', "endpoints: 'e:2379' is not a URL like"),
