@@ -1,5 +1,6 @@
 # node-agent. On a fresh Debian/Ubuntu machine, as root:
 #   make run    set everything up, start a master and an agent, apply the demo pod
+#   make run-ha the same with etcd, three masters and two agents (make run-ha-stop ends it)
 #   make test   set everything up, run the whole test suite against the real dockerd
 # scripts/bootstrap.sh does the set-up (packages, dockerd, test images, .venv); it is idempotent
 # and a second run takes about a second. Every tool below runs from .venv.
@@ -69,6 +70,19 @@ fmt:
 run:
 	$(BOOTSTRAP) --runtime
 	bash scripts/demo.sh
+
+# Several masters on this machine (issue 19 item 7): an etcd of its own (Debian's etcd-server, a
+# data dir under HA_DIR), three masters from one data dir (init once, copies with only listen
+# changed), two agents listing them, the demo pod; `nodectl get nodes -o wide` shows the master
+# each node talks to. Ctrl-C or `make run-ha-stop` stops all of it and deletes HA_DIR
+# (scripts/demo-ha.sh). A demo: not in CI (tests/unit/test_demo_ha_script.py checks its pieces).
+.PHONY: run-ha run-ha-stop
+run-ha:
+	$(BOOTSTRAP) --runtime
+	bash scripts/demo-ha.sh
+
+run-ha-stop:
+	bash scripts/demo-ha.sh --stop
 
 # Issue 18's acceptance on hosts that boot systemd: the packages installed in containers of a
 # debootstrapped bookworm image (tests/system/image/build.sh, cached by content hash under
