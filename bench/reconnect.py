@@ -47,7 +47,7 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.node.backoff import ReconnectBackoff
-from bench.registration import register_all
+from bench.registration import bench_master, register_all
 from tests.helpers import REPO_ROOT, MasterProcess
 
 REQUEST_TIMEOUT_S = 30.0
@@ -231,7 +231,7 @@ def histogram(offsets: list[float], bin_s: float, width: int = 50) -> list[str]:
 async def main_async(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-reconnect-") as tmp:
         root = Path(tmp)
-        master = MasterProcess(
+        master = bench_master(
             root / "master", lease_renew_s=args.renew_s, lease_grace_s=args.renew_s * 4
         )
         master.start(blockbuster=False)

@@ -155,6 +155,11 @@ def _run(args: argparse.Namespace) -> int:
     from agent.aio.malloc import tune_malloc
 
     tune_malloc()  # the master relays every proxied stream
+    from agent.aio.rlimits import raise_nofile_limit
+
+    nofile = raise_nofile_limit()  # a descriptor per node connection, watch and stream
+    if nofile.after != nofile.before:
+        log.info("descriptor limit raised", extra=kv(soft=nofile.after, was=nofile.before))
     try:
         uvloop.run(Master(config).run())
     except ConfigError as exc:

@@ -8,6 +8,15 @@ same rule as the memory store); a watch from before that gets :class:`CompactedE
 thread bridge under one lock (one connection, serialized writes, which is what SQLite does
 anyway); ``synchronous=FULL`` so an acknowledged change survives a power cut, not only a crash.
 
+Writes are committed in groups: the writes that arrive while a commit is in its thread wait
+together and go in the next transaction (at most ``GROUP_COMMIT_WRITES``), one thread call and
+one fsync for all of them, each still applied in its turn (a compare-and-swap sees the writes
+before it) and acknowledged only once the transaction is durable. One transaction per write
+cost a thread hand-off and up to five GIL hand-backs per statement; with the event loop busy
+(5,000 nodes' TLS handshakes) each hand-back waited out the interpreter's 5 ms switch interval
+and writes fell from ~1,000/s to ~60/s, which stalled registrations and first lease renewals
+(BENCHMARKS.md, 2026-12-03). A failed transaction fails every write of its group.
+
 The files are the owner's only (0600, the directory 0700: set explicitly, whatever the umask),
 and deleted values do not linger in them: ``secure_delete`` zeroes freed content, and every
 compaction of the history ends with a truncating WAL checkpoint, so a deleted object (kept in
@@ -17,12 +26,14 @@ the history for watchers, as etcd keeps it until compaction) is gone from the da
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -40,6 +51,7 @@ from agent.master.store.history import (
 )
 
 T = TypeVar("T")
+GROUP_COMMIT_WRITES = 256  # writes in one transaction at most (bounded time under the lock)
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 _SCHEMA = """
@@ -79,6 +91,25 @@ def _prefix_range(prefix: str) -> tuple[str, str | bytes]:
     return prefix, stem[:-1] + chr(following)
 
 
+Body = Callable[[sqlite3.Connection, int], int | None]
+"""One write: applied in the open transaction with the next free revision; returns the
+revision it used, or None when it wrote nothing (a failed compare-and-swap)."""
+
+
+@dataclass(slots=True)
+class _PendingWrite:
+    body: Body
+    done: asyncio.Future[int | None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
+            # Retrieved here: a caller that was cancelled meanwhile no longer awaits it.
+            self.done.add_done_callback(lambda done: done.exception())
+
+
 class SqliteStore(Store):
     def __init__(
         self, path: Path, bridge: ThreadBridge, *, history: int = HISTORY_REVISIONS
@@ -90,6 +121,9 @@ class SqliteStore(Store):
         self._db: sqlite3.Connection | None = None
         self._signal = ChangeSignal()
         self.revision = 0
+        self._pending: list[_PendingWrite] = []
+        self._committer: asyncio.Task[None] | None = None
+        self.transactions = 0  # committed write transactions (tests see the grouping)
 
     @classmethod
     async def open(
@@ -145,8 +179,8 @@ class SqliteStore(Store):
         value: bytes,
         kind: EventType,
         create_rev: int | None,
+        rev: int,
     ) -> int:
-        rev = self.revision + 1
         if kind is EventType.PUT:
             db.execute(
                 "INSERT INTO kv(key, value, create_rev, mod_rev) VALUES (?, ?, ?, ?) "
@@ -169,24 +203,70 @@ class SqliteStore(Store):
             db.execute("DELETE FROM log WHERE rev <= ?", (floor,))
         return rev
 
-    def _transaction(
-        self, db: sqlite3.Connection | None, body: Callable[[sqlite3.Connection], int | None]
-    ) -> int | None:
+    def _transaction(self, db: sqlite3.Connection | None, bodies: list[Body]) -> list[int | None]:
+        """Applies ``bodies`` in order in one transaction; the store's revision moves (and the
+        results count) only once it is committed."""
         conn = self._conn(db)
         conn.execute("BEGIN IMMEDIATE")
+        results: list[int | None] = []
+        revision = self.revision
         try:
-            result = body(conn)
+            for body in bodies:
+                result = body(conn, revision + 1)
+                results.append(result)
+                if result is not None:
+                    revision = result
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-        if result is not None:
-            self.revision = result
-            if compaction_floor(result, self._history) is not None:
+        self.transactions += 1
+        if revision != self.revision:
+            compacted = any(
+                compaction_floor(rev, self._history) is not None
+                for rev in range(self.revision + 1, revision + 1)
+            )
+            self.revision = revision
+            if compacted:
                 # What the compaction freed is zeroed in the WAL's pages; this moves them into
                 # the database and empties the WAL, whose older frames still hold the values.
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return result
+        return results
+
+    async def _commit(self, body: Body) -> int | None:
+        """``body`` written in the next group commit; its result once that is durable.
+        Cancelling the caller abandons the wait, not the write (as ``ThreadBridge.run``)."""
+        write = _PendingWrite(body)
+        self._pending.append(write)
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.get_running_loop().create_task(
+                self._commit_pending(), name="sqlite-group-commit"
+            )
+        return await asyncio.shield(write.done)
+
+    async def _commit_pending(self) -> None:
+        """Commits the waiting writes, a group at a time, until none is left."""
+        while self._pending:
+            group = self._pending[:GROUP_COMMIT_WRITES]
+            del self._pending[:GROUP_COMMIT_WRITES]
+            try:
+                results = await self._run(
+                    functools.partial(self._transaction, bodies=[w.body for w in group])
+                )
+            except Exception as exc:  # every write of the group failed with it
+                for write in group:
+                    write.fail(exc)
+                continue
+            except BaseException:  # cancelled: the loop is going away; nobody is left to wait
+                for write in (*group, *self._pending):
+                    write.fail(StoreError("store is closing"))
+                self._pending.clear()
+                raise
+            for write, result in zip(group, results, strict=True):
+                if not write.done.done():
+                    write.done.set_result(result)
+            if any(result is not None for result in results):
+                self._signal.changed()
 
     async def get(self, key: str) -> KeyValue | None:
         def read(db: sqlite3.Connection | None) -> KeyValue | None:
@@ -200,43 +280,36 @@ class SqliteStore(Store):
         return await self._run(read)
 
     async def put(self, key: str, value: bytes) -> int:
-        def body(db: sqlite3.Connection) -> int:
+        def body(db: sqlite3.Connection, rev: int) -> int:
             row = db.execute("SELECT create_rev FROM kv WHERE key=?", (key,)).fetchone()
-            return self._write(db, key, value, EventType.PUT, row[0] if row else None)
+            return self._write(db, key, value, EventType.PUT, row[0] if row else None, rev)
 
-        rev = await self._run(lambda db: self._transaction(db, body))
+        rev = await self._commit(body)
         assert rev is not None
-        self._signal.changed()
         return rev
 
     async def compare_and_swap(
         self, key: str, value: bytes, expected_mod_revision: int
     ) -> int | None:
-        def body(db: sqlite3.Connection) -> int | None:
+        def body(db: sqlite3.Connection, rev: int) -> int | None:
             row = db.execute("SELECT create_rev, mod_rev FROM kv WHERE key=?", (key,)).fetchone()
             current = row[1] if row else 0
             if current != expected_mod_revision:
                 return None
-            return self._write(db, key, value, EventType.PUT, row[0] if row else None)
+            return self._write(db, key, value, EventType.PUT, row[0] if row else None, rev)
 
-        rev = await self._run(lambda db: self._transaction(db, body))
-        if rev is not None:
-            self._signal.changed()
-        return rev
+        return await self._commit(body)
 
     async def delete(self, key: str, expected_mod_revision: int | None = None) -> int | None:
-        def body(db: sqlite3.Connection) -> int | None:
+        def body(db: sqlite3.Connection, rev: int) -> int | None:
             row = db.execute("SELECT value, mod_rev FROM kv WHERE key=?", (key,)).fetchone()
             if row is None or (
                 expected_mod_revision is not None and row[1] != expected_mod_revision
             ):
                 return None
-            return self._write(db, key, row[0], EventType.DELETE, None)
+            return self._write(db, key, row[0], EventType.DELETE, None, rev)
 
-        rev = await self._run(lambda db: self._transaction(db, body))
-        if rev is not None:
-            self._signal.changed()
-        return rev
+        return await self._commit(body)
 
     async def list_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
         def read(db: sqlite3.Connection | None) -> tuple[list[KeyValue], int]:
@@ -280,6 +353,9 @@ class SqliteStore(Store):
                 db.close()
             self._db = None
 
+        if self._committer is not None:
+            with contextlib.suppress(Exception):
+                await self._committer  # the writes already acknowledged to nobody yet
         if self._db is not None:
             await self._run(close)
         self._signal.close()

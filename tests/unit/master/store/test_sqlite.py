@@ -4,6 +4,7 @@ transactions that roll back. The behaviour it shares with every store is in the 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import stat
@@ -103,3 +104,43 @@ async def test_a_deleted_value_is_gone_from_the_files_once_the_history_drops_it(
     assert await store.get("/nodes/n7") is not None
     await store.close()
     assert SECRET not in await bridge.run(path.read_bytes)
+
+
+async def test_concurrent_writes_share_transactions_and_each_sees_those_before_it(
+    tmp_path: Path, bridge: ThreadBridge
+) -> None:
+    """Group commit: writes that arrive while a commit runs go in one transaction together,
+    each with its own revision, applied in turn (one compare-and-swap of a key wins)."""
+    store = await SqliteStore.open(tmp_path / "store.db", bridge)
+    puts = [store.put(f"/nodes/n{i}", b"x") for i in range(100)]
+    swaps = [store.compare_and_swap("/nodes/race", f"{i}".encode(), 0) for i in range(20)]
+    results = await asyncio.gather(*puts, *swaps)
+    revisions = [r for r in results if r is not None]
+    assert sorted(revisions) == list(range(1, 102))  # 100 puts and the one swap that won
+    assert store.revision == 101
+    assert store.transactions < 100  # grouped (the first write commits alone)
+    winner = await store.get("/nodes/race")
+    assert winner is not None and winner.mod_revision in revisions
+    assert (await store.list_prefix("/nodes/"))[1] == 101
+    await store.close()
+    reopened = await SqliteStore.open(tmp_path / "store.db", bridge)
+    assert reopened.revision == 101 and len((await reopened.list_prefix("/nodes/"))[0]) == 101
+    await reopened.close()
+
+
+async def test_a_failed_group_fails_each_of_its_writes_and_the_store_goes_on(
+    tmp_path: Path, bridge: ThreadBridge
+) -> None:
+    store = await SqliteStore.open(tmp_path / "store.db", bridge)
+    rev = await store.put("/k", b"1")
+    # Every write of the next group fails (a read-only database), none is half-applied.
+    await bridge.run(lambda: store._db and store._db.execute("PRAGMA query_only=ON"))
+    results = await asyncio.gather(
+        *(store.put(f"/n{i}", b"x") for i in range(10)), return_exceptions=True
+    )
+    assert all(isinstance(r, StoreError) and "readonly" in str(r) for r in results), results
+    assert store.revision == rev
+    assert await store.list_prefix("/") == ([await store.get("/k")], rev)
+    await bridge.run(lambda: store._db and store._db.execute("PRAGMA query_only=OFF"))
+    assert await store.put("/n0", b"y") == rev + 1
+    await store.close()
