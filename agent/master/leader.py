@@ -117,7 +117,7 @@ class LeaseStore(Protocol):
 
     async def create_with_lease(
         self, key: str, value: bytes, lease: int
-    ) -> tuple[bool, KeyValue | None]: ...
+    ) -> tuple[bool, KeyValue | None, int]: ...
 
     async def get(self, key: str) -> KeyValue | None: ...
 
@@ -185,6 +185,8 @@ class EtcdElection:
         self.touched = asyncio.Event()  # set once etcd has answered (the master's start waits)
         self._why = "leader election: not started"
         self.terms = 0  # how many times this master became leader (tests, logs)
+        self.campaigns = 0  # rounds of _campaign (tests: a follower follows, not loops)
+        self.reads = 0  # a follower's reads of the key that found it held
 
     # -- the questions ------------------------------------------------------------------------
 
@@ -272,12 +274,15 @@ class EtcdElection:
     async def _campaign(self) -> None:
         """One round: try to take the key; lead until the lease is lost, or follow until the
         key is vacant. Returns to campaign again; raises StoreError when etcd does not answer."""
+        self.campaigns += 1
         sent = self._clock()
         lease, ttl = await self._store.lease_grant(self.ttl_s)
         self._lease, self._ttl_granted = lease, float(ttl)
         self._touch()
         try:
-            created, holder = await self._store.create_with_lease(LEADER_KEY, self._value, lease)
+            created, holder, revision = await self._store.create_with_lease(
+                LEADER_KEY, self._value, lease
+            )
         except StoreError:
             await self._revoke_quietly(lease)  # unused (cancelled: it expires by itself)
             raise
@@ -287,7 +292,7 @@ class EtcdElection:
         await self._revoke_quietly(lease)  # not leading: the key holds another master's lease
         if holder is None:
             return  # vacant again already: campaign at once
-        await self._follow(holder)
+        await self._follow(holder, revision)
 
     async def _lead(self, lease: int, valid_until: float) -> None:
         self._valid_until = valid_until
@@ -347,14 +352,16 @@ class EtcdElection:
             return True
         return False
 
-    async def _follow(self, holder: KeyValue) -> None:
-        """Follow ``holder`` until the key is vacant (return) or etcd does not answer
-        (StoreError): a watch for the deletion, and a read every third of the TTL."""
+    async def _follow(self, holder: KeyValue, revision: int) -> None:
+        """Follow ``holder`` (read at ``revision``) until the key is vacant (return) or etcd
+        does not answer (StoreError): a watch for the deletion from ``revision`` (the key's
+        own revision may be compacted long since: a leader's key lives as long as it leads),
+        and a read every third of the TTL."""
         self._confirm(holder_of(holder.value))
         vacant = asyncio.Event()
 
         async def watch() -> None:
-            async for event in self._store.watch(LEADER_KEY, holder.mod_revision):
+            async for event in self._store.watch(LEADER_KEY, revision):
                 if event.key != LEADER_KEY:
                     continue
                 if event.type is EventType.DELETE:
@@ -377,6 +384,7 @@ class EtcdElection:
                 if found is None:
                     self._vacant()
                     return
+                self.reads += 1
                 self._confirm(holder_of(found.value))
         finally:
             watcher.cancel()

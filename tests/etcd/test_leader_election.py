@@ -119,7 +119,7 @@ async def test_a_key_of_garbage_is_still_a_holder(etcd: EtcdServer, etcd_prefix:
     store = await EtcdStore.open([etcd.endpoint], prefix=etcd_prefix, tls=tls)
     try:
         lease, _ = await store.lease_grant(TTL_S)
-        created, _ = await store.create_with_lease(LEADER_KEY, b"\xff not json", lease)
+        created, _, _ = await store.create_with_lease(LEADER_KEY, b"\xff not json", lease)
         assert created
         async with candidate(etcd.endpoint, etcd_prefix, tls, "late") as (late, _):
             await until(lambda: late.leader() == "?", "the holder read as '?'")
@@ -128,3 +128,25 @@ async def test_a_key_of_garbage_is_still_a_holder(etcd: EtcdServer, etcd_prefix:
             await until(late.is_leader, "the late one leading once the key went")
     finally:
         await store.close()
+
+
+async def test_a_follower_follows_a_leader_whose_key_is_older_than_the_history(
+    etcd: EtcdServer, etcd_prefix: str
+) -> None:
+    """A leader's key keeps the revision it was created at for as long as it leads; once etcd
+    is compacted past it, a master starting then must still follow (its watch starts at the
+    revision it read the key at), not lose touch and campaign again and again."""
+    tls = etcd.ssl_context()
+    async with candidate(etcd.endpoint, etcd_prefix, tls, "old") as (old, _):
+        await until(old.is_leader, "the first leading")
+        writer = await EtcdStore.open([etcd.endpoint], prefix=etcd_prefix, tls=tls, history=1)
+        try:
+            for i in range(3):
+                await writer.put(f"/other/{i}", b"x")
+            await writer.compact_if_due()  # history of 1: compacted to the last put
+        finally:
+            await writer.close()
+        async with candidate(etcd.endpoint, etcd_prefix, tls, "new") as (new, _):
+            await until(lambda: new.reads >= 2, "the new one reading the held key twice")
+            assert new.leader() == "old" and new.campaigns == 1
+            assert new.in_touch_since() is not None

@@ -417,9 +417,9 @@ class EtcdStore(Store):
 
     async def create_with_lease(
         self, key: str, value: bytes, lease: int
-    ) -> tuple[bool, KeyValue | None]:
-        """Create ``key`` bound to ``lease`` if absent: (True, None); else (False, the key as
-        it stands; None if it went meanwhile)."""
+    ) -> tuple[bool, KeyValue | None, int]:
+        """Create ``key`` bound to ``lease`` if absent: (True, None, revision); else (False,
+        the key as it stands (None if it went meanwhile), the revision it was read at)."""
         what = f"create {key[:80]!r}"
         body = create_request(self._codec.encode(key), value, lease)
         return parse_create(await self._call("/v3/kv/txn", body, what), self._codec, key, what)

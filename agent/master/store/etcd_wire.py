@@ -293,14 +293,17 @@ def parse_keepalive(body: bytes, lease: int, what: str) -> int:
     return _int64(result, "TTL", what)
 
 
-def parse_create(body: bytes, codec: KeyCodec, key: str, what: str) -> tuple[bool, KeyValue | None]:
-    """The answer to :func:`create_request`: (created, the key as it stands when not created;
-    None if it went meanwhile)."""
+def parse_create(
+    body: bytes, codec: KeyCodec, key: str, what: str
+) -> tuple[bool, KeyValue | None, int]:
+    """The answer to :func:`create_request`: (created, the key as it stands when not created
+    (None if it went meanwhile), the revision of the answer: a watch of the key from there
+    misses nothing, however old the key's own revision)."""
     data = load_json(body, what)
     check_error(data, what)
     revision = header_revision(data, what)
     if _bool(data, "succeeded", what):
-        return True, None
+        return True, None, revision
     responses = data.get("responses", [])
     if not isinstance(responses, list) or len(responses) != 1:
         raise _fail(what, "a failed create without its one read")
@@ -309,11 +312,11 @@ def parse_create(body: bytes, codec: KeyCodec, key: str, what: str) -> tuple[boo
     if not isinstance(kvs, list) or len(kvs) > 1:
         raise _fail(what, "the read of a failed create is not one key at most")
     if not kvs:
-        return False, None
+        return False, None, revision
     item = parse_kv(kvs[0], codec, what)
     if item.key != key or item.mod_revision > revision:
         raise _fail(what, f"the read of a failed create answered {item.key[:80]!r}")
-    return False, item
+    return False, item, revision
 
 
 @dataclass(frozen=True, slots=True)

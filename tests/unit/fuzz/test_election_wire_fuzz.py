@@ -69,11 +69,12 @@ def test_valid_answers_parse_as_etcd_means_them() -> None:
     assert parse_keepalive(json.dumps(KEEPALIVE).encode(), LEASE, "t") == 10
     gone = {"result": {"header": HEADER, "ID": str(LEASE)}}  # etcd leaves out a TTL of 0
     assert parse_keepalive(json.dumps(gone).encode(), LEASE, "t") == 0
-    assert parse_create(json.dumps(WON).encode(), CODEC, KEY, "t") == (True, None)
-    created, holder = parse_create(json.dumps(LOST).encode(), CODEC, KEY, "t")
+    assert parse_create(json.dumps(WON).encode(), CODEC, KEY, "t") == (True, None, 40)
+    created, holder, revision = parse_create(json.dumps(LOST).encode(), CODEC, KEY, "t")
     assert not created and holder is not None and holder_of(holder.value) == "m1:6443"
+    assert revision == 40  # the answer's, not the key's (12): watched from there
     vanished = {"header": HEADER, "responses": [{"response_range": {"header": HEADER}}]}
-    assert parse_create(json.dumps(vanished).encode(), CODEC, KEY, "t") == (False, None)
+    assert parse_create(json.dumps(vanished).encode(), CODEC, KEY, "t") == (False, None, 40)
     assert parse_report(report_value(["a", "b-1"])) == ["a", "b-1"]
 
 
@@ -166,8 +167,9 @@ def test_only_our_error_or_a_bounded_answer_comes_out() -> None:
                 elif call == 1:
                     assert parse_keepalive(body, LEASE, "t") >= 0
                 else:
-                    created, holder = parse_create(body, CODEC, KEY, "t")
+                    created, holder, revision = parse_create(body, CODEC, KEY, "t")
                     assert holder is None or (not created and holder.key == KEY)
+                    assert holder is None or holder.mod_revision <= revision
                 parsed += 1
             except StoreError:
                 if call == 2:
