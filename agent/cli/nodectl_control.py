@@ -205,6 +205,13 @@ def main(argv: list[str] | None = None) -> int:
         pass
     except KeyboardInterrupt:
         return 130
+    # A plain exec with sessions off runs without asyncio and the full CLI (about a third
+    # less start-up); anything it does not take, or that did not start there, runs below.
+    from agent.cli.nodectl_lean import run_exec
+
+    code = run_exec(args)
+    if code is not None:
+        return code
     from agent.cli.nodectl import main as run_locally
 
     return run_locally(args)

@@ -191,6 +191,57 @@ def _exec_checks(master: MasterProcess, agent: AgentProcess, route: list[str]) -
     assert {e["who"] for e in sessions} == {who}
 
 
+# Runs nodectl's entry point and reports on stderr's last line which heavy modules it loaded.
+LEAN_PROBE = (
+    "import sys\n"
+    "from agent.cli.nodectl_control import main\n"
+    "code = main(sys.argv[1:])\n"
+    "heavy = ('asyncio', 'argparse', 'agent.cli.nodectl', 'agent.cli.nodectl_stream')\n"
+    "sys.stderr.write('\\nLOADED ' + ','.join(m for m in heavy if m in sys.modules) + '\\n')\n"
+    "sys.exit(code)\n"
+)
+
+
+def test_a_plain_exec_with_sessions_off_runs_without_asyncio(
+    cluster: tuple[MasterProcess, AgentProcess],
+) -> None:
+    """agent/cli/nodectl_lean.py: ``exec POD -- CMD`` with sessions off (the admin config's)
+    runs on the sans-IO multiplexer over a blocking socket — the same output, exit status and
+    node audit — and never loads asyncio, argparse or the full CLI. What the master refuses
+    (an unknown pod) is handed to the full client, which prints its usual error."""
+    master, agent = cluster
+    box = mirror_of(agent)
+
+    def probe(*args: str) -> tuple[int, str, str, str]:
+        done = subprocess.run(  # noqa: PLW1510 - the exit status is the point
+            [sys.executable, "-c", LEAN_PROBE, "--config", str(master.admin_conf), *args],
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            timeout=60,
+            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+            input="",
+        )
+        stderr, _, loaded = done.stderr.rstrip("\n").rpartition("\nLOADED ")
+        return done.returncode, done.stdout, stderr, loaded
+
+    script = "echo out; head -c 3000000 /dev/zero | tr '\\0' x; echo; echo err >&2; exit 3"
+    code, out, err, loaded = probe("exec", box, "-c", "web", "--", "sh", "-c", script)
+    assert (code, err, loaded) == (3, "err\n", "")
+    assert out == "out\n" + "x" * 3_000_000 + "\n"  # past half the 4 MiB window: WINDOW_UPDATEs
+    code, out, err, loaded = probe(
+        "--no-session", "exec", "-n", "default", box, "-c", "web", "--", "true"
+    )
+    assert (code, out, err, loaded) == (0, "", "", "")
+    audit = [json.loads(line) for line in agent.log_path.read_text().splitlines() if line]
+    assert [e["exit_code"] for e in audit if e.get("msg") == "exec session"][-2:] == [3, 0]
+    code, out, err, loaded = probe("exec", "ghost", "--", "true")
+    assert code == 1 and "ghost" in err and "agent.cli.nodectl" in loaded.split(",")
+    # Not the plain form: the full client from the start (stdin passed).
+    code, out, err, loaded = probe("exec", "-i", box, "-c", "web", "--", "cat")
+    assert (code, loaded.split(",")[0]) == (0, "asyncio")
+
+
 def test_exec_errors_are_clear(cluster: tuple[MasterProcess, AgentProcess]) -> None:
     master, agent = cluster
     box = mirror_of(agent)
