@@ -5,11 +5,10 @@ the agent moves to the other master (seen in that master's own view: the node Re
 renewed there, ``status.master`` naming it) without registering again, and the pod's container
 is the same container, not restarted.
 
-What does not hold yet (docs/decisions.md "The etcd store", the audit): leases are per master,
-so the other master sees the node NotReady until the agent renews there (its eviction is 300 s
-away: nothing is evicted in this test), and it starts after the registration (the order the
-test needs to know which master the node is on first). nodectl takes one server: the test asks
-the survivor through its own admin.conf."""
+The other master starts after the registration (the order the test needs to know which master
+the node is on first); the masters share their lease renewals and elect a leader since (the
+leader killed: tests/etcd/test_ha_acceptance.py). The test asks the survivor through its own
+admin.conf."""
 
 from __future__ import annotations
 
