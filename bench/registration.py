@@ -16,7 +16,10 @@ reconnects at its next renewal) and all are printed at the end; the exit status 
 there was any. The master runs with the registration rate limit lifted (5,000 nodes register
 from one address here) and, unless ``--master-nofile`` asks otherwise, with the descriptor
 limits the bench itself got: ``--master-nofile 1024`` starts it under a soft limit of 1,024,
-as from a login shell on a stock machine.
+as from a login shell on a stock machine. ``--ramp-s`` spreads the nodes' first renewals (each
+a TLS handshake with a client certificate) over more than one interval, as nodes that have just
+registered arrive at the registration rate; ``--nice`` runs the master and the simulators at
+a higher priority on a machine shared with other work.
 """
 
 from __future__ import annotations
@@ -144,6 +147,7 @@ async def renew_leases(
     first_index: int = 0,
     total: int | None = None,
     start_at: float | None = None,
+    ramp_s: float | None = None,
 ) -> tuple[list[float], list[float], collections.Counter[str]]:
     """All renewal latencies, those of the steady state (renewals that start after every
     node has connected once: the first renewal of each node carries its TLS handshake), and
@@ -165,7 +169,8 @@ async def renew_leases(
         contexts.append(ctx)
     start = start_at if start_at is not None else time.monotonic()
     await asyncio.sleep(max(0.0, start - time.monotonic()))
-    warmed_up = start + renew_s * 2
+    ramp_s = renew_s if ramp_s is None else ramp_s
+    warmed_up = start + max(ramp_s, renew_s) + renew_s
     deadline = start + duration_s
 
     parsed = urllib.parse.urlsplit(url)
@@ -179,8 +184,8 @@ async def renew_leases(
             f"PUT /v1/nodes/{name}/lease HTTP/1.1\r\nHost: {host}:{port}\r\n"
             "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
         ).encode()
-        # Spread the fleet over the renew interval, as real nodes are.
-        await asyncio.sleep(max(0.0, start + renew_s * index / total - time.monotonic()))
+        # Spread the fleet's first renewals over the ramp (by default one renew interval).
+        await asyncio.sleep(max(0.0, start + ramp_s * index / total - time.monotonic()))
         writer: asyncio.StreamWriter | None = None
         try:
             while time.monotonic() < deadline:
@@ -224,12 +229,22 @@ def lease_worker(
     job: tuple[Any, ...],
 ) -> tuple[list[float], list[float], collections.Counter[str]]:
     """One simulator process: its slice of the fleet, on its own event loop."""
-    url, ca, nodes, renew_s, duration_s, first, total, start_at, cpus = job
+    url, ca, nodes, renew_s, duration_s, first, total, start_at, cpus, nice, ramp_s = job
     if cpus:
         os.sched_setaffinity(0, cpus)
+    if nice:
+        renice(os.getpid(), nice)
     return uvloop.run(
         renew_leases(
-            url, ca, nodes, renew_s, duration_s, first_index=first, total=total, start_at=start_at
+            url,
+            ca,
+            nodes,
+            renew_s,
+            duration_s,
+            first_index=first,
+            total=total,
+            start_at=start_at,
+            ramp_s=ramp_s,
         )
     )
 
@@ -253,6 +268,8 @@ def renew_in_processes(
             len(nodes),
             start_at,
             simulator_cpus(args.pin),
+            args.nice,
+            args.ramp_s,
         )
         for i in range(0, len(nodes), size)
     ]
@@ -269,6 +286,14 @@ def simulator_cpus(pin: bool) -> set[int]:
     one machine gets to a fleet on other hosts (the master's latency is then not the
     simulators' scheduling)."""
     return set(range(1, os.cpu_count() or 1)) if pin else set()
+
+
+def renice(pid: int, nice: int) -> None:
+    """Every thread of ``pid`` at ``nice`` (setpriority acts on one thread; threads started
+    later inherit it). On a machine shared with other work, a negative value keeps the
+    measured processes from queueing behind it (root only)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
 
 
 def pin_process(pid: int, cpus: set[int]) -> None:
@@ -322,6 +347,9 @@ async def main_async(args: argparse.Namespace) -> int:
         print(f"master RLIMIT_NOFILE: soft {soft}, hard {hard}", flush=True)
         if args.pin:
             pin_process(master.proc.pid, {0})
+        if args.nice:
+            renice(master.proc.pid, args.nice)
+            renice(os.getpid(), args.nice)
         try:
             reg0 = proc.cpu_times()
             elapsed, issued = await register_all(master, args.nodes, root, errors)
@@ -406,6 +434,19 @@ def main() -> int:
         action=argparse.BooleanOptionalAction,
         default=(os.cpu_count() or 1) >= 2,
         help="master on CPU 0, simulators on the other CPUs (default with 2+ CPUs)",
+    )
+    parser.add_argument(
+        "--ramp-s",
+        type=float,
+        default=None,
+        help="spread the nodes' first renewals (their TLS handshakes) over this many seconds "
+        "(default: one renewal interval, the whole fleet connecting at once)",
+    )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="run the master, this process and the simulators at this nice value (root for < 0)",
     )
     parser.add_argument(
         "--master-nofile",
