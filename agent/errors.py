@@ -437,6 +437,15 @@ class InvalidObjectError(ServerError):
         self.causes: tuple[tuple[str, str], ...] = ()
 
 
+class StreamRefusedError(CliError):
+    """nodectl: a stream (exec, logs, port-forward) answered with an error status before it
+    started; ``status`` says which (a 502/503/504 from a master may go to another master)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class WatchDroppedError(CliError):
     """nodectl: a watch's connection failed or broke (the master restarting, a network); the
     watch reconnects with back-off and resumes."""

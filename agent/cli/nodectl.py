@@ -1057,11 +1057,14 @@ def _streaming(client: Client, args: argparse.Namespace) -> int | None:
             long_running = (args.stdin or args.tty) if args.command == "exec" else args.follow
             if persist and long_running:
                 _start_session(config_path(args.config), config.session_idle_timeout_s, wait=False)
-            code: int = ns.run(
-                lambda conn: ns.exec_or_logs(conn, args),
-                opener,
-                raw_tty=args.command == "exec" and args.tty,
-            )
+            run_session = lambda conn: ns.exec_or_logs(conn, args)  # noqa: E731
+            if not args.direct:  # refused with a 5xx: the next master (nodectl_servers)
+                again = args.command == "logs" or not (args.stdin or args.tty)
+                plain = run_session
+                run_session = lambda conn: client.servers.stream(  # noqa: E731
+                    conn, client.context, plain, again=again
+                )
+            code: int = ns.run(run_session, opener, raw_tty=args.command == "exec" and args.tty)
             if persist and not long_running:
                 _start_session(config_path(args.config), config.session_idle_timeout_s, wait=False)
             return code

@@ -18,9 +18,11 @@ been carried out is not sent again: after it was sent, only an idempotent method
 DELETE) is retried after a broken connection or a 502/504; a POST only when it never left (a
 failed connection) or was refused with a 503. ``-v`` prints one stderr line per switch.
 
-Streams (exec, logs, port-forward) fail over when their connection is opened; a stream that
-broke is not re-run elsewhere (an exec's command may have run). Watches (``get -w``) move to the
-next master whenever their connection fails or breaks, and resume at their revision.
+Streams (exec, logs, port-forward) fail over when their connection is opened; logs, and an
+exec without stdin, also when the master answers the stream 502, 503 or 504 (nothing ran, no
+input was read); a stream that broke is not re-run elsewhere (an exec's command may have run).
+Watches (``get -w``) move to the next master whenever their connection fails or breaks, and
+resume at their revision.
 
 Stdlib only, like nodectl's ``get`` path (``tests/unit/cli/test_nodectl_lazy.py``): the HTTP/2
 connection is imported by the opener of the streaming commands, which load it anyway.
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import sys
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from agent.errors import CliError, ServerError
@@ -183,6 +185,37 @@ class Servers:
                     raise
                 self.switch(str(exc))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def stream(
+        self,
+        conn: H2Connection,
+        ctx: ssl.SSLContext,
+        session: Callable[[H2Connection], Awaitable[T]],
+        *,
+        again: bool,
+    ) -> T:
+        """``session(conn)``; when it was refused with a 502/503/504 and ``again`` (it read no
+        input: logs, an exec without stdin), the same on the next masters' connections (each
+        closed after its turn; ``conn`` is the caller's)."""
+        from agent.errors import StreamRefusedError
+
+        tried = 1
+        current = conn
+        try:
+            while True:
+                try:
+                    return await session(current)
+                except StreamRefusedError as exc:
+                    if not again or exc.status not in FAILOVER_STATUSES or tried >= len(self.urls):
+                        raise
+                    self.switch(f"answered {exc.status}")
+                    if current is not conn:
+                        await current.shutdown("failed over", grace_s=1.0)
+                    tried += 1
+                    current = await self.open_master(ctx)
+        finally:
+            if current is not conn:
+                await current.shutdown("done", grace_s=1.0)
 
 
 def config_servers(config: Any) -> tuple[str, ...]:

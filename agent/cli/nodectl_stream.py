@@ -25,7 +25,7 @@ from typing import Any
 from agent.aio import hops
 from agent.aio.h2conn import H2Connection, H2Stream, connect
 from agent.aio.splice import SocketSplice
-from agent.errors import CliError, ConnectionClosedError, StreamingError
+from agent.errors import CliError, ConnectionClosedError, StreamingError, StreamRefusedError
 from agent.names import escape, quote
 from agent.proto import execframe
 from agent.proto.execframe import Channel
@@ -109,7 +109,8 @@ async def _error_of(stream: H2Stream) -> str:
 async def _response(stream: H2Stream) -> None:
     await stream.response()
     if stream.status != 200:
-        raise CliError(f"Error from node ({stream.status}): {await _error_of(stream)}")
+        message = f"Error from node ({stream.status}): {await _error_of(stream)}"
+        raise StreamRefusedError(stream.status, message)
 
 
 # -- exec ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,7 @@ from agent.cli.nodectl_servers import (
     Servers,
     parse_servers,
 )
-from agent.errors import CliError, ServerError
+from agent.errors import CliError, ServerError, StreamRefusedError
 from tests.unit.pki.test_master_mark import Pki, pki, tls_server  # noqa: F401  (fixture)
 
 A, B, C = "https://10.0.0.1:6443", "https://10.0.0.2:6443", "https://m3.example:7443"
@@ -294,3 +295,80 @@ def _mute_server(pki: Pki, received: list[bytes]) -> Iterator[str]:  # noqa: F81
     finally:
         listener.close()
         thread.join(10.0)
+
+
+# -- streams refused by a master ----------------------------------------------------------
+
+
+class FakeConn:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.shut = False
+
+    async def shutdown(self, reason: str, grace_s: float) -> None:
+        self.shut = True
+
+
+def refusing(*statuses: int) -> tuple[list[str], Any]:
+    """A session refused with each status in turn (then answered), and where it ran."""
+    ran: list[str] = []
+    left = list(statuses)
+
+    async def session(conn: Any) -> str:
+        ran.append(conn.name)
+        if left:
+            status = left.pop(0)
+            raise StreamRefusedError(status, f"Error from node ({status}): no")
+        return f"ran on {conn.name}"
+
+    return ran, session
+
+
+def opening(servers: Servers) -> list[FakeConn]:
+    """``servers.open_master`` made to hand out a fake connection to the current master."""
+    opened: list[FakeConn] = []
+
+    async def open_master(ctx: object) -> FakeConn:
+        opened.append(FakeConn(servers.current))
+        return opened[-1]
+
+    servers.open_master = open_master  # type: ignore[method-assign,assignment]
+    return opened
+
+
+async def test_a_stream_refused_with_a_503_runs_on_the_next_master() -> None:
+    err = io.StringIO()
+    servers = Servers((A, B, C), verbose=True, err=err)
+    opened = opening(servers)
+    ran, session = refusing(503, 502)
+    first = FakeConn(A)
+    answer = await servers.stream(first, None, session, again=True)  # type: ignore[arg-type]
+    assert answer == f"ran on {C}" and ran == [A, B, C]
+    assert [c.name for c in opened] == [B, C] and all(c.shut for c in opened)
+    assert not first.shut  # the caller's: the caller closes it
+    assert err.getvalue().splitlines() == [
+        f"nodectl: {A}: answered 503; switching to {B}",
+        f"nodectl: {B}: answered 502; switching to {C}",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("statuses", "again"),
+    [
+        ((503,), False),  # an exec with stdin: its input may have been read
+        ((404,), True),  # the pod is not there: nor on another master
+        ((500,), True),
+        ((503, 503, 503), True),  # every master refused: the last refusal
+    ],
+)
+async def test_a_stream_is_not_run_again_when_it_must_not_be(
+    statuses: tuple[int, ...], again: bool
+) -> None:
+    servers = Servers((A, B, C))
+    opened = opening(servers)
+    ran, session = refusing(*statuses)
+    with pytest.raises(StreamRefusedError) as caught:
+        await servers.stream(FakeConn(A), None, session, again=again)  # type: ignore[arg-type]
+    assert caught.value.status == statuses[-1]
+    assert len(ran) == len(statuses) if again and statuses[0] == 503 else ran == [A]
+    assert all(c.shut for c in opened)
