@@ -1,7 +1,9 @@
 """What the leader election changes in one master (agent.master.leader, agent.master.renewals),
 without etcd: the registry judges a node NotReady only while it sees every renewal (a master out
 of touch says Unknown, ``MasterOutOfTouch``, and counts NotReady time from when its view came
-back), renewals reported by other masters count as renewals (names of unknown nodes skipped),
+back), renewals reported by other masters count as renewals (names of unknown nodes skipped;
+two masters' registries on one memory store: a renewal at one reaches the other, a report that
+cannot be written makes the master refuse renewals until one is written again),
 /readyz and /metrics say who leads, a master that cannot pass renewals on refuses them with
 503, and the leader-only loops (eviction, registration expiry) do nothing on a follower.
 
@@ -15,9 +17,13 @@ from typing import NoReturn
 import pytest
 
 from agent.aio.tasks import Supervisor
+from agent.errors import StoreError
+from agent.master import renewals
 from agent.master.api import MasterApi
 from agent.master.app import Eviction, RegistrationExpiry
-from tests.unit.master.rig import LEASE_GRACE_S, MasterRig, NodeKey
+from agent.master.pki_files import ClusterPki
+from agent.master.store.memory import MemoryStore
+from tests.unit.master.rig import LEASE_GRACE_S, MasterRig, NodeKey, make_rig
 from tests.unit.master.test_api import NOBODY, call, fails, node_caller
 
 pytestmark = pytest.mark.usefixtures("blockbuster")
@@ -184,3 +190,60 @@ async def test_a_follower_neither_evicts_nor_expires_registrations(rig: MasterRi
     assert calls == []  # asked ten times, did nothing
     leader = Counted(leads=True)
     await run_loops(rig, leader, both)
+
+
+class FlakyStore(MemoryStore):
+    """A memory store whose puts fail while ``failing`` (etcd away for the reports); the
+    events say a put failed, and one went through again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = False
+        self.refused = asyncio.Event()
+        self.accepted = asyncio.Event()
+
+    async def put(self, key: str, value: bytes) -> int:
+        if self.failing:
+            self.refused.set()
+            raise StoreError("etcd: no endpoint answers (connection refused)")
+        revision = await super().put(key, value)
+        self.accepted.set()
+        return revision
+
+
+async def test_renewals_reach_the_other_master_through_the_store(
+    cluster_pki: ClusterPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(renewals, "REPORT_EVERY_S", 0.01)
+    store = FlakyStore()
+    a, b = make_rig(cluster_pki, store=store), make_rig(cluster_pki, store=store)
+    await a.register(NodeKey("n1"))
+    await b.registry.load()  # b knows the record, not the lease
+    became_ready = asyncio.Event()
+    at_a = renewals.RenewalExchange(store, a.registry, "a:1")
+    at_b = renewals.RenewalExchange(store, b.registry, "b:1", on_ready=became_ready.set)
+    tasks = [asyncio.create_task(t) for t in (at_a.report(), at_a.follow(), at_b.follow())]
+    try:
+        async with asyncio.timeout(30):
+            await at_a.following.wait()
+            await at_b.following.wait()
+            assert at_b.since() is not None and at_b.refused() == ""
+            b.clock.advance(LEASE_GRACE_S + 1)
+            assert b.registry.readiness("n1") == ("False", "NodeLeaseExpired")
+            a.registry.renew_lease("n1")  # at master a only
+            await became_ready.wait()
+            assert b.registry.readiness("n1") == ("True", "NodeLeaseCurrent")
+            store.failing = True  # a's reports fail: a refuses renewals, keeps the names
+            a.registry.renew_lease("n1")
+            store.refused.clear()
+            await store.refused.wait()  # the report after it failed
+            assert at_a.refused().startswith("renewals cannot be reported to the other masters")
+            store.failing = False
+            store.accepted.clear()
+            await store.accepted.wait()  # the next one went through
+            assert at_a.refused() == "" and a.registry.take_renewed() == []  # n1 went with it
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+        await store.close()
