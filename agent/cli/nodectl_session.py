@@ -310,7 +310,14 @@ class SessionHolder:
     ) -> int:
         try:
             with ns.raw_terminal(args.command == "exec" and args.tty, stdio.stdin):
-                return await ns.exec_or_logs(conn, args, stdio, resized)
+                # Refused with a 5xx: on the next master, as the invocation would do.
+                again = args.command == "logs" or not (args.stdin or args.tty)
+                return await self.servers.stream(
+                    conn,
+                    self.context,
+                    lambda c: ns.exec_or_logs(c, args, stdio, resized),
+                    again=again,
+                )
         except CliError as exc:
             await stdio.write(stdio.stderr, f"nodectl: {exc}\n".encode())
             return exc.code

@@ -13,12 +13,14 @@ import socket
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from agent.cli import nodectl
 from agent.cli import nodectl_stream as ns
+from agent.cli.nodectl_servers import Servers
 from agent.errors import CliError, ServerError
 from tests.helpers import REPO_ROOT
 
@@ -246,7 +248,9 @@ def test_a_session_ends_a_command_whose_output_closed_as_a_local_run_does(
     try:
         stdio = ns.Stdio(0, 1, err_w)
         args = argparse.Namespace(command="logs", tty=False)
-        command = session.SessionHolder._command(None, None, args, stdio, asyncio.Event())  # type: ignore[arg-type]
+        # The holder's masters (one: the command runs once) and TLS context (not used here).
+        holder = SimpleNamespace(servers=Servers(("https://127.0.0.1:6443",)), context=None)
+        command = session.SessionHolder._command(holder, None, args, stdio, asyncio.Event())  # type: ignore[arg-type]
         assert asyncio.run(command) == nodectl.EXIT_SIGPIPE
         os.close(err_w)
         err_w = -1

@@ -6,6 +6,7 @@ answers, and one that refuses, both passed over for the next within the connect 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import socket
@@ -372,3 +373,31 @@ async def test_a_stream_is_not_run_again_when_it_must_not_be(
     assert caught.value.status == statuses[-1]
     assert len(ran) == len(statuses) if again and statuses[0] == 503 else ran == [A]
     assert all(c.shut for c in opened)
+
+
+async def test_a_session_holder_runs_a_refused_logs_on_the_next_master(
+    pki: Pki,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The ``nodectl session`` holder runs exec and logs for later invocations: a refused
+    stream moves on there as in the invocation."""
+    from agent.cli import nodectl_session
+    from agent.cli import nodectl_stream as ns
+
+    config = nodectl.ClientConfig(A, pki.ca_pem.decode(), *pki.admin, servers=(A, B))
+    holder = nodectl_session.SessionHolder(str(tmp_path / "conf"), config)
+    opened = opening(holder.servers)
+    ran: list[str] = []
+
+    async def logs(conn: Any, *_: object) -> int:
+        ran.append(conn.name)
+        if conn.name == A:
+            raise StreamRefusedError(503, "Error from node (503): store away")
+        return 0
+
+    monkeypatch.setattr(ns, "exec_or_logs", logs)
+    args = nodectl.parse_args(["logs", "web"])
+    code = await holder._command(FakeConn(A), args, ns.Stdio(), asyncio.Event())  # type: ignore[arg-type]
+    assert code == 0 and ran == [A, B]
+    assert [c.name for c in opened] == [B] and opened[0].shut
