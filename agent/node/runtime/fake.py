@@ -306,6 +306,12 @@ class FakeRuntime:
     def clear_faults(self) -> None:
         self._faults.clear()
 
+    @property
+    def events_pending(self) -> int:
+        """Events emitted that an open ``events()`` stream has not taken yet (a test waits for
+        0 before it starts counting what later events cause)."""
+        return sum(queue.qsize() for queue in self._subscribers)
+
     def set_down(self, down: bool = True) -> None:
         """The engine stops (or starts again) answering: while down every call raises
         RuntimeUnavailableError, and every open ``events()`` stream ends now. Containers keep
