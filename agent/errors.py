@@ -112,6 +112,11 @@ class ForbiddenError(AgentError):
     http_status = 403
 
 
+class TicketError(ForbiddenError):
+    """A direct-stream ticket refused: malformed, not signed by the master, expired, used
+    before, or for another node, pod, action, parameters or user (``agent.proto.tickets``)."""
+
+
 class RegistrationRefusedError(ForbiddenError):
     """The master's trust policy refuses this node's registration (master side)."""
 

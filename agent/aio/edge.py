@@ -64,6 +64,7 @@ from agent.proto.authz import (
 )
 from agent.proto.jsonbody import JSON_MEDIA_TYPE, check_content_type, decode_object
 from agent.proto.routes import RouteMatch, RouteTable, Subject
+from agent.proto.tickets import check_request
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +229,10 @@ class Edge:
         http2: bool,
     ) -> ApiRequest:
         match = self.table.match(method, target)
-        caller = await self._caller(match, self.gate.principal(peer_der, headers))
+        principal = self.gate.principal(peer_der, headers)
+        if principal.ticket is not None:  # a master's ticket: for its one request only
+            check_request(principal.ticket, match, self.owner)
+        caller = await self._caller(match, principal)
         decision = decide(match.route.name, caller.kind)
         if decision is Decision.UNAUTHENTICATED:
             raise UnauthenticatedError(refusal(match, caller, self.owner))

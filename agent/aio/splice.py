@@ -61,12 +61,19 @@ class SocketSplice(asyncio.BufferedProtocol):
         self._read_paused = False
         self._socket_eof = False
         self._stream_ended = False
+        # Read before there was a stream (see data_received); one read at most.
+        self._early = b""
 
     # -- starting ------------------------------------------------------------------------
 
     def send_from_socket(self, stream: H2Stream) -> None:
         self._stream = stream
         stream.on_writable(self._resume_reading)
+        early, self._early = self._early, b""
+        if early:
+            self._forward(early)
+        if self._socket_eof and not stream.failed:  # the client half-closed already
+            stream.end_nowait()
         self._resume_reading()
 
     def deliver_to_socket(self) -> None:
@@ -106,7 +113,19 @@ class SocketSplice(asyncio.BufferedProtocol):
     def data_received(self, data: bytes) -> None:
         if hops.RECORDER is not None:
             hops.RECORDER.mark(self._read_point, hops.Side.NONE, len(data))
-        assert self._stream is not None  # reading is paused until there is one
+        if self._stream is None:
+            # uvloop starts reading an accepted socket after connection_made, whatever that
+            # paused: an eager client's first bytes can come before the stream exists (nodectl
+            # asking the master for a ticket first). Kept, and the socket paused for real.
+            self._early += data
+            if self._transport is not None:
+                self._read_paused = True
+                self._transport.pause_reading()
+            return
+        self._forward(data)
+
+    def _forward(self, data: bytes) -> None:
+        assert self._stream is not None
         self.from_socket += len(data)
         try:
             more = self._stream.write_nowait(data)

@@ -1069,14 +1069,20 @@ def _streaming(client: Client, args: argparse.Namespace) -> int | None:
                 _start_session(config_path(args.config), config.session_idle_timeout_s, wait=False)
             return code
         pairs = ns.parse_ports(args.ports)
-        with contextlib.suppress(KeyboardInterrupt):
-            ns.run(
-                lambda conn: ns.port_forward_session(
-                    conn, args.namespace, args.pod, pairs, args.address
-                ),
-                opener,
-                bulk=True,
+        if args.direct and args.relay:
+            raise CliError("--direct and --relay exclude each other", EXIT_USAGE)
+        session = lambda conn: ns.port_forward_session(  # noqa: E731
+            conn, args.namespace, args.pod, pairs, args.address
+        )
+        if not (args.direct or args.relay):  # by the master's tickets where it allows them
+            from agent.cli import nodectl_tickets as nt
+
+            node_ctx = client_context(config, check_hostname=False)
+            session = lambda conn: nt.port_forward(  # noqa: E731
+                conn, node_ctx, args.namespace, args.pod, pairs, args.address
             )
+        with contextlib.suppress(KeyboardInterrupt):
+            ns.run(session, opener, bulk=True)
         return None
     except KeyboardInterrupt:
         return 130
@@ -1375,6 +1381,12 @@ def _parser() -> argparse.ArgumentParser:
         if streaming is not forward:
             streaming.add_argument("-c", "--container")
         streaming.add_argument("pod")
+    forward.add_argument(
+        "--relay",
+        action="store_true",
+        help="through the master's relay, even where its ticket would let the bytes go "
+        "straight to the node",
+    )
     exe.epilog = "the command follows --, as with kubectl: nodectl exec POD -- ls -l"
     # kubectl's deprecated ``exec POD CMD…`` (no ``--``): run, with kubectl's hint.
     exe.add_argument("legacy_cmd", nargs="*", help=argparse.SUPPRESS)

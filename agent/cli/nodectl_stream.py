@@ -18,7 +18,7 @@ import signal
 import ssl
 import sys
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -362,9 +362,12 @@ async def port_forward_session(
     pairs: list[PortPair],
     address: str,
     ready: Callable[[list[tuple[int, int]]], None] | None = None,
+    open_stream: Callable[[str], Awaitable[H2Stream]] | None = None,
 ) -> None:
-    """Listen locally; every accepted connection is a new stream on ``conn``. One failing
-    connection is reported and the session goes on; Ctrl-C or the connection ending stops it."""
+    """Listen locally; every accepted connection is a new stream on ``conn`` (or one from
+    ``open_stream``, given the request's path: the ticket path, agent.cli.nodectl_tickets). One
+    failing connection is reported and the session goes on; Ctrl-C or the connection ending
+    stops it."""
     base = f"/v1/namespaces/{urllib.parse.quote(namespace)}/pods/{urllib.parse.quote(pod)}"
 
     active: set[asyncio.Task[Any]] = set()
@@ -372,7 +375,11 @@ async def port_forward_session(
 
     async def forward(splice: SocketSplice, remote: int) -> None:
         try:
-            stream = await conn.request("POST", f"{base}/portforward?port={remote}")
+            path = f"{base}/portforward?port={remote}"
+            if open_stream is None:
+                stream = await conn.request("POST", path)
+            else:
+                stream = await open_stream(path)
             # The client may speak first: its bytes go out before the response is known.
             splice.send_from_socket(stream)
             await _response(stream)

@@ -49,6 +49,7 @@ from agent.errors import (
     CompactedError,
     JsonNumberTooLongError,
     NotFoundError,
+    RuntimeUnavailableError,
     StoreError,
 )
 from agent.manifest import parse_pod
@@ -59,6 +60,7 @@ from agent.master.nodeevents import parse_report
 from agent.master.pods import CREATED, PodStore, mirror_name, pod_object
 from agent.master.policy import effective_peer
 from agent.master.registry import NodeRegistry
+from agent.master.tickets import TicketIssuer
 from agent.master.tokens import DEFAULT_TTL_S, check_description, check_labels, check_usages
 from agent.master.usage import UsageBook, parse_usage, window
 from agent.names import quote
@@ -169,7 +171,10 @@ class MasterApi:
             "tokens.create": self.create_token,
             "tokens.list": self.list_tokens,
             "tokens.delete": self.delete_token,
+            "tickets.create": self.create_ticket,
         }
+        # Set by the composition root once the proxy identity exists (agent.master.app).
+        self.tickets: TicketIssuer | None = None
 
     async def sample_loop_lag(self) -> None:
         loop = asyncio.get_running_loop()
@@ -686,3 +691,9 @@ class MasterApi:
         await self.registry.tokens.delete(token_id)
         log.info("join token deleted", extra=kv(token=token_id, by=request.principal.name))
         return json_response({"deleted": token_id})
+
+    async def create_ticket(self, request: ApiRequest) -> ApiResponse:
+        """``POST /v1/tickets``: a direct-stream ticket (agent.master.tickets)."""
+        if self.tickets is None:
+            raise RuntimeUnavailableError("this master issues no stream tickets yet (starting)")
+        return await self.tickets.create(request)

@@ -53,6 +53,7 @@ from agent.master.renewals import RenewalExchange
 from agent.master.store.base import Store
 from agent.master.store.etcd import EtcdStore, tls_context
 from agent.master.store.sqlite import SqliteStore
+from agent.master.tickets import TicketIssuer, read_signer
 from agent.pki.core import certs_from_pem
 from agent.proto.routes import MASTER_ROUTES
 
@@ -248,6 +249,12 @@ class Master:
             proxy_cert=proxy_cert,
             proxy_key=proxy_key,
             ca_file=pki.ca_cert_path,
+        )
+        self.api.tickets = TicketIssuer(
+            signer=await self.bridge.run(read_signer, proxy_cert, proxy_key),
+            pod_node=self._pod_node,
+            node_endpoint=self._node_endpoint,
+            enabled=lambda: self.config.direct_tickets != "never",  # follows a SIGHUP reload
         )
         # One edge, one set of handlers, both protocols: every JSON route over HTTP/1.1
         # (aiohttp) and HTTP/2; the stream routes (the proxy) over HTTP/2.

@@ -30,6 +30,8 @@ DEFAULT_PENDING_REGISTRATION_TTL_S = 24 * 3600.0
 DEFAULT_REGISTRATION_RATE_PER_S = 5.0
 DEFAULT_REGISTRATION_BURST = 50
 
+DIRECT_TICKETS = ("auto", "never")  # [master] direct_tickets (docs/streaming.md)
+
 MASTER_KEYS: tuple[Key, ...] = (
     Key("listen", str, "HOST:PORT of the HTTPS API"),
     Key("data_dir", Path, "state: pki/, store.db"),
@@ -53,6 +55,13 @@ MASTER_KEYS: tuple[Key, ...] = (
     ),
     Key("log_format", str, "log line format", choices=("kv", "json")),
     Key("log_level", str, "log level", choices=("debug", "info", "warning", "error")),
+    Key(
+        "direct_tickets",
+        str,
+        "auto: nodectl port-forward gets a ticket and goes straight to the node (the relay if "
+        "the node is unreachable); never: every stream through the master's relay",
+        choices=DIRECT_TICKETS,
+    ),
 )
 REGISTRATION_KEYS: tuple[Key, ...] = (
     Key("trust", list, "ordered trust rules; the first that admits wins", choices=TRUST_RULES),
@@ -141,6 +150,7 @@ class MasterConfig:
     store_history_revisions: int = 10_000
     log_format: str = "kv"
     log_level: str = "info"
+    direct_tickets: str = "auto"
     registration: RegistrationPolicy = field(default_factory=RegistrationPolicy)
     store: StoreConfig = field(default_factory=StoreConfig)
     path: Path | None = None
@@ -330,6 +340,7 @@ listen = "{listen}"
 # store_history_revisions = 10000 # changes kept for watches to resume from
 # log_format = "kv"          # or "json"
 # log_level = "info"
+# direct_tickets = "auto"    # "never": port-forward always through this master's relay
 
 [registration]
 # Ordered trust rules; the first that admits a node wins, "approval" queues it for an admin,

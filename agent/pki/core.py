@@ -398,14 +398,14 @@ def _proxied_user(proxy: Identity, headers: Mapping[str, str] | None) -> Princip
         note = "the master's proxy must say which user it acts for"
         return Principal(Role.PROXY, proxy.common_name, proxy.groups, note=note)
     groups = tuple(g for g in headers.get(GROUPS_HEADER, "").split(",") if g)
-    role = (
-        Role.ADMIN
-        if MASTERS_GROUP in groups
-        else Role.VIEWER
-        if VIEWERS_GROUP in groups
-        else Role.USER
-    )
-    return Principal(role, f"{user} (via {proxy.common_name})", groups)
+    return Principal(role_of_groups(groups), f"{user} (via {proxy.common_name})", groups)
+
+
+def role_of_groups(groups: Sequence[str]) -> Role:
+    """The role of a user the master vouches for (its proxy's headers, its tickets)."""
+    if MASTERS_GROUP in groups:
+        return Role.ADMIN
+    return Role.VIEWER if VIEWERS_GROUP in groups else Role.USER
 
 
 def verify_issued_by(

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agent.proto.routes import RouteMatch
+from agent.proto.tickets import Ticket
 
 # Set by the master's streaming proxy on the streams it relays to a node: the user it acts for
 # and that user's groups (comma-separated). A node believes them from the proxy identity only.
@@ -67,6 +68,9 @@ class Principal:
     key_id: str = ""  # NODE: sha256 of its public key, checked against the node's record
     cert_der: bytes | None = None  # FLEET: the certificate, for the registration policy
     note: str = ""  # why a presented certificate did not count for more
+    # A user acting by a master's ticket (node API): the request it allows is checked by the
+    # edge (agent.proto.tickets.check_request) before any handler runs.
+    ticket: Ticket | None = None
 
 
 ANONYMOUS = Principal(Role.ANONYMOUS)
@@ -159,6 +163,9 @@ RULES: Mapping[str, frozenset[CallerKind]] = {
     "pods.exec": _ADMINS,
     "pods.portforward": _ADMINS,
     "pods.logs": _READERS,
+    # A ticket for a stream: asked by whoever may read; the stream's own rule above then
+    # decides (a viewer gets logs tickets only: agent.master.tickets).
+    "tickets.create": _READERS,
 }
 
 _CODE_EXECUTION = frozenset({"pods.exec", "pods.portforward"})

@@ -221,6 +221,8 @@ MASTER_ROUTES = RouteTable(
         Route("tokens.create", "POST", ("v1", "tokens")),
         Route("tokens.list", "GET", ("v1", "tokens")),
         Route("tokens.delete", "DELETE", ("v1", "tokens", "{token}")),
+        # A direct-stream ticket for one exec/port-forward/logs request (agent.master.tickets).
+        Route("tickets.create", "POST", ("v1", "tickets")),
         *_stream_routes(Subject.NONE),
     ],
 )

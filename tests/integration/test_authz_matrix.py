@@ -95,6 +95,7 @@ ALLOWED: dict[str, dict[str, int]] = {
         "tokens.create": 400,  # an optional body, but not a JSON object
         "tokens.list": 200,
         "tokens.delete": 404,
+        "tickets.create": 400,  # a body, but not a JSON object
     },
     "node": {
         "healthz": 200,

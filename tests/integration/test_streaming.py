@@ -479,7 +479,7 @@ def port_forward(
     box = mirror_of(agent)
     procs: list[subprocess.Popen[str]] = []
 
-    def start(*ports: str, direct: bool = False) -> dict[int, int]:
+    def start(*ports: str, direct: bool = False, relay: bool = False) -> dict[int, int]:
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -489,6 +489,7 @@ def port_forward(
                 str(master.admin_conf),
                 "port-forward",
                 *(["--direct"] if direct else []),
+                *(["--relay"] if relay else []),
                 box,
                 *ports,
             ],
@@ -530,11 +531,15 @@ def _curl(port: int) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("direct", [False, True], ids=["via-master", "direct"])
+@pytest.mark.parametrize("route", ["ticket", "relay", "direct"])
 def test_port_forward_http_pod_localhost_and_refused_port(
-    port_forward: Callable[..., dict[int, int]], direct: bool
+    port_forward: Callable[..., dict[int, int]], route: str
 ) -> None:
-    local = port_forward("0:8080", "0:9090", "0:7777", direct=direct)
+    # By default through the master's ticket straight to the node (test_stream_tickets.py),
+    # with --relay through the master's relay, with --direct straight to the node.
+    local = port_forward(
+        "0:8080", "0:9090", "0:7777", direct=route == "direct", relay=route == "relay"
+    )
     assert _curl(local[8080]).stdout == "public\n"
     assert _curl(local[9090]).stdout == "private\n"  # bound to the pod's 127.0.0.1 only
     refused = _curl(local[7777])

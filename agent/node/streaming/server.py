@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,14 @@ from agent.aio.edge import (
 from agent.aio.logs import kv
 from agent.aio.tls import server_context
 from agent.config import split_host_port
+from agent.errors import TicketError
 from agent.node.pods.manager import PodManager
 from agent.node.runtime.base import Runtime
 from agent.node.streaming.api import PortConnector, StreamingApi, connect_in_netns
-from agent.pki.core import certs_from_pem, principal_of
-from agent.proto.authz import Principal
+from agent.pki.core import certs_from_pem, principal_of, role_of_groups
+from agent.pki.tickets import Verifier
+from agent.proto import tickets
+from agent.proto.authz import Principal, Role
 from agent.proto.routes import NODE_ROUTES
 
 log = logging.getLogger(__name__)
@@ -53,8 +57,14 @@ class NodeApi:
         streaming_runtime: Runtime | None = None,
         run_blocking: Any = None,
         port_connector: PortConnector = connect_in_netns,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._pods = pods
+        self._clock = clock
+        # Tickets issued before this start are refused: the replay cache starts empty.
+        self._started = clock()
+        self._replay = tickets.ReplayCache()
+        self._verifier = Verifier([])
         self._node_name = node_name
         self._host, self._port = split_host_port(addr, "api_addr")
         self._listener: EdgeListener | None = None
@@ -84,6 +94,7 @@ class NodeApi:
     def build_tls(self, cert: Path, key: Path, ca_pem: bytes) -> ssl.SSLContext:
         """Blocking (reads files): call through the thread bridge."""
         self._ca = certs_from_pem(ca_pem)
+        self._verifier = Verifier(self._ca)
         return server_context(cert, key, client_ca_pems=[ca_pem], require_client_cert=True)
 
     async def start(self, tls: ssl.SSLContext) -> None:
@@ -116,7 +127,34 @@ class NodeApi:
 
     def principal(self, peer_der: bytes | None, headers: Mapping[str, str]) -> Principal:
         # The master's proxy is believed about the user it acts for (and only it is).
+        token = headers.get(tickets.HEADER)
+        if token is not None:
+            return self._ticket_principal(peer_der, token)
         return principal_of(peer_der, self._ca, proxied=headers)
+
+    def _ticket_principal(self, peer_der: bytes | None, token: str) -> Principal:
+        """The user a master's ticket names, on that user's own connection: the certificate
+        authenticated the connection, the ticket says what the master allowed it (its groups
+        are the ones the authorization table is applied to). Checked here: the signature,
+        the times, the node, the holder; used up here (single use, even when the request it
+        comes with turns out not to be the one it allows: the edge checks that next)."""
+        holder = principal_of(peer_der, self._ca)
+        if holder.role not in (Role.ADMIN, Role.VIEWER, Role.USER):
+            raise TicketError("a ticket is accepted only on a user's own connection")
+        now = self._clock()
+        ticket = self._verifier.verify(token, now)
+        tickets.check_times(ticket, now, self._started)
+        if ticket.node != self._node_name:
+            raise TicketError(
+                f"ticket {ticket.short_id} is for node {ticket.node!r}, not {self._node_name!r}"
+            )
+        if ticket.user != holder.name:
+            raise TicketError(
+                f"ticket {ticket.short_id} was issued to {ticket.user!r}, not {holder.name!r}"
+            )
+        self._replay.use(ticket, now)
+        name = f"{ticket.user} (ticket {ticket.short_id} from the master)"
+        return Principal(role_of_groups(ticket.groups), name, ticket.groups, ticket=ticket)
 
     def is_current(self, principal: Principal) -> bool:
         # The node keeps no registry: a certificate of the cluster CA naming this node is it.

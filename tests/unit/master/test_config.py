@@ -66,6 +66,7 @@ disruption_threshold = 1.0
 store_history_revisions = 50
 log_format = "json"
 log_level = "debug"
+direct_tickets = "never"
 
 [registration]
 trust = ["client-cert", "ip-allowlist", "approval", "open"]
@@ -92,6 +93,7 @@ registration_burst = 3
         store_history_revisions=50,
         log_format="json",
         log_level="debug",
+        direct_tickets="never",
         registration=RegistrationPolicy(
             trust=("client-cert", "ip-allowlist", "approval", "open"),
             allowed_cidrs=("10.0.0.0/8", "fd00::/8"),
@@ -115,7 +117,7 @@ registration_burst = 3
     # The test above sets every key there is.
     set_keys = {"listen", "data_dir", "node_cert_lifetime_s", "lease_renew_s", "lease_grace_s"}
     set_keys |= {"pod_eviction_timeout_s", "disruption_threshold", "store_history_revisions"}
-    set_keys |= {"log_format", "log_level"}
+    set_keys |= {"log_format", "log_level", "direct_tickets"}
     assert {k.name for k in MASTER_KEYS} == set_keys
     assert {k.name for k in REGISTRATION_KEYS} == {
         "trust",
