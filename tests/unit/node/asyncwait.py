@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-DEADLINE_S = 10.0
+DEADLINE_S = 30.0  # a bound on a wait that should succeed; generous for a loaded machine
 
 
 async def until(

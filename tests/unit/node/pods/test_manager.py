@@ -5,6 +5,7 @@ coalesced checkpoint writes and their failures, start and stop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -336,6 +337,28 @@ async def test_changes_are_checkpointed_by_the_loop(tmp_path: Path) -> None:
         assert await saved_uids(rig) == {a.uid}
 
 
+async def block_checkpoint_writes(rig: ManagerRig, blocker: Path) -> None:
+    """Make ``blocker`` (the checkpoint's temporary file name) a directory. A write of pod a's
+    progress may hold the name as a file at this moment (FileExistsError): wait until that
+    write is over, each try a real mkdir."""
+    made = False
+
+    def mkdir() -> None:
+        nonlocal made
+        with contextlib.suppress(FileExistsError):
+            blocker.mkdir()
+            made = True
+
+    async def attempt() -> bool:
+        await rig.bridge.run(mkdir)
+        return made
+
+    deadline = asyncio.get_running_loop().time() + DEADLINE_S
+    while not await attempt():
+        assert asyncio.get_running_loop().time() < deadline, "a checkpoint write never ended"
+        await asyncio.sleep(0.01)
+
+
 async def test_a_failed_checkpoint_write_is_counted_retried_and_recovers(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -345,7 +368,7 @@ async def test_a_failed_checkpoint_write_is_counted_retried_and_recovers(
         await until(lambda: writes(rig) >= 1, "first checkpoint")
         # The temporary file's name taken by a directory: the write fails (EISDIR).
         blocker = tmp_path / f".checkpoint.json.tmp-{os.getpid()}"
-        await rig.bridge.run(blocker.mkdir)
+        await block_checkpoint_writes(rig, blocker)
         with caplog.at_level(logging.ERROR, logger="agent.node.pods.manager"):
             await rig.apply(a, b)
             await until(lambda: rig.sleeps.retrying.is_set(), "a retry waits")
