@@ -379,7 +379,7 @@ def principal_of(
         return Principal(Role.ADMIN, ident.common_name, ident.groups)
     if VIEWERS_GROUP in ident.groups:
         return Principal(Role.VIEWER, ident.common_name, ident.groups)
-    if PROXIES_GROUP in ident.groups:
+    if is_proxy_identity(ident):
         return _proxied_user(ident, proxied)
     if ident.node_name is not None:
         key = cert.public_key()
@@ -399,6 +399,19 @@ def _proxied_user(proxy: Identity, headers: Mapping[str, str] | None) -> Princip
         return Principal(Role.PROXY, proxy.common_name, proxy.groups, note=note)
     groups = tuple(g for g in headers.get(GROUPS_HEADER, "").split(",") if g)
     return Principal(role_of_groups(groups), f"{user} (via {proxy.common_name})", groups)
+
+
+def is_proxy_identity(ident: Identity) -> bool:
+    """Whether :func:`principal_of` takes a certificate of this identity for the master's
+    streaming proxy (believed about the user it acts for; a ticket signer,
+    ``agent.pki.tickets``): O=system:node-proxies, a subject without problem, and none of the
+    groups ``principal_of`` ranks first (an administrator's, a viewer's)."""
+    return (
+        PROXIES_GROUP in ident.groups
+        and not ident.is_admin
+        and VIEWERS_GROUP not in ident.groups
+        and not subject_problem(ident.common_name, ident.groups)
+    )
 
 
 def role_of_groups(groups: Sequence[str]) -> Role:

@@ -23,8 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent.errors import PkiError, TicketError
-from agent.pki.core import PrivateKey, identity_of, subject_problem, verify_issued_by
-from agent.pki.names import PROXIES_GROUP
+from agent.pki.core import PrivateKey, identity_of, is_proxy_identity, verify_issued_by
 from agent.proto import tickets
 from agent.proto.tickets import Ticket
 
@@ -87,7 +86,9 @@ class Verifier:
         except (ValueError, TypeError, PkiError) as exc:
             raise TicketError(f"ticket not signed by this cluster's master: {exc}") from None
         ident = identity_of(cert)
-        if PROXIES_GROUP not in ident.groups or subject_problem(ident.common_name, ident.groups):
+        # As principal_of: a certificate that is also an administrator's or a viewer's is
+        # that, never the proxy (its holder would sign itself tickets with any groups).
+        if not is_proxy_identity(ident):
             raise TicketError(
                 f"ticket not signed by this cluster's master ({ident.common_name!r} "
                 f"is not the master's proxy identity)"
