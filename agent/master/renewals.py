@@ -80,6 +80,7 @@ class RenewalExchange:
         self._since: float | None = None
         self.following = asyncio.Event()  # set once the watch was first set up
         self.failing = ""  # why the last report failed ('' when it did not)
+        self._failing_since: float | None = None  # the first failure of the current run
         self.reported = 0  # names written (tests, logs)
         registry.sharing = True
 
@@ -99,10 +100,16 @@ class RenewalExchange:
     async def report(self) -> NoReturn:
         """Write the nodes renewed here, every ``REPORT_EVERY_S`` (an empty report too: it
         proves the road to the store); a failed write keeps them for the next (one warning
-        per run of failures)."""
+        per run of failures), for a renewal interval at most (:meth:`_too_late`)."""
         while True:
             await asyncio.sleep(REPORT_EVERY_S)
             names = self._registry.take_renewed()
+            if names and self._too_late():
+                log.warning(
+                    "renewals: dropped, too old to report as renewed now",
+                    extra=kv(nodes=len(names), failing_for_s=self._clock() - self._failing_at()),
+                )
+                names = []
             try:
                 for start in range(0, max(len(names), 1), REPORT_MAX_NAMES):
                     chunk = names[start : start + REPORT_MAX_NAMES]
@@ -116,10 +123,24 @@ class RenewalExchange:
                         extra=kv(error=str(exc), nodes=len(names)),
                     )
                 self.failing = str(exc)[:300] or exc.__class__.__name__
+                if self._failing_since is None:
+                    self._failing_since = self._clock()
                 continue
             if self.failing:
                 log.info("renewals: reported again", extra=kv(nodes=len(names)))
-            self.failing = ""
+            self.failing, self._failing_since = "", None
+
+    def _failing_at(self) -> float:
+        return self._clock() if self._failing_since is None else self._failing_since
+
+    def _too_late(self) -> bool:
+        """Whether the names kept from failed reports are too old to pass on: every master
+        takes a reported name as renewed when the report reaches it, so names kept through a
+        long outage would renew, at every master, leases that ran out meanwhile (a node that
+        died during the outage judged Ready again for a grace). Renewals are refused here
+        while reports fail, so those names were all renewed before the run of failures began;
+        after a renewal interval a live node has renewed again at a master that can report."""
+        return self._clock() - self._failing_at() > self._registry.config.lease_renew_s
 
     async def withdraw(self) -> None:
         """Remove this master's report key (a clean stop: nothing of it stays in the store;
