@@ -216,24 +216,91 @@ async def _send_size(stream: H2Stream, fd: int) -> None:
 
 
 async def _pump_stdin(stream: H2Stream, fd: int) -> None:
-    while data := await read_input(fd):
-        await stream.write(execframe.encode(Channel.STDIN, data))
-    await stream.end()  # stdin EOF for the remote process
+    """``fd`` to the stream as stdin frames until EOF (then the stream's end: stdin EOF for
+    the remote process). In the loop's callbacks (:class:`StdinPump`); a descriptor the loop
+    cannot poll (a regular file, /dev/null) is read in a thread, where it never blocks."""
+    pump = StdinPump(stream, fd)
+    try:
+        pump.start()
+    except (PermissionError, ValueError):  # not pollable
+        while data := await asyncio.to_thread(os.read, fd, READ_CHUNK_BYTES):
+            await stream.write(execframe.encode(Channel.STDIN, data))
+        await stream.end()
+        return
+    try:
+        await pump.done
+    finally:
+        pump.stop()
 
 
-async def read_input(fd: int) -> bytes:
-    """What ``fd`` has, without setting O_NONBLOCK: the descriptor's flags are shared with
-    whoever else holds it (the user's shell, on a terminal), and a pending blocking read in a
-    thread would steal the shell's next keystrokes after the session ended. Readiness from
-    the loop, then one read; regular files and /dev/null (not pollable) never block."""
-    try:
-        await wait_readable(fd)
-    except (PermissionError, ValueError):
-        return await asyncio.to_thread(os.read, fd, READ_CHUNK_BYTES)
-    try:
-        return os.read(fd, READ_CHUNK_BYTES)
-    except BlockingIOError:  # somebody else read it first
-        return await read_input(fd)
+class StdinPump:
+    """A session's stdin read in one reader callback registered for the session and written
+    to the stream in the same callback: no reader added and removed per read, no task woken
+    per keystroke (issue 20: each cost a loop iteration on the keystroke echo's path).
+
+    O_NONBLOCK is not set: the descriptor's flags are shared with whoever else holds it (the
+    user's shell, on a terminal), so it is read only when the loop says it is readable, and
+    nothing reads it once the session ended (a pending read would steal the shell's next
+    keystrokes). The reader is unregistered while the stream takes no more
+    (``write_nowait`` said so) and registered again on its ``on_writable``, so flow control
+    holds end to end; ``registrations`` counts those registrations (1 unless the stream
+    pushed back). ``done`` resolves at EOF (the stream ended) or when the stream failed, and
+    fails with the read's error (a hung-up terminal)."""
+
+    def __init__(self, stream: H2Stream, fd: int) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[None] = self._loop.create_future()
+        self.registrations = 0
+        self._stream = stream
+        self._fd = fd
+        self._registered = False
+
+    def start(self) -> None:
+        """Raises PermissionError (or ValueError) when the loop cannot poll the descriptor."""
+        self._register()
+        self._stream.on_writable(self._resume)
+
+    def stop(self) -> None:
+        self._unregister()
+
+    def _register(self) -> None:
+        self._loop.add_reader(self._fd, self._readable)
+        self._registered = True
+        self.registrations += 1
+
+    def _unregister(self) -> None:
+        if self._registered:
+            self._registered = False
+            self._loop.remove_reader(self._fd)
+
+    def _resume(self) -> None:
+        if not self._registered and not self.done.done():
+            self._register()
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self._fd, READ_CHUNK_BYTES)
+        except BlockingIOError:  # somebody else read it first
+            return
+        except OSError as exc:
+            self._finish(exc)
+            return
+        try:
+            if not data:
+                self._stream.end_nowait()  # stdin EOF for the remote process
+                self._finish(None)
+            elif not self._stream.write_nowait(execframe.encode(Channel.STDIN, data)):
+                self._unregister()  # until on_writable
+        except StreamingError:
+            self._finish(None)  # the session's reader sees the stream's failure
+
+    def _finish(self, error: OSError | None) -> None:
+        self._unregister()
+        if not self.done.done():
+            if error is None:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(error)
 
 
 async def wait_readable(fd: int) -> None:
