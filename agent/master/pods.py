@@ -12,6 +12,15 @@ two pods of one name. A name is the API's first: a node's mirror over an applied
 (409, the node logs it), an administrator's ``apply`` over a mirror replaces it (the node's next
 status report finds its mirror gone, puts it again, and logs the refusal). A node's mirrors go
 when the node is deleted.
+
+Capacity across masters: the pod's compare-and-swap makes a binding happen once, but the fit
+check reads every pod first, so two binders (two masters, or two applies on one) could each see
+the last free slot of a node. Every binding therefore first reserves the pod on its node's
+allocation record ``/alloc/<node>`` by compare-and-swap, and the fit check counts the bound pods
+*and* the reservations still in flight, read in that order (record first, then the pods): of two
+binders onto one node the second's swap of the record fails and it looks again. A reservation is
+dropped from the record when its pod is seen bound (it counts as a bound pod then), released when
+the pod's own swap fails, and forgotten after :data:`RESERVATION_TTL_S` (a binder that died).
 """
 
 from __future__ import annotations
@@ -35,13 +44,19 @@ from agent.errors import (
 )
 from agent.manifest import DEFAULT_GRACE_PERIOD_S, parse_pod
 from agent.master.registry import APPROVED, NodeRegistry
-from agent.master.store.base import EventType, Store
+from agent.master.store.base import EventType, KeyValue, Store
 from agent.quantity import parse_cpu_millis, parse_memory_bytes
 from agent.types import Pod
 
 log = logging.getLogger(__name__)
 
 PODS_PREFIX = "/pods/"
+# A node's allocation record: the bindings onto it in flight (see the module docstring).
+ALLOC_PREFIX = "/alloc/"
+# A reservation whose pod was never seen bound is forgotten this long after it was made: its
+# binder died between the two swaps (a live one takes milliseconds), or lost and could not
+# release it. Masters' clocks must agree to well within this.
+RESERVATION_TTL_S = 30.0
 MIRROR_ANNOTATION = "node-agent.io/mirror"
 DEFAULT_MAX_PODS = 110
 TERMINAL_PHASES = ("Succeeded", "Failed")
@@ -62,10 +77,32 @@ def mirror_name(name: str, node: str) -> str:
     return f"{name}-{node}"
 
 
+def alloc_key(node: str) -> str:
+    return f"{ALLOC_PREFIX}{node}"
+
+
 @dataclass(frozen=True, slots=True)
 class Fit:
     node: str
     free_fraction: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A pod's place held on a node's allocation record until the pod's own swap binds it."""
+
+    node: str
+    uid: str
+
+
+def _reservations(value: bytes) -> dict[str, dict[str, Any]]:
+    """The reservations of an allocation record (uid -> pod, cpu, memory, at); a record that
+    does not parse holds none (it is rewritten whole at the next binding onto its node)."""
+    try:
+        reserved = json.loads(value).get("reserved", {})
+    except (ValueError, AttributeError):
+        return {}
+    return reserved if isinstance(reserved, dict) else {}
 
 
 def _requests(pod: Pod) -> tuple[int, int]:
@@ -160,10 +197,10 @@ class PodStore:
                 }
                 if dry_run:
                     return obj, CREATED
-                if not obj["nodeName"]:
-                    await self._schedule(obj)
+                held = await self._schedule(obj) if not obj["nodeName"] else None
                 if await self.store.compare_and_swap(key, json.dumps(obj).encode(), 0) is not None:
                     return obj, CREATED
+                await self._release(held)
                 continue
             obj = json.loads(existing.value)
             if obj.get("deletionTimestamp"):  # as the API server: not until it is gone
@@ -253,19 +290,66 @@ class PodStore:
             warning=True,
         )
 
-    async def _schedule(self, obj: dict[str, Any]) -> None:
+    async def _schedule(self, obj: dict[str, Any]) -> Reservation | None:
+        """Pick ``obj``'s node and reserve its place there (the caller's swap of the pod then
+        binds it; :meth:`_release` if that swap fails), or mark it Unschedulable with the
+        reasons and return None."""
         pod = parse_pod(obj["manifest"], source="api")
         cpu, memory = _requests(pod)
+        uid = str(obj["manifest"]["metadata"].get("uid", ""))
         records = [r for r in await self.registry.records() if r["registration"] == APPROVED]
+        while True:  # again when another binding onto the chosen node came first
+            # The records before the pods: a reservation gone from a record read first was
+            # dropped by one who saw its pod bound, so the pods read after show it bound.
+            allocs = {
+                item.key[len(ALLOC_PREFIX) :]: item
+                for item in (await self.store.list_prefix(ALLOC_PREFIX))[0]
+            }
+            items, _ = await self.store.list_prefix(PODS_PREFIX)
+            done, held = await self._bind_once(obj, pod, cpu, memory, uid, records, allocs, items)
+            if done:
+                return held
+
+    async def _bind_once(
+        self,
+        obj: dict[str, Any],
+        pod: Pod,
+        cpu: int,
+        memory: int,
+        uid: str,
+        records: list[dict[str, Any]],
+        allocs: dict[str, KeyValue],
+        items: list[KeyValue],
+    ) -> tuple[bool, Reservation | None]:
+        """One attempt of :meth:`_schedule` on what it read: (False, None) when the
+        reservation's swap lost (read again), else (True, what _schedule returns)."""
         allocated: dict[str, list[int]] = {}
-        items, _ = await self.store.list_prefix(PODS_PREFIX)
+        bound: set[str] = set()  # uids of pods bound to a node
         for item in items:
             other = json.loads(item.value)
+            if other["nodeName"]:
+                bound.add(str(other["manifest"]["metadata"].get("uid", "")))
             if other["nodeName"] and not _terminal(other):
                 used = allocated.setdefault(other["nodeName"], [0, 0, 0])
                 ocpu, omem = _requests(parse_pod(other["manifest"], source="api"))
                 used[0] += ocpu
                 used[1] += omem
+                used[2] += 1
+        now = self.registry.clock.time()
+        in_flight: dict[str, dict[str, dict[str, Any]]] = {}
+        for node, item in allocs.items():
+            kept = {
+                other: entry
+                for other, entry in _reservations(item.value).items()
+                if other not in bound
+                and other != uid
+                and now - entry.get("at", 0) < RESERVATION_TTL_S
+            }
+            in_flight[node] = kept
+            used = allocated.setdefault(node, [0, 0, 0])
+            for entry in kept.values():
+                used[0] += int(entry.get("cpu", 0))
+                used[1] += int(entry.get("memory", 0))
                 used[2] += 1
         fits: list[Fit] = []
         reasons: dict[str, int] = {}
@@ -298,6 +382,20 @@ class PodStore:
             fits.append(Fit(name, free))
         if fits:
             best = max(fits, key=lambda f: (f.free_fraction, f.node))
+            entries = {
+                **in_flight.get(best.node, {}),
+                uid: {"pod": pod.full_name, "cpu": cpu, "memory": memory, "at": now},
+            }
+            current = allocs.get(best.node)
+            if (
+                await self.store.compare_and_swap(
+                    alloc_key(best.node),
+                    json.dumps({"reserved": entries}).encode(),
+                    current.mod_revision if current is not None else 0,
+                )
+                is None
+            ):
+                return False, None
             obj["nodeName"] = best.node
             obj["scheduled"] = True  # placed by us, so it may be moved if its node dies
             obj["manifest"]["spec"] = {**obj["manifest"]["spec"], "nodeName": best.node}
@@ -313,7 +411,7 @@ class PodStore:
                 reason="Scheduled",
                 message=f"assigned {pod.full_name} to {best.node}",
             )
-            return
+            return True, Reservation(best.node, uid)
         detail = (
             ", ".join(f"{n} {why}" for why, n in sorted(reasons.items())) or "no Approved nodes"
         )
@@ -339,6 +437,24 @@ class PodStore:
                 }
             ],
         }
+        return True, None
+
+    async def _release(self, held: Reservation | None) -> None:
+        """Give back a reservation whose pod's swap failed (the pod changed or went meanwhile),
+        so its place is free before RESERVATION_TTL_S."""
+        if held is None:
+            return
+        key = alloc_key(held.node)
+        while True:
+            record = await self.store.get(key)
+            if record is None:
+                return
+            entries = _reservations(record.value)
+            if entries.pop(held.uid, None) is None:
+                return
+            value = json.dumps({"reserved": entries}).encode()
+            if await self.store.compare_and_swap(key, value, record.mod_revision) is not None:
+                return
 
     async def schedule_pending(self) -> int:
         """Retry binding every unbound pod; returns how many were bound."""
@@ -348,12 +464,14 @@ class PodStore:
             obj = json.loads(item.value)
             if obj["nodeName"]:
                 continue
-            await self._schedule(obj)
+            held = await self._schedule(obj)
             if obj["nodeName"] or obj["status"] != json.loads(item.value)["status"]:
                 done = await self.store.compare_and_swap(
                     item.key, json.dumps(obj).encode(), item.mod_revision
                 )
                 bound += int(done is not None and bool(obj["nodeName"]))
+                if done is None:
+                    await self._release(held)
         return bound
 
     async def evict_from_unready_nodes(self) -> int:
