@@ -412,6 +412,12 @@ async def run_cluster(kind: str, root: Path, args: argparse.Namespace) -> collec
         raise
     finally:
         stop_cluster(servers)
+        if args.keep_logs is not None:  # the servers' logs, to read why
+            for i, master in enumerate(servers.masters):
+                if master.log_path.exists():
+                    shutil.copy(master.log_path, args.keep_logs / f"{kind}-master-{i}.log")
+            if servers.etcd is not None and servers.etcd.log_path.exists():
+                shutil.copy(servers.etcd.log_path, args.keep_logs / f"{kind}-etcd.log")
     print_errors(errors)
     return errors
 
@@ -440,6 +446,9 @@ def main() -> int:
         "--duration-s", type=float, default=60.0, help="each cluster's run after the ramp"
     )
     parser.add_argument("--sim-procs", type=int, default=2, help="simulator processes")
+    parser.add_argument(
+        "--keep-logs", type=Path, default=None, help="copy the servers' logs into this directory"
+    )
     parser.add_argument(
         "--nice",
         type=int,
