@@ -261,31 +261,47 @@ class ReplayCache:
     """The jtis a node has accepted, each kept until its ticket's expiry (plus the skew), so a
     second use is refused. Bounded: at ``capacity`` live entries a new ticket is refused (a
     node is not asked for 65,536 streams in 35 s by honest users; refusing keeps the
-    guarantee, and nodectl falls back to the master's relay)."""
+    guarantee), and so is a user's ticket past ``per_user`` of its own live ones: any reader
+    may get logs tickets, as many as it asks for, and one user filling the cache would have
+    every user's direct streams to this node refused (nodectl takes that 403 as final)."""
 
-    def __init__(self, capacity: int = 65_536) -> None:
+    def __init__(self, capacity: int = 65_536, per_user: int = 4_096) -> None:
         self.capacity = capacity
-        # jti -> expiry; inserted in arrival order, expiries nearly so (same lifetime)
-        self._seen: OrderedDict[str, float] = OrderedDict()
+        self.per_user = per_user  # a sixteenth: 117 streams a second for 35 s, per user
+        # jti -> (expiry, user); inserted in arrival order, expiries nearly so (same lifetime)
+        self._seen: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._live: dict[str, int] = {}  # user -> entries in _seen
 
     def __len__(self) -> int:
         return len(self._seen)
 
     def _expire(self, now: float) -> None:
         while self._seen:
-            jti, until = next(iter(self._seen.items()))
+            jti, (until, user) = next(iter(self._seen.items()))
             if until >= now:
                 break
             del self._seen[jti]
+            left = self._live[user] - 1
+            if left:
+                self._live[user] = left
+            else:
+                del self._live[user]
 
     def use(self, ticket: Ticket, now: float) -> None:
-        """Record the ticket's use; TicketError if it was used before (or the cache is full)."""
+        """Record the ticket's use; TicketError if it was used before (or the cache, or the
+        user's share of it, is full)."""
         self._expire(now)
         if ticket.jti in self._seen:
             raise TicketError(f"ticket {ticket.short_id} already used")
+        live = self._live.get(ticket.user, 0)
+        if live >= self.per_user:
+            raise TicketError(
+                f"too many tickets of {ticket.user!r} in use on this node ({live}): try again"
+            )
         if len(self._seen) >= self.capacity:
             raise TicketError("too many tickets in use on this node: try again")
-        self._seen[ticket.jti] = float(ticket.exp + CLOCK_SKEW_S)
+        self._seen[ticket.jti] = (float(ticket.exp + CLOCK_SKEW_S), ticket.user)
+        self._live[ticket.user] = live + 1
 
 
 def check_request(ticket: Ticket, match: RouteMatch, owner: str | None) -> None:
