@@ -180,6 +180,29 @@ async def read_all(session: ExecSession) -> dict[OutputChannel, bytes]:
     return out
 
 
+@dataclass
+class OutputSink:
+    """An ``ExecOutputSink`` that keeps what it is given; asks for a pause after each piece
+    while ``pausing`` is set."""
+
+    pausing: bool = False
+    out: dict[OutputChannel, bytes] = field(
+        default_factory=lambda: {OutputChannel.STDOUT: b"", OutputChannel.STDERR: b""}
+    )
+    pieces: int = 0
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    error: Exception | None = None
+
+    def exec_output(self, channel: OutputChannel, data: bytes) -> bool:
+        self.out[channel] += data
+        self.pieces += 1
+        return not self.pausing
+
+    def exec_output_ended(self, error: Exception | None) -> None:
+        self.error = error
+        self.ended.set()
+
+
 async def read_logs(runtime: Runtime, container_id: str, **options: object) -> bytes:
     settings: dict[str, object] = {
         "follow": False,
@@ -295,6 +318,47 @@ class RuntimeExecContract:
             await session.close_stdin()
             out = await read_all(session)
             assert out[OutputChannel.STDOUT] == b"world\n"
+            assert await session.exit_code(EXIT_CODE_WAIT_S) == 0
+        finally:
+            await session.close()
+
+    async def test_exec_output_in_callbacks(self, harness: RuntimeHarness, names: Names) -> None:
+        cid = await self._running(harness, names)
+        session = await harness.runtime.exec_start(cid, EXEC_SPLIT, stdin=False, tty=False)
+        sink = OutputSink()
+        try:
+            session.attach_output(sink)
+            await asyncio.wait_for(sink.ended.wait(), WAIT_S)
+            assert sink.error is None
+            assert sink.out == {
+                OutputChannel.STDOUT: b"exec-out",
+                OutputChannel.STDERR: b"exec-err",
+            }
+            assert await session.exit_code(EXIT_CODE_WAIT_S) == 7
+        finally:
+            await session.close()
+
+    async def test_exec_output_in_callbacks_pauses_until_resumed(
+        self, harness: RuntimeHarness, names: Names
+    ) -> None:
+        cid = await self._running(harness, names)
+        session = await harness.runtime.exec_start(cid, EXEC_CAT, stdin=True, tty=False)
+        sink = OutputSink(pausing=True)
+        try:
+            session.attach_output(sink)
+            await session.write(b"one ")
+
+            async def first() -> bool:
+                return sink.pieces == 1
+
+            await eventually(first, "the first piece")
+            await session.write(b"two\n")
+            await session.close_stdin()
+            sink.pausing = False
+            session.resume_output()  # what came meanwhile, then the end
+            await asyncio.wait_for(sink.ended.wait(), WAIT_S)
+            assert sink.error is None
+            assert sink.out[OutputChannel.STDOUT] == b"one two\n"
             assert await session.exit_code(EXIT_CODE_WAIT_S) == 0
         finally:
             await session.close()

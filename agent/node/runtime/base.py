@@ -271,6 +271,19 @@ def repo_digest_for(reference: str, digests: tuple[str, ...]) -> str:
     return ""
 
 
+class ExecOutputSink(Protocol):
+    """Takes an exec's output in the loop's callbacks, as it arrives (``ExecSession.
+    attach_output``): the node's exec stream without a task per direction (issue 20)."""
+
+    def exec_output(self, channel: OutputChannel, data: bytes) -> bool:
+        """One piece of output; False asks for no more until ``resume_output``."""
+        ...
+
+    def exec_output_ended(self, error: Exception | None) -> None:
+        """Both outputs ended (``error`` None), or reading them failed."""
+        ...
+
+
 class ExecSession(Protocol):
     """A process started in a running container, with its streams.
 
@@ -283,6 +296,15 @@ class ExecSession(Protocol):
     def id(self) -> str: ...
 
     async def read(self) -> tuple[OutputChannel, bytes]: ...
+
+    def attach_output(self, sink: ExecOutputSink) -> None:
+        """From now on the output goes to ``sink`` in callbacks (what is pending first), in
+        place of ``read`` (call one or the other, never both); once, before ``close``."""
+        ...
+
+    def resume_output(self) -> None:
+        """``sink`` takes output again after ``exec_output`` returned False."""
+        ...
 
     async def write(self, data: bytes) -> None: ...
 

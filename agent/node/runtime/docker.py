@@ -48,6 +48,7 @@ from agent.node.runtime.base import (
     ContainerRecord,
     ContainerSpec,
     ContainerState,
+    ExecOutputSink,
     ImageRecord,
     OutputChannel,
     PullProgress,
@@ -845,7 +846,7 @@ class DockerExecSession:
     """An exec on Docker's attach socket: stdout and stderr arrive multiplexed (8-byte frame
     headers) unless there is a TTY; a write-side shutdown of the socket is stdin EOF."""
 
-    __slots__ = ("_demux", "_pending", "_runtime", "_sock", "id")
+    __slots__ = ("_demux", "_pending", "_reading", "_runtime", "_sink", "_sock", "id")
 
     def __init__(
         self,
@@ -861,6 +862,8 @@ class DockerExecSession:
         self._sock = sock
         self._demux = None if tty else DockerStreamDemux()
         self._pending: deque[tuple[OutputChannel, bytes]] = deque()
+        self._sink: ExecOutputSink | None = None
+        self._reading = False  # a reader registered for the sink
         if initial:  # stream bytes that came with the answer's head
             if self._demux is None:
                 self._pending.append((OutputChannel.STDOUT, initial))
@@ -878,6 +881,51 @@ class DockerExecSession:
                 return OutputChannel.STDOUT, data
             self._pending.extend(self._demux.feed(data))
         return self._pending.popleft()
+
+    def attach_output(self, sink: ExecOutputSink) -> None:
+        """One reader registered on the socket for the session, each read demultiplexed and
+        handed to ``sink`` in that callback (``read`` adds and removes a reader per call and
+        wakes a task: a loop iteration per piece of output)."""
+        self._sink = sink
+        more = True
+        while self._pending:
+            more = sink.exec_output(*self._pending.popleft()) and more
+        if more:
+            self.resume_output()
+
+    def resume_output(self) -> None:
+        if self._sink is not None and not self._reading and self._sock.fileno() >= 0:
+            asyncio.get_running_loop().add_reader(self._sock, self._readable)
+            self._reading = True
+
+    def _pause_output(self) -> None:
+        if self._reading:
+            self._reading = False
+            asyncio.get_running_loop().remove_reader(self._sock)
+
+    def _readable(self) -> None:
+        sink = self._sink
+        assert sink is not None
+        try:
+            data = self._sock.recv(EXEC_READ_CHUNK_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._pause_output()
+            self._sink = None  # ended: nothing to resume
+            sink.exec_output_ended(RuntimeOperationError(f"exec {self.id[:12]} output: {exc}"))
+            return
+        if not data:
+            self._pause_output()
+            self._sink = None
+            sink.exec_output_ended(None)
+            return
+        pieces = [(OutputChannel.STDOUT, data)] if self._demux is None else self._demux.feed(data)
+        more = True
+        for channel, payload in pieces:
+            more = sink.exec_output(channel, payload) and more
+        if not more:
+            self._pause_output()
 
     async def write(self, data: bytes) -> None:
         try:
@@ -905,4 +953,5 @@ class DockerExecSession:
             pause_s = min(pause_s * 2, EXIT_CODE_MAX_POLL_S)
 
     async def close(self) -> None:
+        self._pause_output()
         self._sock.close()

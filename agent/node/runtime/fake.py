@@ -47,6 +47,7 @@ from agent.node.runtime.base import (
     ContainerRecord,
     ContainerSpec,
     ContainerState,
+    ExecOutputSink,
     ExecSession,
     ImageRecord,
     OutputChannel,
@@ -198,6 +199,9 @@ class FakeExecSession:
         self._script = script
         self._tty = tty
         self._output: asyncio.Queue[tuple[OutputChannel, bytes]] = asyncio.Queue()
+        self._sink: ExecOutputSink | None = None
+        self._delivering = False  # a delivery to the sink scheduled
+        self._paused = False  # the sink asked for no more
         self._exit: int | None = None
         self._done = asyncio.Event()
         self._stdin_open = stdin
@@ -214,6 +218,7 @@ class FakeExecSession:
     def _put(self, channel: OutputChannel, data: bytes) -> None:
         if data:
             self._output.put_nowait((OutputChannel.STDOUT if self._tty else channel, data))
+            self._kick()
 
     def finish(self, code: int) -> None:
         """The process ends with ``code``: its output reaches EOF (idempotent)."""
@@ -221,7 +226,41 @@ class FakeExecSession:
             return
         self._exit = code
         self._output.put_nowait((OutputChannel.STDOUT, b""))
+        self._kick()
         self._done.set()
+
+    @property
+    def output_paused(self) -> bool:
+        """The sink asked for no more output and has not resumed it yet."""
+        return self._paused
+
+    def attach_output(self, sink: ExecOutputSink) -> None:
+        self._sink = sink
+        self.resume_output()
+
+    def resume_output(self) -> None:
+        self._paused = False
+        self._kick()
+
+    def _kick(self) -> None:
+        # Delivered from the loop, as a socket's reads are: never inside the caller's frame.
+        if self._sink is not None and not self._paused and not self._delivering:
+            self._delivering = True
+            asyncio.get_running_loop().call_soon(self._deliver)
+
+    def _deliver(self) -> None:
+        self._delivering = False
+        sink = self._sink
+        while sink is not None and not self._output.empty():
+            channel, data = self._output.get_nowait()
+            if not data:
+                self._sink = None
+                self._ended = True
+                sink.exec_output_ended(None)
+                return
+            if not sink.exec_output(channel, data):
+                self._paused = True
+                return  # until resume_output
 
     async def read(self) -> tuple[OutputChannel, bytes]:
         if self._ended:

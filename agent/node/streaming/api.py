@@ -151,6 +151,37 @@ def connect_in_netns(pid: int, port: int, timeout_s: float) -> socket.socket:
     return sock
 
 
+class ExecOutput:
+    """An exec's output onto its stream in the loop's callbacks (``ExecSession.
+    attach_output``): each piece framed and queued on the stream as it is read. Reading
+    pauses while the stream takes no more and resumes on its ``on_writable``, so a client
+    that does not read stalls its own process only. ``done`` resolves once the output ended
+    and fails with the stream's error (the client gone) or the engine's (the socket broke)."""
+
+    def __init__(self, stream: H2Stream, session: ExecSession) -> None:
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._stream = stream
+        stream.on_writable(session.resume_output)
+        session.attach_output(self)
+
+    def exec_output(self, channel: OutputChannel, data: bytes) -> bool:
+        if self.done.done():
+            return False
+        kind = Channel.STDERR if channel is OutputChannel.STDERR else Channel.STDOUT
+        try:
+            return self._stream.write_nowait(execframe.encode(kind, data))
+        except StreamingError as exc:
+            self.done.set_exception(exc)
+            return False
+
+    def exec_output_ended(self, error: Exception | None) -> None:
+        if not self.done.done():
+            if error is None:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(error)
+
+
 class StreamingApi:
     def __init__(
         self,
@@ -263,13 +294,15 @@ class StreamingApi:
             await stream.respond(200, [("content-type", EXEC_CONTENT_TYPE)])
             loop = asyncio.get_running_loop()
             feeder = loop.create_task(self._exec_input(stream, session, stdin))
-            output = loop.create_task(self._exec_output(stream, session))
+            # The output in the loop's callbacks, from the engine's socket straight onto the
+            # stream (ExecOutput): no task woken per piece of output.
+            output = ExecOutput(stream, session)
             try:
-                await self._exec_pump(feeder, output)
+                await self._exec_pump(feeder, output.done)
             finally:
-                for task in (feeder, output):
-                    task.cancel()
-                await asyncio.gather(feeder, output, return_exceptions=True)
+                feeder.cancel()
+                output.done.cancel()
+                await asyncio.gather(feeder, output.done, return_exceptions=True)
             exit_code = await session.exit_code(EXIT_CODE_WAIT_S)
             trailers = [("exit-code", str(exit_code if exit_code is not None else -1))]
             if exit_code is None:
@@ -297,7 +330,7 @@ class StreamingApi:
             )
 
     @staticmethod
-    async def _exec_pump(feeder: asyncio.Task[None], output: asyncio.Task[None]) -> None:
+    async def _exec_pump(feeder: asyncio.Task[None], output: asyncio.Future[None]) -> None:
         """Until the process's output has ended. The client's side failing (its stream reset,
         its connection gone, a malformed frame) ends the session at once: the process may be
         waiting for input that will never come, and a quiet process would never notice. Failing
@@ -321,15 +354,6 @@ class StreamingApi:
         if stdin:
             # The request stream ended: stdin EOF for the process; its output keeps flowing.
             await session.close_stdin()
-
-    @staticmethod
-    async def _exec_output(stream: H2Stream, session: ExecSession) -> None:
-        while True:
-            kind, payload = await session.read()
-            if not payload:
-                return
-            channel = Channel.STDERR if kind is OutputChannel.STDERR else Channel.STDOUT
-            await stream.write(execframe.encode(channel, payload))
 
     # -- port-forward ----------------------------------------------------------------------
 

@@ -125,6 +125,31 @@ async def test_exec_passes_stdin_and_its_end_is_the_processs_eof(rig: StreamingR
     assert bytes(session.command_stdin) == b"hello\nagain\n"
 
 
+async def test_a_client_that_does_not_read_pauses_the_output_then_all_arrives(
+    rig: StreamingRig,
+) -> None:
+    # The output goes onto the stream in callbacks (ExecOutput): past the client's window
+    # and the node's send buffer the process's output is paused, not buffered without end.
+    stream = await rig.open(path("web", "exec", command=ECHO, stdin=1), end=False)
+    chunk = bytes(range(256)) * 1024  # 256 KiB
+    total = 0
+    await until(lambda: rig.runtime.sessions_of(rig.app(WEB)), "the exec session")
+    (session,) = rig.runtime.sessions_of(rig.app(WEB))
+    async with asyncio.timeout(DEADLINE_S * 3):
+        while not session.output_paused:
+            await stream.write(stdin(chunk))
+            total += len(chunk)
+            await asyncio.sleep(0)  # let the node take it (a yield, not a wait for time)
+    await stream.end()
+    decoder = execframe.FrameDecoder()
+    got = 0
+    async with asyncio.timeout(DEADLINE_S * 3):
+        while data := await stream.read():
+            got += sum(len(f.payload) for f in decoder.feed(data))
+    assert got == total and total > (4 << 20)
+    assert stream.trailers is not None and dict(stream.trailers) == {"exit-code": "0"}
+
+
 async def test_exec_with_a_tty_merges_output_and_passes_resizes(rig: StreamingRig) -> None:
     rig.runtime.script_command(["top"], Script(stdout=b"o", stderr=b"e", echo_stdin=True))
     stream = await rig.open(path("web", "exec", command="top", stdin=1, tty="true"), end=False)
