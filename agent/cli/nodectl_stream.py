@@ -174,11 +174,16 @@ async def exec_session(
         feeders.append(loop.create_task(_end_after_response(stream)))
     try:
         await _response(stream)
-        decoder = execframe.FrameDecoder(frozenset({Channel.STDOUT, Channel.STDERR}))
-        while chunk := await stream.read():
-            for frame in decoder.feed(chunk):
-                target = stdio.stderr if frame.channel is Channel.STDERR else stdio.stdout
-                await stdio.write(target, frame.payload)
+        if stdio.threaded_writes:  # a session holder: the user's descriptors may block
+            decoder = execframe.FrameDecoder(frozenset({Channel.STDOUT, Channel.STDERR}))
+            while chunk := await stream.read():
+                for frame in decoder.feed(chunk):
+                    target = stdio.stderr if frame.channel is Channel.STDERR else stdio.stdout
+                    await stdio.write(target, frame.payload)
+        else:
+            output = OutputWriter(stream, stdio)
+            stream.attach(output)
+            await output.done
     finally:
         if watch_signal:
             loop.remove_signal_handler(signal.SIGWINCH)
@@ -191,6 +196,45 @@ async def exec_session(
         return int(trailers.get("exit-code", "1"))
     except ValueError:
         return 1
+
+
+class OutputWriter:
+    """The exec's output written to this process's stdout and stderr in the HTTP/2
+    connection's read callback (``H2Stream.attach``), as it arrives: no task woken per piece
+    of output (issue 20). The writes are the blocking ones the task made too (our own
+    descriptors), so the credit goes back at once. ``done`` resolves at the stream's end
+    and fails with its error, a malformed frame (the stream is then reset) or a failed
+    write."""
+
+    def __init__(self, stream: H2Stream, stdio: Stdio) -> None:
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._stream = stream
+        self._stdio = stdio
+        self._decoder = execframe.FrameDecoder(frozenset({Channel.STDOUT, Channel.STDERR}))
+
+    def stream_data(self, data: bytes, length: int) -> None:
+        self._stream.ack(length)  # written below, in this callback (or dropped: failed)
+        if not self.done.done():
+            try:
+                for frame in self._decoder.feed(data):
+                    target = (
+                        self._stdio.stderr
+                        if frame.channel is Channel.STDERR
+                        else self._stdio.stdout
+                    )
+                    write_all(target, frame.payload)
+            except (StreamingError, OSError) as exc:
+                self.done.set_exception(exc)
+                if not self._stream.failed:
+                    self._stream.reset()
+
+    def stream_ended(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def stream_failed(self, error: Exception) -> None:
+        if not self.done.done():
+            self.done.set_exception(error)
 
 
 async def _end_after_response(stream: H2Stream) -> None:

@@ -1,8 +1,10 @@
-"""``nodectl exec -i``'s stdin (agent/cli/nodectl_stream.py, ``StdinPump``) between a pipe and
-a real HTTP/2 stream on loopback: one reader registered for the session whatever the number of
-reads, each read one stdin frame, EOF the stream's end, the descriptor's flags untouched, and
-flow control end to end (a server that does not read pauses the reading; everything arrives,
-in order, once it reads).
+"""``nodectl exec``'s bytes in callbacks (agent/cli/nodectl_stream.py) between pipes and a real
+HTTP/2 stream on loopback. Stdin (``StdinPump``): one reader registered for the session
+whatever the number of reads, each read one stdin frame, EOF the stream's end, the
+descriptor's flags untouched, and flow control end to end (a server that does not read pauses
+the reading; everything arrives, in order, once it reads). Output (``OutputWriter``): each
+channel to its descriptor and the exit code from the trailers; a malformed frame fails the
+session and resets the stream.
 
 No blockbuster here: the pump reads a blocking descriptor on purpose (the user's terminal,
 whose flags it must not change), once the loop said it is readable."""
@@ -17,7 +19,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from agent.aio.h2conn import H2Connection, H2Stream, serve_factory
-from agent.cli.nodectl_stream import StdinPump
+from agent.cli.nodectl_stream import StdinPump, Stdio, exec_session
+from agent.errors import ProtocolViolation
 from agent.proto import execframe
 from agent.proto.execframe import Channel
 from agent.proto.h2mux import CLIENT_LIMITS
@@ -119,3 +122,63 @@ async def test_a_server_that_does_not_read_pauses_the_reading_then_all_arrives(
         assert pump.registrations >= 2  # registered again once the stream took more
     finally:
         os.close(read_fd)
+
+
+async def run_exec(frames: bytes) -> tuple[int | Exception, bytes, bytes]:
+    """``exec_session`` against a node that answers ``frames`` and exit code 3; what it
+    returned (or raised) and what reached stdout and stderr."""
+    loop = asyncio.get_running_loop()
+
+    async def handle(stream: H2Stream) -> None:
+        await stream.respond(200)
+        await stream.write(frames)
+        await stream.end([("exit-code", "3")])
+
+    listener = await loop.create_server(serve_factory(handle, name="node"), HOST, 0)
+    _, client = await loop.create_connection(
+        lambda: H2Connection(client_side=True, limits=CLIENT_LIMITS, name="nodectl"),
+        HOST,
+        listener.sockets[0].getsockname()[1],
+    )
+    assert isinstance(client, H2Connection)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        stdio = Stdio(stdin=-1, stdout=out_w, stderr=err_w)
+        result: int | Exception
+        try:
+            result = await asyncio.wait_for(
+                exec_session(client, "ns", "pod", None, ["x"], stdin=False, tty=False, stdio=stdio),
+                30,
+            )
+        except Exception as exc:  # what the session raised, for the test to judge
+            result = exc
+        os.close(out_w)
+        os.close(err_w)
+        out_w = err_w = -1
+        return result, os.read(out_r, 1 << 16), os.read(err_r, 1 << 16)
+    finally:
+        for fd in (out_r, out_w, err_r, err_w):
+            if fd >= 0:
+                os.close(fd)
+        await client.shutdown("done", grace_s=1.0)
+        listener.close()
+
+
+async def test_output_goes_to_its_descriptors_and_the_exit_code_from_the_trailers() -> None:
+    frames = b"".join(
+        execframe.encode(channel, data)
+        for channel, data in (
+            (Channel.STDOUT, b"out 1 "),
+            (Channel.STDERR, b"err"),
+            (Channel.STDOUT, b"out 2"),
+        )
+    )
+    assert await run_exec(frames) == (3, b"out 1 out 2", b"err")
+
+
+async def test_a_malformed_output_frame_fails_the_session() -> None:
+    frames = execframe.encode(Channel.STDOUT, b"ok") + execframe.encode(Channel.STDIN, b"no")
+    result, out, err = await run_exec(frames)
+    assert isinstance(result, ProtocolViolation), result
+    assert out in (b"", b"ok") and err == b""  # the chunk it came in may hold the good one
