@@ -23,6 +23,7 @@ more pings (system calls per round trip). Only loopback and the test's own pod a
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import fcntl
 import multiprocessing
@@ -67,11 +68,28 @@ from tests.helpers import (
 )
 
 ECHO_CHUNK_BYTES = 1 << 20
+# Every scratch directory the bench makes (agent and master state with their keys, the nodectl
+# copy, tmux's socket, the hop stamps) is removed when it exits, Ctrl-C and SIGTERM included.
+_SCRATCH: list[str] = []
+
+
+def scratch_dir(prefix: str) -> str:
+    path = tempfile.mkdtemp(prefix=prefix)
+    _SCRATCH.append(path)
+    return path
+
+
+@atexit.register
+def _remove_scratch() -> None:
+    for path in _SCRATCH:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 # The bench's own runtime directory: its nodectl session must not meet a developer's.
 ENV = dict(
     os.environ,
     PYTHONPATH=str(REPO_ROOT),
-    XDG_RUNTIME_DIR=tempfile.mkdtemp(prefix="bench-xdg-"),
+    XDG_RUNTIME_DIR=scratch_dir("bench-xdg-"),
 )
 
 
@@ -615,7 +633,7 @@ def bench_exec(
     master: MasterProcess, pod: str, container_id: str, sshd: Sshd, args: argparse.Namespace
 ) -> list[str]:
     """Wall time of one short exec against docker exec and ssh; the ratio lines."""
-    installed = installed_python(Path(tempfile.mkdtemp(prefix="bench-nodectl-")))
+    installed = installed_python(Path(scratch_dir("bench-nodectl-")))
     conf = str(master.admin_conf)
     nodectl = [installed_nodectl(installed), "--config", conf]
     exec_paths = {
@@ -812,7 +830,7 @@ def bench_keys(
         # pod's terminal), which every nodectl keystroke pays too.
         "docker exec -it C cat": ["docker", "exec", "-it", container_id, "cat"],
     }
-    driver = KeyDriver(str(Path(tempfile.mkdtemp(prefix="bench-keys-")) / "tmux.sock"))
+    driver = KeyDriver(str(Path(scratch_dir("bench-keys-")) / "tmux.sock"))
     try:
         panes = {name: driver.open(cmd) for name, cmd in paths.items()}
         samples: dict[str, list[float]] = {name: [] for name in paths}
@@ -869,7 +887,7 @@ def main() -> int:
     hop_dir: Path | None = None
     if "hops" in parts:
         # Before any process of the path starts: each reads it once, at start-up.
-        hop_dir = Path(tempfile.mkdtemp(prefix="bench-hops-"))
+        hop_dir = Path(scratch_dir("bench-hops-"))
         os.environ[hops.ENV_VAR] = ENV[hops.ENV_VAR] = str(hop_dir)
     clean_up_on_sigterm()
     if not shutil.which("/usr/sbin/sshd"):
@@ -877,7 +895,7 @@ def main() -> int:
         return 2
     client = docker.from_env()
     ensure_test_image(client)
-    root = Path(tempfile.mkdtemp(prefix="bench-streaming-"))
+    root = Path(scratch_dir("bench-streaming-"))
     master = MasterProcess(root / "master").start(blockbuster=False)
     node = f"bench-stream-{uuid.uuid4().hex[:6]}"
     mirror = f"bench-{node}"  # the static pod "bench" as nodectl sees it: its mirror pod
