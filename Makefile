@@ -35,7 +35,8 @@ test: bootstrap coverage-proto coverage-units
 coverage-proto:
 	$(BOOTSTRAP) --no-docker
 	$(PY) -m pytest -q tests/unit/test_h2mux.py tests/unit/test_h2lean.py tests/unit/test_h2fast.py tests/unit/test_execframe.py tests/unit/test_routes.py \
-	  tests/unit/proto/test_authz.py tests/unit/proto/test_jsonbody.py \
+	  tests/unit/proto/test_authz.py tests/unit/proto/test_jsonbody.py tests/unit/proto/test_tickets.py \
+	  tests/unit/proto/test_replay_share.py \
 	  --cov=agent.proto --cov-branch --cov-report=term-missing:skip-covered --cov-fail-under=100
 
 # The node's and the master's state machines are held to 85 % branch coverage by the unit tests
