@@ -27,6 +27,7 @@ import signal
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Protocol
 
 from cryptography import x509
@@ -42,7 +43,7 @@ from agent.aio.tasks import Lifecycle, Manager, Supervisor, TaskScope
 from agent.aio.tls import server_context
 from agent.errors import BadGatewayError, ConfigError, NotFoundError, StoreError
 from agent.master.api import MasterApi
-from agent.master.cluster_ca import check_cluster_ca
+from agent.master.cluster_ca import ROTATION_MARK, check_cluster_ca
 from agent.master.config import MasterConfig, load_master_config
 from agent.master.leader import EtcdElection, Leadership, SoleLeader
 from agent.master.pki_files import ClusterPki, ensure_master_mark, write_proxy_identity
@@ -197,7 +198,12 @@ class Master:
             )
         client_cas = await self.bridge.run(read_client_cas, cfg)
         store = self._store_opened = await self._open_store()
-        await check_cluster_ca(store, pki.ca_cert)  # replicas share the first master's CA
+        # Replicas share the first master's CA; `init --force` leaves a mark that rotates it.
+        mark = pki.ca_cert_path.parent / ROTATION_MARK
+        rotation = await self.bridge.run(_read_mark, mark)
+        await check_cluster_ca(store, pki.ca_cert, rotation)
+        if rotation is not None:
+            await self.bridge.run(functools.partial(mark.unlink, missing_ok=True))
         self.registry = NodeRegistry(store, pki, cfg, client_cas)
         await self.registry.load()
         self.pods = PodStore(store, self.registry)
@@ -340,6 +346,14 @@ def _renewals_refused(election: Leadership, renewals: RenewalExchange) -> str:
     if election.in_touch_since() is None:
         return election.unknown() or "out of touch with the store"
     return renewals.refused()
+
+
+def _read_mark(path: Path) -> str | None:
+    """The CA rotation mark's fingerprint, None without one."""
+    try:
+        return path.read_text().strip()[:128]
+    except FileNotFoundError:
+        return None
 
 
 async def _compact_as_leader(store: EtcdStore, leadership: Leadership) -> None:

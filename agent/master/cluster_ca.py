@@ -32,6 +32,10 @@ FINGERPRINT_PREFIX = "sha256:"
 # Record and compare at most this many times: each failed swap means another master wrote the
 # record meanwhile, so the second read finds it.
 ATTEMPTS = 3
+# In the master's pki dir after `node-master init --force` replaced an existing CA: the new CA's
+# fingerprint. At the next start that CA replaces the store's record (the documented manual CA
+# rotation) instead of being refused; the mark is removed once the record is this CA's.
+ROTATION_MARK = "ca-rotation"
 
 
 def fingerprint(cert: x509.Certificate) -> str:
@@ -55,9 +59,12 @@ def _recorded(value: bytes) -> str:
     return recorded
 
 
-async def check_cluster_ca(store: Store, ca_cert: x509.Certificate) -> str:
+async def check_cluster_ca(
+    store: Store, ca_cert: x509.Certificate, rotation: str | None = None
+) -> str:
     """Record ``ca_cert`` as the store's cluster CA if none is, else check it is the one
-    recorded; its fingerprint. ConfigError (the master does not start) when it differs."""
+    recorded; its fingerprint. ConfigError (the master does not start) when it differs, unless
+    ``rotation`` (the ROTATION_MARK's content) names this CA: then it replaces the record."""
     mine = fingerprint(ca_cert)
     record = json.dumps(
         {"fingerprint": mine, "certificate": ca_cert.public_bytes(Encoding.PEM).decode()},
@@ -71,6 +78,14 @@ async def check_cluster_ca(store: Store, ca_cert: x509.Certificate) -> str:
                 return mine
             continue  # another master recorded one just now: compare with it
         recorded = _recorded(current.value)
+        if recorded != mine and rotation == mine:
+            if await store.compare_and_swap(CA_KEY, record, current.mod_revision) is None:
+                continue  # changed meanwhile: look again
+            log.warning(
+                "cluster CA rotated: the store's record replaced",
+                extra=kv(ca=mine, previous=recorded),
+            )
+            return mine
         if recorded != mine:
             raise ConfigError(
                 f"this master's CA ({mine}) is not the cluster's: the store records {recorded} "

@@ -17,6 +17,8 @@ from pathlib import Path
 from cryptography import x509
 
 from agent.errors import ConfigError, PkiError
+from agent.master.cluster_ca import ROTATION_MARK
+from agent.master.cluster_ca import fingerprint as ca_fingerprint
 from agent.pki.core import (
     ADMIN_LIFETIME_DAYS,
     SERVING_LIFETIME_DAYS,
@@ -176,9 +178,14 @@ def init_cluster(
         raise ConfigError(
             f"{pki_dir / 'ca.key'} exists: refusing to replace the cluster CA (use --force)"
         )
+    rotating = (pki_dir / "ca.key").exists()
     ca_key, ca_cert = create_ca()
     write_private(pki_dir / "ca.key", key_to_pem(ca_key))
     (pki_dir / "ca.crt").write_bytes(cert_to_pem(ca_cert))
+    if rotating:
+        # The store records the cluster's CA (agent.master.cluster_ca): this CA replaces it at
+        # the master's next start, once, instead of being refused as a stranger's.
+        write_private(pki_dir / ROTATION_MARK, ca_fingerprint(ca_cert).encode())
     host = listen.rpartition(":")[0].strip("[]")
     names = _serving_names(server_names, host)
     serving_key = generate_key()

@@ -7,6 +7,7 @@ tests/etcd/test_replica.py starts real replicas both ways."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +75,39 @@ async def test_of_two_masters_starting_at_once_the_second_compares() -> None:
     with pytest.raises(ConfigError, match="is not the cluster's"):
         await check_cluster_ca(RacingStore(theirs), other)
     assert await check_cluster_ca(RacingStore(theirs), first) == fingerprint(first)
+
+
+async def test_a_rotation_mark_naming_this_ca_replaces_the_record_and_no_other_does() -> None:
+    """`node-master init --force` (the manual CA rotation) leaves the new CA's fingerprint as a
+    mark: that CA replaces the record; a mark naming another CA changes nothing."""
+    store = MemoryStore()
+    _, old = create_ca()
+    _, new = create_ca()
+    _, stranger = create_ca()
+    await check_cluster_ca(store, old)
+    with pytest.raises(ConfigError):
+        await check_cluster_ca(store, stranger, rotation=fingerprint(new))
+    assert await check_cluster_ca(store, new, rotation=fingerprint(new)) == fingerprint(new)
+    record = await store.get(CA_KEY)
+    assert record is not None and json.loads(record.value)["fingerprint"] == fingerprint(new)
+    with pytest.raises(ConfigError):  # the old CA is now the stranger
+        await check_cluster_ca(store, old)
+
+
+def test_init_force_over_an_existing_ca_leaves_the_rotation_mark(tmp_path: Path) -> None:
+    from agent.master.cluster_ca import ROTATION_MARK
+    from agent.master.pki_files import init_cluster
+    from agent.pki.core import certs_from_pem
+
+    def init(force: bool) -> None:
+        init_cluster(
+            tmp_path, server_names=[], listen="127.0.0.1:6443", force=force, render_config=""
+        )
+
+    init(False)
+    mark = tmp_path / "pki" / ROTATION_MARK
+    assert not mark.exists()  # a first init rotates nothing
+    init(True)
+    ca = certs_from_pem((tmp_path / "pki" / "ca.crt").read_bytes())[0]
+    assert mark.read_text() == fingerprint(ca)
+    assert mark.stat().st_mode & 0o777 == 0o600
