@@ -106,7 +106,8 @@ class RealWatchWorld:
         return HttpTransport(self.client)
 
     def unreachable(self) -> Transport:
-        config = dataclasses.replace(self.client.config, server=f"https://127.0.0.1:{free_port()}")
+        url = f"https://127.0.0.1:{free_port()}"
+        config = dataclasses.replace(self.client.config, server=url, servers=(url,))
         return HttpTransport(Client(config))
 
     def create(self, name: str, namespace: str = "default") -> None:
