@@ -74,7 +74,8 @@ def test_volumes_shared_between_containers(
 
     path.unlink()
     wait_for(lambda: not node_containers(docker_client, agent.node_name), what="pod removed")
-    assert not volume_dir.exists(), "emptyDir must be deleted with the pod"
+    # The pod's directory goes after its containers: wait for it, as for them.
+    wait_for(lambda: not volume_dir.exists(), what="emptyDir deleted with the pod")
     assert (host_dir / "from-host.txt").exists(), "hostPath content is never deleted"
 
 
