@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import wait_for
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "demo-ha.sh"
 
@@ -76,10 +77,8 @@ def test_stop_asks_a_running_demo_to_tear_itself_down(tmp_path: Path) -> None:
     )  # fmt: skip
     (ha / "demo.pid").write_text(f"{demo.pid}\n")
     try:
-        deadline = time.monotonic() + 30
-        while not trapped.exists():  # its trap is set: SIGTERM now runs it
-            assert time.monotonic() < deadline, "the stand-in demo did not start"
-            time.sleep(0.02)
+        # Its trap is set once the file exists: SIGTERM now runs it.
+        wait_for(trapped.exists, what="the stand-in demo started")
         done = run("--stop", HA_DIR=str(ha))
         assert done.returncode == 0, done.stderr
         assert done.stdout == "run-ha: stopped\n"
